@@ -1,0 +1,1 @@
+//! How MIC and NMI talk to Azure: ARM, the metadata service, Azure AD, and cloud configuration.

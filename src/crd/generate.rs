@@ -1,0 +1,216 @@
+//! The CustomResourceDefinitions, generated from the types' metadata plus hand-written
+//! structural schemas.
+//!
+//! The schemas are written out rather than derived because compatibility needs what a
+//! derive cannot say: `x-kubernetes-preserve-unknown-fields` exactly where the original's
+//! objects carry free-form data (the `metadata` inside spec and status, and the embedded
+//! AzureIdentity/AzureIdentityBinding in an AzureAssignedIdentity), and `type` as a plain integer.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition,
+};
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+use super::{
+    AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
+};
+
+/// One generated manifest and the file name it is committed under in `chart/crds/`.
+#[derive(Clone, Debug)]
+pub struct CrdFile {
+    /// File name, e.g. `aadpodidentity.k8s.io_azureidentities.yaml`.
+    pub file_name: String,
+    /// The CRD object.
+    pub crd: CustomResourceDefinition,
+}
+
+fn free_object(description: &str) -> Value {
+    json!({
+        "type": "object",
+        "description": description,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+fn string(description: &str) -> Value {
+    json!({"type": "string", "description": description})
+}
+
+fn replicas_status(extra: Value) -> Value {
+    let mut props = json!({
+        "metadata": free_object("Tolerated for compatibility: the original writes an empty object metadata here."),
+        "availableReplicas": {"type": "integer", "format": "int32", "description": "Unused; always 0."}
+    });
+    if let (Some(p), Some(e)) = (props.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    json!({"type": "object", "properties": props})
+}
+
+fn root_schema(description: &str, spec: Value, status: Value) -> Value {
+    json!({
+        "type": "object",
+        "description": description,
+        "properties": {
+            "apiVersion": string("APIVersion defines the versioned schema of this representation of an object."),
+            "kind": string("Kind is a string value representing the REST resource this object represents."),
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status
+        }
+    })
+}
+
+fn identity_spec_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "What the identity is and where its credentials are.",
+        "properties": {
+            "metadata": free_object("Tolerated for compatibility: the original writes an empty object metadata here."),
+            "type": {"type": "integer", "description": "0 user-assigned managed identity, 1 service principal with secret, 2 service principal with certificate."},
+            "resourceID": string("ARM resource id of a user-assigned managed identity."),
+            "clientID": string("Client (application) id."),
+            "clientPassword": {
+                "type": "object",
+                "description": "Secret holding a service principal's secret (key clientSecret) or certificate (keys certificate, password).",
+                "properties": {"name": string("Secret name."), "namespace": string("Secret namespace.")},
+                "x-kubernetes-map-type": "atomic"
+            },
+            "tenantID": string("Tenant of a service principal."),
+            "auxiliaryTenantIDs": {"type": "array", "items": {"type": "string"}, "description": "Further tenants for a service principal's token."},
+            "adResourceID": string("Azure AD resource id (service principals)."),
+            "adEndpoint": string("Azure AD authority; https://login.microsoftonline.com/ when empty."),
+            "replicas": {"type": "integer", "format": "int32", "nullable": true, "description": "Unused."}
+        }
+    })
+}
+
+fn binding_spec_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "Which identity pods with a matching aadpodidbinding label get.",
+        "properties": {
+            "metadata": free_object("Tolerated for compatibility: the original writes an empty object metadata here."),
+            "azureIdentity": string("Name of the AzureIdentity."),
+            "selector": string("Value of the pod label aadpodidbinding that this binding matches, exactly."),
+            "weight": {"type": "integer", "description": "Unused."}
+        }
+    })
+}
+
+fn column(name: &str, type_: &str, path: &str) -> CustomResourceColumnDefinition {
+    CustomResourceColumnDefinition {
+        name: name.to_string(),
+        type_: type_.to_string(),
+        json_path: path.to_string(),
+        ..CustomResourceColumnDefinition::default()
+    }
+}
+
+fn finish(
+    mut crd: CustomResourceDefinition,
+    schema: Value,
+    columns: Vec<CustomResourceColumnDefinition>,
+) -> CrdFile {
+    let version = &mut crd.spec.versions[0];
+    version.schema = Some(
+        serde_json::from_value(json!({ "openAPIV3Schema": schema }))
+            .expect("hand-written schema is a valid JSONSchemaProps"),
+    );
+    version.subresources =
+        Some(serde_json::from_value(json!({"status": {}})).expect("status subresource is valid"));
+    version.additional_printer_columns = if columns.is_empty() {
+        None
+    } else {
+        Some(columns)
+    };
+    let file_name = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
+    CrdFile { file_name, crd }
+}
+
+/// Every CRD of the system, in a stable order.
+#[must_use]
+pub fn all_crds() -> Vec<CrdFile> {
+    let age = || column("Age", "date", ".metadata.creationTimestamp");
+    vec![
+        finish(
+            AzureIdentity::crd(),
+            root_schema(
+                "AzureIdentity is an Azure identity (user-assigned managed identity or service principal) that pods may use.",
+                identity_spec_schema(),
+                replicas_status(json!({})),
+            ),
+            vec![
+                column("Type", "integer", ".spec.type"),
+                column("ClientID", "string", ".spec.clientID"),
+                age(),
+            ],
+        ),
+        finish(
+            AzureIdentityBinding::crd(),
+            root_schema(
+                "AzureIdentityBinding binds an AzureIdentity to pods by their aadpodidbinding label.",
+                binding_spec_schema(),
+                replicas_status(json!({})),
+            ),
+            vec![
+                column("AzureIdentity", "string", ".spec.azureIdentity"),
+                column("Selector", "string", ".spec.selector"),
+                age(),
+            ],
+        ),
+        finish(
+            AzureAssignedIdentity::crd(),
+            root_schema(
+                "AzureAssignedIdentity records that one pod's identity is assigned to its node's VM or scale set.",
+                json!({
+                    "type": "object",
+                    "description": "The pod, its node, and the identity and binding that matched.",
+                    "properties": {
+                        "metadata": free_object("Tolerated for compatibility: the original writes an empty object metadata here."),
+                        "azureIdentityRef": free_object("The whole AzureIdentity, embedded."),
+                        "azureBindingRef": free_object("The whole AzureIdentityBinding, embedded."),
+                        "pod": string("Pod name."),
+                        "podNamespace": string("Pod namespace."),
+                        "nodename": string("Node of the pod."),
+                        "replicas": {"type": "integer", "format": "int32", "nullable": true, "description": "Unused."}
+                    }
+                }),
+                replicas_status(json!({
+                    "status": string("Created, Assigned or Unassigned.")
+                })),
+            ),
+            Vec::new(),
+        ),
+        finish(
+            AzurePodIdentityException::crd(),
+            root_schema(
+                "AzurePodIdentityException lets pods with the given labels get the node's own token.",
+                json!({
+                    "type": "object",
+                    "description": "Labels that mark excepted pods in this namespace.",
+                    "properties": {
+                        "metadata": free_object("Tolerated for compatibility: the original writes an empty object metadata here."),
+                        "podLabels": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Every label must match."}
+                    }
+                }),
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "metadata": free_object("Tolerated for compatibility: the original writes an empty object metadata here."),
+                        "status": string("Free text.")
+                    }
+                }),
+            ),
+            Vec::new(),
+        ),
+    ]
+}
+
+/// The YAML committed for one CRD, with a header saying where it comes from.
+#[must_use]
+pub fn render_crd_yaml(file: &CrdFile) -> String {
+    let body = serde_yaml::to_string(&file.crd).expect("a CRD always serializes");
+    format!("# Generated by `aad-pod-identity crdgen`; do not edit.\n{body}")
+}

@@ -1,0 +1,19 @@
+//! AAD Pod Identity in Rust: the library behind the `aad-pod-identity` binary.
+//!
+//! The binary is thin; everything testable lives here. Module map:
+//! - [`crd`]: the `aadpodidentity.k8s.io/v1` custom resources, wire-compatible with the Go original.
+//! - [`config`]: typed flags for `mic` and `nmi` (clap derive, env equivalents).
+//! - [`cloud`]: Azure clients (ARM, metadata service, Azure AD) and cloud configuration.
+//! - [`actors`]: the actix actors of MIC and NMI.
+//! - [`http`]: NMI's HTTP surface, probes and the metrics endpoint.
+//! - [`metrics`]: the one Prometheus registry and every metric the system records.
+//! - [`logging`]: tracing-subscriber setup (text or JSON).
+//! - [`sim`]: the Kubernetes API and Azure simulators used by the sandbox and the tests.
+//! - [`sandbox`]: the whole system on one machine.
+
+pub mod actors;
+pub mod cloud;
+pub mod crd;
+pub mod http;
+pub mod sandbox;
+pub mod sim;

@@ -1,0 +1,4 @@
+//! The sandbox: the whole system (Kubernetes simulator, Azure simulator, MIC, one NMI per node)
+//! on one machine, on loopback only.
+
+pub mod topology;

@@ -93,7 +93,30 @@ one place to change them). Returns the map as YAML; use with fromYaml.
 {{- if and (eq .Values.operationMode "managed") (ne (include "aad-pod-identity.forceNamespaced" .) "true") -}}
 {{- fail "operationMode managed requires forceNamespaced: true (NMI reads bindings per namespace)" -}}
 {{- end -}}
+{{- if and .Values.mic.customCloud (eq (include "aad-pod-identity.bool" .Values.mic.customCloud.enabled) "true") -}}
+{{- fail "mic.customCloud is not supported by this chart; give MIC an azure.json for your cloud through mic.cloudConfig" -}}
+{{- end -}}
 {{- if and .Values.monitoring.podMonitor.enabled .Values.monitoring.serviceMonitor.enabled -}}
 {{- fail "enable monitoring.podMonitor or monitoring.serviceMonitor, not both (each target would be scraped twice)" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Keys of the Go original's chart that this chart accepts and ignores, comma-separated. */}}
+{{- define "aad-pod-identity.retiredKeys" -}}
+{{- $set := list -}}
+{{- range $comp := list "mic" "nmi" -}}
+{{- range $key := list "image" "tag" "logVerbosity" "enableScaleFeatures" "allowNetworkPluginKubenet" "kubeletConfig" -}}
+{{- $v := index (index $.Values $comp) $key -}}
+{{- if and (not (kindIs "invalid" $v)) (ne (toString $v) "") -}}
+{{- $set = append $set (printf "%s.%s" $comp $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "customUserAgent" "installCRDs" -}}
+{{- $v := index $.Values $key -}}
+{{- if and (not (kindIs "invalid" $v)) (ne (toString $v) "") -}}
+{{- $set = append $set $key -}}
+{{- end -}}
+{{- end -}}
+{{- join ", " $set -}}
 {{- end -}}

@@ -133,17 +133,18 @@ def where(obj: dict) -> str:
 
 
 def cmd_lint(f: Failures) -> None:
+    """`helm lint --strict` (warnings fail) for every value set and each Kubernetes version."""
     for name, values in value_sets().items():
-        report = helm.lint(str(CHART), values, namespace=NAMESPACE, strict=False)
-        for err in report.get("errors", []):
-            f.add(f"helm lint [{name}]", err)
-        for msg in report.get("messages", []):
-            line = f"[{msg['severity']}] {msg['path']}: {msg['error']}"
-            if msg["severity"] >= 2:
-                f.add(f"helm lint [{name}]", line)
-            else:
-                print(f"helm lint [{name}] info: {line}")
-        print(f"helm lint [{name}]: {len(report.get('messages', []))} message(s)")
+        for version in KUBE_VERSIONS:
+            report = helm.lint(str(CHART), values, namespace=NAMESPACE, strict=True, kube_version=f"v{version}")
+            for err in report.get("errors", []):
+                f.add(f"helm lint [{name}] (Kubernetes {version})", err)
+            for msg in report.get("messages", []):
+                line = f"[{msg['severity']}] {msg['path']}: {msg['error']}"
+                if msg["severity"] >= 2:
+                    f.add(f"helm lint [{name}] (Kubernetes {version})", line)
+                else:
+                    print(f"helm lint [{name}] (Kubernetes {version}) info: {line}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +409,21 @@ def cmd_content(f: Failures) -> None:
             f.check(b["spec"]["azureIdentity"] in names, tag, f"binding {b['metadata']['name']} names an identity in its namespace")
 
         f.check("kubectl" in notes and "aadpodidbinding" in notes, tag, "NOTES tell the user what to do next")
+        retired = [
+            f"{comp}.{k}"
+            for comp in ("mic", "nmi")
+            for k in ("image", "tag", "logVerbosity", "enableScaleFeatures", "allowNetworkPluginKubenet", "kubeletConfig")
+            if str(values.get(comp, {}).get(k, "")) != ""
+        ]
+        for key in retired:
+            f.check(key in notes and "Ignored values of the original chart" in notes, tag, f"NOTES name the ignored key {key}")
+        if not retired:
+            f.check("Ignored values" not in notes, tag, "NOTES mention ignored keys only when some are set")
+
+        # forceNamespaced reaches both components, in boolean or the original's string form.
+        want_ns = str(merged["forceNamespaced"]).lower()
+        for wl in mics + nmis:
+            f.check(f"--forceNamespaced={want_ns}" in only_container(wl)["args"], f"{tag} {where(wl)}", f"--forceNamespaced={want_ns}")
         print(f"content [{name}]: checked {len(objects)} objects")
 
 

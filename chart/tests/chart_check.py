@@ -388,6 +388,10 @@ def cmd_content(f: Failures) -> None:
                 rbs = [b for b in find(objects, "RoleBinding", "mic") if b["metadata"]["namespace"] == le_ns]
                 f.check(any(s["name"] == sa for b in rbs for s in b["subjects"]), tag, "RoleBinding for the Lease names MIC's ServiceAccount")
 
+        else:
+            rbac_objs = [o for o in objects if o.get("kind") in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+            f.check(not rbac_objs, tag, f"rbac.enabled=false renders no RBAC objects, found {[where(o) for o in rbac_objs]}")
+
         # Workloads use their ServiceAccounts.
         for kind, comp in (("Deployment", "mic"), ("DaemonSet", "nmi")):
             for wl in find(objects, kind, comp):

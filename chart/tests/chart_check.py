@@ -15,9 +15,9 @@ Exit status: 0 ok, 1 a check failed, 3 a tool or Python package is missing.
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -529,8 +529,6 @@ def container_env(container: dict, objects: list[dict]) -> dict[str, str]:
             ref = e["valueFrom"]["secretKeyRef"]
             secrets = [s for s in objects if s.get("kind") == "Secret" and s["metadata"]["name"] == ref["name"]]
             if secrets:
-                import base64
-
                 env[e["name"]] = base64.b64decode(secrets[0]["data"][ref["key"]]).decode()
             else:
                 env[e["name"]] = "sample"
@@ -821,7 +819,6 @@ def main() -> int:
     p.add_argument("command", choices=["lint", "validate", "content", "schema", "flags", "alerts", "dashboard", "metric-names", "all"])
     p.add_argument("--binary", help="path of the aad-pod-identity binary (for `flags`)")
     a = p.parse_args()
-    helm.disable_logging() if hasattr(helm, "disable_logging") else None
     f = Failures()
     commands = {
         "lint": lambda: cmd_lint(f),

@@ -2,3 +2,4 @@
 //! on one machine, on loopback only.
 
 pub mod topology;
+pub mod run;

@@ -194,13 +194,19 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
             name,
             format!(
                 "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.'",
-                if info.plural == "namespaces" { "label" } else { "subdomain" }
+                if info.plural == "namespaces" {
+                    "label"
+                } else {
+                    "subdomain"
+                }
             ),
         ));
     }
     if let Some(labels) = obj.get("metadata").and_then(|m| m.get("labels")) {
         let Some(labels) = labels.as_object() else {
-            return Err(ApiError::bad_request("metadata.labels must be a map of strings"));
+            return Err(ApiError::bad_request(
+                "metadata.labels must be a map of strings",
+            ));
         };
         for (k, v) in labels {
             let Some(v) = v.as_str() else {
@@ -213,7 +219,9 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
                     &info.group,
                     &info.kind,
                     name,
-                    format!("metadata.labels: Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'"),
+                    format!(
+                        "metadata.labels: Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'"
+                    ),
                 ));
             }
             if !is_label_value(v) {
@@ -221,13 +229,17 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
                     &info.group,
                     &info.kind,
                     name,
-                    format!("metadata.labels: Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"),
+                    format!(
+                        "metadata.labels: Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"
+                    ),
                 ));
             }
         }
     }
     if let Some(a) = obj.get("metadata").and_then(|m| m.get("annotations"))
-        && !a.as_object().is_some_and(|m| m.values().all(Value::is_string))
+        && !a
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_string))
     {
         return Err(ApiError::bad_request(
             "metadata.annotations must be a map of strings",
@@ -241,7 +253,11 @@ fn defaults_on_create(info: &ResourceInfo, obj: &mut Value) {
     match (info.group.as_str(), info.plural.as_str()) {
         ("", "pods") => {
             let status = obj.get("status").cloned().unwrap_or(json!({}));
-            let mut status = if status.is_object() { status } else { json!({}) };
+            let mut status = if status.is_object() {
+                status
+            } else {
+                json!({})
+            };
             if status.get("phase").is_none() {
                 status["phase"] = json!("Pending");
             }
@@ -458,9 +474,8 @@ impl Store {
         validate_meta(info, &obj)?;
         let is_crd = info.group == "apiextensions.k8s.io";
         if is_crd {
-            super::resources::from_crd(&obj).map_err(|m| {
-                ApiError::invalid(&info.group, &info.kind, name_of(&obj), m)
-            })?;
+            super::resources::from_crd(&obj)
+                .map_err(|m| ApiError::invalid(&info.group, &info.kind, name_of(&obj), m))?;
         }
         defaults_on_create(info, &mut obj);
         let name = name_of(&obj).to_string();
@@ -474,7 +489,11 @@ impl Store {
                 .and_then(|s| s.objects.get(&(String::new(), ns.to_string())));
             match ns_obj {
                 None => return Err(ApiError::not_found("", "namespaces", ns)),
-                Some(n) if n.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() => {
+                Some(n)
+                    if n.get("metadata")
+                        .and_then(|m| m.get("deletionTimestamp"))
+                        .is_some() =>
+                {
                     let mut e = ApiError::bad_request(format!(
                         "unable to create new content in namespace {ns} because it is being terminated"
                     ));
@@ -731,7 +750,10 @@ impl Store {
             }
             m.insert(
                 "resourceVersion".into(),
-                old_meta.get("resourceVersion").cloned().unwrap_or(json!("")),
+                old_meta
+                    .get("resourceVersion")
+                    .cloned()
+                    .unwrap_or(json!("")),
             );
         }
         validate_meta(info, &new)?;
@@ -769,7 +791,13 @@ impl Store {
                 rv,
             );
             let mut pending = Vec::new();
-            self.remove_locked(&mut inner, info, &new, Propagation::Background, &mut pending);
+            self.remove_locked(
+                &mut inner,
+                info,
+                &new,
+                Propagation::Background,
+                &mut pending,
+            );
             self.collect_garbage(&mut inner, pending);
         } else {
             self.commit(
@@ -818,7 +846,12 @@ impl Store {
                     .range((ns.clone(), String::new())..)
                     .take_while(|(k, _)| k.0 == ns)
                 {
-                    pending.push((sgr.clone(), k.0.clone(), k.1.clone(), Propagation::Background));
+                    pending.push((
+                        sgr.clone(),
+                        k.0.clone(),
+                        k.1.clone(),
+                        Propagation::Background,
+                    ));
                 }
             }
         }
@@ -829,7 +862,12 @@ impl Store {
                 let cgr = first.gr();
                 if let Some(shard) = inner.shards.get(&cgr) {
                     for k in shard.objects.keys() {
-                        pending.push((cgr.clone(), k.0.clone(), k.1.clone(), Propagation::Background));
+                        pending.push((
+                            cgr.clone(),
+                            k.0.clone(),
+                            k.1.clone(),
+                            Propagation::Background,
+                        ));
                     }
                 }
             }
@@ -948,7 +986,14 @@ impl Store {
             m.insert("deletionGracePeriodSeconds".into(), json!(0));
             m.insert("resourceVersion".into(), json!(rv.to_string()));
             let n = Arc::new(n);
-            self.commit(&mut inner, &gr, EventType::Modified, n.clone(), Some(existing), rv);
+            self.commit(
+                &mut inner,
+                &gr,
+                EventType::Modified,
+                n.clone(),
+                Some(existing),
+                rv,
+            );
             return Ok(n);
         }
         if opts.propagation == Propagation::Orphan {
@@ -999,7 +1044,11 @@ impl Store {
 
     /// Events of `gr` after resourceVersion `after`, and the resourceVersion up to which the
     /// answer is complete (for bookmarks). 410 when `after` is older than the kept history.
-    pub fn events_since(&self, gr: &GroupResource, after: u64) -> Result<(Vec<Event>, u64), ApiError> {
+    pub fn events_since(
+        &self,
+        gr: &GroupResource,
+        after: u64,
+    ) -> Result<(Vec<Event>, u64), ApiError> {
         let inner = self.inner.read().expect("store lock");
         let Some(shard) = inner.shards.get(gr) else {
             return Ok((Vec::new(), inner.rv));

@@ -134,7 +134,11 @@ impl State {
 
     /// Pulls new events into `pending`; ends the stream on 410.
     fn catch_up(&mut self) {
-        match self.shared.store.events_since(&self.params.info.gr(), self.cursor) {
+        match self
+            .shared
+            .store
+            .events_since(&self.params.info.gr(), self.cursor)
+        {
             Ok((events, complete)) => {
                 let chunk = self.render(&events);
                 if !chunk.is_empty() {

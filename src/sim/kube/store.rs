@@ -104,11 +104,12 @@ struct Shard {
 }
 
 impl Shard {
+    /// A shard for a resource with no events yet: nothing has been compacted away.
     fn new(rv: u64) -> Self {
         Self {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
-            compacted: rv,
+            compacted: 0,
             notify: watch::Sender::new(rv),
         }
     }
@@ -236,8 +237,66 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A Job's generated selector and pod labels, derived from its uid as the real server does.
+fn job_selector(obj: &mut Value) {
+    let uid = uid_of(obj).to_string();
+    let name = name_of(obj).to_string();
+    if obj["spec"].get("selector").is_none_or(Value::is_null) {
+        obj["spec"]["selector"] =
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    }
+    if !obj["spec"].get("template").is_some_and(Value::is_object) {
+        obj["spec"]["template"] = json!({});
+    }
+    let t = &mut obj["spec"]["template"];
+    if !t.get("metadata").is_some_and(Value::is_object) {
+        t["metadata"] = json!({});
+    }
+    if !t["metadata"].get("labels").is_some_and(Value::is_object) {
+        t["metadata"]["labels"] = json!({});
+    }
+    let labels = &mut t["metadata"]["labels"];
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels[k] = json!(v);
+    }
+}
+
+/// Spec defaults of workload resources, as the real API server's defaulting sets them.
+fn workload_defaults(info: &ResourceInfo, obj: &mut Value) {
+    let defaults: &[(&str, Value)] = match (info.group.as_str(), info.plural.as_str()) {
+        ("apps", "deployments") => &[("replicas", json!(1)), ("revisionHistoryLimit", json!(10))],
+        ("apps", "replicasets") => &[("replicas", json!(1))],
+        ("batch", "jobs") => &[
+            ("completions", json!(1)),
+            ("parallelism", json!(1)),
+            ("backoffLimit", json!(6)),
+        ],
+        ("batch", "cronjobs") => &[
+            ("suspend", json!(false)),
+            ("concurrencyPolicy", json!("Allow")),
+            ("successfulJobsHistoryLimit", json!(3)),
+            ("failedJobsHistoryLimit", json!(1)),
+        ],
+        _ => return,
+    };
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        obj["spec"] = json!({});
+    }
+    for (k, v) in defaults {
+        if obj["spec"].get(*k).is_none_or(Value::is_null) {
+            obj["spec"][*k] = v.clone();
+        }
+    }
+}
+
 /// Fields the server fills in on create, per resource.
 fn defaults_on_create(info: &ResourceInfo, obj: &mut Value) {
+    workload_defaults(info, obj);
     match (info.group.as_str(), info.plural.as_str()) {
         ("", "pods") => {
             let status = obj.get("status").cloned().unwrap_or(json!({}));
@@ -502,6 +561,9 @@ impl Store {
         m.remove("deletionTimestamp");
         m.remove("deletionGracePeriodSeconds");
         m.remove("selfLink");
+        if gr.group == "batch" && gr.plural == "jobs" {
+            job_selector(&mut obj);
+        }
         let obj = Arc::new(obj);
         self.commit(&mut inner, &gr, EventType::Added, obj.clone(), None, rv);
         drop(inner);

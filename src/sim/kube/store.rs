@@ -269,7 +269,22 @@ fn job_selector(obj: &mut Value) {
 /// Spec defaults of workload resources, as the real API server's defaulting sets them.
 fn workload_defaults(info: &ResourceInfo, obj: &mut Value) {
     let defaults: &[(&str, Value)] = match (info.group.as_str(), info.plural.as_str()) {
-        ("apps", "deployments") => &[("replicas", json!(1)), ("revisionHistoryLimit", json!(10))],
+        ("apps", "deployments") => &[
+            ("replicas", json!(1)),
+            ("revisionHistoryLimit", json!(10)),
+            ("progressDeadlineSeconds", json!(600)),
+            (
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            ),
+        ],
+        ("apps", "daemonsets") => &[
+            ("revisionHistoryLimit", json!(10)),
+            (
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            ),
+        ],
         ("apps", "replicasets") => &[("replicas", json!(1))],
         ("batch", "jobs") => &[
             ("completions", json!(1)),

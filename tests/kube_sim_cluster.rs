@@ -18,7 +18,12 @@ fn info(h: &KubeSimHandle, group: &str, plural: &str) -> Arc<ResourceInfo> {
 
 /// Waits (on store notifications, never polling on a timer) until `check` holds for the
 /// objects of `group/plural`.
-async fn wait_for(h: &KubeSimHandle, group: &str, plural: &str, check: impl Fn(&[Arc<Value>]) -> bool) -> Vec<Arc<Value>> {
+async fn wait_for(
+    h: &KubeSimHandle,
+    group: &str,
+    plural: &str,
+    check: impl Fn(&[Arc<Value>]) -> bool,
+) -> Vec<Arc<Value>> {
     let i = info(h, group, plural);
     let mut rx = h.store().subscribe(&i.gr());
     loop {
@@ -36,7 +41,10 @@ async fn wait_for(h: &KubeSimHandle, group: &str, plural: &str, check: impl Fn(&
 fn complete(job: &Value) -> bool {
     job.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Complete" && c["status"] == "True"))
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Complete" && c["status"] == "True")
+        })
 }
 
 fn job_template() -> Value {
@@ -54,10 +62,17 @@ async fn job_pods_succeed_after_the_run_time_and_the_job_completes() {
     let start = tokio::time::Instant::now();
     let spec = job_template();
     h.store()
-        .create(&info(&h, "batch", "jobs"), "default", json!({"metadata": {"name": "once"}, "spec": spec}))
+        .create(
+            &info(&h, "batch", "jobs"),
+            "default",
+            json!({"metadata": {"name": "once"}, "spec": spec}),
+        )
         .unwrap();
     let jobs = wait_for(&h, "batch", "jobs", |js| js.iter().any(|j| complete(j))).await;
-    assert!(start.elapsed() >= Duration::from_secs(30), "completed before the pod's run time");
+    assert!(
+        start.elapsed() >= Duration::from_secs(30),
+        "completed before the pod's run time"
+    );
     assert_eq!(jobs[0]["status"]["succeeded"], 1);
     let pods = wait_for(&h, "", "pods", |ps| !ps.is_empty()).await;
     assert_eq!(pods.len(), 1, "completions=1 runs exactly one pod");
@@ -79,22 +94,41 @@ async fn cronjob_creates_one_job_per_scheduled_minute_on_a_sped_up_clock() {
     let start = tokio::time::Instant::now();
     let cj = json!({"metadata": {"name": "tick"}, "spec": {"schedule": "*/1 * * * *",
         "successfulJobsHistoryLimit": 2, "jobTemplate": {"spec": job_template()}}});
-    h.store().create(&info(&h, "batch", "cronjobs"), "default", cj).unwrap();
+    h.store()
+        .create(&info(&h, "batch", "cronjobs"), "default", cj)
+        .unwrap();
     // Four scheduled minutes pass in about four seconds of (paused) tokio time.
     let jobs = wait_for(&h, "batch", "jobs", |js| {
-        js.iter().filter(|j| complete(j)).count() >= 2 && js.iter().any(|j| j["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("tick-")))
+        js.iter().filter(|j| complete(j)).count() >= 2
+            && js.iter().any(|j| {
+                j["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("tick-"))
+            })
     })
     .await;
-    let names: std::collections::BTreeSet<_> = jobs.iter().map(|j| j["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let names: std::collections::BTreeSet<_> = jobs
+        .iter()
+        .map(|j| j["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names.len(), jobs.len());
-    assert!(start.elapsed() <= Duration::from_secs(3 * 60), "the clock speed-up was not applied");
+    assert!(
+        start.elapsed() <= Duration::from_secs(3 * 60),
+        "the clock speed-up was not applied"
+    );
     // Keep going: the history limit prunes old finished jobs.
     let t = tokio::time::Instant::now();
     tokio::time::sleep_until(t + Duration::from_secs(5)).await;
     let jobs = wait_for(&h, "batch", "jobs", |_| true).await;
     let finished = jobs.iter().filter(|j| complete(j)).count();
-    assert!(finished <= 2, "history limit not applied: {finished} finished jobs kept");
-    let cj = h.store().get(&info(&h, "batch", "cronjobs"), "default", "tick").unwrap();
+    assert!(
+        finished <= 2,
+        "history limit not applied: {finished} finished jobs kept"
+    );
+    let cj = h
+        .store()
+        .get(&info(&h, "batch", "cronjobs"), "default", "tick")
+        .unwrap();
     assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
     for j in &jobs {
         assert_eq!(j["metadata"]["ownerReferences"][0]["name"], "tick");
@@ -105,7 +139,10 @@ async fn cronjob_creates_one_job_per_scheduled_minute_on_a_sped_up_clock() {
 async fn active_pods(pods: &Api<Pod>, selector: &str, want: usize) -> Vec<Pod> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let l = pods.list(&ListParams::default().labels(selector)).await.unwrap();
+        let l = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap();
         let running: Vec<_> = l
             .items
             .into_iter()
@@ -114,7 +151,11 @@ async fn active_pods(pods: &Api<Pod>, selector: &str, want: usize) -> Vec<Pod> {
         if running.len() == want {
             return running;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} running pods, want {want}", running.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} running pods, want {want}",
+            running.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -138,10 +179,17 @@ async fn deployments_scale_and_daemonsets_cover_every_node() {
     let running = active_pods(&pods, "app=web", 3).await;
     for p in &running {
         let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Deployment", "web"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("Deployment", "web")
+        );
     }
     deploys
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
         .await
         .unwrap();
     active_pods(&pods, "app=web", 1).await;
@@ -152,7 +200,10 @@ async fn deployments_scale_and_daemonsets_cover_every_node() {
     let dss: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
     dss.create(&PostParams::default(), &ds).await.unwrap();
     let agents = active_pods(&pods, "app=agent", 3).await;
-    let nodes: std::collections::BTreeSet<_> = agents.iter().map(|p| p.spec.as_ref().unwrap().node_name.clone().unwrap()).collect();
+    let nodes: std::collections::BTreeSet<_> = agents
+        .iter()
+        .map(|p| p.spec.as_ref().unwrap().node_name.clone().unwrap())
+        .collect();
     assert_eq!(nodes.len(), 3);
     for p in &agents {
         // Host-network pods share the node's address.

@@ -33,7 +33,11 @@ impl Env {
         }
         let kubeconfig = dir.join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).unwrap();
-        Self { sim, dir, kubeconfig }
+        Self {
+            sim,
+            dir,
+            kubeconfig,
+        }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -53,14 +57,20 @@ impl Env {
             .expect("kubectl runs");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "kubectl {args:?} failed:\n{stdout}\n{stderr}");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{stdout}\n{stderr}"
+        );
         stdout
     }
 
     /// Runs kubectl expecting failure; returns stderr.
     async fn fails(&self, args: &[&str]) -> String {
         let out = self.cmd(args).output().await.expect("kubectl runs");
-        assert!(!out.status.success(), "kubectl {args:?} unexpectedly succeeded");
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded"
+        );
         String::from_utf8_lossy(&out.stderr).to_string()
     }
 
@@ -106,31 +116,74 @@ async fn kubectl_applies_the_crds_and_every_seed_example_and_they_run() {
     let ids = env.ok(&["get", "azureidentities"]).await;
     let header: Vec<_> = ids.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "TYPE", "CLIENTID", "AGE"], "{ids}");
-    assert!(ids.contains("az-id-1") && ids.contains("<ClientID of az-id-1>"), "{ids}");
+    assert!(
+        ids.contains("az-id-1") && ids.contains("<ClientID of az-id-1>"),
+        "{ids}"
+    );
     let bindings = env.ok(&["get", "azureidentitybindings"]).await;
-    let header: Vec<_> = bindings.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "AZUREIDENTITY", "SELECTOR", "AGE"], "{bindings}");
+    let header: Vec<_> = bindings
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "AZUREIDENTITY", "SELECTOR", "AGE"],
+        "{bindings}"
+    );
     assert!(bindings.contains("az-id-combined"), "{bindings}");
     // The workloads turn into running pods.
-    env.ok(&["wait", "--for=condition=Ready", "pod/demo", "--timeout=30s"]).await;
-    env.ok(&["rollout", "status", "deployment/azure-cli", "--timeout=30s"]).await;
-    env.ok(&["rollout", "status", "daemonset/azure-cli", "--timeout=30s"]).await;
-    env.ok(&["wait", "--for=condition=complete", "job/azure-cli", "--timeout=30s"]).await;
+    env.ok(&["wait", "--for=condition=Ready", "pod/demo", "--timeout=30s"])
+        .await;
+    env.ok(&["rollout", "status", "deployment/azure-cli", "--timeout=30s"])
+        .await;
+    env.ok(&["rollout", "status", "daemonset/azure-cli", "--timeout=30s"])
+        .await;
+    env.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/azure-cli",
+        "--timeout=30s",
+    ])
+    .await;
     let pods = env.ok(&["get", "pods", "-o", "wide"]).await;
     // demo + 1 deployment replica + 2 daemonset pods (one per node) + the job's pod.
     assert_eq!(pods.lines().count(), 1 + 5, "{pods}");
     assert!(pods.contains("Completed"), "{pods}");
     let ips = env
-        .ok(&["get", "pods", "-o", "jsonpath={range .items[*]}{.status.podIP}{\"\\n\"}{end}"])
+        .ok(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.status.podIP}{\"\\n\"}{end}",
+        ])
         .await;
     let ips: Vec<_> = ips.lines().collect();
     assert_eq!(ips.len(), 5);
     assert!(ips.iter().all(|ip| ip.starts_with("127.1.")), "{ips:?}");
-    let ds = env.ok(&["get", "pods", "-l", "name=azure-cli", "-o", "jsonpath={.items[*].spec.nodeName}"]).await;
+    let ds = env
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            "name=azure-cli",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ])
+        .await;
     let nodes: std::collections::BTreeSet<_> = ds.split_whitespace().collect();
     assert!(nodes.len() >= 2, "daemonset pods not spread: {ds}");
     // The batch/v1beta1 CronJob is served and listed.
-    let cj = env.ok(&["get", "cronjobs.v1beta1.batch", "azure-cli", "-o", "jsonpath={.spec.schedule}"]).await;
+    let cj = env
+        .ok(&[
+            "get",
+            "cronjobs.v1beta1.batch",
+            "azure-cli",
+            "-o",
+            "jsonpath={.spec.schedule}",
+        ])
+        .await;
     assert_eq!(cj, "*/1 * * * *");
     env.stop().await;
 }
@@ -139,7 +192,8 @@ async fn kubectl_applies_the_crds_and_every_seed_example_and_they_run() {
 async fn kubectl_describe_label_and_delete_work() {
     let env = Env::start().await;
     env.apply_crds_and_seed().await;
-    env.ok(&["wait", "--for=condition=Ready", "pod/demo", "--timeout=30s"]).await;
+    env.ok(&["wait", "--for=condition=Ready", "pod/demo", "--timeout=30s"])
+        .await;
     // An Event about the pod shows up in describe.
     let event = env.dir.join("event.yaml");
     std::fs::write(
@@ -148,9 +202,18 @@ async fn kubectl_describe_label_and_delete_work() {
     )
     .unwrap();
     env.ok(&["create", "-f", event.to_str().unwrap()]).await;
-    let uid = env.ok(&["get", "pod", "demo", "-o", "jsonpath={.metadata.uid}"]).await;
-    env.ok(&["patch", "event", "demo.binding", "--type=merge", "-p", &format!("{{\"involvedObject\":{{\"uid\":\"{uid}\"}}}}")])
+    let uid = env
+        .ok(&["get", "pod", "demo", "-o", "jsonpath={.metadata.uid}"])
         .await;
+    env.ok(&[
+        "patch",
+        "event",
+        "demo.binding",
+        "--type=merge",
+        "-p",
+        &format!("{{\"involvedObject\":{{\"uid\":\"{uid}\"}}}}"),
+    ])
+    .await;
     let d = env.ok(&["describe", "pod", "demo"]).await;
     assert!(d.contains("Status:           Running"), "{d}");
     assert!(d.contains("IP:               127.1."), "{d}");
@@ -163,24 +226,37 @@ async fn kubectl_describe_label_and_delete_work() {
     env.ok(&["describe", "deployment", "azure-cli"]).await;
     // label, then select by it
     env.ok(&["label", "pod", "demo", "team=identity"]).await;
-    let sel = env.ok(&["get", "pods", "-l", "team=identity", "-o", "name"]).await;
+    let sel = env
+        .ok(&["get", "pods", "-l", "team=identity", "-o", "name"])
+        .await;
     assert_eq!(sel.trim(), "pod/demo");
     env.ok(&["label", "pod", "demo", "team-"]).await;
     let sel = env.ok(&["get", "pods", "-l", "team", "-o", "name"]).await;
     assert_eq!(sel.trim(), "");
-    env.ok(&["label", "azureidentity", "az-id-1", "tier=gold"]).await;
-    let sel = env.ok(&["get", "azureidentities", "-l", "tier=gold", "-o", "name"]).await;
+    env.ok(&["label", "azureidentity", "az-id-1", "tier=gold"])
+        .await;
+    let sel = env
+        .ok(&["get", "azureidentities", "-l", "tier=gold", "-o", "name"])
+        .await;
     assert_eq!(sel.trim(), "azureidentity.aadpodidentity.k8s.io/az-id-1");
     // delete waits for the object to be gone; the deployment takes its pods with it.
     env.ok(&["delete", "pod", "demo"]).await;
     let err = env.fails(&["get", "pod", "demo"]).await;
     assert!(err.contains("pods \"demo\" not found"), "{err}");
     env.ok(&["delete", "deployment", "azure-cli"]).await;
-    let left = env.ok(&["get", "pods", "-l", "pod-template-hash", "-o", "name"]).await;
+    let left = env
+        .ok(&["get", "pods", "-l", "pod-template-hash", "-o", "name"])
+        .await;
     assert_eq!(left.trim(), "", "deployment pods survived their owner");
-    env.ok(&["delete", "azureidentitybinding", "az-id-1-binding"]).await;
-    let b = env.ok(&["get", "azureidentitybindings", "-o", "name"]).await;
-    assert_eq!(b.trim(), "azureidentitybinding.aadpodidentity.k8s.io/az-id-2-binding");
+    env.ok(&["delete", "azureidentitybinding", "az-id-1-binding"])
+        .await;
+    let b = env
+        .ok(&["get", "azureidentitybindings", "-o", "name"])
+        .await;
+    assert_eq!(
+        b.trim(),
+        "azureidentitybinding.aadpodidentity.k8s.io/az-id-2-binding"
+    );
     env.stop().await;
 }
 
@@ -202,7 +278,10 @@ async fn kubectl_get_watch_sees_changes_live() {
             .unwrap()
             .expect("kubectl get -w ended");
         // EVENT, NAME and the printer columns TYPE and CLIENTID; AGE varies.
-        line.split_whitespace().take(4).collect::<Vec<_>>().join(" ")
+        line.split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     assert_eq!(next().await, "EVENT NAME TYPE CLIENTID");
     let mut initial = vec![next().await, next().await];
@@ -233,12 +312,20 @@ async fn kubectl_get_watch_sees_changes_live() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let header = tokio::time::timeout(Duration::from_secs(15), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let header = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(header.starts_with("NAME"), "{header}");
     env.ok(&["run", "live", "--image=busybox"]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("no row for the new pod").unwrap().unwrap();
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("no row for the new pod")
+            .unwrap()
+            .unwrap();
         if line.starts_with("live ") && line.contains("Running") {
             break;
         }
@@ -251,16 +338,26 @@ async fn kubectl_get_watch_sees_changes_live() {
 async fn kubectl_reports_server_errors_precisely() {
     let env = Env::start().await;
     let err = env.fails(&["get", "pod", "nope"]).await;
-    assert!(err.contains("Error from server (NotFound): pods \"nope\" not found"), "{err}");
+    assert!(
+        err.contains("Error from server (NotFound): pods \"nope\" not found"),
+        "{err}"
+    );
     let bad = env.dir.join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n").unwrap();
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+    )
+    .unwrap();
     let err = env.fails(&["apply", "-f", bad.to_str().unwrap()]).await;
     assert!(
         err.contains("The ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"),
         "{err}"
     );
     let err = env.fails(&["get", "widgets"]).await;
-    assert!(err.contains("the server doesn't have a resource type \"widgets\""), "{err}");
+    assert!(
+        err.contains("the server doesn't have a resource type \"widgets\""),
+        "{err}"
+    );
     let none = env.ok(&["get", "configmaps", "-o", "name"]).await;
     assert_eq!(none.trim(), "");
     env.stop().await;

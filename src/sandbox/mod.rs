@@ -1,5 +1,5 @@
 //! The sandbox: the whole system (Kubernetes simulator, Azure simulator, MIC, one NMI per node)
 //! on one machine, on loopback only.
 
-pub mod topology;
 pub mod run;
+pub mod topology;

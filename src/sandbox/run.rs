@@ -40,7 +40,11 @@ pub async fn run_kube_only(
     }
     println!("Kubernetes API simulator: {}", sim.base_url());
     match &kubeconfig_out {
-        Some(p) => println!("kubeconfig written to {} (export KUBECONFIG={})", p.display(), p.display()),
+        Some(p) => println!(
+            "kubeconfig written to {} (export KUBECONFIG={})",
+            p.display(),
+            p.display()
+        ),
         None => print!("{}", sim.kubeconfig_yaml()),
     }
     println!("{endpoints_text}");

@@ -17,7 +17,16 @@ use super::resources::ResourceInfo;
 pub const MINOR: &str = "33";
 
 fn verbs() -> Value {
-    json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
+    json!([
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch"
+    ])
 }
 
 fn resource_entry(i: &ResourceInfo) -> Value {
@@ -90,7 +99,11 @@ fn group_entry(name: &str, versions: &[String]) -> Value {
 }
 
 /// Answers discovery, health and OpenAPI paths; `None` for anything else.
-pub fn handle(shared: &Shared, req: &HttpRequest, path: &str) -> Result<Option<HttpResponse>, ApiError> {
+pub fn handle(
+    shared: &Shared,
+    req: &HttpRequest,
+    path: &str,
+) -> Result<Option<HttpResponse>, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let ok = |v: Value| Ok(Some(json_response(StatusCode::OK, &v)));
     match segs.as_slice() {

@@ -183,8 +183,8 @@ async fn route(
     }
     let store = &shared.store;
     let method = req.method().clone();
-    let is_watch = target.watch_prefix
-        || matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let is_watch =
+        target.watch_prefix || matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     match (method, target.name.as_deref()) {
         (Method::GET, _) if is_watch => {
             let mut q = query.clone();
@@ -217,7 +217,13 @@ async fn route(
                 query.get("continue").map(String::as_str),
             )?;
             if let Some(opts) = TableOptions::from_request(&accept, &query) {
-                let t = table::table(&info, &list.items, &opts, Some(list.resource_version), list.continue_token.as_deref());
+                let t = table::table(
+                    &info,
+                    &list.items,
+                    &opts,
+                    Some(list.resource_version),
+                    list.continue_token.as_deref(),
+                );
                 return Ok(json_response(StatusCode::OK, &t));
             }
             Ok(list_response(&info, &list))
@@ -283,7 +289,14 @@ async fn route(
             let opts = delete_options(&body, &query)?;
             let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
             let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s))?;
-            let list = store.list(&info, target.namespace.as_deref(), &labels, &fields, None, None)?;
+            let list = store.list(
+                &info,
+                target.namespace.as_deref(),
+                &labels,
+                &fields,
+                None,
+                None,
+            )?;
             for o in &list.items {
                 let ons = super::meta::namespace_of(o).to_string();
                 match store.delete(&info, &ons, name_of(o), &opts) {
@@ -338,6 +351,7 @@ fn watch_params(
         bookmark_interval: shared.config.bookmark_interval,
         timeout,
         table: TableOptions::from_request(accept, q),
+        coalesce: shared.config.watch_coalesce,
     })
 }
 
@@ -451,11 +465,17 @@ fn list_response(info: &ResourceInfo, list: &super::store::ListResult) -> HttpRe
         )
         .as_bytes(),
     );
+    let av = info.api_version();
     for (i, item) in list.items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_object(&mut out, info, item);
+        match list.encodings.get(i) {
+            Some(cell) if item.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) => {
+                out.extend_from_slice(super::store::encode_cached(cell, item));
+            }
+            _ => write_object(&mut out, info, item),
+        }
     }
     out.extend_from_slice(b"]}");
     HttpResponse::Ok()

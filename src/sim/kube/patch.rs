@@ -74,8 +74,13 @@ impl ApiError {
 /// Merge key of list fields that strategic merge patch merges rather than replaces.
 fn merge_key(field: &str) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "hostAliases" => Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "hostAliases" => Some(match field {
             "hostAliases" => "ip",
             _ => "name",
         }),
@@ -105,8 +110,11 @@ fn strategic_object(target: &mut Value, patch: &Map<String, Value>, _field: &str
         *target = Value::Object(Map::new());
     }
     let retain: Option<Vec<String>> = patch.get("$retainKeys").and_then(|v| {
-        v.as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        v.as_array().map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
     });
     let obj = target.as_object_mut().expect("made an object above");
     for (k, v) in patch {
@@ -143,9 +151,7 @@ fn strategic_object(target: &mut Value, patch: &Map<String, Value>, _field: &str
                     _ => {
                         let cleaned: Vec<Value> = items
                             .iter()
-                            .filter(|i| {
-                                i.get("$patch").and_then(Value::as_str) != Some("delete")
-                            })
+                            .filter(|i| i.get("$patch").and_then(Value::as_str) != Some("delete"))
                             .map(strip_directives)
                             .collect();
                         obj.insert(k.clone(), Value::Array(cleaned));
@@ -159,7 +165,8 @@ fn strategic_object(target: &mut Value, patch: &Map<String, Value>, _field: &str
     }
     // `$deleteFromPrimitiveList/<field>` removes scalars from a merged scalar list.
     for (k, v) in patch {
-        if let (Some(field), Some(del)) = (k.strip_prefix("$deleteFromPrimitiveList/"), v.as_array())
+        if let (Some(field), Some(del)) =
+            (k.strip_prefix("$deleteFromPrimitiveList/"), v.as_array())
             && let Some(Value::Array(cur)) = obj.get_mut(field)
         {
             cur.retain(|x| !del.contains(x));
@@ -241,7 +248,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code, 422);
         assert_eq!(
-            apply(PatchKind::Json, &mut o, &json!({"op": "x"})).unwrap_err().code,
+            apply(PatchKind::Json, &mut o, &json!({"op": "x"}))
+                .unwrap_err()
+                .code,
             400
         );
     }

@@ -123,22 +123,162 @@ fn builtin(
 #[must_use]
 pub fn builtins() -> Vec<ResourceInfo> {
     vec![
-        builtin("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], true, false),
+        builtin(
+            "",
+            "v1",
+            "namespaces",
+            "namespace",
+            "Namespace",
+            false,
+            &["ns"],
+            true,
+            false,
+        ),
         builtin("", "v1", "pods", "pod", "Pod", true, &["po"], true, true),
-        builtin("", "v1", "nodes", "node", "Node", false, &["no"], true, false),
-        builtin("", "v1", "secrets", "secret", "Secret", true, &[], false, false),
-        builtin("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], false, false),
-        builtin("", "v1", "events", "event", "Event", true, &["ev"], false, false),
-        builtin("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], false, false),
-        builtin("", "v1", "services", "service", "Service", true, &["svc"], true, true),
-        builtin("events.k8s.io", "v1", "events", "event", "Event", true, &["ev"], false, false),
-        builtin("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], false, false),
-        builtin("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], true, true),
-        builtin("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], true, true),
-        builtin("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], true, true),
+        builtin(
+            "",
+            "v1",
+            "nodes",
+            "node",
+            "Node",
+            false,
+            &["no"],
+            true,
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "secrets",
+            "secret",
+            "Secret",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "configmaps",
+            "configmap",
+            "ConfigMap",
+            true,
+            &["cm"],
+            false,
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "events",
+            "event",
+            "Event",
+            true,
+            &["ev"],
+            false,
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "serviceaccounts",
+            "serviceaccount",
+            "ServiceAccount",
+            true,
+            &["sa"],
+            false,
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "services",
+            "service",
+            "Service",
+            true,
+            &["svc"],
+            true,
+            true,
+        ),
+        builtin(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "event",
+            "Event",
+            true,
+            &["ev"],
+            false,
+            false,
+        ),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "lease",
+            "Lease",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "deployments",
+            "deployment",
+            "Deployment",
+            true,
+            &["deploy"],
+            true,
+            true,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "daemonsets",
+            "daemonset",
+            "DaemonSet",
+            true,
+            &["ds"],
+            true,
+            true,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "replicasets",
+            "replicaset",
+            "ReplicaSet",
+            true,
+            &["rs"],
+            true,
+            true,
+        ),
         builtin("batch", "v1", "jobs", "job", "Job", true, &[], true, true),
-        builtin("batch", "v1", "cronjobs", "cronjob", "CronJob", true, &["cj"], true, true),
-        builtin("batch", "v1beta1", "cronjobs", "cronjob", "CronJob", true, &["cj"], true, true),
+        builtin(
+            "batch",
+            "v1",
+            "cronjobs",
+            "cronjob",
+            "CronJob",
+            true,
+            &["cj"],
+            true,
+            true,
+        ),
+        builtin(
+            "batch",
+            "v1beta1",
+            "cronjobs",
+            "cronjob",
+            "CronJob",
+            true,
+            &["cj"],
+            true,
+            true,
+        ),
         builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -165,7 +305,11 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, String> {
     let singular = s(names.get("singular")).unwrap_or_else(|| kind.to_lowercase());
     let strs = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let short_names = strs(names.get("shortNames"));
@@ -253,7 +397,11 @@ impl Default for Registry {
 
 impl Registry {
     fn insert(&self, info: ResourceInfo) {
-        let key = (info.group.clone(), info.version.clone(), info.plural.clone());
+        let key = (
+            info.group.clone(),
+            info.version.clone(),
+            info.plural.clone(),
+        );
         self.entries
             .write()
             .expect("registry lock")

@@ -48,7 +48,9 @@ fn split_top_level(s: &str) -> Vec<&str> {
 }
 
 fn bad(selector: &str, why: &str) -> ApiError {
-    ApiError::bad_request(format!("unable to parse requirement in \"{selector}\": {why}"))
+    ApiError::bad_request(format!(
+        "unable to parse requirement in \"{selector}\": {why}"
+    ))
 }
 
 fn check_key(sel: &str, key: &str) -> Result<String, ApiError> {
@@ -280,7 +282,14 @@ mod tests {
         for s in yes {
             assert!(LabelSelector::parse(s).unwrap().matches(&p), "{s}");
         }
-        let no = ["app=db", "app!=web", "app in (db)", "app notin (web)", "missing", "!app"];
+        let no = [
+            "app=db",
+            "app!=web",
+            "app in (db)",
+            "app notin (web)",
+            "missing",
+            "!app",
+        ];
         for s in no {
             assert!(!LabelSelector::parse(s).unwrap().matches(&p), "{s}");
         }
@@ -297,17 +306,25 @@ mod tests {
     #[test]
     fn field_selectors_cover_pods_and_events() {
         let p = pod(json!({}));
-        assert!(FieldSelector::parse("spec.nodeName=n1").unwrap().matches(&p));
-        assert!(FieldSelector::parse("status.phase!=Pending,metadata.namespace=default")
-            .unwrap()
-            .matches(&p));
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1")
+                .unwrap()
+                .matches(&p)
+        );
+        assert!(
+            FieldSelector::parse("status.phase!=Pending,metadata.namespace=default")
+                .unwrap()
+                .matches(&p)
+        );
         assert!(!FieldSelector::parse("metadata.name=q").unwrap().matches(&p));
         let ev = json!({"involvedObject": {"kind": "Pod", "name": "p", "uid": "u"}});
         let sel = FieldSelector::parse("involvedObject.name=p,involvedObject.kind=Pod").unwrap();
         assert!(sel.matches(&ev));
         assert_eq!(FieldSelector::parse("spec.other=x").unwrap_err().code, 400);
         assert_eq!(
-            FieldSelector::parse("metadata.name=x").unwrap().pinned_name(),
+            FieldSelector::parse("metadata.name=x")
+                .unwrap()
+                .pinned_name(),
             Some("x")
         );
     }

@@ -9,7 +9,7 @@
 //! the same however many watchers there are, and a slow watcher catches up in one batch.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -55,6 +55,21 @@ pub struct Event {
     pub object: Arc<Value>,
     /// The object before the change (for selector transitions).
     pub prev: Option<Arc<Value>>,
+    /// The object serialized once, shared by every watcher that sends it.
+    pub encoded: Arc<OnceLock<bytes::Bytes>>,
+}
+
+impl Event {
+    /// The object as JSON, serialized on first use and then shared.
+    #[must_use]
+    pub fn encoded(&self) -> &bytes::Bytes {
+        encode_cached(&self.encoded, &self.object)
+    }
+}
+
+/// The JSON of `obj`, from `cell` or serialized into it.
+pub fn encode_cached<'a>(cell: &'a OnceLock<bytes::Bytes>, obj: &Value) -> &'a bytes::Bytes {
+    cell.get_or_init(|| bytes::Bytes::from(serde_json::to_vec(obj).unwrap_or_default()))
 }
 
 /// How dependents are treated when their owner is deleted.
@@ -85,6 +100,8 @@ pub struct DeleteOptions {
 pub struct ListResult {
     /// Matching objects, ordered by namespace and name.
     pub items: Vec<Arc<Value>>,
+    /// Their shared serializations (see [`encode_cached`]), index for index.
+    pub encodings: Vec<Arc<OnceLock<bytes::Bytes>>>,
     /// The list's resourceVersion (the snapshot's, for every page of a paged list).
     pub resource_version: u64,
     /// Token for the next page, when `limit` cut the list.
@@ -97,6 +114,9 @@ type Key = (String, String);
 
 struct Shard {
     objects: BTreeMap<Key, Arc<Value>>,
+    /// The serialization of each current object (same keys as `objects`), shared with the
+    /// event that produced it, so lists and watches serialize an object version once.
+    encodings: BTreeMap<Key, Arc<OnceLock<bytes::Bytes>>>,
     history: VecDeque<Event>,
     /// Every event of this resource with rv > `compacted` is in `history`.
     compacted: u64,
@@ -108,6 +128,7 @@ impl Shard {
     fn new(rv: u64) -> Self {
         Self {
             objects: BTreeMap::new(),
+            encodings: BTreeMap::new(),
             history: VecDeque::new(),
             compacted: 0,
             notify: watch::Sender::new(rv),
@@ -195,13 +216,19 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
             name,
             format!(
                 "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.'",
-                if info.plural == "namespaces" { "label" } else { "subdomain" }
+                if info.plural == "namespaces" {
+                    "label"
+                } else {
+                    "subdomain"
+                }
             ),
         ));
     }
     if let Some(labels) = obj.get("metadata").and_then(|m| m.get("labels")) {
         let Some(labels) = labels.as_object() else {
-            return Err(ApiError::bad_request("metadata.labels must be a map of strings"));
+            return Err(ApiError::bad_request(
+                "metadata.labels must be a map of strings",
+            ));
         };
         for (k, v) in labels {
             let Some(v) = v.as_str() else {
@@ -214,7 +241,9 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
                     &info.group,
                     &info.kind,
                     name,
-                    format!("metadata.labels: Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'"),
+                    format!(
+                        "metadata.labels: Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'"
+                    ),
                 ));
             }
             if !is_label_value(v) {
@@ -222,13 +251,17 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
                     &info.group,
                     &info.kind,
                     name,
-                    format!("metadata.labels: Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"),
+                    format!(
+                        "metadata.labels: Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"
+                    ),
                 ));
             }
         }
     }
     if let Some(a) = obj.get("metadata").and_then(|m| m.get("annotations"))
-        && !a.as_object().is_some_and(|m| m.values().all(Value::is_string))
+        && !a
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_string))
     {
         return Err(ApiError::bad_request(
             "metadata.annotations must be a map of strings",
@@ -315,7 +348,11 @@ fn defaults_on_create(info: &ResourceInfo, obj: &mut Value) {
     match (info.group.as_str(), info.plural.as_str()) {
         ("", "pods") => {
             let status = obj.get("status").cloned().unwrap_or(json!({}));
-            let mut status = if status.is_object() { status } else { json!({}) };
+            let mut status = if status.is_object() {
+                status
+            } else {
+                json!({})
+            };
             if status.get("phase").is_none() {
                 status["phase"] = json!("Pending");
             }
@@ -455,11 +492,14 @@ impl Store {
             .shards
             .entry(gr.clone())
             .or_insert_with(|| Shard::new(rv - 1));
+        let encoded = Arc::new(OnceLock::new());
         match type_ {
             EventType::Deleted => {
                 shard.objects.remove(&key);
+                shard.encodings.remove(&key);
             }
             _ => {
+                shard.encodings.insert(key.clone(), encoded.clone());
                 shard.objects.insert(key, object.clone());
             }
         }
@@ -468,6 +508,7 @@ impl Store {
             type_,
             object,
             prev,
+            encoded,
         });
         while shard.history.len() > self.history_limit {
             if let Some(e) = shard.history.pop_front() {
@@ -532,9 +573,8 @@ impl Store {
         validate_meta(info, &obj)?;
         let is_crd = info.group == "apiextensions.k8s.io";
         if is_crd {
-            super::resources::from_crd(&obj).map_err(|m| {
-                ApiError::invalid(&info.group, &info.kind, name_of(&obj), m)
-            })?;
+            super::resources::from_crd(&obj)
+                .map_err(|m| ApiError::invalid(&info.group, &info.kind, name_of(&obj), m))?;
         }
         defaults_on_create(info, &mut obj);
         let name = name_of(&obj).to_string();
@@ -548,7 +588,11 @@ impl Store {
                 .and_then(|s| s.objects.get(&(String::new(), ns.to_string())));
             match ns_obj {
                 None => return Err(ApiError::not_found("", "namespaces", ns)),
-                Some(n) if n.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() => {
+                Some(n)
+                    if n.get("metadata")
+                        .and_then(|m| m.get("deletionTimestamp"))
+                        .is_some() =>
+                {
                     let mut e = ApiError::bad_request(format!(
                         "unable to create new content in namespace {ns} because it is being terminated"
                     ));
@@ -633,6 +677,7 @@ impl Store {
         let Some(shard) = shard else {
             return Ok(ListResult {
                 items: Vec::new(),
+                encodings: Vec::new(),
                 resource_version: rv,
                 continue_token: None,
                 remaining: None,
@@ -646,12 +691,18 @@ impl Store {
             (None, None) => Bound::Unbounded,
         };
         let mut items = Vec::new();
-        let mut iter = shard.objects.range((lower, Bound::Unbounded));
+        let mut encodings = Vec::new();
+        let mut iter = shard.objects.range((lower.clone(), Bound::Unbounded)).zip(
+            shard
+                .encodings
+                .range((lower, Bound::Unbounded))
+                .map(|(_, e)| e),
+        );
         let mut last_key = None;
         let limit = limit.filter(|l| *l > 0);
         let mut more = false;
         let mut remaining = 0usize;
-        for (k, v) in iter.by_ref() {
+        for ((k, v), enc) in iter.by_ref() {
             if let Some(n) = ns
                 && k.0 != n
             {
@@ -666,6 +717,7 @@ impl Store {
                 continue;
             }
             items.push(v.clone());
+            encodings.push(enc.clone());
             last_key = Some(k.clone());
         }
         let continue_token = if more {
@@ -675,6 +727,7 @@ impl Store {
         };
         Ok(ListResult {
             items,
+            encodings,
             resource_version: rv,
             remaining: more.then_some(remaining),
             continue_token,
@@ -808,7 +861,10 @@ impl Store {
             }
             m.insert(
                 "resourceVersion".into(),
-                old_meta.get("resourceVersion").cloned().unwrap_or(json!("")),
+                old_meta
+                    .get("resourceVersion")
+                    .cloned()
+                    .unwrap_or(json!("")),
             );
         }
         validate_meta(info, &new)?;
@@ -846,7 +902,13 @@ impl Store {
                 rv,
             );
             let mut pending = Vec::new();
-            self.remove_locked(&mut inner, info, &new, Propagation::Background, &mut pending);
+            self.remove_locked(
+                &mut inner,
+                info,
+                &new,
+                Propagation::Background,
+                &mut pending,
+            );
             self.collect_garbage(&mut inner, pending);
         } else {
             self.commit(
@@ -895,7 +957,12 @@ impl Store {
                     .range((ns.clone(), String::new())..)
                     .take_while(|(k, _)| k.0 == ns)
                 {
-                    pending.push((sgr.clone(), k.0.clone(), k.1.clone(), Propagation::Background));
+                    pending.push((
+                        sgr.clone(),
+                        k.0.clone(),
+                        k.1.clone(),
+                        Propagation::Background,
+                    ));
                 }
             }
         }
@@ -906,7 +973,12 @@ impl Store {
                 let cgr = first.gr();
                 if let Some(shard) = inner.shards.get(&cgr) {
                     for k in shard.objects.keys() {
-                        pending.push((cgr.clone(), k.0.clone(), k.1.clone(), Propagation::Background));
+                        pending.push((
+                            cgr.clone(),
+                            k.0.clone(),
+                            k.1.clone(),
+                            Propagation::Background,
+                        ));
                     }
                 }
             }
@@ -1025,7 +1097,14 @@ impl Store {
             m.insert("deletionGracePeriodSeconds".into(), json!(0));
             m.insert("resourceVersion".into(), json!(rv.to_string()));
             let n = Arc::new(n);
-            self.commit(&mut inner, &gr, EventType::Modified, n.clone(), Some(existing), rv);
+            self.commit(
+                &mut inner,
+                &gr,
+                EventType::Modified,
+                n.clone(),
+                Some(existing),
+                rv,
+            );
             return Ok(n);
         }
         if opts.propagation == Propagation::Orphan {
@@ -1076,7 +1155,11 @@ impl Store {
 
     /// Events of `gr` after resourceVersion `after`, and the resourceVersion up to which the
     /// answer is complete (for bookmarks). 410 when `after` is older than the kept history.
-    pub fn events_since(&self, gr: &GroupResource, after: u64) -> Result<(Vec<Event>, u64), ApiError> {
+    pub fn events_since(
+        &self,
+        gr: &GroupResource,
+        after: u64,
+    ) -> Result<(Vec<Event>, u64), ApiError> {
         let inner = self.inner.read().expect("store lock");
         let Some(shard) = inner.shards.get(gr) else {
             return Ok((Vec::new(), inner.rv));

@@ -115,7 +115,11 @@ fn pod_row(o: &Value) -> Vec<Value> {
         json!(restarts),
         json!(created(o)),
         json!(if ip.is_empty() { "<none>".into() } else { ip }),
-        json!(if node.is_empty() { "<none>".into() } else { node }),
+        json!(if node.is_empty() {
+            "<none>".into()
+        } else {
+            node
+        }),
     ]
 }
 
@@ -168,10 +172,20 @@ fn columns_and_rows(info: &ResourceInfo, items: &[Arc<Value>]) -> (Vec<Value>, V
             items.iter().map(|o| node_row(o)).collect(),
         ),
         ("", "namespaces") => (
-            vec![col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)],
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Age", "string", 0),
+            ],
             items
                 .iter()
-                .map(|o| vec![json!(name_of(o)), json!(s(o, ".status.phase")), json!(created(o))])
+                .map(|o| {
+                    vec![
+                        json!(name_of(o)),
+                        json!(s(o, ".status.phase")),
+                        json!(created(o)),
+                    ]
+                })
                 .collect(),
         ),
         ("apps", "deployments") => (
@@ -187,7 +201,11 @@ fn columns_and_rows(info: &ResourceInfo, items: &[Arc<Value>]) -> (Vec<Value>, V
                 .map(|o| {
                     vec![
                         json!(name_of(o)),
-                        json!(format!("{}/{}", n(o, ".status.readyReplicas"), n(o, ".spec.replicas"))),
+                        json!(format!(
+                            "{}/{}",
+                            n(o, ".status.readyReplicas"),
+                            n(o, ".spec.replicas")
+                        )),
                         json!(n(o, ".status.updatedReplicas")),
                         json!(n(o, ".status.availableReplicas")),
                         json!(created(o)),
@@ -231,7 +249,9 @@ fn columns_and_rows(info: &ResourceInfo, items: &[Arc<Value>]) -> (Vec<Value>, V
                 .iter()
                 .map(|o| {
                     let done = n(o, ".status.succeeded");
-                    let want = path(o, ".spec.completions").and_then(Value::as_i64).unwrap_or(1);
+                    let want = path(o, ".spec.completions")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1);
                     let status = if done >= want { "Complete" } else { "Running" };
                     vec![
                         json!(name_of(o)),
@@ -258,8 +278,16 @@ fn columns_and_rows(info: &ResourceInfo, items: &[Arc<Value>]) -> (Vec<Value>, V
                     vec![
                         json!(name_of(o)),
                         json!(s(o, ".spec.schedule")),
-                        json!(path(o, ".spec.suspend").and_then(Value::as_bool).unwrap_or(false)),
-                        json!(path(o, ".status.active").and_then(Value::as_array).map_or(0, Vec::len)),
+                        json!(
+                            path(o, ".spec.suspend")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false)
+                        ),
+                        json!(
+                            path(o, ".status.active")
+                                .and_then(Value::as_array)
+                                .map_or(0, Vec::len)
+                        ),
                         json!(last),
                         json!(created(o)),
                     ]
@@ -298,7 +326,11 @@ fn columns_and_rows(info: &ResourceInfo, items: &[Arc<Value>]) -> (Vec<Value>, V
         _ if info.custom && !info.columns.is_empty() => {
             let mut cols = vec![col("Name", "string", 0)];
             cols.extend(info.columns.iter().map(|c| {
-                let t = if c.type_ == "date" { "string" } else { c.type_.as_str() };
+                let t = if c.type_ == "date" {
+                    "string"
+                } else {
+                    c.type_.as_str()
+                };
                 let mut v = col(&c.name, t, c.priority);
                 v["format"] = json!(if c.type_ == "date" { "date" } else { "" });
                 v
@@ -389,7 +421,8 @@ mod tests {
 
     #[test]
     fn ages_read_like_kubectl() {
-        let ts = |secs: i64| super::super::meta::timestamp(Utc::now() - chrono::Duration::seconds(secs));
+        let ts =
+            |secs: i64| super::super::meta::timestamp(Utc::now() - chrono::Duration::seconds(secs));
         assert_eq!(age(Some(&ts(5))), "5s");
         assert_eq!(age(Some(&ts(200))), "3m20s");
         assert_eq!(age(Some(&ts(3 * 86400))), "3d");
@@ -405,7 +438,16 @@ mod tests {
             .unwrap();
         let info = r.get("x.io", "v1", "ws").unwrap();
         let o = Arc::new(json!({"metadata": {"name": "a"}, "spec": {"clientID": "abc"}}));
-        let t = table(&info, &[o], &TableOptions { full_object: false, no_object: false }, Some(3), None);
+        let t = table(
+            &info,
+            &[o],
+            &TableOptions {
+                full_object: false,
+                no_object: false,
+            },
+            Some(3),
+            None,
+        );
         assert_eq!(t["columnDefinitions"][1]["name"], "ClientID");
         assert_eq!(t["rows"][0]["cells"], json!(["a", "abc"]));
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");

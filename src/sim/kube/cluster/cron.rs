@@ -28,7 +28,12 @@ pub struct Schedule {
     dow_any: bool,
 }
 
-fn field<const N: usize>(spec: &str, lo: u32, hi: u32, names: &[&str]) -> Result<([bool; N], bool), String> {
+fn field<const N: usize>(
+    spec: &str,
+    lo: u32,
+    hi: u32,
+    names: &[&str],
+) -> Result<([bool; N], bool), String> {
     let mut out = [false; N];
     let lookup = |s: &str| -> Result<u32, String> {
         if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
@@ -38,7 +43,11 @@ fn field<const N: usize>(spec: &str, lo: u32, hi: u32, names: &[&str]) -> Result
     };
     for part in spec.split(',') {
         let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| format!("invalid step {s:?}"))?),
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .map_err(|_| format!("invalid step {s:?}"))?,
+            ),
             None => (part, 1),
         };
         if step == 0 {
@@ -80,7 +89,9 @@ impl Schedule {
         if f.len() != 5 {
             return Err(format!("expected 5 fields, found {}", f.len()));
         }
-        const MONTHS: &[&str] = &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+        const MONTHS: &[&str] = &[
+            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        ];
         const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
         let (minutes, _) = field::<60>(f[0], 0, 59, &[])?;
         let (hours, _) = field::<24>(f[1], 0, 23, &[])?;
@@ -91,7 +102,15 @@ impl Schedule {
         let mut weekdays = [false; 7];
         weekdays.copy_from_slice(&w[..7]);
         weekdays[0] |= w[7];
-        Ok(Self { minutes, hours, days, months, weekdays, dom_any, dow_any })
+        Ok(Self {
+            minutes,
+            hours,
+            days,
+            months,
+            weekdays,
+            dom_any,
+            dow_any,
+        })
     }
 
     fn day_matches(&self, t: &DateTime<Utc>) -> bool {
@@ -113,7 +132,11 @@ impl Schedule {
         let limit = after + ChronoDuration::days(5 * 366);
         while t <= limit {
             if !self.months[t.month() as usize] {
-                let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
+                let (y, m) = if t.month() == 12 {
+                    (t.year() + 1, 1)
+                } else {
+                    (t.year(), t.month() + 1)
+                };
                 t = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single()?;
                 continue;
             }
@@ -148,7 +171,11 @@ impl SimClock {
     /// A clock starting now.
     #[must_use]
     pub fn new(speedup: u32) -> Self {
-        Self { base_wall: Utc::now(), base: Instant::now(), speedup: speedup.max(1) }
+        Self {
+            base_wall: Utc::now(),
+            base: Instant::now(),
+            speedup: speedup.max(1),
+        }
     }
 
     /// Simulated now.
@@ -181,7 +208,10 @@ impl CronController {
             self.next.remove(&key);
             return;
         }
-        let schedule = cj.pointer("/spec/schedule").and_then(Value::as_str).unwrap_or("");
+        let schedule = cj
+            .pointer("/spec/schedule")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let Ok(s) = Schedule::parse(schedule) else {
             tracing::debug!(cronjob = %key.1, schedule, "unparseable schedule");
             self.next.remove(&key);
@@ -190,7 +220,10 @@ impl CronController {
         let now = self.clock.now();
         if let Some(t) = s.next_after(now) {
             // Keep an already planned earlier firing (an edit does not skip a due run).
-            let keep = self.next.get(&key).is_some_and(|cur| *cur <= t && *cur > now);
+            let keep = self
+                .next
+                .get(&key)
+                .is_some_and(|cur| *cur <= t && *cur > now);
             if !keep {
                 self.next.insert(key, t);
             }
@@ -203,7 +236,10 @@ impl CronController {
             self.next.remove(key);
             return;
         };
-        if let Some(s) = cj.pointer("/spec/schedule").and_then(Value::as_str).and_then(|s| Schedule::parse(s).ok())
+        if let Some(s) = cj
+            .pointer("/spec/schedule")
+            .and_then(Value::as_str)
+            .and_then(|s| Schedule::parse(s).ok())
             && let Some(t) = s.next_after(at)
         {
             self.next.insert(key.clone(), t);
@@ -213,7 +249,10 @@ impl CronController {
         if cj.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true) {
             return;
         }
-        let policy = cj.pointer("/spec/concurrencyPolicy").and_then(Value::as_str).unwrap_or("Allow");
+        let policy = cj
+            .pointer("/spec/concurrencyPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("Allow");
         let running = self.active_jobs(&cj);
         if policy == "Forbid" && !running.is_empty() {
             return;
@@ -221,16 +260,25 @@ impl CronController {
         if policy == "Replace" {
             let jobs = info(&self.shared, "batch", "jobs");
             for j in &running {
-                let _ = self.shared.store.delete(&jobs, &key.0, name_of(j), &DeleteOptions::default());
+                let _ =
+                    self.shared
+                        .store
+                        .delete(&jobs, &key.0, name_of(j), &DeleteOptions::default());
             }
         }
-        let template = cj.pointer("/spec/jobTemplate").cloned().unwrap_or(json!({}));
+        let template = cj
+            .pointer("/spec/jobTemplate")
+            .cloned()
+            .unwrap_or(json!({}));
         let mut job = json!({
             "metadata": template.get("metadata").cloned().unwrap_or(json!({})),
             "spec": template.get("spec").cloned().unwrap_or(json!({})),
         });
         let m = meta::meta_mut(&mut job);
-        m.insert("name".into(), json!(format!("{}-{}", key.1, at.timestamp() / 60)));
+        m.insert(
+            "name".into(),
+            json!(format!("{}-{}", key.1, at.timestamp() / 60)),
+        );
         m.insert("ownerReferences".into(), json!([owner_ref(&cj)]));
         m.entry("annotations").or_insert(json!({}))["batch.kubernetes.io/cronjob-scheduled-timestamp"] =
             json!(meta::timestamp(at));
@@ -242,16 +290,19 @@ impl CronController {
         }
         let uid = uid_of(&cj).to_string();
         let at_s = meta::timestamp(at);
-        let _ = self.shared.store.update_with(&cjs, &key.0, &key.1, true, |cur| {
-            let mut n = cur.clone();
-            if uid_of(cur) == uid {
-                if !n.get("status").is_some_and(Value::is_object) {
-                    n["status"] = json!({});
+        let _ = self
+            .shared
+            .store
+            .update_with(&cjs, &key.0, &key.1, true, |cur| {
+                let mut n = cur.clone();
+                if uid_of(cur) == uid {
+                    if !n.get("status").is_some_and(Value::is_object) {
+                        n["status"] = json!({});
+                    }
+                    n["status"]["lastScheduleTime"] = json!(at_s);
                 }
-                n["status"]["lastScheduleTime"] = json!(at_s);
-            }
-            Ok(n)
-        });
+                Ok(n)
+            });
         self.sync_status(&key.0, &key.1);
     }
 
@@ -260,7 +311,14 @@ impl CronController {
         let uid = uid_of(cj);
         self.shared
             .store
-            .list(&jobs, Some(namespace_of(cj)), &LabelSelector::default(), &FieldSelector::default(), None, None)
+            .list(
+                &jobs,
+                Some(namespace_of(cj)),
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+                None,
+                None,
+            )
             .map(|l| l.items)
             .unwrap_or_default()
             .into_iter()
@@ -269,7 +327,10 @@ impl CronController {
     }
 
     fn active_jobs(&self, cj: &Value) -> Vec<Arc<Value>> {
-        self.owned_jobs(cj).into_iter().filter(|j| finished(j).is_none() && !terminating(j)).collect()
+        self.owned_jobs(cj)
+            .into_iter()
+            .filter(|j| finished(j).is_none() && !terminating(j))
+            .collect()
     }
 
     /// Updates `status.active` / `lastSuccessfulTime` and prunes old finished Jobs.
@@ -279,7 +340,11 @@ impl CronController {
             return;
         };
         let mut owned = self.owned_jobs(&cj);
-        owned.sort_by(|a, b| meta::meta_str(a, "creationTimestamp").cmp(&meta::meta_str(b, "creationTimestamp")).then(name_of(a).cmp(name_of(b))));
+        owned.sort_by(|a, b| {
+            meta::meta_str(a, "creationTimestamp")
+                .cmp(&meta::meta_str(b, "creationTimestamp"))
+                .then(name_of(a).cmp(name_of(b)))
+        });
         let active: Vec<Value> = owned
             .iter()
             .filter(|j| finished(j).is_none() && !terminating(j))
@@ -291,13 +356,26 @@ impl CronController {
             .filter_map(|j| j.pointer("/status/completionTime").and_then(Value::as_str))
             .max()
             .map(String::from);
-        for (ok, limit_field, default) in [(true, "successfulJobsHistoryLimit", 3), (false, "failedJobsHistoryLimit", 1)] {
-            let limit = cj.pointer(&format!("/spec/{limit_field}")).and_then(Value::as_i64).unwrap_or(default).max(0) as usize;
-            let done: Vec<_> = owned.iter().filter(|j| finished(j) == Some(ok) && !terminating(j)).collect();
+        for (ok, limit_field, default) in [
+            (true, "successfulJobsHistoryLimit", 3),
+            (false, "failedJobsHistoryLimit", 1),
+        ] {
+            let limit = cj
+                .pointer(&format!("/spec/{limit_field}"))
+                .and_then(Value::as_i64)
+                .unwrap_or(default)
+                .max(0) as usize;
+            let done: Vec<_> = owned
+                .iter()
+                .filter(|j| finished(j) == Some(ok) && !terminating(j))
+                .collect();
             if done.len() > limit {
                 let jobs = info(&self.shared, "batch", "jobs");
                 for j in &done[..done.len() - limit] {
-                    let _ = self.shared.store.delete(&jobs, ns, name_of(j), &DeleteOptions::default());
+                    let _ =
+                        self.shared
+                            .store
+                            .delete(&jobs, ns, name_of(j), &DeleteOptions::default());
                 }
             }
         }
@@ -379,7 +457,11 @@ pub async fn run(shared: Arc<Shared>) {
         for (ns, name) in touched {
             c.sync_status(&ns, &name);
         }
-        let due = c.next.iter().min_by_key(|(_, t)| **t).map(|(k, t)| (k.clone(), *t));
+        let due = c
+            .next
+            .iter()
+            .min_by_key(|(_, t)| **t)
+            .map(|(k, t)| (k.clone(), *t));
         let wake = due.as_ref().map(|(_, t)| c.clock.instant_at(*t));
         tokio::select! {
             () = cronjobs.wait() => {}
@@ -410,20 +492,35 @@ mod tests {
     #[test]
     fn every_minute_fires_on_the_next_minute() {
         let s = Schedule::parse("*/1 * * * *").unwrap();
-        assert_eq!(s.next_after(t("2026-01-01T10:00:30Z")), Some(t("2026-01-01T10:01:00Z")));
+        assert_eq!(
+            s.next_after(t("2026-01-01T10:00:30Z")),
+            Some(t("2026-01-01T10:01:00Z"))
+        );
     }
 
     #[test]
     fn ranges_steps_names_and_macros_parse() {
         let s = Schedule::parse("*/15 9-17 * * mon-fri").unwrap();
         // 2026-01-03 is a Saturday: the next run is Monday 09:00.
-        assert_eq!(s.next_after(t("2026-01-02T17:50:00Z")), Some(t("2026-01-05T09:00:00Z")));
+        assert_eq!(
+            s.next_after(t("2026-01-02T17:50:00Z")),
+            Some(t("2026-01-05T09:00:00Z"))
+        );
         let h = Schedule::parse("@hourly").unwrap();
-        assert_eq!(h.next_after(t("2026-01-01T10:00:00Z")), Some(t("2026-01-01T11:00:00Z")));
+        assert_eq!(
+            h.next_after(t("2026-01-01T10:00:00Z")),
+            Some(t("2026-01-01T11:00:00Z"))
+        );
         let m = Schedule::parse("0 0 1 feb *").unwrap();
-        assert_eq!(m.next_after(t("2026-03-01T00:00:00Z")), Some(t("2027-02-01T00:00:00Z")));
+        assert_eq!(
+            m.next_after(t("2026-03-01T00:00:00Z")),
+            Some(t("2027-02-01T00:00:00Z"))
+        );
         let sunday7 = Schedule::parse("0 12 * * 7").unwrap();
-        assert_eq!(sunday7.next_after(t("2026-01-01T00:00:00Z")), Some(t("2026-01-04T12:00:00Z")));
+        assert_eq!(
+            sunday7.next_after(t("2026-01-01T00:00:00Z")),
+            Some(t("2026-01-04T12:00:00Z"))
+        );
     }
 
     #[test]

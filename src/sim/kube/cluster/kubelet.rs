@@ -95,7 +95,10 @@ struct Kubelet {
 
 impl Kubelet {
     fn resync_nodes(&mut self) {
-        let (nodes, _) = self.shared.store.snapshot(&info(&self.shared, "", "nodes").gr());
+        let (nodes, _) = self
+            .shared
+            .store
+            .snapshot(&info(&self.shared, "", "nodes").gr());
         self.nodes = nodes
             .iter()
             .map(|n| (name_of(n).to_string(), node_info(n)))
@@ -157,14 +160,17 @@ impl Kubelet {
         let Some(node) = node else {
             if let Some(target) = self.pick_node(pod) {
                 let uid = uid_of(pod).to_string();
-                let r = self.shared.store.update_with(&pods, &ns, &name, false, |cur| {
-                    if uid_of(cur) != uid || cur.pointer("/spec/nodeName").is_some() {
-                        return Ok(cur.clone());
-                    }
-                    let mut n = cur.clone();
-                    n["spec"]["nodeName"] = json!(target);
-                    Ok(n)
-                });
+                let r = self
+                    .shared
+                    .store
+                    .update_with(&pods, &ns, &name, false, |cur| {
+                        if uid_of(cur) != uid || cur.pointer("/spec/nodeName").is_some() {
+                            return Ok(cur.clone());
+                        }
+                        let mut n = cur.clone();
+                        n["spec"]["nodeName"] = json!(target);
+                        Ok(n)
+                    });
                 if let Err(e) = r {
                     tracing::debug!(pod = %name, error = %e, "scheduling failed");
                 }
@@ -175,7 +181,11 @@ impl Kubelet {
         if phase != Some("Pending") || pod.pointer("/status/podIP").is_some() {
             return;
         }
-        let host_ip = self.nodes.get(node).map(|n| n.ip.clone()).unwrap_or_default();
+        let host_ip = self
+            .nodes
+            .get(node)
+            .map(|n| n.ip.clone())
+            .unwrap_or_default();
         let host_network = pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true);
         let pod_ip = if host_network {
             host_ip.clone()
@@ -216,14 +226,17 @@ impl Kubelet {
             "containerStatuses": statuses,
         });
         let uid = uid_of(pod).to_string();
-        let r = self.shared.store.update_with(&pods, &ns, &name, true, |cur| {
-            if uid_of(cur) != uid || cur.pointer("/status/podIP").is_some() {
-                return Ok(cur.clone());
-            }
-            let mut n = cur.clone();
-            n["status"] = status;
-            Ok(n)
-        });
+        let r = self
+            .shared
+            .store
+            .update_with(&pods, &ns, &name, true, |cur| {
+                if uid_of(cur) != uid || cur.pointer("/status/podIP").is_some() {
+                    return Ok(cur.clone());
+                }
+                let mut n = cur.clone();
+                n["status"] = status;
+                Ok(n)
+            });
         if r.is_ok() && controller_of(pod).is_some_and(|(kind, _, _)| kind == "Job") {
             self.finish_later(ns, name, uid);
         }

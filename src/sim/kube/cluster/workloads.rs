@@ -77,7 +77,10 @@ impl Controllers {
 
     fn create_pod(&self, owner: &Value, extra_labels: &[(&str, String)], node: Option<&str>) {
         let pods = info(&self.shared, "", "pods");
-        let template = owner.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let template = owner
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or(json!({}));
         let mut pod = json!({
             "metadata": template.get("metadata").cloned().unwrap_or(json!({})),
             "spec": template.get("spec").cloned().unwrap_or(json!({})),
@@ -115,46 +118,61 @@ impl Controllers {
     fn write_status(&self, group: &str, plural: &str, owner: &Value, status: Value) {
         let i = info(&self.shared, group, plural);
         let uid = uid_of(owner).to_string();
-        let _ = self.shared.store.update_with(
-            &i,
-            namespace_of(owner),
-            name_of(owner),
-            true,
-            |cur| {
-                let mut n = cur.clone();
-                let current = cur.get("status").cloned().unwrap_or(json!({}));
-                let mut merged = current.clone();
-                json_patch::merge(&mut merged, &status);
-                // Rewriting only timestamps would wake this controller again for nothing.
-                if uid_of(cur) == uid && without_times(&merged) != without_times(&current) {
-                    n["status"] = merged;
-                }
-                Ok(n)
-            },
-        );
+        let _ =
+            self.shared
+                .store
+                .update_with(&i, namespace_of(owner), name_of(owner), true, |cur| {
+                    let mut n = cur.clone();
+                    let current = cur.get("status").cloned().unwrap_or(json!({}));
+                    let mut merged = current.clone();
+                    json_patch::merge(&mut merged, &status);
+                    // Rewriting only timestamps would wake this controller again for nothing.
+                    if uid_of(cur) == uid && without_times(&merged) != without_times(&current) {
+                        n["status"] = merged;
+                    }
+                    Ok(n)
+                });
     }
 
     fn reconcile_deployment(&self, ns: &str, name: &str) {
-        let Ok(d) = self.shared.store.get(&info(&self.shared, "apps", "deployments"), ns, name) else {
+        let Ok(d) = self
+            .shared
+            .store
+            .get(&info(&self.shared, "apps", "deployments"), ns, name)
+        else {
             return;
         };
         if terminating(&d) {
             return;
         }
-        let want = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0) as usize;
+        let want = d
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            .max(0) as usize;
         let hash = template_hash(d.pointer("/spec/template").unwrap_or(&Value::Null));
-        let mut pods: Vec<_> = self.owned_pods(ns, uid_of(&d)).into_iter().filter(|p| active(p)).collect();
+        let mut pods: Vec<_> = self
+            .owned_pods(ns, uid_of(&d))
+            .into_iter()
+            .filter(|p| active(p))
+            .collect();
         if pods.len() < want {
             for _ in pods.len()..want {
                 self.create_pod(&d, &[("pod-template-hash", hash.clone())], None);
             }
         } else if pods.len() > want {
-            pods.sort_by(|a, b| meta::meta_str(b, "creationTimestamp").cmp(&meta::meta_str(a, "creationTimestamp")));
+            pods.sort_by(|a, b| {
+                meta::meta_str(b, "creationTimestamp").cmp(&meta::meta_str(a, "creationTimestamp"))
+            });
             for p in pods.drain(..pods.len() - want) {
                 self.delete_pod(&p);
             }
         }
-        let pods: Vec<_> = self.owned_pods(ns, uid_of(&d)).into_iter().filter(|p| active(p)).collect();
+        let pods: Vec<_> = self
+            .owned_pods(ns, uid_of(&d))
+            .into_iter()
+            .filter(|p| active(p))
+            .collect();
         let ready_n = pods.iter().filter(|p| ready(p)).count();
         let available = ready_n >= want;
         let now = meta::now();
@@ -177,28 +195,46 @@ impl Controllers {
     }
 
     fn reconcile_daemonset(&self, ns: &str, name: &str) {
-        let Ok(ds) = self.shared.store.get(&info(&self.shared, "apps", "daemonsets"), ns, name) else {
+        let Ok(ds) = self
+            .shared
+            .store
+            .get(&info(&self.shared, "apps", "daemonsets"), ns, name)
+        else {
             return;
         };
         if terminating(&ds) {
             return;
         }
-        let node_selector = ds.pointer("/spec/template/spec/nodeSelector").and_then(Value::as_object);
-        let (nodes, _) = self.shared.store.snapshot(&info(&self.shared, "", "nodes").gr());
+        let node_selector = ds
+            .pointer("/spec/template/spec/nodeSelector")
+            .and_then(Value::as_object);
+        let (nodes, _) = self
+            .shared
+            .store
+            .snapshot(&info(&self.shared, "", "nodes").gr());
         let eligible: BTreeSet<String> = nodes
             .iter()
             .filter(|n| node_ready(n))
             .filter(|n| {
                 node_selector.is_none_or(|s| {
-                    s.iter().all(|(k, v)| n.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
+                    s.iter().all(|(k, v)| {
+                        n.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
+                    })
                 })
             })
             .map(|n| name_of(n).to_string())
             .collect();
-        let pods: Vec<_> = self.owned_pods(ns, uid_of(&ds)).into_iter().filter(|p| active(p)).collect();
+        let pods: Vec<_> = self
+            .owned_pods(ns, uid_of(&ds))
+            .into_iter()
+            .filter(|p| active(p))
+            .collect();
         let mut covered = BTreeSet::new();
         for p in &pods {
-            let node = p.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            let node = p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if !eligible.contains(node) || !covered.insert(node.to_string()) {
                 self.delete_pod(p);
             }
@@ -207,7 +243,11 @@ impl Controllers {
         for n in eligible.difference(&covered) {
             self.create_pod(&ds, &[("controller-revision-hash", hash.clone())], Some(n));
         }
-        let pods: Vec<_> = self.owned_pods(ns, uid_of(&ds)).into_iter().filter(|p| active(p)).collect();
+        let pods: Vec<_> = self
+            .owned_pods(ns, uid_of(&ds))
+            .into_iter()
+            .filter(|p| active(p))
+            .collect();
         let ready_n = pods.iter().filter(|p| ready(p)).count();
         self.write_status("apps", "daemonsets", &ds, json!({
             "observedGeneration": ds.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
@@ -221,7 +261,11 @@ impl Controllers {
     }
 
     fn reconcile_job(&self, ns: &str, name: &str) {
-        let Ok(job) = self.shared.store.get(&info(&self.shared, "batch", "jobs"), ns, name) else {
+        let Ok(job) = self
+            .shared
+            .store
+            .get(&info(&self.shared, "batch", "jobs"), ns, name)
+        else {
             return;
         };
         if terminating(&job) {
@@ -230,15 +274,29 @@ impl Controllers {
         let finished = job
             .pointer("/status/conditions")
             .and_then(Value::as_array)
-            .is_some_and(|c| c.iter().any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"));
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"
+                })
+            });
         let pods = self.owned_pods(ns, uid_of(&job));
-        let phase = |p: &Value, ph: &str| p.pointer("/status/phase").and_then(Value::as_str) == Some(ph);
+        let phase =
+            |p: &Value, ph: &str| p.pointer("/status/phase").and_then(Value::as_str) == Some(ph);
         let succeeded = pods.iter().filter(|p| phase(p, "Succeeded")).count() as i64;
         let failed = pods.iter().filter(|p| phase(p, "Failed")).count() as i64;
         let running: Vec<_> = pods.iter().filter(|p| active(p)).collect();
-        let completions = job.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
-        let parallelism = job.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1);
-        let backoff = job.pointer("/spec/backoffLimit").and_then(Value::as_i64).unwrap_or(6);
+        let completions = job
+            .pointer("/spec/completions")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let parallelism = job
+            .pointer("/spec/parallelism")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let backoff = job
+            .pointer("/spec/backoffLimit")
+            .and_then(Value::as_i64)
+            .unwrap_or(6);
         let now = meta::now();
         let mut status = json!({
             "active": running.len(),
@@ -268,7 +326,11 @@ impl Controllers {
                 let want = parallelism.min(completions - succeeded).max(0) as usize;
                 let hash = uid_of(&job).to_string();
                 for _ in running.len()..want {
-                    self.create_pod(&job, &[("batch.kubernetes.io/controller-uid", hash.clone())], None);
+                    self.create_pod(
+                        &job,
+                        &[("batch.kubernetes.io/controller-uid", hash.clone())],
+                        None,
+                    );
                 }
                 status["active"] = json!(want.max(running.len()));
             }
@@ -299,7 +361,11 @@ fn node_ready(n: &Value) -> bool {
 }
 
 fn all_keys(shared: &Shared, keys: &mut BTreeSet<Key>) {
-    for (plural, group) in [("deployments", "apps"), ("daemonsets", "apps"), ("jobs", "batch")] {
+    for (plural, group) in [
+        ("deployments", "apps"),
+        ("daemonsets", "apps"),
+        ("jobs", "batch"),
+    ] {
         let (items, _) = shared.store.snapshot(&info(shared, group, plural).gr());
         for o in items {
             let (ns, name) = key_of(&o);
@@ -327,7 +393,10 @@ pub async fn run(shared: Arc<Shared>) {
         let mut keys = BTreeSet::new();
         let mut resync = false;
         for (feed, make) in [
-            (&mut deployments, Key::Deployment as fn(String, String) -> Key),
+            (
+                &mut deployments,
+                Key::Deployment as fn(String, String) -> Key,
+            ),
             (&mut daemonsets, Key::DaemonSet),
             (&mut jobs, Key::Job),
         ] {

@@ -35,14 +35,24 @@ fn create_fills_identity_fields_and_refuses_duplicates() {
 fn generate_name_gives_distinct_names() {
     let (store, pods, _) = setup(100);
     let a = store
-        .create(&pods, "default", json!({"metadata": {"generateName": "web-"}}))
+        .create(
+            &pods,
+            "default",
+            json!({"metadata": {"generateName": "web-"}}),
+        )
         .unwrap();
     let b = store
-        .create(&pods, "default", json!({"metadata": {"generateName": "web-"}}))
+        .create(
+            &pods,
+            "default",
+            json!({"metadata": {"generateName": "web-"}}),
+        )
         .unwrap();
     assert!(name_of(&a).starts_with("web-") && name_of(&a).len() == 9);
     assert_ne!(name_of(&a), name_of(&b));
-    let e = store.create(&pods, "default", json!({"metadata": {}})).unwrap_err();
+    let e = store
+        .create(&pods, "default", json!({"metadata": {}}))
+        .unwrap_err();
     assert_eq!(e.code, 422);
 }
 
@@ -50,11 +60,17 @@ fn generate_name_gives_distinct_names() {
 fn stale_resource_version_is_a_conflict_and_changes_nothing() {
     let (store, _, cms) = setup(100);
     let c = store
-        .create(&cms, "default", json!({"metadata": {"name": "c"}, "data": {"k": "1"}}))
+        .create(
+            &cms,
+            "default",
+            json!({"metadata": {"name": "c"}, "data": {"k": "1"}}),
+        )
         .unwrap();
     let mut v1 = (*c).clone();
     v1["data"]["k"] = json!("2");
-    store.update(&cms, "default", "c", v1.clone(), false).unwrap();
+    store
+        .update(&cms, "default", "c", v1.clone(), false)
+        .unwrap();
     v1["data"]["k"] = json!("3");
     let e = store.update(&cms, "default", "c", v1, false).unwrap_err();
     assert_eq!((e.code, e.reason), (409, "Conflict"));
@@ -68,7 +84,9 @@ fn status_subresource_separates_spec_and_status_writes() {
     let mut body = (*p).clone();
     body["status"]["phase"] = json!("Running");
     body["metadata"]["labels"]["app"] = json!("y");
-    let after = store.update(&pods, "default", "a", body.clone(), false).unwrap();
+    let after = store
+        .update(&pods, "default", "a", body.clone(), false)
+        .unwrap();
     assert_eq!(after["status"]["phase"], "Pending");
     assert_eq!(after["metadata"]["labels"]["app"], "y");
     body["metadata"]["resourceVersion"] = after["metadata"]["resourceVersion"].clone();
@@ -82,7 +100,9 @@ fn status_subresource_separates_spec_and_status_writes() {
 fn no_op_update_keeps_the_resource_version() {
     let (store, pods, _) = setup(100);
     let p = store.create(&pods, "default", pod("a")).unwrap();
-    let again = store.update(&pods, "default", "a", (*p).clone(), false).unwrap();
+    let again = store
+        .update(&pods, "default", "a", (*p).clone(), false)
+        .unwrap();
     assert_eq!(rv_of(&p), rv_of(&again));
 }
 
@@ -146,13 +166,20 @@ fn history_is_ordered_and_old_versions_expire() {
     let start = store.current_rv();
     for i in 0..5 {
         store
-            .create(&cms, "default", json!({"metadata": {"name": format!("c{i}")}}))
+            .create(
+                &cms,
+                "default",
+                json!({"metadata": {"name": format!("c{i}")}}),
+            )
             .unwrap();
     }
     let e = store.events_since(&cms.gr(), start).unwrap_err();
     assert_eq!((e.code, e.reason), (410, "Expired"));
     let (events, _) = store.events_since(&cms.gr(), start + 2).unwrap();
-    let names: Vec<_> = events.iter().map(|e| name_of(&e.object).to_string()).collect();
+    let names: Vec<_> = events
+        .iter()
+        .map(|e| name_of(&e.object).to_string())
+        .collect();
     assert_eq!(names, ["c2", "c3", "c4"]);
     assert!(events.windows(2).all(|w| w[0].rv < w[1].rv));
 }
@@ -161,7 +188,9 @@ fn history_is_ordered_and_old_versions_expire() {
 fn paged_lists_cover_everything_once_at_one_resource_version() {
     let (store, pods, _) = setup(1000);
     for i in 0..7 {
-        store.create(&pods, "default", pod(&format!("p{i}"))).unwrap();
+        store
+            .create(&pods, "default", pod(&format!("p{i}")))
+            .unwrap();
     }
     let (l, f) = (LabelSelector::default(), FieldSelector::default());
     let mut names = Vec::new();
@@ -174,7 +203,9 @@ fn paged_lists_cover_everything_once_at_one_resource_version() {
         names.extend(r.items.iter().map(|o| name_of(o).to_string()));
         rvs.insert(r.resource_version);
         // A write between pages must not change the snapshot's resourceVersion.
-        store.create(&pods, "default", pod(&format!("z{}", names.len()))).unwrap();
+        store
+            .create(&pods, "default", pod(&format!("z{}", names.len())))
+            .unwrap();
         match r.continue_token {
             Some(t) => token = Some(t),
             None => break,

@@ -1,0 +1,12 @@
+//! MIC, the controller: watches pods, identities, bindings and nodes, assigns user-assigned
+//! identities to the VM or scale set under each pod's node, and records each assignment as an
+//! AzureAssignedIdentity.
+//!
+//! - [`matcher`]: the pure index pods × bindings × identities → desired assignments.
+//! - [`host`]: ids of VMs/scale sets and of identities.
+
+pub mod host;
+pub mod matcher;
+
+#[cfg(test)]
+mod fixtures;

@@ -8,5 +8,8 @@
 pub mod host;
 pub mod matcher;
 
+pub mod batch;
+pub mod budget;
 #[cfg(test)]
 mod fixtures;
+pub mod port;

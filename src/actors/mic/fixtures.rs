@@ -160,3 +160,100 @@ pub fn node_with_provider(name: &str, provider_id: &str) -> Node {
         status: None,
     }
 }
+
+use super::host::{HostId, IdentityId};
+use super::port::{ArmPort, HostIdentities, PortError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One PATCH the fake ARM received.
+#[derive(Clone, Debug)]
+pub struct PatchCall {
+    pub host: HostId,
+    pub add: Vec<IdentityId>,
+    pub remove: Vec<IdentityId>,
+    pub at: Instant,
+}
+
+/// An in-memory ARM with a fixed latency per call; identities in `refuse` are refused the way
+/// ARM refuses a deleted identity, naming it.
+#[derive(Default)]
+pub struct FakeArm {
+    pub latency: Duration,
+    pub hosts: Mutex<BTreeMap<HostId, BTreeSet<IdentityId>>>,
+    pub refuse: Mutex<BTreeSet<IdentityId>>,
+    pub patches: Mutex<Vec<PatchCall>>,
+    pub gets: Mutex<u32>,
+}
+
+impl FakeArm {
+    pub fn new(latency: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            latency,
+            ..Self::default()
+        })
+    }
+    pub fn on_host(&self, host: &HostId) -> BTreeSet<IdentityId> {
+        self.hosts
+            .lock()
+            .unwrap()
+            .get(host)
+            .cloned()
+            .unwrap_or_default()
+    }
+    pub fn patch_count(&self) -> usize {
+        self.patches.lock().unwrap().len()
+    }
+}
+
+#[async_trait::async_trait]
+impl ArmPort for FakeArm {
+    async fn get(&self, host: &HostId) -> Result<HostIdentities, PortError> {
+        tokio::time::sleep(self.latency).await;
+        *self.gets.lock().unwrap() += 1;
+        Ok(HostIdentities {
+            user_assigned: self.on_host(host),
+            deleting: false,
+        })
+    }
+
+    async fn patch(
+        &self,
+        host: &HostId,
+        add: &[IdentityId],
+        remove: &[IdentityId],
+    ) -> Result<HostIdentities, PortError> {
+        self.patches.lock().unwrap().push(PatchCall {
+            host: host.clone(),
+            add: add.to_vec(),
+            remove: remove.to_vec(),
+            at: Instant::now(),
+        });
+        tokio::time::sleep(self.latency).await;
+        let bad: Vec<IdentityId> = {
+            let refuse = self.refuse.lock().unwrap();
+            add.iter()
+                .filter(|id| refuse.contains(*id))
+                .cloned()
+                .collect()
+        };
+        if !bad.is_empty() {
+            return Err(PortError::Refused {
+                ids: bad,
+                message: "FailedIdentityOperation: identity not found".into(),
+            });
+        }
+        let mut hosts = self.hosts.lock().unwrap();
+        let on = hosts.entry(host.clone()).or_default();
+        on.extend(add.iter().cloned());
+        for id in remove {
+            on.remove(id);
+        }
+        Ok(HostIdentities {
+            user_assigned: on.clone(),
+            deleting: false,
+        })
+    }
+}

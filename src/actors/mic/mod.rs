@@ -8,8 +8,10 @@
 pub mod host;
 pub mod matcher;
 
+pub mod assigner;
 pub mod batch;
 pub mod budget;
 #[cfg(test)]
 mod fixtures;
+pub mod metrics;
 pub mod port;

@@ -20,6 +20,8 @@ pub struct SetDesired {
     pub desired: BTreeSet<IdentityId>,
     /// Identities never to remove.
     pub immutable: BTreeSet<IdentityId>,
+    /// Sequence number of this update (echoed in reports).
+    pub seq: u64,
 }
 
 /// Identities MIC assigned to the host before a restart (from AzureAssignedIdentity objects).
@@ -51,6 +53,8 @@ pub struct HostReport {
     pub failure: Option<String>,
     /// The host has been read at least once (so `releasing` is authoritative).
     pub synced: bool,
+    /// Sequence number of the last [`SetDesired`] folded in.
+    pub seq: u64,
 }
 
 /// The actor.
@@ -65,6 +69,7 @@ pub struct Assigner {
     last: Option<HostReport>,
     failure: Option<String>,
     synced: bool,
+    seq: u64,
 }
 
 impl Assigner {
@@ -89,6 +94,7 @@ impl Assigner {
             last: None,
             failure: None,
             synced: false,
+            seq: 0,
         }
     }
 
@@ -101,6 +107,7 @@ impl Assigner {
             refused: self.batch.refusals(now),
             failure: self.failure.clone(),
             synced: self.synced,
+            seq: self.seq,
         };
         self.metrics
             .queue_depth
@@ -200,6 +207,7 @@ impl Actor for Assigner {
 impl Handler<SetDesired> for Assigner {
     type Result = ();
     fn handle(&mut self, msg: SetDesired, ctx: &mut Context<Self>) {
+        self.seq = self.seq.max(msg.seq);
         self.batch
             .set_desired(msg.desired, msg.immutable, Instant::now());
         self.report();

@@ -28,6 +28,7 @@ struct Rig {
     collector: Recipient<HostReport>,
     budget: Arc<WriteBudget>,
     settings: BatchSettings,
+    seq: u64,
 }
 
 impl Rig {
@@ -42,12 +43,14 @@ impl Rig {
             collector,
             budget: WriteBudget::new(0),
             settings,
+            seq: 0,
         }
     }
 
     /// Sends every host its desired identities, as the coordinator does after each change.
     fn sync(&mut self) {
         let d = self.index.desired();
+        self.seq += 1;
         for (host, ids) in d.hosts {
             let addr = self.assigners.entry(host.clone()).or_insert_with(|| {
                 Assigner::new(
@@ -63,6 +66,7 @@ impl Rig {
             addr.do_send(SetDesired {
                 desired: ids,
                 immutable: d.immutable.clone(),
+                seq: self.seq,
             });
         }
     }

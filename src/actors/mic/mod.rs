@@ -15,3 +15,4 @@ pub mod budget;
 mod fixtures;
 pub mod metrics;
 pub mod port;
+pub mod writer;

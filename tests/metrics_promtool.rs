@@ -50,7 +50,12 @@ fn promtool_finds_nothing_but_the_originals_legacy_counter_names() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool must be installed (Debian package `prometheus`; .ci/run installs it)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
@@ -58,11 +63,23 @@ fn promtool_finds_nothing_but_the_originals_legacy_counter_names() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Exit 1 would be a parse error of the exposition itself.
-    assert_ne!(out.status.code(), Some(1), "promtool could not parse:\n{report}");
+    assert_ne!(
+        out.status.code(),
+        Some(1),
+        "promtool could not parse:\n{report}"
+    );
     let unexpected: Vec<&str> = report
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .filter(|l| !LEGACY_COUNTERS.iter().any(|name| l.starts_with(&format!("{name} "))))
+        .filter(|l| {
+            !LEGACY_COUNTERS
+                .iter()
+                .any(|name| l.starts_with(&format!("{name} ")))
+        })
         .collect();
-    assert!(unexpected.is_empty(), "promtool complaints:\n{}", unexpected.join("\n"));
+    assert!(
+        unexpected.is_empty(),
+        "promtool complaints:\n{}",
+        unexpected.join("\n")
+    );
 }

@@ -308,6 +308,35 @@ impl BindingIndex {
         self.nodes.get(node).and_then(|r| r.as_ref().ok())
     }
 
+    /// Host of every node whose providerID names one.
+    #[must_use]
+    pub fn node_hosts(&self) -> BTreeMap<String, HostId> {
+        self.nodes
+            .iter()
+            .filter_map(|(n, h)| h.as_ref().ok().map(|h| (n.clone(), h.clone())))
+            .collect()
+    }
+
+    /// Forgets every pod (before a relist is applied).
+    pub fn clear_pods(&mut self) {
+        self.pods.clear();
+    }
+
+    /// Forgets every identity (before a relist is applied).
+    pub fn clear_identities(&mut self) {
+        self.identities.clear();
+    }
+
+    /// Forgets every binding (before a relist is applied).
+    pub fn clear_bindings(&mut self) {
+        self.bindings.clear();
+    }
+
+    /// Forgets every node (before a relist is applied).
+    pub fn clear_nodes(&mut self) {
+        self.nodes.clear();
+    }
+
     /// Number of labelled pods known.
     #[must_use]
     pub fn pod_count(&self) -> usize {

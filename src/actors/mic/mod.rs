@@ -11,8 +11,10 @@ pub mod matcher;
 pub mod assigner;
 pub mod batch;
 pub mod budget;
+pub mod coordinator;
 #[cfg(test)]
 mod fixtures;
 pub mod metrics;
 pub mod port;
+pub mod watchers;
 pub mod writer;

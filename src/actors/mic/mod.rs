@@ -14,7 +14,11 @@ pub mod budget;
 pub mod coordinator;
 #[cfg(test)]
 mod fixtures;
+pub mod leader;
 pub mod metrics;
 pub mod port;
+pub mod run;
 pub mod watchers;
 pub mod writer;
+
+pub use run::{Error, MicDeps, MicSettings, run, run_blocking};

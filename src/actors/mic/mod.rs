@@ -22,3 +22,4 @@ pub mod watchers;
 pub mod writer;
 
 pub use run::{Error, MicDeps, MicSettings, run, run_blocking};
+pub mod testing;

@@ -167,7 +167,8 @@ fn serve(
     settings: &MicSettings,
     leading: Arc<AtomicBool>,
     metrics: Metrics,
-) -> Result<(SocketAddr, SocketAddr), Error> {
+) -> Result<(SocketAddr, SocketAddr, Servers), Error> {
+    let leading_flag = leading.clone();
     let probe_addr = SocketAddr::new(settings.listen_address, settings.http_probe_port);
     let probe = HttpServer::new(move || {
         let leading = leading.clone();
@@ -216,9 +217,31 @@ fn serve(
         source,
     })?;
     let metrics_bound = prom.addrs()[0];
-    actix::spawn(probe.run());
-    actix::spawn(prom.run());
-    Ok((probe_bound, metrics_bound))
+    let probe = probe.run();
+    let prom = prom.run();
+    let servers = Servers {
+        handles: vec![probe.handle(), prom.handle()],
+        leading: leading_flag,
+    };
+    actix::spawn(probe);
+    actix::spawn(prom);
+    Ok((probe_bound, metrics_bound, servers))
+}
+
+/// Stops the endpoints and says `Not Active` when MIC stops, however it stops.
+struct Servers {
+    handles: Vec<actix_web::dev::ServerHandle>,
+    leading: Arc<AtomicBool>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.leading.store(false, Ordering::SeqCst);
+        for h in &self.handles {
+            // The stop command is sent at once; its completion need not be awaited.
+            drop(h.stop(false));
+        }
+    }
 }
 
 /// Runs MIC until leadership is lost or the watches end. Must run inside an actix `System`
@@ -237,10 +260,10 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     };
     let mic_metrics = MicMetrics::register(metrics.registry())?;
     let leading = Arc::new(AtomicBool::new(false));
-    let addrs = serve(&settings, leading.clone(), metrics.clone())?;
-    info!(probe = %addrs.0, metrics = %addrs.1, "listening");
+    let (probe_addr, metrics_addr, _servers) = serve(&settings, leading.clone(), metrics.clone())?;
+    info!(probe = %probe_addr, metrics = %metrics_addr, "listening");
     if let Some(tx) = bound {
-        let _ = tx.send(addrs);
+        let _ = tx.send((probe_addr, metrics_addr));
     }
 
     let elector = LeaderElector::new(client.clone(), settings.leader.clone());

@@ -6,6 +6,7 @@ use super::budget::WriteBudget;
 use super::host::{HostId, IdentityId};
 use super::metrics::MicMetrics;
 use super::port::{ArmPort, PortError};
+use crate::metrics::DropTimer;
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -140,7 +141,20 @@ impl Assigner {
                 let port = self.port.clone();
                 let host = self.host.clone();
                 debug!(vmss = %host.name, "reading identities");
-                let f = async move { port.get(&host).await };
+                let m = self.metrics.original.clone();
+                let f = async move {
+                    let _t = DropTimer::new(
+                        m.cloud_provider_operations_duration_seconds
+                            .with_label_values(&["get_identities"]),
+                    );
+                    let r = port.get(&host).await;
+                    if r.is_err() {
+                        m.cloud_provider_operations_errors_count
+                            .with_label_values(&["get_identities"])
+                            .inc();
+                    }
+                    r
+                };
                 ctx.spawn(f.into_actor(self).map(|res, act, ctx| {
                     if let Err(e) = &res {
                         warn!(vmss = %act.host.name, error = %e, "reading identities failed");
@@ -164,9 +178,20 @@ impl Assigner {
                     .batch_size
                     .observe((add.len() + remove.len()) as f64);
                 info!(vmss = %host.name, add = add.len(), remove = remove.len(), "patching identities");
+                let m = self.metrics.original.clone();
                 let f = async move {
                     budget.acquire(&host.subscription).await;
-                    port.patch(&host, &add, &remove).await
+                    let _t = DropTimer::new(
+                        m.cloud_provider_operations_duration_seconds
+                            .with_label_values(&["update_identities"]),
+                    );
+                    let r = port.patch(&host, &add, &remove).await;
+                    if r.is_err() {
+                        m.cloud_provider_operations_errors_count
+                            .with_label_values(&["update_identities"])
+                            .inc();
+                    }
+                    r
                 };
                 ctx.spawn(f.into_actor(self).map(|res, act, ctx| {
                     let label = match &res {

@@ -10,9 +10,11 @@
 use super::assigner::{Adopt, Reconcile, SetDesired};
 use super::host::{HostId, IdentityId};
 use super::matcher::{BindingIndex, MatchSettings, ObjectKey};
+use super::metrics::MicMetrics;
 use super::watchers::{CatalogEvent, Observed};
 use super::writer::{AssignedEvent, DesiredAssignments};
 use crate::crd::{AzureAssignedIdentity, IdentityType};
+use crate::metrics::DropTimer;
 use actix::prelude::*;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +51,7 @@ pub struct Coordinator {
     seq: u64,
     scheduled: bool,
     reconcile_interval: Duration,
+    metrics: MicMetrics,
 }
 
 impl Coordinator {
@@ -60,6 +63,7 @@ impl Coordinator {
         writer_assigned: Recipient<AssignedEvent>,
         make_assigner: AssignerFactory,
         reconcile_interval: Duration,
+        metrics: MicMetrics,
     ) -> Self {
         Self {
             index: BindingIndex::new(settings),
@@ -73,6 +77,7 @@ impl Coordinator {
             seq: 0,
             scheduled: false,
             reconcile_interval,
+            metrics,
         }
     }
 
@@ -90,6 +95,8 @@ impl Coordinator {
         if self.listed.iter().any(|l| !l) {
             return;
         }
+        let _timer = DropTimer::new(self.metrics.original.mic_cycle_duration_seconds.clone());
+        self.metrics.original.mic_cycle_count.inc();
         let d = self.index.desired();
         self.seq += 1;
         let mut hosts: BTreeSet<HostId> = d.hosts.keys().cloned().collect();

@@ -61,6 +61,7 @@ fn start() -> (Addr<Coordinator>, Arc<Mutex<Seen>>) {
         sink.recipient(),
         factory,
         Duration::from_secs(180),
+        crate::actors::mic::metrics::MicMetrics::unregistered().unwrap(),
     )
     .start();
     (c, seen)

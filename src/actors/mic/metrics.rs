@@ -3,11 +3,14 @@
 //!
 //! Registered once into the process registry by [`MicMetrics::register`].
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use crate::metrics::Metrics;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
 
 /// MIC's metrics.
 #[derive(Clone, Debug)]
 pub struct MicMetrics {
+    /// The original's metrics (the process registry).
+    pub original: Metrics,
     /// Seconds from MIC seeing a pod's assignment to its AzureAssignedIdentity turning Assigned.
     pub assignment_latency: Histogram,
     /// ARM writes (PATCHes) by outcome: `ok`, `refused`, `throttled`, `transient`, `fatal`, `deleting`.
@@ -19,9 +22,10 @@ pub struct MicMetrics {
 }
 
 impl MicMetrics {
-    /// Creates the metrics and registers them into `registry`.
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let m = Self::unregistered()?;
+    /// Creates MIC's metrics and registers them into the registry of `original`.
+    pub fn register(original: &Metrics) -> Result<Self, prometheus::Error> {
+        let m = Self::build(original.clone())?;
+        let registry = original.registry();
         registry.register(Box::new(m.assignment_latency.clone()))?;
         registry.register(Box::new(m.arm_writes.clone()))?;
         registry.register(Box::new(m.batch_size.clone()))?;
@@ -29,9 +33,14 @@ impl MicMetrics {
         Ok(m)
     }
 
-    /// Metrics not registered anywhere (tests, or a caller without a registry).
+    /// Metrics in a registry of their own (tests).
     pub fn unregistered() -> Result<Self, prometheus::Error> {
+        Self::register(&Metrics::new())
+    }
+
+    fn build(original: Metrics) -> Result<Self, prometheus::Error> {
         Ok(Self {
+            original,
             assignment_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "aadpodidentity_mic_assignment_latency_seconds",

@@ -258,7 +258,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         Some(c) => c,
         None => make_client(settings.kubeconfig.as_ref()).await?,
     };
-    let mic_metrics = MicMetrics::register(metrics.registry())?;
+    let mic_metrics = MicMetrics::register(&metrics)?;
     let leading = Arc::new(AtomicBool::new(false));
     let (probe_addr, metrics_addr, _servers) = serve(&settings, leading.clone(), metrics.clone())?;
     info!(probe = %probe_addr, metrics = %metrics_addr, "listening");
@@ -281,6 +281,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     .start();
     let budget = WriteBudget::new(settings.arm_writes_per_minute);
     let report_to = writer.clone().recipient();
+    let mic_metrics_c = mic_metrics.clone();
     let batch = settings.batch.clone();
     let factory = Box::new(move |host: &super::host::HostId| {
         let a = Assigner::new(
@@ -308,6 +309,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         writer.recipient(),
         factory,
         settings.reconcile_interval,
+        mic_metrics_c,
     )
     .start();
 

@@ -11,13 +11,14 @@
 
 use super::assigner::HostReport;
 use super::host::{HostId, IdentityId};
-use super::matcher::{Assignment, ObjectKey, Rejection, Target};
+use super::matcher::{Assignment, ObjectKey, RejectReason, Rejection, Target};
 use super::metrics::MicMetrics;
 use crate::crd::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity, AzureAssignedIdentitySpec,
     AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding, IdentityType, NODENAME_LABEL,
     embeddable_meta,
 };
+use crate::metrics::DropTimer;
 use actix::prelude::*;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
@@ -95,19 +96,55 @@ impl WriteOp {
     }
 }
 
-/// A Kubernetes Event to write on a pod.
+/// A Kubernetes Event to write on a pod or a binding.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PodEvent {
-    /// The pod.
-    pub pod: ObjectKey,
-    /// Its uid.
-    pub pod_uid: String,
+pub struct UserEvent {
+    /// Kind of the object (`Pod` or `AzureIdentityBinding`).
+    pub kind: &'static str,
+    /// Its apiVersion.
+    pub api_version: &'static str,
+    /// The object.
+    pub object: ObjectKey,
+    /// Its uid (empty when unknown).
+    pub uid: String,
     /// `Normal` or `Warning`.
     pub type_: &'static str,
     /// [`REASON_APPLIED`] or [`REASON_APPLY_ERROR`].
     pub reason: &'static str,
-    /// What happened, for `kubectl describe pod`.
+    /// What happened, for `kubectl describe`.
     pub message: String,
+}
+
+impl UserEvent {
+    fn on_pod(
+        a_pod: &ObjectKey,
+        uid: &str,
+        type_: &'static str,
+        reason: &'static str,
+        message: String,
+    ) -> Self {
+        Self {
+            kind: "Pod",
+            api_version: "v1",
+            object: a_pod.clone(),
+            uid: uid.to_string(),
+            type_,
+            reason,
+            message,
+        }
+    }
+
+    fn on_binding(binding: ObjectKey, uid: &str, message: String) -> Self {
+        Self {
+            kind: "AzureIdentityBinding",
+            api_version: "aadpodidentity.k8s.io/v1",
+            object: binding,
+            uid: uid.to_string(),
+            type_: "Warning",
+            reason: REASON_APPLY_ERROR,
+            message,
+        }
+    }
 }
 
 /// What the matcher says should exist (sent after every change).
@@ -257,40 +294,67 @@ pub fn plan(
     ops
 }
 
-/// Events a plan's inputs call for (refusals and rejections); the writer dedupes them.
+/// Warning Events the current state calls for: each ARM refusal on the pod and once on its
+/// binding, each rejected match on the pod and (for namespace and missing-identity problems)
+/// once on the binding. The writer writes each once for as long as it holds.
 #[must_use]
 pub fn error_events(
     desired: &DesiredAssignments,
     hosts: &BTreeMap<HostId, HostReport>,
-) -> Vec<PodEvent> {
-    let mut out = Vec::new();
+) -> BTreeSet<UserEvent> {
+    let mut out = BTreeSet::new();
     for a in desired.assignments.values() {
         if let Target::Msi { host, id } = &a.target
             && let Some(why) = hosts.get(host).and_then(|r| r.refused.get(id))
         {
-            out.push(PodEvent {
-                pod: a.pod.clone(),
-                pod_uid: a.pod_uid.clone(),
-                type_: "Warning",
-                reason: REASON_APPLY_ERROR,
-                message: format!(
-                    "Applying binding {} for pod {} on node {} failed: ARM refused identity {}: {why}; retrying with backoff",
-                    a.binding.metadata.name.as_deref().unwrap_or_default(),
-                    a.pod,
-                    a.node,
-                    id
+            let binding = ObjectKey::of(&a.binding);
+            out.insert(UserEvent::on_pod(
+                &a.pod,
+                &a.pod_uid,
+                "Warning",
+                REASON_APPLY_ERROR,
+                format!(
+                    "Applying binding {binding} for pod {} on node {} failed: ARM refused identity {id}: {why}; retrying with backoff",
+                    a.pod, a.node
                 ),
-            });
+            ));
+            out.insert(UserEvent::on_binding(
+                binding,
+                a.binding.metadata.uid.as_deref().unwrap_or_default(),
+                format!(
+                    "ARM refused identity {id} on {}: {why}; retrying with backoff",
+                    host.name
+                ),
+            ));
         }
     }
     for r in &desired.rejections {
-        out.push(PodEvent {
-            pod: r.pod.clone(),
-            pod_uid: r.pod_uid.clone(),
-            type_: "Warning",
-            reason: REASON_APPLY_ERROR,
-            message: r.reason.to_string(),
-        });
+        out.insert(UserEvent::on_pod(
+            &r.pod,
+            &r.pod_uid,
+            "Warning",
+            REASON_APPLY_ERROR,
+            r.reason.to_string(),
+        ));
+        match &r.reason {
+            RejectReason::CrossNamespace { binding, .. } => {
+                out.insert(UserEvent::on_binding(
+                    binding.clone(),
+                    "",
+                    format!(
+                        "binding {binding} matches pods in other namespaces, which namespaced matching does not apply it to (set --forceNamespaced=false for cluster-wide matching)"
+                    ),
+                ));
+            }
+            RejectReason::IdentityMissing { binding, .. } => {
+                out.insert(UserEvent::on_binding(
+                    binding.clone(),
+                    "",
+                    r.reason.to_string(),
+                ));
+            }
+            _ => {}
+        }
     }
     out
 }
@@ -340,12 +404,15 @@ pub struct Writer {
     desired: DesiredAssignments,
     hosts: BTreeMap<HostId, HostReport>,
     in_flight: BTreeSet<ObjectKey>,
-    /// Events already written (so each is written once).
-    events_sent: BTreeSet<(String, String)>,
+    /// Warning Events written and still true (each is written once while it holds).
+    events_sent: BTreeSet<UserEvent>,
     /// When each assignment was first seen (for the latency histogram).
     first_seen: BTreeMap<ObjectKey, Instant>,
     /// The AzureAssignedIdentity watch has listed once.
     synced: bool,
+    /// The matcher has said what should exist at least once; planning before that would
+    /// take every existing object for stale.
+    told: bool,
     replan_scheduled: bool,
 }
 
@@ -364,6 +431,7 @@ impl Writer {
             events_sent: BTreeSet::new(),
             first_seen: BTreeMap::new(),
             synced: false,
+            told: false,
             replan_scheduled: false,
         }
     }
@@ -379,7 +447,7 @@ impl Writer {
     }
 
     fn replan(&mut self, ctx: &mut Context<Self>) {
-        if !self.synced {
+        if !self.synced || !self.told {
             return;
         }
         let now = Instant::now();
@@ -388,14 +456,11 @@ impl Writer {
         }
         let desired = &self.desired.assignments;
         self.first_seen.retain(|k, _| desired.contains_key(k));
-        for ev in error_events(&self.desired, &self.hosts) {
-            if self
-                .events_sent
-                .insert((ev.pod_uid.clone(), ev.message.clone()))
-            {
-                self.spawn_event(ev, ctx);
-            }
+        let events = error_events(&self.desired, &self.hosts);
+        for ev in events.difference(&self.events_sent) {
+            self.spawn_event(ev.clone(), ctx);
         }
+        self.events_sent = events;
         for op in plan(&self.existing, &self.desired, &self.hosts) {
             if self.in_flight.len() >= self.max_in_flight {
                 break;
@@ -408,22 +473,27 @@ impl Writer {
         }
     }
 
-    fn spawn_event(&self, ev: PodEvent, ctx: &mut Context<Self>) {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ev.pod.namespace);
+    fn spawn_event(&self, ev: UserEvent, ctx: &mut Context<Self>) {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ev.object.namespace);
+        let errors = self
+            .metrics
+            .original
+            .kubernetes_api_operations_errors_count
+            .clone();
         let f = async move {
             let now = k8s_openapi::jiff::Timestamp::now();
             let e = Event {
                 metadata: kube::api::ObjectMeta {
-                    generate_name: Some(format!("{}.", ev.pod.name)),
-                    namespace: Some(ev.pod.namespace.clone()),
+                    generate_name: Some(format!("{}.", ev.object.name)),
+                    namespace: Some(ev.object.namespace.clone()),
                     ..Default::default()
                 },
                 involved_object: ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(ev.pod.name.clone()),
-                    namespace: Some(ev.pod.namespace.clone()),
-                    uid: Some(ev.pod_uid.clone()).filter(|u| !u.is_empty()),
+                    api_version: Some(ev.api_version.into()),
+                    kind: Some(ev.kind.into()),
+                    name: Some(ev.object.name.clone()),
+                    namespace: Some(ev.object.namespace.clone()),
+                    uid: Some(ev.uid.clone()).filter(|u| !u.is_empty()),
                     ..Default::default()
                 },
                 reason: Some(ev.reason.to_string()),
@@ -443,7 +513,8 @@ impl Writer {
                 ..Default::default()
             };
             if let Err(err) = api.create(&PostParams::default(), &e).await {
-                warn!(pod = %ev.pod, reason = ev.reason, error = %err, "writing Event failed");
+                errors.with_label_values(&["create event"]).inc();
+                warn!(object = %ev.object, kind = ev.kind, reason = ev.reason, error = %err, "writing Event failed");
             }
         };
         ctx.spawn(f.into_actor(self));
@@ -453,7 +524,35 @@ impl Writer {
         let client = self.client.clone();
         let key = op.key().clone();
         let existing = self.existing.get(&key).cloned();
-        let f = async move { execute(client, op.clone(), existing).await.map(|o| (op, o)) };
+        let m = self.metrics.original.clone();
+        let f = async move {
+            let (hist, count) = match &op {
+                WriteOp::Create { .. } => (
+                    m.assigned_identity_addition_duration_seconds.clone(),
+                    m.assigned_identity_addition_count.clone(),
+                ),
+                WriteOp::Delete { .. } => (
+                    m.assigned_identity_deletion_duration_seconds.clone(),
+                    m.assigned_identity_deletion_count.clone(),
+                ),
+                WriteOp::UpdateSpec { .. } | WriteOp::SetStatus { .. } => (
+                    m.assigned_identity_update_duration_seconds.clone(),
+                    m.assigned_identity_update_count.clone(),
+                ),
+            };
+            let timer = DropTimer::new(hist);
+            let r = execute(client, op.clone(), existing).await;
+            match &r {
+                Ok(_) => count.inc(),
+                Err(Error::Kube { op, .. }) => {
+                    drop(timer);
+                    m.kubernetes_api_operations_errors_count
+                        .with_label_values(&[op])
+                        .inc();
+                }
+            }
+            r.map(|o| (op, o))
+        };
         ctx.spawn(f.into_actor(self).map(move |res, act, ctx| {
             act.in_flight.remove(&key);
             match res {
@@ -503,18 +602,18 @@ impl Writer {
                     .observe(t0.elapsed().as_secs_f64());
             }
             info!(pod = %a.pod, identity = %a.identity.name_any(), node = %a.node, "identity assigned");
-            let ev = PodEvent {
-                pod: a.pod.clone(),
-                pod_uid: a.pod_uid.clone(),
-                type_: "Normal",
-                reason: REASON_APPLIED,
-                message: format!(
+            let ev = UserEvent::on_pod(
+                &a.pod,
+                &a.pod_uid,
+                "Normal",
+                REASON_APPLIED,
+                format!(
                     "Binding {} applied on node {} for pod {}",
                     a.binding.name_any(),
                     a.node,
                     a.pod
                 ),
-            };
+            );
             self.spawn_event(ev, ctx);
         }
     }
@@ -638,16 +737,8 @@ impl Actor for Writer {
 impl Handler<DesiredAssignments> for Writer {
     type Result = ();
     fn handle(&mut self, msg: DesiredAssignments, ctx: &mut Context<Self>) {
-        // Forget Events of pods no longer concerned, so the set stays bounded.
-        let uids: BTreeSet<&str> = msg
-            .assignments
-            .values()
-            .map(|a| a.pod_uid.as_str())
-            .chain(msg.rejections.iter().map(|r| r.pod_uid.as_str()))
-            .collect();
-        self.events_sent
-            .retain(|(uid, _)| uids.contains(uid.as_str()));
         self.desired = msg;
+        self.told = true;
         self.schedule(ctx);
     }
 }

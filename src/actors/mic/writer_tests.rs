@@ -161,12 +161,13 @@ fn a_pod_moving_to_another_node_updates_the_spec() {
 }
 
 #[test]
-fn a_refused_identity_and_a_rejected_binding_become_warning_events_on_the_pod() {
+fn a_refused_identity_and_a_rejected_binding_become_warning_events_on_pod_and_binding() {
     let mut ix = index();
     ix.apply_identity(&identity("other").ns("team-a").build());
     ix.apply_binding(&binding("foreign", "other", "sel2").ns("team-a").build());
     ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
     ix.apply_pod(&pod("p2").label("sel2").on_node("ss0-0").build());
+    ix.apply_pod(&pod("p3").label("sel").on_node("ss0-1").build());
     let d = desired(&ix, 1);
     let mut hosts = report(&[], &[], 1);
     hosts.get_mut(&ss0()).unwrap().refused.insert(
@@ -174,14 +175,32 @@ fn a_refused_identity_and_a_rejected_binding_become_warning_events_on_the_pod() 
         "LinkedAuthorizationFailed".into(),
     );
     let evs = error_events(&d, &hosts);
-    assert_eq!(evs.len(), 2, "{evs:?}");
     assert!(
         evs.iter()
             .all(|e| e.reason == REASON_APPLY_ERROR && e.type_ == "Warning")
     );
-    assert!(evs[0].message.contains("LinkedAuthorizationFailed"));
-    assert_eq!(evs[1].pod, ObjectKey::new("default", "p2"));
-    assert!(evs[1].message.contains("team-a/foreign"));
+    let on = |kind: &str, ns: &str, name: &str| {
+        evs.iter()
+            .filter(|e| e.kind == kind && e.object == ObjectKey::new(ns, name))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        on("Pod", "default", "p1")[0]
+            .message
+            .contains("LinkedAuthorizationFailed")
+    );
+    assert_eq!(on("Pod", "default", "p3").len(), 1);
+    // one Event on the binding for both pods
+    let b1 = on("AzureIdentityBinding", "default", "b1");
+    assert_eq!(b1.len(), 1);
+    assert_eq!(b1[0].api_version, "aadpodidentity.k8s.io/v1");
+    assert!(
+        on("Pod", "default", "p2")[0]
+            .message
+            .contains("team-a/foreign")
+    );
+    assert_eq!(on("AzureIdentityBinding", "team-a", "foreign").len(), 1);
+    assert_eq!(evs.len(), 5, "{evs:#?}");
 }
 
 #[test]

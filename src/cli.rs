@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::config::{mic::MicArgs, nmi::NmiArgs};
+use crate::sandbox::args::SandboxArgs;
 
 /// AAD Pod Identity: Azure AD tokens for pods, without secrets.
 #[derive(Debug, Parser)]
@@ -24,6 +25,8 @@ pub enum Command {
     Mic(Box<MicArgs>),
     /// Run the node agent (NMI): answers pods' token requests.
     Nmi(Box<NmiArgs>),
+    /// Run the whole system on this machine against simulated Kubernetes and Azure.
+    Sandbox(Box<SandboxArgs>),
     /// Write the CustomResourceDefinitions (or check the committed ones).
     Crdgen(CrdgenArgs),
 }

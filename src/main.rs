@@ -31,6 +31,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Sandbox(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(aad_pod_identity::sandbox::run::run_kube_only(
+                args.kubeconfig_out.clone(),
+                args.endpoints_out.clone(),
+                args.topology(),
+            ))?;
+            Ok(())
+        }
         Command::Mic(_) => anyhow::bail!(
             "the mic subcommand is not available in this build yet (its flags are parsed; the controller is under construction)"
         ),

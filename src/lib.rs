@@ -1,6 +1,7 @@
 //! AAD Pod Identity in Rust: the library behind the `aad-pod-identity` binary.
 //!
 //! The binary is thin; everything testable lives here. Module map:
+//! - [`cli`]: the binary's subcommands.
 //! - [`crd`]: the `aadpodidentity.k8s.io/v1` custom resources, wire-compatible with the Go original.
 //! - [`config`]: typed flags for `mic` and `nmi` (clap derive, env equivalents).
 //! - [`cloud`]: Azure clients (ARM, metadata service, Azure AD) and cloud configuration.
@@ -12,8 +13,12 @@
 //! - [`sandbox`]: the whole system on one machine.
 
 pub mod actors;
+pub mod cli;
 pub mod cloud;
+pub mod config;
 pub mod crd;
 pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod sandbox;
 pub mod sim;

@@ -1,3 +1,50 @@
-//! The `aad-pod-identity` binary: parses the command line and hands over to the library.
+//! The `aad-pod-identity` binary: parses the command line, sets up logging, hands over to the
+//! library, and turns errors into exit codes (2 for bad flags, from clap; 1 for failures).
 
-fn main() {}
+use aad_pod_identity::cli::{Cli, Command};
+use aad_pod_identity::crd;
+use anyhow::Context as _;
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Crdgen(args) => {
+            if args.check {
+                crd::write::check_all(&args.out_dir)?;
+                println!("CRDs in {} are up to date", args.out_dir.display());
+            } else {
+                for path in crd::write::write_all(&args.out_dir).context("writing CRDs")? {
+                    println!("wrote {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Sandbox(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(aad_pod_identity::sandbox::run::run_kube_only(
+                args.kubeconfig_out.clone(),
+                args.endpoints_out.clone(),
+                args.topology(),
+            ))?;
+            Ok(())
+        }
+        Command::Mic(_) => anyhow::bail!(
+            "the mic subcommand is not available in this build yet (its flags are parsed; the controller is under construction)"
+        ),
+        Command::Nmi(_) => anyhow::bail!(
+            "the nmi subcommand is not available in this build yet (its flags are parsed; the node agent is under construction)"
+        ),
+    }
+}

@@ -12,6 +12,7 @@
 mod generate;
 mod identity_type;
 mod resource_id;
+pub mod write;
 
 pub use generate::{CrdFile, all_crds, render_crd_yaml};
 pub use identity_type::IdentityType;

@@ -1,0 +1,282 @@
+//! Flags of `aad-pod-identity nmi`, the node agent.
+//!
+//! Names and defaults are the Go original's (REFERENCE.md). Deliberate changes, recorded in
+//! docs/migration.md: namespaced matching is on by default, the retry flags set the deadline of
+//! an event-driven wait instead of a polling schedule, and a few new flags (`--manage-iptables`,
+//! `--pod-arrival-timeout`, `--token-refresh-margin`).
+
+use clap::{ArgAction, Args, ValueEnum};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{LogArgs, parse_go_duration, parse_port, parse_seconds};
+
+/// How NMI learns which identities a pod may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OperationMode {
+    /// From AzureAssignedIdentity objects written by MIC.
+    #[default]
+    Standard,
+    /// Identities are pre-assigned by the operator; NMI reads bindings and identities directly.
+    Managed,
+}
+
+/// Configuration of the node agent.
+#[derive(Clone, Debug, Args)]
+pub struct NmiArgs {
+    /// Address NMI listens on for redirected metadata requests.
+    #[arg(
+        long = "nmi-listen-address",
+        env = "NMI_LISTEN_ADDRESS",
+        default_value = "127.0.0.1"
+    )]
+    pub nmi_listen_address: IpAddr,
+
+    /// Port NMI listens on for redirected metadata requests.
+    #[arg(long = "nmi-port", env = "NMI_PORT", default_value = "2579", value_parser = parse_port)]
+    pub nmi_port: u16,
+
+    /// Address of the instance metadata service (redirected by iptables, and where tokens come from).
+    #[arg(
+        long = "metadata-ip",
+        env = "NMI_METADATA_IP",
+        default_value = "169.254.169.254"
+    )]
+    pub metadata_ip: IpAddr,
+
+    /// Port of the instance metadata service.
+    #[arg(long = "metadata-port", env = "NMI_METADATA_PORT", default_value = "80", value_parser = parse_port)]
+    pub metadata_port: u16,
+
+    /// Name of the node this agent serves (the chart sets it from the downward API).
+    #[arg(long = "node", env = "NODE_NAME", value_parser = parse_node_name)]
+    pub node: String,
+
+    /// Seconds between checks that the iptables rules are still in place.
+    #[arg(long = "ipt-update-interval-sec", env = "NMI_IPT_UPDATE_INTERVAL_SEC", default_value = "60", value_parser = parse_seconds)]
+    pub ipt_update_interval: Duration,
+
+    /// Match pods only with identities in their own namespace. On by default;
+    /// `--forceNamespaced=false` restores the original's cluster-wide matching.
+    #[arg(
+        long = "forceNamespaced",
+        env = "FORCENAMESPACED",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = true,
+        default_missing_value = "true"
+    )]
+    pub force_namespaced: bool,
+
+    /// Namespace MIC runs in (its pods get the node's own token).
+    #[arg(
+        long = "MICNamespace",
+        env = "MIC_NAMESPACE",
+        default_value = "default"
+    )]
+    pub mic_namespace: String,
+
+    /// Port of `/healthz`.
+    #[arg(long = "http-probe-port", env = "NMI_HTTP_PROBE_PORT", default_value = "8080", value_parser = parse_port)]
+    pub http_probe_port: u16,
+
+    /// With the interval below, sets how long a token request waits for its identity to be
+    /// assigned: attempts × interval (80 s by default). The wait ends the moment it is assigned.
+    #[arg(
+        long = "retry-attempts-for-created",
+        env = "NMI_RETRY_ATTEMPTS_FOR_CREATED",
+        default_value_t = 16
+    )]
+    pub retry_attempts_for_created: u32,
+
+    /// Further attempts × interval allowed for an identity that is Created to become Assigned.
+    #[arg(
+        long = "retry-attempts-for-assigned",
+        env = "NMI_RETRY_ATTEMPTS_FOR_ASSIGNED",
+        default_value_t = 4
+    )]
+    pub retry_attempts_for_assigned: u32,
+
+    /// Seconds per attempt in the wait described above.
+    #[arg(long = "find-identity-retry-interval", env = "NMI_FIND_IDENTITY_RETRY_INTERVAL", default_value = "5", value_parser = parse_seconds)]
+    pub find_identity_retry_interval: Duration,
+
+    /// Answer 403 to `/metadata/instance` instead of proxying it.
+    #[arg(long = "block-instance-metadata", env = "NMI_BLOCK_INSTANCE_METADATA", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub block_instance_metadata: bool,
+
+    /// Require the `Metadata: true` header on token requests.
+    #[arg(long = "metadata-header-required", env = "NMI_METADATA_HEADER_REQUIRED", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
+    pub metadata_header_required: bool,
+
+    /// Port of the Prometheus `/metrics` endpoint.
+    #[arg(long = "prometheus-port", env = "NMI_PROMETHEUS_PORT", default_value = "9090", value_parser = parse_port)]
+    pub prometheus_port: u16,
+
+    /// standard (identities from MIC's AzureAssignedIdentity objects) or managed.
+    #[arg(long = "operation-mode", env = "NMI_OPERATION_MODE", value_enum, default_value_t = OperationMode::Standard)]
+    pub operation_mode: OperationMode,
+
+    /// Answer 503 with `Retry-After` instead of 404 when the identity is not assigned in time.
+    #[arg(long = "set-retry-after-header", env = "NMI_SET_RETRY_AFTER_HEADER", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub set_retry_after_header: bool,
+
+    /// Delete conntrack entries for the metadata address when the rules are (re)installed.
+    #[arg(long = "enable-conntrack-deletion", env = "NMI_ENABLE_CONNTRACK_DELETION", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub enable_conntrack_deletion: bool,
+
+    /// Path to a kubeconfig; in-cluster configuration (or $KUBECONFIG) when absent.
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// New: install and reconcile the iptables redirect (off in the sandbox, where pods are
+    /// loopback addresses).
+    #[arg(long = "manage-iptables", env = "NMI_MANAGE_IPTABLES", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
+    pub manage_iptables: bool,
+
+    /// New: how long a request from an address not yet known waits for its pod to appear in
+    /// the watch (the first request can beat the watch event).
+    #[arg(long = "pod-arrival-timeout", env = "NMI_POD_ARRIVAL_TIMEOUT", default_value = "2s", value_parser = parse_go_duration)]
+    pub pod_arrival_timeout: Duration,
+
+    /// New: cached tokens are refreshed this long before they expire.
+    #[arg(long = "token-refresh-margin", env = "NMI_TOKEN_REFRESH_MARGIN", default_value = "5m", value_parser = parse_go_duration)]
+    pub token_refresh_margin: Duration,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl NmiArgs {
+    /// How long a request waits for its pod's AzureAssignedIdentity to appear and become
+    /// Assigned: the original's polling budget for it, attempts × interval (80 s by default).
+    #[must_use]
+    pub fn assignment_deadline(&self) -> Duration {
+        self.find_identity_retry_interval * self.retry_attempts_for_created
+    }
+
+    /// Extra wait granted when the object exists but is still Created at the deadline (the
+    /// original's second polling loop): attempts × interval (20 s by default).
+    #[must_use]
+    pub fn assigned_grace(&self) -> Duration {
+        self.find_identity_retry_interval * self.retry_attempts_for_assigned
+    }
+}
+
+fn parse_node_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected a Kubernetes node name (lower-case DNS subdomain), got {s:?}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        nmi: NmiArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<NmiArgs, clap::Error> {
+        Cli::try_parse_from(
+            ["nmi", "--node=node-0"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .map(|c| c.nmi)
+    }
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.nmi_listen_address.to_string(), "127.0.0.1");
+        assert_eq!(a.nmi_port, 2579);
+        assert_eq!(a.metadata_ip.to_string(), "169.254.169.254");
+        assert_eq!(a.metadata_port, 80);
+        assert_eq!(a.ipt_update_interval, Duration::from_secs(60));
+        assert_eq!(a.mic_namespace, "default");
+        assert_eq!(a.http_probe_port, 8080);
+        assert_eq!(
+            (a.retry_attempts_for_created, a.retry_attempts_for_assigned),
+            (16, 4)
+        );
+        assert_eq!(a.find_identity_retry_interval, Duration::from_secs(5));
+        assert!(!a.block_instance_metadata);
+        assert!(a.metadata_header_required);
+        assert_eq!(a.prometheus_port, 9090);
+        assert_eq!(a.operation_mode, OperationMode::Standard);
+        assert!(!a.set_retry_after_header);
+        assert!(!a.enable_conntrack_deletion);
+        assert_eq!(a.assignment_deadline(), Duration::from_secs(80));
+        assert_eq!(a.assigned_grace(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn go_style_boolean_flags_work() {
+        let a = parse(&[
+            "--block-instance-metadata",
+            "--metadata-header-required=false",
+            "--operation-mode=managed",
+        ])
+        .unwrap();
+        assert!(a.block_instance_metadata);
+        assert!(!a.metadata_header_required);
+        assert_eq!(a.operation_mode, OperationMode::Managed);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_the_expected_form() {
+        let err = parse(&["--nmi-port=abc"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--nmi-port"), "{err}");
+
+        let msg = parse(&["--find-identity-retry-interval=often"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("--find-identity-retry-interval") && msg.contains("seconds"),
+            "{msg}"
+        );
+
+        let msg = parse(&["--metadata-ip=not-an-ip"]).unwrap_err().to_string();
+        assert!(msg.contains("--metadata-ip"), "{msg}");
+
+        let msg = parse(&["--operation-mode=auto"]).unwrap_err().to_string();
+        assert!(msg.contains("standard") && msg.contains("managed"), "{msg}");
+
+        let msg = Cli::try_parse_from(["nmi", "--node=Bad_Node"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("--node") && msg.contains("DNS subdomain"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn node_is_required() {
+        let err = Cli::try_parse_from(["nmi"]).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--node"));
+    }
+}

@@ -1,0 +1,64 @@
+//! Running the sandbox from the command line: for now the Kubernetes API simulator alone,
+//! with its kubeconfig and an endpoints document written where the caller asks.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::sandbox::topology::Topology;
+use crate::sim::kube::{self, KubeSim, KubeSimConfig};
+
+/// Starts the Kubernetes simulator for `topology`, writes the kubeconfig and the endpoints
+/// JSON (`{"kubernetes": {"server": …, "kubeconfig": …}}`), prints both, and serves until
+/// Ctrl-C or SIGTERM, then shuts down cleanly.
+pub async fn run_kube_only(
+    kubeconfig_out: Option<PathBuf>,
+    endpoints_out: Option<PathBuf>,
+    topology: Topology,
+) -> Result<(), kube::Error> {
+    let sim = KubeSim::start(KubeSimConfig {
+        topology,
+        ..KubeSimConfig::default()
+    })
+    .await?;
+    let kubeconfig_path = match &kubeconfig_out {
+        Some(p) => {
+            sim.write_kubeconfig(p)?;
+            Some(p.display().to_string())
+        }
+        None => None,
+    };
+    let endpoints = json!({
+        "kubernetes": {"server": sim.base_url(), "kubeconfig": kubeconfig_path}
+    });
+    let endpoints_text = serde_json::to_string_pretty(&endpoints).unwrap_or_default();
+    if let Some(p) = &endpoints_out {
+        std::fs::write(p, format!("{endpoints_text}\n")).map_err(|source| kube::Error::Write {
+            path: p.display().to_string(),
+            source,
+        })?;
+    }
+    println!("Kubernetes API simulator: {}", sim.base_url());
+    match &kubeconfig_out {
+        Some(p) => println!(
+            "kubeconfig written to {} (export KUBECONFIG={})",
+            p.display(),
+            p.display()
+        ),
+        None => print!("{}", sim.kubeconfig_yaml()),
+    }
+    println!("{endpoints_text}");
+    wait_for_signal().await?;
+    println!("shutting down");
+    sim.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), kube::Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(kube::Error::Signal)?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(kube::Error::Signal),
+        _ = term.recv() => Ok(()),
+    }
+}

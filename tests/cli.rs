@@ -1,0 +1,148 @@
+//! The binary's command line, run as a subprocess: generated files, `--help`, exit codes.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_aad-pod-identity"))
+}
+
+fn help(sub: &str) -> String {
+    let out = bin().args([sub, "--help"]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Asserts that `--help` lists `--flag` and, on the lines that follow it, `[default: value]`.
+fn assert_flag(help: &str, flag: &str, default: Option<&str>) {
+    let start = help
+        .find(&format!("--{flag}"))
+        .unwrap_or_else(|| panic!("--{flag} missing from help:\n{help}"));
+    let rest = &help[start..];
+    let end = rest[2..].find("\n  -").map_or(rest.len(), |i| i + 2);
+    let entry = &rest[..end];
+    if let Some(d) = default {
+        assert!(
+            entry.contains(&format!("[default: {d}]")),
+            "--{flag} should show default {d:?}:\n{entry}"
+        );
+    }
+}
+
+#[test]
+fn committed_crds_match_what_crdgen_generates() {
+    let out = bin()
+        .args(["crdgen", "--check", "--out-dir"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/chart/crds"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chart/crds drifted from the types; run `cargo run -- crdgen`:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn crdgen_check_fails_on_a_changed_file() {
+    let dir = std::env::temp_dir().join(format!("crdgen-drift-{}", std::process::id()));
+    let status = bin()
+        .args(["crdgen", "--out-dir"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let victim = dir.join("aadpodidentity.k8s.io_azureidentities.yaml");
+    let text = std::fs::read_to_string(&victim).unwrap();
+    std::fs::write(&victim, text.replace("ClientID", "ClientId")).unwrap();
+    let out = bin()
+        .args(["crdgen", "--check", "--out-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("azureidentities.yaml differs"));
+}
+
+#[test]
+fn mic_help_lists_every_flag_of_the_original_with_its_default() {
+    let h = help("mic");
+    for (flag, default) in [
+        ("kubeconfig", None),
+        ("cloudconfig", None),
+        ("forceNamespaced", Some("true")),
+        ("syncRetryDuration", Some("3600s")),
+        ("leader-election-instance", None),
+        ("leader-election-namespace", Some("default")),
+        ("leader-election-name", Some("aad-pod-identity-mic")),
+        ("leader-election-duration", Some("15s")),
+        ("http-probe-port", Some("8080")),
+        ("prometheus-port", Some("8888")),
+        ("createDeleteBatch", Some("20")),
+        ("clientQps", Some("5")),
+        ("immutable-user-msis", None), // default is the empty list, which clap does not print
+        ("update-user-msi-max-retry", Some("2")),
+        ("update-user-msi-retry-interval", Some("1s")),
+        ("identity-assignment-reconcile-interval", Some("3m")),
+        ("log-format", Some("text")),
+        ("unassign-grace-period", Some("60s")),
+        ("arm-writes-per-minute", Some("60")),
+    ] {
+        assert_flag(&h, flag, default);
+    }
+    assert!(
+        h.contains("MIC_POD_NAMESPACE"),
+        "env equivalent of the MIC namespace"
+    );
+}
+
+#[test]
+fn nmi_help_lists_every_flag_of_the_original_with_its_default() {
+    let h = help("nmi");
+    for (flag, default) in [
+        ("nmi-listen-address", Some("127.0.0.1")),
+        ("nmi-port", Some("2579")),
+        ("metadata-ip", Some("169.254.169.254")),
+        ("metadata-port", Some("80")),
+        ("node", None),
+        ("ipt-update-interval-sec", Some("60")),
+        ("forceNamespaced", Some("true")),
+        ("MICNamespace", Some("default")),
+        ("http-probe-port", Some("8080")),
+        ("retry-attempts-for-created", Some("16")),
+        ("retry-attempts-for-assigned", Some("4")),
+        ("find-identity-retry-interval", Some("5")),
+        ("block-instance-metadata", Some("false")),
+        ("metadata-header-required", Some("true")),
+        ("prometheus-port", Some("9090")),
+        ("operation-mode", Some("standard")),
+        ("set-retry-after-header", Some("false")),
+        ("enable-conntrack-deletion", Some("false")),
+        ("log-format", Some("text")),
+    ] {
+        assert_flag(&h, flag, default);
+    }
+}
+
+#[test]
+fn a_bad_flag_value_exits_2_naming_the_flag_and_the_expected_form() {
+    let out = bin()
+        .args(["mic", "--leader-election-duration=fifteen"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--leader-election-duration"), "{err}");
+    assert!(err.contains("such as 15s"), "{err}");
+
+    let out = bin()
+        .args(["nmi", "--node=n0", "--log-format=xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--log-format") && err.contains("json"),
+        "{err}"
+    );
+}

@@ -13,6 +13,7 @@ use super::managed::ManagedCatalog;
 use super::metrics::NmiMetrics;
 use super::pods::{PodIndex, PodInfo, pod_key};
 use super::source::{SourceError, TokenRequest, TokenTarget};
+use crate::crd::AssignedState;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,9 @@ pub struct BrokerSettings {
     /// How long a request waits for its identity to become `Assigned`
     /// (`--retry-attempts-for-created` × `--find-identity-retry-interval`).
     pub assignment_wait: Duration,
+    /// Extra wait when a matching identity exists but is still `Created` at that deadline
+    /// (`--retry-attempts-for-assigned` × `--find-identity-retry-interval`).
+    pub assigned_grace: Duration,
     /// How long a request waits for a pod the watch has not announced yet.
     pub pod_arrival_timeout: Duration,
 }
@@ -275,7 +279,8 @@ impl Broker {
         resource: &str,
     ) -> Result<Answer, BrokerError> {
         let started = Instant::now();
-        let deadline = started + self.settings.assignment_wait;
+        let mut deadline = started + self.settings.assignment_wait;
+        let mut graced = false;
         let mut waited = false;
         let mut last_error: Option<FetchError> = None;
         let mut standard_rx = None;
@@ -336,6 +341,19 @@ impl Broker {
                     .is_ok_and(|r| r.is_ok()),
                 _ => false,
             };
+            if !changed
+                && !graced
+                && ids.iter().any(|i| {
+                    i.state == AssignedState::Created
+                        && wanted.names(i)
+                        && i.serves_namespace(namespace)
+                })
+            {
+                // As the original's second loop: an identity being assigned gets extra time.
+                graced = true;
+                deadline += self.settings.assigned_grace;
+                continue;
+            }
             if !changed {
                 self.observe_wait("assignment", started);
                 let detail = describe_missing(&ids, namespace, wanted, last_error.as_ref());

@@ -84,6 +84,7 @@ fn world() -> World {
             node: "node-1".into(),
             mic_namespace: "default".into(),
             assignment_wait: Duration::from_secs(80),
+            assigned_grace: Duration::from_secs(20),
             pod_arrival_timeout: Duration::from_secs(2),
         },
         None,
@@ -155,7 +156,8 @@ async fn without_assignment_a_request_gives_up_at_the_deadline_with_404() {
         .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
         .await
         .unwrap_err();
-    assert_eq!(started.elapsed(), Duration::from_secs(80));
+    // 80 s for Created, plus the 20 s grace because the identity exists and is being assigned.
+    assert_eq!(started.elapsed(), Duration::from_secs(100));
     assert_eq!(err.status(), 404);
     assert!(err.to_string().contains("ns/id=Created"), "{err}");
     assert_eq!(w.source.calls.load(Ordering::SeqCst), 0);
@@ -439,6 +441,7 @@ async fn managed_mode_serves_bound_identities_and_wakes_when_a_binding_appears()
             node: "node-1".into(),
             mic_namespace: "default".into(),
             assignment_wait: Duration::from_secs(10),
+            assigned_grace: Duration::from_secs(0),
             pod_arrival_timeout: Duration::from_secs(2),
         },
         None,

@@ -1,9 +1,10 @@
 //! NMI's own metrics beyond the original's: token latency, waits, cache lookups, upstream fetches.
 //!
-//! Registered into the one process registry; the original's `nmi_operations_duration_seconds`
-//! is recorded by the HTTP layer.
+//! Registered into the one process registry ([`crate::metrics::Metrics::registry`]); the
+//! original's `nmi_operations_duration_seconds` is the shared one, recorded by the HTTP layer.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use crate::metrics::Metrics;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
 const NAMESPACE: &str = "aadpodidentity";
 
@@ -25,11 +26,12 @@ pub struct NmiMetrics {
 }
 
 impl NmiMetrics {
-    /// Creates and registers every metric.
+    /// Creates NMI's own metrics and registers them next to the original's in `shared`.
     ///
     /// # Errors
     /// When a metric of the same name is already registered.
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub fn new(shared: &Metrics) -> Result<Self, prometheus::Error> {
+        let registry = shared.registry();
         let fast = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             30.0, 80.0,
@@ -66,29 +68,19 @@ impl NmiMetrics {
                 "Upstream token fetches (metadata service or Azure AD), by result",
             )
             .namespace(NAMESPACE)
-            .buckets(fast.clone()),
-            &["result"],
-        )?;
-        let operations = HistogramVec::new(
-            HistogramOpts::new(
-                "nmi_operations_duration_seconds",
-                "Duration of NMI operations, as the original reports them",
-            )
-            .namespace(NAMESPACE)
             .buckets(fast),
-            &["operation_type", "status_code", "namespace", "resource"],
+            &["result"],
         )?;
         registry.register(Box::new(token_latency.clone()))?;
         registry.register(Box::new(wait_seconds.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
         registry.register(Box::new(upstream_fetch_seconds.clone()))?;
-        registry.register(Box::new(operations.clone()))?;
         Ok(Self {
             token_latency,
             wait_seconds,
             cache_lookups,
             upstream_fetch_seconds,
-            operations,
+            operations: shared.nmi_operations_duration_seconds.clone(),
         })
     }
 }

@@ -76,6 +76,9 @@ pub struct NmiSettings {
     /// Bound of the wait for an identity to be assigned
     /// (`--retry-attempts-for-created` × `--find-identity-retry-interval`).
     pub assignment_wait: Duration,
+    /// Extra wait when the identity exists but is still `Created` at that deadline
+    /// (`--retry-attempts-for-assigned` × `--find-identity-retry-interval`).
+    pub assigned_grace: Duration,
     /// Bound of the wait for a pod the watch has not announced yet.
     pub pod_arrival_timeout: Duration,
     /// `--block-instance-metadata`.
@@ -99,6 +102,51 @@ pub struct NmiSettings {
 }
 
 impl NmiSettings {
+    /// The settings the `nmi` flags describe.
+    #[must_use]
+    pub fn from_args(args: &crate::config::nmi::NmiArgs) -> Self {
+        use crate::config::nmi::OperationMode;
+        let all = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        Self {
+            node: args.node.clone(),
+            listen: SocketAddr::new(args.nmi_listen_address, args.nmi_port),
+            metadata: SocketAddr::new(args.metadata_ip, args.metadata_port),
+            // Probes must be reachable by the kubelet; NMI runs on the host network.
+            probe: SocketAddr::new(all, args.http_probe_port),
+            metrics: SocketAddr::new(all, args.prometheus_port),
+            mode: match args.operation_mode {
+                OperationMode::Standard => Mode::Standard,
+                OperationMode::Managed => Mode::Managed,
+            },
+            force_namespaced: args.force_namespaced,
+            mic_namespace: args.mic_namespace.clone(),
+            assignment_wait: args.assignment_deadline(),
+            assigned_grace: args.assigned_grace(),
+            pod_arrival_timeout: args.pod_arrival_timeout,
+            block_instance_metadata: args.block_instance_metadata,
+            metadata_header_required: args.metadata_header_required,
+            set_retry_after_header: args.set_retry_after_header,
+            token_refresh_margin: args.token_refresh_margin,
+            token_fetch_timeout: Duration::from_secs(30),
+            manage_iptables: args.manage_iptables,
+            ipt_update_interval: args.ipt_update_interval,
+            enable_conntrack_deletion: args.enable_conntrack_deletion,
+            http_workers: std::thread::available_parallelism().map_or(2, usize::from),
+        }
+        .sandbox_probes()
+    }
+
+    /// In the sandbox each NMI has its own loopback address (not 127.0.0.1); its probes and
+    /// metrics stay on that address so several NMIs never clash.
+    fn sandbox_probes(mut self) -> Self {
+        let ip = self.listen.ip();
+        if ip.is_loopback() && ip != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            self.probe.set_ip(ip);
+            self.metrics.set_ip(ip);
+        }
+        self
+    }
+
     /// The original's defaults for `node`, with the given metadata address.
     #[must_use]
     pub fn new(node: impl Into<String>, metadata: SocketAddr) -> Self {
@@ -113,6 +161,7 @@ impl NmiSettings {
             force_namespaced: false,
             mic_namespace: "default".into(),
             assignment_wait: Duration::from_secs(16 * 5),
+            assigned_grace: Duration::from_secs(4 * 5),
             pod_arrival_timeout: Duration::from_secs(2),
             block_instance_metadata: false,
             metadata_header_required: true,
@@ -148,6 +197,9 @@ pub enum Error {
     /// Managed mode requires namespaced matching.
     #[error("--operation-mode managed requires --forceNamespaced")]
     ManagedNeedsNamespaced,
+    /// No Kubernetes client could be built.
+    #[error("cannot build a Kubernetes client: {0}")]
+    Kube(String),
     /// The iptables rules could not be removed on shutdown.
     #[error("iptables cleanup failed: {0}")]
     Iptables(#[from] iptables::Error),
@@ -190,19 +242,19 @@ pub struct Nmi {
 
 impl Nmi {
     /// Assembles NMI's state for `settings`, fetching tokens from `source`, registering metrics
-    /// into `registry`.
+    /// next to the shared ones in `metrics`.
     ///
     /// # Errors
     /// [`Error`] for an invalid mode combination, a metrics clash or an HTTP client failure.
     pub fn new(
         settings: &NmiSettings,
         source: Arc<dyn TokenSource>,
-        registry: &prometheus::Registry,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Self, Error> {
         if settings.mode == Mode::Managed && !settings.force_namespaced {
             return Err(Error::ManagedNeedsNamespaced);
         }
-        let metrics = NmiMetrics::new(registry)?;
+        let metrics = NmiMetrics::new(metrics)?;
         let pods = Arc::new(PodIndex::new(settings.node.clone()));
         let exceptions = Arc::new(ExceptionIndex::new());
         let cache = Arc::new(TokenCache::new(
@@ -233,6 +285,7 @@ impl Nmi {
                 node: settings.node.clone(),
                 mic_namespace: settings.mic_namespace.clone(),
                 assignment_wait: settings.assignment_wait,
+                assigned_grace: settings.assigned_grace,
                 pod_arrival_timeout: settings.pod_arrival_timeout,
             },
             Some(metrics.clone()),
@@ -327,9 +380,9 @@ pub fn start(
     settings: &NmiSettings,
     client: kube::Client,
     source: Arc<dyn TokenSource>,
-    registry: &prometheus::Registry,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Running, Error> {
-    let nmi = Arc::new(Nmi::new(settings, source, registry)?);
+    let nmi = Arc::new(Nmi::new(settings, source, metrics)?);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let node = settings.node.clone();
@@ -360,11 +413,11 @@ pub fn start(
 
     let main = bind(settings.listen)?;
     let probe = bind(settings.probe)?;
-    let metrics = bind(settings.metrics)?;
+    let metrics_listener = bind(settings.metrics)?;
     let (nmi_addr, probe_addr, metrics_addr) = (
         local(&main, settings.listen)?,
         local(&probe, settings.probe)?,
-        local(&metrics, settings.metrics)?,
+        local(&metrics_listener, settings.metrics)?,
     );
     let bind_err = |addr| move |source| Error::Bind { addr, source };
     let servers = vec![
@@ -372,7 +425,8 @@ pub fn start(
             .map_err(bind_err(nmi_addr))?,
         probes::serve_health(probe, Arc::clone(&nmi.readiness) as Arc<dyn Readiness>)
             .map_err(bind_err(probe_addr))?,
-        probes::serve_metrics(metrics, registry.clone()).map_err(bind_err(metrics_addr))?,
+        probes::serve_metrics(metrics_listener, metrics.registry().clone())
+            .map_err(bind_err(metrics_addr))?,
     ];
     let handles = servers.iter().map(actix_web::dev::Server::handle).collect();
     for s in servers {
@@ -417,6 +471,34 @@ pub fn start(
     })
 }
 
+/// The `nmi` subcommand from its flags: builds the Kubernetes client (`--kubeconfig`, else
+/// in-cluster or `$KUBECONFIG`), then [`run`].
+///
+/// # Errors
+/// [`Error::Kube`] when no Kubernetes client can be built; otherwise as [`run`].
+pub async fn run_with_args(
+    args: &crate::config::nmi::NmiArgs,
+    source: Arc<dyn TokenSource>,
+    metrics: crate::metrics::Metrics,
+) -> Result<(), Error> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    run(NmiSettings::from_args(args), client, source, metrics).await
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, Error> {
+    let boxed = |e: &dyn std::fmt::Display| Error::Kube(e.to_string());
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| boxed(&e))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| boxed(&e))?
+        }
+        None => kube::Config::infer().await.map_err(|e| boxed(&e))?,
+    };
+    kube::Client::try_from(config).map_err(|e| boxed(&e))
+}
+
 /// The `nmi` subcommand: starts NMI and runs until SIGTERM or SIGINT, then removes the iptables
 /// rules and stops.
 ///
@@ -426,9 +508,9 @@ pub async fn run(
     settings: NmiSettings,
     client: kube::Client,
     source: Arc<dyn TokenSource>,
-    registry: prometheus::Registry,
+    metrics: crate::metrics::Metrics,
 ) -> Result<(), Error> {
-    let running = start(&settings, client, source, &registry)?;
+    let running = start(&settings, client, source, &metrics)?;
     wait_for_signal().await;
     tracing::info!("received termination signal, shutting down");
     running.stop().await

@@ -1,0 +1,430 @@
+//! The decisions of one host's assigner, as plain data: what the next ARM call is, what is
+//! owned, what is being released, what is backing off. No I/O and no clock of its own: every
+//! method takes `now`, so tests drive it directly and the actor only executes its answers.
+//!
+//! Group commit falls out of the shape: at most one call is in flight ([`HostBatch::next`]
+//! answers [`Step::Busy`] meanwhile), and whatever changed while it was out is folded into
+//! the next single PATCH.
+
+use super::host::IdentityId;
+use super::port::{HostIdentities, PortError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// ARM accepts at most this many identity changes in one request.
+pub const MAX_IDS_PER_PATCH: usize = 150;
+
+/// Timings of an assigner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// How long an identity stays on the host after its last pod left.
+    pub unassign_grace: Duration,
+    /// First wait before retrying an identity ARM refused; doubles per refusal.
+    pub refused_backoff: Duration,
+    /// Longest wait for a refused identity.
+    pub refused_backoff_max: Duration,
+    /// First wait after a transient failure of the whole host; doubles per failure.
+    pub transient_backoff: Duration,
+    /// Longest wait after transient failures.
+    pub transient_backoff_max: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            unassign_grace: Duration::from_secs(60),
+            refused_backoff: Duration::from_secs(10),
+            refused_backoff_max: Duration::from_secs(600),
+            transient_backoff: Duration::from_secs(1),
+            transient_backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the assigner should do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Read the host's identities (first contact, or a reconcile).
+    Read,
+    /// One PATCH with these changes.
+    Patch {
+        /// Identities to add.
+        add: Vec<IdentityId>,
+        /// Identities to remove.
+        remove: Vec<IdentityId>,
+    },
+    /// Nothing to do before this instant (a grace period, a backoff, a Retry-After ends).
+    WaitUntil(Instant),
+    /// A call is in flight; its answer triggers the next step.
+    Busy,
+    /// Nothing to do until something changes.
+    Idle,
+}
+
+/// An identity ARM refused, waiting before the next attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// When it may be tried again.
+    pub until: Instant,
+    /// Refusals in a row.
+    pub attempts: u32,
+    /// ARM's reason.
+    pub reason: String,
+}
+
+/// Where the host's calls stand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Flight {
+    /// No call out.
+    Idle,
+    /// A read is out.
+    Reading,
+    /// A PATCH with these changes is out.
+    Patching {
+        add: Vec<IdentityId>,
+        remove: Vec<IdentityId>,
+    },
+}
+
+/// What one call's answer changed, for the writer and the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Identities newly refused by ARM, with the reason.
+    pub refused: BTreeMap<IdentityId, String>,
+    /// The call failed as a whole (the host is retried later).
+    pub failed: Option<PortError>,
+}
+
+/// The pure state of one host's assigner.
+#[derive(Debug)]
+pub struct HostBatch {
+    settings: BatchSettings,
+    /// Identities current pods need.
+    desired: BTreeSet<IdentityId>,
+    /// Identities never to remove.
+    immutable: BTreeSet<IdentityId>,
+    /// The host's identities as last read or patched; `None` until the first read.
+    known: Option<BTreeSet<IdentityId>>,
+    /// The host is being deleted: hands off.
+    deleting: bool,
+    /// Identities MIC put on the host (the only ones it may remove).
+    owned: BTreeSet<IdentityId>,
+    /// Owned identities no longer desired, and since when.
+    released: BTreeMap<IdentityId, Instant>,
+    /// Identities ARM refused, waiting.
+    refused: BTreeMap<IdentityId, Refusal>,
+    /// Host-wide wait after a failure or a 429.
+    hold_until: Option<Instant>,
+    transient_failures: u32,
+    flight: Flight,
+    reconcile_requested: bool,
+}
+
+impl HostBatch {
+    /// A host nothing is known of yet.
+    #[must_use]
+    pub fn new(settings: BatchSettings) -> Self {
+        Self {
+            settings,
+            desired: BTreeSet::new(),
+            immutable: BTreeSet::new(),
+            known: None,
+            deleting: false,
+            owned: BTreeSet::new(),
+            released: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            hold_until: None,
+            transient_failures: 0,
+            flight: Flight::Idle,
+            reconcile_requested: false,
+        }
+    }
+
+    /// Identities MIC assigned before a restart (from AzureAssignedIdentity objects): owned,
+    /// so they are removed once unused.
+    pub fn adopt(&mut self, ids: impl IntoIterator<Item = IdentityId>, now: Instant) {
+        self.owned.extend(ids);
+        self.refresh_released(now);
+    }
+
+    /// Replaces what current pods need and the immutable set.
+    pub fn set_desired(
+        &mut self,
+        desired: BTreeSet<IdentityId>,
+        immutable: BTreeSet<IdentityId>,
+        now: Instant,
+    ) {
+        self.desired = desired;
+        self.immutable = immutable;
+        self.refused
+            .retain(|id, _| self.desired.contains(id) || self.owned.contains(id));
+        self.refresh_released(now);
+    }
+
+    /// Asks for a fresh read before the next decision (periodic reconcile).
+    pub fn request_reconcile(&mut self) {
+        self.reconcile_requested = true;
+    }
+
+    fn refresh_released(&mut self, now: Instant) {
+        let releasable: BTreeSet<IdentityId> = self
+            .owned
+            .iter()
+            .filter(|id| !self.desired.contains(*id) && !self.immutable.contains(*id))
+            .cloned()
+            .collect();
+        self.released.retain(|id, _| releasable.contains(id));
+        for id in releasable {
+            self.released.entry(id).or_insert(now);
+        }
+    }
+
+    fn refused_now(&self, id: &IdentityId, now: Instant) -> bool {
+        self.refused.get(id).is_some_and(|r| r.until > now)
+    }
+
+    /// The next thing to do at `now`. Returning `Read` or `Patch` marks the call as in flight.
+    pub fn next(&mut self, now: Instant) -> Step {
+        if self.flight != Flight::Idle {
+            return Step::Busy;
+        }
+        if let Some(h) = self.hold_until {
+            if h > now {
+                return Step::WaitUntil(h);
+            }
+            self.hold_until = None;
+        }
+        let Some(known) = (if self.reconcile_requested {
+            None
+        } else {
+            self.known.as_ref()
+        }) else {
+            self.reconcile_requested = false;
+            self.flight = Flight::Reading;
+            return Step::Read;
+        };
+        if self.deleting {
+            return Step::Idle;
+        }
+        let mut wake: Option<Instant> = None;
+        let mut add = Vec::new();
+        for id in self.desired.difference(known) {
+            if let Some(r) = self.refused.get(id).filter(|r| r.until > now) {
+                wake = Some(wake.map_or(r.until, |w| w.min(r.until)));
+            } else {
+                add.push(id.clone());
+            }
+        }
+        let mut remove = Vec::new();
+        for (id, since) in &self.released {
+            if !known.contains(id) {
+                continue;
+            }
+            let due = *since + self.settings.unassign_grace;
+            if due > now {
+                wake = Some(wake.map_or(due, |w| w.min(due)));
+            } else if let Some(r) = self.refused.get(id).filter(|r| r.until > now) {
+                wake = Some(wake.map_or(r.until, |w| w.min(r.until)));
+            } else {
+                remove.push(id.clone());
+            }
+        }
+        if add.is_empty() && remove.is_empty() {
+            return wake.map_or(Step::Idle, Step::WaitUntil);
+        }
+        add.truncate(MAX_IDS_PER_PATCH);
+        remove.truncate(MAX_IDS_PER_PATCH - add.len());
+        self.flight = Flight::Patching {
+            add: add.clone(),
+            remove: remove.clone(),
+        };
+        Step::Patch { add, remove }
+    }
+
+    /// Folds in the answer to a read.
+    pub fn on_read(&mut self, result: Result<HostIdentities, PortError>, now: Instant) -> Outcome {
+        self.flight = Flight::Idle;
+        match result {
+            Ok(state) => {
+                self.accept_state(state);
+                self.transient_failures = 0;
+                Outcome::default()
+            }
+            Err(e) => {
+                self.host_failure(&e, now);
+                Outcome {
+                    failed: Some(e),
+                    ..Outcome::default()
+                }
+            }
+        }
+    }
+
+    fn accept_state(&mut self, state: HostIdentities) {
+        self.deleting = state.deleting;
+        // Owned identities someone removed by hand are owned again only if re-added.
+        let present = state.user_assigned;
+        self.owned
+            .retain(|id| present.contains(id) || self.desired.contains(id));
+        self.released.retain(|id, _| present.contains(id));
+        self.known = Some(present);
+    }
+
+    /// Folds in the answer to a PATCH.
+    pub fn on_patch(&mut self, result: Result<HostIdentities, PortError>, now: Instant) -> Outcome {
+        let Flight::Patching { add, remove } = std::mem::replace(&mut self.flight, Flight::Idle)
+        else {
+            return Outcome::default();
+        };
+        match result {
+            Ok(state) => {
+                self.transient_failures = 0;
+                for id in &add {
+                    if state.user_assigned.contains(id) {
+                        self.owned.insert(id.clone());
+                        self.refused.remove(id);
+                    }
+                }
+                for id in &remove {
+                    if !state.user_assigned.contains(id) {
+                        self.owned.remove(id);
+                        self.released.remove(id);
+                        self.refused.remove(id);
+                    }
+                }
+                self.accept_state(state);
+                Outcome::default()
+            }
+            Err(PortError::Refused { ids, message }) => {
+                let in_request: Vec<IdentityId> = ids
+                    .into_iter()
+                    .filter(|id| add.contains(id) || remove.contains(id))
+                    .collect();
+                if in_request.is_empty() && add.len() + remove.len() == 1 {
+                    // ARM did not say which, but there was only one candidate.
+                    let only = add.iter().chain(remove.iter()).next().cloned();
+                    return self.refuse(only.into_iter().collect(), message, now);
+                }
+                if in_request.is_empty() {
+                    let e = PortError::Refused {
+                        ids: Vec::new(),
+                        message,
+                    };
+                    self.host_failure(&e, now);
+                    return Outcome {
+                        failed: Some(e),
+                        ..Outcome::default()
+                    };
+                }
+                self.refuse(in_request, message, now)
+            }
+            Err(e) => {
+                self.host_failure(&e, now);
+                Outcome {
+                    failed: Some(e),
+                    ..Outcome::default()
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, ids: Vec<IdentityId>, message: String, now: Instant) -> Outcome {
+        let mut out = Outcome::default();
+        for id in ids {
+            let attempts = self.refused.get(&id).map_or(0, |r| r.attempts) + 1;
+            let wait = backoff(
+                self.settings.refused_backoff,
+                self.settings.refused_backoff_max,
+                attempts,
+            );
+            self.refused.insert(
+                id.clone(),
+                Refusal {
+                    until: now + wait,
+                    attempts,
+                    reason: message.clone(),
+                },
+            );
+            out.refused.insert(id, message.clone());
+        }
+        out
+    }
+
+    fn host_failure(&mut self, e: &PortError, now: Instant) {
+        let wait = match e {
+            PortError::Throttled { retry_after } => *retry_after,
+            PortError::Deleting => {
+                self.deleting = true;
+                self.settings.transient_backoff_max
+            }
+            _ => {
+                self.transient_failures += 1;
+                backoff(
+                    self.settings.transient_backoff,
+                    self.settings.transient_backoff_max,
+                    self.transient_failures,
+                )
+            }
+        };
+        if matches!(e, PortError::Deleting) {
+            // Look again later: a host being deleted may be replaced by one of the same name.
+            self.reconcile_requested = true;
+        }
+        self.hold_until = Some(now + wait);
+    }
+
+    /// Desired identities confirmed on the host.
+    #[must_use]
+    pub fn assigned(&self) -> BTreeSet<IdentityId> {
+        match &self.known {
+            Some(k) => self.desired.intersection(k).cloned().collect(),
+            None => BTreeSet::new(),
+        }
+    }
+
+    /// Owned identities still on the host but no longer needed (their removal is pending).
+    #[must_use]
+    pub fn releasing(&self) -> BTreeSet<IdentityId> {
+        self.released.keys().cloned().collect()
+    }
+
+    /// Identities currently refused, with the reason.
+    #[must_use]
+    pub fn refusals(&self, now: Instant) -> BTreeMap<IdentityId, String> {
+        self.refused
+            .iter()
+            .filter(|(id, _)| self.refused_now(id, now))
+            .map(|(id, r)| (id.clone(), r.reason.clone()))
+            .collect()
+    }
+
+    /// Identities MIC put on the host.
+    #[must_use]
+    pub fn owned(&self) -> &BTreeSet<IdentityId> {
+        &self.owned
+    }
+
+    /// Adds and removes not yet on ARM (queue depth).
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        let Some(known) = &self.known else {
+            return self.desired.len();
+        };
+        self.desired.difference(known).count()
+            + self
+                .released
+                .keys()
+                .filter(|id| known.contains(*id))
+                .count()
+    }
+}
+
+fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+    base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+        .min(max)
+}
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod tests;

@@ -1,0 +1,298 @@
+use super::*;
+
+fn id(n: &str) -> IdentityId {
+    IdentityId::new(&format!(
+        "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{n}"
+    ))
+}
+
+fn ids(ns: &[&str]) -> BTreeSet<IdentityId> {
+    ns.iter().map(|n| id(n)).collect()
+}
+
+fn state(ns: &[&str]) -> Result<HostIdentities, PortError> {
+    Ok(HostIdentities {
+        user_assigned: ids(ns),
+        deleting: false,
+    })
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn read_empty(b: &mut HostBatch, now: Instant) {
+    assert_eq!(b.next(now), Step::Read);
+    b.on_read(state(&[]), now);
+}
+
+#[test]
+fn the_first_step_on_a_host_is_a_read() {
+    let mut b = HostBatch::new(BatchSettings::default());
+    let t = Instant::now();
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    assert_eq!(b.next(t), Step::Read);
+    assert_eq!(b.next(t), Step::Busy);
+    b.on_read(state(&[]), t);
+    assert_eq!(
+        b.next(t),
+        Step::Patch {
+            add: vec![id("a")],
+            remove: vec![]
+        }
+    );
+}
+
+#[test]
+fn everything_that_arrives_during_a_patch_goes_into_the_next_one() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    assert!(matches!(b.next(t), Step::Patch { .. }));
+    b.set_desired(ids(&["a", "b"]), BTreeSet::new(), t);
+    b.set_desired(ids(&["a", "b", "c"]), BTreeSet::new(), t);
+    assert_eq!(b.next(t), Step::Busy);
+    b.on_patch(state(&["a"]), t);
+    assert_eq!(
+        b.next(t),
+        Step::Patch {
+            add: vec![id("b"), id("c")],
+            remove: vec![]
+        }
+    );
+    b.on_patch(state(&["a", "b", "c"]), t);
+    assert_eq!(b.next(t), Step::Idle);
+    assert_eq!(b.assigned(), ids(&["a", "b", "c"]));
+}
+
+#[test]
+fn a_refused_identity_is_isolated_and_the_rest_is_retried_at_once() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a", "bad", "c"]), BTreeSet::new(), t);
+    assert!(matches!(b.next(t), Step::Patch { .. }));
+    let out = b.on_patch(
+        Err(PortError::Refused {
+            ids: vec![id("bad")],
+            message: "identity not found".into(),
+        }),
+        t,
+    );
+    assert_eq!(
+        out.refused.keys().cloned().collect::<Vec<_>>(),
+        vec![id("bad")]
+    );
+    assert_eq!(
+        b.next(t),
+        Step::Patch {
+            add: vec![id("a"), id("c")],
+            remove: vec![]
+        }
+    );
+    b.on_patch(state(&["a", "c"]), t);
+    // the refused one waits for its backoff, then is tried alone
+    assert_eq!(b.next(t), Step::WaitUntil(t + secs(10)));
+    assert_eq!(b.refusals(t)[&id("bad")], "identity not found");
+    let t2 = t + secs(10);
+    assert_eq!(
+        b.next(t2),
+        Step::Patch {
+            add: vec![id("bad")],
+            remove: vec![]
+        }
+    );
+    b.on_patch(
+        Err(PortError::Refused {
+            ids: vec![],
+            message: "still not found".into(),
+        }),
+        t2,
+    );
+    // a second refusal doubles the wait
+    assert_eq!(b.next(t2), Step::WaitUntil(t2 + secs(20)));
+}
+
+#[test]
+fn an_unused_identity_is_removed_only_after_the_grace_period() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_patch(state(&["a"]), t);
+    let t1 = t + secs(5);
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t1);
+    assert_eq!(b.releasing(), ids(&["a"]));
+    assert_eq!(b.next(t1), Step::WaitUntil(t1 + secs(60)));
+    let t2 = t1 + secs(60);
+    assert_eq!(
+        b.next(t2),
+        Step::Patch {
+            add: vec![],
+            remove: vec![id("a")]
+        }
+    );
+    b.on_patch(state(&[]), t2);
+    assert!(b.releasing().is_empty());
+    assert!(b.owned().is_empty());
+    assert_eq!(b.next(t2), Step::Idle);
+}
+
+#[test]
+fn a_pod_needing_the_identity_again_cancels_its_removal() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_patch(state(&["a"]), t);
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t + secs(10));
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t + secs(50));
+    assert_eq!(b.next(t + secs(200)), Step::Idle);
+    // and the grace period restarts from the next release
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t + secs(300));
+    assert_eq!(b.next(t + secs(301)), Step::WaitUntil(t + secs(360)));
+}
+
+#[test]
+fn identities_mic_did_not_add_are_never_removed() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    b.next(t);
+    b.on_read(state(&["theirs"]), t);
+    b.set_desired(ids(&["theirs", "ours"]), BTreeSet::new(), t);
+    assert_eq!(
+        b.next(t),
+        Step::Patch {
+            add: vec![id("ours")],
+            remove: vec![]
+        }
+    );
+    b.on_patch(state(&["theirs", "ours"]), t);
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    let later = t + secs(3600);
+    assert_eq!(
+        b.next(later),
+        Step::Patch {
+            add: vec![],
+            remove: vec![id("ours")]
+        }
+    );
+}
+
+#[test]
+fn immutable_identities_are_never_removed() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["keep"]), ids(&["keep"]), t);
+    b.next(t);
+    b.on_patch(state(&["keep"]), t);
+    b.set_desired(BTreeSet::new(), ids(&["keep"]), t);
+    assert!(b.releasing().is_empty());
+    assert_eq!(b.next(t + secs(3600)), Step::Idle);
+}
+
+#[test]
+fn adopted_identities_from_before_a_restart_are_released_when_unused() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    b.adopt(ids(&["old", "gone"]), t);
+    b.set_desired(ids(&["kept"]), BTreeSet::new(), t);
+    assert_eq!(b.next(t), Step::Read);
+    b.on_read(state(&["old", "kept"]), t);
+    // `kept` is already there: no write at all for it
+    assert_eq!(b.next(t), Step::WaitUntil(t + secs(60)));
+    assert_eq!(
+        b.next(t + secs(60)),
+        Step::Patch {
+            add: vec![],
+            remove: vec![id("old")]
+        }
+    );
+}
+
+#[test]
+fn a_reconcile_re_adds_an_identity_removed_by_hand() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_patch(state(&["a"]), t);
+    assert_eq!(b.next(t), Step::Idle);
+    b.request_reconcile();
+    assert_eq!(b.next(t), Step::Read);
+    b.on_read(state(&[]), t);
+    assert_eq!(
+        b.next(t),
+        Step::Patch {
+            add: vec![id("a")],
+            remove: vec![]
+        }
+    );
+}
+
+#[test]
+fn a_throttled_host_waits_for_retry_after() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    let out = b.on_patch(
+        Err(PortError::Throttled {
+            retry_after: secs(17),
+        }),
+        t,
+    );
+    assert!(out.failed.is_some());
+    assert_eq!(b.next(t + secs(1)), Step::WaitUntil(t + secs(17)));
+    assert!(matches!(b.next(t + secs(17)), Step::Patch { .. }));
+}
+
+#[test]
+fn transient_failures_back_off_exponentially() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_patch(Err(PortError::Transient("503".into())), t);
+    assert_eq!(b.next(t), Step::WaitUntil(t + secs(1)));
+    b.next(t + secs(1));
+    b.on_patch(Err(PortError::Transient("503".into())), t + secs(1));
+    assert_eq!(b.next(t + secs(1)), Step::WaitUntil(t + secs(3)));
+}
+
+#[test]
+fn a_host_being_deleted_is_left_alone() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_read(
+        Ok(HostIdentities {
+            user_assigned: BTreeSet::new(),
+            deleting: true,
+        }),
+        t,
+    );
+    assert_eq!(b.next(t), Step::Idle);
+}
+
+#[test]
+fn one_patch_carries_at_most_150_changes() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    let many: BTreeSet<_> = (0..200).map(|i| id(&format!("i{i}"))).collect();
+    b.set_desired(many, BTreeSet::new(), t);
+    let Step::Patch { add, .. } = b.next(t) else {
+        panic!("expected a patch")
+    };
+    assert_eq!(add.len(), MAX_IDS_PER_PATCH);
+    assert_eq!(b.pending(), 200);
+}

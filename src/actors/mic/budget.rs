@@ -1,0 +1,120 @@
+//! The per-subscription ARM write budget shared by every assigner of that subscription.
+//!
+//! A token bucket (`--arm-writes-per-minute`, full at start) plus a "blocked until" instant set
+//! by any 429's `Retry-After`, so one throttled assigner holds back all of them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    blocked_until: Option<Instant>,
+}
+
+/// Write budgets by subscription.
+#[derive(Debug)]
+pub struct WriteBudget {
+    per_minute: u32,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl WriteBudget {
+    /// A budget of `per_minute` writes per subscription (0 means unlimited).
+    #[must_use]
+    pub fn new(per_minute: u32) -> Arc<Self> {
+        Arc::new(Self {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Waits until a write to `subscription` is allowed and takes it.
+    pub async fn acquire(&self, subscription: &str) {
+        loop {
+            let wait = self.try_take(subscription, Instant::now());
+            match wait {
+                None => return,
+                Some(d) => tokio::time::sleep(d).await,
+            }
+        }
+    }
+
+    /// Every caller waits until `until` before writing to `subscription` (a 429's Retry-After).
+    pub fn block_until(&self, subscription: &str, until: Instant) {
+        let mut b = self.buckets.lock().expect("budget lock");
+        let bucket = b
+            .entry(subscription.to_string())
+            .or_insert_with(|| self.full(until));
+        bucket.blocked_until = Some(bucket.blocked_until.map_or(until, |u| u.max(until)));
+    }
+
+    fn full(&self, now: Instant) -> Bucket {
+        Bucket {
+            tokens: f64::from(self.per_minute),
+            refilled: now,
+            blocked_until: None,
+        }
+    }
+
+    /// None when a token was taken, else how long to wait.
+    fn try_take(&self, subscription: &str, now: Instant) -> Option<Duration> {
+        let mut b = self.buckets.lock().expect("budget lock");
+        let bucket = b
+            .entry(subscription.to_string())
+            .or_insert_with(|| self.full(now));
+        if let Some(u) = bucket.blocked_until {
+            if u > now {
+                return Some(u - now);
+            }
+            bucket.blocked_until = None;
+        }
+        if self.per_minute == 0 {
+            return None;
+        }
+        let rate = f64::from(self.per_minute) / 60.0;
+        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(f64::from(self.per_minute));
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_beyond_the_budget_wait_for_a_refill() {
+        let b = WriteBudget::new(2);
+        let t0 = Instant::now();
+        b.acquire("s").await;
+        b.acquire("s").await;
+        assert_eq!(Instant::now(), t0);
+        b.acquire("s").await;
+        assert_eq!(Instant::now() - t0, Duration::from_secs(30));
+        // another subscription has its own budget
+        let t1 = Instant::now();
+        b.acquire("other").await;
+        assert_eq!(Instant::now(), t1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_holds_back_every_writer_of_the_subscription() {
+        let b = WriteBudget::new(0);
+        let t0 = Instant::now();
+        b.block_until("s", t0 + Duration::from_secs(7));
+        b.acquire("s").await;
+        assert_eq!(Instant::now() - t0, Duration::from_secs(7));
+        b.acquire("s").await;
+        assert_eq!(Instant::now() - t0, Duration::from_secs(7));
+    }
+}

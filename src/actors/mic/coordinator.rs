@@ -1,0 +1,243 @@
+//! The binding matcher actor: owns the [`BindingIndex`], folds watch events into it and, once
+//! every watch has listed, sends each host's assigner its desired identities and the writer
+//! the desired AzureAssignedIdentity objects. Recomputation is coalesced: a burst of events
+//! costs one pass.
+//!
+//! Start-up rebuild: the AzureAssignedIdentity objects present at the first list tell which
+//! identities MIC put on which host before it (or a previous leader) stopped; each host's
+//! assigner adopts them, reads the host from ARM, and only writes what differs.
+
+use super::assigner::{Adopt, Reconcile, SetDesired};
+use super::host::{HostId, IdentityId};
+use super::matcher::{BindingIndex, MatchSettings, ObjectKey};
+use super::metrics::MicMetrics;
+use super::watchers::{CatalogEvent, Observed};
+use super::writer::{AssignedEvent, DesiredAssignments};
+use crate::crd::{AzureAssignedIdentity, IdentityType};
+use crate::metrics::DropTimer;
+use actix::prelude::*;
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tracing::debug;
+
+/// The recipients of one host's assigner.
+#[derive(Clone)]
+pub struct AssignerHandle {
+    /// Desired identities.
+    pub desired: Recipient<SetDesired>,
+    /// Start-up adoption.
+    pub adopt: Recipient<Adopt>,
+    /// Periodic reconcile.
+    pub reconcile: Recipient<Reconcile>,
+}
+
+/// Makes the assigner of a host on first need.
+pub type AssignerFactory = Box<dyn FnMut(&HostId) -> AssignerHandle>;
+
+const KINDS: usize = 5;
+
+/// The actor.
+pub struct Coordinator {
+    index: BindingIndex,
+    writer_desired: Recipient<DesiredAssignments>,
+    writer_assigned: Recipient<AssignedEvent>,
+    make_assigner: AssignerFactory,
+    assigners: BTreeMap<HostId, AssignerHandle>,
+    listed: [bool; KINDS],
+    /// AzureAssignedIdentity objects of the first list: (node, identity) MIC assigned before.
+    startup: Option<Vec<(String, IdentityId)>>,
+    adopted: BTreeSet<HostId>,
+    seq: u64,
+    scheduled: bool,
+    reconcile_interval: Duration,
+    metrics: MicMetrics,
+}
+
+impl Coordinator {
+    /// A coordinator feeding `writer`, creating assigners with `make_assigner`.
+    #[must_use]
+    pub fn new(
+        settings: MatchSettings,
+        writer_desired: Recipient<DesiredAssignments>,
+        writer_assigned: Recipient<AssignedEvent>,
+        make_assigner: AssignerFactory,
+        reconcile_interval: Duration,
+        metrics: MicMetrics,
+    ) -> Self {
+        Self {
+            index: BindingIndex::new(settings),
+            writer_desired,
+            writer_assigned,
+            make_assigner,
+            assigners: BTreeMap::new(),
+            listed: [false; KINDS],
+            startup: None,
+            adopted: BTreeSet::new(),
+            seq: 0,
+            scheduled: false,
+            reconcile_interval,
+            metrics,
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if !self.scheduled {
+            self.scheduled = true;
+            ctx.run_later(Duration::from_millis(10), |act, _| {
+                act.scheduled = false;
+                act.recompute();
+            });
+        }
+    }
+
+    fn recompute(&mut self) {
+        if self.listed.iter().any(|l| !l) {
+            return;
+        }
+        let _timer = DropTimer::new(self.metrics.original.mic_cycle_duration_seconds.clone());
+        self.metrics.original.mic_cycle_count.inc();
+        let d = self.index.desired();
+        self.seq += 1;
+        let mut hosts: BTreeSet<HostId> = d.hosts.keys().cloned().collect();
+        hosts.extend(self.assigners.keys().cloned());
+        for host in hosts {
+            let handle = match self.assigners.get(&host) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = (self.make_assigner)(&host);
+                    self.assigners.insert(host.clone(), h.clone());
+                    h
+                }
+            };
+            if self.adopted.insert(host.clone()) {
+                let ids: BTreeSet<IdentityId> = self
+                    .startup
+                    .iter()
+                    .flatten()
+                    .filter(|(node, _)| self.index.host_of_node(node) == Some(&host))
+                    .map(|(_, id)| id.clone())
+                    .collect();
+                if !ids.is_empty() {
+                    debug!(vmss = %host.name, count = ids.len(), "adopting identities assigned before start");
+                    handle.adopt.do_send(Adopt { ids });
+                }
+            }
+            handle.desired.do_send(SetDesired {
+                desired: d.hosts.get(&host).cloned().unwrap_or_default(),
+                immutable: d.immutable.clone(),
+                seq: self.seq,
+            });
+        }
+        let nodes = self.index.node_hosts();
+        self.writer_desired.do_send(DesiredAssignments {
+            assignments: d.assignments,
+            nodes,
+            rejections: d.rejections,
+            seq: self.seq,
+        });
+    }
+
+    fn fold<K, A, D>(
+        &mut self,
+        kind: usize,
+        ev: Observed<K>,
+        apply: A,
+        delete: D,
+        clear: fn(&mut BindingIndex),
+    ) where
+        A: Fn(&mut BindingIndex, &K),
+        D: Fn(&mut BindingIndex, &K),
+    {
+        match ev {
+            Observed::Applied(o) => apply(&mut self.index, &o),
+            Observed::Deleted(o) => delete(&mut self.index, &o),
+            Observed::Relisted(all) => {
+                clear(&mut self.index);
+                for o in &all {
+                    apply(&mut self.index, o);
+                }
+                self.listed[kind] = true;
+            }
+        }
+    }
+}
+
+fn msi_of(aai: &AzureAssignedIdentity) -> Option<(String, IdentityId)> {
+    let i = aai.spec.azure_identity_ref.as_ref()?;
+    (i.spec.type_ == IdentityType::UserAssignedMsi && !i.spec.resource_id.is_empty()).then(|| {
+        (
+            aai.spec.node_name.clone(),
+            IdentityId::new(&i.spec.resource_id),
+        )
+    })
+}
+
+impl Actor for Coordinator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if !self.reconcile_interval.is_zero() {
+            ctx.run_interval(self.reconcile_interval, |act, _| {
+                for h in act.assigners.values() {
+                    h.reconcile.do_send(Reconcile);
+                }
+            });
+        }
+    }
+}
+
+impl Handler<CatalogEvent> for Coordinator {
+    type Result = ();
+    fn handle(&mut self, msg: CatalogEvent, ctx: &mut Context<Self>) {
+        match msg {
+            CatalogEvent::Pod(ev) => self.fold(
+                0,
+                ev,
+                BindingIndex::apply_pod,
+                |ix, p| ix.delete_pod(&ObjectKey::of(p)),
+                BindingIndex::clear_pods,
+            ),
+            CatalogEvent::Identity(ev) => self.fold(
+                1,
+                ev,
+                BindingIndex::apply_identity,
+                |ix, i| ix.delete_identity(&ObjectKey::of(i)),
+                BindingIndex::clear_identities,
+            ),
+            CatalogEvent::Binding(ev) => self.fold(
+                2,
+                ev,
+                BindingIndex::apply_binding,
+                |ix, b| ix.delete_binding(&ObjectKey::of(b)),
+                BindingIndex::clear_bindings,
+            ),
+            CatalogEvent::Node(ev) => self.fold(
+                3,
+                ev,
+                BindingIndex::apply_node,
+                |ix, n| ix.delete_node(&n.name_any()),
+                BindingIndex::clear_nodes,
+            ),
+            CatalogEvent::Assigned(ev) => {
+                let fwd = match ev {
+                    Observed::Applied(o) => AssignedEvent::Applied(o),
+                    Observed::Deleted(o) => AssignedEvent::Deleted(ObjectKey::of(o.as_ref())),
+                    Observed::Relisted(all) => {
+                        if self.startup.is_none() {
+                            self.startup = Some(all.iter().filter_map(msi_of).collect());
+                        }
+                        self.listed[4] = true;
+                        AssignedEvent::Relisted(all)
+                    }
+                };
+                self.writer_assigned.do_send(fwd);
+            }
+        }
+        self.schedule(ctx);
+    }
+}
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

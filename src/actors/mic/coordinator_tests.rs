@@ -1,0 +1,144 @@
+use super::*;
+use crate::actors::mic::fixtures::*;
+use crate::actors::mic::writer::object_for;
+use crate::crd::AssignedState;
+use std::sync::{Arc, Mutex};
+use tokio::task::LocalSet;
+
+#[derive(Default)]
+struct Seen {
+    desired: Vec<SetDesired>,
+    adopted: Vec<Adopt>,
+    writer: Vec<DesiredAssignments>,
+    assigned: usize,
+}
+
+struct Sink(Arc<Mutex<Seen>>);
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+impl Handler<SetDesired> for Sink {
+    type Result = ();
+    fn handle(&mut self, m: SetDesired, _: &mut Context<Self>) {
+        self.0.lock().unwrap().desired.push(m);
+    }
+}
+impl Handler<Adopt> for Sink {
+    type Result = ();
+    fn handle(&mut self, m: Adopt, _: &mut Context<Self>) {
+        self.0.lock().unwrap().adopted.push(m);
+    }
+}
+impl Handler<Reconcile> for Sink {
+    type Result = ();
+    fn handle(&mut self, _: Reconcile, _: &mut Context<Self>) {}
+}
+impl Handler<DesiredAssignments> for Sink {
+    type Result = ();
+    fn handle(&mut self, m: DesiredAssignments, _: &mut Context<Self>) {
+        self.0.lock().unwrap().writer.push(m);
+    }
+}
+impl Handler<AssignedEvent> for Sink {
+    type Result = ();
+    fn handle(&mut self, _: AssignedEvent, _: &mut Context<Self>) {
+        self.0.lock().unwrap().assigned += 1;
+    }
+}
+
+fn start() -> (Addr<Coordinator>, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink = Sink(seen.clone()).start();
+    let s2 = sink.clone();
+    let factory: AssignerFactory = Box::new(move |_| AssignerHandle {
+        desired: s2.clone().recipient(),
+        adopt: s2.clone().recipient(),
+        reconcile: s2.clone().recipient(),
+    });
+    let c = Coordinator::new(
+        MatchSettings::default(),
+        sink.clone().recipient(),
+        sink.recipient(),
+        factory,
+        Duration::from_secs(180),
+        crate::actors::mic::metrics::MicMetrics::unregistered().unwrap(),
+    )
+    .start();
+    (c, seen)
+}
+
+async fn pause() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_sent_before_every_watch_has_listed_then_one_pass_covers_the_burst() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
+                "ss0", 0,
+            )])));
+            c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![
+                identity("id1").build(),
+            ])));
+            c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![
+                binding("b1", "id1", "sel").build(),
+            ])));
+            c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![
+                pod("p1").label("sel").on_node("ss0-0").build(),
+            ])));
+            pause().await;
+            assert!(seen.lock().unwrap().desired.is_empty());
+            c.do_send(CatalogEvent::Assigned(Observed::Relisted(vec![])));
+            for i in 2..50 {
+                c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
+                    pod(&format!("p{i}")).label("sel").on_node("ss0-0").build(),
+                ))));
+            }
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert_eq!(s.desired.len(), 1, "one pass for the burst");
+            assert_eq!(s.desired[0].desired.len(), 1);
+            assert_eq!(s.writer.len(), 1);
+            assert_eq!(s.writer[0].assignments.len(), 49);
+            assert_eq!(s.writer[0].seq, s.desired[0].seq);
+            assert_eq!(s.assigned, 1, "the relist is forwarded to the writer");
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn assigned_identities_present_at_start_are_adopted_by_their_host() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            let mut ix = BindingIndex::new(MatchSettings::default());
+            ix.apply_node(&vmss_node("ss0", 0));
+            ix.apply_identity(&identity("old").build());
+            ix.apply_binding(&binding("b1", "old", "sel").build());
+            ix.apply_pod(&pod("gone").label("sel").on_node("ss0-0").build());
+            let before: Vec<_> = ix
+                .desired()
+                .assignments
+                .values()
+                .map(|a| object_for(a, AssignedState::Assigned))
+                .collect();
+            c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
+                "ss0", 0,
+            )])));
+            c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Assigned(Observed::Relisted(before)));
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert_eq!(s.adopted.len(), 1);
+            assert!(s.adopted[0].ids.contains(&IdentityId::new(&rid("old"))));
+            assert!(
+                s.desired[0].desired.is_empty(),
+                "and released: nothing needs it"
+            );
+        })
+        .await;
+}

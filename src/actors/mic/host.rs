@@ -1,0 +1,201 @@
+//! Identifiers MIC's assigners are keyed by: the VM or scale set under a node, and a
+//! user-assigned identity's resource id compared the way ARM compares it (case-insensitively).
+//!
+//! The Azure layer owns the full providerID parser (`cloud::provider_id`); the small one here
+//! only lets the matcher be tested without it and is replaced by an adapter at merge time
+//! if the two ever disagree.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// Whether a host is a scale set (identities apply to every instance) or a standalone VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostKind {
+    /// `Microsoft.Compute/virtualMachineScaleSets`.
+    ScaleSet,
+    /// `Microsoft.Compute/virtualMachines`.
+    Vm,
+}
+
+/// The Azure compute resource whose identity list MIC patches: one assigner exists per value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostId {
+    /// Scale set or VM.
+    pub kind: HostKind,
+    /// Subscription id as written in the providerID.
+    pub subscription: String,
+    /// Resource group as written in the providerID.
+    pub resource_group: String,
+    /// Scale set or VM name.
+    pub name: String,
+}
+
+impl HostId {
+    /// A scale set.
+    #[must_use]
+    pub fn scale_set(subscription: &str, resource_group: &str, name: &str) -> Self {
+        Self {
+            kind: HostKind::ScaleSet,
+            subscription: subscription.to_string(),
+            resource_group: resource_group.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// A standalone VM.
+    #[must_use]
+    pub fn vm(subscription: &str, resource_group: &str, name: &str) -> Self {
+        Self {
+            kind: HostKind::Vm,
+            ..Self::scale_set(subscription, resource_group, name)
+        }
+    }
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            HostKind::ScaleSet => "virtualMachineScaleSets",
+            HostKind::Vm => "virtualMachines",
+        };
+        write!(
+            f,
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{kind}/{}",
+            self.subscription, self.resource_group, self.name
+        )
+    }
+}
+
+/// Why a node's `spec.providerID` names no host MIC can patch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderIdError {
+    /// The node has no providerID yet (the cloud provider sets it after registration).
+    #[error("node has no spec.providerID")]
+    Missing,
+    /// Not an `azure://` id of a VM or scale-set instance.
+    #[error(
+        "providerID {0:?} is not azure:///subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.Compute/(virtualMachines/<vm>|virtualMachineScaleSets/<ss>/virtualMachines/<i>)"
+    )]
+    Malformed(String),
+}
+
+/// The VM or scale set of a node, from its `spec.providerID`.
+pub fn host_of_provider_id(provider_id: &str) -> Result<HostId, ProviderIdError> {
+    if provider_id.is_empty() {
+        return Err(ProviderIdError::Missing);
+    }
+    let bad = || ProviderIdError::Malformed(provider_id.to_string());
+    let rest = provider_id
+        .strip_prefix("azure://")
+        .ok_or_else(bad)?
+        .trim_start_matches('/');
+    let p: Vec<&str> = rest.split('/').collect();
+    let kw = |i: usize, w: &str| p.get(i).is_some_and(|s| s.eq_ignore_ascii_case(w));
+    if p.len() < 8
+        || !kw(0, "subscriptions")
+        || !kw(2, "resourcegroups")
+        || !kw(4, "providers")
+        || !kw(5, "microsoft.compute")
+        || p[1].is_empty()
+        || p[3].is_empty()
+        || p[7].is_empty()
+    {
+        return Err(bad());
+    }
+    match p.len() {
+        8 if kw(6, "virtualmachines") => Ok(HostId::vm(p[1], p[3], p[7])),
+        10 if kw(6, "virtualmachinescalesets") && kw(8, "virtualmachines") => {
+            Ok(HostId::scale_set(p[1], p[3], p[7]))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// A user-assigned identity's ARM resource id: kept as written (that is what goes on the wire)
+/// and compared case-insensitively, as ARM does.
+#[derive(Clone, Debug)]
+pub struct IdentityId {
+    written: String,
+    canonical: String,
+}
+
+impl IdentityId {
+    /// Wraps a resource id.
+    #[must_use]
+    pub fn new(id: &str) -> Self {
+        Self {
+            written: id.to_string(),
+            canonical: id.to_ascii_lowercase(),
+        }
+    }
+
+    /// The id as written by the user (sent to ARM).
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.written
+    }
+}
+
+impl PartialEq for IdentityId {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical == other.canonical
+    }
+}
+impl Eq for IdentityId {}
+impl PartialOrd for IdentityId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for IdentityId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.canonical.cmp(&other.canonical)
+    }
+}
+impl Hash for IdentityId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.canonical.hash(state);
+    }
+}
+impl fmt::Display for IdentityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scale_set_instance_maps_to_its_scale_set() {
+        let h = host_of_provider_id("azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool/virtualMachines/3").unwrap();
+        assert_eq!(h, HostId::scale_set("s", "rg", "pool"));
+    }
+
+    #[test]
+    fn a_standalone_vm_maps_to_itself() {
+        let h = host_of_provider_id(
+            "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm0",
+        )
+        .unwrap();
+        assert_eq!(h, HostId::vm("s", "rg", "vm0"));
+    }
+
+    #[test]
+    fn other_provider_ids_are_refused_with_the_id() {
+        assert_eq!(host_of_provider_id(""), Err(ProviderIdError::Missing));
+        let err = host_of_provider_id("kind://docker/node").unwrap_err();
+        assert!(err.to_string().contains("kind://docker/node"));
+    }
+
+    #[test]
+    fn identity_ids_compare_without_case() {
+        assert_eq!(
+            IdentityId::new("/subscriptions/S/x"),
+            IdentityId::new("/subscriptions/s/X")
+        );
+        assert_eq!(IdentityId::new("/A").as_str(), "/A");
+    }
+}

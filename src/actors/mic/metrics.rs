@@ -1,0 +1,76 @@
+//! MIC's own metrics, beyond the original's names (which the shared `metrics` module owns):
+//! assignment latency, ARM writes by outcome, batch sizes and queue depth.
+//!
+//! Registered once into the process registry by [`MicMetrics::register`].
+
+use crate::metrics::Metrics;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
+
+/// MIC's metrics.
+#[derive(Clone, Debug)]
+pub struct MicMetrics {
+    /// The original's metrics (the process registry).
+    pub original: Metrics,
+    /// Seconds from MIC seeing a pod's assignment to its AzureAssignedIdentity turning Assigned.
+    pub assignment_latency: Histogram,
+    /// ARM writes (PATCHes) by outcome: `ok`, `refused`, `throttled`, `transient`, `fatal`, `deleting`.
+    pub arm_writes: IntCounterVec,
+    /// Identity changes carried by one PATCH.
+    pub batch_size: Histogram,
+    /// Adds and removes waiting for ARM, by host.
+    pub queue_depth: IntGaugeVec,
+}
+
+impl MicMetrics {
+    /// Creates MIC's metrics and registers them into the registry of `original`.
+    pub fn register(original: &Metrics) -> Result<Self, prometheus::Error> {
+        let m = Self::build(original.clone())?;
+        let registry = original.registry();
+        registry.register(Box::new(m.assignment_latency.clone()))?;
+        registry.register(Box::new(m.arm_writes.clone()))?;
+        registry.register(Box::new(m.batch_size.clone()))?;
+        registry.register(Box::new(m.queue_depth.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics in a registry of their own (tests).
+    pub fn unregistered() -> Result<Self, prometheus::Error> {
+        Self::register(&Metrics::new())
+    }
+
+    fn build(original: Metrics) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            original,
+            assignment_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "aadpodidentity_mic_assignment_latency_seconds",
+                    "Seconds from MIC seeing a pod's assignment to its AzureAssignedIdentity turning Assigned",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                ]),
+            )?,
+            arm_writes: IntCounterVec::new(
+                Opts::new(
+                    "aadpodidentity_mic_arm_writes_total",
+                    "ARM identity PATCHes sent by MIC, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "aadpodidentity_mic_arm_batch_size",
+                    "Identity additions and removals carried by one ARM PATCH",
+                )
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 150.0]),
+            )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new(
+                    "aadpodidentity_mic_queue_depth",
+                    "Identity additions and removals waiting for ARM, by VM or scale set",
+                ),
+                &["host"],
+            )?,
+        })
+    }
+}

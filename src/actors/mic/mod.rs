@@ -1,0 +1,25 @@
+//! MIC, the controller: watches pods, identities, bindings and nodes, assigns user-assigned
+//! identities to the VM or scale set under each pod's node, and records each assignment as an
+//! AzureAssignedIdentity.
+//!
+//! - [`matcher`]: the pure index pods × bindings × identities → desired assignments.
+//! - [`host`]: ids of VMs/scale sets and of identities.
+
+pub mod host;
+pub mod matcher;
+
+pub mod assigner;
+pub mod batch;
+pub mod budget;
+pub mod coordinator;
+#[cfg(test)]
+mod fixtures;
+pub mod leader;
+pub mod metrics;
+pub mod port;
+pub mod run;
+pub mod watchers;
+pub mod writer;
+
+pub use run::{Error, MicDeps, MicSettings, run, run_blocking};
+pub mod testing;

@@ -1,0 +1,77 @@
+//! What MIC needs from ARM, as a port: read and patch one host's user-assigned identities.
+//!
+//! The assigners are written against this trait so their batching can be tested with a fake
+//! and so the Azure layer (`cloud::arm`) stays free to shape its own client; an adapter maps
+//! one onto the other.
+
+use super::host::{HostId, IdentityId};
+use async_trait::async_trait;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// A host's identity list as ARM reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostIdentities {
+    /// User-assigned identities on the host.
+    pub user_assigned: BTreeSet<IdentityId>,
+    /// The host is being deleted (provisioning state `Deleting`): MIC must not touch it.
+    pub deleting: bool,
+}
+
+/// Why an ARM call failed, as far as the assigner's decisions go.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// ARM refused some identities of the request (deleted, unauthorized, ...); the rest of the
+    /// request may succeed without them.
+    #[error("ARM refused identities {ids:?}: {message}")]
+    Refused {
+        /// The refused identities (empty when ARM did not say which).
+        ids: Vec<IdentityId>,
+        /// ARM's message.
+        message: String,
+    },
+    /// 429: wait at least this long before the next write to the subscription.
+    #[error("ARM throttled the request; retry after {retry_after:?}")]
+    Throttled {
+        /// From `Retry-After`.
+        retry_after: Duration,
+    },
+    /// The host is being deleted.
+    #[error("the VM or scale set is being deleted")]
+    Deleting,
+    /// Worth retrying soon (timeouts, 5xx, connection errors).
+    #[error("transient ARM failure: {0}")]
+    Transient(String),
+    /// Not worth retrying soon (bad request, host not found, no permission on the host).
+    #[error("ARM failure: {0}")]
+    Fatal(String),
+}
+
+impl PortError {
+    /// Label for counting errors by kind.
+    #[must_use]
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Refused { .. } => "refused",
+            Self::Throttled { .. } => "throttled",
+            Self::Deleting => "deleting",
+            Self::Transient(_) => "transient",
+            Self::Fatal(_) => "fatal",
+        }
+    }
+}
+
+/// Reads and patches the user-assigned identities of VMs and scale sets.
+#[async_trait]
+pub trait ArmPort: Send + Sync + 'static {
+    /// The host's identities now.
+    async fn get(&self, host: &HostId) -> Result<HostIdentities, PortError>;
+    /// One PATCH adding `add` and removing `remove`, waited to completion; the host's
+    /// identities afterwards.
+    async fn patch(
+        &self,
+        host: &HostId,
+        add: &[IdentityId],
+        remove: &[IdentityId],
+    ) -> Result<HostIdentities, PortError>;
+}

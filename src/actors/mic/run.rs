@@ -1,0 +1,330 @@
+//! The `mic` entry point: settings from the flags, probes and metrics endpoints, leader
+//! election, and the actors wired together once this replica leads.
+
+use super::assigner::Assigner;
+use super::batch::BatchSettings;
+use super::budget::WriteBudget;
+use super::coordinator::{AssignerHandle, Coordinator};
+use super::leader::{self, LeaderElector, LeaderSettings};
+use super::matcher::MatchSettings;
+use super::metrics::MicMetrics;
+use super::port::ArmPort;
+use super::watchers;
+use super::writer::Writer;
+use crate::config::mic::MicArgs;
+use crate::metrics::Metrics;
+use actix::prelude::*;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tracing::info;
+
+/// Errors that stop MIC.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig could not be read or used.
+    #[error("Kubernetes client configuration failed: {0}")]
+    KubeConfig(String),
+    /// The probe or metrics listener could not bind.
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// MIC's metrics could not be registered.
+    #[error("registering MIC metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// This replica lost leadership; the process exits and restarts as a candidate.
+    #[error(transparent)]
+    Leadership(#[from] leader::Error),
+    /// Every watch stream ended (the API server went away for good).
+    #[error("the Kubernetes watches ended")]
+    WatchesEnded,
+    /// The actor system could not be started.
+    #[error("actor system: {0}")]
+    System(#[source] std::io::Error),
+}
+
+/// Everything MIC's actors need from the flags.
+#[derive(Clone, Debug)]
+pub struct MicSettings {
+    /// Kubeconfig path (in-cluster or `$KUBECONFIG` when absent).
+    pub kubeconfig: Option<PathBuf>,
+    /// Matching rules.
+    pub matching: MatchSettings,
+    /// Assigner timings.
+    pub batch: BatchSettings,
+    /// ARM writes per minute per subscription.
+    pub arm_writes_per_minute: u32,
+    /// Leader election.
+    pub leader: LeaderSettings,
+    /// Address the probe and metrics endpoints listen on.
+    pub listen_address: IpAddr,
+    /// `/healthz` port (0 picks one).
+    pub http_probe_port: u16,
+    /// `/metrics` port (0 picks one).
+    pub prometheus_port: u16,
+    /// Concurrent AzureAssignedIdentity writes.
+    pub create_delete_batch: usize,
+    /// Periodic ARM reconcile.
+    pub reconcile_interval: Duration,
+}
+
+impl From<&MicArgs> for MicSettings {
+    fn from(args: &MicArgs) -> Self {
+        // Destructured so a new flag cannot be silently ignored.
+        let MicArgs {
+            kubeconfig,
+            cloudconfig: _, // read by the Azure layer that builds the ARM port
+            force_namespaced,
+            sync_retry_duration,
+            leader_election_instance,
+            leader_election_namespace,
+            leader_election_name,
+            leader_election_duration,
+            http_probe_port,
+            prometheus_port,
+            create_delete_batch,
+            client_qps: _, // not applied: writes are bounded by --createDeleteBatch instead
+            immutable_user_msis,
+            update_user_msi_max_retry: _, // superseded: refused identities retry with backoff
+            update_user_msi_retry_interval,
+            identity_assignment_reconcile_interval,
+            unassign_grace_period,
+            arm_writes_per_minute,
+            mic_namespace: _,
+            log: _,
+        } = args;
+        Self {
+            kubeconfig: kubeconfig.clone(),
+            matching: MatchSettings {
+                force_namespaced: *force_namespaced,
+                immutable_client_ids: immutable_user_msis.items().iter().cloned().collect(),
+            },
+            batch: BatchSettings {
+                unassign_grace: *unassign_grace_period,
+                transient_backoff: *update_user_msi_retry_interval,
+                refused_backoff_max: (*sync_retry_duration).min(Duration::from_secs(600)),
+                ..BatchSettings::default()
+            },
+            arm_writes_per_minute: *arm_writes_per_minute,
+            leader: LeaderSettings {
+                namespace: leader_election_namespace.clone(),
+                name: leader_election_name.clone(),
+                instance: leader_election_instance.clone(),
+                duration: *leader_election_duration,
+            },
+            listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            http_probe_port: *http_probe_port,
+            prometheus_port: *prometheus_port,
+            create_delete_batch: usize::try_from(*create_delete_batch).unwrap_or(20),
+            reconcile_interval: *identity_assignment_reconcile_interval,
+        }
+    }
+}
+
+/// What MIC is given rather than configures itself.
+pub struct MicDeps {
+    /// ARM, through the Azure layer's adapter (or a simulator's).
+    pub arm: Arc<dyn ArmPort>,
+    /// The process metrics registry.
+    pub metrics: Metrics,
+    /// A ready client (tests); built from [`MicSettings::kubeconfig`] when absent.
+    pub client: Option<kube::Client>,
+    /// Client id of the cluster's own identity (cloud config), never removed.
+    pub cluster_identity_client_id: Option<String>,
+    /// Told the bound probe and metrics addresses once listening.
+    pub bound: Option<tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>>,
+}
+
+async fn make_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::KubeConfig(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
+}
+
+/// Serves `/healthz` (`Active` on the leader, `Not Active` elsewhere; 200 either way, so a
+/// follower is not restarted by its liveness probe) and `/metrics`.
+fn serve(
+    settings: &MicSettings,
+    leading: Arc<AtomicBool>,
+    metrics: Metrics,
+) -> Result<(SocketAddr, SocketAddr, Servers), Error> {
+    let leading_flag = leading.clone();
+    let probe_addr = SocketAddr::new(settings.listen_address, settings.http_probe_port);
+    let probe = HttpServer::new(move || {
+        let leading = leading.clone();
+        App::new().route(
+            "/healthz",
+            web::get().to(move || {
+                let active = leading.load(Ordering::SeqCst);
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("text/plain")
+                        .body(if active { "Active" } else { "Not Active" })
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(probe_addr)
+    .map_err(|source| Error::Bind {
+        what: "the probe endpoint",
+        addr: probe_addr,
+        source,
+    })?;
+    let probe_bound = probe.addrs()[0];
+    let metrics_addr = SocketAddr::new(settings.listen_address, settings.prometheus_port);
+    let prom = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        App::new().route(
+            "/metrics",
+            web::get().to(move || {
+                let body = metrics.encode();
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(metrics_addr)
+    .map_err(|source| Error::Bind {
+        what: "the metrics endpoint",
+        addr: metrics_addr,
+        source,
+    })?;
+    let metrics_bound = prom.addrs()[0];
+    let probe = probe.run();
+    let prom = prom.run();
+    let servers = Servers {
+        handles: vec![probe.handle(), prom.handle()],
+        leading: leading_flag,
+    };
+    actix::spawn(probe);
+    actix::spawn(prom);
+    Ok((probe_bound, metrics_bound, servers))
+}
+
+/// Stops the endpoints and says `Not Active` when MIC stops, however it stops.
+struct Servers {
+    handles: Vec<actix_web::dev::ServerHandle>,
+    leading: Arc<AtomicBool>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.leading.store(false, Ordering::SeqCst);
+        for h in &self.handles {
+            // The stop command is sent at once; its completion need not be awaited.
+            drop(h.stop(false));
+        }
+    }
+}
+
+/// Runs MIC until leadership is lost or the watches end. Must run inside an actix `System`
+/// (see [`run_blocking`]).
+pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
+    let MicDeps {
+        arm,
+        metrics,
+        client,
+        cluster_identity_client_id,
+        bound,
+    } = deps;
+    let client = match client {
+        Some(c) => c,
+        None => make_client(settings.kubeconfig.as_ref()).await?,
+    };
+    let mic_metrics = MicMetrics::register(&metrics)?;
+    let leading = Arc::new(AtomicBool::new(false));
+    let (probe_addr, metrics_addr, _servers) = serve(&settings, leading.clone(), metrics.clone())?;
+    info!(probe = %probe_addr, metrics = %metrics_addr, "listening");
+    if let Some(tx) = bound {
+        let _ = tx.send((probe_addr, metrics_addr));
+    }
+
+    let elector = LeaderElector::new(client.clone(), settings.leader.clone());
+    info!(instance = %settings.leader.instance, lease = %settings.leader.name, "waiting to lead");
+    elector.acquire().await;
+    leading.store(true, Ordering::SeqCst);
+    metrics.mic_new_leader_election_count.inc();
+    info!(instance = %settings.leader.instance, "leading");
+
+    let writer = Writer::new(
+        client.clone(),
+        mic_metrics.clone(),
+        settings.create_delete_batch,
+    )
+    .start();
+    let budget = WriteBudget::new(settings.arm_writes_per_minute);
+    let report_to = writer.clone().recipient();
+    let mic_metrics_c = mic_metrics.clone();
+    let batch = settings.batch.clone();
+    let factory = Box::new(move |host: &super::host::HostId| {
+        let a = Assigner::new(
+            host.clone(),
+            batch.clone(),
+            arm.clone(),
+            budget.clone(),
+            report_to.clone(),
+            mic_metrics.clone(),
+        )
+        .start();
+        AssignerHandle {
+            desired: a.clone().recipient(),
+            adopt: a.clone().recipient(),
+            reconcile: a.recipient(),
+        }
+    });
+    let mut matching = settings.matching.clone();
+    matching
+        .immutable_client_ids
+        .extend(cluster_identity_client_id);
+    let coordinator = Coordinator::new(
+        matching,
+        writer.clone().recipient(),
+        writer.recipient(),
+        factory,
+        settings.reconcile_interval,
+        mic_metrics_c,
+    )
+    .start();
+
+    let result = tokio::select! {
+        lost = elector.hold() => Err(Error::Leadership(lost)),
+        () = watchers::run(client, coordinator.recipient()) => Err(Error::WatchesEnded),
+    };
+    leading.store(false, Ordering::SeqCst);
+    result
+}
+
+/// Runs [`run`] in a new actix `System` on this thread (what `main` calls).
+pub fn run_blocking(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
+    let system = actix::System::new();
+    let result = system.block_on(run(settings, deps));
+    actix::System::current().stop();
+    result
+}

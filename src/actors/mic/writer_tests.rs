@@ -1,0 +1,226 @@
+use super::*;
+use crate::actors::mic::fixtures::*;
+use crate::actors::mic::matcher::{BindingIndex, MatchSettings};
+
+fn ss0() -> HostId {
+    HostId::scale_set(SUB, RG, "ss0")
+}
+
+fn index() -> BindingIndex {
+    let mut ix = BindingIndex::new(MatchSettings::default());
+    ix.apply_node(&vmss_node("ss0", 0));
+    ix.apply_node(&vmss_node("ss0", 1));
+    ix.apply_identity(&identity("id1").build());
+    ix.apply_binding(&binding("b1", "id1", "sel").build());
+    ix
+}
+
+fn desired(ix: &BindingIndex, seq: u64) -> DesiredAssignments {
+    let d = ix.desired();
+    DesiredAssignments {
+        assignments: d.assignments,
+        nodes: [("ss0-0".to_string(), ss0()), ("ss0-1".to_string(), ss0())].into(),
+        rejections: d.rejections,
+        seq,
+    }
+}
+
+fn report(assigned: &[&str], releasing: &[&str], seq: u64) -> BTreeMap<HostId, HostReport> {
+    let ids = |v: &[&str]| v.iter().map(|n| IdentityId::new(&rid(n))).collect();
+    [(
+        ss0(),
+        HostReport {
+            host: ss0(),
+            assigned: ids(assigned),
+            releasing: ids(releasing),
+            refused: BTreeMap::new(),
+            failure: None,
+            synced: true,
+            seq,
+        },
+    )]
+    .into()
+}
+
+fn existing_from(
+    d: &DesiredAssignments,
+    status: AssignedState,
+) -> BTreeMap<ObjectKey, AzureAssignedIdentity> {
+    d.assignments
+        .values()
+        .map(|a| (a.key.clone(), object_for(a, status.clone())))
+        .collect()
+}
+
+#[test]
+fn a_new_assignment_is_created_with_status_created_until_its_host_confirms() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let ops = plan(&BTreeMap::new(), &d, &BTreeMap::new());
+    assert!(matches!(
+        &ops[..],
+        [WriteOp::Create {
+            status: AssignedState::Created,
+            ..
+        }]
+    ));
+    let ops = plan(&BTreeMap::new(), &d, &report(&["id1"], &[], 1));
+    assert!(matches!(
+        &ops[..],
+        [WriteOp::Create {
+            status: AssignedState::Assigned,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_created_object_turns_assigned_when_the_host_reports_the_identity() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let existing = existing_from(&d, AssignedState::Created);
+    assert!(plan(&existing, &d, &report(&[], &[], 1)).is_empty());
+    assert_eq!(
+        plan(&existing, &d, &report(&["id1"], &[], 1)),
+        vec![WriteOp::SetStatus {
+            key: ObjectKey::new("default", "p1-default-id1"),
+            status: AssignedState::Assigned
+        }]
+    );
+}
+
+#[test]
+fn a_service_principal_assignment_is_assigned_at_once() {
+    let mut ix = index();
+    ix.apply_identity(
+        &identity("sp")
+            .type_(IdentityType::ServicePrincipal)
+            .resource_id("")
+            .build(),
+    );
+    ix.apply_binding(&binding("b2", "sp", "spsel").build());
+    ix.apply_pod(&pod("p1").label("spsel").on_node("ss0-0").build());
+    let ops = plan(&BTreeMap::new(), &desired(&ix, 1), &BTreeMap::new());
+    assert!(matches!(
+        &ops[..],
+        [WriteOp::Create {
+            status: AssignedState::Assigned,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_released_assignment_is_unassigned_then_deleted_once_its_host_let_go() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let before = desired(&ix, 1);
+    let mut existing = existing_from(&before, AssignedState::Assigned);
+    ix.delete_pod(&ObjectKey::new("default", "p1"));
+    let after = desired(&ix, 2);
+    let key = ObjectKey::new("default", "p1-default-id1");
+    assert_eq!(
+        plan(&existing, &after, &report(&["id1"], &[], 1)),
+        vec![WriteOp::SetStatus {
+            key: key.clone(),
+            status: AssignedState::Unassigned
+        }]
+    );
+    existing
+        .get_mut(&key)
+        .unwrap()
+        .status
+        .as_mut()
+        .unwrap()
+        .status = AssignedState::Unassigned;
+    // the host has not yet seen the change: keep the record
+    assert!(plan(&existing, &after, &report(&["id1"], &[], 1)).is_empty());
+    // in its grace period: keep the record, it proves ownership across a restart
+    assert!(plan(&existing, &after, &report(&[], &["id1"], 2)).is_empty());
+    // removed from the host: delete
+    assert_eq!(
+        plan(&existing, &after, &report(&[], &[], 2)),
+        vec![WriteOp::Delete { key }]
+    );
+}
+
+#[test]
+fn a_pod_moving_to_another_node_updates_the_spec() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let existing = existing_from(&desired(&ix, 1), AssignedState::Assigned);
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-1").build());
+    let ops = plan(&existing, &desired(&ix, 2), &report(&["id1"], &[], 2));
+    let [WriteOp::UpdateSpec { assignment, status }] = &ops[..] else {
+        panic!("{ops:?}")
+    };
+    assert_eq!(assignment.node, "ss0-1");
+    assert_eq!(*status, AssignedState::Assigned);
+}
+
+#[test]
+fn a_refused_identity_and_a_rejected_binding_become_warning_events_on_pod_and_binding() {
+    let mut ix = index();
+    ix.apply_identity(&identity("other").ns("team-a").build());
+    ix.apply_binding(&binding("foreign", "other", "sel2").ns("team-a").build());
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    ix.apply_pod(&pod("p2").label("sel2").on_node("ss0-0").build());
+    ix.apply_pod(&pod("p3").label("sel").on_node("ss0-1").build());
+    let d = desired(&ix, 1);
+    let mut hosts = report(&[], &[], 1);
+    hosts.get_mut(&ss0()).unwrap().refused.insert(
+        IdentityId::new(&rid("id1")),
+        "LinkedAuthorizationFailed".into(),
+    );
+    let evs = error_events(&d, &hosts);
+    assert!(
+        evs.iter()
+            .all(|e| e.reason == REASON_APPLY_ERROR && e.type_ == "Warning")
+    );
+    let on = |kind: &str, ns: &str, name: &str| {
+        evs.iter()
+            .filter(|e| e.kind == kind && e.object == ObjectKey::new(ns, name))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        on("Pod", "default", "p1")[0]
+            .message
+            .contains("LinkedAuthorizationFailed")
+    );
+    assert_eq!(on("Pod", "default", "p3").len(), 1);
+    // one Event on the binding for both pods
+    let b1 = on("AzureIdentityBinding", "default", "b1");
+    assert_eq!(b1.len(), 1);
+    assert_eq!(b1[0].api_version, "aadpodidentity.k8s.io/v1");
+    assert!(
+        on("Pod", "default", "p2")[0]
+            .message
+            .contains("team-a/foreign")
+    );
+    assert_eq!(on("AzureIdentityBinding", "team-a", "foreign").len(), 1);
+    assert_eq!(evs.len(), 5, "{evs:#?}");
+}
+
+#[test]
+fn the_object_carries_the_original_name_label_finalizer_and_embedded_refs() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let o = object_for(
+        d.assignments.values().next().unwrap(),
+        AssignedState::Created,
+    );
+    let v = serde_json::to_value(&o).unwrap();
+    assert_eq!(v["metadata"]["name"], "p1-default-id1");
+    assert_eq!(v["metadata"]["labels"]["nodename"], "ss0-0");
+    assert_eq!(v["metadata"]["finalizers"][0], ASSIGNED_IDENTITY_FINALIZER);
+    assert_eq!(
+        v["spec"]["azureIdentityRef"]["spec"]["resourceID"],
+        rid("id1")
+    );
+    assert_eq!(v["spec"]["azureBindingRef"]["spec"]["selector"], "sel");
+    assert_eq!(v["spec"]["podNamespace"], "default");
+    assert_eq!(v["status"]["status"], "Created");
+}

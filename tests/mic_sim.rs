@@ -1,0 +1,589 @@
+//! MIC end to end against the Kubernetes simulator over real HTTP on loopback, with ARM as
+//! an in-memory port (latency and refusals under control, PATCHes counted).
+//!
+//! Each MIC replica runs in its own thread and actix System, as the binary does; "killing" a
+//! replica drops its System mid-flight.
+
+use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
+use aad_pod_identity::actors::mic::testing::MemoryArm;
+use aad_pod_identity::actors::mic::{MicDeps, MicSettings};
+use aad_pod_identity::crd::{
+    self, AssignedState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
+    AzureIdentityBindingSpec, AzureIdentitySpec,
+};
+use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity::sandbox::topology::Topology;
+use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Cluster {
+    sim: KubeSimHandle,
+    client: Client,
+    kubeconfig: PathBuf,
+    topology: Topology,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "mic-test-{tag}-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn cluster(tag: &str, topology: Topology) -> Cluster {
+    let sim = KubeSim::start(KubeSimConfig {
+        topology: topology.clone(),
+        run_cluster: false,
+        ..KubeSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempdir::Dir::new(tag);
+    let kubeconfig = dir.0.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let client = sim.client().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for f in crd::all_crds() {
+        crds.create(&PostParams::default(), &f.crd).await.unwrap();
+    }
+    Cluster {
+        sim,
+        client,
+        kubeconfig,
+        topology,
+        _dir: dir,
+    }
+}
+
+impl Cluster {
+    fn node(&self, i: usize) -> String {
+        self.topology.nodes()[i].name.clone()
+    }
+
+    fn scale_set(&self, i: usize) -> HostId {
+        HostId::scale_set(
+            &self.topology.subscription_id,
+            &self.topology.resource_group,
+            &self.topology.scale_sets[i].name,
+        )
+    }
+
+    fn identity_rid(&self, i: usize) -> String {
+        self.topology
+            .identity_resource_id(&self.topology.identities[i])
+    }
+
+    async fn identity(&self, name: &str, resource_id: &str) {
+        let mut i = AzureIdentity::new(
+            name,
+            AzureIdentitySpec {
+                resource_id: resource_id.into(),
+                client_id: format!("client-{name}"),
+                ..AzureIdentitySpec::default()
+            },
+        );
+        i.metadata.namespace = Some("default".into());
+        Api::<AzureIdentity>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &i)
+            .await
+            .unwrap();
+        let mut b = AzureIdentityBinding::new(
+            &format!("{name}-binding"),
+            AzureIdentityBindingSpec {
+                azure_identity: name.into(),
+                selector: name.into(),
+                weight: 0,
+            },
+        );
+        b.metadata.namespace = Some("default".into());
+        Api::<AzureIdentityBinding>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &b)
+            .await
+            .unwrap();
+    }
+
+    async fn pod(&self, name: &str, selector: &str, node: &str) {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"aadpodidbinding": selector}},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "demo"}]},
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &p)
+            .await
+            .unwrap();
+    }
+
+    async fn delete_pod(&self, name: &str) {
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    async fn assigned(&self) -> Vec<AzureAssignedIdentity> {
+        Api::<AzureAssignedIdentity>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Waits (polling the API, as a user would) until `pred` holds of the assigned identities.
+    async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[AzureAssignedIdentity]) -> bool,
+    ) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let all = self.assigned().await;
+            if pred(&all) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "timed out waiting for {what}; have {:?}",
+                all.iter()
+                    .map(|a| (a.metadata.name.clone(), a.status.clone()))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn all_assigned(n: usize) -> impl Fn(&[AzureAssignedIdentity]) -> bool {
+    move |all| {
+        all.len() == n
+            && all
+                .iter()
+                .all(|a| a.status.as_ref().map(|s| &s.status) == Some(&AssignedState::Assigned))
+    }
+}
+
+/// One MIC replica in its own thread and actix System.
+struct Mic {
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    probe: SocketAddr,
+    metrics: SocketAddr,
+}
+
+fn settings(c: &Cluster, instance: &str) -> MicSettings {
+    let mut s = MicSettings::from(&mic_args());
+    s.kubeconfig = Some(c.kubeconfig.clone());
+    s.listen_address = [127, 0, 0, 1].into();
+    s.http_probe_port = 0;
+    s.prometheus_port = 0;
+    s.leader.instance = instance.into();
+    s.leader.duration = Duration::from_secs(2);
+    s.batch.unassign_grace = Duration::from_secs(1);
+    s
+}
+
+fn mic_args() -> aad_pod_identity::config::mic::MicArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mic: aad_pod_identity::config::mic::MicArgs,
+    }
+    Cli::parse_from(["mic"]).mic
+}
+
+async fn start_mic(settings: MicSettings, arm: Arc<MemoryArm>) -> Mic {
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let system = actix::System::new();
+        system.block_on(async move {
+            let deps = MicDeps {
+                arm,
+                metrics: Metrics::new(),
+                client: None,
+                cluster_identity_client_id: None,
+                bound: Some(bound_tx),
+            };
+            tokio::select! {
+                r = aad_pod_identity::actors::mic::run(settings, deps) => {
+                    eprintln!("mic ended: {r:?}");
+                }
+                _ = kill_rx => {}
+            }
+        });
+    });
+    let (probe, metrics) = bound_rx.await.unwrap();
+    Mic {
+        kill: Some(kill_tx),
+        thread: Some(thread),
+        probe,
+        metrics,
+    }
+}
+
+impl Mic {
+    fn kill(&mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Mic {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+async fn wait_health(addr: SocketAddr, want: &str, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if http_get(addr, "/healthz").await == want {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < timeout, "healthz never said {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_assigned_objects() {
+    let c = cluster("seed", Topology::sized(1, 2, 0, 2)).await;
+    let arm = MemoryArm::new(Duration::from_millis(200));
+    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+
+    for i in 0..2 {
+        let name = format!("identity-{i}");
+        c.identity(&name, &c.identity_rid(i)).await;
+        c.pod(&format!("demo-{i}"), &name, &c.node(i)).await;
+    }
+    let took = c
+        .wait_for(
+            "two Assigned objects",
+            Duration::from_secs(20),
+            all_assigned(2),
+        )
+        .await;
+    let on = arm.on_host(&c.scale_set(0));
+    assert_eq!(
+        on,
+        (0..2)
+            .map(|i| IdentityId::new(&c.identity_rid(i)))
+            .collect()
+    );
+    let all = c.assigned().await;
+    let names: Vec<_> = all
+        .iter()
+        .map(|a| a.metadata.name.clone().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"demo-0-default-identity-0".to_string()),
+        "{names:?}"
+    );
+    for a in &all {
+        assert!(
+            a.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|f| f == crd::ASSIGNED_IDENTITY_FINALIZER))
+        );
+    }
+    println!(
+        "seed example: {} PATCHes, both Assigned after {took:?} (ARM latency 200 ms)",
+        arm.patch_count()
+    );
+    assert!(arm.patch_count() <= 2);
+
+    // "binding applied" Events on the pods, from the original's source component.
+    let events = Api::<Event>::namespaced(c.client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let applied = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("binding applied"))
+        .filter(|e| {
+            e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("aadpodidentity.k8s.io")
+        })
+        .count();
+    assert_eq!(applied, 2);
+
+    let metrics = http_get(mic.metrics, "/metrics").await;
+    assert!(
+        metrics.contains("aadpodidentity_mic_arm_writes_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("aadpodidentity_mic_assignment_latency_seconds_count 2"));
+
+    // Pods gone: after the grace period the identities leave the scale set and the objects go.
+    c.delete_pod("demo-0").await;
+    c.delete_pod("demo-1").await;
+    c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
+        .await;
+    assert!(arm.on_host(&c.scale_set(0)).is_empty());
+    c.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_dies_mid_batch() {
+    let c = cluster("leader", Topology::sized(1, 2, 0, 3)).await;
+    let arm = MemoryArm::new(Duration::from_secs(1));
+    let mut a = start_mic(settings(&c, "mic-a"), arm.clone()).await;
+    wait_health(a.probe, "Active", Duration::from_secs(10)).await;
+    let b = start_mic(settings(&c, "mic-b"), arm.clone()).await;
+    assert_eq!(http_get(b.probe, "/healthz").await, "Not Active");
+
+    for i in 0..3 {
+        let name = format!("identity-{i}");
+        c.identity(&name, &c.identity_rid(i)).await;
+        c.pod(&format!("app-{i}"), &name, &c.node(i % 2)).await;
+    }
+    // Kill the leader while its PATCH is in flight.
+    let t0 = Instant::now();
+    while arm.patch_count() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no PATCH started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before_kill: Vec<_> = c
+        .assigned()
+        .await
+        .into_iter()
+        .map(|a| (a.metadata.name.clone(), a.metadata.uid.clone()))
+        .collect();
+    a.kill();
+    let killed = Instant::now();
+    let takeover = wait_health(b.probe, "Active", Duration::from_secs(10)).await;
+    println!("takeover after {takeover:?} (lease 2 s)");
+    assert!(takeover <= Duration::from_secs(3), "{takeover:?}");
+    c.wait_for(
+        "three Assigned objects",
+        Duration::from_secs(20),
+        all_assigned(3),
+    )
+    .await;
+    println!(
+        "converged {:?} after the kill, {} PATCHes in all",
+        killed.elapsed(),
+        arm.patch_count()
+    );
+    assert_eq!(arm.on_host(&c.scale_set(0)).len(), 3);
+    // The new leader took over the old one's objects rather than recreating them.
+    let after: Vec<_> = c
+        .assigned()
+        .await
+        .into_iter()
+        .map(|a| (a.metadata.name.clone(), a.metadata.uid.clone()))
+        .collect();
+    for o in &before_kill {
+        assert!(after.contains(o), "{o:?} was replaced");
+    }
+
+    // Nothing orphaned: once the pods go, the new leader removes what the old one added.
+    for i in 0..3 {
+        c.delete_pod(&format!("app-{i}")).await;
+    }
+    c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
+        .await;
+    assert!(arm.on_host(&c.scale_set(0)).is_empty());
+    drop(b);
+    c.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_identity_does_not_block_valid_ones_and_is_reported_on_the_pod() {
+    let c = cluster("invalid", Topology::sized(1, 1, 0, 2)).await;
+    let arm = MemoryArm::new(Duration::from_millis(200));
+    let deleted = IdentityId::new(&c.identity_rid(1));
+    arm.refuse.lock().unwrap().insert(deleted.clone());
+    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("good", &c.identity_rid(0)).await;
+    c.identity("deleted", &c.identity_rid(1)).await;
+    c.identity("malformed", "/subscriptions/x/oops").await;
+    c.pod("p-good", "good", &c.node(0)).await;
+    c.pod("p-deleted", "deleted", &c.node(0)).await;
+    c.pod("p-malformed", "malformed", &c.node(0)).await;
+    c.wait_for(
+        "good Assigned, deleted Created",
+        Duration::from_secs(20),
+        |all| {
+            let st = |n: &str| {
+                all.iter()
+                    .find(|a| a.metadata.name.as_deref() == Some(n))
+                    .and_then(|a| a.status.as_ref().map(|s| s.status.clone()))
+            };
+            st("p-good-default-good") == Some(AssignedState::Assigned)
+                && st("p-deleted-default-deleted") == Some(AssignedState::Created)
+                && all.len() == 2
+        },
+    )
+    .await;
+    let events = Api::<Event>::namespaced(c.client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let error_for = |pod: &str| {
+        events.items.iter().any(|e| {
+            e.reason.as_deref() == Some("binding apply error")
+                && e.involved_object.name.as_deref() == Some(pod)
+        })
+    };
+    let t0 = Instant::now();
+    let mut events_ok = error_for("p-deleted") && error_for("p-malformed");
+    while !events_ok && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ev = Api::<Event>::namespaced(c.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        events_ok = ["p-deleted", "p-malformed"].iter().all(|p| {
+            ev.items.iter().any(|e| {
+                e.reason.as_deref() == Some("binding apply error")
+                    && e.involved_object.name.as_deref() == Some(*p)
+            })
+        });
+    }
+    assert!(events_ok, "binding apply error Events on both pods");
+    assert!(!arm.on_host(&c.scale_set(0)).contains(&deleted));
+    c.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_most_six_patches() {
+    let c = cluster("burst", Topology::sized(2, 10, 0, 20)).await;
+    let latency = Duration::from_secs(2);
+    let arm = MemoryArm::new(latency);
+    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    for i in 0..20 {
+        c.identity(&format!("identity-{i}"), &c.identity_rid(i))
+            .await;
+    }
+    // Let MIC read both scale sets first, as a running MIC has.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t0 = Instant::now();
+    let mut creates = Vec::new();
+    for p in 0..200usize {
+        let c = &c;
+        creates.push(async move {
+            // identity i on ten nodes spread over both scale sets
+            let (i, k) = (p % 20, p / 20);
+            c.pod(
+                &format!("p{p}"),
+                &format!("identity-{i}"),
+                &c.node((i + 2 * k) % 20),
+            )
+            .await;
+        });
+    }
+    futures::future::join_all(creates).await;
+    let created = t0.elapsed();
+    let took = c
+        .wait_for(
+            "200 Assigned objects",
+            Duration::from_secs(60),
+            all_assigned(200),
+        )
+        .await
+        + created;
+    let patches = arm.patch_count();
+    println!(
+        "200 pods / 20 identities / 20 nodes / 2 scale sets, ARM latency 2 s: {patches} PATCHes, \
+         pods created in {created:?}, all Assigned {took:?} after the first pod"
+    );
+    assert!(patches <= 6, "{patches} PATCHes");
+    assert!(took <= 3 * latency, "{took:?}");
+    for s in 0..2 {
+        assert_eq!(arm.on_host(&c.scale_set(s)).len(), 20);
+    }
+    c.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_used_by_another_pod_on_the_same_scale_set_is_not_removed() {
+    let c = cluster("shared", Topology::sized(1, 2, 0, 1)).await;
+    let arm = MemoryArm::new(Duration::from_millis(100));
+    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("a", "identity-0", &c.node(0)).await;
+    c.pod("b", "identity-0", &c.node(1)).await;
+    c.wait_for("two Assigned", Duration::from_secs(20), all_assigned(2))
+        .await;
+    c.delete_pod("a").await;
+    c.wait_for("a's object gone", Duration::from_secs(20), all_assigned(1))
+        .await;
+    // Well past the 1 s grace period: still there for b.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(arm.on_host(&c.scale_set(0)).len(), 1);
+    assert_eq!(arm.patch_count(), 1, "only the add");
+    c.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_reconcile_re_adds_an_identity_removed_by_hand() {
+    let c = cluster("reconcile", Topology::sized(1, 1, 0, 1)).await;
+    let arm = MemoryArm::new(Duration::from_millis(100));
+    let mut s = settings(&c, "mic-0");
+    s.reconcile_interval = Duration::from_secs(1);
+    let mic = start_mic(s, arm.clone()).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("a", "identity-0", &c.node(0)).await;
+    c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+    arm.hosts
+        .lock()
+        .unwrap()
+        .get_mut(&c.scale_set(0))
+        .unwrap()
+        .clear();
+    let t0 = Instant::now();
+    while arm.on_host(&c.scale_set(0)).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never re-added");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(arm.patch_count(), 2);
+    c.sim.shutdown().await;
+}

@@ -587,3 +587,39 @@ async fn the_periodic_reconcile_re_adds_an_identity_removed_by_hand() {
     assert_eq!(arm.patch_count(), 2);
     c.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_churn_inside_the_grace_period_costs_two_patches() {
+    // A CronJob every minute with a 60 s grace period, scaled down 30x: a run every 2 s,
+    // each pod running 0.5 s, a 2 s grace period.
+    let c = cluster("cron", Topology::sized(1, 2, 0, 1)).await;
+    let arm = MemoryArm::new(Duration::from_millis(100));
+    let mut s = settings(&c, "mic-0");
+    s.batch.unassign_grace = Duration::from_secs(2);
+    let mic = start_mic(s, arm.clone()).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    for run in 0..10 {
+        let name = format!("cron-{run}");
+        c.pod(&name, "identity-0", &c.node(run % 2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pods.patch_status(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.delete_pod(&name).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
+        .await;
+    let patches = arm.patches.lock().unwrap().clone();
+    println!("CronJob churn, 10 runs: {} PATCHes", patches.len());
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(arm.on_host(&c.scale_set(0)).is_empty());
+    c.sim.shutdown().await;
+}

@@ -1,1 +1,6 @@
 //! NMI's HTTP surface (token endpoint, host token, metadata pass-through), probes and `/metrics`.
+
+pub mod nmi;
+pub mod probes;
+pub mod proxy;
+pub mod request;

@@ -351,6 +351,7 @@ fn watch_params(
         bookmark_interval: shared.config.bookmark_interval,
         timeout,
         table: TableOptions::from_request(accept, q),
+        coalesce: shared.config.watch_coalesce,
     })
 }
 
@@ -464,11 +465,17 @@ fn list_response(info: &ResourceInfo, list: &super::store::ListResult) -> HttpRe
         )
         .as_bytes(),
     );
+    let av = info.api_version();
     for (i, item) in list.items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_object(&mut out, info, item);
+        match list.encodings.get(i) {
+            Some(cell) if item.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) => {
+                out.extend_from_slice(super::store::encode_cached(cell, item));
+            }
+            _ => write_object(&mut out, info, item),
+        }
     }
     out.extend_from_slice(b"]}");
     HttpResponse::Ok()

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub kind: Option<String>,
     /// `details.group`.
     pub group: Option<String>,
+    /// `details.causes` as (field, message): kubectl prints them after "is invalid:".
+    pub causes: Vec<(String, String)>,
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
             name: None,
             kind: None,
             group: None,
+            causes: Vec::new(),
         }
     }
 
@@ -110,6 +113,9 @@ impl ApiError {
         e.group = Some(group.to_string());
         e.kind = Some(kind.to_string());
         e.name = Some(name.to_string());
+        if let Some((field, why)) = message.split_once(": ") {
+            e.causes.push((field.to_string(), why.to_string()));
+        }
         e
     }
 
@@ -171,6 +177,14 @@ impl ApiError {
         }
         if let Some(k) = &self.kind {
             details.insert("kind".into(), json!(k));
+        }
+        if !self.causes.is_empty() {
+            let causes: Vec<Value> = self
+                .causes
+                .iter()
+                .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+                .collect();
+            details.insert("causes".into(), json!(causes));
         }
         let mut status = json!({
             "kind": "Status",

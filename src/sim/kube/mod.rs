@@ -126,6 +126,9 @@ pub struct KubeSimConfig {
     pub watch_history: usize,
     /// Interval between watch bookmarks (when the client allows them).
     pub bookmark_interval: Duration,
+    /// After a change wakes a watch, further changes arriving within this window are sent
+    /// in the same chunk (zero sends each change at once).
+    pub watch_coalesce: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Whether to run the scheduler, kubelet and workload controllers.
@@ -151,6 +154,7 @@ impl Default for KubeSimConfig {
             cron_speedup: 1,
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(30),
+            watch_coalesce: Duration::from_millis(2),
             max_body_bytes: 3 * 1024 * 1024,
             run_cluster: true,
             workers: 2,

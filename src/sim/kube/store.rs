@@ -9,7 +9,7 @@
 //! the same however many watchers there are, and a slow watcher catches up in one batch.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -55,6 +55,21 @@ pub struct Event {
     pub object: Arc<Value>,
     /// The object before the change (for selector transitions).
     pub prev: Option<Arc<Value>>,
+    /// The object serialized once, shared by every watcher that sends it.
+    pub encoded: Arc<OnceLock<bytes::Bytes>>,
+}
+
+impl Event {
+    /// The object as JSON, serialized on first use and then shared.
+    #[must_use]
+    pub fn encoded(&self) -> &bytes::Bytes {
+        encode_cached(&self.encoded, &self.object)
+    }
+}
+
+/// The JSON of `obj`, from `cell` or serialized into it.
+pub fn encode_cached<'a>(cell: &'a OnceLock<bytes::Bytes>, obj: &Value) -> &'a bytes::Bytes {
+    cell.get_or_init(|| bytes::Bytes::from(serde_json::to_vec(obj).unwrap_or_default()))
 }
 
 /// How dependents are treated when their owner is deleted.
@@ -85,6 +100,8 @@ pub struct DeleteOptions {
 pub struct ListResult {
     /// Matching objects, ordered by namespace and name.
     pub items: Vec<Arc<Value>>,
+    /// Their shared serializations (see [`encode_cached`]), index for index.
+    pub encodings: Vec<Arc<OnceLock<bytes::Bytes>>>,
     /// The list's resourceVersion (the snapshot's, for every page of a paged list).
     pub resource_version: u64,
     /// Token for the next page, when `limit` cut the list.
@@ -97,6 +114,9 @@ type Key = (String, String);
 
 struct Shard {
     objects: BTreeMap<Key, Arc<Value>>,
+    /// The serialization of each current object (same keys as `objects`), shared with the
+    /// event that produced it, so lists and watches serialize an object version once.
+    encodings: BTreeMap<Key, Arc<OnceLock<bytes::Bytes>>>,
     history: VecDeque<Event>,
     /// Every event of this resource with rv > `compacted` is in `history`.
     compacted: u64,
@@ -104,11 +124,13 @@ struct Shard {
 }
 
 impl Shard {
+    /// A shard for a resource with no events yet: nothing has been compacted away.
     fn new(rv: u64) -> Self {
         Self {
             objects: BTreeMap::new(),
+            encodings: BTreeMap::new(),
             history: VecDeque::new(),
-            compacted: rv,
+            compacted: 0,
             notify: watch::Sender::new(rv),
         }
     }
@@ -248,8 +270,81 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A Job's generated selector and pod labels, derived from its uid as the real server does.
+fn job_selector(obj: &mut Value) {
+    let uid = uid_of(obj).to_string();
+    let name = name_of(obj).to_string();
+    if obj["spec"].get("selector").is_none_or(Value::is_null) {
+        obj["spec"]["selector"] =
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    }
+    if !obj["spec"].get("template").is_some_and(Value::is_object) {
+        obj["spec"]["template"] = json!({});
+    }
+    let t = &mut obj["spec"]["template"];
+    if !t.get("metadata").is_some_and(Value::is_object) {
+        t["metadata"] = json!({});
+    }
+    if !t["metadata"].get("labels").is_some_and(Value::is_object) {
+        t["metadata"]["labels"] = json!({});
+    }
+    let labels = &mut t["metadata"]["labels"];
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels[k] = json!(v);
+    }
+}
+
+/// Spec defaults of workload resources, as the real API server's defaulting sets them.
+fn workload_defaults(info: &ResourceInfo, obj: &mut Value) {
+    let defaults: &[(&str, Value)] = match (info.group.as_str(), info.plural.as_str()) {
+        ("apps", "deployments") => &[
+            ("replicas", json!(1)),
+            ("revisionHistoryLimit", json!(10)),
+            ("progressDeadlineSeconds", json!(600)),
+            (
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            ),
+        ],
+        ("apps", "daemonsets") => &[
+            ("revisionHistoryLimit", json!(10)),
+            (
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            ),
+        ],
+        ("apps", "replicasets") => &[("replicas", json!(1))],
+        ("batch", "jobs") => &[
+            ("completions", json!(1)),
+            ("parallelism", json!(1)),
+            ("backoffLimit", json!(6)),
+        ],
+        ("batch", "cronjobs") => &[
+            ("suspend", json!(false)),
+            ("concurrencyPolicy", json!("Allow")),
+            ("successfulJobsHistoryLimit", json!(3)),
+            ("failedJobsHistoryLimit", json!(1)),
+        ],
+        _ => return,
+    };
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        obj["spec"] = json!({});
+    }
+    for (k, v) in defaults {
+        if obj["spec"].get(*k).is_none_or(Value::is_null) {
+            obj["spec"][*k] = v.clone();
+        }
+    }
+}
+
 /// Fields the server fills in on create, per resource.
 fn defaults_on_create(info: &ResourceInfo, obj: &mut Value) {
+    workload_defaults(info, obj);
     match (info.group.as_str(), info.plural.as_str()) {
         ("", "pods") => {
             let status = obj.get("status").cloned().unwrap_or(json!({}));
@@ -397,11 +492,14 @@ impl Store {
             .shards
             .entry(gr.clone())
             .or_insert_with(|| Shard::new(rv - 1));
+        let encoded = Arc::new(OnceLock::new());
         match type_ {
             EventType::Deleted => {
                 shard.objects.remove(&key);
+                shard.encodings.remove(&key);
             }
             _ => {
+                shard.encodings.insert(key.clone(), encoded.clone());
                 shard.objects.insert(key, object.clone());
             }
         }
@@ -410,6 +508,7 @@ impl Store {
             type_,
             object,
             prev,
+            encoded,
         });
         while shard.history.len() > self.history_limit {
             if let Some(e) = shard.history.pop_front() {
@@ -521,6 +620,9 @@ impl Store {
         m.remove("deletionTimestamp");
         m.remove("deletionGracePeriodSeconds");
         m.remove("selfLink");
+        if gr.group == "batch" && gr.plural == "jobs" {
+            job_selector(&mut obj);
+        }
         let obj = Arc::new(obj);
         self.commit(&mut inner, &gr, EventType::Added, obj.clone(), None, rv);
         drop(inner);
@@ -575,6 +677,7 @@ impl Store {
         let Some(shard) = shard else {
             return Ok(ListResult {
                 items: Vec::new(),
+                encodings: Vec::new(),
                 resource_version: rv,
                 continue_token: None,
                 remaining: None,
@@ -588,12 +691,18 @@ impl Store {
             (None, None) => Bound::Unbounded,
         };
         let mut items = Vec::new();
-        let mut iter = shard.objects.range((lower, Bound::Unbounded));
+        let mut encodings = Vec::new();
+        let mut iter = shard.objects.range((lower.clone(), Bound::Unbounded)).zip(
+            shard
+                .encodings
+                .range((lower, Bound::Unbounded))
+                .map(|(_, e)| e),
+        );
         let mut last_key = None;
         let limit = limit.filter(|l| *l > 0);
         let mut more = false;
         let mut remaining = 0usize;
-        for (k, v) in iter.by_ref() {
+        for ((k, v), enc) in iter.by_ref() {
             if let Some(n) = ns
                 && k.0 != n
             {
@@ -608,6 +717,7 @@ impl Store {
                 continue;
             }
             items.push(v.clone());
+            encodings.push(enc.clone());
             last_key = Some(k.clone());
         }
         let continue_token = if more {
@@ -617,6 +727,7 @@ impl Store {
         };
         Ok(ListResult {
             items,
+            encodings,
             resource_version: rv,
             remaining: more.then_some(remaining),
             continue_token,

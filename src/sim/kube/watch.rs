@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub struct WatchParams {
     pub timeout: Duration,
     /// Render each object as a one-row Table (kubectl `get -w`).
     pub table: Option<TableOptions>,
+    /// How long to gather further events after a wake-up before sending.
+    pub coalesce: Duration,
 }
 
 struct State {
@@ -116,6 +119,9 @@ impl State {
     /// Renders `events` for this watcher into one chunk.
     fn render(&self, events: &[Event]) -> Vec<u8> {
         let mut out = Vec::new();
+        // Objects stored under the served apiVersion can reuse the shared serialization.
+        let shared_encoding = self.params.table.is_none();
+        let av = self.params.info.api_version();
         for e in events {
             let now = self.matches(&e.object);
             let before = e.prev.as_deref().is_some_and(|p| self.matches(p));
@@ -127,7 +133,17 @@ impl State {
                 EventType::Modified if before => "DELETED",
                 _ => continue,
             };
-            out.extend(self.line(type_, &e.object));
+            if shared_encoding
+                && e.object.get("apiVersion").and_then(Value::as_str) == Some(av.as_str())
+            {
+                out.extend_from_slice(b"{\"type\":\"");
+                out.extend_from_slice(type_.as_bytes());
+                out.extend_from_slice(b"\",\"object\":");
+                out.extend_from_slice(e.encoded());
+                out.extend_from_slice(b"}\n");
+            } else {
+                out.extend(self.line(type_, &e.object));
+            }
         }
         out
     }
@@ -152,6 +168,13 @@ impl State {
             }
         }
     }
+}
+
+struct Timers {
+    bookmark: Pin<Box<tokio::time::Sleep>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    coalesce: Pin<Box<tokio::time::Sleep>>,
+    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 /// Starts a watch and returns the streaming response.
@@ -192,22 +215,36 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
             st.catch_up();
         }
     }
-    let stream = futures::stream::unfold(st, |mut st| async move {
+    // The timers and the cancellation future live as long as the stream and are reset, not
+    // rebuilt, on each turn: a watch wakes once per burst of writes and must stay cheap.
+    let timers = Timers {
+        bookmark: Box::pin(tokio::time::sleep_until(st.next_bookmark)),
+        deadline: Box::pin(tokio::time::sleep_until(st.deadline)),
+        coalesce: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        cancelled: Box::pin(shared.shutdown.clone().cancelled_owned()),
+    };
+    let stream = futures::stream::unfold((st, timers), |(mut st, mut t)| async move {
         loop {
             if let Some(chunk) = st.pending.pop_front() {
-                return Some((Ok::<Bytes, Infallible>(chunk), st));
+                return Some((Ok::<Bytes, Infallible>(chunk), (st, t)));
             }
             if st.done {
                 return None;
             }
-            let shutdown = st.shared.shutdown.clone();
             tokio::select! {
                 changed = st.notify.changed() => {
                     if changed.is_err() { return None; }
+                    // Under a burst of writes, gather what else lands in the next moment
+                    // into the same chunk: far fewer wake-ups and writes per event.
+                    if !st.params.coalesce.is_zero() {
+                        t.coalesce.as_mut().reset(Instant::now() + st.params.coalesce);
+                        (&mut t.coalesce).await;
+                    }
                     st.catch_up();
                 }
-                _ = tokio::time::sleep_until(st.next_bookmark) => {
+                () = &mut t.bookmark => {
                     st.next_bookmark = Instant::now() + st.params.bookmark_interval;
+                    t.bookmark.as_mut().reset(st.next_bookmark);
                     if st.params.bookmarks {
                         st.catch_up();
                         if !st.done {
@@ -216,9 +253,9 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(st.deadline) => return None,
+                () = &mut t.deadline => return None,
                 _ = st.drop_signal.changed() => return None,
-                () = shutdown.cancelled() => return None,
+                () = &mut t.cancelled => return None,
             }
         }
     });

@@ -1,0 +1,434 @@
+//! The token broker: the per-request flow from a caller to a token or a precise error.
+//!
+//! caller IP → pod (waiting briefly for a pod the watch has not announced yet) → exception? then
+//! the node's own token → the pod's identities (waiting, event-driven, for the one asked for to
+//! become `Assigned`) → authorization (namespace rules, named identity) → token cache.
+//! Authorization always happens before the cache is consulted.
+
+use super::assignments::AssignmentIndex;
+use super::cache::{CachedToken, FetchError, Lookup, TokenCache};
+use super::exceptions::ExceptionIndex;
+use super::identity::{ResolvedIdentity, Wanted, candidates};
+use super::managed::ManagedCatalog;
+use super::metrics::NmiMetrics;
+use super::pods::{PodIndex, PodInfo, pod_key};
+use super::source::{SourceError, TokenRequest, TokenTarget};
+use crate::crd::AssignedState;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where a pod's identities come from.
+pub enum IdentityFeed {
+    /// `--operation-mode standard`: AzureAssignedIdentity objects written by MIC.
+    Standard(Arc<AssignmentIndex>),
+    /// `--operation-mode managed`: bindings and identities read directly.
+    Managed(Arc<ManagedCatalog>),
+}
+
+/// The broker's knobs.
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    /// This node's name (for messages).
+    pub node: String,
+    /// Namespace of MIC, whose own pods get the node's token (`--MICNamespace`).
+    pub mic_namespace: String,
+    /// How long a request waits for its identity to become `Assigned`
+    /// (`--retry-attempts-for-created` × `--find-identity-retry-interval`).
+    pub assignment_wait: Duration,
+    /// Extra wait when a matching identity exists but is still `Created` at that deadline
+    /// (`--retry-attempts-for-assigned` × `--find-identity-retry-interval`).
+    pub assigned_grace: Duration,
+    /// How long a request waits for a pod the watch has not announced yet.
+    pub pod_arrival_timeout: Duration,
+}
+
+/// Why a token request failed. Each variant maps to the original's status code.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No Pending/Running pod of this node has the caller's IP, even after the arrival wait.
+    #[error("no pod found with IP {ip} on node {node}")]
+    PodNotFound {
+        /// Caller IP.
+        ip: IpAddr,
+        /// This node.
+        node: String,
+    },
+    /// The pod has no (matching, assigned) identity within the wait.
+    #[error(
+        "getting assigned identities for pod {pod} in ASSIGNED state failed after {waited:?}: {detail}"
+    )]
+    IdentityNotFound {
+        /// `namespace/name`.
+        pod: String,
+        /// How long the request waited.
+        waited: Duration,
+        /// What was missing.
+        detail: String,
+    },
+    /// The identity's token could not be obtained.
+    #[error("failed to get service principal token for pod {pod}: {source}")]
+    Token {
+        /// `namespace/name`.
+        pod: String,
+        /// What failed.
+        #[source]
+        source: FetchError,
+    },
+}
+
+impl BrokerError {
+    /// The HTTP status the original answers with (404 not found, 403 refused, 503 unreachable).
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::PodNotFound { .. } | Self::IdentityNotFound { .. } => 404,
+            Self::Token { source, .. } => match source {
+                FetchError::Source(SourceError::Unreachable(_)) | FetchError::Timeout(_) => 503,
+                _ => 403,
+            },
+        }
+    }
+
+    /// True for "not found" errors, which `--set-retry-after-header` turns into 503 + Retry-After.
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::PodNotFound { .. } | Self::IdentityNotFound { .. }
+        )
+    }
+
+    /// Short label for metrics.
+    #[must_use]
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::PodNotFound { .. } => "pod_not_found",
+            Self::IdentityNotFound { .. } => "identity_not_found",
+            Self::Token { source, .. } => source.metric_label(),
+        }
+    }
+}
+
+/// A token ready to serve.
+#[derive(Debug)]
+pub struct Answer {
+    /// The token.
+    pub token: Arc<CachedToken>,
+    /// Client id of the identity that answered ("" for the node's own identity).
+    pub client_id: Arc<str>,
+    /// Namespace of the calling pod (metrics label).
+    pub namespace: Arc<str>,
+    /// How the cache served it.
+    pub lookup: Lookup,
+}
+
+/// The per-request flow, shared by every HTTP worker.
+pub struct Broker {
+    /// Pods of this node.
+    pub pods: Arc<PodIndex>,
+    /// Identities per pod.
+    pub feed: IdentityFeed,
+    /// Exceptions.
+    pub exceptions: Arc<ExceptionIndex>,
+    /// Tokens.
+    pub cache: Arc<TokenCache>,
+    settings: BrokerSettings,
+    metrics: Option<NmiMetrics>,
+}
+
+impl Broker {
+    /// A broker over the given indexes.
+    #[must_use]
+    pub fn new(
+        pods: Arc<PodIndex>,
+        feed: IdentityFeed,
+        exceptions: Arc<ExceptionIndex>,
+        cache: Arc<TokenCache>,
+        settings: BrokerSettings,
+        metrics: Option<NmiMetrics>,
+    ) -> Self {
+        Self {
+            pods,
+            feed,
+            exceptions,
+            cache,
+            settings,
+            metrics,
+        }
+    }
+
+    /// True once the pod index and the identity feed hold a full list.
+    #[must_use]
+    pub fn caches_synced(&self) -> bool {
+        self.pods.is_synced()
+            && self.exceptions.is_synced()
+            && match &self.feed {
+                IdentityFeed::Standard(a) => a.is_synced(),
+                IdentityFeed::Managed(m) => m.is_synced(),
+            }
+    }
+
+    fn observe_wait(&self, kind: &str, since: Instant) {
+        if let Some(m) = &self.metrics {
+            m.wait_seconds
+                .with_label_values(&[kind])
+                .observe(since.elapsed().as_secs_f64());
+        }
+    }
+
+    /// A token for the pod calling from `ip` (the token endpoint).
+    ///
+    /// # Errors
+    /// [`BrokerError`] with the reason; see [`BrokerError::status`].
+    pub async fn token_for_ip(
+        &self,
+        ip: IpAddr,
+        wanted: Wanted<'_>,
+        resource: &str,
+    ) -> Result<Answer, BrokerError> {
+        let pod = match self.pods.by_ip(ip) {
+            Some(p) => p,
+            None => {
+                let started = Instant::now();
+                let found = self
+                    .pods
+                    .wait_for_ip(ip, self.settings.pod_arrival_timeout)
+                    .await;
+                self.observe_wait("pod", started);
+                found.ok_or_else(|| BrokerError::PodNotFound {
+                    ip,
+                    node: self.settings.node.clone(),
+                })?
+            }
+        };
+        if self.exceptions.excepts(&pod) || self.is_mic(&pod) {
+            return self.node_token(&pod, wanted, resource).await;
+        }
+        self.token_for_pod(&pod.key, &pod.namespace, Some(&pod), wanted, resource)
+            .await
+    }
+
+    /// A token for the pod `namespace/name` named by a host-network caller (`/host/token`).
+    ///
+    /// # Errors
+    /// [`BrokerError`] with the reason.
+    pub async fn token_for_named_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        wanted: Wanted<'_>,
+        resource: &str,
+    ) -> Result<Answer, BrokerError> {
+        let key = pod_key(namespace, name);
+        let pod = self.pods.by_key(&key);
+        self.token_for_pod(&key, namespace, pod.as_deref(), wanted, resource)
+            .await
+    }
+
+    fn is_mic(&self, pod: &PodInfo) -> bool {
+        pod.namespace
+            .eq_ignore_ascii_case(&self.settings.mic_namespace)
+            && pod
+                .replicaset
+                .as_deref()
+                .is_some_and(|rs| rs.starts_with("mic"))
+    }
+
+    async fn node_token(
+        &self,
+        pod: &PodInfo,
+        wanted: Wanted<'_>,
+        resource: &str,
+    ) -> Result<Answer, BrokerError> {
+        // As the original: an excepted pod may name a client id and gets that identity's token
+        // from the node's metadata service; otherwise the node's own identity.
+        let client_id = match wanted {
+            Wanted::ClientId(c) => Some(c.to_string()),
+            _ => None,
+        };
+        let key: Arc<str> = format!("node/{}", client_id.as_deref().unwrap_or("")).into();
+        let (token, lookup) = self
+            .cache
+            .get(&key, resource, || TokenRequest {
+                target: TokenTarget::Node {
+                    client_id: client_id.clone(),
+                },
+                resource: resource.to_string(),
+            })
+            .await
+            .map_err(|source| BrokerError::Token {
+                pod: pod.key.to_string(),
+                source,
+            })?;
+        Ok(Answer {
+            token,
+            client_id: client_id.unwrap_or_default().into(),
+            namespace: Arc::clone(&pod.namespace),
+            lookup,
+        })
+    }
+
+    async fn token_for_pod(
+        &self,
+        key: &str,
+        namespace: &str,
+        pod: Option<&PodInfo>,
+        wanted: Wanted<'_>,
+        resource: &str,
+    ) -> Result<Answer, BrokerError> {
+        let started = Instant::now();
+        let mut deadline = started + self.settings.assignment_wait;
+        let mut graced = false;
+        let mut waited = false;
+        let mut last_error: Option<FetchError> = None;
+        let mut standard_rx = None;
+        let mut managed_rx = None;
+        loop {
+            let ids = match &self.feed {
+                IdentityFeed::Standard(idx) => match standard_rx.as_mut() {
+                    None => idx.current(key).unwrap_or_default(),
+                    Some(rx) => Arc::clone(&*tokio::sync::watch::Receiver::borrow_and_update(rx)),
+                },
+                IdentityFeed::Managed(cat) => {
+                    if let Some(rx) = managed_rx.as_mut() {
+                        tokio::sync::watch::Receiver::<u64>::borrow_and_update(rx);
+                    }
+                    Arc::new(pod.map(|p| cat.resolve(p)).unwrap_or_default())
+                }
+            };
+            match wanted {
+                Wanted::ObjectId(oid) => {
+                    for id in candidates(&ids, namespace, wanted) {
+                        match self.fetch(key, namespace, id, resource).await {
+                            Ok(a) if a.token.token.object_id.as_deref() == Some(oid) => {
+                                if waited {
+                                    self.observe_wait("assignment", started);
+                                }
+                                return Ok(a);
+                            }
+                            Ok(_) => {}
+                            Err(BrokerError::Token { source, .. }) => last_error = Some(source),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(id) = candidates(&ids, namespace, wanted).next() {
+                        if waited {
+                            self.observe_wait("assignment", started);
+                        }
+                        return self.fetch(key, namespace, id, resource).await;
+                    }
+                }
+            }
+            // Not (yet) there: subscribe, then re-check before sleeping so no update is missed.
+            if !waited {
+                waited = true;
+                match &self.feed {
+                    IdentityFeed::Standard(idx) => standard_rx = Some(idx.subscribe(key)),
+                    IdentityFeed::Managed(cat) => managed_rx = Some(cat.subscribe()),
+                }
+                continue;
+            }
+            let changed = match (&mut standard_rx, &mut managed_rx) {
+                (Some(rx), _) => tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                (_, Some(rx)) => tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                _ => false,
+            };
+            if !changed
+                && !graced
+                && ids.iter().any(|i| {
+                    i.state == AssignedState::Created
+                        && wanted.names(i)
+                        && i.serves_namespace(namespace)
+                })
+            {
+                // As the original's second loop: an identity being assigned gets extra time.
+                graced = true;
+                deadline += self.settings.assigned_grace;
+                continue;
+            }
+            if !changed {
+                self.observe_wait("assignment", started);
+                let detail = describe_missing(&ids, namespace, wanted, last_error.as_ref());
+                return Err(BrokerError::IdentityNotFound {
+                    pod: key.to_string(),
+                    waited: started.elapsed(),
+                    detail,
+                });
+            }
+        }
+    }
+
+    async fn fetch(
+        &self,
+        key: &str,
+        namespace: &str,
+        id: &Arc<ResolvedIdentity>,
+        resource: &str,
+    ) -> Result<Answer, BrokerError> {
+        let (token, lookup) = self
+            .cache
+            .get(&id.cache_key, resource, || id.token_request(resource))
+            .await
+            .map_err(|source| BrokerError::Token {
+                pod: key.to_string(),
+                source,
+            })?;
+        Ok(Answer {
+            token,
+            client_id: Arc::clone(&id.client_id),
+            namespace: namespace.into(),
+            lookup,
+        })
+    }
+}
+
+fn describe_missing(
+    ids: &[Arc<ResolvedIdentity>],
+    namespace: &str,
+    wanted: Wanted<'_>,
+    last_error: Option<&FetchError>,
+) -> String {
+    let named = match wanted {
+        Wanted::Any => String::new(),
+        Wanted::ClientId(c) => format!(" with client id {c}"),
+        Wanted::ResourceId(r) => format!(" with resource id {r}"),
+        Wanted::ObjectId(o) => format!(" with object id {o}"),
+    };
+    if ids.is_empty() {
+        return format!("no identity{named} is bound to the pod");
+    }
+    let matching: Vec<&Arc<ResolvedIdentity>> = ids.iter().filter(|i| wanted.names(i)).collect();
+    if matching.is_empty() {
+        return format!("no identity{named} is bound to the pod");
+    }
+    if !matching.iter().any(|i| i.serves_namespace(namespace)) {
+        return format!("identity{named} is namespaced and may not serve namespace {namespace}");
+    }
+    if let Some(e) = last_error {
+        return format!("no identity{named} could be confirmed: {e}");
+    }
+    let states: Vec<String> = matching
+        .iter()
+        .map(|i| {
+            format!(
+                "{}/{}={}",
+                i.identity_namespace,
+                i.identity_name,
+                i.state.as_str()
+            )
+        })
+        .collect();
+    format!("identity{named} not yet assigned ({})", states.join(", "))
+}
+
+#[cfg(test)]
+#[path = "broker_tests.rs"]
+mod tests;

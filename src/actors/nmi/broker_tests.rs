@@ -1,0 +1,475 @@
+//! Broker behaviour under a paused clock, with a fake token source.
+
+use super::*;
+use crate::actors::nmi::assignments::fixtures::assigned;
+use crate::actors::nmi::identity::fixtures::{identity, namespaced};
+use crate::actors::nmi::pods::fixtures::pod;
+use crate::actors::nmi::source::{UpstreamToken, unix_now};
+use crate::actors::nmi::watchers::{Assigned, Sink};
+use crate::crd::{AssignedState, AzurePodIdentityException, AzurePodIdentityExceptionSpec};
+use async_trait::async_trait;
+use base64::Engine as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Records every request; answers with a JWT whose `oid` is `oid-<client id>`. Client id
+/// `refused` gets a 400, `down` an unreachable service.
+#[derive(Default)]
+struct FakeSource {
+    calls: AtomicUsize,
+    seen: Mutex<Vec<TokenRequest>>,
+}
+
+#[async_trait]
+impl crate::actors::nmi::source::TokenSource for FakeSource {
+    async fn fetch(&self, req: &TokenRequest) -> Result<UpstreamToken, SourceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.seen.lock().unwrap().push(req.clone());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let who = match &req.target {
+            TokenTarget::Node { client_id } => client_id.clone().unwrap_or_else(|| "node".into()),
+            TokenTarget::UserAssigned { client_id, .. } => client_id.clone(),
+            TokenTarget::ServicePrincipal { identity, .. } => identity.client_id.clone(),
+        };
+        match who.as_str() {
+            "down" => return Err(SourceError::Unreachable("connection refused".into())),
+            "refused" => {
+                return Ok(UpstreamToken {
+                    status: 400,
+                    body: r#"{"error":"invalid_request"}"#.into(),
+                });
+            }
+            _ => {}
+        }
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!(r#"{{"oid":"oid-{who}"}}"#));
+        let body = format!(
+            r#"{{"access_token":"h.{claims}.s","expires_on":"{}","resource":"{}","token_type":"Bearer"}}"#,
+            unix_now() + 3600,
+            req.resource
+        );
+        Ok(UpstreamToken {
+            status: 200,
+            body: body.into(),
+        })
+    }
+}
+
+struct World {
+    broker: Arc<Broker>,
+    pods: Arc<PodIndex>,
+    assignments: Arc<AssignmentIndex>,
+    exceptions: Arc<ExceptionIndex>,
+    cache: Arc<TokenCache>,
+    source: Arc<FakeSource>,
+}
+
+fn world() -> World {
+    let source = Arc::new(FakeSource::default());
+    let pods = Arc::new(PodIndex::new("node-1"));
+    let assignments = Arc::new(AssignmentIndex::new("node-1", false));
+    let exceptions = Arc::new(ExceptionIndex::new());
+    let cache = Arc::new(TokenCache::new(
+        source.clone(),
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+        None,
+    ));
+    let broker = Arc::new(Broker::new(
+        Arc::clone(&pods),
+        IdentityFeed::Standard(Arc::clone(&assignments)),
+        Arc::clone(&exceptions),
+        Arc::clone(&cache),
+        BrokerSettings {
+            node: "node-1".into(),
+            mic_namespace: "default".into(),
+            assignment_wait: Duration::from_secs(80),
+            assigned_grace: Duration::from_secs(20),
+            pod_arrival_timeout: Duration::from_secs(2),
+        },
+        None,
+    ));
+    World {
+        broker,
+        pods,
+        assignments,
+        exceptions,
+        cache,
+        source,
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn access_token(a: &Answer) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&a.token.token.render(0)).unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+fn oid_of(a: &Answer) -> String {
+    a.token.token.object_id.as_deref().unwrap().to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_is_answered_the_moment_its_identity_flips_to_assigned() {
+    let w = world();
+    w.pods.apply(&pod("ns", "p").ip("127.0.0.2").build());
+    let id = identity("ns", "id", "cid");
+    w.assignments
+        .apply(&assigned("ns", "p", &id, "node-1", AssignedState::Created));
+    let broker = Arc::clone(&w.broker);
+    let started = Instant::now();
+    let req = tokio::spawn(async move {
+        broker
+            .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+            .await
+            .map(|a| (oid_of(&a), Instant::now()))
+    });
+    tokio::time::sleep(Duration::from_millis(3_333)).await;
+    assert_eq!(w.assignments.waiters("ns/p"), 1);
+    let flipped = Instant::now();
+    w.assignments
+        .apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned));
+    let (oid, answered) = req.await.unwrap().unwrap();
+    assert_eq!(oid, "oid-cid");
+    // Answered after the flip plus the fake's 5 ms fetch, not at a polling boundary.
+    assert_eq!(answered - flipped, Duration::from_millis(5));
+    assert_eq!(flipped - started, Duration::from_millis(3_333));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_assignment_a_request_gives_up_at_the_deadline_with_404() {
+    let w = world();
+    w.pods.apply(&pod("ns", "p").ip("127.0.0.2").build());
+    w.assignments.apply(&assigned(
+        "ns",
+        "p",
+        &identity("ns", "id", "cid"),
+        "node-1",
+        AssignedState::Created,
+    ));
+    let started = Instant::now();
+    let err = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    // 80 s for Created, plus the 20 s grace because the identity exists and is being assigned.
+    assert_eq!(started.elapsed(), Duration::from_secs(100));
+    assert_eq!(err.status(), 404);
+    assert!(err.to_string().contains("ns/id=Created"), "{err}");
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(w.assignments.waiters("ns/p"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_identity_bound_to_another_pod_is_refused_and_never_fetched() {
+    let w = world();
+    w.pods.apply(&pod("ns", "a").ip("127.0.0.2").build());
+    w.pods.apply(&pod("ns", "b").ip("127.0.0.3").build());
+    let (x, y) = (identity("ns", "x", "cx"), identity("ns", "y", "cy"));
+    w.assignments
+        .apply(&assigned("ns", "a", &x, "node-1", AssignedState::Assigned));
+    w.assignments
+        .apply(&assigned("ns", "b", &y, "node-1", AssignedState::Assigned));
+    let ok = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::ClientId("CX"), "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&ok), "oid-cx");
+    let err = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::ClientId("cy"), "r")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 404);
+    let err = w
+        .broker
+        .token_for_ip(
+            ip("127.0.0.2"),
+            Wanted::ResourceId(&y.spec.resource_id),
+            "r",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 404);
+    let seen = w.source.seen.lock().unwrap();
+    assert!(seen.iter().all(
+        |r| matches!(&r.target, TokenTarget::UserAssigned { client_id, .. } if client_id == "cx")
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_several_identities_the_request_chooses_and_none_named_gets_the_first_by_name() {
+    let w = world();
+    w.pods.apply(&pod("ns", "p").ip("127.0.0.2").build());
+    for (name, cid) in [("zz", "c-zz"), ("aa", "c-aa"), ("mm", "c-mm")] {
+        w.assignments.apply(&assigned(
+            "ns",
+            "p",
+            &identity("ns", name, cid),
+            "node-1",
+            AssignedState::Assigned,
+        ));
+    }
+    let any = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&any), "oid-c-aa");
+    assert_eq!(&*any.client_id, "c-aa");
+    let named = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::ClientId("c-mm"), "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&named), "oid-c-mm");
+    let by_oid = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::ObjectId("oid-c-zz"), "r")
+        .await
+        .unwrap();
+    assert_eq!(&*by_oid.client_id, "c-zz");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exception_and_mic_pods_get_the_nodes_own_token() {
+    let w = world();
+    let mut exc = AzurePodIdentityException::new(
+        "exc",
+        AzurePodIdentityExceptionSpec {
+            pod_labels: [("app".to_string(), "dns".to_string())].into(),
+        },
+    );
+    exc.metadata.namespace = Some("kube-system".into());
+    w.exceptions.apply(&exc);
+    w.pods.apply(
+        &pod("kube-system", "dns")
+            .ip("127.0.0.2")
+            .label("app", "dns")
+            .build(),
+    );
+    w.pods.apply(
+        &pod("default", "mic-abc")
+            .ip("127.0.0.3")
+            .owned_by_replicaset("mic-7d9f")
+            .build(),
+    );
+    let a = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&a), "oid-node");
+    let b = w
+        .broker
+        .token_for_ip(ip("127.0.0.3"), Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&b), "oid-node");
+    let c = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::ClientId("uami"), "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&c), "oid-uami");
+    assert!(
+        w.source
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| matches!(r.target, TokenTarget::Node { .. }))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_namespaced_identity_never_serves_a_pod_of_another_namespace() {
+    let w = world();
+    w.pods.apply(&pod("team-b", "p").ip("127.0.0.2").build());
+    let id = namespaced(identity("team-a", "x", "cx"));
+    w.assignments.apply(&assigned(
+        "team-b",
+        "p",
+        &id,
+        "node-1",
+        AssignedState::Assigned,
+    ));
+    let err = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 404);
+    assert!(err.to_string().contains("namespaced"), "{err}");
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_the_watch_has_not_announced_yet_is_served_once_it_arrives() {
+    let w = world();
+    w.assignments.apply(&assigned(
+        "ns",
+        "late",
+        &identity("ns", "id", "cid"),
+        "node-1",
+        AssignedState::Assigned,
+    ));
+    let broker = Arc::clone(&w.broker);
+    let req =
+        tokio::spawn(async move { broker.token_for_ip(ip("127.0.0.9"), Wanted::Any, "r").await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    w.pods.apply(&pod("ns", "late").ip("127.0.0.9").build());
+    assert_eq!(oid_of(&req.await.unwrap().unwrap()), "oid-cid");
+    let started = Instant::now();
+    let err = w
+        .broker
+        .token_for_ip(ip("127.0.0.99"), Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::PodNotFound { .. }));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_concurrent_requests_from_a_hundred_pods_cause_one_upstream_fetch() {
+    let w = world();
+    let id = identity("ns", "shared", "cid");
+    for i in 0..100u8 {
+        let name = format!("p{i}");
+        w.pods
+            .apply(&pod("ns", &name).ip(&format!("127.0.1.{i}")).build());
+        w.assignments.apply(&assigned(
+            "ns",
+            &name,
+            &id,
+            "node-1",
+            AssignedState::Assigned,
+        ));
+    }
+    let mut tasks = Vec::new();
+    for n in 0..1000u32 {
+        let broker = Arc::clone(&w.broker);
+        let caller = ip(&format!("127.0.1.{}", n % 100));
+        tasks.push(tokio::spawn(async move {
+            broker
+                .token_for_ip(caller, Wanted::Any, "https://vault.azure.net")
+                .await
+                .map(|a| access_token(&a))
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        tokens.insert(t.await.unwrap().unwrap());
+    }
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unassigning_an_identity_from_its_last_pod_drops_its_tokens_and_refuses_the_pod() {
+    let w = world();
+    w.pods.apply(&pod("ns", "p").ip("127.0.0.2").build());
+    let id = identity("ns", "id", "cid");
+    let sink = Assigned(Arc::clone(&w.assignments), Arc::clone(&w.cache));
+    sink.apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned));
+    w.broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(w.cache.identity_count(), 1);
+    sink.apply(&assigned(
+        "ns",
+        "p",
+        &id,
+        "node-1",
+        AssignedState::Unassigned,
+    ));
+    assert_eq!(w.cache.identity_count(), 0);
+    let err = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 404);
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_failures_map_to_403_when_refused_and_503_when_unreachable() {
+    let w = world();
+    w.pods.apply(&pod("ns", "p").ip("127.0.0.2").build());
+    for (name, cid) in [("a", "refused"), ("b", "down")] {
+        w.assignments.apply(&assigned(
+            "ns",
+            "p",
+            &identity("ns", name, cid),
+            "node-1",
+            AssignedState::Assigned,
+        ));
+    }
+    let e = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::ClientId("refused"), "r")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 403);
+    assert!(e.to_string().contains("invalid_request"), "{e}");
+    let e = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::ClientId("down"), "r")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn managed_mode_serves_bound_identities_and_wakes_when_a_binding_appears() {
+    use crate::crd::{AzureIdentityBinding, AzureIdentityBindingSpec, POD_LABEL};
+    let w = world();
+    let catalog = Arc::new(ManagedCatalog::new());
+    let broker = Arc::new(Broker::new(
+        Arc::clone(&w.pods),
+        IdentityFeed::Managed(Arc::clone(&catalog)),
+        Arc::clone(&w.exceptions),
+        Arc::clone(&w.cache),
+        BrokerSettings {
+            node: "node-1".into(),
+            mic_namespace: "default".into(),
+            assignment_wait: Duration::from_secs(10),
+            assigned_grace: Duration::from_secs(0),
+            pod_arrival_timeout: Duration::from_secs(2),
+        },
+        None,
+    ));
+    w.pods.apply(
+        &pod("ns", "p")
+            .ip("127.0.0.2")
+            .label(POD_LABEL, "web")
+            .build(),
+    );
+    catalog.apply_identity(&identity("ns", "id", "cid"));
+    let b2 = Arc::clone(&broker);
+    let req = tokio::spawn(async move { b2.token_for_ip(ip("127.0.0.2"), Wanted::Any, "r").await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut binding = AzureIdentityBinding::new(
+        "b",
+        AzureIdentityBindingSpec {
+            azure_identity: "id".into(),
+            selector: "web".into(),
+            weight: 0,
+        },
+    );
+    binding.metadata.namespace = Some("ns".into());
+    catalog.apply_binding(&binding);
+    assert_eq!(oid_of(&req.await.unwrap().unwrap()), "oid-cid");
+    let host = broker
+        .token_for_named_pod("ns", "p", Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(&*host.client_id, "cid");
+}

@@ -1,0 +1,442 @@
+//! The token cache: one slot per (identity, resource), refreshed before expiry, with at most one
+//! upstream fetch in flight per slot however many requests ask at once (single flight).
+//!
+//! The cache never decides who may have a token: the broker authorizes every request first and
+//! only then asks here. Slots for an identity are dropped when the identity is no longer
+//! assigned to any pod on the node ([`TokenCache::drop_identity`]).
+//!
+//! Hot path: two concurrent-map reads and one short, uncontended-by-design mutex section that is
+//! never held across an await.
+
+use super::metrics::NmiMetrics;
+use super::source::{RenderedToken, SourceError, TokenRequest, TokenSource, unix_now};
+use dashmap::DashMap;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Why the cache could not produce a token.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The source could not get an answer.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The token service answered with an error status (its body is relayed to the caller).
+    #[error("token service answered {status}: {}", excerpt(body))]
+    Upstream {
+        /// Status of the token service.
+        status: u16,
+        /// Body of the token service (an error document, never a token).
+        body: bytes::Bytes,
+    },
+    /// The token service answered 200 but not with a token.
+    #[error("{0}")]
+    Malformed(String),
+    /// The upstream fetch took longer than the configured bound.
+    #[error("token service did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The start of an upstream error document, for messages (error documents hold no tokens).
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(512)])
+        .trim()
+        .to_string()
+}
+
+impl FetchError {
+    /// Short label for metrics.
+    #[must_use]
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Source(SourceError::Unreachable(_)) => "unreachable",
+            Self::Source(SourceError::Refused(_)) => "refused",
+            Self::Upstream { .. } => "upstream_status",
+            Self::Malformed(_) => "malformed",
+            Self::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// A token held by the cache.
+#[derive(Debug)]
+pub struct CachedToken {
+    /// The token, ready to render.
+    pub token: RenderedToken,
+    /// When to start refreshing (expiry minus the refresh margin).
+    refresh_at: Instant,
+    /// When the token must no longer be served.
+    expires_at: Instant,
+}
+
+/// How a lookup was served, for metrics and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Fresh token from the cache.
+    Hit,
+    /// Token still valid but in its refresh window: served, refresh started in the background.
+    Refreshing,
+    /// Waited for an upstream fetch (started by this or another request).
+    Miss,
+}
+
+type Inflight = Shared<BoxFuture<'static, Result<Arc<CachedToken>, FetchError>>>;
+
+#[derive(Default)]
+struct SlotState {
+    token: Option<Arc<CachedToken>>,
+    inflight: Option<Inflight>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct IdentitySlots {
+    by_resource: DashMap<Box<str>, Arc<Slot>>,
+}
+
+/// Token cache keyed by identity cache key, then resource.
+pub struct TokenCache {
+    identities: DashMap<Arc<str>, Arc<IdentitySlots>>,
+    source: Arc<dyn TokenSource>,
+    refresh_margin: Duration,
+    fetch_timeout: Duration,
+    metrics: Option<NmiMetrics>,
+}
+
+impl TokenCache {
+    /// A cache fetching from `source`, refreshing `refresh_margin` before expiry and giving up
+    /// on an upstream fetch after `fetch_timeout`.
+    #[must_use]
+    pub fn new(
+        source: Arc<dyn TokenSource>,
+        refresh_margin: Duration,
+        fetch_timeout: Duration,
+        metrics: Option<NmiMetrics>,
+    ) -> Self {
+        Self {
+            identities: DashMap::new(),
+            source,
+            refresh_margin,
+            fetch_timeout,
+            metrics,
+        }
+    }
+
+    /// The token for (`identity_key`, `resource`); `request` builds the upstream request if one
+    /// is needed. The caller must have authorized the request already.
+    ///
+    /// # Errors
+    /// [`FetchError`] when no valid token is cached and the upstream fetch fails.
+    pub async fn get(
+        &self,
+        identity_key: &Arc<str>,
+        resource: &str,
+        request: impl FnOnce() -> TokenRequest,
+    ) -> Result<(Arc<CachedToken>, Lookup), FetchError> {
+        let slots = match self.identities.get(identity_key.as_ref()) {
+            Some(s) => Arc::clone(&s),
+            None => Arc::clone(&self.identities.entry(Arc::clone(identity_key)).or_default()),
+        };
+        let slot = match slots.by_resource.get(resource) {
+            Some(s) => Arc::clone(&s),
+            None => Arc::clone(&slots.by_resource.entry(resource.into()).or_default()),
+        };
+        let now = Instant::now();
+        let fut = {
+            let mut st = slot
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(t) = &st.token {
+                if now < t.refresh_at {
+                    let t = Arc::clone(t);
+                    drop(st);
+                    self.count("hit");
+                    return Ok((t, Lookup::Hit));
+                }
+                if now < t.expires_at {
+                    let t = Arc::clone(t);
+                    if st.inflight.is_none() {
+                        let f = self.start_fetch(&slot, request());
+                        st.inflight = Some(f.clone());
+                        // Nobody waits on a background refresh; drive it on its own task.
+                        tokio::spawn(f);
+                    }
+                    drop(st);
+                    self.count("refreshing");
+                    return Ok((t, Lookup::Refreshing));
+                }
+                st.token = None;
+            }
+            match &st.inflight {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.start_fetch(&slot, request());
+                    st.inflight = Some(f.clone());
+                    f
+                }
+            }
+        };
+        self.count("miss");
+        fut.await.map(|t| (t, Lookup::Miss))
+    }
+
+    fn count(&self, result: &str) {
+        if let Some(m) = &self.metrics {
+            m.cache_lookups.with_label_values(&[result]).inc();
+        }
+    }
+
+    fn start_fetch(&self, slot: &Arc<Slot>, request: TokenRequest) -> Inflight {
+        let source = Arc::clone(&self.source);
+        let slot = Arc::clone(slot);
+        let margin = self.refresh_margin;
+        let timeout = self.fetch_timeout;
+        let metrics = self.metrics.clone();
+        async move {
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(timeout, source.fetch(&request)).await {
+                Err(_) => Err(FetchError::Timeout(timeout)),
+                Ok(Err(e)) => Err(FetchError::Source(e)),
+                Ok(Ok(up)) if up.status == 200 => {
+                    RenderedToken::parse(&up.body).map_err(|e| FetchError::Malformed(e.to_string()))
+                }
+                Ok(Ok(up)) => Err(FetchError::Upstream {
+                    status: up.status,
+                    body: up.body,
+                }),
+            };
+            if let Some(m) = &metrics {
+                let label = outcome
+                    .as_ref()
+                    .map_or_else(FetchError::metric_label, |_| "ok");
+                m.upstream_fetch_seconds
+                    .with_label_values(&[label])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let outcome = outcome.map(|token| {
+                let now = Instant::now();
+                let life = Duration::from_secs(token.expires_on.saturating_sub(unix_now()));
+                Arc::new(CachedToken {
+                    token,
+                    refresh_at: now + life.saturating_sub(margin),
+                    expires_at: now + life,
+                })
+            });
+            let mut st = slot
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.inflight = None;
+            if let Ok(t) = &outcome {
+                st.token = Some(Arc::clone(t));
+            }
+            outcome
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Forgets every token of an identity (it is no longer assigned to any pod on this node).
+    pub fn drop_identity(&self, identity_key: &str) {
+        self.identities.remove(identity_key);
+    }
+
+    /// Number of identities with at least one slot (for tests and metrics).
+    #[must_use]
+    pub fn identity_count(&self) -> usize {
+        self.identities.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::nmi::source::{TokenTarget, UpstreamToken};
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers with a token valid for `life` seconds after a 10 ms upstream delay.
+    struct Fake {
+        calls: AtomicUsize,
+        life: u64,
+        status: u16,
+    }
+
+    #[async_trait]
+    impl TokenSource for Fake {
+        async fn fetch(&self, req: &TokenRequest) -> Result<UpstreamToken, SourceError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let body = format!(
+                r#"{{"access_token":"tok-{n}","expires_on":"{}","resource":"{}","token_type":"Bearer"}}"#,
+                unix_now() + self.life,
+                req.resource
+            );
+            Ok(UpstreamToken {
+                status: self.status,
+                body: body.into(),
+            })
+        }
+    }
+
+    fn fake(life: u64, status: u16) -> Arc<Fake> {
+        Arc::new(Fake {
+            calls: AtomicUsize::new(0),
+            life,
+            status,
+        })
+    }
+
+    fn req() -> TokenRequest {
+        TokenRequest {
+            target: TokenTarget::Node { client_id: None },
+            resource: "r".into(),
+        }
+    }
+
+    fn access_token(t: &CachedToken) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&t.token.render(0)).unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_askers_share_one_upstream_fetch() {
+        let src = fake(3600, 200);
+        let cache = Arc::new(TokenCache::new(
+            src.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            None,
+        ));
+        let key: Arc<str> = Arc::from("id");
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let cache = Arc::clone(&cache);
+            let key = Arc::clone(&key);
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get(&key, "r", req)
+                    .await
+                    .map(|(t, _)| access_token(&t))
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "tok-0");
+        }
+        assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+        let (_, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(how, Lookup::Hit);
+        assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_in_its_refresh_window_is_served_while_one_refresh_runs() {
+        let src = fake(600, 200);
+        let cache = TokenCache::new(
+            src.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            None,
+        );
+        let key: Arc<str> = Arc::from("id");
+        let (first, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(how, Lookup::Miss);
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let (again, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(how, Lookup::Refreshing);
+        assert!(Arc::ptr_eq(&first, &again));
+        let (_, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(how, Lookup::Refreshing);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (fresh, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(how, Lookup::Hit);
+        assert_eq!(access_token(&fresh), "tok-1");
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_token_is_never_served() {
+        let src = fake(600, 200);
+        let cache = TokenCache::new(
+            src.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            None,
+        );
+        let key: Arc<str> = Arc::from("id");
+        cache.get(&key, "r", req).await.unwrap();
+        tokio::time::advance(Duration::from_secs(601)).await;
+        let (t, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(how, Lookup::Miss);
+        assert_eq!(access_token(&t), "tok-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_errors_reach_every_waiter_and_are_not_cached() {
+        let src = fake(600, 400);
+        let cache = Arc::new(TokenCache::new(
+            src.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            None,
+        ));
+        let key: Arc<str> = Arc::from("id");
+        let a = {
+            let (c, k) = (Arc::clone(&cache), Arc::clone(&key));
+            tokio::spawn(async move { c.get(&k, "r", req).await.map(|_| ()) })
+        };
+        let b = cache.get(&key, "r", req).await.map(|_| ());
+        assert!(matches!(b, Err(FetchError::Upstream { status: 400, .. })));
+        assert!(matches!(
+            a.await.unwrap(),
+            Err(FetchError::Upstream { status: 400, .. })
+        ));
+        assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+        let _ = cache.get(&key, "r", req).await;
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_an_identity_forgets_its_tokens() {
+        let src = fake(3600, 200);
+        let cache = TokenCache::new(
+            src.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            None,
+        );
+        let key: Arc<str> = Arc::from("id");
+        cache.get(&key, "r", req).await.unwrap();
+        cache.drop_identity("id");
+        assert_eq!(cache.identity_count(), 0);
+        let (_, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(how, Lookup::Miss);
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_slower_than_the_bound_times_out() {
+        struct Never;
+        #[async_trait]
+        impl TokenSource for Never {
+            async fn fetch(&self, _: &TokenRequest) -> Result<UpstreamToken, SourceError> {
+                futures::future::pending().await
+            }
+        }
+        let cache = TokenCache::new(
+            Arc::new(Never),
+            Duration::from_secs(300),
+            Duration::from_secs(5),
+            None,
+        );
+        let r = cache.get(&Arc::from("id"), "r", req).await;
+        assert!(matches!(r, Err(FetchError::Timeout(_))));
+    }
+}

@@ -1,0 +1,372 @@
+//! The pod index: this node's Pending and Running pods by IP (O(1), read from every HTTP worker)
+//! and by `namespace/name`, fed by the node-scoped pod watch.
+//!
+//! The first token request of a new pod can beat the watch event that announces it, so a lookup
+//! may wait for the pod's arrival ([`PodIndex::wait_for_ip`]): it sleeps on a [`Notify`] that
+//! every insert wakes, bounded by a short deadline. No polling.
+
+use crate::crd::POD_LABEL;
+use dashmap::DashMap;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// What NMI needs to know about a calling pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    /// `namespace/name`: the key of the pod's assignments.
+    pub key: Arc<str>,
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Name.
+    pub name: Arc<str>,
+    /// UID (distinguishes a pod from a later one reusing its IP).
+    pub uid: Arc<str>,
+    /// Pod IPs.
+    pub ips: Vec<IpAddr>,
+    /// Labels (matched against AzurePodIdentityExceptions).
+    pub labels: BTreeMap<String, String>,
+    /// Name of the owning ReplicaSet, if any (the original exempts MIC's own pods by it).
+    pub replicaset: Option<String>,
+}
+
+impl PodInfo {
+    /// The pod's `aadpodidbinding` label value.
+    #[must_use]
+    pub fn selector(&self) -> Option<&str> {
+        self.labels.get(POD_LABEL).map(String::as_str)
+    }
+
+    /// Builds the record for a pod that may call NMI: on `node`, Pending or Running, with an IP.
+    #[must_use]
+    pub fn from_pod(pod: &Pod, node: &str) -> Option<Self> {
+        let spec = pod.spec.as_ref()?;
+        if spec.node_name.as_deref() != Some(node) {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        if !matches!(status.phase.as_deref(), Some("Pending" | "Running")) {
+            return None;
+        }
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if let Some(ip) = status.pod_ip.as_deref().and_then(|s| s.parse().ok())
+            && !ips.contains(&ip)
+        {
+            ips.push(ip);
+        }
+        if ips.is_empty() {
+            return None;
+        }
+        let namespace = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        Some(Self {
+            key: pod_key(&namespace, &name).into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: pod.uid().unwrap_or_default().into(),
+            ips,
+            labels: pod.labels().clone(),
+            replicaset: pod
+                .owner_references()
+                .iter()
+                .find(|o| o.kind == "ReplicaSet")
+                .map(|o| o.name.clone()),
+        })
+    }
+}
+
+/// `namespace/name`.
+#[must_use]
+pub fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Pods of this node by IP and by key. Written only by the pod watcher.
+pub struct PodIndex {
+    node: String,
+    by_ip: DashMap<IpAddr, Arc<PodInfo>>,
+    by_key: DashMap<Arc<str>, Arc<PodInfo>>,
+    arrivals: Notify,
+    synced: AtomicBool,
+}
+
+impl PodIndex {
+    /// An empty index for `node`.
+    #[must_use]
+    pub fn new(node: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            by_ip: DashMap::new(),
+            by_key: DashMap::new(),
+            arrivals: Notify::new(),
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    /// Records a pod added or changed; a pod that left this node or finished is removed.
+    pub fn apply(&self, pod: &Pod) {
+        match PodInfo::from_pod(pod, &self.node) {
+            Some(info) => self.insert(info),
+            None => self.delete(pod),
+        }
+    }
+
+    /// Records a pod's deletion.
+    pub fn delete(&self, pod: &Pod) {
+        let key = pod_key(&pod.namespace().unwrap_or_default(), &pod.name_any());
+        if let Some((_, old)) = self.by_key.remove(key.as_str()) {
+            for ip in &old.ips {
+                self.by_ip.remove_if(ip, |_, cur| cur.uid == old.uid);
+            }
+        }
+    }
+
+    fn insert(&self, info: PodInfo) {
+        let info = Arc::new(info);
+        if let Some(old) = self.by_key.insert(Arc::clone(&info.key), Arc::clone(&info)) {
+            for ip in old.ips.iter().filter(|ip| !info.ips.contains(ip)) {
+                self.by_ip.remove_if(ip, |_, cur| cur.uid == old.uid);
+            }
+        }
+        for ip in &info.ips {
+            self.by_ip.insert(*ip, Arc::clone(&info));
+        }
+        self.arrivals.notify_waiters();
+    }
+
+    /// Replaces the whole content after a (re)list; marks the index synced.
+    pub fn replace_all(&self, pods: &[Pod]) {
+        let fresh: Vec<PodInfo> = pods
+            .iter()
+            .filter_map(|p| PodInfo::from_pod(p, &self.node))
+            .collect();
+        let keep: std::collections::HashSet<&str> = fresh.iter().map(|p| &*p.key).collect();
+        let gone: Vec<Arc<str>> = self
+            .by_key
+            .iter()
+            .filter(|e| !keep.contains(&**e.key()))
+            .map(|e| Arc::clone(e.key()))
+            .collect();
+        for key in gone {
+            if let Some((_, old)) = self.by_key.remove(&key) {
+                for ip in &old.ips {
+                    self.by_ip.remove_if(ip, |_, cur| cur.uid == old.uid);
+                }
+            }
+        }
+        for info in fresh {
+            self.insert(info);
+        }
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// The pod with this IP, now.
+    #[must_use]
+    pub fn by_ip(&self, ip: IpAddr) -> Option<Arc<PodInfo>> {
+        self.by_ip.get(&ip.to_canonical()).map(|p| Arc::clone(&p))
+    }
+
+    /// The pod `namespace/name`, now.
+    #[must_use]
+    pub fn by_key(&self, key: &str) -> Option<Arc<PodInfo>> {
+        self.by_key.get(key).map(|p| Arc::clone(&p))
+    }
+
+    /// The pod with this IP, waiting up to `within` for it to arrive.
+    pub async fn wait_for_ip(&self, ip: IpAddr, within: Duration) -> Option<Arc<PodInfo>> {
+        if let Some(p) = self.by_ip(ip) {
+            return Some(p);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.arrivals.notified();
+            tokio::pin!(notified);
+            // Register before checking so an insert between the check and the await is not lost.
+            notified.as_mut().enable();
+            if let Some(p) = self.by_ip(ip) {
+                return Some(p);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.by_ip(ip);
+            }
+        }
+    }
+
+    /// True once the first list of pods is in.
+    #[must_use]
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Number of pods indexed.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// True when no pod is indexed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    /// Builder for test pods: `pod("ns", "name").ip("127.0.0.2").on_node("n1")`.
+    pub struct PodBuilder(Pod);
+
+    pub fn pod(ns: &str, name: &str) -> PodBuilder {
+        PodBuilder(Pod {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                uid: Some(format!("uid-{ns}-{name}")),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("node-1".into()),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                ..PodStatus::default()
+            }),
+        })
+    }
+
+    impl PodBuilder {
+        pub fn ip(mut self, ip: &str) -> Self {
+            let st = self.0.status.as_mut().unwrap();
+            st.pod_ip = Some(ip.into());
+            st.pod_ips = Some(vec![PodIP { ip: ip.into() }]);
+            self
+        }
+        pub fn on_node(mut self, node: &str) -> Self {
+            self.0.spec.as_mut().unwrap().node_name = Some(node.into());
+            self
+        }
+        pub fn phase(mut self, phase: &str) -> Self {
+            self.0.status.as_mut().unwrap().phase = Some(phase.into());
+            self
+        }
+        pub fn label(mut self, k: &str, v: &str) -> Self {
+            self.0
+                .metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(k.into(), v.into());
+            self
+        }
+        pub fn owned_by_replicaset(mut self, rs: &str) -> Self {
+            self.0.metadata.owner_references = Some(vec![OwnerReference {
+                kind: "ReplicaSet".into(),
+                name: rs.into(),
+                api_version: "apps/v1".into(),
+                uid: "rs".into(),
+                ..OwnerReference::default()
+            }]);
+            self
+        }
+        pub fn build(self) -> Pod {
+            self.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::pod;
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn running_pods_of_this_node_are_found_by_ip() {
+        let idx = PodIndex::new("node-1");
+        idx.apply(&pod("ns", "a").ip("127.0.0.2").build());
+        idx.apply(&pod("ns", "b").ip("127.0.0.3").on_node("node-2").build());
+        idx.apply(&pod("ns", "c").ip("127.0.0.4").phase("Succeeded").build());
+        assert_eq!(&*idx.by_ip(ip("127.0.0.2")).unwrap().key, "ns/a");
+        assert!(idx.by_ip(ip("127.0.0.3")).is_none());
+        assert!(idx.by_ip(ip("127.0.0.4")).is_none());
+        assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn a_finished_pod_leaves_and_a_reused_ip_points_at_the_new_pod() {
+        let idx = PodIndex::new("node-1");
+        idx.apply(&pod("ns", "old").ip("127.0.0.2").build());
+        idx.apply(&pod("ns", "new").ip("127.0.0.2").build());
+        idx.apply(&pod("ns", "old").ip("127.0.0.2").phase("Failed").build());
+        assert_eq!(&*idx.by_ip(ip("127.0.0.2")).unwrap().name, "new");
+        idx.delete(&pod("ns", "new").build());
+        assert!(idx.by_ip(ip("127.0.0.2")).is_none());
+    }
+
+    #[test]
+    fn an_ip_change_moves_the_pod() {
+        let idx = PodIndex::new("node-1");
+        idx.apply(&pod("ns", "a").ip("127.0.0.2").build());
+        idx.apply(&pod("ns", "a").ip("127.0.0.9").build());
+        assert!(idx.by_ip(ip("127.0.0.2")).is_none());
+        assert!(idx.by_ip(ip("127.0.0.9")).is_some());
+        assert!(idx.by_ip(ip("::ffff:127.0.0.9")).is_some());
+    }
+
+    #[test]
+    fn a_relist_drops_what_is_gone_and_marks_synced() {
+        let idx = PodIndex::new("node-1");
+        idx.apply(&pod("ns", "gone").ip("127.0.0.2").build());
+        assert!(!idx.is_synced());
+        idx.replace_all(&[pod("ns", "kept").ip("127.0.0.3").build()]);
+        assert!(idx.is_synced());
+        assert!(idx.by_ip(ip("127.0.0.2")).is_none());
+        assert!(idx.by_ip(ip("127.0.0.3")).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_its_pod_to_arrive() {
+        let idx = Arc::new(PodIndex::new("node-1"));
+        let waiter = {
+            let idx = Arc::clone(&idx);
+            tokio::spawn(async move {
+                idx.wait_for_ip(ip("127.0.0.5"), Duration::from_secs(2))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        idx.apply(&pod("ns", "other").ip("127.0.0.6").build());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        idx.apply(&pod("ns", "late").ip("127.0.0.5").build());
+        let found = waiter.await.unwrap().unwrap();
+        assert_eq!(&*found.name, "late");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_never_arrives_gives_up_at_the_deadline() {
+        let idx = PodIndex::new("node-1");
+        let start = tokio::time::Instant::now();
+        assert!(
+            idx.wait_for_ip(ip("127.0.0.5"), Duration::from_secs(2))
+                .await
+                .is_none()
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,503 @@
+//! The simulated Azure's state and rules, free of HTTP: compute resources and their identities,
+//! the identity and service-principal registry, long-running operations, injected faults, the
+//! per-subscription write budget, and the counters tests read.
+//!
+//! Handlers lock [`Inner`], decide, and unlock before any deliberate delay, so a slow or hung
+//! answer never blocks other requests.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+/// Which requests a fault applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultTarget {
+    /// Any ARM request (GET, PATCH, poll).
+    AnyArm,
+    /// ARM GET of a VM or scale set.
+    ArmGet,
+    /// ARM PATCH of a VM or scale set.
+    ArmPatch,
+    /// ARM long-running-operation polls.
+    ArmPoll,
+    /// Metadata-service token requests (any node).
+    Imds,
+    /// Azure AD token requests.
+    Aad,
+}
+
+/// What a fault does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Answer this status with an ARM (or OAuth) error body.
+    Status(u16),
+    /// Answer 429 with `Retry-After` in seconds; opens the subscription's throttle window.
+    Throttle {
+        /// Window in whole seconds.
+        retry_after_secs: u64,
+        /// Send the header as an HTTP date instead of seconds.
+        as_http_date: bool,
+    },
+    /// Never answer (until the client gives up).
+    Hang,
+    /// Answer normally after this extra delay.
+    Slow(Duration),
+    /// (PATCH only) accept, then let the long-running operation end `Failed` with this error;
+    /// the change is rolled back.
+    LroFailure {
+        /// Error code in the operation status.
+        code: String,
+        /// Error message.
+        message: String,
+    },
+}
+
+/// A fault for the next `remaining` matching requests.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// Which requests.
+    pub target: FaultTarget,
+    /// What happens.
+    pub kind: FaultKind,
+    /// How many more requests it applies to.
+    pub remaining: u32,
+}
+
+/// One request the simulator answered (for timestamp checks in tests).
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    /// Arrival time.
+    pub at: Instant,
+    /// HTTP method.
+    pub method: String,
+    /// Path (without query).
+    pub path: String,
+    /// Subscription the request concerned, if any.
+    pub subscription: Option<String>,
+    /// Status answered (0 for a hang).
+    pub status: u16,
+}
+
+/// Per-operation counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// ARM GETs per compute resource key (`vmss/<sub>/<rg>/<name>`).
+    pub gets: BTreeMap<String, u64>,
+    /// ARM PATCHes per compute resource key (every PATCH received, accepted or not).
+    pub patches: BTreeMap<String, u64>,
+    /// PATCHes that changed state.
+    pub patches_applied: u64,
+    /// 429 answers.
+    pub throttled: u64,
+    /// Requests for a subscription that arrived inside its throttle window (after the grace).
+    pub throttle_violations: u64,
+    /// Long-running-operation polls.
+    pub lro_polls: u64,
+    /// Injected faults served.
+    pub faults: u64,
+    /// ARM requests refused for a missing or bad bearer token.
+    pub unauthenticated: u64,
+    /// Metadata-service tokens issued.
+    pub imds_tokens: u64,
+    /// Metadata-service errors answered.
+    pub imds_errors: u64,
+    /// Azure AD tokens issued.
+    pub aad_tokens: u64,
+    /// Azure AD errors answered.
+    pub aad_errors: u64,
+}
+
+impl Counters {
+    /// Total ARM PATCHes.
+    #[must_use]
+    pub fn total_patches(&self) -> u64 {
+        self.patches.values().sum()
+    }
+
+    /// Total ARM GETs of compute resources.
+    #[must_use]
+    pub fn total_gets(&self) -> u64 {
+        self.gets.values().sum()
+    }
+}
+
+/// A user-assigned identity in the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// Identity name.
+    pub name: String,
+    /// ARM resource id.
+    pub resource_id: String,
+    /// Client id.
+    pub client_id: String,
+    /// Principal (object) id.
+    pub principal_id: String,
+    /// When false, assigning it is refused with `LinkedAuthorizationFailed` (the caller lacks
+    /// `userAssignedIdentities/assign/action` on it).
+    pub assignable: bool,
+}
+
+/// A service principal Azure AD knows.
+#[derive(Clone, Debug)]
+pub struct ServicePrincipal {
+    /// Client (application) id.
+    pub client_id: String,
+    /// Principal (object) id.
+    pub principal_id: String,
+    /// Tenants it may sign in to (home first, then auxiliary).
+    pub tenants: Vec<String>,
+    /// Client secret, for type 1.
+    pub secret: Option<String>,
+    /// `x5t` thumbprint and PKCS#1 RSA public key of its certificate, for type 2.
+    pub certificate: Option<(String, Vec<u8>)>,
+}
+
+/// A VM or scale set.
+#[derive(Clone, Debug)]
+pub(crate) struct Compute {
+    pub kind: &'static str,
+    pub subscription: String,
+    pub resource_group: String,
+    pub name: String,
+    pub system_assigned: bool,
+    /// Assigned identity ids (as first written) and when each was assigned.
+    pub user_assigned: Vec<(String, Instant)>,
+    pub provisioning_state: String,
+}
+
+impl Compute {
+    pub fn arm_type(&self) -> &'static str {
+        if self.kind == "vmss" {
+            "Microsoft.Compute/virtualMachineScaleSets"
+        } else {
+            "Microsoft.Compute/virtualMachines"
+        }
+    }
+
+    pub fn id(&self) -> String {
+        let seg = if self.kind == "vmss" {
+            "virtualMachineScaleSets"
+        } else {
+            "virtualMachines"
+        };
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{seg}/{}",
+            self.subscription, self.resource_group, self.name
+        )
+    }
+
+    pub fn identity_type(&self) -> &'static str {
+        match (self.system_assigned, !self.user_assigned.is_empty()) {
+            (false, false) => "None",
+            (true, false) => "SystemAssigned",
+            (false, true) => "UserAssigned",
+            (true, true) => "SystemAssigned, UserAssigned",
+        }
+    }
+
+    pub fn system_principal_id(&self) -> String {
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, self.id().to_lowercase().as_bytes())
+            .to_string()
+    }
+}
+
+/// A long-running operation.
+#[derive(Clone, Debug)]
+pub(crate) struct Operation {
+    pub resource_key: String,
+    pub remaining_polls: u32,
+    pub failure: Option<(String, String)>,
+    /// State to restore if the operation fails.
+    pub rollback: Option<(bool, Vec<(String, Instant)>)>,
+    pub done: bool,
+}
+
+/// Everything behind the simulator's lock.
+pub(crate) struct Inner {
+    pub tenant_id: String,
+    pub compute: HashMap<String, Compute>,
+    /// Identities by lower-cased resource id.
+    pub identities: BTreeMap<String, IdentityRecord>,
+    /// Service principals by client id (lower-case).
+    pub service_principals: BTreeMap<String, ServicePrincipal>,
+    pub operations: HashMap<String, Operation>,
+    pub faults: VecDeque<Fault>,
+    /// Write budget: (window start, writes in window) per subscription.
+    pub budget_windows: HashMap<String, (Instant, u32)>,
+    /// Throttle windows: (opened at, closed until) per subscription.
+    pub throttle_windows: HashMap<String, (Instant, Instant)>,
+    pub counters: Counters,
+    pub log: Vec<RequestRecord>,
+}
+
+/// Result of checking an identity PATCH body.
+pub(crate) enum PatchError {
+    /// 4xx with ARM code and message.
+    Refused(u16, &'static str, String),
+}
+
+impl Inner {
+    /// Takes the next fault matching `target`, if any.
+    pub fn take_fault(&mut self, target: FaultTarget) -> Option<FaultKind> {
+        let idx = self.faults.iter().position(|f| {
+            f.target == target
+                || (f.target == FaultTarget::AnyArm
+                    && matches!(
+                        target,
+                        FaultTarget::ArmGet | FaultTarget::ArmPatch | FaultTarget::ArmPoll
+                    ))
+        })?;
+        let fault = &mut self.faults[idx];
+        // An LRO failure only makes sense for a PATCH.
+        if matches!(fault.kind, FaultKind::LroFailure { .. }) && target != FaultTarget::ArmPatch {
+            return None;
+        }
+        fault.remaining = fault.remaining.saturating_sub(1);
+        let kind = fault.kind.clone();
+        if fault.remaining == 0 {
+            self.faults.remove(idx);
+        }
+        self.counters.faults += 1;
+        Some(kind)
+    }
+
+    /// Records an arrival; counts it as a violation if it falls inside the subscription's
+    /// throttle window (after `grace`, which covers requests already in flight).
+    pub fn arrive(&mut self, subscription: Option<&str>, grace: Duration) {
+        if let Some(sub) = subscription
+            && let Some((opened, until)) = self.throttle_windows.get(&sub.to_ascii_lowercase())
+        {
+            let now = Instant::now();
+            if now > *opened + grace && now < *until {
+                self.counters.throttle_violations += 1;
+            }
+        }
+    }
+
+    /// Opens a throttle window for `subscription`.
+    pub fn open_throttle_window(&mut self, subscription: &str, window: Duration) {
+        let now = Instant::now();
+        self.throttle_windows
+            .insert(subscription.to_ascii_lowercase(), (now, now + window));
+        self.counters.throttled += 1;
+    }
+
+    /// Seconds left in the subscription's throttle window, if it is open.
+    pub fn throttled_for(&self, subscription: &str) -> Option<u64> {
+        let (_, until) = self.throttle_windows.get(&subscription.to_ascii_lowercase())?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some(left.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    /// Charges one write against the budget; `Some(retry_after_secs)` when over budget.
+    pub fn charge_write(&mut self, subscription: &str, budget: Option<(u32, Duration)>) -> Option<u64> {
+        let (writes, window) = budget?;
+        let now = Instant::now();
+        let slot = self
+            .budget_windows
+            .entry(subscription.to_ascii_lowercase())
+            .or_insert((now, 0));
+        if now >= slot.0 + window {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+        if slot.1 <= writes {
+            return None;
+        }
+        let left = (slot.0 + window).saturating_duration_since(now);
+        Some(left.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    pub fn identity(&self, id: &str) -> Option<&IdentityRecord> {
+        self.identities.get(&id.to_ascii_lowercase())
+    }
+
+    /// The ARM JSON of a compute resource.
+    pub fn resource_json(&self, c: &Compute, location: &str) -> Value {
+        let mut body = json!({
+            "id": c.id(),
+            "name": c.name,
+            "type": c.arm_type(),
+            "location": location,
+            "properties": { "provisioningState": c.provisioning_state },
+        });
+        if c.system_assigned || !c.user_assigned.is_empty() {
+            let mut identity = json!({ "type": c.identity_type() });
+            if c.system_assigned {
+                identity["principalId"] = json!(c.system_principal_id());
+                identity["tenantId"] = json!(self.tenant_id);
+            }
+            if !c.user_assigned.is_empty() {
+                let mut map = Map::new();
+                for (id, _) in &c.user_assigned {
+                    let rec = self.identity(id);
+                    map.insert(
+                        id.clone(),
+                        json!({
+                            "principalId": rec.map(|r| r.principal_id.clone()).unwrap_or_default(),
+                            "clientId": rec.map(|r| r.client_id.clone()).unwrap_or_default(),
+                        }),
+                    );
+                }
+                identity["userAssignedIdentities"] = Value::Object(map);
+            }
+            body["identity"] = identity;
+        }
+        body
+    }
+
+    /// Checks an identity PATCH body against `c` with ARM's rules and returns the resulting
+    /// (system-assigned, user-assigned ids). Nothing is changed here.
+    pub fn evaluate_patch(
+        &self,
+        c: &Compute,
+        body: &Value,
+    ) -> Result<Option<(bool, Vec<String>)>, PatchError> {
+        let invalid = |msg: String| PatchError::Refused(400, "InvalidRequestContent", msg);
+        let Some(obj) = body.as_object() else {
+            return Err(invalid(
+                "The request content was invalid and could not be deserialized: the body must be a JSON object.".into(),
+            ));
+        };
+        let Some(identity) = obj.get("identity") else {
+            return Ok(None);
+        };
+        if identity.is_null() {
+            return Ok(None);
+        }
+        let Some(identity) = identity.as_object() else {
+            return Err(invalid(
+                "The request content was invalid and could not be deserialized: 'identity' must be an object.".into(),
+            ));
+        };
+        let kind = match identity.get("type") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => {
+                return Err(invalid(
+                    "The request content was invalid and could not be deserialized: 'identity.type' must be a string.".into(),
+                ));
+            }
+            None => {
+                return Err(PatchError::Refused(
+                    400,
+                    "InvalidParameter",
+                    "Required parameter 'identity.type' is missing (null).".into(),
+                ));
+            }
+        };
+        let mut system = false;
+        let mut user = false;
+        for part in kind.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+            match part.as_str() {
+                "systemassigned" => system = true,
+                "userassigned" => user = true,
+                "none" if !kind.contains(',') => {}
+                _ => {
+                    return Err(PatchError::Refused(
+                        400,
+                        "InvalidParameter",
+                        format!(
+                            "The value '{kind}' of parameter 'identity.type' is not valid. Allowed values are 'None', 'SystemAssigned', 'UserAssigned', 'SystemAssigned, UserAssigned'."
+                        ),
+                    ));
+                }
+            }
+        }
+        let entries: Vec<(String, bool)> = match identity.get("userAssignedIdentities") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(m)) => {
+                let mut v = Vec::new();
+                for (id, val) in m {
+                    match val {
+                        Value::Null => v.push((id.clone(), false)),
+                        Value::Object(_) => v.push((id.clone(), true)),
+                        _ => {
+                            return Err(invalid(format!(
+                                "The request content was invalid and could not be deserialized: the value for user-assigned identity '{id}' must be an object or null."
+                            )));
+                        }
+                    }
+                }
+                v
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "The request content was invalid and could not be deserialized: 'identity.userAssignedIdentities' must be an object.".into(),
+                ));
+            }
+        };
+        if !user {
+            if entries.iter().any(|(_, add)| *add) {
+                return Err(PatchError::Refused(
+                    400,
+                    "InvalidParameter",
+                    format!(
+                        "Parameter 'identity.userAssignedIdentities' cannot be specified with identity type '{kind}'; the type must include 'UserAssigned'."
+                    ),
+                ));
+            }
+            return Ok(Some((system, Vec::new())));
+        }
+        let mut after: Vec<String> = c.user_assigned.iter().map(|(id, _)| id.clone()).collect();
+        let mut unknown = Vec::new();
+        let mut unauthorized = Vec::new();
+        for (id, add) in &entries {
+            if *add {
+                match self.identity(id) {
+                    None => unknown.push(id.clone()),
+                    Some(r) if !r.assignable => unauthorized.push(id.clone()),
+                    Some(_) => {
+                        if !after.iter().any(|x| x.eq_ignore_ascii_case(id)) {
+                            after.push(id.clone());
+                        }
+                    }
+                }
+            } else {
+                after.retain(|x| !x.eq_ignore_ascii_case(id));
+            }
+        }
+        if !unknown.is_empty() {
+            let list = unknown
+                .iter()
+                .map(|i| format!("'{i}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(PatchError::Refused(
+                400,
+                "FailedIdentityOperation",
+                format!(
+                    "Identity operation for resource '{}' failed with error 'Failed to perform resource identity operation. Status: 'BadRequest'. Response: {{\"error\":{{\"code\":\"BadRequest\",\"message\":\"Resource(s) {list} were not found.\"}}}}'.",
+                    c.id()
+                ),
+            ));
+        }
+        if !unauthorized.is_empty() {
+            let list = unauthorized.join(",");
+            return Err(PatchError::Refused(
+                403,
+                "LinkedAuthorizationFailed",
+                format!(
+                    "The client has permission to perform action '{}/write' on scope '{}', however it does not have permission to perform action 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' on the linked scope(s) '{list}' or the linked scope(s) are invalid.",
+                    c.arm_type(),
+                    c.id()
+                ),
+            ));
+        }
+        if after.is_empty() {
+            return Err(PatchError::Refused(
+                400,
+                "InvalidParameter",
+                format!(
+                    "Parameter 'identity.userAssignedIdentities' must contain at least one identity when identity type is '{kind}'."
+                ),
+            ));
+        }
+        Ok(Some((system, after)))
+    }
+}
+
+/// Lower-case key of a compute resource.
+pub(crate) fn compute_key(kind: &str, sub: &str, rg: &str, name: &str) -> String {
+    format!("{kind}/{sub}/{rg}/{name}").to_ascii_lowercase()
+}

@@ -19,10 +19,19 @@ fn sdk_available() -> bool {
 
 async fn sdk(base: &str, source_ip: &str, client_id: &str) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nmi_sdk.py");
-    let (base, source_ip, client_id) = (base.to_string(), source_ip.to_string(), client_id.to_string());
+    let (base, source_ip, client_id) = (
+        base.to_string(),
+        source_ip.to_string(),
+        client_id.to_string(),
+    );
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
-            .args([script, &source_ip, &client_id, "https://vault.azure.net/.default"])
+            .args([
+                script,
+                &source_ip,
+                &client_id,
+                "https://vault.azure.net/.default",
+            ])
             .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", base)
             .env_remove("IDENTITY_ENDPOINT")
             .env_remove("MSI_ENDPOINT")
@@ -45,7 +54,9 @@ async fn sdk(base: &str, source_ip: &str, client_id: &str) -> serde_json::Value 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_gets_its_pods_token_and_is_refused_another_pods_identity() {
     if !sdk_available() {
-        println!("SKIPPED: python3 with azure-identity is not installed (pip install azure-identity)");
+        println!(
+            "SKIPPED: python3 with azure-identity is not installed (pip install azure-identity)"
+        );
         return;
     }
     let meta = start_metadata_standin();
@@ -58,13 +69,23 @@ async fn the_python_sdk_gets_its_pods_token_and_is_refused_another_pods_identity
     a.apply(&assigned(
         "apps",
         "web",
-        &identity("apps", "web-id", "11111111-1111-1111-1111-111111111111", IdentityType::UserAssignedMsi),
+        &identity(
+            "apps",
+            "web-id",
+            "11111111-1111-1111-1111-111111111111",
+            IdentityType::UserAssignedMsi,
+        ),
         AssignedState::Assigned,
     ));
     a.apply(&assigned(
         "apps",
         "db",
-        &identity("apps", "db-id", "22222222-2222-2222-2222-222222222222", IdentityType::UserAssignedMsi),
+        &identity(
+            "apps",
+            "db-id",
+            "22222222-2222-2222-2222-222222222222",
+            IdentityType::UserAssignedMsi,
+        ),
         AssignedState::Assigned,
     ));
 
@@ -92,5 +113,9 @@ async fn the_python_sdk_gets_its_pods_token_and_is_refused_another_pods_identity
     );
     // Only web's identity was ever fetched.
     let seen = w.source.seen.lock().unwrap();
-    assert!(seen.iter().all(|r| format!("{:?}", r.target).contains("11111111")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|r| format!("{:?}", r.target).contains("11111111")),
+        "{seen:?}"
+    );
 }

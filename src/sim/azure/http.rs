@@ -139,12 +139,12 @@ fn arm_route(segs: &[&str]) -> Option<ArmRoute> {
             });
         }
     }
-    if segs.len() == 7 && ci(2, "providers") && ci(3, "Microsoft.Compute") && ci(4, "locations") {
-        if ci(5, "operations") {
-            return Some(ArmRoute::AsyncOperation(segs[6].to_string()));
+    if segs.len() == 8 && ci(2, "providers") && ci(3, "Microsoft.Compute") && ci(4, "locations") {
+        if ci(6, "operations") {
+            return Some(ArmRoute::AsyncOperation(segs[7].to_string()));
         }
-        if ci(5, "operationResults") {
-            return Some(ArmRoute::LocationResult(segs[6].to_string()));
+        if ci(6, "operationResults") {
+            return Some(ArmRoute::LocationResult(segs[7].to_string()));
         }
     }
     None
@@ -209,10 +209,9 @@ async fn arm(req: &HttpRequest, payload: web::Payload, shared: &Shared, segs: &[
             retry_after_secs,
             as_http_date,
         }) => {
-            shared
-                .lock()
-                .open_throttle_window(sub, Duration::from_secs(retry_after_secs));
-            return throttled(retry_after_secs, as_http_date);
+            let (resp, window) = throttled(retry_after_secs, as_http_date);
+            shared.lock().open_throttle_window(sub, window);
+            return resp;
         }
         Some(FaultKind::Hang) => {
             tokio::time::sleep(HANG).await;
@@ -237,7 +236,7 @@ async fn arm(req: &HttpRequest, payload: web::Payload, shared: &Shared, segs: &[
             } else {
                 inner.counters.throttled += 1;
             }
-            return throttled(secs, false);
+            return throttled(secs, false).0;
         }
     }
     let resp = match (route, method) {
@@ -296,15 +295,25 @@ async fn arm(req: &HttpRequest, payload: web::Payload, shared: &Shared, segs: &[
     resp
 }
 
-fn throttled(secs: u64, as_http_date: bool) -> HttpResponse {
-    let value = if as_http_date {
-        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(secs))
+/// A 429 and the window it announces. An HTTP date has whole-second precision, so the date
+/// is rounded up and the window runs exactly until it.
+fn throttled(secs: u64, as_http_date: bool) -> (HttpResponse, Duration) {
+    let (value, window) = if as_http_date {
+        let now = std::time::SystemTime::now();
+        let since_epoch = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let target = std::time::UNIX_EPOCH
+            + Duration::from_secs(since_epoch.as_secs() + secs + u64::from(since_epoch.subsec_nanos() > 0));
+        let window = target.duration_since(now).unwrap_or_default();
+        (httpdate::fmt_http_date(target), window)
     } else {
-        secs.to_string()
+        (secs.to_string(), Duration::from_secs(secs))
     };
-    HttpResponse::TooManyRequests()
+    let resp = HttpResponse::TooManyRequests()
         .insert_header(("Retry-After", value))
-        .json(json!({ "error": { "code": "TooManyRequests", "message": format!("The request is being throttled. Retry after {secs} seconds.") } }))
+        .json(json!({ "error": { "code": "TooManyRequests", "message": format!("The request is being throttled. Retry after {secs} seconds.") } }));
+    (resp, window)
 }
 
 fn not_found(segs: &[&str]) -> HttpResponse {

@@ -334,6 +334,7 @@ async fn server_errors_and_hung_requests_are_retried_with_backoff() {
     );
 
     // Beyond max_attempts the error surfaces, typed.
+    drop(calls); // the observer locks it again below
     sim.inject(FaultTarget::ArmGet, 4, FaultKind::Status(500));
     let err = arm.get_identities(&vmss(&t, 0)).await.unwrap_err();
     assert!(matches!(err, Error::Arm { status: 500, .. }), "{err:?}");

@@ -66,6 +66,14 @@ async fn dispatch(req: HttpRequest, payload: web::Payload, shared: web::Data<Sha
     arm_error(StatusCode::NOT_FOUND, "NotFound", &format!("No route for '{}'.", req.path()))
 }
 
+/// Never answers until the simulator shuts down (or an hour passes).
+async fn hang(shared: &Shared) {
+    tokio::select! {
+        _ = tokio::time::sleep(HANG) => {}
+        _ = shared.stopping.cancelled() => {}
+    }
+}
+
 fn record(shared: &Shared, req: &HttpRequest, subscription: Option<String>, resp: &HttpResponse) {
     let mut inner = shared.lock();
     if inner.log.len() < LOG_CAP {
@@ -214,7 +222,7 @@ async fn arm(req: &HttpRequest, payload: web::Payload, shared: &Shared, segs: &[
             return resp;
         }
         Some(FaultKind::Hang) => {
-            tokio::time::sleep(HANG).await;
+            hang(shared).await;
             return arm_error(StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout", "Injected hang.");
         }
         Some(FaultKind::Slow(d)) => delay += d,
@@ -516,7 +524,7 @@ async fn imds(req: &HttpRequest, shared: &Shared, node: &str, key: &str) -> Http
             return r;
         }
         Some(FaultKind::Hang) => {
-            tokio::time::sleep(HANG).await;
+            hang(shared).await;
             return HttpResponse::GatewayTimeout().finish();
         }
         Some(FaultKind::Slow(d)) => delay += d,
@@ -647,7 +655,7 @@ async fn aad(req: &HttpRequest, payload: web::Payload, shared: &Shared, tenant: 
             return oauth_error(status, "temporarily_unavailable", "AADSTS90033: Injected fault.");
         }
         Some(FaultKind::Hang) => {
-            tokio::time::sleep(HANG).await;
+            hang(shared).await;
             return HttpResponse::GatewayTimeout().finish();
         }
         Some(FaultKind::Slow(d)) => delay += d,

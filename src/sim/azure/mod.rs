@@ -167,6 +167,8 @@ pub(crate) struct Shared {
     pub mgmt_addr: SocketAddr,
     /// Node listener address → (node name, compute key).
     pub nodes_by_addr: HashMap<SocketAddr, (String, String)>,
+    /// Cancelled on shutdown so hung answers end.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -283,6 +285,7 @@ impl AzureSim {
             signer,
             mgmt_addr,
             nodes_by_addr,
+            stopping: tokio_util::sync::CancellationToken::new(),
         });
         let server = http::serve(shared.clone(), mgmt, listeners).map_err(Error::Bind)?;
         let server_handle = server.handle();
@@ -560,6 +563,7 @@ impl AzureSimHandle {
 
     /// Stops every listener (in-flight requests are dropped).
     pub async fn shutdown(self) {
+        self.shared.stopping.cancel();
         self.server.stop(false).await;
     }
 }

@@ -39,20 +39,31 @@ async fn adds_and_removes_move_the_identity_type_through_none_and_user_assigned(
     // Adding what is there and removing what is not sends nothing.
     let before = sim.counters().total_patches();
     let out = arm
-        .update_identities(&target, &[a.clone()], &[identity_id(&t, 2)])
+        .update_identities(&target, std::slice::from_ref(&a), &[identity_id(&t, 2)])
         .await
         .unwrap();
     assert_eq!(out.patches, 0);
     assert_eq!(out.unchanged.len(), 2);
     assert_eq!(sim.counters().total_patches(), before);
 
-    arm.update_identities(&target, &[], &[a.clone()]).await.unwrap();
-    assert_eq!(sim.assigned_identities(&t.scale_sets[0].name).unwrap(), vec![b.clone()]);
+    arm.update_identities(&target, &[], std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.assigned_identities(&t.scale_sets[0].name).unwrap(),
+        vec![b.clone()]
+    );
     // Removing the last one moves the type to None.
-    let out = arm.update_identities(&target, &[], &[b.clone()]).await.unwrap();
+    let out = arm
+        .update_identities(&target, &[], std::slice::from_ref(&b))
+        .await
+        .unwrap();
     assert_eq!(out.removed, vec![b]);
     assert_eq!(out.state.identity_type, "None");
-    assert_eq!(arm.get_identities(&target).await.unwrap().identity_type, "None");
+    assert_eq!(
+        arm.get_identities(&target).await.unwrap().identity_type,
+        "None"
+    );
     sim.shutdown().await;
 }
 
@@ -75,11 +86,17 @@ async fn a_system_assigned_identity_is_kept_through_user_assigned_changes() {
         &t.vms[0],
     );
     let a = identity_id(&t, 0);
-    let out = arm.update_identities(&vm, &[a.clone()], &[]).await.unwrap();
+    let out = arm
+        .update_identities(&vm, std::slice::from_ref(&a), &[])
+        .await
+        .unwrap();
     assert_eq!(out.state.identity_type, "SystemAssigned, UserAssigned");
     let out = arm.update_identities(&vm, &[], &[a]).await.unwrap();
     assert_eq!(out.state.identity_type, "SystemAssigned");
-    assert_eq!(arm.get_identities(&vm).await.unwrap().identity_type, "SystemAssigned");
+    assert_eq!(
+        arm.get_identities(&vm).await.unwrap().identity_type,
+        "SystemAssigned"
+    );
     sim.shutdown().await;
 }
 
@@ -103,7 +120,10 @@ async fn long_running_operations_are_followed_through_async_operation_and_locati
     // Three InProgress answers, then Succeeded.
     assert_eq!(sim.counters().lro_polls, 4);
     assert_eq!(
-        arm.get_identities(&vmss(&t, 0)).await.unwrap().provisioning_state,
+        arm.get_identities(&vmss(&t, 0))
+            .await
+            .unwrap()
+            .provisioning_state,
         "Succeeded"
     );
 
@@ -115,7 +135,12 @@ async fn long_running_operations_are_followed_through_async_operation_and_locati
         .unwrap();
     assert_eq!(out.added.len(), 1);
     assert_eq!(sim.counters().lro_polls, 3);
-    assert_eq!(sim.assigned_identities(&t.scale_sets[1].name).unwrap().len(), 1);
+    assert_eq!(
+        sim.assigned_identities(&t.scale_sets[1].name)
+            .unwrap()
+            .len(),
+        1
+    );
     sim.shutdown().await;
 }
 
@@ -151,7 +176,11 @@ async fn a_failed_long_running_operation_is_an_error_and_changes_nothing() {
             matches!(&err, Error::OperationFailed { code, .. } if code == "InternalExecutionError"),
             "{lro:?}: {err:?}"
         );
-        assert!(sim.assigned_identities(&t.scale_sets[0].name).unwrap().is_empty());
+        assert!(
+            sim.assigned_identities(&t.scale_sets[0].name)
+                .unwrap()
+                .is_empty()
+        );
         sim.shutdown().await;
     }
 }
@@ -183,7 +212,10 @@ async fn one_refused_identity_does_not_block_the_rest_of_the_batch() {
     refused.sort();
     let mut expected = vec![
         (unknown.clone(), "FailedIdentityOperation".to_string()),
-        (unauthorized.clone(), "LinkedAuthorizationFailed".to_string()),
+        (
+            unauthorized.clone(),
+            "LinkedAuthorizationFailed".to_string(),
+        ),
     ];
     expected.sort();
     assert_eq!(refused, expected);
@@ -205,7 +237,12 @@ async fn more_than_150_identities_are_split_into_patches_of_at_most_150() {
     assert_eq!(out.patches, 3);
     assert_eq!(out.added.len(), 320);
     assert_eq!(sim.counters().total_patches(), 3);
-    assert_eq!(sim.assigned_identities(&t.scale_sets[0].name).unwrap().len(), 320);
+    assert_eq!(
+        sim.assigned_identities(&t.scale_sets[0].name)
+            .unwrap()
+            .len(),
+        320
+    );
 
     // Removing 200 and adding none: two PATCHes, never an empty UserAssigned map.
     let out = arm
@@ -213,7 +250,12 @@ async fn more_than_150_identities_are_split_into_patches_of_at_most_150() {
         .await
         .unwrap();
     assert_eq!(out.patches, 2);
-    assert_eq!(sim.assigned_identities(&t.scale_sets[0].name).unwrap().len(), 120);
+    assert_eq!(
+        sim.assigned_identities(&t.scale_sets[0].name)
+            .unwrap()
+            .len(),
+        120
+    );
     sim.shutdown().await;
 }
 
@@ -250,7 +292,10 @@ async fn a_429_storm_never_sees_a_request_inside_a_retry_after_window() {
         }));
     }
     for task in tasks {
-        let out = task.await.unwrap().expect("every caller gets through eventually");
+        let out = task
+            .await
+            .unwrap()
+            .expect("every caller gets through eventually");
         assert_eq!(out.added.len(), 1);
     }
     let c = sim.counters();
@@ -308,8 +353,9 @@ async fn server_errors_and_hung_requests_are_retried_with_backoff() {
     let sim = sim(&t, AzureSimConfig::default()).await;
     let calls: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
     let seen = calls.clone();
-    let arm = arm_client(&sim, fast_options())
-        .with_observer(Arc::new(move |r: &CallRecord| seen.lock().unwrap().push(r.clone())));
+    let arm = arm_client(&sim, fast_options()).with_observer(Arc::new(move |r: &CallRecord| {
+        seen.lock().unwrap().push(r.clone())
+    }));
     sim.inject(FaultTarget::ArmGet, 1, FaultKind::Hang);
     sim.inject(FaultTarget::ArmPatch, 2, FaultKind::Status(503));
     let out = arm
@@ -317,8 +363,12 @@ async fn server_errors_and_hung_requests_are_retried_with_backoff() {
         .await
         .unwrap();
     assert_eq!(out.added.len(), 1);
-    let calls = calls.lock().unwrap();
-    let ops: Vec<(&str, Option<u16>)> = calls.iter().map(|c| (c.operation, c.status)).collect();
+    let ops: Vec<(&str, Option<u16>)> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.operation, c.status))
+        .collect();
     assert_eq!(
         ops,
         vec![
@@ -334,7 +384,6 @@ async fn server_errors_and_hung_requests_are_retried_with_backoff() {
     );
 
     // Beyond max_attempts the error surfaces, typed.
-    drop(calls); // the observer locks it again below
     sim.inject(FaultTarget::ArmGet, 4, FaultKind::Status(500));
     let err = arm.get_identities(&vmss(&t, 0)).await.unwrap_err();
     assert!(matches!(err, Error::Arm { status: 500, .. }), "{err:?}");
@@ -346,7 +395,8 @@ async fn a_scale_set_being_deleted_is_never_patched() {
     let t = Topology::sized(1, 1, 0, 1);
     let sim = sim(&t, AzureSimConfig::default()).await;
     let arm = arm_client(&sim, fast_options());
-    sim.set_provisioning_state(&t.scale_sets[0].name, "Deleting").unwrap();
+    sim.set_provisioning_state(&t.scale_sets[0].name, "Deleting")
+        .unwrap();
     let err = arm
         .update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])
         .await
@@ -367,7 +417,10 @@ async fn a_missing_scale_set_is_a_not_found_error() {
         "no-such-vmss",
     );
     let err = arm.get_identities(&ghost).await.unwrap_err();
-    assert!(matches!(&err, Error::NotFound { code, .. } if code == "ResourceNotFound"), "{err:?}");
+    assert!(
+        matches!(&err, Error::NotFound { code, .. } if code == "ResourceNotFound"),
+        "{err:?}"
+    );
     sim.shutdown().await;
 }
 
@@ -427,7 +480,11 @@ async fn bad_input_gets_arm_errors_and_leaves_state_unchanged() {
         let r = raw(Method::Patch, &url, &headers, Some(body)).await;
         assert_eq!(r.status, status, "{}", r.text);
         assert_eq!(r.body["error"]["code"], code, "{}", r.text);
-        assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
     assert_eq!(arm.get_identities(&vmss(&t, 0)).await.unwrap(), before);
 
@@ -435,7 +492,13 @@ async fn bad_input_gets_arm_errors_and_leaves_state_unchanged() {
     let r = raw(Method::Get, &url, &[], None).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.body["error"]["code"], "InvalidAuthenticationToken");
-    let r = raw(Method::Get, &url, &[("authorization", "Bearer forged.token.x".into())], None).await;
+    let r = raw(
+        Method::Get,
+        &url,
+        &[("authorization", "Bearer forged.token.x".into())],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 401);
     sim.shutdown().await;
 }

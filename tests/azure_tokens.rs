@@ -40,7 +40,12 @@ async fn a_node_gets_tokens_only_for_identities_assigned_to_its_scale_set() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    assert!(r.content_type.as_deref().unwrap().starts_with("application/json"));
+    assert!(
+        r.content_type
+            .as_deref()
+            .unwrap()
+            .starts_with("application/json")
+    );
     let token = r.token.expect("200 carries a token");
     assert_eq!(token.client_id, client_id);
     assert_eq!(token.resource, VAULT);
@@ -58,8 +63,16 @@ async fn a_node_gets_tokens_only_for_identities_assigned_to_its_scale_set() {
         .await
         .unwrap();
     assert_eq!(by_rid.status, 200);
-    let own = on_node0.token(VAULT, &IdentitySelector::Node).await.unwrap();
-    assert_eq!(sim.decode_token(&own.token.unwrap().access_token).unwrap().appid, client_id);
+    let own = on_node0
+        .token(VAULT, &IdentitySelector::Node)
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.decode_token(&own.token.unwrap().access_token)
+            .unwrap()
+            .appid,
+        client_id
+    );
 
     // The other scale set's node does not get it; the body is the service's, verbatim.
     let refused = on_node1
@@ -74,7 +87,10 @@ async fn a_node_gets_tokens_only_for_identities_assigned_to_its_scale_set() {
     );
     // An identity registered but not assigned anywhere is refused the same way.
     let other = on_node0
-        .token(VAULT, &IdentitySelector::ClientId(t.identity_client_id(id1).to_string()))
+        .token(
+            VAULT,
+            &IdentitySelector::ClientId(t.identity_client_id(id1).to_string()),
+        )
         .await
         .unwrap();
     assert_eq!(other.status, 400);
@@ -83,9 +99,16 @@ async fn a_node_gets_tokens_only_for_identities_assigned_to_its_scale_set() {
     arm.update_identities(&vmss(&t, 0), &[identity_id(&t, 1)], &[])
         .await
         .unwrap();
-    let multi = on_node0.token(VAULT, &IdentitySelector::Node).await.unwrap();
+    let multi = on_node0
+        .token(VAULT, &IdentitySelector::Node)
+        .await
+        .unwrap();
     assert_eq!(multi.status, 400);
-    assert!(std::str::from_utf8(&multi.body).unwrap().contains("Multiple user assigned identities exist"));
+    assert!(
+        std::str::from_utf8(&multi.body)
+            .unwrap()
+            .contains("Multiple user assigned identities exist")
+    );
     let c = sim.counters();
     assert_eq!((c.imds_tokens, c.imds_errors), (3, 3));
     sim.shutdown().await;
@@ -97,19 +120,48 @@ async fn the_metadata_service_requires_the_header_and_answers_in_its_own_format(
     let sim = sim(&t, AzureSimConfig::default()).await;
     let addr = sim.imds_addr(&t.nodes()[0].name).unwrap();
     let base = format!("http://{addr}/metadata/identity/oauth2/token");
-    let r = raw(Method::Get, &format!("{base}?api-version=2018-02-01&resource={VAULT}"), &[], None).await;
+    let r = raw(
+        Method::Get,
+        &format!("{base}?api-version=2018-02-01&resource={VAULT}"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"], "invalid_request");
-    assert_eq!(r.body["error_description"], "Required metadata header not specified");
+    assert_eq!(
+        r.body["error_description"],
+        "Required metadata header not specified"
+    );
     let md = [("metadata", "true".to_string())];
     let r = raw(Method::Get, &format!("{base}?resource={VAULT}"), &md, None).await;
     assert_eq!(r.status, 400);
-    assert!(r.body["error_description"].as_str().unwrap().contains("api-version"));
-    let r = raw(Method::Get, &format!("{base}?api-version=2019-08-01"), &md, None).await;
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("api-version")
+    );
+    let r = raw(
+        Method::Get,
+        &format!("{base}?api-version=2019-08-01"),
+        &md,
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.body["error_description"], "Required audience parameter not specified");
+    assert_eq!(
+        r.body["error_description"],
+        "Required audience parameter not specified"
+    );
     // The ARM listener is not a metadata service, and a node listener is not ARM.
-    let r = raw(Method::Get, &format!("http://{addr}/subscriptions/x"), &md, None).await;
+    let r = raw(
+        Method::Get,
+        &format!("http://{addr}/subscriptions/x"),
+        &md,
+        None,
+    )
+    .await;
     assert_eq!(r.status, 404);
     sim.shutdown().await;
 }
@@ -141,7 +193,14 @@ async fn a_new_assignment_is_usable_only_after_the_propagation_delay() {
 #[tokio::test]
 async fn metadata_service_faults_are_passed_through_and_hangs_time_out() {
     let t = Topology::sized(1, 1, 0, 1);
-    let sim = sim(&t, AzureSimConfig { preassigned: vec!["identity-0".into()], ..Default::default() }).await;
+    let sim = sim(
+        &t,
+        AzureSimConfig {
+            preassigned: vec!["identity-0".into()],
+            ..Default::default()
+        },
+    )
+    .await;
     let imds = ImdsClient::new(&sim.imds_addr(&t.nodes()[0].name).unwrap().to_string())
         .unwrap()
         .with_timeout(Duration::from_millis(300));
@@ -149,13 +208,27 @@ async fn metadata_service_faults_are_passed_through_and_hangs_time_out() {
     sim.inject(FaultTarget::Imds, 1, FaultKind::Hang);
     let r = imds.token(VAULT, &IdentitySelector::Node).await.unwrap();
     assert_eq!(r.status, 503);
-    let e = imds.token(VAULT, &IdentitySelector::Node).await.unwrap_err();
+    let e = imds
+        .token(VAULT, &IdentitySelector::Node)
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
-    assert_eq!(imds.token(VAULT, &IdentitySelector::Node).await.unwrap().status, 200);
+    assert_eq!(
+        imds.token(VAULT, &IdentitySelector::Node)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     sim.shutdown().await;
 }
 
-fn secret_request(tenant: &str, client: &str, secret: &str, version: EndpointVersion) -> TokenRequest {
+fn secret_request(
+    tenant: &str,
+    client: &str,
+    secret: &str,
+    version: EndpointVersion,
+) -> TokenRequest {
     TokenRequest {
         tenant_id: tenant.into(),
         client_id: client.into(),
@@ -173,20 +246,40 @@ async fn service_principals_get_tokens_with_a_secret_on_v1_and_v2() {
     let aad = AadClient::new(&sim.aad_endpoint()).unwrap();
     for version in [EndpointVersion::V1, EndpointVersion::V2] {
         let tok = aad
-            .token(&secret_request(sim.tenant_id(), &sp.client_id, "s3cret-value", version))
+            .token(&secret_request(
+                sim.tenant_id(),
+                &sp.client_id,
+                "s3cret-value",
+                version,
+            ))
             .await
             .unwrap();
         // Shaped like the metadata service's answer: strings throughout.
         let json = serde_json::to_value(&tok).unwrap();
-        for k in ["access_token", "expires_in", "expires_on", "not_before", "resource", "token_type"] {
+        for k in [
+            "access_token",
+            "expires_in",
+            "expires_on",
+            "not_before",
+            "resource",
+            "token_type",
+        ] {
             assert!(json[k].is_string(), "{version:?} {k}: {json}");
         }
         let claims = sim.decode_token(&tok.access_token).unwrap();
-        assert_eq!((claims.appid.as_str(), claims.aud.as_str()), (sp.client_id.as_str(), VAULT));
+        assert_eq!(
+            (claims.appid.as_str(), claims.aud.as_str()),
+            (sp.client_id.as_str(), VAULT)
+        );
         assert_eq!(claims.oid, sp.principal_id);
     }
     let e = aad
-        .token(&secret_request(sim.tenant_id(), &sp.client_id, "wrong", EndpointVersion::V1))
+        .token(&secret_request(
+            sim.tenant_id(),
+            &sp.client_id,
+            "wrong",
+            EndpointVersion::V1,
+        ))
         .await
         .unwrap_err();
     assert!(
@@ -194,10 +287,18 @@ async fn service_principals_get_tokens_with_a_secret_on_v1_and_v2() {
         "{e:?}"
     );
     let e = aad
-        .token(&secret_request(sim.tenant_id(), "00000000-0000-0000-0000-000000000999", "x", EndpointVersion::V2))
+        .token(&secret_request(
+            sim.tenant_id(),
+            "00000000-0000-0000-0000-000000000999",
+            "x",
+            EndpointVersion::V2,
+        ))
         .await
         .unwrap_err();
-    assert!(matches!(&e, Error::Aad { error, .. } if error == "unauthorized_client"), "{e:?}");
+    assert!(
+        matches!(&e, Error::Aad { error, .. } if error == "unauthorized_client"),
+        "{e:?}"
+    );
     sim.shutdown().await;
 }
 
@@ -209,15 +310,29 @@ async fn auxiliary_tenants_each_issue_a_token_or_fail_the_request() {
     let sp = sim.add_service_principal_secret(&[sim.tenant_id(), aux], "pw");
     let aad = AadClient::new(&sim.aad_endpoint()).unwrap();
     let req = secret_request(sim.tenant_id(), &sp.client_id, "pw", EndpointVersion::V1);
-    let set = aad.token_with_auxiliary(&req, &[aux.to_string()]).await.unwrap();
-    assert_eq!(sim.decode_token(&set.primary.access_token).unwrap().tid, sim.tenant_id());
+    let set = aad
+        .token_with_auxiliary(&req, &[aux.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.decode_token(&set.primary.access_token).unwrap().tid,
+        sim.tenant_id()
+    );
     assert_eq!(set.auxiliary.len(), 1);
-    assert_eq!(sim.decode_token(&set.auxiliary[0].access_token).unwrap().tid, aux);
+    assert_eq!(
+        sim.decode_token(&set.auxiliary[0].access_token)
+            .unwrap()
+            .tid,
+        aux
+    );
     let e = aad
         .token_with_auxiliary(&req, &["00000000-0000-0000-0000-0000000000bb".to_string()])
         .await
         .unwrap_err();
-    assert!(matches!(&e, Error::Aad { description, .. } if description.starts_with("AADSTS90002")), "{e:?}");
+    assert!(
+        matches!(&e, Error::Aad { description, .. } if description.starts_with("AADSTS90002")),
+        "{e:?}"
+    );
     sim.shutdown().await;
 }
 
@@ -259,7 +374,10 @@ async fn a_pkcs12_certificate_signs_a_client_assertion_azure_ad_accepts() {
             })
             .await
             .unwrap();
-        assert_eq!(sim.decode_token(&tok.access_token).unwrap().appid, sp.client_id);
+        assert_eq!(
+            sim.decode_token(&tok.access_token).unwrap().appid,
+            sp.client_id
+        );
     }
     // Another key pair is refused; a wrong PKCS#12 password fails before any request.
     let (other_p12, _) = pkcs12_bundle("x");
@@ -274,7 +392,10 @@ async fn a_pkcs12_certificate_signs_a_client_assertion_azure_ad_accepts() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(&e, Error::Aad { error, description, .. } if error == "invalid_client" && description.starts_with("AADSTS700027")), "{e:?}");
+    assert!(
+        matches!(&e, Error::Aad { error, description, .. } if error == "invalid_client" && description.starts_with("AADSTS700027")),
+        "{e:?}"
+    );
     assert!(matches!(
         CertificateCredential::from_pkcs12(&p12, "wrong"),
         Err(Error::Certificate(_))
@@ -290,11 +411,17 @@ async fn the_endpoints_document_names_everything_a_script_needs() {
     assert_eq!(doc["arm"], sim.arm_endpoint());
     assert_eq!(doc["imds"].as_object().unwrap().len(), 3);
     for node in t.nodes() {
-        assert_eq!(doc["imds"][&node.name], sim.imds_addr(&node.name).unwrap().to_string());
+        assert_eq!(
+            doc["imds"][&node.name],
+            sim.imds_addr(&node.name).unwrap().to_string()
+        );
     }
     let ids = doc["identities"].as_array().unwrap();
     assert_eq!(ids.len(), 2);
-    assert_eq!(ids[0]["clientID"], t.identity_client_id(&t.identities[0]).to_string());
+    assert_eq!(
+        ids[0]["clientID"],
+        t.identity_client_id(&t.identities[0]).to_string()
+    );
     assert!(doc["servicePrincipals"][0]["secret"].is_string());
     sim.shutdown().await;
 }

@@ -10,11 +10,13 @@ use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::cloud::credential::arm_credential;
 use aad_pod_identity::cloud::provider_id::ComputeRef;
 use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, ARM_RESOURCE};
+use aad_pod_identity::sim::azure::{ARM_RESOURCE, AzureSim, AzureSimConfig, AzureSimHandle};
 use azure_core::http::{HttpClient, Method, Request, headers::HeaderName};
 
 pub async fn sim(topology: &Topology, config: AzureSimConfig) -> AzureSimHandle {
-    AzureSim::start(topology, config).await.expect("simulator starts")
+    AzureSim::start(topology, config)
+        .await
+        .expect("simulator starts")
 }
 
 /// Options that keep tests fast: short timeouts and backoff, immediate LRO polls.
@@ -36,8 +38,13 @@ pub fn fast_options() -> ArmOptions {
 pub fn arm_client(sim: &AzureSimHandle, options: ArmOptions) -> ArmClient {
     let config = CloudConfig::from_json(&sim.azure_json().to_string()).expect("azure.json parses");
     let credential = arm_credential(&config).expect("credential");
-    ArmClient::new(&config.arm_endpoint(), credential, &config.arm_resource(), options)
-        .expect("client")
+    ArmClient::new(
+        &config.arm_endpoint(),
+        credential,
+        &config.arm_resource(),
+        options,
+    )
+    .expect("client")
 }
 
 pub fn vmss(t: &Topology, i: usize) -> ComputeRef {

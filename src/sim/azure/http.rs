@@ -40,7 +40,11 @@ pub(crate) fn serve(
     Ok(server.run())
 }
 
-async fn dispatch(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> HttpResponse {
+async fn dispatch(
+    req: HttpRequest,
+    payload: web::Payload,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
     let local = req.app_config().local_addr();
     if let Some((node, key)) = shared.nodes_by_addr.get(&local) {
         let resp = imds(&req, &shared, node, key).await;
@@ -63,7 +67,11 @@ async fn dispatch(req: HttpRequest, payload: web::Payload, shared: web::Data<Sha
         record(&shared, &req, Some(sub), &resp);
         return resp;
     }
-    arm_error(StatusCode::NOT_FOUND, "NotFound", &format!("No route for '{}'.", req.path()))
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("No route for '{}'.", req.path()),
+    )
 }
 
 /// Never answers until the simulator shuts down (or an hour passes).
@@ -180,7 +188,12 @@ fn authorized(shared: &Shared, req: &HttpRequest) -> Result<(), String> {
     Ok(())
 }
 
-async fn arm(req: &HttpRequest, payload: web::Payload, shared: &Shared, segs: &[&str]) -> HttpResponse {
+async fn arm(
+    req: &HttpRequest,
+    payload: web::Payload,
+    shared: &Shared,
+    segs: &[&str],
+) -> HttpResponse {
     let cfg = shared.config();
     let sub = segs[1];
     shared.lock().arrive(Some(sub), cfg.throttle_grace);
@@ -223,7 +236,11 @@ async fn arm(req: &HttpRequest, payload: web::Payload, shared: &Shared, segs: &[
         }
         Some(FaultKind::Hang) => {
             hang(shared).await;
-            return arm_error(StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout", "Injected hang.");
+            return arm_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "GatewayTimeout",
+                "Injected hang.",
+            );
         }
         Some(FaultKind::Slow(d)) => delay += d,
         Some(FaultKind::LroFailure { code, message }) => lro_failure = Some((code, message)),
@@ -264,11 +281,18 @@ async fn arm(req: &HttpRequest, payload: web::Payload, shared: &Shared, segs: &[
                     return arm_error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "RequestContentTooLarge",
-                        &format!("The request content size exceeds the limit of {} bytes.", cfg.max_body_bytes),
+                        &format!(
+                            "The request content size exceeds the limit of {} bytes.",
+                            cfg.max_body_bytes
+                        ),
                     );
                 }
                 Err(BodyError::Broken) => {
-                    return arm_error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "The request content could not be read.");
+                    return arm_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequestContent",
+                        "The request content could not be read.",
+                    );
                 }
             };
             patch_compute(shared, &cfg, segs, &key, &body, lro_failure)
@@ -296,7 +320,11 @@ async fn arm(req: &HttpRequest, payload: web::Payload, shared: &Shared, segs: &[
         _ => arm_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            &format!("The method '{}' is not allowed on '{}'.", req.method(), req.path()),
+            &format!(
+                "The method '{}' is not allowed on '{}'.",
+                req.method(),
+                req.path()
+            ),
         ),
     };
     tokio::time::sleep(delay).await;
@@ -312,7 +340,9 @@ fn throttled(secs: u64, as_http_date: bool) -> (HttpResponse, Duration) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let target = std::time::UNIX_EPOCH
-            + Duration::from_secs(since_epoch.as_secs() + secs + u64::from(since_epoch.subsec_nanos() > 0));
+            + Duration::from_secs(
+                since_epoch.as_secs() + secs + u64::from(since_epoch.subsec_nanos() > 0),
+            );
         let window = target.duration_since(now).unwrap_or_default();
         (httpdate::fmt_http_date(target), window)
     } else {
@@ -364,7 +394,10 @@ fn patch_compute(
         return arm_error(
             StatusCode::CONFLICT,
             "OperationNotAllowed",
-            &format!("The resource '{}' is being deleted; the operation is not allowed.", c.id()),
+            &format!(
+                "The resource '{}' is being deleted; the operation is not allowed.",
+                c.id()
+            ),
         );
     }
     let result = match inner.evaluate_patch(c, &value) {
@@ -400,13 +433,21 @@ fn patch_compute(
     };
     let polls = match mode {
         LroMode::Sync => {
-            inner.compute.get_mut(key).expect("exists").provisioning_state = "Succeeded".into();
+            inner
+                .compute
+                .get_mut(key)
+                .expect("exists")
+                .provisioning_state = "Succeeded".into();
             let c = &inner.compute[key];
             return HttpResponse::Ok().json(inner.resource_json(c, &cfg.location));
         }
         LroMode::AsyncOperation { polls } | LroMode::Location { polls } => polls,
     };
-    inner.compute.get_mut(key).expect("exists").provisioning_state = "Updating".into();
+    inner
+        .compute
+        .get_mut(key)
+        .expect("exists")
+        .provisioning_state = "Updating".into();
     let op_id = uuid::Uuid::new_v4().to_string();
     inner.operations.insert(
         op_id.clone(),
@@ -444,11 +485,20 @@ fn patch_compute(
     }
 }
 
-fn poll(shared: &Shared, cfg: &super::AzureSimConfig, id: &str, location_style: bool) -> HttpResponse {
+fn poll(
+    shared: &Shared,
+    cfg: &super::AzureSimConfig,
+    id: &str,
+    location_style: bool,
+) -> HttpResponse {
     let mut inner = shared.lock();
     inner.counters.lro_polls += 1;
     let Some(op) = inner.operations.get_mut(id) else {
-        return arm_error(StatusCode::NOT_FOUND, "OperationNotFound", &format!("The operation '{id}' was not found."));
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "OperationNotFound",
+            &format!("The operation '{id}' was not found."),
+        );
     };
     if op.remaining_polls > 0 {
         op.remaining_polls -= 1;
@@ -467,8 +517,8 @@ fn poll(shared: &Shared, cfg: &super::AzureSimConfig, id: &str, location_style: 
     let failure = op.failure.clone();
     let key = op.resource_key.clone();
     let rollback = op.rollback.take();
-    if first_completion {
-        if let Some(c) = inner.compute.get_mut(&key) {
+    if first_completion && let Some(c) = inner.compute.get_mut(&key) {
+        {
             if failure.is_some()
                 && let Some((system, ua)) = rollback
             {
@@ -500,8 +550,15 @@ fn query_map(req: &HttpRequest) -> HashMap<String, String> {
 }
 
 const IMDS_API_VERSIONS: &[&str] = &[
-    "2017-09-01", "2018-02-01", "2019-03-11", "2019-06-01", "2019-08-01", "2019-11-01",
-    "2020-06-01", "2021-02-01", "2023-07-01",
+    "2017-09-01",
+    "2018-02-01",
+    "2019-03-11",
+    "2019-06-01",
+    "2019-08-01",
+    "2019-11-01",
+    "2020-06-01",
+    "2021-02-01",
+    "2023-07-01",
 ];
 
 async fn imds(req: &HttpRequest, shared: &Shared, node: &str, key: &str) -> HttpResponse {
@@ -514,9 +571,15 @@ async fn imds(req: &HttpRequest, shared: &Shared, node: &str, key: &str) -> Http
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return oauth_error(status, "unknown_error", "Injected fault.");
         }
-        Some(FaultKind::Throttle { retry_after_secs, .. }) => {
+        Some(FaultKind::Throttle {
+            retry_after_secs, ..
+        }) => {
             shared.lock().counters.imds_errors += 1;
-            let mut r = oauth_error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "Too many requests.");
+            let mut r = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "Too many requests.",
+            );
             r.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,
                 actix_web::http::header::HeaderValue::from(retry_after_secs),
@@ -543,7 +606,13 @@ async fn imds(req: &HttpRequest, shared: &Shared, node: &str, key: &str) -> Http
     resp
 }
 
-fn imds_answer(req: &HttpRequest, shared: &Shared, cfg: &super::AzureSimConfig, node: &str, key: &str) -> HttpResponse {
+fn imds_answer(
+    req: &HttpRequest,
+    shared: &Shared,
+    cfg: &super::AzureSimConfig,
+    node: &str,
+    key: &str,
+) -> HttpResponse {
     let bad = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", d);
     let metadata = req
         .headers()
@@ -559,7 +628,11 @@ fn imds_answer(req: &HttpRequest, shared: &Shared, cfg: &super::AzureSimConfig, 
             .body("Not found");
     }
     if req.method() != Method::GET {
-        return oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "Only GET is supported.");
+        return oauth_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "Only GET is supported.",
+        );
     }
     if !metadata {
         return bad("Required metadata header not specified");
@@ -573,7 +646,11 @@ fn imds_answer(req: &HttpRequest, shared: &Shared, cfg: &super::AzureSimConfig, 
     }
     let inner = shared.lock();
     let Some(c) = inner.compute.get(key) else {
-        return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "unknown_error", "Compute resource is gone.");
+        return oauth_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unknown_error",
+            "Compute resource is gone.",
+        );
     };
     if is_instance {
         return HttpResponse::Ok().json(json!({ "compute": {
@@ -591,13 +668,21 @@ fn imds_answer(req: &HttpRequest, shared: &Shared, cfg: &super::AzureSimConfig, 
         .iter()
         .filter(|(_, at)| *at + cfg.propagation_delay <= now)
         .collect();
-    let find_assigned = |id: &str| usable.iter().find(|(x, _)| x.eq_ignore_ascii_case(id)).map(|(x, _)| x.clone());
+    let find_assigned = |id: &str| {
+        usable
+            .iter()
+            .find(|(x, _)| x.eq_ignore_ascii_case(id))
+            .map(|(x, _)| x.clone())
+    };
     let chosen: Option<(String, String, String)> = if let Some(cid) = q.get("client_id") {
         inner
             .identities
             .values()
             .find(|r| r.client_id.eq_ignore_ascii_case(cid))
-            .and_then(|r| find_assigned(&r.resource_id).map(|id| (r.client_id.clone(), r.principal_id.clone(), id)))
+            .and_then(|r| {
+                find_assigned(&r.resource_id)
+                    .map(|id| (r.client_id.clone(), r.principal_id.clone(), id))
+            })
     } else if let Some(rid) = q.get("msi_res_id").or_else(|| q.get("mi_res_id")) {
         find_assigned(rid).and_then(|id| {
             inner
@@ -609,12 +694,17 @@ fn imds_answer(req: &HttpRequest, shared: &Shared, cfg: &super::AzureSimConfig, 
             .identities
             .values()
             .find(|r| r.principal_id.eq_ignore_ascii_case(oid))
-            .and_then(|r| find_assigned(&r.resource_id).map(|id| (r.client_id.clone(), r.principal_id.clone(), id)))
+            .and_then(|r| {
+                find_assigned(&r.resource_id)
+                    .map(|id| (r.client_id.clone(), r.principal_id.clone(), id))
+            })
     } else if c.system_assigned {
         let pid = c.system_principal_id();
         Some((pid.clone(), pid, c.id()))
     } else if usable.len() > 1 {
-        return bad("Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request");
+        return bad(
+            "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request",
+        );
     } else {
         usable.first().and_then(|(id, _)| {
             inner
@@ -626,9 +716,14 @@ fn imds_answer(req: &HttpRequest, shared: &Shared, cfg: &super::AzureSimConfig, 
         return bad("Identity not found");
     };
     let lifetime = cfg.token_lifetime;
-    let (token, exp) = shared
-        .signer
-        .issue(resource, &inner.tenant_id, &client_id, &principal_id, &mirid, lifetime);
+    let (token, exp) = shared.signer.issue(
+        resource,
+        &inner.tenant_id,
+        &client_id,
+        &principal_id,
+        &mirid,
+        lifetime,
+    );
     let now_unix = super::tokens::unix_now();
     HttpResponse::Ok()
         .content_type("application/json; charset=utf-8")
@@ -644,7 +739,13 @@ fn imds_answer(req: &HttpRequest, shared: &Shared, cfg: &super::AzureSimConfig, 
         }))
 }
 
-async fn aad(req: &HttpRequest, payload: web::Payload, shared: &Shared, tenant: &str, v2: bool) -> HttpResponse {
+async fn aad(
+    req: &HttpRequest,
+    payload: web::Payload,
+    shared: &Shared,
+    tenant: &str,
+    v2: bool,
+) -> HttpResponse {
     let cfg = shared.config();
     let mut delay = cfg.aad_latency.sample();
     let fault = shared.lock().take_fault(FaultTarget::Aad);
@@ -652,7 +753,11 @@ async fn aad(req: &HttpRequest, payload: web::Payload, shared: &Shared, tenant: 
         Some(FaultKind::Status(s)) => {
             shared.lock().counters.aad_errors += 1;
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return oauth_error(status, "temporarily_unavailable", "AADSTS90033: Injected fault.");
+            return oauth_error(
+                status,
+                "temporarily_unavailable",
+                "AADSTS90033: Injected fault.",
+            );
         }
         Some(FaultKind::Hang) => {
             hang(shared).await;
@@ -663,7 +768,11 @@ async fn aad(req: &HttpRequest, payload: web::Payload, shared: &Shared, tenant: 
     }
     let resp = match read_body(payload, cfg.max_body_bytes).await {
         Ok(body) => aad_answer(req, shared, &cfg, tenant, v2, &body),
-        Err(_) => oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "AADSTS90015: Request too large."),
+        Err(_) => oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "AADSTS90015: Request too large.",
+        ),
     };
     {
         let mut inner = shared.lock();
@@ -687,7 +796,10 @@ fn aad_answer(
 ) -> HttpResponse {
     let bad = |e: &str, d: String| oauth_error(StatusCode::BAD_REQUEST, e, &d);
     if req.method() != Method::POST {
-        return bad("invalid_request", "AADSTS900561: The endpoint only accepts POST requests.".into());
+        return bad(
+            "invalid_request",
+            "AADSTS900561: The endpoint only accepts POST requests.".into(),
+        );
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -695,21 +807,37 @@ fn aad_answer(
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}
         Some(other) => {
-            return bad("unsupported_grant_type", format!("AADSTS70003: The app requested an unsupported grant type '{other}'."));
+            return bad(
+                "unsupported_grant_type",
+                format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
+            );
         }
         None => {
             return bad("invalid_request", "AADSTS900144: The request body must contain the following parameter: 'grant_type'.".into());
         }
     }
     let Some(client_id) = form.get("client_id") else {
-        return bad("invalid_request", "AADSTS900144: The request body must contain the following parameter: 'client_id'.".into());
+        return bad(
+            "invalid_request",
+            "AADSTS900144: The request body must contain the following parameter: 'client_id'."
+                .into(),
+        );
     };
     let resource = if v2 {
         let Some(scope) = form.get("scope") else {
-            return bad("invalid_request", "AADSTS900144: The request body must contain the following parameter: 'scope'.".into());
+            return bad(
+                "invalid_request",
+                "AADSTS900144: The request body must contain the following parameter: 'scope'."
+                    .into(),
+            );
         };
         let Some(r) = scope.strip_suffix("/.default") else {
-            return bad("invalid_scope", format!("AADSTS1002012: The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."));
+            return bad(
+                "invalid_scope",
+                format!(
+                    "AADSTS1002012: The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+                ),
+            );
         };
         r.to_string()
     } else {
@@ -727,52 +855,90 @@ fn aad_answer(
             .values()
             .any(|sp| sp.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant)));
     if !known_tenant {
-        return bad("invalid_request", format!("AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."));
+        return bad(
+            "invalid_request",
+            format!(
+                "AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
+        );
     }
     let sp = inner
         .service_principals
         .get(&client_id.to_ascii_lowercase())
         .filter(|sp| sp.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant)));
     let Some(sp) = sp else {
-        return bad("unauthorized_client", format!("AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{tenant}'."));
+        return bad(
+            "unauthorized_client",
+            format!(
+                "AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+            ),
+        );
     };
     let invalid_client = |d: String| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &d);
     if let Some(secret) = form.get("client_secret") {
         if sp.secret.as_deref() != Some(secret.as_str()) {
-            return invalid_client(format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."));
+            return invalid_client(format!(
+                "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+            ));
         }
     } else if let Some(assertion) = form.get("client_assertion") {
         if form.get("client_assertion_type").map(String::as_str)
             != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
         {
-            return bad("invalid_request", "AADSTS50027: Invalid client_assertion_type.".into());
+            return bad(
+                "invalid_request",
+                "AADSTS50027: Invalid client_assertion_type.".into(),
+            );
         }
         let Some((thumb, key)) = &sp.certificate else {
-            return invalid_client(format!("AADSTS700027: Client assertion contains an invalid signature. No certificate is registered for app '{client_id}'."));
+            return invalid_client(format!(
+                "AADSTS700027: Client assertion contains an invalid signature. No certificate is registered for app '{client_id}'."
+            ));
         };
         if super::tokens::assertion_thumbprint(assertion).as_deref() != Some(thumb.as_str()) {
-            return invalid_client(format!("AADSTS700027: Client assertion contains an invalid signature. [Reason - The key was not found.] Thumbprint of key used by client does not match a certificate of app '{client_id}'."));
+            return invalid_client(format!(
+                "AADSTS700027: Client assertion contains an invalid signature. [Reason - The key was not found.] Thumbprint of key used by client does not match a certificate of app '{client_id}'."
+            ));
         }
         let claims = match super::tokens::verify_assertion(assertion, key) {
             Ok(c) => c,
             Err(e) => {
-                return invalid_client(format!("AADSTS700027: Client assertion failed signature validation: {e}."));
+                return invalid_client(format!(
+                    "AADSTS700027: Client assertion failed signature validation: {e}."
+                ));
             }
         };
         let expected_path = req.path().to_ascii_lowercase();
         let aud_ok = url::Url::parse(&claims.aud)
-            .map(|u| u.path().trim_end_matches('/').to_ascii_lowercase() == expected_path.trim_end_matches('/'))
+            .map(|u| {
+                u.path().trim_end_matches('/').to_ascii_lowercase()
+                    == expected_path.trim_end_matches('/')
+            })
             .unwrap_or(false);
-        if !aud_ok || !claims.iss.eq_ignore_ascii_case(client_id) || !claims.sub.eq_ignore_ascii_case(client_id) {
-            return invalid_client("AADSTS700021: Client assertion application identifier or audience doesn't match.".into());
+        if !aud_ok
+            || !claims.iss.eq_ignore_ascii_case(client_id)
+            || !claims.sub.eq_ignore_ascii_case(client_id)
+        {
+            return invalid_client(
+                "AADSTS700021: Client assertion application identifier or audience doesn't match."
+                    .into(),
+            );
         }
     } else {
         return invalid_client("AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into());
     }
-    let lifetime = cfg.token_lifetime.min(Duration::from_secs(3599)).max(Duration::from_secs(60));
-    let (token, exp) = shared
-        .signer
-        .issue(&resource, tenant, &sp.client_id, &sp.principal_id, "", lifetime);
+    let lifetime = cfg
+        .token_lifetime
+        .min(Duration::from_secs(3599))
+        .max(Duration::from_secs(60));
+    let (token, exp) = shared.signer.issue(
+        &resource,
+        tenant,
+        &sp.client_id,
+        &sp.principal_id,
+        "",
+        lifetime,
+    );
     let secs = lifetime.as_secs();
     let now = super::tokens::unix_now();
     let body = if v2 {
@@ -788,4 +954,3 @@ fn aad_answer(
         .insert_header(("Cache-Control", "no-store, no-cache"))
         .json(body)
 }
-

@@ -186,7 +186,10 @@ pub struct AzureSim;
 
 impl AzureSim {
     /// Starts the simulator for `topology` on loopback listeners.
-    pub async fn start(topology: &Topology, config: AzureSimConfig) -> Result<AzureSimHandle, Error> {
+    pub async fn start(
+        topology: &Topology,
+        config: AzureSimConfig,
+    ) -> Result<AzureSimHandle, Error> {
         let bind = || {
             let l = TcpListener::bind("127.0.0.1:0").map_err(Error::Bind)?;
             l.set_nonblocking(true).map_err(Error::Bind)?;
@@ -218,7 +221,12 @@ impl AzureSim {
             .collect();
         let mut add_compute = |kind: &'static str, name: &str| {
             compute.insert(
-                compute_key(kind, &topology.subscription_id, &topology.resource_group, name),
+                compute_key(
+                    kind,
+                    &topology.subscription_id,
+                    &topology.resource_group,
+                    name,
+                ),
                 Compute {
                     kind,
                     subscription: topology.subscription_id.clone(),
@@ -249,9 +257,12 @@ impl AzureSim {
                     &topology.resource_group,
                     name,
                 ),
-                Host::Vm { name } => {
-                    compute_key("vm", &topology.subscription_id, &topology.resource_group, name)
-                }
+                Host::Vm { name } => compute_key(
+                    "vm",
+                    &topology.subscription_id,
+                    &topology.resource_group,
+                    name,
+                ),
             };
             nodes_by_addr.insert(addr, (node.name.clone(), key));
             node_addrs.push((node.name.clone(), addr));
@@ -452,7 +463,11 @@ impl AzureSimHandle {
     }
 
     /// Makes assigning an identity succeed or fail with `LinkedAuthorizationFailed`.
-    pub fn set_identity_assignable(&self, resource_id: &str, assignable: bool) -> Result<(), Error> {
+    pub fn set_identity_assignable(
+        &self,
+        resource_id: &str,
+        assignable: bool,
+    ) -> Result<(), Error> {
         let mut inner = self.shared.lock();
         let rec = inner
             .identities

@@ -197,8 +197,11 @@ impl Compute {
     }
 
     pub fn system_principal_id(&self) -> String {
-        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, self.id().to_lowercase().as_bytes())
-            .to_string()
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            self.id().to_lowercase().as_bytes(),
+        )
+        .to_string()
     }
 }
 
@@ -285,13 +288,19 @@ impl Inner {
 
     /// Seconds left in the subscription's throttle window, if it is open.
     pub fn throttled_for(&self, subscription: &str) -> Option<u64> {
-        let (_, until) = self.throttle_windows.get(&subscription.to_ascii_lowercase())?;
+        let (_, until) = self
+            .throttle_windows
+            .get(&subscription.to_ascii_lowercase())?;
         let left = until.checked_duration_since(Instant::now())?;
         Some(left.as_secs_f64().ceil().max(1.0) as u64)
     }
 
     /// Charges one write against the budget; `Some(retry_after_secs)` when over budget.
-    pub fn charge_write(&mut self, subscription: &str, budget: Option<(u32, Duration)>) -> Option<u64> {
+    pub fn charge_write(
+        &mut self,
+        subscription: &str,
+        budget: Option<(u32, Duration)>,
+    ) -> Option<u64> {
         let (writes, window) = budget?;
         let now = Instant::now();
         let slot = self

@@ -144,10 +144,23 @@ mod tests {
     #[test]
     fn issued_tokens_verify_and_carry_their_claims() {
         let s = TokenSigner::random();
-        let (t, exp) = s.issue("https://vault.azure.net", "t", "c", "o", "/id", Duration::from_secs(60));
+        let (t, exp) = s.issue(
+            "https://vault.azure.net",
+            "t",
+            "c",
+            "o",
+            "/id",
+            Duration::from_secs(60),
+        );
         let c = s.verify(&t).unwrap();
-        assert_eq!((c.aud.as_str(), c.appid.as_str(), c.oid.as_str()), ("https://vault.azure.net", "c", "o"));
+        assert_eq!(
+            (c.aud.as_str(), c.appid.as_str(), c.oid.as_str()),
+            ("https://vault.azure.net", "c", "o")
+        );
         assert_eq!(c.exp, exp);
-        assert!(TokenSigner::random().verify(&t).is_err(), "another run's key must not verify");
+        assert!(
+            TokenSigner::random().verify(&t).is_err(),
+            "another run's key must not verify"
+        );
     }
 }

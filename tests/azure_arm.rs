@@ -299,6 +299,12 @@ async fn a_429_storm_never_sees_a_request_inside_a_retry_after_window() {
         assert_eq!(out.added.len(), 1);
     }
     let c = sim.counters();
+    eprintln!(
+        "storm: {} PATCHes, {} throttled, {} violations",
+        c.total_patches(),
+        c.throttled,
+        c.throttle_violations
+    );
     assert!(c.throttled >= 2, "the storm really throttled: {c:?}");
     assert_eq!(c.throttle_violations, 0, "{c:?}");
     // Cross-check with the request log: after each 429 (plus the in-flight grace), nothing

@@ -22,6 +22,7 @@ const HANG: Duration = Duration::from_secs(3600);
 pub(crate) fn serve(
     shared: Arc<Shared>,
     mgmt: TcpListener,
+    mgmt_tls: Option<(TcpListener, rustls::ServerConfig)>,
     nodes: Vec<TcpListener>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::from(shared);
@@ -34,6 +35,9 @@ pub(crate) fn serve(
     .disable_signals()
     .shutdown_timeout(1)
     .listen(mgmt)?;
+    if let Some((l, config)) = mgmt_tls {
+        server = server.listen_rustls_0_23(l, config)?;
+    }
     for l in nodes {
         server = server.listen(l)?;
     }
@@ -56,6 +60,12 @@ async fn dispatch(
     let ci = |i: usize, w: &str| segs.get(i).is_some_and(|s| s.eq_ignore_ascii_case(w));
     let is_token_path = (segs.len() == 3 && ci(1, "oauth2") && ci(2, "token"))
         || (segs.len() == 4 && ci(1, "oauth2") && ci(2, "v2.0") && ci(3, "token"));
+    let is_openid = segs.len() >= 3
+        && segs[segs.len() - 2].eq_ignore_ascii_case(".well-known")
+        && segs[segs.len() - 1].eq_ignore_ascii_case("openid-configuration");
+    if is_openid {
+        return openid_configuration(&req, segs[0], ci(1, "v2.0"));
+    }
     if is_token_path {
         let resp = aad(&req, payload, &shared, segs[0], segs.len() == 4).await;
         record(&shared, &req, None, &resp);
@@ -80,6 +90,39 @@ async fn hang(shared: &Shared) {
         _ = tokio::time::sleep(HANG) => {}
         _ = shared.stopping.cancelled() => {}
     }
+}
+
+/// Base URL the client used (scheme and host of this request), for URLs we hand back.
+fn base_url(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
+
+/// The tenant discovery document MSAL-based SDKs fetch before asking for a token.
+fn openid_configuration(req: &HttpRequest, tenant: &str, v2: bool) -> HttpResponse {
+    let base = base_url(req);
+    let (token, authorize) = if v2 {
+        (
+            format!("{base}/{tenant}/oauth2/v2.0/token"),
+            format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+        )
+    } else {
+        (
+            format!("{base}/{tenant}/oauth2/token"),
+            format!("{base}/{tenant}/oauth2/authorize"),
+        )
+    };
+    HttpResponse::Ok().json(json!({
+        "token_endpoint": token,
+        "authorization_endpoint": authorize,
+        "issuer": format!("https://sts.windows.net/{tenant}/"),
+        "jwks_uri": format!("{base}/{tenant}/discovery/keys"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "tenant_region_scope": "WW",
+    }))
 }
 
 fn record(shared: &Shared, req: &HttpRequest, subscription: Option<String>, resp: &HttpResponse) {
@@ -295,7 +338,7 @@ async fn arm(
                     );
                 }
             };
-            patch_compute(shared, &cfg, segs, &key, &body, lro_failure)
+            patch_compute(shared, &cfg, &base_url(req), segs, &key, &body, lro_failure)
         }
         (ArmRoute::Identity { rg, name }, m) if m == Method::GET => {
             let inner = shared.lock();
@@ -371,6 +414,7 @@ fn not_found(segs: &[&str]) -> HttpResponse {
 fn patch_compute(
     shared: &Shared,
     cfg: &super::AzureSimConfig,
+    base_url: &str,
     segs: &[&str],
     key: &str,
     body: &[u8],
@@ -460,8 +504,8 @@ fn patch_compute(
         },
     );
     let base = format!(
-        "http://{}/subscriptions/{sub}/providers/Microsoft.Compute/locations/{}",
-        shared.mgmt_addr, cfg.location
+        "{base_url}/subscriptions/{sub}/providers/Microsoft.Compute/locations/{}",
+        cfg.location
     );
     let retry_after = cfg.lro_retry_after_secs.to_string();
     match mode {

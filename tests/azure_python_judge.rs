@@ -9,7 +9,7 @@ use aad_pod_identity::sandbox::topology::Topology;
 use aad_pod_identity::sim::azure::AzureSimConfig;
 use azure_common::*;
 
-async fn python_get_token(imds: std::net::SocketAddr, client_id: &str) -> std::process::Output {
+async fn python_get_token(imds: &str, client_id: &str) -> std::process::Output {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/judges/azure_identity_imds.py"
@@ -39,10 +39,10 @@ async fn python_azure_identity_accepts_the_simulated_metadata_service() {
     arm.update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])
         .await
         .unwrap();
-    let imds = sim.imds_addr(&t.nodes()[0].name).unwrap();
+    let imds = sim.imds_endpoint(&t.nodes()[0].name).unwrap();
     let assigned = t.identity_client_id(&t.identities[0]).to_string();
 
-    let out = python_get_token(imds, &assigned).await;
+    let out = python_get_token(&imds, &assigned).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -56,7 +56,7 @@ async fn python_azure_identity_accepts_the_simulated_metadata_service() {
 
     // An identity not assigned to this node: the SDK surfaces the service's refusal.
     let other = t.identity_client_id(&t.identities[1]).to_string();
-    let out = python_get_token(imds, &other).await;
+    let out = python_get_token(&imds, &other).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Identity not found"), "{stderr}");

@@ -377,6 +377,11 @@ impl AzureSimHandle {
             .ok_or_else(|| Error::UnknownNode(node.to_string()))
     }
 
+    /// `http://<imds_addr(node)>`, the value for `AZURE_POD_IDENTITY_AUTHORITY_HOST`.
+    pub fn imds_endpoint(&self, node: &str) -> Result<String, Error> {
+        Ok(format!("http://{}", self.imds_addr(node)?))
+    }
+
     /// Every node's metadata-service address, in topology order.
     #[must_use]
     pub fn imds_addrs(&self) -> &[(String, SocketAddr)] {

@@ -16,10 +16,7 @@ async fn python_get_token(imds: &str, client_id: &str) -> std::process::Output {
     );
     tokio::process::Command::new("python3")
         .arg(script)
-        .env(
-            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-            format!("http://{imds}"),
-        )
+        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds)
         .env("CLIENT_ID", client_id)
         .env("SCOPE", "https://vault.azure.net/.default")
         .env_remove("HTTP_PROXY")

@@ -16,5 +16,5 @@ try:
     tok = cred.get_token(os.environ["SCOPE"])
     print(json.dumps({"token": tok.token, "expires_on": tok.expires_on}))
 except Exception as e:  # the SDK's exception text is what the test checks
-    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    print(f"{type(e).__name__}: {e} (cause: {e.__cause__!r})", file=sys.stderr)
     sys.exit(1)

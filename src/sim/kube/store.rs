@@ -966,20 +966,20 @@ impl Store {
                 }
             }
         }
-        if gr.group == "apiextensions.k8s.io" && gr.plural == "customresourcedefinitions" {
-            if let Ok(infos) = super::resources::from_crd(obj)
-                && let Some(first) = infos.first()
-            {
-                let cgr = first.gr();
-                if let Some(shard) = inner.shards.get(&cgr) {
-                    for k in shard.objects.keys() {
-                        pending.push((
-                            cgr.clone(),
-                            k.0.clone(),
-                            k.1.clone(),
-                            Propagation::Background,
-                        ));
-                    }
+        if gr.group == "apiextensions.k8s.io"
+            && gr.plural == "customresourcedefinitions"
+            && let Ok(infos) = super::resources::from_crd(obj)
+            && let Some(first) = infos.first()
+        {
+            let cgr = first.gr();
+            if let Some(shard) = inner.shards.get(&cgr) {
+                for k in shard.objects.keys() {
+                    pending.push((
+                        cgr.clone(),
+                        k.0.clone(),
+                        k.1.clone(),
+                        Propagation::Background,
+                    ));
                 }
             }
         }
@@ -1114,12 +1114,12 @@ impl Store {
         self.remove_locked(&mut inner, info, &existing, opts.propagation, &mut pending);
         self.collect_garbage(&mut inner, pending);
         drop(inner);
-        if info.group == "apiextensions.k8s.io" && info.plural == "customresourcedefinitions" {
-            if let Ok(infos) = super::resources::from_crd(&existing)
-                && let Some(first) = infos.first()
-            {
-                self.registry.remove_custom(&first.group, &first.plural);
-            }
+        if info.group == "apiextensions.k8s.io"
+            && info.plural == "customresourcedefinitions"
+            && let Ok(infos) = super::resources::from_crd(&existing)
+            && let Some(first) = infos.first()
+        {
+            self.registry.remove_custom(&first.group, &first.plural);
         }
         Ok(existing)
     }

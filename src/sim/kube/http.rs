@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::convert;
 use super::discovery;
 use super::meta::{ApiError, name_of};
 use super::patch::{self, PatchKind};
@@ -152,7 +153,7 @@ async fn route(
     shared: &Arc<Shared>,
 ) -> Result<HttpResponse, ApiError> {
     let path = req.path();
-    let query = parse_query(req.query_string());
+    let mut query = parse_query(req.query_string());
     if let Some(r) = discovery::handle(shared, req, path)? {
         return Ok(r);
     }
@@ -177,6 +178,19 @@ async fn route(
         .unwrap_or("application/json")
         .to_string();
     let info = target.info.clone();
+    if info.converted()
+        && let Some(fs) = query.get_mut("fieldSelector")
+    {
+        *fs = convert::event_field_selector_to_core(fs);
+    }
+    // Bodies of converted resources are stored in the storage group's form.
+    let to_storage = |v: Value| {
+        if info.converted() {
+            convert::event_to_core(&v)
+        } else {
+            v
+        }
+    };
     let ns = target.namespace.clone().unwrap_or_default();
     if info.namespaced && target.namespace.is_none() && target.name.is_some() {
         return Err(ApiError::no_route(path));
@@ -238,7 +252,7 @@ async fn route(
         }
         (Method::POST, None) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
-            let obj = parse_object(&body, &content_type)?;
+            let obj = to_storage(parse_object(&body, &content_type)?);
             if dry_run(&query) {
                 return Ok(object_response(StatusCode::CREATED, &info, &Arc::new(obj)));
             }
@@ -247,7 +261,7 @@ async fn route(
         }
         (Method::PUT, Some(name)) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
-            let obj = parse_object(&body, &content_type)?;
+            let obj = to_storage(parse_object(&body, &content_type)?);
             let status_only = target.subresource.is_some();
             let updated = store.update(&info, &ns, name, obj, status_only)?;
             Ok(object_response(StatusCode::OK, &info, &updated))
@@ -264,14 +278,19 @@ async fn route(
             };
             let status_only = target.subresource.is_some();
             let result = store.update_with(&info, &ns, name, status_only, |cur| {
-                let mut next = cur.clone();
+                // A patch applies to the object as the client sees it.
+                let mut next = if info.converted() {
+                    convert::event_from_core(cur)
+                } else {
+                    cur.clone()
+                };
                 patch::apply(kind, &mut next, &p)?;
-                Ok(next)
+                Ok(to_storage(next))
             });
             match result {
                 Err(e) if e.code == 404 && kind == PatchKind::Apply && !status_only => {
                     // Server-side apply creates what does not exist yet.
-                    let created = store.create(&info, &ns, p)?;
+                    let created = store.create(&info, &ns, to_storage(p))?;
                     Ok(object_response(StatusCode::CREATED, &info, &created))
                 }
                 Err(e) => Err(e),
@@ -427,8 +446,13 @@ fn parse_object(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// Writes the object, fixing `apiVersion` when it is served under another version than stored.
+/// Writes the object, fixing `apiVersion` when it is served under another version than stored
+/// and converting objects stored in another group's form.
 pub fn write_object(out: &mut Vec<u8>, info: &ResourceInfo, obj: &Value) {
+    if info.converted() {
+        let _ = serde_json::to_writer(&mut *out, &convert::event_from_core(obj));
+        return;
+    }
     let av = info.api_version();
     if obj.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) {
         let _ = serde_json::to_writer(&mut *out, obj);
@@ -471,7 +495,10 @@ fn list_response(info: &ResourceInfo, list: &super::store::ListResult) -> HttpRe
             out.push(b',');
         }
         match list.encodings.get(i) {
-            Some(cell) if item.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) => {
+            Some(cell)
+                if !info.converted()
+                    && item.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) =>
+            {
                 out.extend_from_slice(super::store::encode_cached(cell, item));
             }
             _ => write_object(&mut out, info, item),

@@ -9,6 +9,7 @@
 //! [`KubeSim::start`] and get a [`KubeSimHandle`].
 
 pub mod cluster;
+pub mod convert;
 pub mod discovery;
 pub mod http;
 pub mod meta;

@@ -66,13 +66,21 @@ pub struct ResourceInfo {
     pub columns: Vec<PrinterColumn>,
     /// Whether this entry came from a CRD.
     pub custom: bool,
+    /// Group whose storage holds the objects (differs only for `events.k8s.io`, stored as core Events).
+    pub storage_group: String,
 }
 
 impl ResourceInfo {
     /// The storage key.
     #[must_use]
     pub fn gr(&self) -> GroupResource {
-        GroupResource::new(&self.group, &self.plural)
+        GroupResource::new(&self.storage_group, &self.plural)
+    }
+
+    /// Whether objects are converted on the way in and out (stored in another group's form).
+    #[must_use]
+    pub fn converted(&self) -> bool {
+        self.group != self.storage_group
     }
 
     /// `apiVersion` of objects served here.
@@ -116,6 +124,11 @@ fn builtin(
         status_subresource: status,
         columns: Vec::new(),
         custom: false,
+        storage_group: if group == "events.k8s.io" {
+            String::new()
+        } else {
+            group.into()
+        },
     }
 }
 
@@ -372,6 +385,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, String> {
             status_subresource,
             columns,
             custom: true,
+            storage_group: group.clone(),
         });
     }
     Ok(out)

@@ -1006,6 +1006,7 @@ impl Store {
                     status_subresource: false,
                     columns: Vec::new(),
                     custom: true,
+                    storage_group: gr.group.clone(),
                 }))
             }) else {
                 continue;

@@ -68,10 +68,10 @@ pub fn event_field_selector_to_core(selector: &str) -> String {
             for (core, new) in RENAMES {
                 if let Some(rest) = r.strip_prefix(&format!("{new}.")) {
                     r = format!("{core}.{rest}");
-                } else if let Some(rest) = r.strip_prefix(new) {
-                    if rest.starts_with('=') || rest.starts_with("!=") {
-                        r = format!("{core}{rest}");
-                    }
+                } else if let Some(rest) = r.strip_prefix(new)
+                    && (rest.starts_with('=') || rest.starts_with("!="))
+                {
+                    r = format!("{core}{rest}");
                 }
             }
             r

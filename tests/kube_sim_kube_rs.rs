@@ -299,6 +299,19 @@ async fn crud_semantics_match_a_real_api_server() {
         matches!(e, kube::Error::Api(ref s) if s.code == 404 && s.reason == "NotFound"),
         "{e:?}"
     );
+    // server-side apply (approximated as create-or-merge)
+    let ssa = PatchParams::apply("kube-sim-test");
+    let desired = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+    api.patch("ssa", &ssa, &Patch::Apply(&desired))
+        .await
+        .unwrap();
+    let desired = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "2"}});
+    let applied = api
+        .patch("ssa", &ssa, &Patch::Apply(&desired))
+        .await
+        .unwrap();
+    assert_eq!(applied.data.unwrap()["a"], "2");
+    api.delete("ssa", &DeleteParams::default()).await.unwrap();
     // paged list
     for i in 0..7 {
         api.create(&PostParams::default(), &cm(&format!("p{i}"), "1"))

@@ -418,7 +418,7 @@ impl Registry {
         );
         self.entries
             .write()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, Arc::new(info));
     }
 
@@ -427,7 +427,7 @@ impl Registry {
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
         self.entries
             .read()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&(group.to_string(), version.to_string(), plural.to_string()))
             .cloned()
     }
@@ -437,7 +437,7 @@ impl Registry {
     pub fn preferred(&self, group: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
         self.entries
             .read()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .find(|i| i.group == group && i.plural == plural)
             .cloned()
@@ -448,7 +448,7 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<ResourceInfo>> {
         self.entries
             .read()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .cloned()
             .collect()
@@ -470,7 +470,7 @@ impl Registry {
     pub fn remove_custom(&self, group: &str, plural: &str) {
         self.entries
             .write()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|(g, _, p), info| !(info.custom && g == group && p == plural));
     }
 }

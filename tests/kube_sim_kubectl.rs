@@ -427,3 +427,50 @@ async fn events_recorded_by_kube_rs_show_in_kubectl_describe() {
     assert_eq!(core, "demo 2");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scales_and_restarts_a_deployment() {
+    let env = Env::start().await;
+    let deploy = seed_dir().join("deployment.yaml");
+    env.ok(&["apply", "-f", deploy.to_str().unwrap()]).await;
+    // `kubectl scale` goes through the /scale subresource.
+    env.ok(&["scale", "deployment/azure-cli", "--replicas=3"])
+        .await;
+    env.ok(&["rollout", "status", "deployment/azure-cli", "--timeout=30s"])
+        .await;
+    let names = |s: String| -> std::collections::BTreeSet<String> {
+        s.split_whitespace().map(String::from).collect()
+    };
+    let before = names(
+        env.ok(&["get", "pods", "-l", "name=azure-cli", "-o", "name"])
+            .await,
+    );
+    assert_eq!(before.len(), 3, "{before:?}");
+    env.ok(&["rollout", "restart", "deployment/azure-cli"])
+        .await;
+    env.ok(&["rollout", "status", "deployment/azure-cli", "--timeout=30s"])
+        .await;
+    let after = names(
+        env.ok(&["get", "pods", "-l", "name=azure-cli", "-o", "name"])
+            .await,
+    );
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(
+        before.is_disjoint(&after),
+        "restart kept old pods: {before:?} {after:?}"
+    );
+    env.ok(&["scale", "deployment/azure-cli", "--replicas=1"])
+        .await;
+    env.ok(&["rollout", "status", "deployment/azure-cli", "--timeout=30s"])
+        .await;
+    let replicas = env
+        .ok(&[
+            "get",
+            "deployment/azure-cli",
+            "-o",
+            "jsonpath={.status.replicas}",
+        ])
+        .await;
+    assert_eq!(replicas, "1");
+    env.stop().await;
+}

@@ -162,6 +162,7 @@ async fn route(
     };
     if let Some(sub) = &target.subresource
         && !(sub == "status" && target.info.status_subresource)
+        && !(sub == "scale" && target.info.has_scale())
     {
         return Err(ApiError::no_route(path));
     }
@@ -197,6 +198,12 @@ async fn route(
     }
     let store = &shared.store;
     let method = req.method().clone();
+    if target.subresource.as_deref() == Some("scale")
+        && let Some(name) = target.name.as_deref()
+    {
+        let body = read_body(payload, shared.config.max_body_bytes).await?;
+        return scale(shared, &info, &ns, name, &method, &body, &content_type);
+    }
     let is_watch =
         target.watch_prefix || matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     match (method, target.name.as_deref()) {
@@ -330,6 +337,91 @@ async fn route(
             "the server does not allow this method ({m}) on the requested resource"
         ))),
     }
+}
+
+/// The autoscaling/v1 Scale view of an object with `spec.replicas`.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// GET, PUT and PATCH of the `/scale` subresource: only `spec.replicas` changes.
+fn scale(
+    shared: &Shared,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    method: &Method,
+    body: &[u8],
+    content_type: &str,
+) -> Result<HttpResponse, ApiError> {
+    let store = &shared.store;
+    if *method == Method::GET {
+        let obj = store.get(info, ns, name)?;
+        return Ok(json_response(StatusCode::OK, &scale_of(&obj)));
+    }
+    let (patch_kind, body): (Option<PatchKind>, Value) = match *method {
+        Method::PUT => (None, parse_object(body, content_type)?),
+        Method::PATCH => {
+            let kind = PatchKind::from_content_type(content_type)
+                .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
+            let p = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))?;
+            (Some(kind), p)
+        }
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method ({method}) on the scale subresource"
+            )));
+        }
+    };
+    let updated = store.update_with(info, ns, name, false, |cur| {
+        let mut s = scale_of(cur);
+        match patch_kind {
+            Some(k) => patch::apply(k, &mut s, &body)?,
+            None => s = body,
+        }
+        if let Some(rv) = s.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            && Some(rv) != cur.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        {
+            return Err(ApiError::conflict(
+                &info.group,
+                &info.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        let replicas = s
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .filter(|r| *r >= 0)
+            .ok_or_else(|| {
+                ApiError::invalid("autoscaling", "Scale", name, "spec.replicas: Invalid value: must be a non-negative integer")
+            })?;
+        let mut n = cur.clone();
+        n["spec"]["replicas"] = json!(replicas);
+        Ok(n)
+    })?;
+    Ok(json_response(StatusCode::OK, &scale_of(&updated)))
 }
 
 fn dry_run(q: &Query) -> bool {

@@ -77,6 +77,14 @@ impl ResourceInfo {
         GroupResource::new(&self.storage_group, &self.plural)
     }
 
+    /// Whether a `/scale` subresource exists (autoscaling/v1 Scale over `spec.replicas`).
+    #[must_use]
+    pub fn has_scale(&self) -> bool {
+        !self.custom
+            && self.group == "apps"
+            && matches!(self.plural.as_str(), "deployments" | "replicasets")
+    }
+
     /// Whether objects are converted on the way in and out (stored in another group's form).
     #[must_use]
     pub fn converted(&self) -> bool {

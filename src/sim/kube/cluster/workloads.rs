@@ -151,27 +151,38 @@ impl Controllers {
             .unwrap_or(1)
             .max(0) as usize;
         let hash = template_hash(d.pointer("/spec/template").unwrap_or(&Value::Null));
-        let mut pods: Vec<_> = self
+        let is_current = |p: &Value| {
+            p.pointer("/metadata/labels/pod-template-hash")
+                .and_then(Value::as_str)
+                == Some(hash.as_str())
+        };
+        let active_pods: Vec<_> = self
             .owned_pods(ns, uid_of(&d))
             .into_iter()
             .filter(|p| active(p))
             .collect();
-        if pods.len() < want {
-            for _ in pods.len()..want {
+        let (mut current, old): (Vec<_>, Vec<_>) =
+            active_pods.into_iter().partition(|p| is_current(p));
+        // A changed template (e.g. `kubectl rollout restart`) replaces the old pods.
+        for p in &old {
+            self.delete_pod(p);
+        }
+        if current.len() < want {
+            for _ in current.len()..want {
                 self.create_pod(&d, &[("pod-template-hash", hash.clone())], None);
             }
-        } else if pods.len() > want {
-            pods.sort_by(|a, b| {
+        } else if current.len() > want {
+            current.sort_by(|a, b| {
                 meta::meta_str(b, "creationTimestamp").cmp(&meta::meta_str(a, "creationTimestamp"))
             });
-            for p in pods.drain(..pods.len() - want) {
+            for p in current.drain(..current.len() - want) {
                 self.delete_pod(&p);
             }
         }
         let pods: Vec<_> = self
             .owned_pods(ns, uid_of(&d))
             .into_iter()
-            .filter(|p| active(p))
+            .filter(|p| active(p) && is_current(p))
             .collect();
         let ready_n = pods.iter().filter(|p| ready(p)).count();
         let available = ready_n >= want;

@@ -1202,6 +1202,26 @@ impl Store {
         (items, inner.rv)
     }
 
+    /// Objects of `gr` that name `owner_uid` in their ownerReferences (from the owner index,
+    /// so the cost is the number of dependents, not the number of objects).
+    #[must_use]
+    pub fn dependents(&self, owner_uid: &str, gr: &GroupResource) -> Vec<Arc<Value>> {
+        let inner = self.read();
+        let Some(deps) = inner.dependents.get(owner_uid) else {
+            return Vec::new();
+        };
+        let Some(shard) = inner.shards.get(gr) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Arc<Value>> = deps
+            .iter()
+            .filter(|(dgr, _, _)| dgr == gr)
+            .filter_map(|(_, ns, name)| shard.objects.get(&(ns.clone(), name.clone())).cloned())
+            .collect();
+        out.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+        out
+    }
+
     /// Number of objects of `gr`.
     #[must_use]
     pub fn count(&self, gr: &GroupResource) -> usize {

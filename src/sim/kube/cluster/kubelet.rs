@@ -3,7 +3,7 @@
 //! as hostIP, phase Running with Ready conditions. Pods owned by a Job succeed after the
 //! configured run time (a tokio timer, so tests can drive it with a paused clock).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -88,6 +88,8 @@ struct Kubelet {
     shared: Arc<Shared>,
     nodes: BTreeMap<String, NodeInfo>,
     pods_per_node: HashMap<String, usize>,
+    /// (pods, node) for every schedulable node: the least-loaded node is the first entry.
+    load: BTreeSet<(usize, String)>,
     /// Pod uid → node it was counted on.
     placed: HashMap<String, String>,
     ips: IpPool,
@@ -103,6 +105,32 @@ impl Kubelet {
             .iter()
             .map(|n| (name_of(n).to_string(), node_info(n)))
             .collect();
+        self.rebuild_load();
+    }
+
+    fn rebuild_load(&mut self) {
+        self.load = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.ready && !n.unschedulable)
+            .map(|(name, _)| {
+                (
+                    self.pods_per_node.get(name).copied().unwrap_or(0),
+                    name.clone(),
+                )
+            })
+            .collect();
+    }
+
+    /// Moves `node`'s count by `delta`, keeping the load index in step.
+    fn adjust(&mut self, node: &str, delta: isize) {
+        let c = self.pods_per_node.entry(node.to_string()).or_default();
+        let old = *c;
+        *c = old.saturating_add_signed(delta);
+        let new = *c;
+        if self.load.remove(&(old, node.to_string())) {
+            self.load.insert((new, node.to_string()));
+        }
     }
 
     fn count(&mut self, pod: &Value, event: EventType) {
@@ -112,16 +140,14 @@ impl Kubelet {
         if let Some(prev) = self.placed.get(&uid).cloned()
             && (gone || node != Some(prev.as_str()))
         {
-            if let Some(c) = self.pods_per_node.get_mut(&prev) {
-                *c = c.saturating_sub(1);
-            }
+            self.adjust(&prev, -1);
             self.placed.remove(&uid);
         }
         if !gone
             && let Some(n) = node
             && !self.placed.contains_key(&uid)
         {
-            *self.pods_per_node.entry(n.to_string()).or_default() += 1;
+            self.adjust(n, 1);
             self.placed.insert(uid.clone(), n.to_string());
         }
         if gone {
@@ -139,14 +165,17 @@ impl Kubelet {
 
     fn pick_node(&self, pod: &Value) -> Option<String> {
         let selector = pod.pointer("/spec/nodeSelector").and_then(Value::as_object);
-        self.nodes
+        self.load
             .iter()
-            .filter(|(_, n)| n.ready && !n.unschedulable)
-            .filter(|(_, n)| {
-                selector.is_none_or(|s| s.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+            .map(|(_, name)| name)
+            .find(|name| {
+                selector.is_none_or(|s| {
+                    self.nodes
+                        .get(*name)
+                        .is_some_and(|n| s.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+                })
             })
-            .min_by_key(|(name, _)| self.pods_per_node.get(*name).copied().unwrap_or(0))
-            .map(|(name, _)| name.clone())
+            .cloned()
     }
 
     fn handle(&mut self, pod: &Value, event: EventType) {
@@ -290,6 +319,7 @@ pub async fn run(shared: Arc<Shared>) {
         shared: shared.clone(),
         nodes: BTreeMap::new(),
         pods_per_node: HashMap::new(),
+        load: BTreeSet::new(),
         placed: HashMap::new(),
         ips: IpPool {
             next: 0,
@@ -310,6 +340,7 @@ pub async fn run(shared: Arc<Shared>) {
                 let (all, _) = shared.store.snapshot(&info(&shared, "", "pods").gr());
                 k.pods_per_node.clear();
                 k.placed.clear();
+                k.rebuild_load();
                 for p in &all {
                     k.handle(p, EventType::Added);
                 }

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use super::{Feed, Update, controller_of, info, key_of, owner_ref, terminating};
 use crate::sim::kube::Shared;
 use crate::sim::kube::meta::{self, name_of, namespace_of, uid_of};
-use crate::sim::kube::selector::{FieldSelector, LabelSelector};
 use crate::sim::kube::store::DeleteOptions;
 
 /// A workload to reconcile.
@@ -60,17 +59,9 @@ impl Controllers {
         let pods = info(&self.shared, "", "pods");
         self.shared
             .store
-            .list(
-                &pods,
-                Some(ns),
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-                None,
-                None,
-            )
-            .map(|l| l.items)
-            .unwrap_or_default()
+            .dependents(uid, &pods.gr())
             .into_iter()
+            .filter(|p| namespace_of(p) == ns)
             .filter(|p| controller_of(p).is_some_and(|(_, _, u)| u == uid))
             .collect()
     }
@@ -451,6 +442,7 @@ pub async fn run(shared: Arc<Shared>) {
         if resync {
             all_keys(&shared, &mut keys);
         }
+        let started = tokio::time::Instant::now();
         for k in keys {
             match k {
                 Key::Deployment(ns, name) => c.reconcile_deployment(&ns, &name),
@@ -458,6 +450,7 @@ pub async fn run(shared: Arc<Shared>) {
                 Key::Job(ns, name) => c.reconcile_job(&ns, &name),
             }
         }
+        let took = started.elapsed();
         tokio::select! {
             () = deployments.wait() => {}
             () = daemonsets.wait() => {}
@@ -466,5 +459,16 @@ pub async fn run(shared: Arc<Shared>) {
             () = nodes.wait() => {}
             () = shared.shutdown.cancelled() => return,
         }
+        // Let a burst of changes (the kubelet starting thousands of pods) land before
+        // reconciling, so one reconcile covers many events; waiting at least as long as the
+        // last round took keeps big workloads from monopolising the CPU.
+        let pause = RECONCILE_BATCH.max(took);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
     }
 }
+
+/// How long a wake-up waits for more changes before reconciling.
+const RECONCILE_BATCH: std::time::Duration = std::time::Duration::from_millis(5);

@@ -444,10 +444,12 @@ fn watch_params(
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?,
         ),
     };
+    // Capped at a day: a deadline must stay representable as an Instant.
     let timeout = match q.get("timeoutSeconds") {
         Some(t) => Duration::from_secs(
             t.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t}")))?,
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t}")))?
+                .min(86_400),
         ),
         None => Duration::from_secs(1800),
     };

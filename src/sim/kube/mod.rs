@@ -7,6 +7,24 @@
 //! kubelet, workload controllers) so the seed's Deployments, DaemonSets, Jobs and CronJobs
 //! turn into running pods with loopback IPs. Tests and the sandbox start it with
 //! [`KubeSim::start`] and get a [`KubeSimHandle`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), aad_pod_identity::sim::kube::Error> {
+//! use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig};
+//! let sim = KubeSim::start(KubeSimConfig::default()).await?; // 127.0.0.1:<free port>
+//! let client = sim.client().await?; // kube-rs, from the same kubeconfig kubectl gets
+//! sim.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"))?;
+//! sim.fail_next(1, 429); // fault hooks: also drop_watches(), set_latency()
+//! # drop(client);
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Not simulated: authentication and RBAC (every request is allowed), admission webhooks,
+//! OpenAPI schemas (kubectl validates on the server side, which accepts any fields), pod
+//! logs/exec, Services/endpoints behaviour, graceful pod termination (pods are removed at
+//! once unless finalizers hold them), foreground deletion (treated as background), and
+//! managedFields (server-side apply is approximated as create-or-merge).
 
 pub mod cluster;
 pub mod convert;
@@ -308,6 +326,12 @@ impl KubeSimHandle {
     #[must_use]
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The configuration this simulator runs with.
+    #[must_use]
+    pub fn config(&self) -> &KubeSimConfig {
+        &self.shared.config
     }
 
     /// The store, for in-process inspection (benchmarks, tests).

@@ -244,6 +244,10 @@ impl KubeSim {
     /// Binds, seeds namespaces and nodes, starts the cluster tasks and serves until
     /// [`KubeSimHandle::shutdown`].
     pub async fn start(config: KubeSimConfig) -> Result<KubeSimHandle, Error> {
+        // Simulated addresses must never leave loopback, whoever built the config.
+        for block in [config.pod_ip_range, config.node_ip_range] {
+            Ipv4Block::parse(&block.to_string())?;
+        }
         let registry = Arc::new(Registry::default());
         let store = Arc::new(Store::new(registry.clone(), config.watch_history));
         seed(&store, &registry, &config).map_err(Error::Seed)?;
@@ -403,6 +407,21 @@ impl KubeSimHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_simulator_refuses_addresses_outside_loopback() {
+        let config = KubeSimConfig {
+            pod_ip_range: Ipv4Block {
+                base: Ipv4Addr::new(10, 0, 0, 0),
+                prefix: 16,
+            },
+            ..KubeSimConfig::default()
+        };
+        assert!(matches!(
+            KubeSim::start(config).await,
+            Err(Error::PodRange(_))
+        ));
+    }
 
     #[test]
     fn pod_ranges_must_be_loopback_blocks() {

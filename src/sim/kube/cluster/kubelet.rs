@@ -16,30 +16,36 @@ use crate::sim::kube::store::EventType;
 
 /// Hands out pod IPs from the block and takes them back.
 #[derive(Debug)]
+/// Addresses are handed out in order through the whole block and reused only after it wraps
+/// around, so a just-deleted pod's IP does not reappear at once on another pod (NMI tells pods
+/// apart by source address).
 struct IpPool {
     next: u32,
-    free: Vec<Ipv4Addr>,
     by_pod: HashMap<String, Ipv4Addr>,
     used: HashSet<Ipv4Addr>,
 }
 
 impl IpPool {
-    fn allocate(&mut self, shared: &Shared, uid: &str) -> Ipv4Addr {
+    /// An address for pod `uid`, or `None` when the block is exhausted.
+    fn allocate(&mut self, shared: &Shared, uid: &str) -> Option<Ipv4Addr> {
         if let Some(ip) = self.by_pod.get(uid) {
-            return *ip;
+            return Some(*ip);
+        }
+        let block = &shared.config.pod_ip_range;
+        // Offsets 0 and size-1 (network and broadcast addresses) are never handed out.
+        let usable = block.size() - 2;
+        if self.used.len() >= usable as usize {
+            return None;
         }
         let ip = loop {
-            let candidate = self.free.pop().unwrap_or_else(|| {
-                // Offset 0 is the block's network address; start at 1.
-                self.next += 1;
-                nth_address(&shared.config.pod_ip_range, self.next)
-            });
+            self.next = self.next % usable + 1;
+            let candidate = nth_address(block, self.next);
             if !self.used.contains(&candidate) {
                 break candidate;
             }
         };
         self.claim(uid, ip);
-        ip
+        Some(ip)
     }
 
     /// Records an address already held by a pod (found on a resync).
@@ -51,7 +57,6 @@ impl IpPool {
     fn release(&mut self, uid: &str) {
         if let Some(ip) = self.by_pod.remove(uid) {
             self.used.remove(&ip);
-            self.free.push(ip);
         }
     }
 }
@@ -90,6 +95,10 @@ struct Kubelet {
     pods_per_node: HashMap<String, usize>,
     /// (pods, node) for every schedulable node: the least-loaded node is the first entry.
     load: BTreeSet<(usize, String)>,
+    /// Pods left without an IP because the block was full, retried when one is released.
+    waiting: BTreeSet<(String, String)>,
+    /// Whether an address was released since the last retry.
+    released: bool,
     /// Pod uid → node it was counted on.
     placed: HashMap<String, String>,
     ips: IpPool,
@@ -152,6 +161,7 @@ impl Kubelet {
         }
         if gone {
             self.ips.release(&uid);
+            self.released = true;
         } else if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) != Some(true)
             && let Some(ip) = pod
                 .pointer("/status/podIP")
@@ -219,7 +229,14 @@ impl Kubelet {
         let pod_ip = if host_network {
             host_ip.clone()
         } else {
-            self.ips.allocate(&self.shared, uid_of(pod)).to_string()
+            match self.ips.allocate(&self.shared, uid_of(pod)) {
+                Some(ip) => ip.to_string(),
+                None => {
+                    self.waiting.insert((ns.clone(), name.clone()));
+                    tracing::warn!(pod = %name, range = %self.shared.config.pod_ip_range, "pod IP range exhausted; the pod stays Pending");
+                    return;
+                }
+            }
         };
         let now = meta::now();
         let statuses: Vec<Value> = pod
@@ -320,10 +337,11 @@ pub async fn run(shared: Arc<Shared>) {
         nodes: BTreeMap::new(),
         pods_per_node: HashMap::new(),
         load: BTreeSet::new(),
+        waiting: BTreeSet::new(),
+        released: false,
         placed: HashMap::new(),
         ips: IpPool {
             next: 0,
-            free: Vec::new(),
             by_pod: HashMap::new(),
             used: HashSet::new(),
         },
@@ -348,6 +366,15 @@ pub async fn run(shared: Arc<Shared>) {
             Update::Events(events) => {
                 for e in events {
                     k.handle(&e.object, e.type_);
+                }
+            }
+        }
+        if k.released && !k.waiting.is_empty() {
+            k.released = false;
+            let pods_info = info(&shared, "", "pods");
+            for (ns, name) in std::mem::take(&mut k.waiting) {
+                if let Ok(p) = shared.store.get(&pods_info, &ns, &name) {
+                    k.handle(&p, EventType::Modified);
                 }
             }
         }

@@ -800,3 +800,36 @@ async fn streaming_list_watchers_get_initial_events_then_changes() {
     assert_eq!(describe(&next_event(&mut w).await), "Apply c=1");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_watches_see_objects_enter_and_leave_the_selection() {
+    let (h, client) = sim(quiet()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cfg = watcher::Config::default().labels("aadpodidbinding=sel");
+    let mut w = watcher(api.clone(), cfg).boxed();
+    assert_eq!(describe(&next_event(&mut w).await), "Init");
+    assert_eq!(describe(&next_event(&mut w).await), "InitDone");
+    api.create(&PostParams::default(), &cm("x", "1"))
+        .await
+        .unwrap();
+    let label =
+        |v: Option<&str>| Patch::Merge(json!({"metadata": {"labels": {"aadpodidbinding": v}}}));
+    api.patch("x", &PatchParams::default(), &label(Some("sel")))
+        .await
+        .unwrap();
+    assert_eq!(describe(&next_event(&mut w).await), "Apply x=1");
+    api.patch("x", &PatchParams::default(), &label(Some("other")))
+        .await
+        .unwrap();
+    assert_eq!(describe(&next_event(&mut w).await), "Delete x");
+    api.patch("x", &PatchParams::default(), &label(None))
+        .await
+        .unwrap();
+    api.patch("x", &PatchParams::default(), &label(Some("sel")))
+        .await
+        .unwrap();
+    assert_eq!(describe(&next_event(&mut w).await), "Apply x=1");
+    // Close the client's watch first: graceful shutdown waits for open connections.
+    drop(w);
+    h.shutdown().await;
+}

@@ -38,7 +38,7 @@ pub fn server(
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(2)
+    .shutdown_timeout(1)
     .listen(listener)?
     .run())
 }

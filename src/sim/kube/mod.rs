@@ -399,7 +399,9 @@ impl KubeSimHandle {
         if let Some(t) = self.cluster_task {
             let _ = t.await;
         }
-        self.server_handle.stop(true).await;
+        // Not graceful: idle keep-alive connections would otherwise hold the workers for the
+        // whole shutdown timeout, and nothing is in flight worth waiting for once watches end.
+        self.server_handle.stop(false).await;
         let _ = self.server_task.await;
     }
 }

@@ -474,3 +474,63 @@ async fn kubectl_scales_and_restarts_a_deployment() {
     assert_eq!(replicas, "1");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_sends_protobuf_for_namespaces_configmaps_and_secrets() {
+    let env = Env::start().await;
+    env.ok(&["create", "namespace", "team-a"]).await;
+    env.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+    ])
+    .await;
+    env.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "secret",
+        "generic",
+        "sp",
+        "--from-literal=clientSecret=s3cr3t",
+    ])
+    .await;
+    env.ok(&["-n", "team-a", "create", "serviceaccount", "robot"])
+        .await;
+    let mode = env
+        .ok(&[
+            "-n",
+            "team-a",
+            "get",
+            "configmap",
+            "settings",
+            "-o",
+            "jsonpath={.data.mode}",
+        ])
+        .await;
+    assert_eq!(mode, "fast");
+    let secret = env
+        .ok(&[
+            "-n",
+            "team-a",
+            "get",
+            "secret",
+            "sp",
+            "-o",
+            "jsonpath={.data.clientSecret}",
+        ])
+        .await;
+    assert_eq!(secret, "czNjcjN0", "base64 of the literal");
+    // Kinds whose protobuf form is not decoded are refused with a message, not mangled.
+    let err = env
+        .fails(&["create", "deployment", "web", "--image=x"])
+        .await;
+    assert!(err.contains("send JSON"), "{err}");
+    env.ok(&["delete", "namespace", "team-a"]).await;
+    let err = env.fails(&["-n", "team-a", "get", "secret", "sp"]).await;
+    assert!(err.contains("not found"), "{err}");
+    env.stop().await;
+}

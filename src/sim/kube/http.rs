@@ -528,9 +528,7 @@ fn parse_object(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     let base = content_type.split(';').next().unwrap_or("").trim();
     let v: Value = match base {
         "application/yaml" | "application/x-yaml" | "text/yaml" => parse_yaml_or_json(body)?,
-        "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::unsupported_media_type(content_type));
-        }
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body)?,
         _ => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?,
     };

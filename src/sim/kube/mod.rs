@@ -32,6 +32,7 @@ pub mod discovery;
 pub mod http;
 pub mod meta;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod store;

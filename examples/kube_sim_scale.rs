@@ -14,7 +14,10 @@ const REPLICAS: usize = 10_000;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sim = KubeSim::start(KubeSimConfig {
         topology: Topology::sized(10, 100, 0, 0),
-        watch_history: std::env::var("HISTORY").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000),
+        watch_history: std::env::var("HISTORY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000),
         ..KubeSimConfig::default()
     })
     .await?;

@@ -274,6 +274,50 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
 }
 
+/// `promtool check metrics` finds nothing but the original's legacy `_count` counter names.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(1),
+        "promtool could not parse:\n{report}"
+    );
+    let unexpected: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        // The original's counters are named `..._count`; promtool's naming lint on them is
+        // expected (see tests/metrics_promtool.rs).
+        .filter(|l| {
+            let name = l.split_whitespace().next().unwrap_or_default();
+            !(name.starts_with("aadpodidentity_") && name.ends_with("_count"))
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "promtool complaints:\n{}",
+        unexpected.join("\n")
+    );
+}
+
 async fn wait_health(addr: SocketAddr, want: &str, timeout: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
@@ -355,6 +399,7 @@ async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_ass
         "{metrics}"
     );
     assert!(metrics.contains("aadpodidentity_mic_assignment_latency_seconds_count 2"));
+    promtool_accepts(&metrics);
 
     // Pods gone: after the grace period the identities leave the scale set and the objects go.
     c.delete_pod("demo-0").await;
@@ -585,5 +630,41 @@ async fn the_periodic_reconcile_re_adds_an_identity_removed_by_hand() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(arm.patch_count(), 2);
+    c.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_churn_inside_the_grace_period_costs_two_patches() {
+    // A CronJob every minute with a 60 s grace period, scaled down 30x: a run every 2 s,
+    // each pod running 0.5 s, a 2 s grace period.
+    let c = cluster("cron", Topology::sized(1, 2, 0, 1)).await;
+    let arm = MemoryArm::new(Duration::from_millis(100));
+    let mut s = settings(&c, "mic-0");
+    s.batch.unassign_grace = Duration::from_secs(2);
+    let mic = start_mic(s, arm.clone()).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    for run in 0..10 {
+        let name = format!("cron-{run}");
+        c.pod(&name, "identity-0", &c.node(run % 2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pods.patch_status(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.delete_pod(&name).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
+        .await;
+    let patches = arm.patches.lock().unwrap().clone();
+    println!("CronJob churn, 10 runs: {} PATCHes", patches.len());
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(arm.on_host(&c.scale_set(0)).is_empty());
     c.sim.shutdown().await;
 }

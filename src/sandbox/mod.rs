@@ -3,4 +3,5 @@
 
 pub mod args;
 pub mod run;
+pub mod scenario;
 pub mod topology;

@@ -7,7 +7,7 @@
 //! the next single PATCH.
 
 use super::host::IdentityId;
-use super::port::{HostIdentities, PortError};
+use super::port::{HostIdentities, PatchOutcome, PortError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -28,6 +28,10 @@ pub struct BatchSettings {
     pub transient_backoff: Duration,
     /// Longest wait after transient failures.
     pub transient_backoff_max: Duration,
+    /// How long a change arriving at an idle host waits for company before its PATCH goes
+    /// out, so a burst (a Deployment scaling up) starts with one PATCH instead of one for the
+    /// first pod and one for the rest. Changes arriving while a PATCH is in flight never wait.
+    pub linger: Duration,
 }
 
 impl Default for BatchSettings {
@@ -38,6 +42,7 @@ impl Default for BatchSettings {
             refused_backoff_max: Duration::from_secs(600),
             transient_backoff: Duration::from_secs(1),
             transient_backoff_max: Duration::from_secs(60),
+            linger: Duration::from_millis(500),
         }
     }
 }
@@ -119,6 +124,9 @@ pub struct HostBatch {
     transient_failures: u32,
     flight: Flight,
     reconcile_requested: bool,
+    /// When the desired set first changed since the last PATCH went out, and whether a call
+    /// was in flight then (such changes go out as soon as it returns).
+    changed_since: Option<(Instant, bool)>,
 }
 
 impl HostBatch {
@@ -138,6 +146,7 @@ impl HostBatch {
             transient_failures: 0,
             flight: Flight::Idle,
             reconcile_requested: false,
+            changed_since: None,
         }
     }
 
@@ -155,6 +164,9 @@ impl HostBatch {
         immutable: BTreeSet<IdentityId>,
         now: Instant,
     ) {
+        if desired != self.desired && self.changed_since.is_none() {
+            self.changed_since = Some((now, self.flight != Flight::Idle));
+        }
         self.desired = desired;
         self.immutable = immutable;
         self.refused
@@ -233,6 +245,13 @@ impl HostBatch {
         if add.is_empty() && remove.is_empty() {
             return wake.map_or(Step::Idle, Step::WaitUntil);
         }
+        if let Some((since, false)) = self.changed_since {
+            let go = since + self.settings.linger;
+            if go > now {
+                return Step::WaitUntil(go);
+            }
+        }
+        self.changed_since = None;
         add.truncate(MAX_IDS_PER_PATCH);
         remove.truncate(MAX_IDS_PER_PATCH - add.len());
         self.flight = Flight::Patching {
@@ -272,14 +291,20 @@ impl HostBatch {
     }
 
     /// Folds in the answer to a PATCH.
-    pub fn on_patch(&mut self, result: Result<HostIdentities, PortError>, now: Instant) -> Outcome {
+    pub fn on_patch(&mut self, result: Result<PatchOutcome, PortError>, now: Instant) -> Outcome {
         let Flight::Patching { add, remove } = std::mem::replace(&mut self.flight, Flight::Idle)
         else {
             return Outcome::default();
         };
         match result {
-            Ok(state) => {
+            Ok(PatchOutcome { state, refused }) => {
                 self.transient_failures = 0;
+                let mut out = Outcome::default();
+                for (id, why) in refused {
+                    if add.contains(&id) || remove.contains(&id) {
+                        out.refused.extend(self.refuse(vec![id], why, now).refused);
+                    }
+                }
                 for id in &add {
                     if state.user_assigned.contains(id) {
                         self.owned.insert(id.clone());
@@ -294,7 +319,7 @@ impl HostBatch {
                     }
                 }
                 self.accept_state(state);
-                Outcome::default()
+                out
             }
             Err(PortError::Refused { ids, message }) => {
                 let in_request: Vec<IdentityId> = ids

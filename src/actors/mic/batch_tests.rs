@@ -17,8 +17,20 @@ fn state(ns: &[&str]) -> Result<HostIdentities, PortError> {
     })
 }
 
+fn patched(ns: &[&str]) -> Result<PatchOutcome, PortError> {
+    state(ns).map(PatchOutcome::from)
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+/// Production settings without the linger, so each step can be read at one instant.
+fn settings() -> BatchSettings {
+    BatchSettings {
+        linger: Duration::ZERO,
+        ..BatchSettings::default()
+    }
 }
 
 fn read_empty(b: &mut HostBatch, now: Instant) {
@@ -28,7 +40,7 @@ fn read_empty(b: &mut HostBatch, now: Instant) {
 
 #[test]
 fn the_first_step_on_a_host_is_a_read() {
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     let t = Instant::now();
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     assert_eq!(b.next(t), Step::Read);
@@ -46,14 +58,14 @@ fn the_first_step_on_a_host_is_a_read() {
 #[test]
 fn everything_that_arrives_during_a_patch_goes_into_the_next_one() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     assert!(matches!(b.next(t), Step::Patch { .. }));
     b.set_desired(ids(&["a", "b"]), BTreeSet::new(), t);
     b.set_desired(ids(&["a", "b", "c"]), BTreeSet::new(), t);
     assert_eq!(b.next(t), Step::Busy);
-    b.on_patch(state(&["a"]), t);
+    b.on_patch(patched(&["a"]), t);
     assert_eq!(
         b.next(t),
         Step::Patch {
@@ -61,15 +73,51 @@ fn everything_that_arrives_during_a_patch_goes_into_the_next_one() {
             remove: vec![]
         }
     );
-    b.on_patch(state(&["a", "b", "c"]), t);
+    b.on_patch(patched(&["a", "b", "c"]), t);
     assert_eq!(b.next(t), Step::Idle);
     assert_eq!(b.assigned(), ids(&["a", "b", "c"]));
 }
 
 #[test]
-fn a_refused_identity_is_isolated_and_the_rest_is_retried_at_once() {
+fn a_change_to_an_idle_host_lingers_briefly_but_one_queued_behind_a_patch_does_not() {
     let t = Instant::now();
     let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    let go = t + Duration::from_millis(500);
+    assert_eq!(b.next(t), Step::WaitUntil(go));
+    b.set_desired(
+        ids(&["a", "b"]),
+        BTreeSet::new(),
+        t + Duration::from_millis(100),
+    );
+    assert_eq!(
+        b.next(go),
+        Step::Patch {
+            add: vec![id("a"), id("b")],
+            remove: vec![]
+        }
+    );
+    let back = go + secs(2);
+    b.set_desired(
+        ids(&["a", "b", "c"]),
+        BTreeSet::new(),
+        back - Duration::from_millis(1),
+    );
+    b.on_patch(patched(&["a", "b"]), back);
+    assert_eq!(
+        b.next(back),
+        Step::Patch {
+            add: vec![id("c")],
+            remove: vec![]
+        }
+    );
+}
+
+#[test]
+fn a_refused_identity_is_isolated_and_the_rest_is_retried_at_once() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     b.set_desired(ids(&["a", "bad", "c"]), BTreeSet::new(), t);
     assert!(matches!(b.next(t), Step::Patch { .. }));
@@ -91,7 +139,7 @@ fn a_refused_identity_is_isolated_and_the_rest_is_retried_at_once() {
             remove: vec![]
         }
     );
-    b.on_patch(state(&["a", "c"]), t);
+    b.on_patch(patched(&["a", "c"]), t);
     // the refused one waits for its backoff, then is tried alone
     assert_eq!(b.next(t), Step::WaitUntil(t + secs(10)));
     assert_eq!(b.refusals(t)[&id("bad")], "identity not found");
@@ -115,13 +163,35 @@ fn a_refused_identity_is_isolated_and_the_rest_is_retried_at_once() {
 }
 
 #[test]
+fn a_patch_that_applied_all_but_a_refused_identity_backs_off_only_that_one() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a", "bad"]), BTreeSet::new(), t);
+    b.next(t);
+    let out = b.on_patch(
+        Ok(PatchOutcome {
+            state: HostIdentities {
+                user_assigned: ids(&["a"]),
+                deleting: false,
+            },
+            refused: vec![(id("bad"), "LinkedAuthorizationFailed".into())],
+        }),
+        t,
+    );
+    assert_eq!(out.refused.len(), 1);
+    assert_eq!(b.assigned(), ids(&["a"]));
+    assert_eq!(b.next(t), Step::WaitUntil(t + secs(10)));
+}
+
+#[test]
 fn an_unused_identity_is_removed_only_after_the_grace_period() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     b.next(t);
-    b.on_patch(state(&["a"]), t);
+    b.on_patch(patched(&["a"]), t);
     let t1 = t + secs(5);
     b.set_desired(BTreeSet::new(), BTreeSet::new(), t1);
     assert_eq!(b.releasing(), ids(&["a"]));
@@ -134,7 +204,7 @@ fn an_unused_identity_is_removed_only_after_the_grace_period() {
             remove: vec![id("a")]
         }
     );
-    b.on_patch(state(&[]), t2);
+    b.on_patch(patched(&[]), t2);
     assert!(b.releasing().is_empty());
     assert!(b.owned().is_empty());
     assert_eq!(b.next(t2), Step::Idle);
@@ -143,11 +213,11 @@ fn an_unused_identity_is_removed_only_after_the_grace_period() {
 #[test]
 fn a_pod_needing_the_identity_again_cancels_its_removal() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     b.next(t);
-    b.on_patch(state(&["a"]), t);
+    b.on_patch(patched(&["a"]), t);
     b.set_desired(BTreeSet::new(), BTreeSet::new(), t + secs(10));
     b.set_desired(ids(&["a"]), BTreeSet::new(), t + secs(50));
     assert_eq!(b.next(t + secs(200)), Step::Idle);
@@ -159,7 +229,7 @@ fn a_pod_needing_the_identity_again_cancels_its_removal() {
 #[test]
 fn identities_mic_did_not_add_are_never_removed() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     b.next(t);
     b.on_read(state(&["theirs"]), t);
     b.set_desired(ids(&["theirs", "ours"]), BTreeSet::new(), t);
@@ -170,7 +240,7 @@ fn identities_mic_did_not_add_are_never_removed() {
             remove: vec![]
         }
     );
-    b.on_patch(state(&["theirs", "ours"]), t);
+    b.on_patch(patched(&["theirs", "ours"]), t);
     b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
     let later = t + secs(3600);
     assert_eq!(
@@ -185,11 +255,11 @@ fn identities_mic_did_not_add_are_never_removed() {
 #[test]
 fn immutable_identities_are_never_removed() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     b.set_desired(ids(&["keep"]), ids(&["keep"]), t);
     b.next(t);
-    b.on_patch(state(&["keep"]), t);
+    b.on_patch(patched(&["keep"]), t);
     b.set_desired(BTreeSet::new(), ids(&["keep"]), t);
     assert!(b.releasing().is_empty());
     assert_eq!(b.next(t + secs(3600)), Step::Idle);
@@ -198,7 +268,7 @@ fn immutable_identities_are_never_removed() {
 #[test]
 fn adopted_identities_from_before_a_restart_are_released_when_unused() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     b.adopt(ids(&["old", "gone"]), t);
     b.set_desired(ids(&["kept"]), BTreeSet::new(), t);
     assert_eq!(b.next(t), Step::Read);
@@ -217,11 +287,11 @@ fn adopted_identities_from_before_a_restart_are_released_when_unused() {
 #[test]
 fn a_reconcile_re_adds_an_identity_removed_by_hand() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     b.next(t);
-    b.on_patch(state(&["a"]), t);
+    b.on_patch(patched(&["a"]), t);
     assert_eq!(b.next(t), Step::Idle);
     b.request_reconcile();
     assert_eq!(b.next(t), Step::Read);
@@ -238,7 +308,7 @@ fn a_reconcile_re_adds_an_identity_removed_by_hand() {
 #[test]
 fn a_throttled_host_waits_for_retry_after() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     b.next(t);
@@ -256,7 +326,7 @@ fn a_throttled_host_waits_for_retry_after() {
 #[test]
 fn transient_failures_back_off_exponentially() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     b.next(t);
@@ -270,7 +340,7 @@ fn transient_failures_back_off_exponentially() {
 #[test]
 fn a_host_being_deleted_is_left_alone() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     b.next(t);
     b.on_read(
@@ -286,7 +356,7 @@ fn a_host_being_deleted_is_left_alone() {
 #[test]
 fn one_patch_carries_at_most_150_changes() {
     let t = Instant::now();
-    let mut b = HostBatch::new(BatchSettings::default());
+    let mut b = HostBatch::new(settings());
     read_empty(&mut b, t);
     let many: BTreeSet<_> = (0..200).map(|i| id(&format!("i{i}"))).collect();
     b.set_desired(many, BTreeSet::new(), t);

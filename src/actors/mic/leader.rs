@@ -56,12 +56,15 @@ impl LeaderSettings {
     }
 }
 
+/// A lease record (holder, renew time) and when this replica first saw it.
+type Observation = ((String, Option<MicroTime>), Instant);
+
 /// A participant in the election.
 pub struct LeaderElector {
     api: Api<Lease>,
     settings: LeaderSettings,
     /// The last lease record seen (holder, renew time) and when it was first seen.
-    observed: Mutex<Option<((String, Option<MicroTime>), Instant)>>,
+    observed: Mutex<Option<Observation>>,
 }
 
 impl LeaderElector {

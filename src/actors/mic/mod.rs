@@ -22,4 +22,5 @@ pub mod watchers;
 pub mod writer;
 
 pub use run::{Error, MicDeps, MicSettings, run, run_blocking};
+pub mod cloud_port;
 pub mod testing;

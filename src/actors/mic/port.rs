@@ -18,6 +18,25 @@ pub struct HostIdentities {
     pub deleting: bool,
 }
 
+/// What a PATCH achieved: the host's identities afterwards, and the identities ARM refused
+/// while applying the rest (a port may also fail the whole call with [`PortError::Refused`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PatchOutcome {
+    /// The host's identities after the call.
+    pub state: HostIdentities,
+    /// Identities refused, with ARM's reason.
+    pub refused: Vec<(IdentityId, String)>,
+}
+
+impl From<HostIdentities> for PatchOutcome {
+    fn from(state: HostIdentities) -> Self {
+        Self {
+            state,
+            refused: Vec::new(),
+        }
+    }
+}
+
 /// Why an ARM call failed, as far as the assigner's decisions go.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
@@ -73,5 +92,5 @@ pub trait ArmPort: Send + Sync + 'static {
         host: &HostId,
         add: &[IdentityId],
         remove: &[IdentityId],
-    ) -> Result<HostIdentities, PortError>;
+    ) -> Result<PatchOutcome, PortError>;
 }

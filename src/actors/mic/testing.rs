@@ -2,7 +2,7 @@
 //! latency and refusals under control. Not used by the `mic` command.
 
 use super::host::{HostId, IdentityId};
-use super::port::{ArmPort, HostIdentities, PortError};
+use super::port::{ArmPort, HostIdentities, PatchOutcome, PortError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,7 +80,7 @@ impl ArmPort for MemoryArm {
         host: &HostId,
         add: &[IdentityId],
         remove: &[IdentityId],
-    ) -> Result<HostIdentities, PortError> {
+    ) -> Result<PatchOutcome, PortError> {
         self.patches.lock().expect("lock").push(PatchCall {
             host: host.clone(),
             add: add.to_vec(),
@@ -113,6 +113,7 @@ impl ArmPort for MemoryArm {
         Ok(HostIdentities {
             user_assigned: self.on_host(host),
             deleting: false,
-        })
+        }
+        .into())
     }
 }

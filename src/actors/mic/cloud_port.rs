@@ -1,0 +1,163 @@
+//! The real [`ArmPort`]: MIC's port onto the Azure layer's [`ArmClient`].
+//!
+//! The client does the wire work (delta bodies, long-running operations, `Retry-After`,
+//! refusing a host in `Deleting`, naming refused identities); this adapter only translates
+//! ids and sorts `cloud::Error` into what the assigner decides on.
+
+use super::host::{HostId, HostKind, IdentityId};
+use super::port::{ArmPort, HostIdentities, PatchOutcome, PortError};
+use crate::cloud::arm::{ArmClient, ArmOptions, IdentityState};
+use crate::cloud::config::CloudConfig;
+use crate::cloud::credential::arm_credential;
+use crate::cloud::provider_id::ComputeRef;
+use async_trait::async_trait;
+
+/// [`ArmPort`] over an [`ArmClient`].
+#[derive(Clone, Debug)]
+pub struct CloudArm {
+    client: ArmClient,
+}
+
+impl CloudArm {
+    /// Wraps a client.
+    #[must_use]
+    pub fn new(client: ArmClient) -> Self {
+        Self { client }
+    }
+
+    /// A client for the ARM endpoint and credentials of a cloud configuration (azure.json).
+    pub fn from_config(config: &CloudConfig) -> Result<Self, crate::cloud::Error> {
+        let credential = arm_credential(config)?;
+        let client = ArmClient::new(
+            &config.arm_endpoint(),
+            credential,
+            &config.arm_resource(),
+            ArmOptions::default(),
+        )?;
+        Ok(Self::new(client))
+    }
+}
+
+fn compute_ref(host: &HostId) -> ComputeRef {
+    match host.kind {
+        HostKind::ScaleSet => {
+            ComputeRef::scale_set(&host.subscription, &host.resource_group, &host.name)
+        }
+        HostKind::Vm => ComputeRef::vm(&host.subscription, &host.resource_group, &host.name),
+    }
+}
+
+fn host_identities(state: &IdentityState) -> HostIdentities {
+    HostIdentities {
+        user_assigned: state
+            .user_assigned
+            .iter()
+            .map(|id| IdentityId::new(id))
+            .collect(),
+        deleting: state.provisioning_state.eq_ignore_ascii_case("deleting"),
+    }
+}
+
+fn port_error(e: crate::cloud::Error) -> PortError {
+    use crate::cloud::Error as E;
+    match e {
+        E::Throttled { retry_after, .. } => PortError::Throttled { retry_after },
+        E::Deleting { .. } => PortError::Deleting,
+        E::IdentitiesRefused { ids, code, message } => PortError::Refused {
+            ids: ids.iter().map(|id| IdentityId::new(id)).collect(),
+            message: format!("{code}: {message}"),
+        },
+        E::Transport { .. } | E::Timeout { .. } | E::OperationFailed { .. } | E::Credential(_) => {
+            PortError::Transient(e.to_string())
+        }
+        E::Arm { status, .. } if status >= 500 || status == 409 => {
+            PortError::Transient(e.to_string())
+        }
+        other => PortError::Fatal(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl ArmPort for CloudArm {
+    async fn get(&self, host: &HostId) -> Result<HostIdentities, PortError> {
+        self.client
+            .get_identities(&compute_ref(host))
+            .await
+            .map(|s| host_identities(&s))
+            .map_err(port_error)
+    }
+
+    async fn patch(
+        &self,
+        host: &HostId,
+        add: &[IdentityId],
+        remove: &[IdentityId],
+    ) -> Result<PatchOutcome, PortError> {
+        let add: Vec<String> = add.iter().map(|i| i.as_str().to_string()).collect();
+        let remove: Vec<String> = remove.iter().map(|i| i.as_str().to_string()).collect();
+        let out = self
+            .client
+            .update_identities(&compute_ref(host), &add, &remove)
+            .await
+            .map_err(port_error)?;
+        Ok(PatchOutcome {
+            state: host_identities(&out.state),
+            refused: out
+                .refused
+                .into_iter()
+                .map(|r| (IdentityId::new(&r.id), format!("{}: {}", r.code, r.message)))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn errors_are_sorted_into_what_the_assigner_decides_on() {
+        use crate::cloud::Error as E;
+        assert_eq!(
+            port_error(E::Throttled {
+                operation: "vmss_update",
+                retry_after: Duration::from_secs(7)
+            }),
+            PortError::Throttled {
+                retry_after: Duration::from_secs(7)
+            }
+        );
+        assert_eq!(
+            port_error(E::Deleting {
+                resource: "x".into()
+            }),
+            PortError::Deleting
+        );
+        let refused = port_error(E::IdentitiesRefused {
+            ids: vec!["/A".into()],
+            code: "LinkedAuthorizationFailed".into(),
+            message: "no".into(),
+        });
+        assert!(
+            matches!(refused, PortError::Refused { ref ids, .. } if ids == &[IdentityId::new("/a")])
+        );
+        assert!(matches!(
+            port_error(E::Arm {
+                operation: "vmss_update",
+                status: 503,
+                code: "x".into(),
+                message: "y".into()
+            }),
+            PortError::Transient(_)
+        ));
+        assert!(matches!(
+            port_error(E::NotFound {
+                resource: "x".into(),
+                code: "ResourceNotFound".into(),
+                message: "y".into()
+            }),
+            PortError::Fatal(_)
+        ));
+    }
+}

@@ -76,7 +76,7 @@ async fn real_sources_answer_assigned_identities_and_service_principals() {
     pod_on_node.spec.as_mut().unwrap().node_name = Some(node.clone());
     nmi.pods.apply(&pod_on_node);
     let index = nmi.assignments.as_ref().unwrap();
-    let mut aai_for = |name: &str, client_id: &str, resource_id: &str, type_: IdentityType| {
+    let aai_for = |name: &str, client_id: &str, resource_id: &str, type_: IdentityType| {
         let mut id = identity("default", name, client_id, type_);
         id.spec.resource_id = resource_id.to_string();
         if type_ == IdentityType::ServicePrincipal {

@@ -211,12 +211,13 @@ async fn token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
         Err(e) => {
             tracing::warn!(ip = %peer.ip(), error = %e, "token request failed");
             let r = broker_error(&e, state.settings.set_retry_after_header);
+            let ns = state.broker.namespace_of(peer.ip());
             record(
                 state,
                 started,
                 req.path(),
                 r.status(),
-                "",
+                ns.as_deref().unwrap_or(""),
                 resource,
                 e.metric_label(),
             );

@@ -137,6 +137,27 @@ impl NmiSettings {
         .sandbox_probes()
     }
 
+    /// Settings for one simulated node of the sandbox: NMI on the node's own loopback address
+    /// `listen`, probes and metrics on the same address (ports chosen by the system, reported by
+    /// [`Running`]), tokens from that node's simulated metadata service, no iptables.
+    #[must_use]
+    pub fn for_sandbox_node(
+        node: impl Into<String>,
+        listen: SocketAddr,
+        metadata: SocketAddr,
+        assignment_wait: Duration,
+    ) -> Self {
+        let mut s = Self::new(node, metadata);
+        s.listen = listen;
+        s.probe = SocketAddr::new(listen.ip(), 0);
+        s.metrics = SocketAddr::new(listen.ip(), 0);
+        s.assignment_wait = assignment_wait;
+        s.assigned_grace = Duration::ZERO;
+        s.force_namespaced = true;
+        s.http_workers = 1;
+        s
+    }
+
     /// In the sandbox each NMI has its own loopback address (not 127.0.0.1); its probes and
     /// metrics stay on that address so several NMIs never clash.
     fn sandbox_probes(mut self) -> Self {

@@ -131,7 +131,11 @@ fn record(
 ) {
     if let Some(m) = &state.metrics {
         let secs = started.elapsed().as_secs_f64();
-        m.token_latency.with_label_values(&[result]).observe(secs);
+        if result == "ok" {
+            m.token_ok.observe(secs);
+        } else {
+            m.token_latency.with_label_values(&[result]).observe(secs);
+        }
         let mut code = [0u8; 3];
         let code = status_digits(status, &mut code);
         m.operations

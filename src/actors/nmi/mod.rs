@@ -279,7 +279,7 @@ impl Nmi {
         if settings.mode == Mode::Managed && !settings.force_namespaced {
             return Err(Error::ManagedNeedsNamespaced);
         }
-        let metrics = NmiMetrics::new(metrics)?;
+        let metrics = NmiMetrics::new(metrics, &settings.node)?;
         let pods = Arc::new(PodIndex::new(settings.node.clone()));
         let exceptions = Arc::new(ExceptionIndex::new());
         let cache = Arc::new(TokenCache::new(

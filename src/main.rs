@@ -32,12 +32,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sandbox(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(aad_pod_identity::sandbox::run::run_kube_only(
-                args.kubeconfig_out.clone(),
-                args.endpoints_out.clone(),
-                args.topology(),
-            ))?;
+            // MIC's actors need an actix system; everything else runs on it too.
+            actix::System::new().block_on(aad_pod_identity::sandbox::system::run(*args))?;
             Ok(())
         }
         Command::Mic(_) => anyhow::bail!(

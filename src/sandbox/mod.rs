@@ -4,4 +4,5 @@
 pub mod args;
 pub mod run;
 pub mod scenario;
+pub mod system;
 pub mod topology;

@@ -169,7 +169,8 @@ impl NmiSettings {
         self
     }
 
-    /// The original's defaults for `node`, with the given metadata address.
+    /// The `nmi` flags' defaults for `node` (the original's, except namespaced matching, which
+    /// is on), with the given metadata address.
     #[must_use]
     pub fn new(node: impl Into<String>, metadata: SocketAddr) -> Self {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -180,7 +181,8 @@ impl NmiSettings {
             probe: SocketAddr::new(lo, 8080),
             metrics: SocketAddr::new(lo, 9090),
             mode: Mode::Standard,
-            force_namespaced: false,
+            // Namespaced matching is the secure default here (docs/migration.md).
+            force_namespaced: true,
             mic_namespace: "default".into(),
             assignment_wait: Duration::from_secs(16 * 5),
             assigned_grace: Duration::from_secs(4 * 5),

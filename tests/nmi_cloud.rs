@@ -1,7 +1,8 @@
 //! NMI with its real token source against the Azure simulator and the Kubernetes simulator:
 //! type-0 identities come from the node's metadata service (only when assigned to the node's
 //! scale set), type-1 service principals from Azure AD with the Secret the AzureIdentity names,
-//! with auxiliary tenants answered as an array, as the original does.
+//! with auxiliary tenants answered as an array, as the original does; type-2 service principals
+//! with the PKCS#12 certificate and password from their Secret.
 
 mod nmi_support;
 
@@ -153,6 +154,71 @@ async fn real_sources_answer_assigned_identities_and_service_principals() {
         .collect();
     assert_eq!(tids, [tenant.clone(), "aux-tenant".to_string()]);
     assert!(!body.contains("s3cret-value"));
+
+    // Type 2: a PKCS#12 certificate and its password from the Secret.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["nmi-test-sp".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_der = cert.der().to_vec();
+    let sp2 = azure
+        .add_service_principal_certificate(&[&tenant], &cert_der)
+        .unwrap();
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry(
+        "sp",
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+            "sp",
+            p12_keystore::PrivateKey::from_der(&key.serialize_der()).unwrap(),
+            [p12_keystore::Certificate::from_der(&cert_der).unwrap()],
+        )),
+    );
+    let p12 = store.writer("p12-password").write().unwrap();
+    let cert_secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("sp-cert".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [
+                ("certificate".to_string(), k8s_openapi::ByteString(p12)),
+                (
+                    "password".to_string(),
+                    k8s_openapi::ByteString(b"p12-password".to_vec()),
+                ),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &cert_secret)
+        .await
+        .unwrap();
+    let mut cert_id = identity(
+        "default",
+        "sp-cert",
+        &sp2.client_id,
+        IdentityType::ServicePrincipalCertificate,
+    );
+    cert_id.spec.tenant_id = tenant.clone();
+    cert_id.spec.ad_endpoint = azure.aad_endpoint();
+    cert_id.spec.client_password = SecretRef {
+        name: "sp-cert".into(),
+        namespace: "default".into(),
+    };
+    let mut a = assigned("default", "web", &cert_id, AssignedState::Assigned);
+    a.spec.node_name = node.clone();
+    index.apply(&a);
+    let (status, body) = get(format!("client_id={}", sp2.client_id)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let claims = azure
+        .decode_token(v["access_token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(claims.appid, sp2.client_id);
 
     // A service principal whose Secret is missing is refused (403), naming the Secret only.
     sp_id.metadata.name = Some("sp-broken".into());

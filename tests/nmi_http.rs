@@ -344,6 +344,15 @@ async fn instance_metadata_is_blocked_on_request_and_everything_else_passes_thro
         "{headers:?}"
     );
 
+    let too_big = c
+        .post(format!("{}/metadata/upload", open.base))
+        .header("Metadata", "true")
+        .body(vec![b'x'; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status().as_u16(), 413);
+
     let blocked = world(|s| s.block_instance_metadata = true);
     for path in [
         "/metadata/instance",

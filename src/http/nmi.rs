@@ -57,7 +57,6 @@ pub fn serve(
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(1 << 20))
             .default_service(web::to(dispatch))
     })
     .workers(workers.max(1))
@@ -67,7 +66,10 @@ pub fn serve(
     .run())
 }
 
-async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<NmiHttp>) -> HttpResponse {
+/// Largest request body relayed to the metadata service.
+const MAX_BODY: usize = 1 << 20;
+
+async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<NmiHttp>) -> HttpResponse {
     let path = decode_path(req.path());
     match classify(&path) {
         Route::Token => token(&req, &state).await,
@@ -297,10 +299,26 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
     }
 }
 
-async fn pass_through(req: &HttpRequest, body: web::Bytes, state: &NmiHttp) -> HttpResponse {
+async fn pass_through(req: &HttpRequest, body: web::Payload, state: &NmiHttp) -> HttpResponse {
     if state.settings.metadata_header_required && !has_metadata_header(req) {
         return metadata_header_error();
     }
+    // Only the pass-through reads the body, so the token hot path never touches it.
+    let body = match body.to_bytes_limited(MAX_BODY).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read request body: {e}"),
+            );
+        }
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body larger than 1 MiB",
+            );
+        }
+    };
     let path_and_query = req
         .uri()
         .path_and_query()

@@ -344,6 +344,15 @@ async fn instance_metadata_is_blocked_on_request_and_everything_else_passes_thro
         "{headers:?}"
     );
 
+    let too_big = c
+        .post(format!("{}/metadata/upload", open.base))
+        .header("Metadata", "true")
+        .body(vec![b'x'; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status().as_u16(), 413);
+
     let blocked = world(|s| s.block_instance_metadata = true);
     for path in [
         "/metadata/instance",
@@ -495,9 +504,9 @@ async fn healthz_is_active_only_once_caches_are_synced_and_metrics_are_served() 
         .unwrap();
     for name in [
         "aadpodidentity_nmi_operations_duration_seconds_count{namespace=\"ns\",operation_type=\"/metadata/identity/oauth2/token\",resource=\"r\",status_code=\"200\"} 1",
-        "aadpodidentity_nmi_token_cache_lookups_total{result=\"miss\"} 1",
-        "aadpodidentity_nmi_token_request_duration_seconds_count{result=\"ok\"} 1",
-        "aadpodidentity_nmi_upstream_token_fetch_duration_seconds_count{result=\"ok\"} 1",
+        "aadpodidentity_nmi_token_cache_lookups_total{node=\"node-1\",result=\"miss\"} 1",
+        "aadpodidentity_nmi_token_request_duration_seconds_count{node=\"node-1\",result=\"ok\"} 1",
+        "aadpodidentity_nmi_upstream_token_fetch_duration_seconds_count{node=\"node-1\",result=\"ok\"} 1",
     ] {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }

@@ -56,7 +56,7 @@ def make(text):
             self.send_response(200); self.end_headers(); self.wfile.write(text.encode())
         def log_message(self, *a): pass
     return H
-servers = [http.server.ThreadingHTTPServer(("10.251.0.1", 2579), make("nmi")),
+servers = [http.server.ThreadingHTTPServer((sys.argv[1], 2579), make("nmi")),
            http.server.ThreadingHTTPServer(("192.0.2.254", 80), make("metadata"))]
 for s in servers: threading.Thread(target=s.serve_forever, daemon=True).start()
 print("ready", flush=True)
@@ -78,11 +78,11 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-fn lab() -> Result<Lab, String> {
+fn lab(tag: &str) -> Result<Lab, String> {
     let id = std::process::id();
     let lab = Lab {
-        node: format!("nmi-node-{id}"),
-        pod: format!("nmi-pod-{id}"),
+        node: format!("nmi-node{tag}-{id}"),
+        pod: format!("nmi-pod{tag}-{id}"),
         listeners: None,
     };
     let out = sh(&["ip", "netns", "add", &lab.node]);
@@ -93,7 +93,7 @@ fn lab() -> Result<Lab, String> {
         ));
     }
     must(&["ip", "netns", "add", &lab.pod]);
-    let (vn, vp) = (format!("vn{id}"), format!("vp{id}"));
+    let (vn, vp) = (format!("vn{tag}{id}"), format!("vp{tag}{id}"));
     must(&[
         "ip", "link", "add", &vn, "type", "veth", "peer", "name", &vp,
     ]);
@@ -147,21 +147,23 @@ fn chain_exists(ns: &str) -> bool {
     .success()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pod_traffic_to_the_metadata_address_reaches_nmi_and_host_traffic_does_not() {
+/// Creates the lab with the listeners ("nmi" on `nmi_ip`:2579, "metadata" on the stand-in).
+fn lab_with_listeners(tag: &str, nmi_ip: &str) -> Option<Lab> {
     if let Some(reason) = skip_reason() {
         println!("SKIPPED: {reason}");
-        return;
+        return None;
     }
-    let mut lab = match lab() {
+    let mut lab = match lab(tag) {
         Ok(l) => l,
         Err(reason) => {
             println!("SKIPPED: {reason}");
-            return;
+            return None;
         }
     };
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &lab.node, "python3", "-c", LISTENERS])
+        .args([
+            "netns", "exec", &lab.node, "python3", "-c", LISTENERS, nmi_ip,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -175,6 +177,42 @@ async fn pod_traffic_to_the_metadata_address_reaches_nmi_and_host_traffic_does_n
         assert_eq!(line.trim(), "ready");
     }
     lab.listeners = Some(child);
+    Some(lab)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nmi_on_loopback_is_reached_through_route_localnet() {
+    // The default listen address is 127.0.0.1: the DNAT target is then loopback, which works
+    // only with route_localnet, which ensure() turns on.
+    let Some(lab) = lab_with_listeners("l", "127.0.0.1") else {
+        return;
+    };
+    assert_eq!(fetch_from(&lab.pod), "metadata");
+    let ipt = Iptables::new(Redirect {
+        metadata_ip: METADATA.parse().unwrap(),
+        metadata_port: 80,
+        target_ip: "127.0.0.1".parse().unwrap(),
+        target_port: 2579,
+    })
+    .with_prefix(vec![
+        "ip".into(),
+        "netns".into(),
+        "exec".into(),
+        lab.node.clone(),
+    ]);
+    ipt.ensure().await.unwrap();
+    assert_eq!(fetch_from(&lab.pod), "nmi");
+    assert_eq!(fetch_from(&lab.node), "metadata");
+    ipt.remove().await.unwrap();
+    assert!(!chain_exists(&lab.node));
+    assert_eq!(fetch_from(&lab.pod), "metadata");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_traffic_to_the_metadata_address_reaches_nmi_and_host_traffic_does_not() {
+    let Some(lab) = lab_with_listeners("", NODE_IP) else {
+        return;
+    };
 
     assert_eq!(
         fetch_from(&lab.pod),

@@ -108,7 +108,7 @@ async fn the_python_sdk_gets_its_pods_token_and_is_refused_another_pods_identity
         .await
         .unwrap();
     assert!(
-        metrics.contains("namespace=\"\",operation_type=\"/metadata/identity/oauth2/token\",resource=\"https://vault.azure.net\",status_code=\"404\"} 1"),
+        metrics.contains("namespace=\"apps\",operation_type=\"/metadata/identity/oauth2/token\",resource=\"https://vault.azure.net\",status_code=\"404\"} 1"),
         "{metrics}"
     );
     // Only web's identity was ever fetched.

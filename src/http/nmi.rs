@@ -57,7 +57,6 @@ pub fn serve(
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(1 << 20))
             .default_service(web::to(dispatch))
     })
     .workers(workers.max(1))
@@ -67,7 +66,10 @@ pub fn serve(
     .run())
 }
 
-async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<NmiHttp>) -> HttpResponse {
+/// Largest request body relayed to the metadata service.
+const MAX_BODY: usize = 1 << 20;
+
+async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<NmiHttp>) -> HttpResponse {
     let path = decode_path(req.path());
     match classify(&path) {
         Route::Token => token(&req, &state).await,
@@ -131,7 +133,11 @@ fn record(
 ) {
     if let Some(m) = &state.metrics {
         let secs = started.elapsed().as_secs_f64();
-        m.token_latency.with_label_values(&[result]).observe(secs);
+        if result == "ok" {
+            m.token_ok.observe(secs);
+        } else {
+            m.token_latency.with_label_values(&[result]).observe(secs);
+        }
         let mut code = [0u8; 3];
         let code = status_digits(status, &mut code);
         m.operations
@@ -211,12 +217,13 @@ async fn token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
         Err(e) => {
             tracing::warn!(ip = %peer.ip(), error = %e, "token request failed");
             let r = broker_error(&e, state.settings.set_retry_after_header);
+            let ns = state.broker.namespace_of(peer.ip());
             record(
                 state,
                 started,
                 req.path(),
                 r.status(),
-                "",
+                ns.as_deref().unwrap_or(""),
                 resource,
                 e.metric_label(),
             );
@@ -292,10 +299,26 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
     }
 }
 
-async fn pass_through(req: &HttpRequest, body: web::Bytes, state: &NmiHttp) -> HttpResponse {
+async fn pass_through(req: &HttpRequest, body: web::Payload, state: &NmiHttp) -> HttpResponse {
     if state.settings.metadata_header_required && !has_metadata_header(req) {
         return metadata_header_error();
     }
+    // Only the pass-through reads the body, so the token hot path never touches it.
+    let body = match body.to_bytes_limited(MAX_BODY).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read request body: {e}"),
+            );
+        }
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body larger than 1 MiB",
+            );
+        }
+    };
     let path_and_query = req
         .uri()
         .path_and_query()

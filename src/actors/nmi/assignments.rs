@@ -225,6 +225,20 @@ impl AssignmentIndex {
             .subscribe()
     }
 
+    /// Drops a pod's channel when it holds no identities and nobody waits on it (called by a
+    /// request that subscribed for a pod the watch never reported, so such pods leave nothing).
+    pub fn forget_if_idle(&self, pod_key: &str) {
+        self.channels.remove_if(pod_key, |_, tx| {
+            tx.receiver_count() == 0 && tx.borrow().is_empty()
+        });
+    }
+
+    /// Number of pods with a channel (for tests).
+    #[must_use]
+    pub fn tracked_pods(&self) -> usize {
+        self.channels.len()
+    }
+
     /// Number of requests subscribed to a pod's identities (for tests and benchmarks).
     #[must_use]
     pub fn waiters(&self, pod_key: &str) -> usize {

@@ -210,6 +210,12 @@ impl Broker {
             .await
     }
 
+    /// Namespace of the pod calling from `ip`, if known (for metrics labels of failures).
+    #[must_use]
+    pub fn namespace_of(&self, ip: IpAddr) -> Option<Arc<str>> {
+        self.pods.by_ip(ip).map(|p| Arc::clone(&p.namespace))
+    }
+
     /// A token for the pod `namespace/name` named by a host-network caller (`/host/token`).
     ///
     /// # Errors
@@ -223,7 +229,10 @@ impl Broker {
     ) -> Result<Answer, BrokerError> {
         let key = pod_key(namespace, name);
         let pod = self.pods.by_key(&key);
-        self.token_for_pod(&key, namespace, pod.as_deref(), wanted, resource)
+        let ns: Arc<str> = pod
+            .as_ref()
+            .map_or_else(|| namespace.into(), |p| Arc::clone(&p.namespace));
+        self.token_for_pod(&key, &ns, pod.as_deref(), wanted, resource)
             .await
     }
 
@@ -273,7 +282,7 @@ impl Broker {
     async fn token_for_pod(
         &self,
         key: &str,
-        namespace: &str,
+        namespace: &Arc<str>,
         pod: Option<&PodInfo>,
         wanted: Wanted<'_>,
         resource: &str,
@@ -283,13 +292,13 @@ impl Broker {
         let mut graced = false;
         let mut waited = false;
         let mut last_error: Option<FetchError> = None;
-        let mut standard_rx = None;
+        let mut standard_rx: Option<Subscription<'_>> = None;
         let mut managed_rx = None;
         loop {
             let ids = match &self.feed {
                 IdentityFeed::Standard(idx) => match standard_rx.as_mut() {
                     None => idx.current(key).unwrap_or_default(),
-                    Some(rx) => Arc::clone(&*tokio::sync::watch::Receiver::borrow_and_update(rx)),
+                    Some(sub) => Arc::clone(&*sub.rx_mut().borrow_and_update()),
                 },
                 IdentityFeed::Managed(cat) => {
                     if let Some(rx) = managed_rx.as_mut() {
@@ -327,13 +336,19 @@ impl Broker {
             if !waited {
                 waited = true;
                 match &self.feed {
-                    IdentityFeed::Standard(idx) => standard_rx = Some(idx.subscribe(key)),
+                    IdentityFeed::Standard(idx) => {
+                        standard_rx = Some(Subscription {
+                            index: idx,
+                            key,
+                            rx: Some(idx.subscribe(key)),
+                        });
+                    }
                     IdentityFeed::Managed(cat) => managed_rx = Some(cat.subscribe()),
                 }
                 continue;
             }
             let changed = match (&mut standard_rx, &mut managed_rx) {
-                (Some(rx), _) => tokio::time::timeout_at(deadline, rx.changed())
+                (Some(sub), _) => tokio::time::timeout_at(deadline, sub.rx_mut().changed())
                     .await
                     .is_ok_and(|r| r.is_ok()),
                 (_, Some(rx)) => tokio::time::timeout_at(deadline, rx.changed())
@@ -369,7 +384,7 @@ impl Broker {
     async fn fetch(
         &self,
         key: &str,
-        namespace: &str,
+        namespace: &Arc<str>,
         id: &Arc<ResolvedIdentity>,
         resource: &str,
     ) -> Result<Answer, BrokerError> {
@@ -384,9 +399,31 @@ impl Broker {
         Ok(Answer {
             token,
             client_id: Arc::clone(&id.client_id),
-            namespace: namespace.into(),
+            namespace: Arc::clone(namespace),
             lookup,
         })
+    }
+}
+
+/// A request's subscription to a pod's identities; on drop, a channel the request created for a
+/// pod nobody reported is removed again.
+struct Subscription<'a> {
+    index: &'a AssignmentIndex,
+    key: &'a str,
+    rx: Option<tokio::sync::watch::Receiver<super::assignments::PodIdentities>>,
+}
+
+impl Subscription<'_> {
+    fn rx_mut(&mut self) -> &mut tokio::sync::watch::Receiver<super::assignments::PodIdentities> {
+        // Only `drop` takes the receiver.
+        self.rx.as_mut().expect("receiver present until drop")
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.index.forget_if_idle(self.key);
     }
 }
 

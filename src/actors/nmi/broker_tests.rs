@@ -165,6 +165,19 @@ async fn without_assignment_a_request_gives_up_at_the_deadline_with_404() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_for_a_pod_without_assignments_leaves_no_channel_behind() {
+    let w = world();
+    w.pods.apply(&pod("ns", "lonely").ip("127.0.0.2").build());
+    let err = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 404);
+    assert_eq!(w.assignments.tracked_pods(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_identity_bound_to_another_pod_is_refused_and_never_fetched() {
     let w = world();
     w.pods.apply(&pod("ns", "a").ip("127.0.0.2").build());

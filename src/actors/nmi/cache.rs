@@ -189,7 +189,11 @@ impl TokenCache {
 
     fn count(&self, result: &str) {
         if let Some(m) = &self.metrics {
-            m.cache_lookups.with_label_values(&[result]).inc();
+            if result == "hit" {
+                m.cache_hit.inc();
+            } else {
+                m.cache_lookups.with_label_values(&[result]).inc();
+            }
         }
     }
 

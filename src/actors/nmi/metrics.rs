@@ -4,7 +4,7 @@
 //! original's `nmi_operations_duration_seconds` is the shared one, recorded by the HTTP layer.
 
 use crate::metrics::Metrics;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 const NAMESPACE: &str = "aadpodidentity";
 
@@ -23,14 +23,19 @@ pub struct NmiMetrics {
     /// `aadpodidentity_nmi_operations_duration_seconds{operation_type,status_code,namespace,resource}`:
     /// the original's per-request histogram.
     pub operations: HistogramVec,
+    /// `token_latency{result="ok"}`, resolved once so the hot path skips the label lookup.
+    pub token_ok: Histogram,
+    /// `cache_lookups{result="hit"}`, resolved once for the hot path.
+    pub cache_hit: IntCounter,
 }
 
 impl NmiMetrics {
-    /// Creates NMI's own metrics and registers them next to the original's in `shared`.
+    /// Creates NMI's own metrics, labelled with `node` (the sandbox runs one NMI per simulated
+    /// node in one process), and registers them next to the original's in `shared`.
     ///
     /// # Errors
-    /// When a metric of the same name is already registered.
-    pub fn new(shared: &Metrics) -> Result<Self, prometheus::Error> {
+    /// When metrics for this node are already registered.
+    pub fn new(shared: &Metrics, node: &str) -> Result<Self, prometheus::Error> {
         let registry = shared.registry();
         let fast = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -42,6 +47,7 @@ impl NmiMetrics {
                 "Duration of NMI token requests, by result",
             )
             .namespace(NAMESPACE)
+            .const_label("node", node)
             .buckets(fast.clone()),
             &["result"],
         )?;
@@ -51,6 +57,7 @@ impl NmiMetrics {
                 "Time token requests waited for their pod or their identity's assignment",
             )
             .namespace(NAMESPACE)
+            .const_label("node", node)
             .buckets(fast.clone()),
             &["kind"],
         )?;
@@ -59,7 +66,8 @@ impl NmiMetrics {
                 "nmi_token_cache_lookups_total",
                 "Token cache lookups, by result",
             )
-            .namespace(NAMESPACE),
+            .namespace(NAMESPACE)
+            .const_label("node", node),
             &["result"],
         )?;
         let upstream_fetch_seconds = HistogramVec::new(
@@ -68,6 +76,7 @@ impl NmiMetrics {
                 "Upstream token fetches (metadata service or Azure AD), by result",
             )
             .namespace(NAMESPACE)
+            .const_label("node", node)
             .buckets(fast),
             &["result"],
         )?;
@@ -75,12 +84,33 @@ impl NmiMetrics {
         registry.register(Box::new(wait_seconds.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
         registry.register(Box::new(upstream_fetch_seconds.clone()))?;
+        let token_ok = token_latency.with_label_values(&["ok"]);
+        let cache_hit = cache_lookups.with_label_values(&["hit"]);
         Ok(Self {
+            token_ok,
+            cache_hit,
             token_latency,
             wait_seconds,
             cache_lookups,
             upstream_fetch_seconds,
             operations: shared.nmi_operations_duration_seconds.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_nodes_register_side_by_side_but_one_node_only_once() {
+        let shared = Metrics::new();
+        let a = NmiMetrics::new(&shared, "node-a").unwrap();
+        NmiMetrics::new(&shared, "node-b").unwrap();
+        assert!(NmiMetrics::new(&shared, "node-a").is_err());
+        a.cache_hit.inc();
+        assert!(shared.encode().contains(
+            "aadpodidentity_nmi_token_cache_lookups_total{node=\"node-a\",result=\"hit\"} 1"
+        ));
     }
 }

@@ -137,6 +137,27 @@ impl NmiSettings {
         .sandbox_probes()
     }
 
+    /// Settings for one simulated node of the sandbox: NMI on the node's own loopback address
+    /// `listen`, probes and metrics on the same address (ports chosen by the system, reported by
+    /// [`Running`]), tokens from that node's simulated metadata service, no iptables.
+    #[must_use]
+    pub fn for_sandbox_node(
+        node: impl Into<String>,
+        listen: SocketAddr,
+        metadata: SocketAddr,
+        assignment_wait: Duration,
+    ) -> Self {
+        let mut s = Self::new(node, metadata);
+        s.listen = listen;
+        s.probe = SocketAddr::new(listen.ip(), 0);
+        s.metrics = SocketAddr::new(listen.ip(), 0);
+        s.assignment_wait = assignment_wait;
+        s.assigned_grace = Duration::ZERO;
+        s.force_namespaced = true;
+        s.http_workers = 1;
+        s
+    }
+
     /// In the sandbox each NMI has its own loopback address (not 127.0.0.1); its probes and
     /// metrics stay on that address so several NMIs never clash.
     fn sandbox_probes(mut self) -> Self {
@@ -148,7 +169,8 @@ impl NmiSettings {
         self
     }
 
-    /// The original's defaults for `node`, with the given metadata address.
+    /// The `nmi` flags' defaults for `node` (the original's, except namespaced matching, which
+    /// is on), with the given metadata address.
     #[must_use]
     pub fn new(node: impl Into<String>, metadata: SocketAddr) -> Self {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -159,7 +181,8 @@ impl NmiSettings {
             probe: SocketAddr::new(lo, 8080),
             metrics: SocketAddr::new(lo, 9090),
             mode: Mode::Standard,
-            force_namespaced: false,
+            // Namespaced matching is the secure default here (docs/migration.md).
+            force_namespaced: true,
             mic_namespace: "default".into(),
             assignment_wait: Duration::from_secs(16 * 5),
             assigned_grace: Duration::from_secs(4 * 5),
@@ -258,7 +281,7 @@ impl Nmi {
         if settings.mode == Mode::Managed && !settings.force_namespaced {
             return Err(Error::ManagedNeedsNamespaced);
         }
-        let metrics = NmiMetrics::new(metrics)?;
+        let metrics = NmiMetrics::new(metrics, &settings.node)?;
         let pods = Arc::new(PodIndex::new(settings.node.clone()));
         let exceptions = Arc::new(ExceptionIndex::new());
         let cache = Arc::new(TokenCache::new(

@@ -1,23 +1,28 @@
-//! MIC end to end against the Kubernetes simulator over real HTTP on loopback, with ARM as
-//! an in-memory port (latency and refusals under control, PATCHes counted).
+//! MIC end to end against the Kubernetes and Azure simulators over real HTTP on loopback:
+//! kube-rs watches and writes against the Kubernetes simulator, the Azure layer's ARM client
+//! (through MIC's adapter) against the Azure simulator, whose counters count the PATCHes.
 //!
 //! Each MIC replica runs in its own thread and actix System, as the binary does; "killing" a
 //! replica drops its System mid-flight.
 
+use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
-use aad_pod_identity::actors::mic::testing::MemoryArm;
+use aad_pod_identity::actors::mic::port::ArmPort;
 use aad_pod_identity::actors::mic::{MicDeps, MicSettings};
+use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{
     self, AssignedState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
     AzureIdentityBindingSpec, AzureIdentitySpec,
 };
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity::sandbox::topology::Topology;
+use aad_pod_identity::sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
 use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Cluster {
     sim: KubeSimHandle,
+    azure: AzureSimHandle,
     client: Client,
     kubeconfig: PathBuf,
     topology: Topology,
@@ -53,7 +59,17 @@ mod tempdir {
     }
 }
 
-async fn cluster(tag: &str, topology: Topology) -> Cluster {
+/// Azure with a fixed latency per ARM request and PATCHes that complete synchronously.
+fn azure_with_latency(latency: Duration) -> AzureSimConfig {
+    AzureSimConfig {
+        arm_latency: Latency::Fixed(latency),
+        lro: LroMode::Sync,
+        ..AzureSimConfig::default()
+    }
+}
+
+async fn cluster(tag: &str, topology: Topology, azure: AzureSimConfig) -> Cluster {
+    let azure = AzureSim::start(&topology, azure).await.unwrap();
     let sim = KubeSim::start(KubeSimConfig {
         topology: topology.clone(),
         run_cluster: false,
@@ -71,6 +87,7 @@ async fn cluster(tag: &str, topology: Topology) -> Cluster {
     }
     Cluster {
         sim,
+        azure,
         client,
         kubeconfig,
         topology,
@@ -79,6 +96,30 @@ async fn cluster(tag: &str, topology: Topology) -> Cluster {
 }
 
 impl Cluster {
+    fn cloud_config(&self) -> CloudConfig {
+        CloudConfig::from_json(&self.azure.azure_json().to_string()).unwrap()
+    }
+
+    /// PATCHes the Azure simulator received.
+    fn patches(&self) -> u64 {
+        self.azure.counters().total_patches()
+    }
+
+    /// Identities on scale set `i`, as the Azure simulator stores them.
+    fn on_scale_set(&self, i: usize) -> BTreeSet<IdentityId> {
+        self.azure
+            .assigned_identities(&self.topology.scale_sets[i].name)
+            .unwrap()
+            .iter()
+            .map(|id| IdentityId::new(id))
+            .collect()
+    }
+
+    async fn shutdown(self) {
+        self.sim.shutdown().await;
+        self.azure.shutdown().await;
+    }
+
     fn node(&self, i: usize) -> String {
         self.topology.nodes()[i].name.clone()
     }
@@ -217,14 +258,26 @@ fn mic_args() -> aad_pod_identity::config::mic::MicArgs {
     Cli::parse_from(["mic"]).mic
 }
 
-async fn start_mic(settings: MicSettings, arm: Arc<MemoryArm>) -> Mic {
+/// Starts a MIC replica talking to the cluster's Azure simulator through the real ARM client.
+async fn start_mic(c: &Cluster, settings: MicSettings) -> Mic {
+    let config = c.cloud_config();
+    start_mic_with(settings, move || {
+        Arc::new(CloudArm::from_config(&config).unwrap()) as Arc<dyn ArmPort>
+    })
+    .await
+}
+
+async fn start_mic_with(
+    settings: MicSettings,
+    arm: impl FnOnce() -> Arc<dyn ArmPort> + Send + 'static,
+) -> Mic {
     let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::spawn(move || {
         let system = actix::System::new();
         system.block_on(async move {
             let deps = MicDeps {
-                arm,
+                arm: arm(),
                 metrics: Metrics::new(),
                 client: None,
                 cluster_identity_client_id: None,
@@ -331,9 +384,13 @@ async fn wait_health(addr: SocketAddr, want: &str, timeout: Duration) -> Duratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_assigned_objects() {
-    let c = cluster("seed", Topology::sized(1, 2, 0, 2)).await;
-    let arm = MemoryArm::new(Duration::from_millis(200));
-    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    let c = cluster(
+        "seed",
+        Topology::sized(1, 2, 0, 2),
+        azure_with_latency(Duration::from_millis(200)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
 
     for i in 0..2 {
@@ -348,7 +405,7 @@ async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_ass
             all_assigned(2),
         )
         .await;
-    let on = arm.on_host(&c.scale_set(0));
+    let on = c.on_scale_set(0);
     assert_eq!(
         on,
         (0..2)
@@ -374,9 +431,9 @@ async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_ass
     }
     println!(
         "seed example: {} PATCHes, both Assigned after {took:?} (ARM latency 200 ms)",
-        arm.patch_count()
+        c.patches()
     );
-    assert!(arm.patch_count() <= 2);
+    assert!(c.patches() <= 2);
 
     // "binding applied" Events on the pods, from the original's source component.
     let events = Api::<Event>::namespaced(c.client.clone(), "default")
@@ -406,17 +463,21 @@ async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_ass
     c.delete_pod("demo-1").await;
     c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
         .await;
-    assert!(arm.on_host(&c.scale_set(0)).is_empty());
-    c.sim.shutdown().await;
+    assert!(c.on_scale_set(0).is_empty());
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_dies_mid_batch() {
-    let c = cluster("leader", Topology::sized(1, 2, 0, 3)).await;
-    let arm = MemoryArm::new(Duration::from_secs(1));
-    let mut a = start_mic(settings(&c, "mic-a"), arm.clone()).await;
+    let c = cluster(
+        "leader",
+        Topology::sized(1, 2, 0, 3),
+        azure_with_latency(Duration::from_secs(1)),
+    )
+    .await;
+    let mut a = start_mic(&c, settings(&c, "mic-a")).await;
     wait_health(a.probe, "Active", Duration::from_secs(10)).await;
-    let b = start_mic(settings(&c, "mic-b"), arm.clone()).await;
+    let b = start_mic(&c, settings(&c, "mic-b")).await;
     assert_eq!(http_get(b.probe, "/healthz").await, "Not Active");
 
     for i in 0..3 {
@@ -426,7 +487,7 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
     }
     // Kill the leader while its PATCH is in flight.
     let t0 = Instant::now();
-    while arm.patch_count() == 0 {
+    while c.patches() == 0 {
         assert!(t0.elapsed() < Duration::from_secs(10), "no PATCH started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -450,9 +511,9 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
     println!(
         "converged {:?} after the kill, {} PATCHes in all",
         killed.elapsed(),
-        arm.patch_count()
+        c.patches()
     );
-    assert_eq!(arm.on_host(&c.scale_set(0)).len(), 3);
+    assert_eq!(c.on_scale_set(0).len(), 3);
     // The new leader took over the old one's objects rather than recreating them.
     let after: Vec<_> = c
         .assigned()
@@ -470,18 +531,23 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
     }
     c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
         .await;
-    assert!(arm.on_host(&c.scale_set(0)).is_empty());
+    assert!(c.on_scale_set(0).is_empty());
     drop(b);
-    c.sim.shutdown().await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_identity_does_not_block_valid_ones_and_is_reported_on_the_pod() {
-    let c = cluster("invalid", Topology::sized(1, 1, 0, 2)).await;
-    let arm = MemoryArm::new(Duration::from_millis(200));
+    let c = cluster(
+        "invalid",
+        Topology::sized(1, 1, 0, 2),
+        azure_with_latency(Duration::from_millis(200)),
+    )
+    .await;
     let deleted = IdentityId::new(&c.identity_rid(1));
-    arm.refuse.lock().unwrap().insert(deleted.clone());
-    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    // Deleted in Azure, still named by an AzureIdentity: ARM refuses to assign it.
+    c.azure.delete_identity(&c.identity_rid(1)).unwrap();
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     c.identity("good", &c.identity_rid(0)).await;
     c.identity("deleted", &c.identity_rid(1)).await;
@@ -530,16 +596,20 @@ async fn an_invalid_identity_does_not_block_valid_ones_and_is_reported_on_the_po
         });
     }
     assert!(events_ok, "binding apply error Events on both pods");
-    assert!(!arm.on_host(&c.scale_set(0)).contains(&deleted));
-    c.sim.shutdown().await;
+    assert!(!c.on_scale_set(0).contains(&deleted));
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_most_six_patches() {
-    let c = cluster("burst", Topology::sized(2, 10, 0, 20)).await;
     let latency = Duration::from_secs(2);
-    let arm = MemoryArm::new(latency);
-    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    let c = cluster(
+        "burst",
+        Topology::sized(2, 10, 0, 20),
+        azure_with_latency(latency),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     for i in 0..20 {
         c.identity(&format!("identity-{i}"), &c.identity_rid(i))
@@ -572,7 +642,7 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
         )
         .await
         + created;
-    let patches = arm.patch_count();
+    let patches = c.patches();
     println!(
         "200 pods / 20 identities / 20 nodes / 2 scale sets, ARM latency 2 s: {patches} PATCHes, \
          pods created in {created:?}, all Assigned {took:?} after the first pod"
@@ -580,16 +650,20 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
     assert!(patches <= 6, "{patches} PATCHes");
     assert!(took <= 3 * latency, "{took:?}");
     for s in 0..2 {
-        assert_eq!(arm.on_host(&c.scale_set(s)).len(), 20);
+        assert_eq!(c.on_scale_set(s).len(), 20);
     }
-    c.sim.shutdown().await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_used_by_another_pod_on_the_same_scale_set_is_not_removed() {
-    let c = cluster("shared", Topology::sized(1, 2, 0, 1)).await;
-    let arm = MemoryArm::new(Duration::from_millis(100));
-    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    let c = cluster(
+        "shared",
+        Topology::sized(1, 2, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     c.identity("identity-0", &c.identity_rid(0)).await;
     c.pod("a", "identity-0", &c.node(0)).await;
@@ -601,47 +675,57 @@ async fn an_identity_used_by_another_pod_on_the_same_scale_set_is_not_removed() 
         .await;
     // Well past the 1 s grace period: still there for b.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(arm.on_host(&c.scale_set(0)).len(), 1);
-    assert_eq!(arm.patch_count(), 1, "only the add");
-    c.sim.shutdown().await;
+    assert_eq!(c.on_scale_set(0).len(), 1);
+    assert_eq!(c.patches(), 1, "only the add");
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_periodic_reconcile_re_adds_an_identity_removed_by_hand() {
-    let c = cluster("reconcile", Topology::sized(1, 1, 0, 1)).await;
-    let arm = MemoryArm::new(Duration::from_millis(100));
+    let c = cluster(
+        "reconcile",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
     let mut s = settings(&c, "mic-0");
     s.reconcile_interval = Duration::from_secs(1);
-    let mic = start_mic(s, arm.clone()).await;
+    let mic = start_mic(&c, s).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     c.identity("identity-0", &c.identity_rid(0)).await;
     c.pod("a", "identity-0", &c.node(0)).await;
     c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
         .await;
-    arm.hosts
-        .lock()
-        .unwrap()
-        .get_mut(&c.scale_set(0))
-        .unwrap()
-        .clear();
+    // Someone removes it by hand through ARM (as `az vmss identity remove` would).
+    let by_hand = CloudArm::from_config(&c.cloud_config()).unwrap();
+    by_hand
+        .patch(&c.scale_set(0), &[], &[IdentityId::new(&c.identity_rid(0))])
+        .await
+        .unwrap();
+    assert!(c.on_scale_set(0).is_empty());
+    let before = c.patches();
     let t0 = Instant::now();
-    while arm.on_host(&c.scale_set(0)).is_empty() {
+    while c.on_scale_set(0).is_empty() {
         assert!(t0.elapsed() < Duration::from_secs(10), "never re-added");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(arm.patch_count(), 2);
-    c.sim.shutdown().await;
+    assert_eq!(c.patches(), before + 1, "one PATCH re-adds it");
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cronjob_churn_inside_the_grace_period_costs_two_patches() {
     // A CronJob every minute with a 60 s grace period, scaled down 30x: a run every 2 s,
     // each pod running 0.5 s, a 2 s grace period.
-    let c = cluster("cron", Topology::sized(1, 2, 0, 1)).await;
-    let arm = MemoryArm::new(Duration::from_millis(100));
+    let c = cluster(
+        "cron",
+        Topology::sized(1, 2, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
     let mut s = settings(&c, "mic-0");
     s.batch.unassign_grace = Duration::from_secs(2);
-    let mic = start_mic(s, arm.clone()).await;
+    let mic = start_mic(&c, s).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     c.identity("identity-0", &c.identity_rid(0)).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
@@ -662,9 +746,9 @@ async fn cronjob_churn_inside_the_grace_period_costs_two_patches() {
     }
     c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
         .await;
-    let patches = arm.patches.lock().unwrap().clone();
-    println!("CronJob churn, 10 runs: {} PATCHes", patches.len());
-    assert_eq!(patches.len(), 2, "{patches:?}");
-    assert!(arm.on_host(&c.scale_set(0)).is_empty());
-    c.sim.shutdown().await;
+    let patches = c.patches();
+    println!("CronJob churn, 10 runs: {patches} PATCHes");
+    assert_eq!(patches, 2);
+    assert!(c.on_scale_set(0).is_empty());
+    c.shutdown().await;
 }

@@ -8,7 +8,7 @@
 use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
 use aad_pod_identity::actors::mic::port::ArmPort;
-use aad_pod_identity::actors::mic::{MicDeps, MicSettings};
+use aad_pod_identity::actors::mic::{MicHandle, MicSettings};
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{
     self, AssignedState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
@@ -228,14 +228,6 @@ fn all_assigned(n: usize) -> impl Fn(&[AzureAssignedIdentity]) -> bool {
     }
 }
 
-/// One MIC replica in its own thread and actix System.
-struct Mic {
-    kill: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    probe: SocketAddr,
-    metrics: SocketAddr,
-}
-
 fn settings(c: &Cluster, instance: &str) -> MicSettings {
     let mut s = MicSettings::from(&mic_args());
     s.kubeconfig = Some(c.kubeconfig.clone());
@@ -259,62 +251,13 @@ fn mic_args() -> aad_pod_identity::config::mic::MicArgs {
 }
 
 /// Starts a MIC replica talking to the cluster's Azure simulator through the real ARM client.
-async fn start_mic(c: &Cluster, settings: MicSettings) -> Mic {
+async fn start_mic(c: &Cluster, settings: MicSettings) -> MicHandle {
     let config = c.cloud_config();
-    start_mic_with(settings, move || {
+    aad_pod_identity::actors::mic::spawn(settings, Metrics::new(), None, move || {
         Arc::new(CloudArm::from_config(&config).unwrap()) as Arc<dyn ArmPort>
     })
     .await
-}
-
-async fn start_mic_with(
-    settings: MicSettings,
-    arm: impl FnOnce() -> Arc<dyn ArmPort> + Send + 'static,
-) -> Mic {
-    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let thread = std::thread::spawn(move || {
-        let system = actix::System::new();
-        system.block_on(async move {
-            let deps = MicDeps {
-                arm: arm(),
-                metrics: Metrics::new(),
-                client: None,
-                cluster_identity_client_id: None,
-                bound: Some(bound_tx),
-            };
-            tokio::select! {
-                r = aad_pod_identity::actors::mic::run(settings, deps) => {
-                    eprintln!("mic ended: {r:?}");
-                }
-                _ = kill_rx => {}
-            }
-        });
-    });
-    let (probe, metrics) = bound_rx.await.unwrap();
-    Mic {
-        kill: Some(kill_tx),
-        thread: Some(thread),
-        probe,
-        metrics,
-    }
-}
-
-impl Mic {
-    fn kill(&mut self) {
-        if let Some(k) = self.kill.take() {
-            let _ = k.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Mic {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    .unwrap()
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -497,7 +440,7 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
         .into_iter()
         .map(|a| (a.metadata.name.clone(), a.metadata.uid.clone()))
         .collect();
-    a.kill();
+    a.stop();
     let killed = Instant::now();
     let takeover = wait_health(b.probe, "Active", Duration::from_secs(10)).await;
     println!("takeover after {takeover:?} (lease 2 s)");

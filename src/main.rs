@@ -2,7 +2,14 @@
 //! library, and turns errors into exit codes (2 for bad flags, from clap; 1 for failures).
 
 use aad_pod_identity::cli::{Cli, Command};
-use aad_pod_identity::crd;
+use aad_pod_identity::actors::mic::cloud_port::CloudArm;
+use aad_pod_identity::actors::mic::run::{MicDeps, MicSettings};
+use aad_pod_identity::actors::{mic, nmi};
+use aad_pod_identity::cloud::config::CloudConfig;
+use aad_pod_identity::config::{LogArgs, LogFormat};
+use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity::{crd, logging};
+use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use std::process::ExitCode;
@@ -32,19 +39,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sandbox(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(aad_pod_identity::sandbox::run::run_kube_only(
-                args.kubeconfig_out.clone(),
-                args.endpoints_out.clone(),
-                args.topology(),
-            ))?;
+            // The sandbox prints its own progress; logs default to warnings only.
+            logging::init(&LogArgs {
+                log_format: LogFormat::Text,
+                log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            })?;
+            // MIC's actors need an actix system; everything else runs on it too.
+            actix::System::new().block_on(aad_pod_identity::sandbox::system::run(*args))?;
             Ok(())
         }
-        Command::Mic(_) => anyhow::bail!(
-            "the mic subcommand is not available in this build yet (its flags are parsed; the controller is under construction)"
-        ),
-        Command::Nmi(_) => anyhow::bail!(
-            "the nmi subcommand is not available in this build yet (its flags are parsed; the node agent is under construction)"
-        ),
+        Command::Mic(args) => {
+            logging::init(&args.log)?;
+            let path = args.cloudconfig.as_ref().map(|p| p.display().to_string());
+            let cloud = CloudConfig::load(path.as_deref()).context("reading the cloud configuration")?;
+            let arm = CloudArm::from_config(&cloud).context("building the ARM client")?;
+            let deps = MicDeps {
+                arm: Arc::new(arm),
+                metrics: Metrics::new(),
+                client: None,
+                cluster_identity_client_id: Some(cloud.user_assigned_identity_id.clone())
+                    .filter(|id| !id.is_empty()),
+                bound: None,
+            };
+            mic::run::run_blocking(MicSettings::from(&*args), deps)?;
+            Ok(())
+        }
+        Command::Nmi(args) => {
+            logging::init(&args.log)?;
+            actix::System::new().block_on(nmi::run_with_args(&args, Metrics::new()))?;
+            Ok(())
+        }
     }
 }

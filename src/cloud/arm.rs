@@ -380,7 +380,7 @@ impl ArmClient {
             provisioning_state: "Succeeded".into(),
         };
         match got.status {
-            200 | 201 | 202 => {}
+            200..=202 => {}
             s => return Err(classify(op, target, s, &got.body, &requested)),
         }
         let async_op = header(&got.headers, "azure-asyncoperation");

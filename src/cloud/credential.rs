@@ -148,8 +148,10 @@ pub fn arm_credential(config: &CloudConfig) -> Result<Arc<dyn TokenCredential>, 
     if authority.starts_with("https://") {
         let mut custom = azure_core::cloud::CustomConfiguration::default();
         custom.authority_host = authority;
-        let mut client_options = azure_core::http::ClientOptions::default();
-        client_options.cloud = Some(Arc::new(custom.into()));
+        let client_options = azure_core::http::ClientOptions {
+            cloud: Some(Arc::new(custom.into())),
+            ..Default::default()
+        };
         let cred = azure_identity::ClientSecretCredential::new(
             &config.tenant_id,
             config.aad_client_id.clone(),

@@ -59,13 +59,13 @@ fn stringish<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum S {
-        S(String),
-        N(i64),
+        Text(String),
+        Number(i64),
         Null(()),
     }
     Ok(match S::deserialize(d)? {
-        S::S(s) => s,
-        S::N(n) => n.to_string(),
+        S::Text(s) => s,
+        S::Number(n) => n.to_string(),
         S::Null(()) => String::new(),
     })
 }

@@ -62,6 +62,7 @@ pub fn serve(
     })
     .workers(workers.max(1))
     .disable_signals()
+    .shutdown_timeout(2)
     .listen(listener)?
     .run())
 }

@@ -55,6 +55,7 @@ pub fn serve_health(
     })
     .workers(1)
     .disable_signals()
+    .shutdown_timeout(2)
     .listen(listener)?
     .run())
 }
@@ -84,6 +85,7 @@ pub fn serve_metrics(
     })
     .workers(1)
     .disable_signals()
+    .shutdown_timeout(2)
     .listen(listener)?
     .run())
 }

@@ -3,4 +3,6 @@
 
 pub mod args;
 pub mod run;
+pub mod scenario;
+pub mod system;
 pub mod topology;

@@ -17,6 +17,7 @@
 pub mod assignments;
 pub mod broker;
 pub mod cache;
+pub mod cloud_source;
 pub mod exceptions;
 pub mod identity;
 pub mod iptables;
@@ -197,6 +198,9 @@ pub enum Error {
     /// Managed mode requires namespaced matching.
     #[error("--operation-mode managed requires --forceNamespaced")]
     ManagedNeedsNamespaced,
+    /// The Azure clients could not be built.
+    #[error("cannot build the Azure clients: {0}")]
+    Cloud(String),
     /// No Kubernetes client could be built.
     #[error("cannot build a Kubernetes client: {0}")]
     Kube(String),
@@ -472,17 +476,28 @@ pub fn start(
 }
 
 /// The `nmi` subcommand from its flags: builds the Kubernetes client (`--kubeconfig`, else
-/// in-cluster or `$KUBECONFIG`), then [`run`].
+/// in-cluster or `$KUBECONFIG`) and the real token source (the metadata service at
+/// `--metadata-ip:--metadata-port`; Azure AD at each identity's `adEndpoint`, else
+/// `$AZURE_AUTHORITY_HOST`, else `https://login.microsoftonline.com/`), then [`run`].
 ///
 /// # Errors
-/// [`Error::Kube`] when no Kubernetes client can be built; otherwise as [`run`].
+/// [`Error::Kube`] or [`Error::Cloud`] when a client cannot be built; otherwise as [`run`].
 pub async fn run_with_args(
     args: &crate::config::nmi::NmiArgs,
-    source: Arc<dyn TokenSource>,
     metrics: crate::metrics::Metrics,
 ) -> Result<(), Error> {
+    let settings = NmiSettings::from_args(args);
     let client = kube_client(args.kubeconfig.as_deref()).await?;
-    run(NmiSettings::from_args(args), client, source, metrics).await
+    let authority = std::env::var("AZURE_AUTHORITY_HOST")
+        .unwrap_or_else(|_| cloud_source::DEFAULT_AUTHORITY.to_string());
+    let source = cloud_source::CloudTokenSource::new(
+        &settings.metadata.to_string(),
+        client.clone(),
+        authority,
+        settings.token_fetch_timeout,
+    )
+    .map_err(|e| Error::Cloud(e.to_string()))?;
+    run(settings, client, Arc::new(source), metrics).await
 }
 
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, Error> {

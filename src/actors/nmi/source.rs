@@ -80,14 +80,32 @@ pub trait TokenSource: Send + Sync + 'static {
 /// The body is the original's `msiResponse` (field order `access_token`, `refresh_token`,
 /// `expires_in`, `expires_on`, `not_before`, `resource`, `token_type`, all strings), with
 /// `expires_in` recomputed at serve time so a cached token never claims more life than it has.
+///
+/// A service principal with auxiliary tenants gets one token per tenant; the original answers
+/// those as a JSON array, and so does this type.
 #[derive(Debug)]
 pub struct RenderedToken {
-    head: Bytes,
-    tail: Bytes,
-    /// Expiry as unix seconds.
+    parts: Vec<Part>,
+    array: bool,
+    /// Expiry as unix seconds (the earliest, for several tokens).
     pub expires_on: u64,
     /// `oid` claim of the access token when it is a JWT (used to match `object_id` requests).
     pub object_id: Option<Box<str>>,
+}
+
+/// One token, rendered around its `expires_in` value.
+#[derive(Debug)]
+struct Part {
+    head: Bytes,
+    tail: Bytes,
+    expires_on: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireBody {
+    One(WireToken),
+    Many(Vec<WireToken>),
 }
 
 #[derive(Deserialize)]
@@ -143,7 +161,7 @@ impl RenderedToken {
     /// [`MalformedToken`] when the body is not a token JSON object; the message never contains
     /// the body (it may hold a token).
     pub fn parse(body: &[u8]) -> Result<Self, MalformedToken> {
-        let wire: WireToken = serde_json::from_slice(body).map_err(|e| {
+        let wire: WireBody = serde_json::from_slice(body).map_err(|e| {
             MalformedToken(format!(
                 "{:?} error at line {} column {}",
                 e.classify(),
@@ -151,16 +169,80 @@ impl RenderedToken {
                 e.column()
             ))
         })?;
-        let now = unix_now();
+        let (tokens, array) = match wire {
+            WireBody::One(t) => (vec![t], false),
+            WireBody::Many(ts) if !ts.is_empty() => (ts, true),
+            WireBody::Many(_) => return Err(MalformedToken("empty token list".into())),
+        };
+        let object_id = jwt_oid(&tokens[0].access_token);
+        let parts: Vec<Part> = tokens.iter().map(Part::new).collect();
+        let expires_on = parts.iter().map(|p| p.expires_on).min().unwrap_or(0);
+        Ok(Self {
+            parts,
+            array,
+            expires_on,
+            object_id,
+        })
+    }
+
+    /// The token JSON as of `now` (unix seconds).
+    #[must_use]
+    pub fn render(&self, now: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.len_hint());
+        self.render_into(&mut out, now);
+        out.freeze()
+    }
+
+    /// Appends the token JSON as of `now` to `out`.
+    pub fn render_into(&self, out: &mut BytesMut, now: u64) {
+        if self.array {
+            out.put_slice(b"[");
+        }
+        for (i, p) in self.parts.iter().enumerate() {
+            if i > 0 {
+                out.put_slice(b",");
+            }
+            out.put_slice(&p.head);
+            let mut digits = [0u8; 20];
+            out.put_slice(format_u64(p.expires_on.saturating_sub(now), &mut digits));
+            out.put_slice(&p.tail);
+        }
+        if self.array {
+            out.put_slice(b"]");
+        }
+    }
+
+    fn len_hint(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| p.head.len() + p.tail.len() + 21)
+            .sum::<usize>()
+            + 2
+    }
+
+    /// `/host/token`'s body: `{"token":{…},"clientid":"…"}`.
+    #[must_use]
+    pub fn render_host(&self, now: u64, client_id: &str) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.len_hint() + client_id.len() + 32);
+        out.put_slice(b"{\"token\":");
+        self.render_into(&mut out, now);
+        out.put_slice(b",\"clientid\":");
+        put_json_str(&mut out, client_id);
+        out.put_slice(b"}");
+        out.freeze()
+    }
+}
+
+impl Part {
+    fn new(wire: &WireToken) -> Self {
         let expires_on = wire
             .expires_on
             .trim()
             .parse::<u64>()
             .ok()
             .unwrap_or_else(|| {
-                now.saturating_add(wire.expires_in.trim().parse::<u64>().unwrap_or(0))
+                unix_now().saturating_add(wire.expires_in.trim().parse::<u64>().unwrap_or(0))
             });
-        let object_id = jwt_oid(&wire.access_token);
         let mut head = BytesMut::with_capacity(wire.access_token.len() + 96);
         head.put_slice(b"{\"access_token\":");
         put_json_str(&mut head, &wire.access_token);
@@ -177,41 +259,11 @@ impl RenderedToken {
         tail.put_slice(b",\"token_type\":");
         put_json_str(&mut tail, &wire.token_type);
         tail.put_slice(b"}");
-        Ok(Self {
+        Self {
             head: head.freeze(),
             tail: tail.freeze(),
             expires_on,
-            object_id,
-        })
-    }
-
-    /// The token JSON as of `now` (unix seconds).
-    #[must_use]
-    pub fn render(&self, now: u64) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.head.len() + self.tail.len() + 20);
-        self.render_into(&mut out, now);
-        out.freeze()
-    }
-
-    /// Appends the token JSON as of `now` to `out`.
-    pub fn render_into(&self, out: &mut BytesMut, now: u64) {
-        out.put_slice(&self.head);
-        let mut digits = [0u8; 20];
-        out.put_slice(format_u64(self.expires_on.saturating_sub(now), &mut digits));
-        out.put_slice(&self.tail);
-    }
-
-    /// `/host/token`'s body: `{"token":{…},"clientid":"…"}`.
-    #[must_use]
-    pub fn render_host(&self, now: u64, client_id: &str) -> Bytes {
-        let mut out =
-            BytesMut::with_capacity(self.head.len() + self.tail.len() + client_id.len() + 48);
-        out.put_slice(b"{\"token\":");
-        self.render_into(&mut out, now);
-        out.put_slice(b",\"clientid\":");
-        put_json_str(&mut out, client_id);
-        out.put_slice(b"}");
-        out.freeze()
+        }
     }
 }
 
@@ -297,6 +349,18 @@ mod tests {
         let body = format!(r#"{{"access_token":"h.{payload}.s","expires_on":"1"}}"#);
         let t = RenderedToken::parse(body.as_bytes()).unwrap();
         assert_eq!(t.object_id.as_deref(), Some("o-1"));
+    }
+
+    #[test]
+    fn several_tokens_render_as_an_array_expiring_with_the_first() {
+        let body = br#"[{"access_token":"a","expires_on":"200","token_type":"Bearer"},{"access_token":"b","expires_on":"100","token_type":"Bearer"}]"#;
+        let t = RenderedToken::parse(body).unwrap();
+        assert_eq!(t.expires_on, 100);
+        let v: serde_json::Value = serde_json::from_slice(&t.render(50)).unwrap();
+        assert_eq!(v[0]["access_token"], "a");
+        assert_eq!(v[0]["expires_in"], "150");
+        assert_eq!(v[1]["expires_in"], "50");
+        assert!(RenderedToken::parse(b"[]").is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ const HANG: Duration = Duration::from_secs(3600);
 pub(crate) fn serve(
     shared: Arc<Shared>,
     mgmt: TcpListener,
+    mgmt_tls: Option<(TcpListener, rustls::ServerConfig)>,
     nodes: Vec<TcpListener>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::from(shared);
@@ -34,6 +35,9 @@ pub(crate) fn serve(
     .disable_signals()
     .shutdown_timeout(1)
     .listen(mgmt)?;
+    if let Some((l, config)) = mgmt_tls {
+        server = server.listen_rustls_0_23(l, config)?;
+    }
     for l in nodes {
         server = server.listen(l)?;
     }
@@ -56,6 +60,12 @@ async fn dispatch(
     let ci = |i: usize, w: &str| segs.get(i).is_some_and(|s| s.eq_ignore_ascii_case(w));
     let is_token_path = (segs.len() == 3 && ci(1, "oauth2") && ci(2, "token"))
         || (segs.len() == 4 && ci(1, "oauth2") && ci(2, "v2.0") && ci(3, "token"));
+    let is_openid = segs.len() >= 3
+        && segs[segs.len() - 2].eq_ignore_ascii_case(".well-known")
+        && segs[segs.len() - 1].eq_ignore_ascii_case("openid-configuration");
+    if is_openid {
+        return openid_configuration(&req, segs[0], ci(1, "v2.0"));
+    }
     if is_token_path {
         let resp = aad(&req, payload, &shared, segs[0], segs.len() == 4).await;
         record(&shared, &req, None, &resp);
@@ -72,6 +82,47 @@ async fn dispatch(
         "NotFound",
         &format!("No route for '{}'.", req.path()),
     )
+}
+
+/// Never answers until the simulator shuts down (or an hour passes).
+async fn hang(shared: &Shared) {
+    tokio::select! {
+        _ = tokio::time::sleep(HANG) => {}
+        _ = shared.stopping.cancelled() => {}
+    }
+}
+
+/// Base URL the client used (scheme and host of this request), for URLs we hand back.
+fn base_url(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
+
+/// The tenant discovery document MSAL-based SDKs fetch before asking for a token.
+fn openid_configuration(req: &HttpRequest, tenant: &str, v2: bool) -> HttpResponse {
+    let base = base_url(req);
+    let (token, authorize) = if v2 {
+        (
+            format!("{base}/{tenant}/oauth2/v2.0/token"),
+            format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+        )
+    } else {
+        (
+            format!("{base}/{tenant}/oauth2/token"),
+            format!("{base}/{tenant}/oauth2/authorize"),
+        )
+    };
+    HttpResponse::Ok().json(json!({
+        "token_endpoint": token,
+        "authorization_endpoint": authorize,
+        "issuer": format!("https://sts.windows.net/{tenant}/"),
+        "jwks_uri": format!("{base}/{tenant}/discovery/keys"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "tenant_region_scope": "WW",
+    }))
 }
 
 fn record(shared: &Shared, req: &HttpRequest, subscription: Option<String>, resp: &HttpResponse) {
@@ -147,12 +198,12 @@ fn arm_route(segs: &[&str]) -> Option<ArmRoute> {
             });
         }
     }
-    if segs.len() == 7 && ci(2, "providers") && ci(3, "Microsoft.Compute") && ci(4, "locations") {
-        if ci(5, "operations") {
-            return Some(ArmRoute::AsyncOperation(segs[6].to_string()));
+    if segs.len() == 8 && ci(2, "providers") && ci(3, "Microsoft.Compute") && ci(4, "locations") {
+        if ci(6, "operations") {
+            return Some(ArmRoute::AsyncOperation(segs[7].to_string()));
         }
-        if ci(5, "operationResults") {
-            return Some(ArmRoute::LocationResult(segs[6].to_string()));
+        if ci(6, "operationResults") {
+            return Some(ArmRoute::LocationResult(segs[7].to_string()));
         }
     }
     None
@@ -222,13 +273,12 @@ async fn arm(
             retry_after_secs,
             as_http_date,
         }) => {
-            shared
-                .lock()
-                .open_throttle_window(sub, Duration::from_secs(retry_after_secs));
-            return throttled(retry_after_secs, as_http_date);
+            let (resp, window) = throttled(retry_after_secs, as_http_date);
+            shared.lock().open_throttle_window(sub, window);
+            return resp;
         }
         Some(FaultKind::Hang) => {
-            tokio::time::sleep(HANG).await;
+            hang(shared).await;
             return arm_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "GatewayTimeout",
@@ -254,7 +304,7 @@ async fn arm(
             } else {
                 inner.counters.throttled += 1;
             }
-            return throttled(secs, false);
+            return throttled(secs, false).0;
         }
     }
     let resp = match (route, method) {
@@ -288,7 +338,7 @@ async fn arm(
                     );
                 }
             };
-            patch_compute(shared, &cfg, segs, &key, &body, lro_failure)
+            patch_compute(shared, &cfg, &base_url(req), segs, &key, &body, lro_failure)
         }
         (ArmRoute::Identity { rg, name }, m) if m == Method::GET => {
             let inner = shared.lock();
@@ -324,15 +374,27 @@ async fn arm(
     resp
 }
 
-fn throttled(secs: u64, as_http_date: bool) -> HttpResponse {
-    let value = if as_http_date {
-        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(secs))
+/// A 429 and the window it announces. An HTTP date has whole-second precision, so the date
+/// is rounded up and the window runs exactly until it.
+fn throttled(secs: u64, as_http_date: bool) -> (HttpResponse, Duration) {
+    let (value, window) = if as_http_date {
+        let now = std::time::SystemTime::now();
+        let since_epoch = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let target = std::time::UNIX_EPOCH
+            + Duration::from_secs(
+                since_epoch.as_secs() + secs + u64::from(since_epoch.subsec_nanos() > 0),
+            );
+        let window = target.duration_since(now).unwrap_or_default();
+        (httpdate::fmt_http_date(target), window)
     } else {
-        secs.to_string()
+        (secs.to_string(), Duration::from_secs(secs))
     };
-    HttpResponse::TooManyRequests()
+    let resp = HttpResponse::TooManyRequests()
         .insert_header(("Retry-After", value))
-        .json(json!({ "error": { "code": "TooManyRequests", "message": format!("The request is being throttled. Retry after {secs} seconds.") } }))
+        .json(json!({ "error": { "code": "TooManyRequests", "message": format!("The request is being throttled. Retry after {secs} seconds.") } }));
+    (resp, window)
 }
 
 fn not_found(segs: &[&str]) -> HttpResponse {
@@ -352,6 +414,7 @@ fn not_found(segs: &[&str]) -> HttpResponse {
 fn patch_compute(
     shared: &Shared,
     cfg: &super::AzureSimConfig,
+    base_url: &str,
     segs: &[&str],
     key: &str,
     body: &[u8],
@@ -441,8 +504,8 @@ fn patch_compute(
         },
     );
     let base = format!(
-        "http://{}/subscriptions/{sub}/providers/Microsoft.Compute/locations/{}",
-        shared.mgmt_addr, cfg.location
+        "{base_url}/subscriptions/{sub}/providers/Microsoft.Compute/locations/{}",
+        cfg.location
     );
     let retry_after = cfg.lro_retry_after_secs.to_string();
     match mode {
@@ -498,8 +561,8 @@ fn poll(
     let failure = op.failure.clone();
     let key = op.resource_key.clone();
     let rollback = op.rollback.take();
-    if first_completion {
-        if let Some(c) = inner.compute.get_mut(&key) {
+    if first_completion && let Some(c) = inner.compute.get_mut(&key) {
+        {
             if failure.is_some()
                 && let Some((system, ua)) = rollback
             {
@@ -568,7 +631,7 @@ async fn imds(req: &HttpRequest, shared: &Shared, node: &str, key: &str) -> Http
             return r;
         }
         Some(FaultKind::Hang) => {
-            tokio::time::sleep(HANG).await;
+            hang(shared).await;
             return HttpResponse::GatewayTimeout().finish();
         }
         Some(FaultKind::Slow(d)) => delay += d,
@@ -741,7 +804,7 @@ async fn aad(
             );
         }
         Some(FaultKind::Hang) => {
-            tokio::time::sleep(HANG).await;
+            hang(shared).await;
             return HttpResponse::GatewayTimeout().finish();
         }
         Some(FaultKind::Slow(d)) => delay += d,

@@ -4,7 +4,8 @@
 //! Built from a [`Topology`]; every listener is on 127.0.0.1 (one for ARM and Azure AD, one
 //! per simulated node for its metadata service), all served by one actix-web server. Plain HTTP:
 //! our clients attach bearer tokens with their own policy (see `cloud::credential`), and Azure
-//! SDKs reach a metadata service over HTTP anyway.
+//! SDKs reach a metadata service over HTTP anyway. With `tls`, ARM and Azure AD are also served
+//! over HTTPS (a per-run CA, PEM on disk) for Azure's own SDKs, which insist on it.
 //!
 //! Tests and load tests steer it through [`AzureSimHandle`]: counters, a request log with
 //! arrival times, injected faults, latency, a per-subscription write budget, and the registry
@@ -12,6 +13,7 @@
 
 mod http;
 mod state;
+mod tls;
 mod tokens;
 
 use std::collections::HashMap;
@@ -48,6 +50,9 @@ pub enum Error {
     /// A certificate could not be registered.
     #[error("certificate: {0}")]
     Certificate(String),
+    /// The HTTPS listener's CA and certificate could not be made or written.
+    #[error("TLS setup: {0}")]
+    Tls(String),
 }
 
 /// Response delay of a simulated service.
@@ -134,6 +139,10 @@ pub struct AzureSimConfig {
     pub max_body_bytes: usize,
     /// Location reported for resources and in operation URLs.
     pub location: String,
+    /// Also serve ARM and Azure AD over HTTPS on a second listener, with a certificate from a
+    /// fresh CA whose PEM is written to [`AzureSimHandle::ca_cert_path`] (for Azure SDKs, which
+    /// refuse bearer tokens over plain HTTP).
+    pub tls: bool,
 }
 
 impl Default for AzureSimConfig {
@@ -153,6 +162,7 @@ impl Default for AzureSimConfig {
             system_assigned: false,
             max_body_bytes: 1 << 20,
             location: "westeurope".into(),
+            tls: false,
         }
     }
 }
@@ -165,8 +175,12 @@ pub(crate) struct Shared {
     pub config: Mutex<AzureSimConfig>,
     pub signer: tokens::TokenSigner,
     pub mgmt_addr: SocketAddr,
+    /// The HTTPS management listener, when TLS is on.
+    pub mgmt_tls_addr: Option<SocketAddr>,
     /// Node listener address → (node name, compute key).
     pub nodes_by_addr: HashMap<SocketAddr, (String, String)>,
+    /// Cancelled on shutdown so hung answers end.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -266,6 +280,14 @@ impl AzureSim {
             node_addrs.push((node.name.clone(), addr));
             listeners.push(l);
         }
+        let tls = if config.tls {
+            let l = bind()?;
+            let addr = l.local_addr().map_err(Error::Bind)?;
+            let (server_config, ca_path) = tls::loopback_server_config()?;
+            Some((l, addr, server_config, ca_path))
+        } else {
+            None
+        };
         let signer = tokens::TokenSigner::random();
         let mut service_principals = std::collections::BTreeMap::new();
         let mic = ServicePrincipal {
@@ -293,9 +315,16 @@ impl AzureSim {
             config: Mutex::new(config),
             signer,
             mgmt_addr,
+            mgmt_tls_addr: tls.as_ref().map(|t| t.1),
             nodes_by_addr,
+            stopping: tokio_util::sync::CancellationToken::new(),
         });
-        let server = http::serve(shared.clone(), mgmt, listeners).map_err(Error::Bind)?;
+        let (tls_listener, ca_path) = match tls {
+            Some((l, _, cfg, path)) => (Some((l, cfg)), Some(path)),
+            None => (None, None),
+        };
+        let server =
+            http::serve(shared.clone(), mgmt, tls_listener, listeners).map_err(Error::Bind)?;
         let server_handle = server.handle();
         tokio::spawn(server);
         Ok(AzureSimHandle {
@@ -304,6 +333,7 @@ impl AzureSim {
             node_addrs,
             topology: topology.clone(),
             mic_client_id,
+            ca_path,
         })
     }
 }
@@ -316,6 +346,7 @@ pub struct AzureSimHandle {
     node_addrs: Vec<(String, SocketAddr)>,
     topology: Topology,
     mic_client_id: String,
+    ca_path: Option<std::path::PathBuf>,
 }
 
 impl AzureSimHandle {
@@ -346,16 +377,27 @@ impl AzureSimHandle {
             .ok_or_else(|| Error::UnknownNode(node.to_string()))
     }
 
+    /// `http://<imds_addr(node)>`, the value for `AZURE_POD_IDENTITY_AUTHORITY_HOST`.
+    pub fn imds_endpoint(&self, node: &str) -> Result<String, Error> {
+        Ok(format!("http://{}", self.imds_addr(node)?))
+    }
+
     /// Every node's metadata-service address, in topology order.
     #[must_use]
     pub fn imds_addrs(&self) -> &[(String, SocketAddr)] {
         &self.node_addrs
     }
 
-    /// Always `None`: the simulator serves plain HTTP on loopback.
+    /// ARM and Azure AD over HTTPS (`https://127.0.0.1:port/`), when started with `tls`.
+    #[must_use]
+    pub fn arm_endpoint_tls(&self) -> Option<String> {
+        self.shared.mgmt_tls_addr.map(|a| format!("https://{a}/"))
+    }
+
+    /// PEM of the CA that signed the HTTPS listener's certificate, when started with `tls`.
     #[must_use]
     pub fn ca_cert_path(&self) -> Option<&std::path::Path> {
-        None
+        self.ca_path.as_deref()
     }
 
     /// A snapshot of the counters.
@@ -559,7 +601,9 @@ impl AzureSimHandle {
             "tenantId": self.topology.tenant_id,
             "subscriptionId": self.topology.subscription_id,
             "resourceGroup": self.topology.resource_group,
-            "caCertPath": Value::Null,
+            "armTls": self.arm_endpoint_tls(),
+            "aadTls": self.arm_endpoint_tls(),
+            "caCertPath": self.ca_path.as_ref().map(|p| p.display().to_string()),
             "imds": self.node_addrs.iter().map(|(n, a)| (n.clone(), json!(a.to_string()))).collect::<serde_json::Map<_, _>>(),
             "identities": inner.identities.values().map(|r| json!({
                 "name": r.name, "resourceID": r.resource_id, "clientID": r.client_id, "principalID": r.principal_id,
@@ -575,7 +619,11 @@ impl AzureSimHandle {
 
     /// Stops every listener (in-flight requests are dropped).
     pub async fn shutdown(self) {
+        self.shared.stopping.cancel();
         self.server.stop(false).await;
+        if let Some(dir) = self.ca_path.as_ref().and_then(|p| p.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

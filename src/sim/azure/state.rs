@@ -510,3 +510,133 @@ impl Inner {
 pub(crate) fn compute_key(kind: &str, sub: &str, rg: &str, name: &str) -> String {
     format!("{kind}/{sub}/{rg}/{name}").to_ascii_lowercase()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID_A: &str = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a";
+    const ID_B: &str = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/b";
+
+    fn inner() -> Inner {
+        let mut identities = BTreeMap::new();
+        for (id, assignable) in [(ID_A, true), (ID_B, false)] {
+            identities.insert(
+                id.to_ascii_lowercase(),
+                IdentityRecord {
+                    name: id.rsplit('/').next().unwrap().into(),
+                    resource_id: id.into(),
+                    client_id: format!("client-{id}"),
+                    principal_id: format!("principal-{id}"),
+                    assignable,
+                },
+            );
+        }
+        Inner {
+            tenant_id: "t".into(),
+            compute: HashMap::new(),
+            identities,
+            service_principals: BTreeMap::new(),
+            operations: HashMap::new(),
+            faults: VecDeque::new(),
+            budget_windows: HashMap::new(),
+            throttle_windows: HashMap::new(),
+            counters: Counters::default(),
+            log: Vec::new(),
+        }
+    }
+
+    fn vmss(system: bool, ua: &[&str]) -> Compute {
+        Compute {
+            kind: "vmss",
+            subscription: "s".into(),
+            resource_group: "rg".into(),
+            name: "v".into(),
+            system_assigned: system,
+            user_assigned: ua.iter().map(|i| (i.to_string(), Instant::now())).collect(),
+            provisioning_state: "Succeeded".into(),
+        }
+    }
+
+    fn refused(r: Result<Option<(bool, Vec<String>)>, PatchError>) -> (u16, &'static str, String) {
+        match r {
+            Err(PatchError::Refused(s, c, m)) => (s, c, m),
+            Ok(v) => panic!("accepted: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn type_none_or_system_assigned_drops_every_user_assigned_identity() {
+        let i = inner();
+        let c = vmss(true, &[ID_A]);
+        let r = i.evaluate_patch(&c, &json!({"identity": {"type": "SystemAssigned"}}));
+        assert_eq!(r.ok().flatten(), Some((true, vec![])));
+        let r = i.evaluate_patch(&c, &json!({"identity": {"type": "None"}}));
+        assert_eq!(r.ok().flatten(), Some((false, vec![])));
+    }
+
+    #[test]
+    fn adds_and_removes_are_case_insensitive_deltas() {
+        let i = inner();
+        let c = vmss(false, &[ID_A]);
+        let body = json!({"identity": {"type": "userassigned", "userAssignedIdentities": {
+            ID_A.to_uppercase(): null,
+        }}});
+        // Removing the last one while keeping type UserAssigned is refused.
+        let (status, code, _) = refused(i.evaluate_patch(&c, &body));
+        assert_eq!((status, code), (400, "InvalidParameter"));
+        let body = json!({"identity": {"type": "SystemAssigned,UserAssigned", "userAssignedIdentities": {
+            ID_A.to_uppercase(): {},
+        }}});
+        assert_eq!(
+            i.evaluate_patch(&c, &body).ok().flatten(),
+            Some((true, vec![ID_A.to_string()]))
+        );
+    }
+
+    #[test]
+    fn unknown_and_unauthorized_identities_are_named_in_the_refusal() {
+        let i = inner();
+        let c = vmss(false, &[]);
+        let gone = ID_A.replace("/a", "/gone");
+        let body = json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {
+            gone.clone(): {}, ID_B: {},
+        }}});
+        let (status, code, msg) = refused(i.evaluate_patch(&c, &body));
+        assert_eq!((status, code), (400, "FailedIdentityOperation"));
+        assert!(msg.contains(&gone) && !msg.contains(ID_B), "{msg}");
+        let body =
+            json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": { ID_B: {} }}});
+        let (status, code, msg) = refused(i.evaluate_patch(&c, &body));
+        assert_eq!((status, code), (403, "LinkedAuthorizationFailed"));
+        assert!(msg.contains(ID_B));
+    }
+
+    #[test]
+    fn faults_are_consumed_in_order_and_only_by_matching_requests() {
+        let mut i = inner();
+        i.faults.push_back(Fault {
+            target: FaultTarget::ArmPatch,
+            kind: FaultKind::Status(500),
+            remaining: 2,
+        });
+        i.faults.push_back(Fault {
+            target: FaultTarget::AnyArm,
+            kind: FaultKind::Hang,
+            remaining: 1,
+        });
+        assert_eq!(i.take_fault(FaultTarget::Imds), None);
+        assert_eq!(i.take_fault(FaultTarget::ArmGet), Some(FaultKind::Hang));
+        assert_eq!(i.take_fault(FaultTarget::ArmGet), None);
+        assert_eq!(
+            i.take_fault(FaultTarget::ArmPatch),
+            Some(FaultKind::Status(500))
+        );
+        assert_eq!(
+            i.take_fault(FaultTarget::ArmPatch),
+            Some(FaultKind::Status(500))
+        );
+        assert_eq!(i.take_fault(FaultTarget::ArmPatch), None);
+        assert_eq!(i.counters.faults, 3);
+    }
+}

@@ -1,0 +1,179 @@
+//! The real [`TokenSource`]: the node's metadata service for type-0 identities and the node's
+//! own identity, Azure AD client credentials for service principals (types 1 and 2) with the
+//! credential read from the Secret the AzureIdentity references.
+//!
+//! Secrets are read when a token is fetched (rare: tokens are cached) and never logged. As the
+//! original, a type-1 Secret's first value is the client secret; a type-2 Secret holds a PKCS#12
+//! bundle under `certificate` and its password under `password`.
+
+use super::source::{SourceError, TokenRequest, TokenSource, TokenTarget, UpstreamToken};
+use crate::cloud::aad::{AadClient, CertificateCredential, ClientCredential, EndpointVersion};
+use crate::cloud::imds::{IdentitySelector, ImdsClient};
+use crate::crd::{AzureIdentitySpec, IdentityType};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Azure AD authority used when an AzureIdentity has no `adEndpoint`.
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
+
+/// Tokens from the metadata service and Azure AD.
+pub struct CloudTokenSource {
+    imds: ImdsClient,
+    kube: kube::Client,
+    default_authority: String,
+    timeout: Duration,
+    aad: DashMap<String, AadClient>,
+}
+
+impl CloudTokenSource {
+    /// A source using the metadata service at `metadata` (`ip:port`), reading Secrets through
+    /// `kube`, with `default_authority` for identities without `adEndpoint`.
+    ///
+    /// # Errors
+    /// When the metadata address is not usable.
+    pub fn new(
+        metadata: &str,
+        kube: kube::Client,
+        default_authority: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, crate::cloud::Error> {
+        Ok(Self {
+            imds: ImdsClient::new(metadata)?.with_timeout(timeout),
+            kube,
+            default_authority: default_authority.into(),
+            timeout,
+            aad: DashMap::new(),
+        })
+    }
+
+    fn aad_for(&self, endpoint: &str) -> Result<AadClient, SourceError> {
+        let authority = if endpoint.is_empty() {
+            self.default_authority.as_str()
+        } else {
+            endpoint
+        };
+        if let Some(c) = self.aad.get(authority) {
+            return Ok(c.clone());
+        }
+        let c = AadClient::new(authority)
+            .map_err(|e| SourceError::Refused(e.to_string()))?
+            .with_timeout(self.timeout);
+        self.aad.insert(authority.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn credential(
+        &self,
+        spec: &AzureIdentitySpec,
+        identity_namespace: &str,
+    ) -> Result<ClientCredential, SourceError> {
+        let r = &spec.client_password;
+        let ns = if r.namespace.is_empty() {
+            identity_namespace
+        } else {
+            r.namespace.as_str()
+        };
+        let secret = Api::<Secret>::namespaced(self.kube.clone(), ns)
+            .get(&r.name)
+            .await
+            .map_err(|e| {
+                SourceError::Refused(format!("cannot read Secret {ns}/{}: {e}", r.name))
+            })?;
+        let data = secret.data.unwrap_or_default();
+        match spec.type_ {
+            IdentityType::ServicePrincipal => data
+                .values()
+                .next()
+                .map(|v| ClientCredential::Secret(String::from_utf8_lossy(&v.0).into_owned()))
+                .ok_or_else(|| SourceError::Refused(format!("Secret {ns}/{} is empty", r.name))),
+            IdentityType::ServicePrincipalCertificate => {
+                let cert = data.get("certificate").ok_or_else(|| {
+                    SourceError::Refused(format!("Secret {ns}/{} has no `certificate` key", r.name))
+                })?;
+                let password = data
+                    .get("password")
+                    .map(|p| String::from_utf8_lossy(&p.0).into_owned())
+                    .unwrap_or_default();
+                CertificateCredential::from_pkcs12(&cert.0, &password)
+                    .map(|c| ClientCredential::Certificate(Arc::new(c)))
+                    .map_err(|e| SourceError::Refused(e.to_string()))
+            }
+            other => Err(SourceError::Refused(format!(
+                "identity type {other} has no service principal credential"
+            ))),
+        }
+    }
+}
+
+fn cloud_error(e: &crate::cloud::Error) -> SourceError {
+    match e {
+        crate::cloud::Error::Transport { .. } | crate::cloud::Error::Timeout { .. } => {
+            SourceError::Unreachable(e.to_string())
+        }
+        _ => SourceError::Refused(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl TokenSource for CloudTokenSource {
+    async fn fetch(&self, request: &TokenRequest) -> Result<UpstreamToken, SourceError> {
+        let selector = match &request.target {
+            TokenTarget::Node { client_id: None } => IdentitySelector::Node,
+            TokenTarget::Node { client_id: Some(c) } => IdentitySelector::ClientId(c.clone()),
+            TokenTarget::UserAssigned {
+                client_id,
+                resource_id,
+            } => {
+                if client_id.is_empty() {
+                    IdentitySelector::ResourceId(resource_id.clone())
+                } else {
+                    IdentitySelector::ClientId(client_id.clone())
+                }
+            }
+            TokenTarget::ServicePrincipal {
+                identity,
+                identity_namespace,
+            } => {
+                let credential = self.credential(identity, identity_namespace).await?;
+                let aad = self.aad_for(&identity.ad_endpoint)?;
+                let req = crate::cloud::aad::TokenRequest {
+                    tenant_id: identity.tenant_id.clone(),
+                    client_id: identity.client_id.clone(),
+                    credential,
+                    resource: request.resource.clone(),
+                    version: EndpointVersion::V1,
+                };
+                let body = if identity.auxiliary_tenant_ids.is_empty() {
+                    let t = aad.token(&req).await.map_err(|e| cloud_error(&e))?;
+                    serde_json::to_vec(&t)
+                } else {
+                    let set = aad
+                        .token_with_auxiliary(&req, &identity.auxiliary_tenant_ids)
+                        .await
+                        .map_err(|e| cloud_error(&e))?;
+                    let mut all = vec![set.primary];
+                    all.extend(set.auxiliary);
+                    serde_json::to_vec(&all)
+                }
+                .map_err(|e| SourceError::Refused(format!("cannot encode token: {e}")))?;
+                return Ok(UpstreamToken {
+                    status: 200,
+                    body: body.into(),
+                });
+            }
+        };
+        let resp = self
+            .imds
+            .token(&request.resource, &selector)
+            .await
+            .map_err(|e| cloud_error(&e))?;
+        Ok(UpstreamToken {
+            status: resp.status,
+            body: resp.body,
+        })
+    }
+}

@@ -561,6 +561,7 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
     // Let MIC read both scale sets first, as a running MIC has.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t0 = Instant::now();
+    let wall0 = k8s_openapi::jiff::Timestamp::now();
     let mut creates = Vec::new();
     for p in 0..200usize {
         let c = &c;
@@ -577,7 +578,7 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
     }
     futures::future::join_all(creates).await;
     let created = t0.elapsed();
-    let took = c
+    let polled = c
         .wait_for(
             "200 Assigned objects",
             Duration::from_secs(60),
@@ -585,10 +586,35 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
         )
         .await
         + created;
+    // When MIC wrote the last Assigned status, from its "binding applied" Events (MIC stamps
+    // them right after the write), so the test's own polling under load does not count.
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let mut applied = Vec::new();
+    for _ in 0..100 {
+        applied = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("binding applied"))
+            .filter_map(|e| e.event_time.as_ref().map(|t| t.0))
+            .collect();
+        if applied.len() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(applied.len(), 200);
+    let last = applied.iter().max().unwrap();
+    let took = Duration::from_millis(
+        u64::try_from(last.as_millisecond() - wall0.as_millisecond()).unwrap(),
+    );
     let patches = c.patches();
     println!(
         "200 pods / 20 identities / 20 nodes / 2 scale sets, ARM latency 2 s: {patches} PATCHes, \
-         pods created in {created:?}, all Assigned {took:?} after the first pod"
+         pods created in {created:?}, last Assigned written {took:?} after the first pod \
+         (seen by polling after {polled:?})"
     );
     assert!(patches <= 6, "{patches} PATCHes");
     assert!(took <= 3 * latency, "{took:?}");

@@ -721,3 +721,35 @@ async fn cronjob_churn_inside_the_grace_period_costs_two_patches() {
     assert!(c.on_scale_set(0).is_empty());
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_nodes_assignments_are_cleaned_up() {
+    let c = cluster(
+        "nodegone",
+        Topology::sized(1, 2, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("a", "identity-0", &c.node(0)).await;
+    c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+    assert_eq!(c.on_scale_set(0).len(), 1);
+    Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
+        .delete(&c.node(0), &DeleteParams::default())
+        .await
+        .unwrap();
+    c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
+        .await;
+    let t0 = Instant::now();
+    while !c.on_scale_set(0).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "identity left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.shutdown().await;
+}

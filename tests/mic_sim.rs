@@ -753,3 +753,57 @@ async fn a_deleted_nodes_assignments_are_cleaned_up() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_from_another_namespace_is_refused_with_an_event_on_the_pod() {
+    let c = cluster(
+        "crossns",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "team-b"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(c.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    // Identity and binding in `default`; the pod in `team-b` uses the binding's selector.
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "intruder", "namespace": "team-b", "labels": {"aadpodidbinding": "identity-0"}},
+        "spec": {"nodeName": c.node(0), "containers": [{"name": "app", "image": "demo"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(c.client.clone(), "team-b")
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "team-b");
+    let t0 = Instant::now();
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("binding apply error")
+                    && e.involved_object.name.as_deref() == Some("intruder")
+            });
+        if let Some(e) = found {
+            let msg = e.message.unwrap_or_default();
+            assert!(msg.contains("namespaced"), "{msg}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no Event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.assigned().await.is_empty());
+    assert_eq!(c.patches(), 0);
+    c.shutdown().await;
+}

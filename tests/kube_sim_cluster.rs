@@ -212,3 +212,74 @@ async fn deployments_scale_and_daemonsets_cover_every_node() {
     }
     h.shutdown().await;
 }
+
+fn pod_ip(p: &Value) -> Option<String> {
+    p.pointer("/status/podIP")
+        .and_then(Value::as_str)
+        .map(String::from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_ips_are_not_reused_at_once_and_a_full_range_leaves_pods_pending() {
+    let h = KubeSim::start(KubeSimConfig {
+        // 127.1.0.0/29: six usable addresses.
+        pod_ip_range: aad_pod_identity::sim::kube::Ipv4Block::parse("127.1.0.0/29").unwrap(),
+        ..KubeSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let pods = info(&h, "", "pods");
+    let pod = |name: &str| json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+    h.store().create(&pods, "default", pod("p0")).unwrap();
+    h.store().create(&pods, "default", pod("p1")).unwrap();
+    let first = wait_for(&h, "", "pods", |ps| {
+        ps.iter().filter(|p| pod_ip(p).is_some()).count() == 2
+    })
+    .await;
+    let p0_ip = first
+        .iter()
+        .find(|p| p["metadata"]["name"] == "p0")
+        .and_then(|p| pod_ip(p))
+        .unwrap();
+    h.store()
+        .delete(&pods, "default", "p0", &Default::default())
+        .unwrap();
+    h.store().create(&pods, "default", pod("p2")).unwrap();
+    let now = wait_for(&h, "", "pods", |ps| {
+        ps.iter()
+            .any(|p| p["metadata"]["name"] == "p2" && pod_ip(p).is_some())
+    })
+    .await;
+    let p2_ip = now
+        .iter()
+        .find(|p| p["metadata"]["name"] == "p2")
+        .and_then(|p| pod_ip(p))
+        .unwrap();
+    assert_ne!(p2_ip, p0_ip, "a just-freed address was handed out again");
+    // Fill the block: p1, p2 and four more hold all six addresses; a seventh pod waits.
+    for i in 3..8 {
+        h.store()
+            .create(&pods, "default", pod(&format!("p{i}")))
+            .unwrap();
+    }
+    let all = wait_for(&h, "", "pods", |ps| {
+        ps.iter().filter(|p| pod_ip(p).is_some()).count() == 6 && ps.len() == 7
+    })
+    .await;
+    let mut ips: Vec<_> = all.iter().filter_map(|p| pod_ip(p)).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 6, "{ips:?}");
+    let waiting: Vec<_> = all.iter().filter(|p| pod_ip(p).is_none()).collect();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0]["status"]["phase"], "Pending");
+    // Releasing an address lets the waiting pod start.
+    h.store()
+        .delete(&pods, "default", "p1", &Default::default())
+        .unwrap();
+    wait_for(&h, "", "pods", |ps| {
+        ps.len() == 6 && ps.iter().all(|p| pod_ip(p).is_some())
+    })
+    .await;
+    h.shutdown().await;
+}

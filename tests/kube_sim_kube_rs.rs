@@ -299,6 +299,19 @@ async fn crud_semantics_match_a_real_api_server() {
         matches!(e, kube::Error::Api(ref s) if s.code == 404 && s.reason == "NotFound"),
         "{e:?}"
     );
+    // server-side apply (approximated as create-or-merge)
+    let ssa = PatchParams::apply("kube-sim-test");
+    let desired = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+    api.patch("ssa", &ssa, &Patch::Apply(&desired))
+        .await
+        .unwrap();
+    let desired = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "2"}});
+    let applied = api
+        .patch("ssa", &ssa, &Patch::Apply(&desired))
+        .await
+        .unwrap();
+    assert_eq!(applied.data.unwrap()["a"], "2");
+    api.delete("ssa", &DeleteParams::default()).await.unwrap();
     // paged list
     for i in 0..7 {
         api.create(&PostParams::default(), &cm(&format!("p{i}"), "1"))
@@ -643,5 +656,180 @@ async fn nodes_come_from_the_topology_and_pods_get_distinct_loopback_ips() {
     }
     // Least-loaded placement spreads 8 pods over 4 nodes evenly.
     assert!(per_node.values().all(|n| *n == 2), "{per_node:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_never_take_the_server_down() {
+    let (h, client) = sim(quiet()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &cm("keep", "1"))
+        .await
+        .unwrap();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let requests: Vec<(&str, String, &str, Vec<u8>)> = vec![
+        (
+            "GET",
+            "/api/v1/namespaces//configmaps".into(),
+            "application/json",
+            vec![],
+        ),
+        ("GET", "/apis/".into(), "application/json", vec![]),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps/keep/nonsense/deeper".into(),
+            "application/json",
+            vec![],
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=abc".into(),
+            "application/json",
+            vec![],
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?limit=-1".into(),
+            "application/json",
+            vec![],
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?continue=%%%".into(),
+            "application/json",
+            vec![],
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps".into(),
+            "application/json",
+            deep.into_bytes(),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps".into(),
+            "application/yaml",
+            b"a: &a [*a, *a]\nb: *a\n".to_vec(),
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/configmaps/keep".into(),
+            "application/merge-patch+json",
+            br#"{"metadata":{"name":"other"}}"#.to_vec(),
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/configmaps/keep".into(),
+            "application/merge-patch+json",
+            br#"{"metadata":{"labels":"not a map"}}"#.to_vec(),
+        ),
+        (
+            "PUT",
+            "/api/v1/namespaces/default/configmaps/keep".into(),
+            "application/json",
+            br#"{"metadata":{"name":"keep","resourceVersion":"1"}}"#.to_vec(),
+        ),
+        (
+            "DELETE",
+            "/api/v1/namespaces/default/configmaps/keep".into(),
+            "application/json",
+            b"{bad".to_vec(),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps/keep".into(),
+            "application/json",
+            b"{}".to_vec(),
+        ),
+    ];
+    for (method, path, ct, body) in requests {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("content-type", ct)
+            .body(body)
+            .unwrap();
+        match client.request_text(req).await {
+            Err(kube::Error::Api(s)) => {
+                assert!((400..500).contains(&s.code), "{method} {path}: {s:?}")
+            }
+            Ok(text) if method == "GET" => {
+                // A watch that cannot start reports its error in the stream or ends empty.
+                assert!(
+                    !text.contains("\"type\":\"ADDED\""),
+                    "{method} {path}: {text}"
+                );
+            }
+            other => panic!("{method} {path}: expected a 4xx Status, got {other:?}"),
+        }
+    }
+    // A watch with an absurd timeout starts (the deadline is capped) instead of panicking.
+    let req = http::Request::get(
+        "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=18446744073709551615",
+    )
+    .body(Vec::new())
+    .unwrap();
+    drop(client.request_stream(req).await.unwrap());
+    // Still serving, and the object is untouched.
+    let keep = api.get("keep").await.unwrap();
+    assert_eq!(keep.data.unwrap()["v"], "1");
+    assert_eq!(keep.metadata.name.as_deref(), Some("keep"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watchers_get_initial_events_then_changes() {
+    let (h, client) = sim(quiet()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &cm("a", "1"))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &cm("b", "1"))
+        .await
+        .unwrap();
+    // sendInitialEvents=true: the initial state comes as ADDED events closed by a bookmark.
+    let mut w = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(describe(&next_event(&mut w).await));
+    }
+    assert_eq!(seen, ["Init", "InitApply a=1", "InitApply b=1", "InitDone"]);
+    api.create(&PostParams::default(), &cm("c", "1"))
+        .await
+        .unwrap();
+    assert_eq!(describe(&next_event(&mut w).await), "Apply c=1");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_watches_see_objects_enter_and_leave_the_selection() {
+    let (h, client) = sim(quiet()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cfg = watcher::Config::default().labels("aadpodidbinding=sel");
+    let mut w = watcher(api.clone(), cfg).boxed();
+    assert_eq!(describe(&next_event(&mut w).await), "Init");
+    assert_eq!(describe(&next_event(&mut w).await), "InitDone");
+    api.create(&PostParams::default(), &cm("x", "1"))
+        .await
+        .unwrap();
+    let label =
+        |v: Option<&str>| Patch::Merge(json!({"metadata": {"labels": {"aadpodidbinding": v}}}));
+    api.patch("x", &PatchParams::default(), &label(Some("sel")))
+        .await
+        .unwrap();
+    assert_eq!(describe(&next_event(&mut w).await), "Apply x=1");
+    api.patch("x", &PatchParams::default(), &label(Some("other")))
+        .await
+        .unwrap();
+    assert_eq!(describe(&next_event(&mut w).await), "Delete x");
+    api.patch("x", &PatchParams::default(), &label(None))
+        .await
+        .unwrap();
+    api.patch("x", &PatchParams::default(), &label(Some("sel")))
+        .await
+        .unwrap();
+    assert_eq!(describe(&next_event(&mut w).await), "Apply x=1");
+    // Close the client's watch first: graceful shutdown waits for open connections.
+    drop(w);
     h.shutdown().await;
 }

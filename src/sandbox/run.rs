@@ -1,6 +1,7 @@
 //! Running the sandbox from the command line: for now the Kubernetes API simulator alone,
 //! with its kubeconfig and an endpoints document written where the caller asks.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use serde_json::json;
@@ -16,6 +17,9 @@ pub async fn run_kube_only(
     endpoints_out: Option<PathBuf>,
     topology: Topology,
 ) -> Result<(), kube::Error> {
+    // Listen for SIGTERM before announcing anything, so a quick stop is still a clean one.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(kube::Error::Signal)?;
     let sim = KubeSim::start(KubeSimConfig {
         topology,
         ..KubeSimConfig::default()
@@ -48,15 +52,14 @@ pub async fn run_kube_only(
         None => print!("{}", sim.kubeconfig_yaml()),
     }
     println!("{endpoints_text}");
-    wait_for_signal().await?;
+    let _ = std::io::stdout().flush();
+    wait_for_signal(&mut term).await?;
     println!("shutting down");
     sim.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), kube::Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(kube::Error::Signal)?;
+async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> Result<(), kube::Error> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.map_err(kube::Error::Signal),
         _ = term.recv() => Ok(()),

@@ -101,6 +101,8 @@ pub struct Sandbox {
     pub mic_endpoints: (SocketAddr, SocketAddr),
     /// NMI probe and metrics addresses per node.
     pub nmi_endpoints: BTreeMap<String, (SocketAddr, SocketAddr)>,
+    /// MIC's metrics registry (assignment latency for the progress line).
+    pub mic_metrics: Metrics,
     nmis: Vec<Running>,
     mic: tokio::task::JoinHandle<()>,
     weather: Option<tokio::task::JoinHandle<()>>,
@@ -164,9 +166,10 @@ impl Sandbox {
         settings.http_probe_port = 0;
         settings.prometheus_port = 0;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let mic_metrics = Metrics::new();
         let deps = MicDeps {
             arm: Arc::new(arm),
-            metrics: Metrics::new(),
+            metrics: mic_metrics.clone(),
             client: Some(client.clone()),
             cluster_identity_client_id: None,
             bound: Some(tx),
@@ -257,6 +260,7 @@ impl Sandbox {
             nmi,
             mic_endpoints,
             nmi_endpoints,
+            mic_metrics,
             nmis,
             mic,
             weather,
@@ -373,8 +377,33 @@ async fn first_bound_pod(client: &kube::Client) -> Option<(String, String, Strin
     None
 }
 
-/// One line of progress, from the simulators' own state.
-async fn progress_line(client: &kube::Client, azure: &AzureSimHandle) -> Option<String> {
+/// Count, mean and the bucket bound under which 95% fall, of MIC's assignment latency.
+fn assignment_latency(metrics: &Metrics) -> Option<(u64, f64, f64)> {
+    let family = metrics
+        .registry()
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "aadpodidentity_mic_assignment_latency_seconds")?;
+    let h = family.get_metric().first()?.get_histogram();
+    let count = h.get_sample_count();
+    if count == 0 {
+        return None;
+    }
+    let target = (count as f64 * 0.95).ceil() as u64;
+    let p95 = h
+        .get_bucket()
+        .iter()
+        .find(|b| b.cumulative_count() >= target)
+        .map_or(f64::INFINITY, |b| b.upper_bound());
+    Some((count, h.get_sample_sum() / count as f64, p95))
+}
+
+/// One line of progress, from the simulators' own state and MIC's metrics.
+async fn progress_line(
+    client: &kube::Client,
+    azure: &AzureSimHandle,
+    mic_metrics: &Metrics,
+) -> Option<String> {
     let pods: Api<Pod> = Api::all(client.clone());
     let aai: Api<AzureAssignedIdentity> = Api::all(client.clone());
     let lp = ListParams::default().labels(crate::crd::POD_LABEL);
@@ -397,12 +426,16 @@ async fn progress_line(client: &kube::Client, azure: &AzureSimHandle) -> Option<
     let c = azure.counters();
     let patches: u64 = c.patches.values().sum();
     let gets: u64 = c.gets.values().sum();
+    let latency = assignment_latency(mic_metrics).map_or_else(String::new, |(n, mean, p95)| {
+        format!(" | assignment latency: mean {mean:.2}s, p95 <= {p95}s over {n}")
+    });
     Some(format!(
-        "pods with identities: {} ({} running) | AzureAssignedIdentities: {} ({} Assigned) | ARM: {} PATCH, {} GET, {} throttled | tokens issued by Azure: {}",
+        "pods with identities: {} ({} running) | AzureAssignedIdentities: {} ({} Assigned){} | ARM: {} PATCH, {} GET, {} throttled | tokens issued by Azure: {}",
         pods.items.len(),
         running,
         list.items.len(),
         assigned,
+        latency,
         patches,
         gets,
         c.throttled,
@@ -453,12 +486,13 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
     let progress = {
         let client = client.clone();
         let azure = sandbox.azure.clone();
+        let mic_metrics = sandbox.mic_metrics.clone();
         tokio::spawn(async move {
             let mut last = String::new();
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
-                if let Some(line) = progress_line(&client, &azure).await
+                if let Some(line) = progress_line(&client, &azure, &mic_metrics).await
                     && line != last
                 {
                     println!("[progress] {line}");

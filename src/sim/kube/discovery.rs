@@ -50,6 +50,17 @@ fn resource_list(group_version: &str, infos: &[Arc<ResourceInfo>]) -> Value {
     let mut resources = Vec::new();
     for i in infos {
         resources.push(resource_entry(i));
+        if i.has_scale() {
+            resources.push(json!({
+                "name": format!("{}/scale", i.plural),
+                "singularName": "",
+                "namespaced": i.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if i.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", i.plural),

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::convert;
 use super::discovery;
 use super::meta::{ApiError, name_of};
 use super::patch::{self, PatchKind};
@@ -37,7 +38,7 @@ pub fn server(
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(2)
+    .shutdown_timeout(1)
     .listen(listener)?
     .run())
 }
@@ -152,7 +153,7 @@ async fn route(
     shared: &Arc<Shared>,
 ) -> Result<HttpResponse, ApiError> {
     let path = req.path();
-    let query = parse_query(req.query_string());
+    let mut query = parse_query(req.query_string());
     if let Some(r) = discovery::handle(shared, req, path)? {
         return Ok(r);
     }
@@ -161,6 +162,7 @@ async fn route(
     };
     if let Some(sub) = &target.subresource
         && !(sub == "status" && target.info.status_subresource)
+        && !(sub == "scale" && target.info.has_scale())
     {
         return Err(ApiError::no_route(path));
     }
@@ -177,12 +179,31 @@ async fn route(
         .unwrap_or("application/json")
         .to_string();
     let info = target.info.clone();
+    if info.converted()
+        && let Some(fs) = query.get_mut("fieldSelector")
+    {
+        *fs = convert::event_field_selector_to_core(fs);
+    }
+    // Bodies of converted resources are stored in the storage group's form.
+    let to_storage = |v: Value| {
+        if info.converted() {
+            convert::event_to_core(&v)
+        } else {
+            v
+        }
+    };
     let ns = target.namespace.clone().unwrap_or_default();
     if info.namespaced && target.namespace.is_none() && target.name.is_some() {
         return Err(ApiError::no_route(path));
     }
     let store = &shared.store;
     let method = req.method().clone();
+    if target.subresource.as_deref() == Some("scale")
+        && let Some(name) = target.name.as_deref()
+    {
+        let body = read_body(payload, shared.config.max_body_bytes).await?;
+        return scale(shared, &info, &ns, name, &method, &body, &content_type);
+    }
     let is_watch =
         target.watch_prefix || matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     match (method, target.name.as_deref()) {
@@ -238,7 +259,7 @@ async fn route(
         }
         (Method::POST, None) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
-            let obj = parse_object(&body, &content_type)?;
+            let obj = to_storage(parse_object(&body, &content_type)?);
             if dry_run(&query) {
                 return Ok(object_response(StatusCode::CREATED, &info, &Arc::new(obj)));
             }
@@ -247,7 +268,7 @@ async fn route(
         }
         (Method::PUT, Some(name)) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
-            let obj = parse_object(&body, &content_type)?;
+            let obj = to_storage(parse_object(&body, &content_type)?);
             let status_only = target.subresource.is_some();
             let updated = store.update(&info, &ns, name, obj, status_only)?;
             Ok(object_response(StatusCode::OK, &info, &updated))
@@ -264,14 +285,19 @@ async fn route(
             };
             let status_only = target.subresource.is_some();
             let result = store.update_with(&info, &ns, name, status_only, |cur| {
-                let mut next = cur.clone();
+                // A patch applies to the object as the client sees it.
+                let mut next = if info.converted() {
+                    convert::event_from_core(cur)
+                } else {
+                    cur.clone()
+                };
                 patch::apply(kind, &mut next, &p)?;
-                Ok(next)
+                Ok(to_storage(next))
             });
             match result {
                 Err(e) if e.code == 404 && kind == PatchKind::Apply && !status_only => {
                     // Server-side apply creates what does not exist yet.
-                    let created = store.create(&info, &ns, p)?;
+                    let created = store.create(&info, &ns, to_storage(p))?;
                     Ok(object_response(StatusCode::CREATED, &info, &created))
                 }
                 Err(e) => Err(e),
@@ -313,6 +339,91 @@ async fn route(
     }
 }
 
+/// The autoscaling/v1 Scale view of an object with `spec.replicas`.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// GET, PUT and PATCH of the `/scale` subresource: only `spec.replicas` changes.
+fn scale(
+    shared: &Shared,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    method: &Method,
+    body: &[u8],
+    content_type: &str,
+) -> Result<HttpResponse, ApiError> {
+    let store = &shared.store;
+    if *method == Method::GET {
+        let obj = store.get(info, ns, name)?;
+        return Ok(json_response(StatusCode::OK, &scale_of(&obj)));
+    }
+    let (patch_kind, body): (Option<PatchKind>, Value) = match *method {
+        Method::PUT => (None, parse_object(body, content_type)?),
+        Method::PATCH => {
+            let kind = PatchKind::from_content_type(content_type)
+                .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
+            let p = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))?;
+            (Some(kind), p)
+        }
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method ({method}) on the scale subresource"
+            )));
+        }
+    };
+    let updated = store.update_with(info, ns, name, false, |cur| {
+        let mut s = scale_of(cur);
+        match patch_kind {
+            Some(k) => patch::apply(k, &mut s, &body)?,
+            None => s = body,
+        }
+        if let Some(rv) = s.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            && Some(rv) != cur.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        {
+            return Err(ApiError::conflict(
+                &info.group,
+                &info.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        let replicas = s
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .filter(|r| *r >= 0)
+            .ok_or_else(|| {
+                ApiError::invalid("autoscaling", "Scale", name, "spec.replicas: Invalid value: must be a non-negative integer")
+            })?;
+        let mut n = cur.clone();
+        n["spec"]["replicas"] = json!(replicas);
+        Ok(n)
+    })?;
+    Ok(json_response(StatusCode::OK, &scale_of(&updated)))
+}
+
 fn dry_run(q: &Query) -> bool {
     q.get("dryRun").is_some_and(|v| v == "All")
 }
@@ -333,10 +444,12 @@ fn watch_params(
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?,
         ),
     };
+    // Capped at a day: a deadline must stay representable as an Instant.
     let timeout = match q.get("timeoutSeconds") {
         Some(t) => Duration::from_secs(
             t.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t}")))?,
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t}")))?
+                .min(86_400),
         ),
         None => Duration::from_secs(1800),
     };
@@ -415,9 +528,7 @@ fn parse_object(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     let base = content_type.split(';').next().unwrap_or("").trim();
     let v: Value = match base {
         "application/yaml" | "application/x-yaml" | "text/yaml" => parse_yaml_or_json(body)?,
-        "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::unsupported_media_type(content_type));
-        }
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body)?,
         _ => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?,
     };
@@ -427,8 +538,13 @@ fn parse_object(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// Writes the object, fixing `apiVersion` when it is served under another version than stored.
+/// Writes the object, fixing `apiVersion` when it is served under another version than stored
+/// and converting objects stored in another group's form.
 pub fn write_object(out: &mut Vec<u8>, info: &ResourceInfo, obj: &Value) {
+    if info.converted() {
+        let _ = serde_json::to_writer(&mut *out, &convert::event_from_core(obj));
+        return;
+    }
     let av = info.api_version();
     if obj.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) {
         let _ = serde_json::to_writer(&mut *out, obj);
@@ -471,7 +587,10 @@ fn list_response(info: &ResourceInfo, list: &super::store::ListResult) -> HttpRe
             out.push(b',');
         }
         match list.encodings.get(i) {
-            Some(cell) if item.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) => {
+            Some(cell)
+                if !info.converted()
+                    && item.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) =>
+            {
                 out.extend_from_slice(super::store::encode_cached(cell, item));
             }
             _ => write_object(&mut out, info, item),

@@ -13,9 +13,16 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human-readable message.
     pub message: String,
-    /// `details.name`, when one object is concerned.
+    /// `details`, when one object is concerned (boxed: errors travel in every `Result`).
+    pub details: Option<Box<Details>>,
+}
+
+/// The `details` of a Status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Details {
+    /// `details.name`.
     pub name: Option<String>,
-    /// `details.kind` (the resource's plural, as the real server writes it).
+    /// `details.kind` (the resource's plural for most errors, the kind for Invalid).
     pub kind: Option<String>,
     /// `details.group`.
     pub group: Option<String>,
@@ -29,17 +36,17 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            kind: None,
-            group: None,
-            causes: Vec::new(),
+            details: None,
         }
     }
 
     fn about(mut self, group: &str, plural: &str, name: &str) -> Self {
-        self.group = Some(group.to_string());
-        self.kind = Some(plural.to_string());
-        self.name = Some(name.to_string());
+        self.details = Some(Box::new(Details {
+            name: Some(name.to_string()),
+            kind: Some(plural.to_string()),
+            group: Some(group.to_string()),
+            causes: Vec::new(),
+        }));
         self
     }
 
@@ -110,12 +117,16 @@ impl ApiError {
             "Invalid",
             format!("{kind} \"{name}\" is invalid: {message}"),
         );
-        e.group = Some(group.to_string());
-        e.kind = Some(kind.to_string());
-        e.name = Some(name.to_string());
+        let mut d = Details {
+            name: Some(name.to_string()),
+            kind: Some(kind.to_string()),
+            group: Some(group.to_string()),
+            causes: Vec::new(),
+        };
         if let Some((field, why)) = message.split_once(": ") {
-            e.causes.push((field.to_string(), why.to_string()));
+            d.causes.push((field.to_string(), why.to_string()));
         }
+        e.details = Some(Box::new(d));
         e
     }
 
@@ -167,19 +178,20 @@ impl ApiError {
     #[must_use]
     pub fn to_status(&self) -> Value {
         let mut details = Map::new();
-        if let Some(n) = &self.name {
+        let d = self.details.as_deref().cloned().unwrap_or_default();
+        if let Some(n) = &d.name {
             details.insert("name".into(), json!(n));
         }
-        if let Some(g) = &self.group
+        if let Some(g) = &d.group
             && !g.is_empty()
         {
             details.insert("group".into(), json!(g));
         }
-        if let Some(k) = &self.kind {
+        if let Some(k) = &d.kind {
             details.insert("kind".into(), json!(k));
         }
-        if !self.causes.is_empty() {
-            let causes: Vec<Value> = self
+        if !d.causes.is_empty() {
+            let causes: Vec<Value> = d
                 .causes
                 .iter()
                 .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))

@@ -7,12 +7,32 @@
 //! kubelet, workload controllers) so the seed's Deployments, DaemonSets, Jobs and CronJobs
 //! turn into running pods with loopback IPs. Tests and the sandbox start it with
 //! [`KubeSim::start`] and get a [`KubeSimHandle`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), aad_pod_identity::sim::kube::Error> {
+//! use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig};
+//! let sim = KubeSim::start(KubeSimConfig::default()).await?; // 127.0.0.1:<free port>
+//! let client = sim.client().await?; // kube-rs, from the same kubeconfig kubectl gets
+//! sim.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"))?;
+//! sim.fail_next(1, 429); // fault hooks: also drop_watches(), set_latency()
+//! # drop(client);
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Not simulated: authentication and RBAC (every request is allowed), admission webhooks,
+//! OpenAPI schemas (kubectl validates on the server side, which accepts any fields), pod
+//! logs/exec, Services/endpoints behaviour, graceful pod termination (pods are removed at
+//! once unless finalizers hold them), foreground deletion (treated as background), and
+//! managedFields (server-side apply is approximated as create-or-merge).
 
 pub mod cluster;
+pub mod convert;
 pub mod discovery;
 pub mod http;
 pub mod meta;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod store;
@@ -225,6 +245,10 @@ impl KubeSim {
     /// Binds, seeds namespaces and nodes, starts the cluster tasks and serves until
     /// [`KubeSimHandle::shutdown`].
     pub async fn start(config: KubeSimConfig) -> Result<KubeSimHandle, Error> {
+        // Simulated addresses must never leave loopback, whoever built the config.
+        for block in [config.pod_ip_range, config.node_ip_range] {
+            Ipv4Block::parse(&block.to_string())?;
+        }
         let registry = Arc::new(Registry::default());
         let store = Arc::new(Store::new(registry.clone(), config.watch_history));
         seed(&store, &registry, &config).map_err(Error::Seed)?;
@@ -309,6 +333,12 @@ impl KubeSimHandle {
         format!("http://{}", self.addr)
     }
 
+    /// The configuration this simulator runs with.
+    #[must_use]
+    pub fn config(&self) -> &KubeSimConfig {
+        &self.shared.config
+    }
+
     /// The store, for in-process inspection (benchmarks, tests).
     #[must_use]
     pub fn store(&self) -> &Arc<Store> {
@@ -370,7 +400,9 @@ impl KubeSimHandle {
         if let Some(t) = self.cluster_task {
             let _ = t.await;
         }
-        self.server_handle.stop(true).await;
+        // Not graceful: idle keep-alive connections would otherwise hold the workers for the
+        // whole shutdown timeout, and nothing is in flight worth waiting for once watches end.
+        self.server_handle.stop(false).await;
         let _ = self.server_task.await;
     }
 }
@@ -378,6 +410,21 @@ impl KubeSimHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_simulator_refuses_addresses_outside_loopback() {
+        let config = KubeSimConfig {
+            pod_ip_range: Ipv4Block {
+                base: Ipv4Addr::new(10, 0, 0, 0),
+                prefix: 16,
+            },
+            ..KubeSimConfig::default()
+        };
+        assert!(matches!(
+            KubeSim::start(config).await,
+            Err(Error::PodRange(_))
+        ));
+    }
 
     #[test]
     fn pod_ranges_must_be_loopback_blocks() {

@@ -66,13 +66,29 @@ pub struct ResourceInfo {
     pub columns: Vec<PrinterColumn>,
     /// Whether this entry came from a CRD.
     pub custom: bool,
+    /// Group whose storage holds the objects (differs only for `events.k8s.io`, stored as core Events).
+    pub storage_group: String,
 }
 
 impl ResourceInfo {
     /// The storage key.
     #[must_use]
     pub fn gr(&self) -> GroupResource {
-        GroupResource::new(&self.group, &self.plural)
+        GroupResource::new(&self.storage_group, &self.plural)
+    }
+
+    /// Whether a `/scale` subresource exists (autoscaling/v1 Scale over `spec.replicas`).
+    #[must_use]
+    pub fn has_scale(&self) -> bool {
+        !self.custom
+            && self.group == "apps"
+            && matches!(self.plural.as_str(), "deployments" | "replicasets")
+    }
+
+    /// Whether objects are converted on the way in and out (stored in another group's form).
+    #[must_use]
+    pub fn converted(&self) -> bool {
+        self.group != self.storage_group
     }
 
     /// `apiVersion` of objects served here.
@@ -116,6 +132,11 @@ fn builtin(
         status_subresource: status,
         columns: Vec::new(),
         custom: false,
+        storage_group: if group == "events.k8s.io" {
+            String::new()
+        } else {
+            group.into()
+        },
     }
 }
 
@@ -372,6 +393,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, String> {
             status_subresource,
             columns,
             custom: true,
+            storage_group: group.clone(),
         });
     }
     Ok(out)
@@ -404,7 +426,7 @@ impl Registry {
         );
         self.entries
             .write()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, Arc::new(info));
     }
 
@@ -413,7 +435,7 @@ impl Registry {
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
         self.entries
             .read()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&(group.to_string(), version.to_string(), plural.to_string()))
             .cloned()
     }
@@ -423,7 +445,7 @@ impl Registry {
     pub fn preferred(&self, group: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
         self.entries
             .read()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .find(|i| i.group == group && i.plural == plural)
             .cloned()
@@ -434,7 +456,7 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<ResourceInfo>> {
         self.entries
             .read()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .cloned()
             .collect()
@@ -456,7 +478,7 @@ impl Registry {
     pub fn remove_custom(&self, group: &str, plural: &str) {
         self.entries
             .write()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|(g, _, p), info| !(info.custom && g == group && p == plural));
     }
 }

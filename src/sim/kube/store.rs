@@ -427,6 +427,21 @@ impl Store {
         }
     }
 
+    // A panic while the lock is held cannot leave a half-written object (every write is
+    // prepared first and then committed in place), so a poisoned lock is still consistent:
+    // keep serving rather than failing every later request.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The registry this store serves.
     #[must_use]
     pub fn registry(&self) -> &Arc<Registry> {
@@ -436,15 +451,15 @@ impl Store {
     /// The latest resourceVersion handed out.
     #[must_use]
     pub fn current_rv(&self) -> u64 {
-        self.inner.read().expect("store lock").rv
+        self.read().rv
     }
 
     /// A receiver woken on every change of `gr` (carries the latest resourceVersion).
     pub fn subscribe(&self, gr: &GroupResource) -> watch::Receiver<u64> {
-        if let Some(s) = self.inner.read().expect("store lock").shards.get(gr) {
+        if let Some(s) = self.read().shards.get(gr) {
             return s.notify.subscribe();
         }
-        let mut inner = self.inner.write().expect("store lock");
+        let mut inner = self.write();
         let rv = inner.rv;
         inner
             .shards
@@ -579,7 +594,7 @@ impl Store {
         defaults_on_create(info, &mut obj);
         let name = name_of(&obj).to_string();
         let gr = info.gr();
-        let mut inner = self.inner.write().expect("store lock");
+        let mut inner = self.write();
         if info.namespaced {
             let ns_gr = GroupResource::new("", "namespaces");
             let ns_obj = inner
@@ -638,7 +653,7 @@ impl Store {
         let ns = if info.namespaced { ns } else { "" };
         self.inner
             .read()
-            .expect("store lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .shards
             .get(&info.gr())
             .and_then(|s| s.objects.get(&(ns.to_string(), name.to_string())))
@@ -663,7 +678,7 @@ impl Store {
             }
             _ => (None, None),
         };
-        let inner = self.inner.read().expect("store lock");
+        let inner = self.read();
         let gr = info.gr();
         let shard = inner.shards.get(&gr);
         if let (Some(rv), Some(s)) = (snapshot_rv, shard)
@@ -758,7 +773,7 @@ impl Store {
     ) -> Result<Arc<Value>, ApiError> {
         let ns = if info.namespaced { ns } else { "" };
         let gr = info.gr();
-        let mut inner = self.inner.write().expect("store lock");
+        let mut inner = self.write();
         let existing = inner
             .shards
             .get(&gr)
@@ -966,20 +981,20 @@ impl Store {
                 }
             }
         }
-        if gr.group == "apiextensions.k8s.io" && gr.plural == "customresourcedefinitions" {
-            if let Ok(infos) = super::resources::from_crd(obj)
-                && let Some(first) = infos.first()
-            {
-                let cgr = first.gr();
-                if let Some(shard) = inner.shards.get(&cgr) {
-                    for k in shard.objects.keys() {
-                        pending.push((
-                            cgr.clone(),
-                            k.0.clone(),
-                            k.1.clone(),
-                            Propagation::Background,
-                        ));
-                    }
+        if gr.group == "apiextensions.k8s.io"
+            && gr.plural == "customresourcedefinitions"
+            && let Ok(infos) = super::resources::from_crd(obj)
+            && let Some(first) = infos.first()
+        {
+            let cgr = first.gr();
+            if let Some(shard) = inner.shards.get(&cgr) {
+                for k in shard.objects.keys() {
+                    pending.push((
+                        cgr.clone(),
+                        k.0.clone(),
+                        k.1.clone(),
+                        Propagation::Background,
+                    ));
                 }
             }
         }
@@ -1006,6 +1021,7 @@ impl Store {
                     status_subresource: false,
                     columns: Vec::new(),
                     custom: true,
+                    storage_group: gr.group.clone(),
                 }))
             }) else {
                 continue;
@@ -1052,7 +1068,7 @@ impl Store {
     ) -> Result<Arc<Value>, ApiError> {
         let ns = if info.namespaced { ns } else { "" };
         let gr = info.gr();
-        let mut inner = self.inner.write().expect("store lock");
+        let mut inner = self.write();
         let existing = inner
             .shards
             .get(&gr)
@@ -1114,12 +1130,12 @@ impl Store {
         self.remove_locked(&mut inner, info, &existing, opts.propagation, &mut pending);
         self.collect_garbage(&mut inner, pending);
         drop(inner);
-        if info.group == "apiextensions.k8s.io" && info.plural == "customresourcedefinitions" {
-            if let Ok(infos) = super::resources::from_crd(&existing)
-                && let Some(first) = infos.first()
-            {
-                self.registry.remove_custom(&first.group, &first.plural);
-            }
+        if info.group == "apiextensions.k8s.io"
+            && info.plural == "customresourcedefinitions"
+            && let Ok(infos) = super::resources::from_crd(&existing)
+            && let Some(first) = infos.first()
+        {
+            self.registry.remove_custom(&first.group, &first.plural);
         }
         Ok(existing)
     }
@@ -1160,7 +1176,7 @@ impl Store {
         gr: &GroupResource,
         after: u64,
     ) -> Result<(Vec<Event>, u64), ApiError> {
-        let inner = self.inner.read().expect("store lock");
+        let inner = self.read();
         let Some(shard) = inner.shards.get(gr) else {
             return Ok((Vec::new(), inner.rv));
         };
@@ -1177,7 +1193,7 @@ impl Store {
     /// Every object of `gr` (any namespace) and the resourceVersion of that snapshot.
     #[must_use]
     pub fn snapshot(&self, gr: &GroupResource) -> (Vec<Arc<Value>>, u64) {
-        let inner = self.inner.read().expect("store lock");
+        let inner = self.read();
         let items = inner
             .shards
             .get(gr)
@@ -1186,12 +1202,32 @@ impl Store {
         (items, inner.rv)
     }
 
+    /// Objects of `gr` that name `owner_uid` in their ownerReferences (from the owner index,
+    /// so the cost is the number of dependents, not the number of objects).
+    #[must_use]
+    pub fn dependents(&self, owner_uid: &str, gr: &GroupResource) -> Vec<Arc<Value>> {
+        let inner = self.read();
+        let Some(deps) = inner.dependents.get(owner_uid) else {
+            return Vec::new();
+        };
+        let Some(shard) = inner.shards.get(gr) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Arc<Value>> = deps
+            .iter()
+            .filter(|(dgr, _, _)| dgr == gr)
+            .filter_map(|(_, ns, name)| shard.objects.get(&(ns.clone(), name.clone())).cloned())
+            .collect();
+        out.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+        out
+    }
+
     /// Number of objects of `gr`.
     #[must_use]
     pub fn count(&self, gr: &GroupResource) -> usize {
         self.inner
             .read()
-            .expect("store lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .shards
             .get(gr)
             .map_or(0, |s| s.objects.len())

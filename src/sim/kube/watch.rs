@@ -120,7 +120,7 @@ impl State {
     fn render(&self, events: &[Event]) -> Vec<u8> {
         let mut out = Vec::new();
         // Objects stored under the served apiVersion can reuse the shared serialization.
-        let shared_encoding = self.params.table.is_none();
+        let shared_encoding = self.params.table.is_none() && !self.params.info.converted();
         let av = self.params.info.api_version();
         for e in events {
             let now = self.matches(&e.object);

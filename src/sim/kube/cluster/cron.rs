@@ -13,7 +13,6 @@ use tokio::time::Instant;
 use super::{Feed, Update, controller_of, info, key_of, owner_ref, terminating};
 use crate::sim::kube::Shared;
 use crate::sim::kube::meta::{self, name_of, namespace_of, uid_of};
-use crate::sim::kube::selector::{FieldSelector, LabelSelector};
 use crate::sim::kube::store::DeleteOptions;
 
 /// A parsed cron schedule.
@@ -311,17 +310,9 @@ impl CronController {
         let uid = uid_of(cj);
         self.shared
             .store
-            .list(
-                &jobs,
-                Some(namespace_of(cj)),
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-                None,
-                None,
-            )
-            .map(|l| l.items)
-            .unwrap_or_default()
+            .dependents(uid, &jobs.gr())
             .into_iter()
+            .filter(|j| namespace_of(j) == namespace_of(cj))
             .filter(|j| controller_of(j).is_some_and(|(_, _, u)| u == uid))
             .collect()
     }

@@ -3,7 +3,7 @@
 //! as hostIP, phase Running with Ready conditions. Pods owned by a Job succeed after the
 //! configured run time (a tokio timer, so tests can drive it with a paused clock).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -16,30 +16,36 @@ use crate::sim::kube::store::EventType;
 
 /// Hands out pod IPs from the block and takes them back.
 #[derive(Debug)]
+/// Addresses are handed out in order through the whole block and reused only after it wraps
+/// around, so a just-deleted pod's IP does not reappear at once on another pod (NMI tells pods
+/// apart by source address).
 struct IpPool {
     next: u32,
-    free: Vec<Ipv4Addr>,
     by_pod: HashMap<String, Ipv4Addr>,
     used: HashSet<Ipv4Addr>,
 }
 
 impl IpPool {
-    fn allocate(&mut self, shared: &Shared, uid: &str) -> Ipv4Addr {
+    /// An address for pod `uid`, or `None` when the block is exhausted.
+    fn allocate(&mut self, shared: &Shared, uid: &str) -> Option<Ipv4Addr> {
         if let Some(ip) = self.by_pod.get(uid) {
-            return *ip;
+            return Some(*ip);
+        }
+        let block = &shared.config.pod_ip_range;
+        // Offsets 0 and size-1 (network and broadcast addresses) are never handed out.
+        let usable = block.size() - 2;
+        if self.used.len() >= usable as usize {
+            return None;
         }
         let ip = loop {
-            let candidate = self.free.pop().unwrap_or_else(|| {
-                // Offset 0 is the block's network address; start at 1.
-                self.next += 1;
-                nth_address(&shared.config.pod_ip_range, self.next)
-            });
+            self.next = self.next % usable + 1;
+            let candidate = nth_address(block, self.next);
             if !self.used.contains(&candidate) {
                 break candidate;
             }
         };
         self.claim(uid, ip);
-        ip
+        Some(ip)
     }
 
     /// Records an address already held by a pod (found on a resync).
@@ -51,7 +57,6 @@ impl IpPool {
     fn release(&mut self, uid: &str) {
         if let Some(ip) = self.by_pod.remove(uid) {
             self.used.remove(&ip);
-            self.free.push(ip);
         }
     }
 }
@@ -88,6 +93,12 @@ struct Kubelet {
     shared: Arc<Shared>,
     nodes: BTreeMap<String, NodeInfo>,
     pods_per_node: HashMap<String, usize>,
+    /// (pods, node) for every schedulable node: the least-loaded node is the first entry.
+    load: BTreeSet<(usize, String)>,
+    /// Pods left without an IP because the block was full, retried when one is released.
+    waiting: BTreeSet<(String, String)>,
+    /// Whether an address was released since the last retry.
+    released: bool,
     /// Pod uid → node it was counted on.
     placed: HashMap<String, String>,
     ips: IpPool,
@@ -103,6 +114,32 @@ impl Kubelet {
             .iter()
             .map(|n| (name_of(n).to_string(), node_info(n)))
             .collect();
+        self.rebuild_load();
+    }
+
+    fn rebuild_load(&mut self) {
+        self.load = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.ready && !n.unschedulable)
+            .map(|(name, _)| {
+                (
+                    self.pods_per_node.get(name).copied().unwrap_or(0),
+                    name.clone(),
+                )
+            })
+            .collect();
+    }
+
+    /// Moves `node`'s count by `delta`, keeping the load index in step.
+    fn adjust(&mut self, node: &str, delta: isize) {
+        let c = self.pods_per_node.entry(node.to_string()).or_default();
+        let old = *c;
+        *c = old.saturating_add_signed(delta);
+        let new = *c;
+        if self.load.remove(&(old, node.to_string())) {
+            self.load.insert((new, node.to_string()));
+        }
     }
 
     fn count(&mut self, pod: &Value, event: EventType) {
@@ -112,20 +149,19 @@ impl Kubelet {
         if let Some(prev) = self.placed.get(&uid).cloned()
             && (gone || node != Some(prev.as_str()))
         {
-            if let Some(c) = self.pods_per_node.get_mut(&prev) {
-                *c = c.saturating_sub(1);
-            }
+            self.adjust(&prev, -1);
             self.placed.remove(&uid);
         }
         if !gone
             && let Some(n) = node
             && !self.placed.contains_key(&uid)
         {
-            *self.pods_per_node.entry(n.to_string()).or_default() += 1;
+            self.adjust(n, 1);
             self.placed.insert(uid.clone(), n.to_string());
         }
         if gone {
             self.ips.release(&uid);
+            self.released = true;
         } else if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) != Some(true)
             && let Some(ip) = pod
                 .pointer("/status/podIP")
@@ -139,14 +175,17 @@ impl Kubelet {
 
     fn pick_node(&self, pod: &Value) -> Option<String> {
         let selector = pod.pointer("/spec/nodeSelector").and_then(Value::as_object);
-        self.nodes
+        self.load
             .iter()
-            .filter(|(_, n)| n.ready && !n.unschedulable)
-            .filter(|(_, n)| {
-                selector.is_none_or(|s| s.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+            .map(|(_, name)| name)
+            .find(|name| {
+                selector.is_none_or(|s| {
+                    self.nodes
+                        .get(*name)
+                        .is_some_and(|n| s.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+                })
             })
-            .min_by_key(|(name, _)| self.pods_per_node.get(*name).copied().unwrap_or(0))
-            .map(|(name, _)| name.clone())
+            .cloned()
     }
 
     fn handle(&mut self, pod: &Value, event: EventType) {
@@ -190,7 +229,14 @@ impl Kubelet {
         let pod_ip = if host_network {
             host_ip.clone()
         } else {
-            self.ips.allocate(&self.shared, uid_of(pod)).to_string()
+            match self.ips.allocate(&self.shared, uid_of(pod)) {
+                Some(ip) => ip.to_string(),
+                None => {
+                    self.waiting.insert((ns.clone(), name.clone()));
+                    tracing::warn!(pod = %name, range = %self.shared.config.pod_ip_range, "pod IP range exhausted; the pod stays Pending");
+                    return;
+                }
+            }
         };
         let now = meta::now();
         let statuses: Vec<Value> = pod
@@ -290,10 +336,12 @@ pub async fn run(shared: Arc<Shared>) {
         shared: shared.clone(),
         nodes: BTreeMap::new(),
         pods_per_node: HashMap::new(),
+        load: BTreeSet::new(),
+        waiting: BTreeSet::new(),
+        released: false,
         placed: HashMap::new(),
         ips: IpPool {
             next: 0,
-            free: Vec::new(),
             by_pod: HashMap::new(),
             used: HashSet::new(),
         },
@@ -310,6 +358,7 @@ pub async fn run(shared: Arc<Shared>) {
                 let (all, _) = shared.store.snapshot(&info(&shared, "", "pods").gr());
                 k.pods_per_node.clear();
                 k.placed.clear();
+                k.rebuild_load();
                 for p in &all {
                     k.handle(p, EventType::Added);
                 }
@@ -317,6 +366,15 @@ pub async fn run(shared: Arc<Shared>) {
             Update::Events(events) => {
                 for e in events {
                     k.handle(&e.object, e.type_);
+                }
+            }
+        }
+        if k.released && !k.waiting.is_empty() {
+            k.released = false;
+            let pods_info = info(&shared, "", "pods");
+            for (ns, name) in std::mem::take(&mut k.waiting) {
+                if let Ok(p) = shared.store.get(&pods_info, &ns, &name) {
+                    k.handle(&p, EventType::Modified);
                 }
             }
         }

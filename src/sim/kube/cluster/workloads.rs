@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use super::{Feed, Update, controller_of, info, key_of, owner_ref, terminating};
 use crate::sim::kube::Shared;
 use crate::sim::kube::meta::{self, name_of, namespace_of, uid_of};
-use crate::sim::kube::selector::{FieldSelector, LabelSelector};
 use crate::sim::kube::store::DeleteOptions;
 
 /// A workload to reconcile.
@@ -60,17 +59,9 @@ impl Controllers {
         let pods = info(&self.shared, "", "pods");
         self.shared
             .store
-            .list(
-                &pods,
-                Some(ns),
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-                None,
-                None,
-            )
-            .map(|l| l.items)
-            .unwrap_or_default()
+            .dependents(uid, &pods.gr())
             .into_iter()
+            .filter(|p| namespace_of(p) == ns)
             .filter(|p| controller_of(p).is_some_and(|(_, _, u)| u == uid))
             .collect()
     }
@@ -151,27 +142,38 @@ impl Controllers {
             .unwrap_or(1)
             .max(0) as usize;
         let hash = template_hash(d.pointer("/spec/template").unwrap_or(&Value::Null));
-        let mut pods: Vec<_> = self
+        let is_current = |p: &Value| {
+            p.pointer("/metadata/labels/pod-template-hash")
+                .and_then(Value::as_str)
+                == Some(hash.as_str())
+        };
+        let active_pods: Vec<_> = self
             .owned_pods(ns, uid_of(&d))
             .into_iter()
             .filter(|p| active(p))
             .collect();
-        if pods.len() < want {
-            for _ in pods.len()..want {
+        let (mut current, old): (Vec<_>, Vec<_>) =
+            active_pods.into_iter().partition(|p| is_current(p));
+        // A changed template (e.g. `kubectl rollout restart`) replaces the old pods.
+        for p in &old {
+            self.delete_pod(p);
+        }
+        if current.len() < want {
+            for _ in current.len()..want {
                 self.create_pod(&d, &[("pod-template-hash", hash.clone())], None);
             }
-        } else if pods.len() > want {
-            pods.sort_by(|a, b| {
+        } else if current.len() > want {
+            current.sort_by(|a, b| {
                 meta::meta_str(b, "creationTimestamp").cmp(&meta::meta_str(a, "creationTimestamp"))
             });
-            for p in pods.drain(..pods.len() - want) {
+            for p in current.drain(..current.len() - want) {
                 self.delete_pod(&p);
             }
         }
         let pods: Vec<_> = self
             .owned_pods(ns, uid_of(&d))
             .into_iter()
-            .filter(|p| active(p))
+            .filter(|p| active(p) && is_current(p))
             .collect();
         let ready_n = pods.iter().filter(|p| ready(p)).count();
         let available = ready_n >= want;
@@ -440,6 +442,7 @@ pub async fn run(shared: Arc<Shared>) {
         if resync {
             all_keys(&shared, &mut keys);
         }
+        let started = tokio::time::Instant::now();
         for k in keys {
             match k {
                 Key::Deployment(ns, name) => c.reconcile_deployment(&ns, &name),
@@ -447,6 +450,7 @@ pub async fn run(shared: Arc<Shared>) {
                 Key::Job(ns, name) => c.reconcile_job(&ns, &name),
             }
         }
+        let took = started.elapsed();
         tokio::select! {
             () = deployments.wait() => {}
             () = daemonsets.wait() => {}
@@ -455,5 +459,16 @@ pub async fn run(shared: Arc<Shared>) {
             () = nodes.wait() => {}
             () = shared.shutdown.cancelled() => return,
         }
+        // Let a burst of changes (the kubelet starting thousands of pods) land before
+        // reconciling, so one reconcile covers many events; waiting at least as long as the
+        // last round took keeps big workloads from monopolising the CPU.
+        let pause = RECONCILE_BATCH.max(took);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
     }
 }
+
+/// How long a wake-up waits for more changes before reconciling.
+const RECONCILE_BATCH: std::time::Duration = std::time::Duration::from_millis(5);

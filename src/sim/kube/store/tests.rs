@@ -232,3 +232,26 @@ fn invalid_names_and_labels_are_refused() {
     assert_eq!(e.code, 422);
     assert_eq!(store.count(&pods.gr()), 0);
 }
+
+#[test]
+fn dependents_come_from_the_owner_index() {
+    let (store, pods, cms) = setup(100);
+    let owner = store
+        .create(&cms, "default", json!({"metadata": {"name": "owner"}}))
+        .unwrap();
+    for name in ["b", "a"] {
+        let mut p = pod(name);
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "ConfigMap",
+            "name": "owner", "uid": uid_of(&owner), "controller": true}]);
+        store.create(&pods, "default", p).unwrap();
+    }
+    store.create(&pods, "default", pod("unrelated")).unwrap();
+    let deps = store.dependents(uid_of(&owner), &pods.gr());
+    let names: Vec<_> = deps.iter().map(|d| name_of(d)).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(store.dependents(uid_of(&owner), &cms.gr()).is_empty());
+    store
+        .delete(&pods, "default", "a", &DeleteOptions::default())
+        .unwrap();
+    assert_eq!(store.dependents(uid_of(&owner), &pods.gr()).len(), 1);
+}

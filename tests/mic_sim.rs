@@ -1,23 +1,28 @@
-//! MIC end to end against the Kubernetes simulator over real HTTP on loopback, with ARM as
-//! an in-memory port (latency and refusals under control, PATCHes counted).
+//! MIC end to end against the Kubernetes and Azure simulators over real HTTP on loopback:
+//! kube-rs watches and writes against the Kubernetes simulator, the Azure layer's ARM client
+//! (through MIC's adapter) against the Azure simulator, whose counters count the PATCHes.
 //!
 //! Each MIC replica runs in its own thread and actix System, as the binary does; "killing" a
 //! replica drops its System mid-flight.
 
+use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
-use aad_pod_identity::actors::mic::testing::MemoryArm;
-use aad_pod_identity::actors::mic::{MicDeps, MicSettings};
+use aad_pod_identity::actors::mic::port::ArmPort;
+use aad_pod_identity::actors::mic::{MicHandle, MicSettings};
+use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{
     self, AssignedState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
     AzureIdentityBindingSpec, AzureIdentitySpec,
 };
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity::sandbox::topology::Topology;
+use aad_pod_identity::sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
 use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Cluster {
     sim: KubeSimHandle,
+    azure: AzureSimHandle,
     client: Client,
     kubeconfig: PathBuf,
     topology: Topology,
@@ -53,7 +59,17 @@ mod tempdir {
     }
 }
 
-async fn cluster(tag: &str, topology: Topology) -> Cluster {
+/// Azure with a fixed latency per ARM request and PATCHes that complete synchronously.
+fn azure_with_latency(latency: Duration) -> AzureSimConfig {
+    AzureSimConfig {
+        arm_latency: Latency::Fixed(latency),
+        lro: LroMode::Sync,
+        ..AzureSimConfig::default()
+    }
+}
+
+async fn cluster(tag: &str, topology: Topology, azure: AzureSimConfig) -> Cluster {
+    let azure = AzureSim::start(&topology, azure).await.unwrap();
     let sim = KubeSim::start(KubeSimConfig {
         topology: topology.clone(),
         run_cluster: false,
@@ -71,6 +87,7 @@ async fn cluster(tag: &str, topology: Topology) -> Cluster {
     }
     Cluster {
         sim,
+        azure,
         client,
         kubeconfig,
         topology,
@@ -79,6 +96,30 @@ async fn cluster(tag: &str, topology: Topology) -> Cluster {
 }
 
 impl Cluster {
+    fn cloud_config(&self) -> CloudConfig {
+        CloudConfig::from_json(&self.azure.azure_json().to_string()).unwrap()
+    }
+
+    /// PATCHes the Azure simulator received.
+    fn patches(&self) -> u64 {
+        self.azure.counters().total_patches()
+    }
+
+    /// Identities on scale set `i`, as the Azure simulator stores them.
+    fn on_scale_set(&self, i: usize) -> BTreeSet<IdentityId> {
+        self.azure
+            .assigned_identities(&self.topology.scale_sets[i].name)
+            .unwrap()
+            .iter()
+            .map(|id| IdentityId::new(id))
+            .collect()
+    }
+
+    async fn shutdown(self) {
+        self.sim.shutdown().await;
+        self.azure.shutdown().await;
+    }
+
     fn node(&self, i: usize) -> String {
         self.topology.nodes()[i].name.clone()
     }
@@ -187,14 +228,6 @@ fn all_assigned(n: usize) -> impl Fn(&[AzureAssignedIdentity]) -> bool {
     }
 }
 
-/// One MIC replica in its own thread and actix System.
-struct Mic {
-    kill: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    probe: SocketAddr,
-    metrics: SocketAddr,
-}
-
 fn settings(c: &Cluster, instance: &str) -> MicSettings {
     let mut s = MicSettings::from(&mic_args());
     s.kubeconfig = Some(c.kubeconfig.clone());
@@ -217,51 +250,14 @@ fn mic_args() -> aad_pod_identity::config::mic::MicArgs {
     Cli::parse_from(["mic"]).mic
 }
 
-async fn start_mic(settings: MicSettings, arm: Arc<MemoryArm>) -> Mic {
-    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let thread = std::thread::spawn(move || {
-        let system = actix::System::new();
-        system.block_on(async move {
-            let deps = MicDeps {
-                arm,
-                metrics: Metrics::new(),
-                client: None,
-                cluster_identity_client_id: None,
-                bound: Some(bound_tx),
-            };
-            tokio::select! {
-                r = aad_pod_identity::actors::mic::run(settings, deps) => {
-                    eprintln!("mic ended: {r:?}");
-                }
-                _ = kill_rx => {}
-            }
-        });
-    });
-    let (probe, metrics) = bound_rx.await.unwrap();
-    Mic {
-        kill: Some(kill_tx),
-        thread: Some(thread),
-        probe,
-        metrics,
-    }
-}
-
-impl Mic {
-    fn kill(&mut self) {
-        if let Some(k) = self.kill.take() {
-            let _ = k.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Mic {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts a MIC replica talking to the cluster's Azure simulator through the real ARM client.
+async fn start_mic(c: &Cluster, settings: MicSettings) -> MicHandle {
+    let config = c.cloud_config();
+    aad_pod_identity::actors::mic::spawn(settings, Metrics::new(), None, move || {
+        Arc::new(CloudArm::from_config(&config).unwrap()) as Arc<dyn ArmPort>
+    })
+    .await
+    .unwrap()
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -331,9 +327,13 @@ async fn wait_health(addr: SocketAddr, want: &str, timeout: Duration) -> Duratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_assigned_objects() {
-    let c = cluster("seed", Topology::sized(1, 2, 0, 2)).await;
-    let arm = MemoryArm::new(Duration::from_millis(200));
-    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    let c = cluster(
+        "seed",
+        Topology::sized(1, 2, 0, 2),
+        azure_with_latency(Duration::from_millis(200)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
 
     for i in 0..2 {
@@ -348,7 +348,7 @@ async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_ass
             all_assigned(2),
         )
         .await;
-    let on = arm.on_host(&c.scale_set(0));
+    let on = c.on_scale_set(0);
     assert_eq!(
         on,
         (0..2)
@@ -374,9 +374,9 @@ async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_ass
     }
     println!(
         "seed example: {} PATCHes, both Assigned after {took:?} (ARM latency 200 ms)",
-        arm.patch_count()
+        c.patches()
     );
-    assert!(arm.patch_count() <= 2);
+    assert!(c.patches() <= 2);
 
     // "binding applied" Events on the pods, from the original's source component.
     let events = Api::<Event>::namespaced(c.client.clone(), "default")
@@ -406,17 +406,21 @@ async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_ass
     c.delete_pod("demo-1").await;
     c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
         .await;
-    assert!(arm.on_host(&c.scale_set(0)).is_empty());
-    c.sim.shutdown().await;
+    assert!(c.on_scale_set(0).is_empty());
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_dies_mid_batch() {
-    let c = cluster("leader", Topology::sized(1, 2, 0, 3)).await;
-    let arm = MemoryArm::new(Duration::from_secs(1));
-    let mut a = start_mic(settings(&c, "mic-a"), arm.clone()).await;
+    let c = cluster(
+        "leader",
+        Topology::sized(1, 2, 0, 3),
+        azure_with_latency(Duration::from_secs(1)),
+    )
+    .await;
+    let mut a = start_mic(&c, settings(&c, "mic-a")).await;
     wait_health(a.probe, "Active", Duration::from_secs(10)).await;
-    let b = start_mic(settings(&c, "mic-b"), arm.clone()).await;
+    let b = start_mic(&c, settings(&c, "mic-b")).await;
     assert_eq!(http_get(b.probe, "/healthz").await, "Not Active");
 
     for i in 0..3 {
@@ -426,7 +430,7 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
     }
     // Kill the leader while its PATCH is in flight.
     let t0 = Instant::now();
-    while arm.patch_count() == 0 {
+    while c.patches() == 0 {
         assert!(t0.elapsed() < Duration::from_secs(10), "no PATCH started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -436,7 +440,7 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
         .into_iter()
         .map(|a| (a.metadata.name.clone(), a.metadata.uid.clone()))
         .collect();
-    a.kill();
+    a.stop();
     let killed = Instant::now();
     let takeover = wait_health(b.probe, "Active", Duration::from_secs(10)).await;
     println!("takeover after {takeover:?} (lease 2 s)");
@@ -450,9 +454,9 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
     println!(
         "converged {:?} after the kill, {} PATCHes in all",
         killed.elapsed(),
-        arm.patch_count()
+        c.patches()
     );
-    assert_eq!(arm.on_host(&c.scale_set(0)).len(), 3);
+    assert_eq!(c.on_scale_set(0).len(), 3);
     // The new leader took over the old one's objects rather than recreating them.
     let after: Vec<_> = c
         .assigned()
@@ -470,18 +474,23 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
     }
     c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
         .await;
-    assert!(arm.on_host(&c.scale_set(0)).is_empty());
+    assert!(c.on_scale_set(0).is_empty());
     drop(b);
-    c.sim.shutdown().await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_identity_does_not_block_valid_ones_and_is_reported_on_the_pod() {
-    let c = cluster("invalid", Topology::sized(1, 1, 0, 2)).await;
-    let arm = MemoryArm::new(Duration::from_millis(200));
+    let c = cluster(
+        "invalid",
+        Topology::sized(1, 1, 0, 2),
+        azure_with_latency(Duration::from_millis(200)),
+    )
+    .await;
     let deleted = IdentityId::new(&c.identity_rid(1));
-    arm.refuse.lock().unwrap().insert(deleted.clone());
-    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    // Deleted in Azure, still named by an AzureIdentity: ARM refuses to assign it.
+    c.azure.delete_identity(&c.identity_rid(1)).unwrap();
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     c.identity("good", &c.identity_rid(0)).await;
     c.identity("deleted", &c.identity_rid(1)).await;
@@ -530,16 +539,20 @@ async fn an_invalid_identity_does_not_block_valid_ones_and_is_reported_on_the_po
         });
     }
     assert!(events_ok, "binding apply error Events on both pods");
-    assert!(!arm.on_host(&c.scale_set(0)).contains(&deleted));
-    c.sim.shutdown().await;
+    assert!(!c.on_scale_set(0).contains(&deleted));
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_most_six_patches() {
-    let c = cluster("burst", Topology::sized(2, 10, 0, 20)).await;
     let latency = Duration::from_secs(2);
-    let arm = MemoryArm::new(latency);
-    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    let c = cluster(
+        "burst",
+        Topology::sized(2, 10, 0, 20),
+        azure_with_latency(latency),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     for i in 0..20 {
         c.identity(&format!("identity-{i}"), &c.identity_rid(i))
@@ -548,6 +561,7 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
     // Let MIC read both scale sets first, as a running MIC has.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t0 = Instant::now();
+    let wall0 = k8s_openapi::jiff::Timestamp::now();
     let mut creates = Vec::new();
     for p in 0..200usize {
         let c = &c;
@@ -564,7 +578,7 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
     }
     futures::future::join_all(creates).await;
     let created = t0.elapsed();
-    let took = c
+    let polled = c
         .wait_for(
             "200 Assigned objects",
             Duration::from_secs(60),
@@ -572,24 +586,53 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
         )
         .await
         + created;
-    let patches = arm.patch_count();
+    // When MIC wrote the last Assigned status, from its "binding applied" Events (MIC stamps
+    // them right after the write), so the test's own polling under load does not count.
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let mut applied = Vec::new();
+    for _ in 0..100 {
+        applied = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("binding applied"))
+            .filter_map(|e| e.event_time.as_ref().map(|t| t.0))
+            .collect();
+        if applied.len() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(applied.len(), 200);
+    let last = applied.iter().max().unwrap();
+    let took = Duration::from_millis(
+        u64::try_from(last.as_millisecond() - wall0.as_millisecond()).unwrap(),
+    );
+    let patches = c.patches();
     println!(
         "200 pods / 20 identities / 20 nodes / 2 scale sets, ARM latency 2 s: {patches} PATCHes, \
-         pods created in {created:?}, all Assigned {took:?} after the first pod"
+         pods created in {created:?}, last Assigned written {took:?} after the first pod \
+         (seen by polling after {polled:?})"
     );
     assert!(patches <= 6, "{patches} PATCHes");
     assert!(took <= 3 * latency, "{took:?}");
     for s in 0..2 {
-        assert_eq!(arm.on_host(&c.scale_set(s)).len(), 20);
+        assert_eq!(c.on_scale_set(s).len(), 20);
     }
-    c.sim.shutdown().await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_used_by_another_pod_on_the_same_scale_set_is_not_removed() {
-    let c = cluster("shared", Topology::sized(1, 2, 0, 1)).await;
-    let arm = MemoryArm::new(Duration::from_millis(100));
-    let mic = start_mic(settings(&c, "mic-0"), arm.clone()).await;
+    let c = cluster(
+        "shared",
+        Topology::sized(1, 2, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     c.identity("identity-0", &c.identity_rid(0)).await;
     c.pod("a", "identity-0", &c.node(0)).await;
@@ -601,47 +644,57 @@ async fn an_identity_used_by_another_pod_on_the_same_scale_set_is_not_removed() 
         .await;
     // Well past the 1 s grace period: still there for b.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(arm.on_host(&c.scale_set(0)).len(), 1);
-    assert_eq!(arm.patch_count(), 1, "only the add");
-    c.sim.shutdown().await;
+    assert_eq!(c.on_scale_set(0).len(), 1);
+    assert_eq!(c.patches(), 1, "only the add");
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_periodic_reconcile_re_adds_an_identity_removed_by_hand() {
-    let c = cluster("reconcile", Topology::sized(1, 1, 0, 1)).await;
-    let arm = MemoryArm::new(Duration::from_millis(100));
+    let c = cluster(
+        "reconcile",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
     let mut s = settings(&c, "mic-0");
     s.reconcile_interval = Duration::from_secs(1);
-    let mic = start_mic(s, arm.clone()).await;
+    let mic = start_mic(&c, s).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     c.identity("identity-0", &c.identity_rid(0)).await;
     c.pod("a", "identity-0", &c.node(0)).await;
     c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
         .await;
-    arm.hosts
-        .lock()
-        .unwrap()
-        .get_mut(&c.scale_set(0))
-        .unwrap()
-        .clear();
+    // Someone removes it by hand through ARM (as `az vmss identity remove` would).
+    let by_hand = CloudArm::from_config(&c.cloud_config()).unwrap();
+    by_hand
+        .patch(&c.scale_set(0), &[], &[IdentityId::new(&c.identity_rid(0))])
+        .await
+        .unwrap();
+    assert!(c.on_scale_set(0).is_empty());
+    let before = c.patches();
     let t0 = Instant::now();
-    while arm.on_host(&c.scale_set(0)).is_empty() {
+    while c.on_scale_set(0).is_empty() {
         assert!(t0.elapsed() < Duration::from_secs(10), "never re-added");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(arm.patch_count(), 2);
-    c.sim.shutdown().await;
+    assert_eq!(c.patches(), before + 1, "one PATCH re-adds it");
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cronjob_churn_inside_the_grace_period_costs_two_patches() {
     // A CronJob every minute with a 60 s grace period, scaled down 30x: a run every 2 s,
     // each pod running 0.5 s, a 2 s grace period.
-    let c = cluster("cron", Topology::sized(1, 2, 0, 1)).await;
-    let arm = MemoryArm::new(Duration::from_millis(100));
+    let c = cluster(
+        "cron",
+        Topology::sized(1, 2, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
     let mut s = settings(&c, "mic-0");
     s.batch.unassign_grace = Duration::from_secs(2);
-    let mic = start_mic(s, arm.clone()).await;
+    let mic = start_mic(&c, s).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
     c.identity("identity-0", &c.identity_rid(0)).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
@@ -662,9 +715,95 @@ async fn cronjob_churn_inside_the_grace_period_costs_two_patches() {
     }
     c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
         .await;
-    let patches = arm.patches.lock().unwrap().clone();
-    println!("CronJob churn, 10 runs: {} PATCHes", patches.len());
-    assert_eq!(patches.len(), 2, "{patches:?}");
-    assert!(arm.on_host(&c.scale_set(0)).is_empty());
-    c.sim.shutdown().await;
+    let patches = c.patches();
+    println!("CronJob churn, 10 runs: {patches} PATCHes");
+    assert_eq!(patches, 2);
+    assert!(c.on_scale_set(0).is_empty());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_nodes_assignments_are_cleaned_up() {
+    let c = cluster(
+        "nodegone",
+        Topology::sized(1, 2, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("a", "identity-0", &c.node(0)).await;
+    c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+    assert_eq!(c.on_scale_set(0).len(), 1);
+    Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
+        .delete(&c.node(0), &DeleteParams::default())
+        .await
+        .unwrap();
+    c.wait_for("no objects", Duration::from_secs(20), |all| all.is_empty())
+        .await;
+    let t0 = Instant::now();
+    while !c.on_scale_set(0).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "identity left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_from_another_namespace_is_refused_with_an_event_on_the_pod() {
+    let c = cluster(
+        "crossns",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "team-b"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(c.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    // Identity and binding in `default`; the pod in `team-b` uses the binding's selector.
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "intruder", "namespace": "team-b", "labels": {"aadpodidbinding": "identity-0"}},
+        "spec": {"nodeName": c.node(0), "containers": [{"name": "app", "image": "demo"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(c.client.clone(), "team-b")
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "team-b");
+    let t0 = Instant::now();
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("binding apply error")
+                    && e.involved_object.name.as_deref() == Some("intruder")
+            });
+        if let Some(e) = found {
+            let msg = e.message.unwrap_or_default();
+            assert!(msg.contains("namespaced"), "{msg}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no Event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.assigned().await.is_empty());
+    assert_eq!(c.patches(), 0);
+    c.shutdown().await;
 }

@@ -28,10 +28,12 @@ pub struct BatchSettings {
     pub transient_backoff: Duration,
     /// Longest wait after transient failures.
     pub transient_backoff_max: Duration,
-    /// How long a change arriving at an idle host waits for company before its PATCH goes
-    /// out, so a burst (a Deployment scaling up) starts with one PATCH instead of one for the
-    /// first pod and one for the rest. Changes arriving while a PATCH is in flight never wait.
+    /// How long an idle host waits for the changes to pause before its PATCH goes out, so a
+    /// burst (a Deployment scaling up) starts with one PATCH instead of one for the first pod
+    /// and one for the rest. Changes arriving while a PATCH is in flight never wait.
     pub linger: Duration,
+    /// The longest an idle host waits for a burst to pause.
+    pub linger_max: Duration,
 }
 
 impl Default for BatchSettings {
@@ -42,7 +44,8 @@ impl Default for BatchSettings {
             refused_backoff_max: Duration::from_secs(600),
             transient_backoff: Duration::from_secs(1),
             transient_backoff_max: Duration::from_secs(60),
-            linger: Duration::from_millis(500),
+            linger: Duration::from_millis(300),
+            linger_max: Duration::from_millis(1500),
         }
     }
 }
@@ -101,6 +104,14 @@ pub struct Outcome {
     pub failed: Option<PortError>,
 }
 
+/// Changes to the desired set not yet sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Changes {
+    first: Instant,
+    last: Instant,
+    queued_behind_call: bool,
+}
+
 /// The pure state of one host's assigner.
 #[derive(Debug)]
 pub struct HostBatch {
@@ -124,9 +135,9 @@ pub struct HostBatch {
     transient_failures: u32,
     flight: Flight,
     reconcile_requested: bool,
-    /// When the desired set first changed since the last PATCH went out, and whether a call
-    /// was in flight then (such changes go out as soon as it returns).
-    changed_since: Option<(Instant, bool)>,
+    /// Changes since the last PATCH went out: first and last, and whether a call was in
+    /// flight at the first (such changes go out as soon as it returns).
+    changes: Option<Changes>,
 }
 
 impl HostBatch {
@@ -146,7 +157,7 @@ impl HostBatch {
             transient_failures: 0,
             flight: Flight::Idle,
             reconcile_requested: false,
-            changed_since: None,
+            changes: None,
         }
     }
 
@@ -164,8 +175,14 @@ impl HostBatch {
         immutable: BTreeSet<IdentityId>,
         now: Instant,
     ) {
-        if desired != self.desired && self.changed_since.is_none() {
-            self.changed_since = Some((now, self.flight != Flight::Idle));
+        if desired != self.desired {
+            let busy = self.flight != Flight::Idle;
+            let c = self.changes.get_or_insert(Changes {
+                first: now,
+                last: now,
+                queued_behind_call: busy,
+            });
+            c.last = now;
         }
         self.desired = desired;
         self.immutable = immutable;
@@ -245,13 +262,15 @@ impl HostBatch {
         if add.is_empty() && remove.is_empty() {
             return wake.map_or(Step::Idle, Step::WaitUntil);
         }
-        if let Some((since, false)) = self.changed_since {
-            let go = since + self.settings.linger;
+        if let Some(c) = &self.changes
+            && !c.queued_behind_call
+        {
+            let go = (c.last + self.settings.linger).min(c.first + self.settings.linger_max);
             if go > now {
                 return Step::WaitUntil(go);
             }
         }
-        self.changed_since = None;
+        self.changes = None;
         add.truncate(MAX_IDS_PER_PATCH);
         remove.truncate(MAX_IDS_PER_PATCH - add.len());
         self.flight = Flight::Patching {

@@ -79,18 +79,17 @@ fn everything_that_arrives_during_a_patch_goes_into_the_next_one() {
 }
 
 #[test]
-fn a_change_to_an_idle_host_lingers_briefly_but_one_queued_behind_a_patch_does_not() {
+fn a_burst_to_an_idle_host_goes_out_once_it_pauses_but_a_change_queued_behind_a_patch_does_not_wait()
+ {
     let t = Instant::now();
+    let ms = Duration::from_millis;
     let mut b = HostBatch::new(BatchSettings::default());
     read_empty(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
-    let go = t + Duration::from_millis(500);
-    assert_eq!(b.next(t), Step::WaitUntil(go));
-    b.set_desired(
-        ids(&["a", "b"]),
-        BTreeSet::new(),
-        t + Duration::from_millis(100),
-    );
+    assert_eq!(b.next(t), Step::WaitUntil(t + ms(300)));
+    b.set_desired(ids(&["a", "b"]), BTreeSet::new(), t + ms(200));
+    assert_eq!(b.next(t + ms(300)), Step::WaitUntil(t + ms(500)));
+    let go = t + ms(500);
     assert_eq!(
         b.next(go),
         Step::Patch {
@@ -99,11 +98,7 @@ fn a_change_to_an_idle_host_lingers_briefly_but_one_queued_behind_a_patch_does_n
         }
     );
     let back = go + secs(2);
-    b.set_desired(
-        ids(&["a", "b", "c"]),
-        BTreeSet::new(),
-        back - Duration::from_millis(1),
-    );
+    b.set_desired(ids(&["a", "b", "c"]), BTreeSet::new(), back - ms(1));
     b.on_patch(patched(&["a", "b"]), back);
     assert_eq!(
         b.next(back),
@@ -112,6 +107,25 @@ fn a_change_to_an_idle_host_lingers_briefly_but_one_queued_behind_a_patch_does_n
             remove: vec![]
         }
     );
+}
+
+#[test]
+fn a_burst_that_never_pauses_waits_at_most_the_longest_linger() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    read_empty(&mut b, t);
+    let mut want = BTreeSet::new();
+    for i in 0..40u64 {
+        let now = t + Duration::from_millis(100 * i);
+        want.insert(id(&format!("i{i}")));
+        b.set_desired(want.clone(), BTreeSet::new(), now);
+        if now >= t + Duration::from_millis(1500) {
+            assert!(matches!(b.next(now), Step::Patch { .. }));
+            return;
+        }
+        assert!(matches!(b.next(now), Step::WaitUntil(_)));
+    }
+    panic!("never sent");
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub mod run;
 pub mod watchers;
 pub mod writer;
 
-pub use run::{Error, MicDeps, MicSettings, run, run_blocking};
+pub use run::{
+    Error, MicDeps, MicHandle, MicSettings, StartError, run, run_blocking, run_from_args, spawn,
+};
 pub mod cloud_port;
 pub mod testing;

@@ -328,3 +328,110 @@ pub fn run_blocking(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     actix::System::current().stop();
     result
 }
+
+/// Errors of [`run_from_args`] before MIC starts.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The cloud configuration (`--cloudconfig` or environment) is unusable.
+    #[error("cloud configuration: {0}")]
+    Cloud(#[from] crate::cloud::Error),
+    /// MIC stopped.
+    #[error(transparent)]
+    Mic(#[from] Error),
+}
+
+/// `aad-pod-identity mic`: loads the cloud configuration (`--cloudconfig`, else the
+/// environment), builds the ARM client and runs MIC in an actix System on this thread until
+/// leadership is lost or the watches end.
+pub fn run_from_args(args: &MicArgs, metrics: Metrics) -> Result<(), StartError> {
+    let config = crate::cloud::config::CloudConfig::load(
+        args.cloudconfig
+            .as_ref()
+            .and_then(|p| p.to_str())
+            .filter(|p| !p.is_empty()),
+    )?;
+    let arm = super::cloud_port::CloudArm::from_config(&config)?;
+    let deps = MicDeps {
+        arm: Arc::new(arm),
+        metrics,
+        client: None,
+        cluster_identity_client_id: Some(config.user_assigned_identity_id.clone())
+            .filter(|id| !id.is_empty()),
+        bound: None,
+    };
+    Ok(run_blocking(MicSettings::from(args), deps)?)
+}
+
+/// A MIC replica running on a thread of its own (sandbox, tests): its endpoints, and a way to
+/// stop it abruptly, as a killed pod stops.
+pub struct MicHandle {
+    /// `/healthz` address.
+    pub probe: SocketAddr,
+    /// `/metrics` address.
+    pub metrics: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), Error>>>,
+}
+
+impl MicHandle {
+    /// Stops the replica at once (mid-flight calls are dropped) and waits for its thread.
+    pub fn stop(&mut self) -> Option<Result<(), Error>> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap_or(Err(Error::WatchesEnded)))
+    }
+}
+
+impl Drop for MicHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts MIC on a new thread with its own actix System; `arm` is built on that thread (so
+/// its HTTP connections live on MIC's runtime). Returns once the endpoints listen.
+pub async fn spawn(
+    settings: MicSettings,
+    metrics: Metrics,
+    cluster_identity_client_id: Option<String>,
+    arm: impl FnOnce() -> Arc<dyn ArmPort> + Send + 'static,
+) -> Result<MicHandle, Error> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("mic-{}", settings.leader.instance))
+        .spawn(move || {
+            let system = actix::System::new();
+            system.block_on(async move {
+                let deps = MicDeps {
+                    arm: arm(),
+                    metrics,
+                    client: None,
+                    cluster_identity_client_id,
+                    bound: Some(bound_tx),
+                };
+                tokio::select! {
+                    r = run(settings, deps) => r,
+                    _ = stop_rx => Ok(()),
+                }
+            })
+        })
+        .map_err(Error::System)?;
+    match bound_rx.await {
+        Ok((probe, metrics)) => Ok(MicHandle {
+            probe,
+            metrics,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        // The thread ended before listening: its error says why.
+        Err(_) => Err(thread
+            .join()
+            .unwrap_or(Err(Error::WatchesEnded))
+            .err()
+            .unwrap_or(Error::WatchesEnded)),
+    }
+}

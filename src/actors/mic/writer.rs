@@ -214,8 +214,30 @@ pub fn plan(
     desired: &DesiredAssignments,
     hosts: &BTreeMap<HostId, HostReport>,
 ) -> Vec<WriteOp> {
+    plan_some(existing, desired, hosts, &BTreeSet::new(), usize::MAX)
+}
+
+/// The first `limit` writes of [`plan`], leaving out objects in `skip` (writes in flight);
+/// stops scanning once it has them, so a large backlog costs little per pass.
+#[must_use]
+pub fn plan_some(
+    existing: &BTreeMap<ObjectKey, AzureAssignedIdentity>,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+    skip: &BTreeSet<ObjectKey>,
+    limit: usize,
+) -> Vec<WriteOp> {
     let mut ops = Vec::new();
+    if limit == 0 {
+        return ops;
+    }
     for (key, a) in &desired.assignments {
+        if skip.contains(key) {
+            continue;
+        }
+        if ops.len() >= limit {
+            return ops;
+        }
         let confirmed = match &a.target {
             Target::ServicePrincipal => true,
             Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
@@ -265,8 +287,11 @@ pub fn plan(
         }
     }
     for (key, e) in existing {
-        if desired.assignments.contains_key(key) {
+        if desired.assignments.contains_key(key) || skip.contains(key) {
             continue;
+        }
+        if ops.len() >= limit {
+            return ops;
         }
         if e.metadata.deletion_timestamp.is_none() && status_of(e) != AssignedState::Unassigned {
             ops.push(WriteOp::SetStatus {
@@ -414,6 +439,7 @@ pub struct Writer {
     /// take every existing object for stale.
     told: bool,
     replan_scheduled: bool,
+    last_pass: Duration,
 }
 
 impl Writer {
@@ -433,15 +459,20 @@ impl Writer {
             synced: false,
             told: false,
             replan_scheduled: false,
+            last_pass: Duration::ZERO,
         }
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if !self.replan_scheduled {
             self.replan_scheduled = true;
-            ctx.run_later(Duration::from_millis(5), |act, ctx| {
+            // Twice the last pass at least: a large backlog is not rescanned for every answer.
+            let wait = (self.last_pass * 2).max(Duration::from_millis(5));
+            ctx.run_later(wait, |act, ctx| {
                 act.replan_scheduled = false;
+                let t = std::time::Instant::now();
                 act.replan(ctx);
+                act.last_pass = t.elapsed();
             });
         }
     }
@@ -461,13 +492,14 @@ impl Writer {
             self.spawn_event(ev.clone(), ctx);
         }
         self.events_sent = events;
-        for op in plan(&self.existing, &self.desired, &self.hosts) {
-            if self.in_flight.len() >= self.max_in_flight {
-                break;
-            }
-            if self.in_flight.contains(op.key()) {
-                continue;
-            }
+        let room = self.max_in_flight.saturating_sub(self.in_flight.len());
+        for op in plan_some(
+            &self.existing,
+            &self.desired,
+            &self.hosts,
+            &self.in_flight,
+            room,
+        ) {
             self.in_flight.insert(op.key().clone());
             self.spawn_op(op, ctx);
         }

@@ -224,3 +224,17 @@ fn the_object_carries_the_original_name_label_finalizer_and_embedded_refs() {
     assert_eq!(v["spec"]["podNamespace"], "default");
     assert_eq!(v["status"]["status"], "Created");
 }
+
+#[test]
+fn a_partial_plan_skips_writes_in_flight_and_stops_at_its_limit() {
+    let mut ix = index();
+    for i in 0..10 {
+        ix.apply_pod(&pod(&format!("p{i}")).label("sel").on_node("ss0-0").build());
+    }
+    let d = desired(&ix, 1);
+    let all = plan(&BTreeMap::new(), &d, &BTreeMap::new());
+    assert_eq!(all.len(), 10);
+    let skip: BTreeSet<ObjectKey> = all[..3].iter().map(|o| o.key().clone()).collect();
+    let some = plan_some(&BTreeMap::new(), &d, &BTreeMap::new(), &skip, 4);
+    assert_eq!(some, all[3..7].to_vec());
+}

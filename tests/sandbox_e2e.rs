@@ -42,7 +42,7 @@ fn start_sandbox(name: &str, extra: &[&str]) -> (SandboxProcess, serde_json::Val
         .arg(&kubeconfig)
         .arg("--endpoints-out")
         .arg(&endpoints)
-        .args(["--arm-latency=200ms", "--nmi-port=2601"])
+        .args(["--arm-latency=200ms", "--nmi-port=0"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

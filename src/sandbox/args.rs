@@ -68,7 +68,8 @@ pub struct SandboxArgs {
     #[arg(long = "nmi-assignment-wait", default_value = "80s", value_parser = parse_go_duration)]
     pub nmi_assignment_wait: Duration,
 
-    /// Port of every NMI (each node's NMI listens on the node's own loopback address).
+    /// Port of every NMI (each node's NMI listens on the node's own loopback address); 0 picks
+    /// a free port per node (the printed guide and the endpoints document say which).
     #[arg(long = "nmi-port", default_value_t = 2579)]
     pub nmi_port: u16,
 }

@@ -200,8 +200,10 @@ impl Sandbox {
             let imds = azure.imds_addr(&node.name)?;
             let mut s = NmiSettings::new(node.name.clone(), imds);
             s.listen = SocketAddr::new(ip, args.nmi_port);
-            s.probe = SocketAddr::new(ip, 8080);
-            s.metrics = SocketAddr::new(ip, 9090);
+            // Probes and metrics on free ports: several sandboxes (tests, load tests) may run at
+            // once, and every one of them has nodes at 127.2.0.1, 127.2.0.2, ….
+            s.probe = SocketAddr::new(ip, 0);
+            s.metrics = SocketAddr::new(ip, 0);
             s.manage_iptables = false;
             s.assignment_wait = args.nmi_assignment_wait;
             s.http_workers = 1;
@@ -221,8 +223,11 @@ impl Sandbox {
                         node: node.name.clone(),
                         message: e.to_string(),
                     })?;
-            nmi.insert(node.name.clone(), s.listen);
-            nmi_endpoints.insert(node.name.clone(), (s.probe, s.metrics));
+            nmi.insert(node.name.clone(), running.nmi_addr);
+            nmi_endpoints.insert(
+                node.name.clone(),
+                (running.probe_addr, running.metrics_addr),
+            );
             nmis.push(running);
         }
 

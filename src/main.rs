@@ -1,18 +1,18 @@
 //! The `aad-pod-identity` binary: parses the command line, sets up logging, hands over to the
 //! library, and turns errors into exit codes (2 for bad flags, from clap; 1 for failures).
 
-use aad_pod_identity::cli::{Cli, Command};
 use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::run::{MicDeps, MicSettings};
 use aad_pod_identity::actors::{mic, nmi};
+use aad_pod_identity::cli::{Cli, Command};
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::config::{LogArgs, LogFormat};
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity::{crd, logging};
-use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,20 +53,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 log_format: LogFormat::Text,
                 log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             })?;
-            let outcome =
-                actix::System::new().block_on(aad_pod_identity::loadtest::run(*args))?;
+            let outcome = actix::System::new().block_on(aad_pod_identity::loadtest::run(*args))?;
             // The report's path is the last line, for scripts.
             println!("{}", outcome.dir.display());
             if outcome.violations.is_empty() {
                 Ok(())
             } else {
-                anyhow::bail!("{} invariant violation(s); see the report", outcome.violations.len())
+                anyhow::bail!(
+                    "{} invariant violation(s); see the report",
+                    outcome.violations.len()
+                )
             }
         }
         Command::Mic(args) => {
             logging::init(&args.log)?;
             let path = args.cloudconfig.as_ref().map(|p| p.display().to_string());
-            let cloud = CloudConfig::load(path.as_deref()).context("reading the cloud configuration")?;
+            let cloud =
+                CloudConfig::load(path.as_deref()).context("reading the cloud configuration")?;
             let arm = CloudArm::from_config(&cloud).context("building the ARM client")?;
             let deps = MicDeps {
                 arm: Arc::new(arm),

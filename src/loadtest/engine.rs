@@ -84,9 +84,19 @@ impl Params {
                 .unwrap_or(Duration::from_secs(if q { 40 } else { 300 })),
             churn: (args.scenario == Scenario::Churn).then(|| {
                 if q {
-                    (identities, Duration::from_secs(20), Duration::from_secs(3), 30)
+                    (
+                        identities,
+                        Duration::from_secs(20),
+                        Duration::from_secs(3),
+                        30,
+                    )
                 } else {
-                    (identities, Duration::from_secs(120), Duration::from_secs(5), 20)
+                    (
+                        identities,
+                        Duration::from_secs(120),
+                        Duration::from_secs(5),
+                        20,
+                    )
                 }
             }),
         }
@@ -157,7 +167,9 @@ impl Ctx {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -235,7 +247,10 @@ async fn token(
                         (200, Some("200 without an access_token".into()))
                     }
                 }
-                Ok(b) => (status, Some(String::from_utf8_lossy(&b).chars().take(200).collect())),
+                Ok(b) => (
+                    status,
+                    Some(String::from_utf8_lossy(&b).chars().take(200).collect()),
+                ),
                 Err(e) => (status, Some(e.to_string())),
             }
         }
@@ -273,7 +288,11 @@ fn spawn_requests(ctx: &Arc<Ctx>, name: &str, ip: IpAddr, node: &str, identity: 
             let (status, error) = token(ip, nmi, &client_id, resource, timeout).await;
             let at = ctx.now();
             let mut st = ctx.lock();
-            if let Some(r) = st.pods.get_mut(&name).and_then(|p| p.requests.get_mut(index)) {
+            if let Some(r) = st
+                .pods
+                .get_mut(&name)
+                .and_then(|p| p.requests.get_mut(index))
+            {
                 r.answered = Some(at);
                 r.status = status;
                 r.error = error;
@@ -325,7 +344,8 @@ fn pod_event(ctx: &Arc<Ctx>, pod: &Pod, deleted: bool) {
             p.ip = Some(ip);
             p.node = Some(node.clone());
             // token-storm: half the pods ask before assignment, half once it is seen.
-            let late = ctx.scenario == Scenario::TokenStorm && name.ends_with(['1', '3', '5', '7', '9']);
+            let late =
+                ctx.scenario == Scenario::TokenStorm && name.ends_with(['1', '3', '5', '7', '9']);
             if !p.requested && (!late || p.assigned.is_some() || unbound) {
                 p.requested = true;
                 send = Some((ip, node));
@@ -375,7 +395,9 @@ async fn watch_pods(ctx: Arc<Ctx>, client: kube::Client) {
     let mut s = watcher::watcher(api, watcher::Config::default().labels(POD_LABEL)).boxed();
     while let Some(ev) = s.next().await {
         match ev {
-            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => pod_event(&ctx, &p, false),
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                pod_event(&ctx, &p, false)
+            }
             Ok(watcher::Event::Delete(p)) => pod_event(&ctx, &p, true),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "load test pod watch"),
@@ -397,7 +419,12 @@ async fn watch_assignments(ctx: Arc<Ctx>, client: kube::Client) {
 
 /// Samples counts for the time series and checks that every pod that is Running with its
 /// identity Assigned has that identity on its scale set in Azure.
-fn sample(ctx: &Ctx, sandbox: &Sandbox, vmss_of: &HashMap<String, String>, resource_ids: &[String]) {
+fn sample(
+    ctx: &Ctx,
+    sandbox: &Sandbox,
+    vmss_of: &HashMap<String, String>,
+    resource_ids: &[String],
+) {
     let now = ctx.now();
     let patches = sandbox.azure.counters().total_patches();
     let mut st = ctx.lock();
@@ -416,7 +443,9 @@ fn sample(ctx: &Ctx, sandbox: &Sandbox, vmss_of: &HashMap<String, String>, resou
         else {
             continue;
         };
-        let Some(vmss) = vmss_of.get(node) else { continue };
+        let Some(vmss) = vmss_of.get(node) else {
+            continue;
+        };
         let ids = on_vmss.entry(vmss.clone()).or_insert_with(|| {
             sandbox
                 .azure
@@ -517,7 +546,11 @@ async fn drive(
     startup_s: f64,
     cpu0: f64,
 ) -> Result<RunResult, Error> {
-    let client = sandbox.kube.client().await.map_err(|e| Error::Load(e.to_string()))?;
+    let client = sandbox
+        .kube
+        .client()
+        .await
+        .map_err(|e| Error::Load(e.to_string()))?;
     let mut identities = sandbox.azure.identities();
     identities.sort_by(|a, b| a.name.cmp(&b.name));
     let client_ids: Vec<String> = identities.iter().map(|i| i.client_id.clone()).collect();
@@ -570,7 +603,12 @@ async fn drive(
     // The burst: every pod at once (a bounded number of creates in flight), probes first.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut names: Vec<(String, String)> = (0..UNBOUND_PODS)
-        .map(|i| (format!("unbound-{i}"), "no-binding-selects-this".to_string()))
+        .map(|i| {
+            (
+                format!("unbound-{i}"),
+                "no-binding-selects-this".to_string(),
+            )
+        })
         .collect();
     names.extend((0..p.pods).map(|i| (format!("pod-{i}"), format!("sel-{}", i % p.identities))));
     {
@@ -610,7 +648,10 @@ async fn drive(
         match run_for {
             Some(d) => {
                 let st = ctx.lock();
-                let pending = st.pods.values().any(|p| p.requests.iter().any(|r| r.answered.is_none()));
+                let pending = st
+                    .pods
+                    .values()
+                    .any(|p| p.requests.iter().any(|r| r.answered.is_none()));
                 if ctx.t0.elapsed() >= d && !pending {
                     break;
                 }
@@ -633,10 +674,19 @@ async fn drive(
     let mut prom_fig = Value::Null;
     let mut prom_series = Vec::new();
     if let Some(pr) = &prometheus {
-        let assigned_now = ctx.lock().pods.values().filter(|p| p.assigned.is_some()).count();
+        let assigned_now = ctx
+            .lock()
+            .pods
+            .values()
+            .filter(|p| p.assigned.is_some())
+            .count();
         let count_q = "sum(aadpodidentity_mic_assignment_latency_seconds_count)";
         let seen = pr
-            .wait_for(count_q, assigned_now.min(p.pods as usize) as f64, Duration::from_secs(15))
+            .wait_for(
+                count_q,
+                assigned_now.min(p.pods as usize) as f64,
+                Duration::from_secs(15),
+            )
             .await;
         let q = |x: f64| {
             format!(
@@ -669,10 +719,18 @@ async fn drive(
         let series = pr.range(count_q, wall0, wall1, 1.0).await?;
         prom_series.push((
             "assignments (MIC histogram count, Prometheus)".to_string(),
-            series.iter().map(|(t, v)| (t - wall0, *v)).collect::<Vec<_>>(),
+            series
+                .iter()
+                .map(|(t, v)| (t - wall0, *v))
+                .collect::<Vec<_>>(),
         ));
         let writes = pr
-            .range("sum(aadpodidentity_mic_arm_writes_total)", wall0, wall1, 1.0)
+            .range(
+                "sum(aadpodidentity_mic_arm_writes_total)",
+                wall0,
+                wall1,
+                1.0,
+            )
             .await?;
         prom_series.push((
             "ARM writes (Prometheus)".to_string(),
@@ -683,8 +741,11 @@ async fn drive(
     let st = ctx.lock();
     let mut violations = st.violations.clone();
     violations.truncate(50);
-    let bound: Vec<(&String, &PodLog)> =
-        st.pods.iter().filter(|(n, _)| !n.starts_with("unbound-")).collect();
+    let bound: Vec<(&String, &PodLog)> = st
+        .pods
+        .iter()
+        .filter(|(n, _)| !n.starts_with("unbound-"))
+        .collect();
 
     // Invariant: every pod ends Assigned (burst, token-storm); every churn pod still running
     // at the end is Assigned.
@@ -697,7 +758,12 @@ async fn drive(
         violations.push(format!(
             "{} pod(s) never became Assigned (e.g. {})",
             unassigned.len(),
-            unassigned.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            unassigned
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if timed_out && run_for.is_none() {
@@ -722,7 +788,10 @@ async fn drive(
             if r.status == 200 {
                 continue;
             }
-            if pl.finished.is_some_and(|f| r.answered.is_none_or(|a| f <= a + 0.5)) {
+            if pl
+                .finished
+                .is_some_and(|f| r.answered.is_none_or(|a| f <= a + 0.5))
+            {
                 ended_first += 1;
                 continue;
             }
@@ -869,30 +938,45 @@ async fn drive(
                 args.clock_factor
             ),
         ),
-        ("pod created -> Assigned (driver)".into(), ms_line(&to_assigned)),
+        (
+            "pod created -> Assigned (driver)".into(),
+            ms_line(&to_assigned),
+        ),
     ];
     if prometheus.is_some() {
         let l = &prom_fig["mic_assignment_latency_s"];
-        let s = |k: &str| l[k].as_f64().map_or("-".into(), |v| format!("{:.1}", v * 1000.0));
+        let s = |k: &str| {
+            l[k].as_f64()
+                .map_or("-".into(), |v| format!("{:.1}", v * 1000.0))
+        };
         table.push((
             "MIC assignment latency (Prometheus)".into(),
             format!("p50 {} / p95 {} / p99 {} ms", s("p50"), s("p95"), s("p99")),
         ));
         table.push((
             "NMI waits / cache lookups (Prometheus)".into(),
-            format!("{} / {}", prom_fig["nmi_waits"], prom_fig["nmi_cache_lookups"]),
+            format!(
+                "{} / {}",
+                prom_fig["nmi_waits"], prom_fig["nmi_cache_lookups"]
+            ),
         ));
     }
     table.extend([
         (
             "ARM PATCH / GET / 429".into(),
-            format!("{patches} / {gets} / {}", azure.throttled - azure0.throttled),
+            format!(
+                "{patches} / {gets} / {}",
+                azure.throttled - azure0.throttled
+            ),
         ),
         (
             "token requests ok / sent / lost".into(),
             format!("{ok_requests} / {total_requests} / {lost}"),
         ),
-        ("token latency (request -> token)".into(), ms_line(&token_lat)),
+        (
+            "token latency (request -> token)".into(),
+            ms_line(&token_lat),
+        ),
         (
             "waits answered by assignment event".into(),
             format!("{waited_by_event} ({after_assignment} asked after assignment)"),
@@ -917,7 +1001,10 @@ async fn drive(
         ),
         (
             "process CPU / peak RSS".into(),
-            format!("{cpu_s:.1} s / {} MiB (MIC+NMIs+simulators+driver)", hwm_kb / 1024),
+            format!(
+                "{cpu_s:.1} s / {} MiB (MIC+NMIs+simulators+driver)",
+                hwm_kb / 1024
+            ),
         ),
     ]);
     if run_for.is_some() {
@@ -946,7 +1033,10 @@ async fn drive(
     let charts = vec![
         Chart::Lines {
             id: "timeline".into(),
-            title: format!("{}: pods, assignments and tokens over time", args.scenario.name()),
+            title: format!(
+                "{}: pods, assignments and tokens over time",
+                args.scenario.name()
+            ),
             x_label: "seconds since start".into(),
             y_label: "count".into(),
             series: lines,
@@ -1028,7 +1118,13 @@ mod tests {
             .iter()
             .map(|d| d.types.as_ref().unwrap().kind.clone())
             .collect();
-        assert_eq!(kinds.iter().filter(|k| *k == "AzureIdentityBinding").count(), 3);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| *k == "AzureIdentityBinding")
+                .count(),
+            3
+        );
         assert_eq!(kinds.iter().filter(|k| *k == "CronJob").count(), 3);
         assert_eq!(docs[1].data["spec"]["selector"], "sel-0");
         assert_eq!(selector_index("sel-12"), Some(12));

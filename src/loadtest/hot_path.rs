@@ -290,7 +290,11 @@ async fn drive(
         if r.status() != 200 {
             return Err(Error::Load(format!("warm-up from {ip}: {}", r.status())));
         }
-        body_len = r.bytes().await.map_err(|e| Error::Load(e.to_string()))?.len();
+        body_len = r
+            .bytes()
+            .await
+            .map_err(|e| Error::Load(e.to_string()))?
+            .len();
     }
 
     // The unbound probe runs alongside the load: it must not get a token.
@@ -317,8 +321,11 @@ async fn drive(
 
     // The bare handler: a body of the same size, one worker.
     let body = actix_web::web::Bytes::from(vec![b'x'; body_len]);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Load(e.to_string()))?;
-    let bare_addr = listener.local_addr().map_err(|e| Error::Load(e.to_string()))?;
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Load(e.to_string()))?;
+    let bare_addr = listener
+        .local_addr()
+        .map_err(|e| Error::Load(e.to_string()))?;
     let server = actix_web::HttpServer::new(move || {
         let b = body.clone();
         actix_web::App::new().default_service(actix_web::web::to(move || {
@@ -347,11 +354,31 @@ async fn drive(
     let mut series_bare = Vec::new();
     for i in 0..rounds {
         let (n, b) = if i % 2 == 0 {
-            let b = round(bare_url.clone(), ips.clone(), concurrency, seconds, body_len).await?;
-            (round(url.clone(), ips.clone(), concurrency, seconds, body_len).await?, b)
+            let b = round(
+                bare_url.clone(),
+                ips.clone(),
+                concurrency,
+                seconds,
+                body_len,
+            )
+            .await?;
+            (
+                round(url.clone(), ips.clone(), concurrency, seconds, body_len).await?,
+                b,
+            )
         } else {
             let n = round(url.clone(), ips.clone(), concurrency, seconds, body_len).await?;
-            (n, round(bare_url.clone(), ips.clone(), concurrency, seconds, body_len).await?)
+            (
+                n,
+                round(
+                    bare_url.clone(),
+                    ips.clone(),
+                    concurrency,
+                    seconds,
+                    body_len,
+                )
+                .await?,
+            )
         };
         if n.errors > 0 {
             violations.push(format!(
@@ -362,7 +389,11 @@ async fn drive(
             ));
         }
         if b.errors > 0 {
-            violations.push(format!("round {}: {} bare requests failed", i + 1, b.errors));
+            violations.push(format!(
+                "round {}: {} bare requests failed",
+                i + 1,
+                b.errors
+            ));
         }
         let ratio = n.rps / b.rps.max(1e-9);
         ratios.push(ratio);
@@ -422,7 +453,10 @@ async fn drive(
     let table = vec![
         (
             "pods / concurrency / rounds".to_string(),
-            format!("{} / {concurrency} / {rounds} x {seconds} s per server", ips.len()),
+            format!(
+                "{} / {concurrency} / {rounds} x {seconds} s per server",
+                ips.len()
+            ),
         ),
         (
             "NMI hot path".into(),
@@ -437,7 +471,9 @@ async fn drive(
             "bare actix-web handler".into(),
             format!(
                 "{:.0} req/s, p50 {} ms, p99 {} ms",
-                figures["bare_actix_web"]["rps_mean"].as_f64().unwrap_or(0.0),
+                figures["bare_actix_web"]["rps_mean"]
+                    .as_f64()
+                    .unwrap_or(0.0),
                 f(quantile(&bare_lat, 0.5)),
                 f(bare_p99)
             ),

@@ -93,7 +93,9 @@ impl Prometheus {
     /// # Errors
     /// [`Error::Prometheus`] when the server refuses or cannot be reached.
     pub async fn query(&self, q: &str) -> Result<Vec<(Value, f64)>, Error> {
-        let data = self.api("api/v1/query", &[("query", q.to_string())]).await?;
+        let data = self
+            .api("api/v1/query", &[("query", q.to_string())])
+            .await?;
         Ok(data["result"]
             .as_array()
             .into_iter()

@@ -298,7 +298,10 @@ pub fn svg(c: &Chart) -> String {
                 lo = 0.1;
                 hi = 1.0;
             }
-            let (llo, lhi) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
+            let (llo, lhi) = (
+                lo.log10().floor(),
+                hi.log10().ceil().max(lo.log10().floor() + 1.0),
+            );
             const BINS: usize = 40;
             let bin_of = |v: f64| {
                 let f = (v.max(0.01).log10() - llo) / (lhi - llo);
@@ -437,7 +440,10 @@ mod tests {
             id: "h".into(),
             title: "h".into(),
             x_label: "ms".into(),
-            series: vec![("x".into(), vec![1.0, 2.0, 2.0, 500.0]), ("y".into(), vec![])],
+            series: vec![
+                ("x".into(), vec![1.0, 2.0, 2.0, 500.0]),
+                ("y".into(), vec![]),
+            ],
         };
         let s = svg(&hist);
         // Three distinct bins hold the four samples of the first series.

@@ -73,7 +73,8 @@ impl Params {
             scale_sets,
             nodes_per_scale_set: nodes.div_ceil(scale_sets),
             arm_latency,
-            assignment_wait: Duration::from_secs(if q { 10 } else { 30 }),
+            // The original's default (16 × 5 s) in full runs: a burst of 1000 may take longer than 30 s.
+            assignment_wait: Duration::from_secs(if q { 10 } else { 80 }),
             requests_per_pod: if args.scenario == Scenario::TokenStorm {
                 RESOURCES.len()
             } else {

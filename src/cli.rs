@@ -27,6 +27,8 @@ pub enum Command {
     Nmi(Box<NmiArgs>),
     /// Run the whole system on this machine against simulated Kubernetes and Azure.
     Sandbox(Box<SandboxArgs>),
+    /// Run a load scenario against the sandbox and write its report.
+    Loadtest(Box<crate::loadtest::LoadtestArgs>),
     /// Write the CustomResourceDefinitions (or check the committed ones).
     Crdgen(CrdgenArgs),
 }

@@ -11,6 +11,7 @@
 //! - [`logging`]: tracing-subscriber setup (text or JSON).
 //! - [`sim`]: the Kubernetes API and Azure simulators used by the sandbox and the tests.
 //! - [`sandbox`]: the whole system on one machine.
+//! - [`loadtest`]: load scenarios against the sandbox, with reports.
 
 pub mod actors;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod cloud;
 pub mod config;
 pub mod crd;
 pub mod http;
+pub mod loadtest;
 pub mod logging;
 pub mod metrics;
 pub mod sandbox;

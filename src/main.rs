@@ -48,6 +48,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             actix::System::new().block_on(aad_pod_identity::sandbox::system::run(*args))?;
             Ok(())
         }
+        Command::Loadtest(args) => {
+            logging::init(&LogArgs {
+                log_format: LogFormat::Text,
+                log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            })?;
+            let outcome = actix::System::new().block_on(aad_pod_identity::loadtest::run(*args))?;
+            // The report's path is the last line, for scripts.
+            println!("{}", outcome.dir.display());
+            if outcome.violations.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "{} invariant violation(s); see the report",
+                    outcome.violations.len()
+                )
+            }
+        }
         Command::Mic(args) => {
             logging::init(&args.log)?;
             let path = args.cloudconfig.as_ref().map(|p| p.display().to_string());

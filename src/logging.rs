@@ -10,7 +10,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The filter did not parse (clap validates it first, so this is only reached from code).
-    #[error("invalid log filter {filter:?}: {source}")]
+    #[error("invalid log filter {filter:?}")]
     Filter {
         /// The filter as given.
         filter: String,

@@ -1,18 +1,14 @@
 //! The `aad-pod-identity` binary: parses the command line, sets up logging, hands over to the
 //! library, and turns errors into exit codes (2 for bad flags, from clap; 1 for failures).
 
-use aad_pod_identity::actors::mic::cloud_port::CloudArm;
-use aad_pod_identity::actors::mic::run::{MicDeps, MicSettings};
 use aad_pod_identity::actors::{mic, nmi};
 use aad_pod_identity::cli::{Cli, Command};
-use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::config::{LogArgs, LogFormat};
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity::{crd, logging};
 use anyhow::Context as _;
 use clap::Parser;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,19 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Mic(args) => {
             logging::init(&args.log)?;
-            let path = args.cloudconfig.as_ref().map(|p| p.display().to_string());
-            let cloud =
-                CloudConfig::load(path.as_deref()).context("reading the cloud configuration")?;
-            let arm = CloudArm::from_config(&cloud).context("building the ARM client")?;
-            let deps = MicDeps {
-                arm: Arc::new(arm),
-                metrics: Metrics::new(),
-                client: None,
-                cluster_identity_client_id: Some(cloud.user_assigned_identity_id.clone())
-                    .filter(|id| !id.is_empty()),
-                bound: None,
-            };
-            mic::run::run_blocking(MicSettings::from(&*args), deps)?;
+            mic::run::run_from_args(&args, Metrics::new())?;
             Ok(())
         }
         Command::Nmi(args) => {

@@ -26,7 +26,7 @@ pub enum Error {
         message: String,
     },
     /// The simulated API server refused an object.
-    #[error("creating {kind} {name}: {source}")]
+    #[error("creating {kind} {name}")]
     Create {
         /// Kind of the object.
         kind: String,
@@ -37,7 +37,7 @@ pub enum Error {
         source: kube::Error,
     },
     /// API discovery failed.
-    #[error("API discovery: {0}")]
+    #[error("API discovery")]
     Discovery(#[source] kube::Error),
     /// The scenario names more identities than the sandbox has.
     #[error(

@@ -38,13 +38,13 @@ use crate::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Kubernetes simulator failed.
-    #[error("Kubernetes simulator: {0}")]
+    #[error("Kubernetes simulator")]
     Kube(#[source] Box<crate::sim::kube::Error>),
     /// The Azure simulator failed.
-    #[error("Azure simulator: {0}")]
+    #[error("Azure simulator")]
     Azure(#[from] crate::sim::azure::Error),
     /// A Kubernetes call of the sandbox itself failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Api {
         /// What was being done.
         what: &'static str,
@@ -53,10 +53,10 @@ pub enum Error {
         source: kube::Error,
     },
     /// The scenario could not be loaded.
-    #[error("scenario: {0}")]
+    #[error("scenario")]
     Scenario(#[from] scenario::Error),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     File {
         /// The file.
         path: String,
@@ -65,7 +65,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The Azure layer refused the simulator's configuration.
-    #[error("cloud configuration: {0}")]
+    #[error("cloud configuration")]
     Cloud(#[from] crate::cloud::Error),
     /// NMI could not start.
     #[error("NMI on {node}: {message}")]
@@ -79,7 +79,7 @@ pub enum Error {
     #[error("MIC: {0}")]
     Mic(String),
     /// A signal handler could not be installed.
-    #[error("signal handling: {0}")]
+    #[error("signal handling")]
     Signal(#[source] std::io::Error),
 }
 

@@ -333,7 +333,7 @@ pub fn run_blocking(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The cloud configuration (`--cloudconfig` or environment) is unusable.
-    #[error("cloud configuration: {0}")]
+    #[error("cloud configuration")]
     Cloud(#[from] crate::cloud::Error),
     /// MIC stopped.
     #[error(transparent)]

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig};
+use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -27,6 +27,40 @@ fn rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) this process has used so far, in clock ticks of 10 ms.
+fn cpu_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses): utime is the 12th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// CPU ticks per thread name (actix-server workers = the simulator; the rest = clients).
+fn thread_ticks() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let name = head.split_once('(').map_or("", |x| x.1).to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            *out.entry(name).or_insert(0) += ticks;
+        }
+    }
+    out
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -55,20 +89,64 @@ async fn writes(api: &Api<Pod>, round: usize) -> Duration {
     start.elapsed()
 }
 
+/// Opens `WATCHERS` watches on every pod of the namespace. Each is a plain TCP connection
+/// that drains the chunked stream without parsing it, so the figure measures the server's
+/// fan-out rather than a client's JSON decoding. Each task returns the bytes it received.
+async fn open_watchers(
+    sim: &KubeSimHandle,
+    clients: &tokio::runtime::Handle,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    let addr = sim.addr();
+    let filter = std::env::var("BENCH_WATCH_FILTER").unwrap_or_default();
+    let mut watchers = Vec::new();
+    for _ in 0..WATCHERS {
+        let rv = sim.store().current_rv();
+        let filter = filter.clone();
+        watchers.push(clients.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let req = format!(
+                "GET /api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=true{filter} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await.expect("request");
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0usize;
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        }));
+    }
+    // Give every watch time to be registered before the writes start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watchers
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rss_before = rss_kib();
+    // BENCH_COALESCE_MS / BENCH_BUSY_MS / BENCH_WORKERS override the simulator's defaults.
+    let env_ms = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    };
+    let defaults = KubeSimConfig::default();
     let sim = KubeSim::start(KubeSimConfig {
         topology: Topology::sized(10, 100, 0, 0),
         run_cluster: false,
         watch_history: 20_000,
-        watch_coalesce: Duration::from_millis(
-            std::env::var("BENCH_COALESCE_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        ),
-        ..KubeSimConfig::default()
+        watch_coalesce: env_ms("BENCH_COALESCE_MS").unwrap_or(defaults.watch_coalesce),
+        watch_busy_interval: env_ms("BENCH_BUSY_MS").unwrap_or(defaults.watch_busy_interval),
+        workers: std::env::var("BENCH_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(defaults.workers),
+        ..defaults
     })
     .await?;
     let pods_info = sim.store().registry().preferred("", "pods").expect("pods");
@@ -115,49 +193,79 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         median(typed)
     );
 
-    // Warm up, then writes with no watchers.
+    // Warm up, then alternate rounds without and with watchers so that both sides of the
+    // ratio see the same machine load; the median of the rounds is reported.
     writes(&api, 0).await;
-    let quiet = writes(&api, 1).await;
-    // 100 watchers on every pod of the namespace, each draining its stream as raw bytes.
-    let mut watchers = Vec::new();
-    // Each watcher is a plain TCP connection that drains the chunked stream without parsing
-    // it, so the figure measures the server's fan-out rather than a client's JSON decoding.
-    let addr = sim.addr();
-    for _ in 0..WATCHERS {
-        let rv = sim.store().current_rv();
-        let filter = std::env::var("BENCH_WATCH_FILTER").unwrap_or_default();
-        watchers.push(tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let req = format!(
-                "GET /api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=true{filter} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n"
-            );
-            s.write_all(req.as_bytes()).await.expect("request");
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut total = 0usize;
-            while let Ok(n) = s.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                total += n;
-            }
-            total
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let busy = writes(&api, 2).await;
-    // Let the watchers drain, then close them and count what they received.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sim.drop_watches();
+    // The watchers run as a separate client would: on their own thread and event loop, not
+    // on the writers' runtime.
+    let clients = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+        handle
+    };
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut ratios = Vec::new();
+    let (mut quiet_all, mut busy_all) = (Vec::new(), Vec::new());
     let mut received = 0;
-    for w in watchers {
-        received += w.await?;
+    for round in 0..rounds {
+        let t0 = thread_ticks();
+        let c0 = cpu_ticks();
+        let quiet = writes(&api, 2 * round + 1).await;
+        let c1 = cpu_ticks();
+        let watchers = open_watchers(&sim, &clients).await;
+        let t1 = thread_ticks();
+        let c2 = cpu_ticks();
+        let busy = writes(&api, 2 * round + 2).await;
+        let c3 = cpu_ticks();
+        let t2 = thread_ticks();
+        let diff = |a: &std::collections::BTreeMap<String, u64>,
+                    b: &std::collections::BTreeMap<String, u64>| {
+            b.iter()
+                .map(|(k, v)| format!("{k}={}", v - a.get(k).copied().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "  ticks quiet: {}\n  ticks busy+open: {}",
+            diff(&t0, &t1),
+            diff(&t1, &t2)
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let cores = |ticks: u64, d: Duration| ticks as f64 / 100.0 / d.as_secs_f64();
+        println!(
+            "  cores busy: {:.2} without watchers, {:.2} with",
+            cores(c1 - c0, quiet),
+            cores(c3 - c2, busy)
+        );
+        // Let the watchers drain, then close them and count what they received.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sim.drop_watches();
+        received = 0;
+        for w in watchers {
+            received += w.await?;
+        }
+        println!(
+            "round {round}: {quiet:?} with 0 watchers, {busy:?} with {WATCHERS} watchers; ratio {:.2}",
+            busy.as_secs_f64() / quiet.as_secs_f64()
+        );
+        ratios.push(busy.as_secs_f64() / quiet.as_secs_f64());
+        quiet_all.push(quiet);
+        busy_all.push(busy);
     }
+    ratios.sort_by(f64::total_cmp);
     println!(
-        "{WRITES} merge-patch writes ({WRITERS} writers): {:?} with 0 watchers, {:?} with {WATCHERS} watchers; ratio {:.2} ({} MiB of watch events delivered)",
-        quiet,
-        busy,
-        busy.as_secs_f64() / quiet.as_secs_f64(),
+        "{WRITES} merge-patch writes ({WRITERS} writers): median {:?} with 0 watchers, {:?} with {WATCHERS} watchers; ratio median {:.2} (min {:.2}, max {:.2}) over {rounds} rounds ({} MiB of watch events delivered per round)",
+        median(quiet_all),
+        median(busy_all),
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
         received / (1024 * 1024)
     );
     sim.shutdown().await;

@@ -37,6 +37,7 @@ pub fn server(
             .default_service(web::to(dispatch))
     })
     .workers(workers)
+    .h1_write_buffer_size(super::watch::CHUNK)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)?
@@ -465,6 +466,7 @@ fn watch_params(
         timeout,
         table: TableOptions::from_request(accept, q),
         coalesce: shared.config.watch_coalesce,
+        busy_interval: shared.config.watch_busy_interval,
     })
 }
 

@@ -191,6 +191,12 @@ const SUPPORTED_FIELDS: &[&str] = &[
 ];
 
 impl FieldSelector {
+    /// Whether the selector has no requirement.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
     /// Parses the `fieldSelector` query syntax.
     pub fn parse(s: &str) -> Result<Self, ApiError> {
         let mut requirements = Vec::new();

@@ -44,19 +44,24 @@ impl EventType {
     }
 }
 
-/// One change, as kept in history.
-#[derive(Clone, Debug)]
+/// One change, as kept in history (behind an `Arc`: every watcher reads the same one).
+#[derive(Debug)]
 pub struct Event {
     /// resourceVersion of the change.
     pub rv: u64,
     /// What happened.
     pub type_: EventType,
+    /// The object's namespace (empty for cluster-scoped objects), kept apart so that watchers
+    /// of one namespace filter without looking into the object.
+    pub namespace: Box<str>,
     /// The object after the change (for a delete: the last state, with the delete's resourceVersion).
     pub object: Arc<Value>,
     /// The object before the change (for selector transitions).
     pub prev: Option<Arc<Value>>,
     /// The object serialized once, shared by every watcher that sends it.
     pub encoded: Arc<OnceLock<bytes::Bytes>>,
+    /// The whole watch line for this event's own type, framed once and shared.
+    line: OnceLock<bytes::Bytes>,
 }
 
 impl Event {
@@ -64,6 +69,24 @@ impl Event {
     #[must_use]
     pub fn encoded(&self) -> &bytes::Bytes {
         encode_cached(&self.encoded, &self.object)
+    }
+
+    /// `{"type":"<type>","object":<encoded>}` and a newline, built on first use and then
+    /// shared: a watcher that sends the event as it happened sends these bytes without
+    /// copying them.
+    #[must_use]
+    pub fn line(&self) -> &bytes::Bytes {
+        self.line.get_or_init(|| {
+            let obj = self.encoded();
+            let type_ = self.type_.as_str();
+            let mut out = Vec::with_capacity(obj.len() + type_.len() + 24);
+            out.extend_from_slice(b"{\"type\":\"");
+            out.extend_from_slice(type_.as_bytes());
+            out.extend_from_slice(b"\",\"object\":");
+            out.extend_from_slice(obj);
+            out.extend_from_slice(b"}\n");
+            bytes::Bytes::from(out)
+        })
     }
 }
 
@@ -117,7 +140,7 @@ struct Shard {
     /// The serialization of each current object (same keys as `objects`), shared with the
     /// event that produced it, so lists and watches serialize an object version once.
     encodings: BTreeMap<Key, Arc<OnceLock<bytes::Bytes>>>,
-    history: VecDeque<Event>,
+    history: VecDeque<Arc<Event>>,
     /// Every event of this resource with rv > `compacted` is in `history`.
     compacted: u64,
     notify: watch::Sender<u64>,
@@ -508,6 +531,7 @@ impl Store {
             .entry(gr.clone())
             .or_insert_with(|| Shard::new(rv - 1));
         let encoded = Arc::new(OnceLock::new());
+        let namespace = key.0.clone().into_boxed_str();
         match type_ {
             EventType::Deleted => {
                 shard.objects.remove(&key);
@@ -518,13 +542,15 @@ impl Store {
                 shard.objects.insert(key, object.clone());
             }
         }
-        shard.history.push_back(Event {
+        shard.history.push_back(Arc::new(Event {
             rv,
             type_,
+            namespace,
             object,
             prev,
             encoded,
-        });
+            line: OnceLock::new(),
+        }));
         while shard.history.len() > self.history_limit {
             if let Some(e) = shard.history.pop_front() {
                 shard.compacted = e.rv;
@@ -1175,7 +1201,7 @@ impl Store {
         &self,
         gr: &GroupResource,
         after: u64,
-    ) -> Result<(Vec<Event>, u64), ApiError> {
+    ) -> Result<(Vec<Arc<Event>>, u64), ApiError> {
         let inner = self.read();
         let Some(shard) = inner.shards.get(gr) else {
             return Ok((Vec::new(), inner.rv));

@@ -47,7 +47,30 @@ pub struct WatchParams {
     pub table: Option<TableOptions>,
     /// How long to gather further events after a wake-up before sending.
     pub coalesce: Duration,
+    /// While changes keep coming, the least time between two sends to this watcher.
+    pub busy_interval: Duration,
 }
+
+/// When a watcher woken at `now` sends what it has gathered: `coalesce` after the wake-up
+/// when the watch was quiet, so a lone change goes out at once; during a burst (the last
+/// send was less than `busy_interval` ago), `busy_interval` after the last send, so that a
+/// stream of changes costs each watcher one send per interval rather than one per change.
+#[must_use]
+pub fn send_at(
+    now: Instant,
+    last_sent: Option<Instant>,
+    coalesce: Duration,
+    busy_interval: Duration,
+) -> Instant {
+    let quiet = now + coalesce;
+    match last_sent {
+        Some(t) if now < t + busy_interval => quiet.max(t + busy_interval),
+        _ => quiet,
+    }
+}
+
+/// Target size of one body chunk: the HTTP layer's write buffer, so a chunk fills it once.
+pub const CHUNK: usize = 64 * 1024;
 
 struct State {
     shared: Arc<Shared>,
@@ -59,6 +82,14 @@ struct State {
     next_bookmark: Instant,
     pending: VecDeque<Bytes>,
     done: bool,
+    /// When events last went out (for [`send_at`]).
+    last_sent: Option<Instant>,
+    /// No label or field selector: visibility is the namespace alone.
+    unfiltered: bool,
+    /// Objects can go out in the store's own serialization (no Table, no conversion).
+    shared_encoding: bool,
+    /// The served apiVersion, for the shared-encoding check.
+    api_version: String,
 }
 
 impl State {
@@ -116,36 +147,64 @@ impl State {
         Bytes::from(out)
     }
 
-    /// Renders `events` for this watcher into one chunk.
-    fn render(&self, events: &[Event]) -> Vec<u8> {
-        let mut out = Vec::new();
-        // Objects stored under the served apiVersion can reuse the shared serialization.
-        let shared_encoding = self.params.table.is_none() && !self.params.info.converted();
-        let av = self.params.info.api_version();
+    /// Whether the watcher sees the event's object now and saw it before the change.
+    fn visibility(&self, e: &Event) -> (bool, bool) {
+        if let Some(ns) = &self.params.namespace
+            && *e.namespace != **ns
+        {
+            return (false, false);
+        }
+        if self.unfiltered {
+            // A namespace never changes, so without selectors the state before the change
+            // was visible exactly when there was one.
+            return (true, e.prev.is_some());
+        }
+        let now = self.params.labels.matches(&e.object) && self.params.fields.matches(&e.object);
+        let before = e
+            .prev
+            .as_deref()
+            .is_some_and(|p| self.params.labels.matches(p) && self.params.fields.matches(p));
+        (now, before)
+    }
+
+    /// Queues `events` for this watcher. An event sent as it happened goes out as the line
+    /// every watcher shares (no copy); selector transitions and Table or converted
+    /// renderings are written for this watcher alone.
+    fn render(&mut self, events: &[Arc<Event>]) {
+        let mut own: Vec<u8> = Vec::new();
         for e in events {
-            let now = self.matches(&e.object);
-            let before = e.prev.as_deref().is_some_and(|p| self.matches(p));
+            let (now, before) = self.visibility(e);
             let type_ = match e.type_ {
-                EventType::Added if now => "ADDED",
-                EventType::Deleted if before => "DELETED",
-                EventType::Modified if now && before => "MODIFIED",
-                EventType::Modified if now => "ADDED",
-                EventType::Modified if before => "DELETED",
+                EventType::Added if now => EventType::Added,
+                EventType::Deleted if before => EventType::Deleted,
+                EventType::Modified if now && before => EventType::Modified,
+                EventType::Modified if now => EventType::Added,
+                EventType::Modified if before => EventType::Deleted,
                 _ => continue,
             };
-            if shared_encoding
-                && e.object.get("apiVersion").and_then(Value::as_str) == Some(av.as_str())
+            if self.shared_encoding
+                && type_ == e.type_
+                && e.object.get("apiVersion").and_then(Value::as_str)
+                    == Some(self.api_version.as_str())
             {
-                out.extend_from_slice(b"{\"type\":\"");
-                out.extend_from_slice(type_.as_bytes());
-                out.extend_from_slice(b"\",\"object\":");
-                out.extend_from_slice(e.encoded());
-                out.extend_from_slice(b"}\n");
+                let line = e.line();
+                if !own.is_empty() && own.len() + line.len() > CHUNK {
+                    self.pending.push_back(Bytes::from(std::mem::replace(
+                        &mut own,
+                        Vec::with_capacity(CHUNK),
+                    )));
+                }
+                if own.capacity() == 0 {
+                    own.reserve(CHUNK);
+                }
+                own.extend_from_slice(line);
             } else {
-                out.extend(self.line(type_, &e.object));
+                own.extend(self.line(type_.as_str(), &e.object));
             }
         }
-        out
+        if !own.is_empty() {
+            self.pending.push_back(Bytes::from(own));
+        }
     }
 
     /// Pulls new events into `pending`; ends the stream on 410.
@@ -156,10 +215,7 @@ impl State {
             .events_since(&self.params.info.gr(), self.cursor)
         {
             Ok((events, complete)) => {
-                let chunk = self.render(&events);
-                if !chunk.is_empty() {
-                    self.pending.push_back(Bytes::from(chunk));
-                }
+                self.render(&events);
                 self.cursor = self.cursor.max(complete);
             }
             Err(e) => {
@@ -192,6 +248,10 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
         drop_signal,
         pending: VecDeque::new(),
         done: false,
+        last_sent: None,
+        unfiltered: params.labels.is_empty() && params.fields.is_empty(),
+        shared_encoding: params.table.is_none() && !params.info.converted(),
+        api_version: params.info.api_version(),
         params,
     };
     match st.params.since {
@@ -234,13 +294,19 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
             tokio::select! {
                 changed = st.notify.changed() => {
                     if changed.is_err() { return None; }
-                    // Under a burst of writes, gather what else lands in the next moment
-                    // into the same chunk: far fewer wake-ups and writes per event.
-                    if !st.params.coalesce.is_zero() {
-                        t.coalesce.as_mut().reset(Instant::now() + st.params.coalesce);
+                    // Gather what else lands in the next moment into the same send; under
+                    // a burst, send at most once per busy interval (see `send_at`).
+                    let now = Instant::now();
+                    let at = send_at(now, st.last_sent, st.params.coalesce, st.params.busy_interval);
+                    if at > now {
+                        t.coalesce.as_mut().reset(at);
                         (&mut t.coalesce).await;
                     }
+                    let queued = st.pending.len();
                     st.catch_up();
+                    if st.pending.len() > queued {
+                        st.last_sent = Some(Instant::now());
+                    }
                 }
                 () = &mut t.bookmark => {
                     st.next_bookmark = Instant::now() + st.params.bookmark_interval;
@@ -262,4 +328,36 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .streaming(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COALESCE: Duration = Duration::from_millis(2);
+    const BUSY: Duration = Duration::from_millis(20);
+
+    #[test]
+    fn a_quiet_watch_sends_after_the_short_window() {
+        let now = Instant::now();
+        assert_eq!(send_at(now, None, COALESCE, BUSY), now + COALESCE);
+        let long_ago = now.checked_sub(Duration::from_secs(1)).unwrap();
+        assert_eq!(send_at(now, Some(long_ago), COALESCE, BUSY), now + COALESCE);
+    }
+
+    #[test]
+    fn during_a_burst_sends_are_one_busy_interval_apart() {
+        let last = Instant::now();
+        let now = last + Duration::from_millis(5);
+        assert_eq!(send_at(now, Some(last), COALESCE, BUSY), last + BUSY);
+        // Just before the interval ends, the short window is the later bound.
+        let now = last + Duration::from_millis(19);
+        assert_eq!(send_at(now, Some(last), COALESCE, BUSY), now + COALESCE);
+    }
+
+    #[test]
+    fn zero_windows_send_at_once() {
+        let now = Instant::now();
+        assert_eq!(send_at(now, Some(now), Duration::ZERO, Duration::ZERO), now);
+    }
 }

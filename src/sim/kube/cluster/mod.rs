@@ -53,7 +53,7 @@ pub fn node_object(n: &NodeSpec, ip: Ipv4Addr) -> Value {
 #[derive(Debug)]
 pub enum Update {
     /// These changes, in order.
-    Events(Vec<Event>),
+    Events(Vec<std::sync::Arc<Event>>),
     /// The feed fell behind the history: reconcile everything.
     Resync,
 }

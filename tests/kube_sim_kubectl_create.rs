@@ -2,7 +2,8 @@
 //! clients send these bodies as protobuf, which the simulator decodes from its message
 //! descriptors. The real `kubectl` is the judge; `kubectl get -o json` shows what was
 //! stored, and the simulator's cluster (scheduler, kubelet, controllers) runs the workloads.
-//! Raw HTTP covers what kubectl cannot send: an undescribed kind and a corrupt body.
+//! Raw HTTP covers what kubectl does not send in protobuf: a Pod (`kubectl run` sends JSON),
+//! an undescribed kind and corrupt bodies.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,6 +63,35 @@ impl Env {
         stdout
     }
 
+    /// Runs a `kubectl create ...` with request logging and checks that its POST carried a
+    /// protobuf body (so the test is about the protobuf path, not a JSON fallback).
+    async fn create_in_protobuf(&self, args: &[&str]) {
+        let mut all = vec!["-v=8"];
+        all.extend_from_slice(args);
+        let out = tokio::time::timeout(Duration::from_secs(90), self.cmd(&all).output())
+            .await
+            .expect("kubectl finishes")
+            .expect("kubectl runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{stderr}");
+        let post = stderr
+            .lines()
+            .position(|l| {
+                l.contains("\"Request\"") && l.contains("verb=\"POST\"") || l.contains("POST http")
+            })
+            .unwrap_or_else(|| panic!("no POST logged by kubectl {args:?}:\n{stderr}"));
+        let after: String = stderr
+            .lines()
+            .skip(post)
+            .take(12)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            after.contains(PROTOBUF),
+            "kubectl {args:?} did not send protobuf:\n{after}"
+        );
+    }
+
     async fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
@@ -85,7 +115,7 @@ fn container(obj: &Value, path: &str) -> Value {
 async fn kubectl_creates_deployments_jobs_and_cronjobs_in_protobuf_and_they_run() {
     let env = Env::start().await;
 
-    env.ok(&[
+    env.create_in_protobuf(&[
         "create",
         "deployment",
         "web",
@@ -116,7 +146,7 @@ async fn kubectl_creates_deployments_jobs_and_cronjobs_in_protobuf_and_they_run(
         assert_eq!(container(p, "/spec/containers")["image"], "nginx");
     }
 
-    env.ok(&[
+    env.create_in_protobuf(&[
         "create",
         "job",
         "j",
@@ -135,7 +165,7 @@ async fn kubectl_creates_deployments_jobs_and_cronjobs_in_protobuf_and_they_run(
     env.ok(&["wait", "--for=condition=complete", "job/j", "--timeout=60s"])
         .await;
 
-    env.ok(&[
+    env.create_in_protobuf(&[
         "create",
         "cronjob",
         "c",
@@ -157,7 +187,8 @@ async fn kubectl_creates_deployments_jobs_and_cronjobs_in_protobuf_and_they_run(
     );
 
     // kubectl reads the CronJob, builds a Job owned by it and sends that in protobuf.
-    env.ok(&["create", "job", "j2", "--from=cronjob/c"]).await;
+    env.create_in_protobuf(&["create", "job", "j2", "--from=cronjob/c"])
+        .await;
     let j2 = env.json(&["get", "job", "j2"]).await;
     let owners = j2["metadata"]["ownerReferences"]
         .as_array()
@@ -185,9 +216,9 @@ async fn kubectl_creates_deployments_jobs_and_cronjobs_in_protobuf_and_they_run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_creates_services_and_pods_in_protobuf() {
+async fn kubectl_creates_services_in_protobuf() {
     let env = Env::start().await;
-    env.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"])
+    env.create_in_protobuf(&["create", "service", "clusterip", "web", "--tcp=80:8080"])
         .await;
     let svc = env.json(&["get", "service", "web"]).await;
     let port = &svc["spec"]["ports"][0];
@@ -197,20 +228,6 @@ async fn kubectl_creates_services_and_pods_in_protobuf() {
         "{svc}"
     );
     assert_eq!(svc["spec"]["type"], "ClusterIP");
-    env.ok(&[
-        "run",
-        "solo",
-        "--image=nginx",
-        "--labels=app=solo",
-        "--port=8080",
-    ])
-    .await;
-    let pod = env.json(&["get", "pod", "solo"]).await;
-    let c = container(&pod, "/spec/containers");
-    assert_eq!(c["image"], "nginx");
-    assert_eq!(c["ports"][0]["containerPort"], 8080, "{pod}");
-    env.ok(&["wait", "--for=condition=Ready", "pod/solo", "--timeout=60s"])
-        .await;
     env.stop().await;
 }
 
@@ -314,5 +331,41 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
     assert_eq!(resp.status().as_u16(), 201);
     let cm = env.json(&["get", "configmap", "whole"]).await;
     assert_eq!(cm["data"]["key"], "value");
+
+    // `kubectl run` sends JSON, so a Pod in protobuf is posted here; the kubelet runs it.
+    let app = [
+        field(1, b"app"),
+        field(2, b"nginx"),
+        field(6, &[0x18, 0x90, 0x3f]), // ports: containerPort 8080
+    ]
+    .concat();
+    let pod = envelope(
+        "v1",
+        "Pod",
+        &[
+            field(
+                1,
+                &[
+                    field(1, b"solo"),
+                    field(11, &[field(1, b"app"), field(2, b"solo")].concat()),
+                ]
+                .concat(),
+            ),
+            field(2, &[field(2, &app), field(3, b"Always")].concat()),
+        ]
+        .concat(),
+    );
+    let resp = post("/api/v1/namespaces/default/pods", pod).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    env.ok(&["wait", "--for=condition=Ready", "pod/solo", "--timeout=60s"])
+        .await;
+    let p = env.json(&["get", "pod", "solo"]).await;
+    assert_eq!(p["metadata"]["labels"]["app"], "solo");
+    let c = container(&p, "/spec/containers");
+    assert_eq!(
+        (c["image"].as_str(), c["ports"][0]["containerPort"].as_i64()),
+        (Some("nginx"), Some(8080)),
+        "{p}"
+    );
     env.stop().await;
 }

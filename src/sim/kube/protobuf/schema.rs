@@ -6,9 +6,9 @@
 //!
 //! Left out on purpose: `ObjectMeta.managedFields` (the server owns it), ephemeral containers,
 //! volume sources for cloud and network storage other than NFS and CSI, `resourceClaims`,
-//! container statuses in `PodStatus`, the status of Services, and fields added after the
-//! proto files consulted (e.g. `PodSpec.os`, `hostUsers`, `schedulingGates`, AppArmor
-//! profiles, `LifecycleHandler.sleep`). Nodes and CustomResourceDefinitions are not described.
+//! container statuses in `PodStatus`, the status of Services, `PodSpec.workloadRef`,
+//! container `ulimits` and `restartPolicyRules`, `LifecycleHandler.sleep` and
+//! `Lifecycle.stopSignal`. Nodes and CustomResourceDefinitions are not described.
 
 /// How a field's value is carried on the wire and rendered in JSON.
 #[derive(Clone, Copy, Debug)]
@@ -385,6 +385,11 @@ static SECCOMP_PROFILE: Message = m(
     &[f(1, "type", Str), f(2, "localhostProfile", OptStr)],
 );
 
+static APP_ARMOR_PROFILE: Message = m(
+    "AppArmorProfile",
+    &[f(1, "type", Str), f(2, "localhostProfile", OptStr)],
+);
+
 static SECURITY_CONTEXT: Message = m(
     "SecurityContext",
     &[
@@ -399,6 +404,7 @@ static SECURITY_CONTEXT: Message = m(
         f(7, "allowPrivilegeEscalation", OptBool),
         f(9, "procMount", OptStr),
         f(11, "seccompProfile", Msg(&SECCOMP_PROFILE)),
+        f(12, "appArmorProfile", Msg(&APP_ARMOR_PROFILE)),
     ],
 );
 
@@ -719,6 +725,9 @@ static POD_SECURITY_CONTEXT: Message = m(
         r(7, "sysctls", Msg(&SYSCTL)),
         f(9, "fsGroupChangePolicy", OptStr),
         f(10, "seccompProfile", Msg(&SECCOMP_PROFILE)),
+        f(11, "appArmorProfile", Msg(&APP_ARMOR_PROFILE)),
+        f(12, "supplementalGroupsPolicy", OptStr),
+        f(13, "seLinuxChangePolicy", OptStr),
     ],
 );
 
@@ -737,6 +746,10 @@ static POD_DNS_CONFIG: Message = m(
         r(3, "options", Msg(&POD_DNS_CONFIG_OPTION)),
     ],
 );
+
+static POD_OS: Message = m("PodOS", &[f(1, "name", Str)]);
+
+static POD_SCHEDULING_GATE: Message = m("PodSchedulingGate", &[f(1, "name", Str)]);
 
 static POD_READINESS_GATE: Message = m("PodReadinessGate", &[f(1, "conditionType", Str)]);
 
@@ -781,6 +794,11 @@ pub static POD_SPEC: Message = m(
             Msg(&TOPOLOGY_SPREAD_CONSTRAINT),
         ),
         f(35, "setHostnameAsFQDN", OptBool),
+        f(36, "os", Msg(&POD_OS)),
+        f(37, "hostUsers", OptBool),
+        r(38, "schedulingGates", Msg(&POD_SCHEDULING_GATE)),
+        f(40, "resources", Msg(&RESOURCE_REQUIREMENTS)),
+        f(41, "hostnameOverride", OptStr),
     ],
 );
 
@@ -801,6 +819,7 @@ static POD_IP: Message = m("PodIP", &[f(1, "ip", Str)]);
 static POD_STATUS: Message = m(
     "PodStatus",
     &[
+        f(17, "observedGeneration", I64),
         f(1, "phase", Str),
         r(2, "conditions", Msg(&POD_CONDITION)),
         f(3, "message", Str),
@@ -1071,7 +1090,8 @@ pub static REPLICA_SET: Message = m(
     ],
 );
 
-// ---- batch/v1 (batch/v1beta1 CronJob has the same layout) ----
+// ---- batch/v1 (batch/v1beta1 CronJob and JobTemplateSpec have the same field numbers and
+// embed batch/v1 JobSpec) ----
 
 static POD_FAILURE_POLICY_ON_EXIT_CODES: Message = m(
     "PodFailurePolicyOnExitCodesRequirement",

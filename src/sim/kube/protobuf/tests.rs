@@ -669,3 +669,32 @@ fn the_sample_deployment_is_valid() {
         json!({"tcpSocket": {"port": 80}})
     );
 }
+
+#[test]
+fn newer_pod_fields_decode() {
+    let app_armor = m(12, &[s(1, "RuntimeDefault")]);
+    let spec = [
+        m(2, &[s(1, "c"), m(15, &[app_armor])]),
+        m(
+            14,
+            &[m(11, &[s(1, "Localhost"), s(2, "p")]), s(12, "Strict")],
+        ),
+        m(36, &[s(1, "linux")]),
+        v(37, 0),
+        m(38, &[s(1, "example.com/gate")]),
+        m(40, &[m(1, &[s(1, "cpu"), m(2, &[s(1, "2")])])]),
+    ];
+    let got = decode(&envelope("v1", "Pod", &m(2, &spec))).unwrap();
+    assert_eq!(
+        got["spec"],
+        json!({
+            "containers": [{"name": "c", "securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}}}],
+            "securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "p"},
+                                "supplementalGroupsPolicy": "Strict"},
+            "os": {"name": "linux"},
+            "hostUsers": false,
+            "schedulingGates": [{"name": "example.com/gate"}],
+            "resources": {"limits": {"cpu": "2"}},
+        })
+    );
+}

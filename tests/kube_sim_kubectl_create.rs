@@ -231,6 +231,237 @@ async fn kubectl_creates_services_in_protobuf() {
     env.stop().await;
 }
 
+/// A CronJob applied as YAML (JSON on the wire) with a pod template using much of the
+/// described schema; `kubectl create job --from` reads it back into Go types and sends the
+/// Job in protobuf, so the Job's pod spec equals the CronJob's only if every field survived
+/// the decoder.
+const RICH_CRONJOB: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: rich
+spec:
+  schedule: "0 0 1 1 *"
+  timeZone: Etc/UTC
+  startingDeadlineSeconds: 60
+  concurrencyPolicy: Forbid
+  suspend: true
+  successfulJobsHistoryLimit: 2
+  failedJobsHistoryLimit: 0
+  jobTemplate:
+    metadata:
+      labels: {tier: batch}
+    spec:
+      backoffLimit: 2
+      activeDeadlineSeconds: 600
+      ttlSecondsAfterFinished: 30
+      template:
+        metadata:
+          labels: {app: rich}
+          annotations: {note: "a b"}
+        spec:
+          restartPolicy: Never
+          serviceAccountName: runner
+          automountServiceAccountToken: false
+          terminationGracePeriodSeconds: 5
+          dnsPolicy: ClusterFirst
+          nodeSelector: {kubernetes.io/os: linux}
+          priorityClassName: low
+          enableServiceLinks: false
+          hostAliases:
+          - ip: 127.0.0.1
+            hostnames: [foo.local, bar.local]
+          securityContext:
+            runAsUser: 1000
+            runAsGroup: 3000
+            runAsNonRoot: true
+            fsGroup: 2000
+            supplementalGroups: [4000, 5000]
+            seccompProfile: {type: RuntimeDefault}
+            sysctls:
+            - {name: net.ipv4.ip_local_port_range, value: "1024 65000"}
+          tolerations:
+          - {key: dedicated, operator: Equal, value: batch, effect: NoSchedule}
+          - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 30}
+          affinity:
+            nodeAffinity:
+              requiredDuringSchedulingIgnoredDuringExecution:
+                nodeSelectorTerms:
+                - matchExpressions:
+                  - {key: kubernetes.io/arch, operator: In, values: [amd64, arm64]}
+            podAntiAffinity:
+              preferredDuringSchedulingIgnoredDuringExecution:
+              - weight: 50
+                podAffinityTerm:
+                  topologyKey: kubernetes.io/hostname
+                  labelSelector:
+                    matchLabels: {app: rich}
+          topologySpreadConstraints:
+          - maxSkew: 1
+            topologyKey: topology.kubernetes.io/zone
+            whenUnsatisfiable: ScheduleAnyway
+            labelSelector:
+              matchExpressions:
+              - {key: app, operator: Exists}
+          initContainers:
+          - name: init
+            image: busybox
+            command: [sh, -c, "echo init"]
+          containers:
+          - name: main
+            image: busybox:1.36
+            imagePullPolicy: IfNotPresent
+            command: [sh, -c]
+            args: ["echo $(MODE) && sleep 1"]
+            workingDir: /work
+            ports:
+            - {name: http, containerPort: 8080, protocol: TCP}
+            env:
+            - {name: MODE, value: fast}
+            - name: CFG
+              valueFrom:
+                configMapKeyRef: {name: settings, key: mode, optional: true}
+            - name: POD
+              valueFrom:
+                fieldRef: {fieldPath: metadata.name}
+            - name: PASS
+              valueFrom:
+                secretKeyRef: {name: creds, key: password}
+            - name: MEM
+              valueFrom:
+                resourceFieldRef: {containerName: main, resource: limits.memory, divisor: 1Mi}
+            envFrom:
+            - prefix: CM_
+              configMapRef: {name: settings}
+            - secretRef: {name: creds, optional: true}
+            resources:
+              limits: {cpu: 500m, memory: 128Mi}
+              requests: {cpu: 100m, memory: 64Mi}
+            volumeMounts:
+            - {name: cfg, mountPath: /etc/cfg, readOnly: true}
+            - {name: scratch, mountPath: /scratch, subPath: run}
+            - {name: token, mountPath: /var/run/secrets/tokens}
+            livenessProbe:
+              httpGet:
+                path: /healthz
+                port: http
+                httpHeaders:
+                - {name: X-Probe, value: "1"}
+              initialDelaySeconds: 3
+              periodSeconds: 10
+              failureThreshold: 4
+            readinessProbe:
+              exec:
+                command: [cat, /tmp/ready]
+              timeoutSeconds: 2
+            startupProbe:
+              tcpSocket:
+                port: 8080
+            lifecycle:
+              preStop:
+                exec:
+                  command: [sh, -c, "sleep 1"]
+            securityContext:
+              allowPrivilegeEscalation: false
+              readOnlyRootFilesystem: true
+              capabilities:
+                add: [NET_BIND_SERVICE]
+                drop: [ALL]
+            terminationMessagePolicy: FallbackToLogsOnError
+          volumes:
+          - name: cfg
+            configMap:
+              name: settings
+              defaultMode: 420
+              items:
+              - {key: mode, path: mode.txt, mode: 256}
+          - name: creds
+            secret: {secretName: creds, optional: true}
+          - name: scratch
+            emptyDir: {medium: Memory, sizeLimit: 64Mi}
+          - name: token
+            projected:
+              defaultMode: 288
+              sources:
+              - serviceAccountToken: {audience: api://AzureADTokenExchange, expirationSeconds: 3600, path: azure-identity-token}
+              - configMap:
+                  name: settings
+                  items:
+                  - {key: mode, path: mode}
+              - downwardAPI:
+                  items:
+                  - path: labels
+                    fieldRef: {fieldPath: metadata.labels}
+          - name: host
+            hostPath: {path: /var/log, type: Directory}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rich_pod_template_survives_kubectl_create_job_from_cronjob() {
+    let env = Env::start().await;
+    let file = env.dir.join("rich.yaml");
+    std::fs::write(&file, RICH_CRONJOB).unwrap();
+    env.ok(&["apply", "-f", file.to_str().unwrap()]).await;
+    let cj = env.json(&["get", "cronjob", "rich"]).await;
+    env.create_in_protobuf(&["create", "job", "rich-now", "--from=cronjob/rich"])
+        .await;
+    let job = env.json(&["get", "job", "rich-now"]).await;
+    let want = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let got = &job["spec"]["template"]["spec"];
+    assert!(
+        want.pointer("/containers/0/livenessProbe/httpGet/httpHeaders/0/name")
+            .is_some(),
+        "the CronJob kept its template: {cj}"
+    );
+    let mut changed = Vec::new();
+    differences(want, got, String::new(), &mut changed);
+    assert!(
+        changed.is_empty(),
+        "pod spec changed on the way through protobuf:\n{}",
+        changed.join("\n")
+    );
+    let annotations = &job["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["note"], "a b", "{job}");
+    for field in [
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+    ] {
+        assert_eq!(
+            job["spec"][field], cj["spec"]["jobTemplate"]["spec"][field],
+            "{field}"
+        );
+    }
+    env.stop().await;
+}
+
+/// The JSON pointers where `a` and `b` differ, with both values (an absent field and an
+/// empty object count as equal).
+fn differences(a: &Value, b: &Value, at: String, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<_> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let (l, r) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                differences(l, r, format!("{at}/{k}"), out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (l, r)) in x.iter().zip(y).enumerate() {
+                differences(l, r, format!("{at}/{i}"), out);
+            }
+        }
+        // Go writes value structs even when empty (`resources: {}`); the simulator stores
+        // the applied JSON as sent, without them. Both mean the same.
+        (Value::Null, Value::Object(o)) | (Value::Object(o), Value::Null) if o.is_empty() => {}
+        _ if a != b => out.push(format!("{at}: {a} != {b}")),
+        _ => {}
+    }
+}
+
 fn varint(mut v: u64, out: &mut Vec<u8>) {
     loop {
         let b = u8::try_from(v & 0x7f).unwrap();

@@ -435,6 +435,64 @@ async fn a_rich_pod_template_survives_kubectl_create_job_from_cronjob() {
     env.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rich_pod_survives_kubectl_debug_copy_to() {
+    let env = Env::start().await;
+    // The CronJob's pod template, applied as a Pod.
+    let template = RICH_CRONJOB
+        .split("      template:\n")
+        .nth(1)
+        .expect("the template");
+    let pod: String = template
+        .lines()
+        .map(|l| l.strip_prefix("        ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replacen("metadata:\n", "metadata:\n  name: rich-pod\n", 1);
+    let file = env.dir.join("pod.yaml");
+    std::fs::write(&file, format!("apiVersion: v1\nkind: Pod\n{pod}")).unwrap();
+    env.ok(&["apply", "-f", file.to_str().unwrap()]).await;
+    let original = env.json(&["get", "pod", "rich-pod"]).await;
+    assert!(
+        original
+            .pointer("/spec/containers/0/livenessProbe/httpGet")
+            .is_some()
+            && original["spec"]["volumes"].as_array().map(Vec::len) == Some(5)
+            && original["spec"]["initContainers"].is_array(),
+        "the applied pod is the rich one: {original}"
+    );
+    // kubectl reads the Pod, copies it and posts the copy (typed client: protobuf).
+    env.create_in_protobuf(&[
+        "debug",
+        "rich-pod",
+        "--copy-to=rich-copy",
+        "--attach=false",
+        "--keep-liveness",
+        "--keep-readiness",
+        "--keep-startup",
+        "--keep-init-containers",
+        "--set-image=main=busybox:1.37",
+    ])
+    .await;
+    let copy = env.json(&["get", "pod", "rich-copy"]).await;
+    let mut want = original["spec"].clone();
+    let mut got = copy["spec"].clone();
+    assert_eq!(got["containers"][0]["image"], "busybox:1.37");
+    want["containers"][0]["image"] = Value::Null;
+    got["containers"][0]["image"] = Value::Null;
+    // The scheduler places each pod on a node of its own choosing.
+    want["nodeName"] = Value::Null;
+    got["nodeName"] = Value::Null;
+    let mut changed = Vec::new();
+    differences(&want, &got, String::new(), &mut changed);
+    assert!(
+        changed.is_empty(),
+        "pod spec changed on the way through protobuf:\n{}",
+        changed.join("\n")
+    );
+    env.stop().await;
+}
+
 /// The JSON pointers where `a` and `b` differ, with both values (an absent field and an
 /// empty object count as equal).
 fn differences(a: &Value, b: &Value, at: String, out: &mut Vec<String>) {

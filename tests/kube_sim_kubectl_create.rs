@@ -2,13 +2,16 @@
 //! clients send these bodies as protobuf, which the simulator decodes from its message
 //! descriptors. The real `kubectl` is the judge; `kubectl get -o json` shows what was
 //! stored, and the simulator's cluster (scheduler, kubelet, controllers) runs the workloads.
-//! Raw HTTP covers what kubectl does not send in protobuf: a Pod (`kubectl run` sends JSON),
-//! an undescribed kind and corrupt bodies.
+//! Rich pod specs make a round trip — applied as JSON, read back by kubectl into Go types and
+//! re-sent in protobuf by `kubectl create job --from` and `kubectl debug --copy-to` — and must
+//! come out unchanged. Raw HTTP covers what kubectl does not send in protobuf (`kubectl run`
+//! sends JSON): a Pod, an undescribed kind and corrupt bodies.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use base64::Engine;
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -228,6 +231,88 @@ async fn kubectl_creates_services_in_protobuf() {
         "{svc}"
     );
     assert_eq!(svc["spec"]["type"], "ClusterIP");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_variants_keep_their_fields() {
+    let env = Env::start().await;
+    env.create_in_protobuf(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "reg",
+        "--docker-server=registry.example",
+        "--docker-username=u",
+        "--docker-password=p",
+    ])
+    .await;
+    let reg = env.json(&["get", "secret", "reg"]).await;
+    assert_eq!(reg["type"], "kubernetes.io/dockerconfigjson");
+    let cfg = reg["data"][".dockerconfigjson"].as_str().expect("config");
+    let cfg = base64::engine::general_purpose::STANDARD
+        .decode(cfg)
+        .unwrap();
+    let cfg: Value = serde_json::from_slice(&cfg).unwrap();
+    assert_eq!(cfg["auths"]["registry.example"]["username"], "u", "{cfg}");
+
+    let blob = env.dir.join("blob.bin");
+    std::fs::write(&blob, [0u8, 0xff, 0xfe, 7]).unwrap();
+    let from = format!("--from-file=blob={}", blob.display());
+    env.create_in_protobuf(&[
+        "create",
+        "configmap",
+        "bin",
+        &from,
+        "--from-literal=mode=slow",
+    ])
+    .await;
+    let bin = env.json(&["get", "configmap", "bin"]).await;
+    assert_eq!(bin["binaryData"]["blob"], "AP/+Bw==", "{bin}");
+    assert_eq!(bin["data"]["mode"], "slow");
+
+    env.create_in_protobuf(&[
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ])
+    .await;
+    let np = env.json(&["get", "service", "np"]).await;
+    assert_eq!(np["spec"]["type"], "NodePort");
+    assert_eq!(np["spec"]["ports"][0]["nodePort"], 30080, "{np}");
+    env.create_in_protobuf(&[
+        "create",
+        "service",
+        "externalname",
+        "ext",
+        "--external-name=example.com",
+    ])
+    .await;
+    let ext = env.json(&["get", "service", "ext"]).await;
+    assert_eq!(ext["spec"]["externalName"], "example.com", "{ext}");
+
+    env.create_in_protobuf(&["create", "deployment", "p80", "--image=nginx", "--port=80"])
+        .await;
+    let p80 = env.json(&["get", "deployment", "p80"]).await;
+    let c = container(&p80, "/spec/template/spec/containers");
+    assert_eq!(c["ports"][0]["containerPort"], 80, "{p80}");
+    env.create_in_protobuf(&[
+        "create",
+        "cronjob",
+        "nightly",
+        "--image=busybox",
+        "--schedule=0 3 * * *",
+        "--restart=Never",
+    ])
+    .await;
+    let nightly = env.json(&["get", "cronjob", "nightly"]).await;
+    assert_eq!(
+        nightly["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"],
+        "Never"
+    );
     env.stop().await;
 }
 

@@ -3,7 +3,7 @@
 //! `kubectl create job --from=cronjob/...`): the `k8s\0` envelope (`runtime.Unknown`) around
 //! one object, turned into the JSON object it stands for.
 //!
-//! The decoder is driven by the static message descriptors in [`schema`] (field number →
+//! The decoder is driven by the static message descriptors in `schema` (field number →
 //! JSON name and value kind, taken from the `generated.proto` files of `k8s.io/api` and
 //! `k8s.io/apimachinery`), so adding a kind is adding table rows, not code. It renders
 //! values the way the Go types marshal to JSON: zero scalars of value fields are left out

@@ -119,7 +119,7 @@ const fn m(name: &'static str, fields: &'static [Field]) -> Message {
 
 // ---- k8s.io/apimachinery pkg/apis/meta/v1 ----
 
-pub static OWNER_REFERENCE: Message = m(
+static OWNER_REFERENCE: Message = m(
     "OwnerReference",
     &[
         f(5, "apiVersion", Str),
@@ -131,7 +131,7 @@ pub static OWNER_REFERENCE: Message = m(
     ],
 );
 
-pub static OBJECT_META: Message = m(
+static OBJECT_META: Message = m(
     "ObjectMeta",
     &[
         f(1, "name", Str),
@@ -151,12 +151,12 @@ pub static OBJECT_META: Message = m(
     ],
 );
 
-pub static LABEL_SELECTOR_REQUIREMENT: Message = m(
+static LABEL_SELECTOR_REQUIREMENT: Message = m(
     "LabelSelectorRequirement",
     &[f(1, "key", Str), f(2, "operator", Str), r(3, "values", Str)],
 );
 
-pub static LABEL_SELECTOR: Message = m(
+static LABEL_SELECTOR: Message = m(
     "LabelSelector",
     &[
         f(1, "matchLabels", MapStr),
@@ -166,9 +166,9 @@ pub static LABEL_SELECTOR: Message = m(
 
 // ---- k8s.io/api core/v1: references and selectors ----
 
-pub static LOCAL_OBJECT_REFERENCE: Message = m("LocalObjectReference", &[f(1, "name", Str)]);
+static LOCAL_OBJECT_REFERENCE: Message = m("LocalObjectReference", &[f(1, "name", Str)]);
 
-pub static OBJECT_REFERENCE: Message = m(
+static OBJECT_REFERENCE: Message = m(
     "ObjectReference",
     &[
         f(1, "kind", Str),
@@ -753,7 +753,7 @@ static POD_SCHEDULING_GATE: Message = m("PodSchedulingGate", &[f(1, "name", Str)
 
 static POD_READINESS_GATE: Message = m("PodReadinessGate", &[f(1, "conditionType", Str)]);
 
-pub static POD_SPEC: Message = m(
+static POD_SPEC: Message = m(
     "PodSpec",
     &[
         r(1, "volumes", Msg(&VOLUME)),
@@ -833,7 +833,7 @@ static POD_STATUS: Message = m(
     ],
 );
 
-pub static POD: Message = m(
+static POD: Message = m(
     "Pod",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -842,7 +842,7 @@ pub static POD: Message = m(
     ],
 );
 
-pub static POD_TEMPLATE_SPEC: Message = m(
+static POD_TEMPLATE_SPEC: Message = m(
     "PodTemplateSpec",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -856,7 +856,7 @@ static NAMESPACE_SPEC: Message = m("NamespaceSpec", &[r(1, "finalizers", Str)]);
 
 static NAMESPACE_STATUS: Message = m("NamespaceStatus", &[f(1, "phase", Str)]);
 
-pub static NAMESPACE: Message = m(
+static NAMESPACE: Message = m(
     "Namespace",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -865,7 +865,7 @@ pub static NAMESPACE: Message = m(
     ],
 );
 
-pub static CONFIG_MAP: Message = m(
+static CONFIG_MAP: Message = m(
     "ConfigMap",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -875,7 +875,7 @@ pub static CONFIG_MAP: Message = m(
     ],
 );
 
-pub static SECRET: Message = m(
+static SECRET: Message = m(
     "Secret",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -886,7 +886,7 @@ pub static SECRET: Message = m(
     ],
 );
 
-pub static SERVICE_ACCOUNT: Message = m(
+static SERVICE_ACCOUNT: Message = m(
     "ServiceAccount",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -942,7 +942,7 @@ static SERVICE_SPEC: Message = m(
     ],
 );
 
-pub static SERVICE: Message = m(
+static SERVICE: Message = m(
     "Service",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -1008,7 +1008,7 @@ static DEPLOYMENT_STATUS: Message = m(
     ],
 );
 
-pub static DEPLOYMENT: Message = m(
+static DEPLOYMENT: Message = m(
     "Deployment",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -1051,7 +1051,7 @@ static DAEMON_SET_STATUS: Message = m(
     ],
 );
 
-pub static DAEMON_SET: Message = m(
+static DAEMON_SET: Message = m(
     "DaemonSet",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -1081,7 +1081,7 @@ static REPLICA_SET_STATUS: Message = m(
     ],
 );
 
-pub static REPLICA_SET: Message = m(
+static REPLICA_SET: Message = m(
     "ReplicaSet",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -1185,7 +1185,7 @@ static JOB_STATUS: Message = m(
     ],
 );
 
-pub static JOB: Message = m(
+static JOB: Message = m(
     "Job",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -1225,7 +1225,7 @@ static CRON_JOB_STATUS: Message = m(
     ],
 );
 
-pub static CRON_JOB: Message = m(
+static CRON_JOB: Message = m(
     "CronJob",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -1243,7 +1243,7 @@ static EVENT_SERIES: Message = m(
     &[f(1, "count", I32), f(2, "lastObservedTime", MicroTime)],
 );
 
-pub static EVENT: Message = m(
+static EVENT: Message = m(
     "Event",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),
@@ -1277,7 +1277,7 @@ static LEASE_SPEC: Message = m(
     ],
 );
 
-pub static LEASE: Message = m(
+static LEASE: Message = m(
     "Lease",
     &[
         f(1, "metadata", Msg(&OBJECT_META)),

@@ -698,3 +698,41 @@ fn newer_pod_fields_decode() {
         })
     );
 }
+
+#[test]
+fn daemonsets_and_replicasets_decode() {
+    let template = m(2, &[m(2, &[m(2, &[s(1, "nmi"), s(2, "nmi:1")]), v(11, 1)])]);
+    let rolling = m(
+        2,
+        &[m(1, &[v(1, 1), s(3, "10%")]), m(2, &[v(1, 0), v(2, 0)])],
+    );
+    let spec = [
+        m(1, &[e(1, "app", "nmi")]),
+        template.clone(),
+        m(3, &[s(1, "RollingUpdate"), rolling]),
+        v(4, 5),
+        v(6, 3),
+    ];
+    let got = decode(&envelope("apps/v1", "DaemonSet", &m(2, &spec))).unwrap();
+    assert_eq!(
+        got["spec"],
+        json!({
+            "selector": {"matchLabels": {"app": "nmi"}},
+            "template": {"spec": {"containers": [{"name": "nmi", "image": "nmi:1"}], "hostNetwork": true}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%", "maxSurge": 0}},
+            "minReadySeconds": 5,
+            "revisionHistoryLimit": 3,
+        })
+    );
+    let spec = [
+        v(1, 3),
+        m(2, &[e(1, "app", "web")]),
+        m(3, &[m(2, &[m(2, &[s(1, "c")])])]),
+    ];
+    let got = decode(&envelope("apps/v1", "ReplicaSet", &m(2, &spec))).unwrap();
+    assert_eq!(got["spec"]["replicas"], 3);
+    assert_eq!(
+        got["spec"]["template"]["spec"]["containers"][0]["name"],
+        "c"
+    );
+}

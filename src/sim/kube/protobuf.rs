@@ -1,7 +1,11 @@
 //! The Kubernetes protobuf encoding of request bodies, as kubectl's typed clients send them
 //! (`kubectl create deployment|job|cronjob|namespace|configmap|secret|serviceaccount|service`,
-//! `kubectl create job --from=cronjob/...`): the `k8s\0` envelope (`runtime.Unknown`) around
-//! one object, turned into the JSON object it stands for.
+//! `kubectl create job --from=cronjob/...`, `kubectl debug --copy-to`) and as client-go
+//! programs do: the `k8s\0` envelope (`runtime.Unknown`) around one object, turned into the
+//! JSON object it stands for. Described kinds: v1 Namespace, ConfigMap, Secret,
+//! ServiceAccount, Pod, Service, Event; apps/v1 Deployment, DaemonSet, ReplicaSet; batch/v1
+//! Job and CronJob (and batch/v1beta1 CronJob); coordination.k8s.io/v1 Lease. An envelope
+//! whose `contentType` is JSON is accepted too.
 //!
 //! The decoder is driven by the static message descriptors in `schema` (field number →
 //! JSON name and value kind, taken from the `generated.proto` files of `k8s.io/api` and

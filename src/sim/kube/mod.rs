@@ -2,7 +2,8 @@
 //!
 //! The simulator owns: the object [`store`] (JSON objects, one resourceVersion counter, watch
 //! history), the resource [`resources`] registry (built-ins plus whatever CRDs declare), the
-//! REST protocol in [`http`] and [`watch`], the Table rendering kubectl asks for in [`table`],
+//! REST protocol in [`http`] and [`watch`] (bodies in JSON, YAML or, as kubectl's typed clients
+//! send them, protobuf: [`protobuf`]), the Table rendering kubectl asks for in [`table`],
 //! discovery and OpenAPI in [`discovery`], and a small cluster in [`cluster`] (scheduler,
 //! kubelet, workload controllers) so the seed's Deployments, DaemonSets, Jobs and CronJobs
 //! turn into running pods with loopback IPs. Tests and the sandbox start it with

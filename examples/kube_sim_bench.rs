@@ -3,7 +3,13 @@
 //! - write throughput with 100 open watches on pods vs none (as a ratio),
 //! - resident memory with 10k pods and 1k nodes.
 //!
-//! `cargo run --example kube_sim_bench` (debug builds give pessimistic absolute figures).
+//! Rounds alternate writes without and with watchers, so both sides of the ratio see the same
+//! machine; the median of the per-round ratios is the figure, with the CPU the simulator spent.
+//!
+//! `cargo build --release --example kube_sim_bench && target/release/examples/kube_sim_bench`
+//! (debug builds give pessimistic figures). `BENCH_ROUNDS` (default 5), `BENCH_COALESCE_MS`,
+//! `BENCH_BUSY_MS` and `BENCH_WORKERS` override the round count and the simulator's defaults;
+//! `BENCH_WATCH_FILTER` appends a query (e.g. `&labelSelector=app%3Dapp-1`) to every watch.
 
 use std::time::{Duration, Instant};
 
@@ -29,38 +35,29 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) this process has used so far, in clock ticks of 10 ms.
-fn cpu_ticks() -> u64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which is in parentheses): utime is the 12th.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
-}
-
-/// CPU ticks per thread name (actix-server workers = the simulator; the rest = clients).
-fn thread_ticks() -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
+/// CPU time used so far, in clock ticks of 10 ms: (the simulator's HTTP workers, the whole
+/// process). Threads are told apart by name: actix-web names its workers "actix-server w…".
+fn cpu_ticks() -> (u64, u64) {
+    let (mut server, mut total) = (0, 0);
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
         for t in dir.flatten() {
             let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
                 continue;
             };
+            // The name is in parentheses; utime and stime are the 12th and 13th fields after it.
             let Some((head, rest)) = stat.rsplit_once(')') else {
                 continue;
             };
-            let name = head.split_once('(').map_or("", |x| x.1).to_string();
             let f: Vec<&str> = rest.split_whitespace().collect();
             let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
                 + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            *out.entry(name).or_insert(0) += ticks;
+            total += ticks;
+            if head.contains("(actix-server w") {
+                server += ticks;
+            }
         }
     }
-    out
+    (server, total)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -213,36 +210,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ratios = Vec::new();
     let (mut quiet_all, mut busy_all) = (Vec::new(), Vec::new());
     let mut received = 0;
+    // CPU ticks summed over the rounds: (simulator, whole process).
+    let (mut cpu_quiet, mut cpu_busy) = ((0, 0), (0, 0));
     for round in 0..rounds {
-        let t0 = thread_ticks();
         let c0 = cpu_ticks();
         let quiet = writes(&api, 2 * round + 1).await;
         let c1 = cpu_ticks();
         let watchers = open_watchers(&sim, &clients).await;
-        let t1 = thread_ticks();
         let c2 = cpu_ticks();
         let busy = writes(&api, 2 * round + 2).await;
         let c3 = cpu_ticks();
-        let t2 = thread_ticks();
-        let diff = |a: &std::collections::BTreeMap<String, u64>,
-                    b: &std::collections::BTreeMap<String, u64>| {
-            b.iter()
-                .map(|(k, v)| format!("{k}={}", v - a.get(k).copied().unwrap_or(0)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        println!(
-            "  ticks quiet: {}\n  ticks busy+open: {}",
-            diff(&t0, &t1),
-            diff(&t1, &t2)
-        );
-        #[allow(clippy::cast_precision_loss)]
-        let cores = |ticks: u64, d: Duration| ticks as f64 / 100.0 / d.as_secs_f64();
-        println!(
-            "  cores busy: {:.2} without watchers, {:.2} with",
-            cores(c1 - c0, quiet),
-            cores(c3 - c2, busy)
-        );
+        cpu_quiet = (cpu_quiet.0 + c1.0 - c0.0, cpu_quiet.1 + c1.1 - c0.1);
+        cpu_busy = (cpu_busy.0 + c3.0 - c2.0, cpu_busy.1 + c3.1 - c2.1);
         // Let the watchers drain, then close them and count what they received.
         tokio::time::sleep(Duration::from_millis(500)).await;
         sim.drop_watches();
@@ -250,6 +229,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for w in watchers {
             received += w.await?;
         }
+        // Let the server finish tearing the watches down before the next quiet round.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         println!(
             "round {round}: {quiet:?} with 0 watchers, {busy:?} with {WATCHERS} watchers; ratio {:.2}",
             busy.as_secs_f64() / quiet.as_secs_f64()
@@ -267,6 +248,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ratios[0],
         ratios[ratios.len() - 1],
         received / (1024 * 1024)
+    );
+    let per_round_ms = |ticks: u64| ticks * 10 / rounds.max(1) as u64;
+    println!(
+        "CPU per round: simulator {} ms without watchers, {} ms with; whole process {} ms, {} ms",
+        per_round_ms(cpu_quiet.0),
+        per_round_ms(cpu_busy.0),
+        per_round_ms(cpu_quiet.1),
+        per_round_ms(cpu_busy.1)
     );
     sim.shutdown().await;
     Ok(())

@@ -29,6 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod promtool_support;
+
 struct Cluster {
     sim: KubeSimHandle,
     azure: AzureSimHandle,
@@ -270,50 +272,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
 }
 
-/// `promtool check metrics` finds nothing but the original's legacy `_count` counter names.
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool must be installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_ne!(
-        out.status.code(),
-        Some(1),
-        "promtool could not parse:\n{report}"
-    );
-    let unexpected: Vec<&str> = report
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        // The original's counters are named `..._count`; promtool's naming lint on them is
-        // expected (see tests/metrics_promtool.rs).
-        .filter(|l| {
-            let name = l.split_whitespace().next().unwrap_or_default();
-            !(name.starts_with("aadpodidentity_") && name.ends_with("_count"))
-        })
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "promtool complaints:\n{}",
-        unexpected.join("\n")
-    );
-}
-
 async fn wait_health(addr: SocketAddr, want: &str, timeout: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
@@ -399,7 +357,7 @@ async fn the_seed_example_ends_with_both_identities_on_the_scale_set_and_two_ass
         "{metrics}"
     );
     assert!(metrics.contains("aadpodidentity_mic_assignment_latency_seconds_count 2"));
-    promtool_accepts(&metrics);
+    promtool_support::promtool_accepts(&metrics);
 
     // Pods gone: after the grace period the identities leave the scale set and the objects go.
     c.delete_pod("demo-0").await;

@@ -167,9 +167,9 @@ impl State {
         (now, before)
     }
 
-    /// Queues `events` for this watcher. An event sent as it happened goes out as the line
-    /// every watcher shares (no copy); selector transitions and Table or converted
-    /// renderings are written for this watcher alone.
+    /// Queues `events` for this watcher in chunks of about [`CHUNK`]. An event sent as it
+    /// happened is copied from the line every watcher shares (serialized and framed once);
+    /// selector transitions and Table or converted renderings are written for this watcher.
     fn render(&mut self, events: &[Arc<Event>]) {
         let mut own: Vec<u8> = Vec::new();
         for e in events {

@@ -635,18 +635,24 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
     let env = Env::start().await;
     let http = reqwest::Client::new();
     let base = env.sim.base_url();
+    // Posts a protobuf body; the answer's status code and its JSON body (a Status or the object).
     let post = |path: &str, body: Vec<u8>| {
-        http.post(format!("{base}{path}"))
+        let req = http
+            .post(format!("{base}{path}"))
             .header("content-type", PROTOBUF)
             .header("accept", "application/json")
-            .body(body)
-            .send()
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let code = resp.status().as_u16();
+            let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+            (code, body)
+        }
     };
 
     let node = envelope("v1", "Node", &field(1, &field(1, b"n-extra")));
-    let resp = post("/api/v1/nodes", node).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 415);
-    let status: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let (code, status) = post("/api/v1/nodes", node).await;
+    assert_eq!(code, 415);
     let msg = status["message"].as_str().unwrap_or_default();
     assert!(
         msg.contains("no protobuf description of v1/Node") && msg.contains("send JSON"),
@@ -660,11 +666,8 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
         &[field(1, &field(1, b"half")), field(2, &field(1, b"key"))].concat(),
     );
     corrupt.truncate(corrupt.len() - 2);
-    let resp = post("/api/v1/namespaces/default/configmaps", corrupt)
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 400);
-    let status: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let (code, status) = post("/api/v1/namespaces/default/configmaps", corrupt).await;
+    assert_eq!(code, 400);
     assert!(
         status["message"]
             .as_str()
@@ -673,11 +676,8 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
     );
     // A mistyped field: metadata sent as a number.
     let mistyped = envelope("v1", "ConfigMap", &[0x08, 0x01]);
-    let resp = post("/api/v1/namespaces/default/configmaps", mistyped)
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 400);
-    let status: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let (code, status) = post("/api/v1/namespaces/default/configmaps", mistyped).await;
+    assert_eq!(code, 400);
     assert!(
         status["message"]
             .as_str()
@@ -699,10 +699,8 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
         ]
         .concat(),
     );
-    let resp = post("/api/v1/namespaces/default/configmaps", ok)
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
+    let (code, created) = post("/api/v1/namespaces/default/configmaps", ok).await;
+    assert_eq!(code, 201, "{created}");
     let cm = env.json(&["get", "configmap", "whole"]).await;
     assert_eq!(cm["data"]["key"], "value");
 
@@ -729,8 +727,8 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
         ]
         .concat(),
     );
-    let resp = post("/api/v1/namespaces/default/pods", pod).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
+    let (code, created) = post("/api/v1/namespaces/default/pods", pod).await;
+    assert_eq!(code, 201, "{created}");
     env.ok(&["wait", "--for=condition=Ready", "pod/solo", "--timeout=60s"])
         .await;
     let p = env.json(&["get", "pod", "solo"]).await;

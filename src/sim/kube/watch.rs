@@ -99,6 +99,11 @@ impl State {
         {
             return false;
         }
+        self.selects(obj)
+    }
+
+    /// Whether the label and field selectors select `obj` (the namespace aside).
+    fn selects(&self, obj: &Value) -> bool {
         self.params.labels.matches(obj) && self.params.fields.matches(obj)
     }
 
@@ -159,12 +164,10 @@ impl State {
             // was visible exactly when there was one.
             return (true, e.prev.is_some());
         }
-        let now = self.params.labels.matches(&e.object) && self.params.fields.matches(&e.object);
-        let before = e
-            .prev
-            .as_deref()
-            .is_some_and(|p| self.params.labels.matches(p) && self.params.fields.matches(p));
-        (now, before)
+        (
+            self.selects(&e.object),
+            e.prev.as_deref().is_some_and(|p| self.selects(p)),
+        )
     }
 
     /// Queues `events` for this watcher in chunks of about [`CHUNK`]. An event sent as it

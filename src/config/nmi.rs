@@ -123,9 +123,33 @@ pub struct NmiArgs {
     #[arg(long = "set-retry-after-header", env = "NMI_SET_RETRY_AFTER_HEADER", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
     pub set_retry_after_header: bool,
 
-    /// Delete conntrack entries for the metadata address when the rules are (re)installed.
-    #[arg(long = "enable-conntrack-deletion", env = "NMI_ENABLE_CONNTRACK_DELETION", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
-    pub enable_conntrack_deletion: bool,
+    /// Delete conntrack entries of connections to the metadata address whenever the rules go
+    /// in, so a connection opened before the redirect does not keep bypassing NMI. Default:
+    /// false, or true with --node-gate.
+    #[arg(long = "enable-conntrack-deletion", env = "NMI_ENABLE_CONNTRACK_DELETION", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_conntrack_deletion: Option<bool>,
+
+    /// New: lift the startup taint (--node-gate-taint) from this node once the caches are synced
+    /// and the iptables rules are verified, and put it back when the rules cannot be restored.
+    #[arg(long = "node-gate", env = "NMI_NODE_GATE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub node_gate: bool,
+
+    /// New: key of the startup taint the node gate owns (nodes join with `<key>=true:NoSchedule`).
+    #[arg(long = "node-gate-taint", env = "NMI_NODE_GATE_TAINT", default_value = crate::actors::nmi::gate::DEFAULT_TAINT_KEY, value_parser = parse_taint_key)]
+    pub node_gate_taint: String,
+
+    /// Start even when the node's kubelet uses the kubenet network plugin (refused by default,
+    /// as by the original: a pod with NET_RAW can pose as another pod there).
+    #[arg(long = "allow-network-plugin-kubenet", env = "NMI_ALLOW_NETWORK_PLUGIN_KUBENET", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub allow_network_plugin_kubenet: bool,
+
+    /// The kubelet's defaults file, read to tell whether the node uses kubenet.
+    #[arg(
+        long = "kubelet-config",
+        env = "NMI_KUBELET_CONFIG",
+        default_value = "/etc/default/kubelet"
+    )]
+    pub kubelet_config: PathBuf,
 
     /// Path to a kubeconfig; in-cluster configuration (or $KUBECONFIG) when absent.
     #[arg(long, env = "KUBECONFIG_PATH")]
@@ -150,6 +174,13 @@ pub struct NmiArgs {
 }
 
 impl NmiArgs {
+    /// Whether conntrack entries are deleted when the rules go in: as asked, else on exactly
+    /// when the node gate is.
+    #[must_use]
+    pub fn conntrack_deletion(&self) -> bool {
+        self.enable_conntrack_deletion.unwrap_or(self.node_gate)
+    }
+
     /// How long a request waits for its pod's AzureAssignedIdentity to appear and become
     /// Assigned: the original's polling budget for it, attempts × interval (80 s by default).
     #[must_use]
@@ -162,6 +193,26 @@ impl NmiArgs {
     #[must_use]
     pub fn assigned_grace(&self) -> Duration {
         self.find_identity_retry_interval * self.retry_attempts_for_assigned
+    }
+}
+
+/// A taint key: a qualified name (`[prefix/]name`, as label keys).
+fn parse_taint_key(s: &str) -> Result<String, String> {
+    let (prefix, name) = s.rsplit_once('/').map_or(("", s), |(p, n)| (p, n));
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let prefix_ok = !s.contains('/') || parse_node_name(prefix).is_ok();
+    if name_ok && prefix_ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected a taint key such as aadpodidentity.k8s.io/nmi-not-ready ([DNS subdomain/]name), got {s:?}"
+        ))
     }
 }
 
@@ -225,7 +276,11 @@ mod tests {
         assert_eq!(a.prometheus_port, 9090);
         assert_eq!(a.operation_mode, OperationMode::Standard);
         assert!(!a.set_retry_after_header);
-        assert!(!a.enable_conntrack_deletion);
+        assert_eq!(a.enable_conntrack_deletion, None);
+        assert!(!a.conntrack_deletion());
+        assert!(!a.node_gate);
+        assert!(!a.allow_network_plugin_kubenet);
+        assert_eq!(a.kubelet_config, PathBuf::from("/etc/default/kubelet"));
         assert_eq!(a.assignment_deadline(), Duration::from_secs(80));
         assert_eq!(a.assigned_grace(), Duration::from_secs(20));
     }
@@ -241,6 +296,28 @@ mod tests {
         assert!(a.block_instance_metadata);
         assert!(!a.metadata_header_required);
         assert_eq!(a.operation_mode, OperationMode::Managed);
+    }
+
+    #[test]
+    fn conntrack_deletion_is_on_by_default_with_the_node_gate_and_can_be_turned_off() {
+        let a = parse(&["--node-gate"]).unwrap();
+        assert!(a.node_gate && a.conntrack_deletion());
+        assert_eq!(a.node_gate_taint, "aadpodidentity.k8s.io/nmi-not-ready");
+        let a = parse(&["--node-gate", "--enable-conntrack-deletion=false"]).unwrap();
+        assert!(!a.conntrack_deletion());
+        assert!(
+            parse(&["--enable-conntrack-deletion"])
+                .unwrap()
+                .conntrack_deletion()
+        );
+        let a = parse(&["--node-gate-taint=example.com/guard"]).unwrap();
+        assert_eq!(a.node_gate_taint, "example.com/guard");
+        for bad in ["", "-x", "a/b/c", "Bad_Prefix/x", "x/"] {
+            let msg = parse(&[&format!("--node-gate-taint={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("--node-gate-taint"), "{bad}: {msg}");
+        }
     }
 
     #[test]

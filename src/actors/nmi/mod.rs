@@ -8,7 +8,9 @@
 //! - [`cache`] — tokens per (identity, resource), single flight, refresh before expiry;
 //! - [`broker`] — the per-request flow (pod → identity → authorization → cache);
 //! - [`watchers`] — the Kubernetes watch loops feeding the indexes;
-//! - [`iptables`] — the `aad-metadata` redirect.
+//! - [`iptables`] — the `aad-metadata` redirect;
+//! - [`gate`] — the startup taint NMI lifts from its node once it guards it (`--node-gate`);
+//! - [`kubenet`] — the original's refusal to run on kubenet nodes.
 //!
 //! The watch loops are plain tasks that each own one index; HTTP workers read the indexes
 //! directly, so a token request costs no mailbox hop. [`start`] wires everything and returns the
@@ -19,8 +21,10 @@ pub mod broker;
 pub mod cache;
 pub mod cloud_source;
 pub mod exceptions;
+pub mod gate;
 pub mod identity;
 pub mod iptables;
+pub mod kubenet;
 pub mod managed;
 pub mod metrics;
 pub mod pods;
@@ -42,6 +46,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -96,8 +101,11 @@ pub struct NmiSettings {
     pub manage_iptables: bool,
     /// `--ipt-update-interval-sec`.
     pub ipt_update_interval: Duration,
-    /// `--enable-conntrack-deletion`.
+    /// `--enable-conntrack-deletion` (on by default with the node gate).
     pub enable_conntrack_deletion: bool,
+    /// `--node-gate`: the key of the startup taint NMI lifts from its node (`--node-gate-taint`),
+    /// or `None` when the gate is off.
+    pub node_gate: Option<String>,
     /// HTTP worker threads of the token endpoint.
     pub http_workers: usize,
 }
@@ -131,7 +139,8 @@ impl NmiSettings {
             token_fetch_timeout: Duration::from_secs(30),
             manage_iptables: args.manage_iptables,
             ipt_update_interval: args.ipt_update_interval,
-            enable_conntrack_deletion: args.enable_conntrack_deletion,
+            enable_conntrack_deletion: args.conntrack_deletion(),
+            node_gate: args.node_gate.then(|| args.node_gate_taint.clone()),
             http_workers: std::thread::available_parallelism().map_or(2, usize::from),
         }
         .sandbox_probes()
@@ -195,6 +204,7 @@ impl NmiSettings {
             manage_iptables: false,
             ipt_update_interval: Duration::from_secs(60),
             enable_conntrack_deletion: false,
+            node_gate: None,
             http_workers: 2,
         }
     }
@@ -230,6 +240,9 @@ pub enum Error {
     /// The iptables rules could not be removed on shutdown.
     #[error("iptables cleanup failed: {0}")]
     Iptables(#[from] iptables::Error),
+    /// The node uses kubenet and `--allow-network-plugin-kubenet` is not set.
+    #[error(transparent)]
+    Kubenet(#[from] kubenet::Error),
 }
 
 /// NMI's readiness: caches synced and (when managed) iptables rules in place.
@@ -265,6 +278,8 @@ pub struct Nmi {
     pub readiness: Arc<NmiReadiness>,
     /// True while the iptables rules are in place (always true when not managing iptables).
     pub iptables_ready: Arc<AtomicBool>,
+    /// Woken whenever one of the caches finishes a (re)list.
+    pub synced_changed: Arc<Notify>,
 }
 
 impl Nmi {
@@ -346,6 +361,7 @@ impl Nmi {
             http,
             readiness,
             iptables_ready,
+            synced_changed: Arc::new(Notify::new()),
         })
     }
 }
@@ -413,14 +429,17 @@ pub fn start(
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let node = settings.node.clone();
+    let synced = &nmi.synced_changed;
     tasks.push(tokio::spawn(watchers::watch_pods(
         client.clone(),
         node.clone(),
         Arc::clone(&nmi.pods),
+        Arc::clone(synced),
     )));
     tasks.push(tokio::spawn(watchers::watch_exceptions(
         client.clone(),
         Arc::clone(&nmi.exceptions),
+        Arc::clone(synced),
     )));
     if let Some(a) = &nmi.assignments {
         tasks.push(tokio::spawn(watchers::watch_assigned(
@@ -428,13 +447,15 @@ pub fn start(
             node,
             Arc::clone(a),
             Arc::clone(&nmi.cache),
+            Arc::clone(synced),
         )));
     }
     if let Some(c) = &nmi.catalog {
         tasks.push(tokio::spawn(watchers::watch_catalog(
-            client,
+            client.clone(),
             Arc::clone(c),
             Arc::clone(&nmi.cache),
+            Arc::clone(synced),
         )));
     }
 
@@ -464,6 +485,28 @@ pub fn start(
         }));
     }
 
+    let (rules_tx, rules_rx) = watch::channel(if settings.manage_iptables {
+        iptables::RulesState::Unknown
+    } else {
+        iptables::RulesState::NotManaged
+    });
+    if let Some(taint_key) = &settings.node_gate {
+        let gate_metrics = gate::GateMetrics::new(metrics, &settings.node)?;
+        let broker = Arc::clone(&nmi.broker);
+        let inputs = gate::GateInputs {
+            caches_synced: Arc::new(move || broker.caches_synced()),
+            synced_changed: Arc::clone(&nmi.synced_changed),
+            rules: rules_rx,
+        };
+        tasks.push(tokio::spawn(gate::run(
+            client,
+            settings.node.clone(),
+            taint_key.clone(),
+            inputs,
+            Some(gate_metrics),
+            shutdown.clone(),
+        )));
+    }
     let iptables = settings.manage_iptables.then(|| {
         // As the original: when listening on every interface, redirect to localhost.
         let target_ip = if nmi_addr.ip().is_unspecified() {
@@ -479,9 +522,12 @@ pub fn start(
         });
         tokio::spawn(iptables::reconcile(
             ipt,
-            settings.ipt_update_interval,
-            settings.enable_conntrack_deletion,
+            iptables::ReconcileSettings {
+                interval: settings.ipt_update_interval,
+                delete_conntrack: settings.enable_conntrack_deletion,
+            },
             Arc::clone(&nmi.iptables_ready),
+            rules_tx,
             shutdown.clone(),
         ))
     });
@@ -498,17 +544,20 @@ pub fn start(
     })
 }
 
-/// The `nmi` subcommand from its flags: builds the Kubernetes client (`--kubeconfig`, else
+/// The `nmi` subcommand from its flags: refuses a kubenet node (unless
+/// `--allow-network-plugin-kubenet`), builds the Kubernetes client (`--kubeconfig`, else
 /// in-cluster or `$KUBECONFIG`) and the real token source (the metadata service at
 /// `--metadata-ip:--metadata-port`; Azure AD at each identity's `adEndpoint`, else
 /// `$AZURE_AUTHORITY_HOST`, else `https://login.microsoftonline.com/`), then [`run`].
 ///
 /// # Errors
-/// [`Error::Kube`] or [`Error::Cloud`] when a client cannot be built; otherwise as [`run`].
+/// [`Error::Kubenet`] on a kubenet node; [`Error::Kube`] or [`Error::Cloud`] when a client
+/// cannot be built; otherwise as [`run`].
 pub async fn run_with_args(
     args: &crate::config::nmi::NmiArgs,
     metrics: crate::metrics::Metrics,
 ) -> Result<(), Error> {
+    kubenet::check(&args.kubelet_config, args.allow_network_plugin_kubenet)?;
     let settings = NmiSettings::from_args(args);
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let authority = std::env::var("AZURE_AUTHORITY_HOST")

@@ -3,6 +3,8 @@
 //!
 //! Each loop is the only writer of its index. A (re)list is buffered and swapped in whole at
 //! `InitDone`, so a restart or a lost watch leaves nothing stale; watch errors back off and retry.
+//! Every finished (re)list wakes the `synced` [`Notify`], so whoever waits for the caches to be
+//! synced (the node gate) is told without polling.
 
 use super::assignments::AssignmentIndex;
 use super::cache::TokenCache;
@@ -21,6 +23,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// What a watch loop does with its events.
 pub(crate) trait Sink<K> {
@@ -29,8 +32,13 @@ pub(crate) trait Sink<K> {
     fn replace(&self, list: &[K]);
 }
 
-async fn drive<K, S>(api: Api<K>, config: watcher::Config, sink: S, what: &'static str)
-where
+async fn drive<K, S>(
+    api: Api<K>,
+    config: watcher::Config,
+    sink: S,
+    what: &'static str,
+    synced: Arc<Notify>,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     S: Sink<K>,
 {
@@ -46,6 +54,7 @@ where
                 sink.replace(&buffer);
                 tracing::debug!(watch = what, objects = buffer.len(), "list synced");
                 buffer.clear();
+                synced.notify_waiters();
             }
             Err(e) => {
                 tracing::warn!(watch = what, error = %e, "watch failed; retrying with backoff")
@@ -133,9 +142,9 @@ impl Sink<AzureIdentityBinding> for Bindings {
 }
 
 /// Watches this node's pods (`spec.nodeName=<node>`) into `index`.
-pub async fn watch_pods(client: Client, node: String, index: Arc<PodIndex>) {
+pub async fn watch_pods(client: Client, node: String, index: Arc<PodIndex>, synced: Arc<Notify>) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    drive(Api::<Pod>::all(client), config, Pods(index), "pods").await;
+    drive(Api::<Pod>::all(client), config, Pods(index), "pods", synced).await;
 }
 
 /// Watches AzureAssignedIdentities labelled `nodename=<node>` into `index`, dropping cached
@@ -145,6 +154,7 @@ pub async fn watch_assigned(
     node: String,
     index: Arc<AssignmentIndex>,
     cache: Arc<TokenCache>,
+    synced: Arc<Notify>,
 ) {
     let config = watcher::Config::default().labels(&format!("{NODENAME_LABEL}={node}"));
     drive(
@@ -152,34 +162,43 @@ pub async fn watch_assigned(
         config,
         Assigned(index, cache),
         "azureassignedidentities",
+        synced,
     )
     .await;
 }
 
 /// Watches AzurePodIdentityExceptions of every namespace into `index`.
-pub async fn watch_exceptions(client: Client, index: Arc<ExceptionIndex>) {
+pub async fn watch_exceptions(client: Client, index: Arc<ExceptionIndex>, synced: Arc<Notify>) {
     drive(
         Api::<AzurePodIdentityException>::all(client),
         watcher::Config::default(),
         Exceptions(index),
         "azurepodidentityexceptions",
+        synced,
     )
     .await;
 }
 
 /// Watches AzureIdentities and AzureIdentityBindings (managed mode) into `catalog`.
-pub async fn watch_catalog(client: Client, catalog: Arc<ManagedCatalog>, cache: Arc<TokenCache>) {
+pub async fn watch_catalog(
+    client: Client,
+    catalog: Arc<ManagedCatalog>,
+    cache: Arc<TokenCache>,
+    synced: Arc<Notify>,
+) {
     let identities = drive(
         Api::<AzureIdentity>::all(client.clone()),
         watcher::Config::default(),
         Identities(Arc::clone(&catalog), cache),
         "azureidentities",
+        Arc::clone(&synced),
     );
     let bindings = drive(
         Api::<AzureIdentityBinding>::all(client),
         watcher::Config::default(),
         Bindings(catalog),
         "azureidentitybindings",
+        synced,
     );
     futures::join!(identities, bindings);
 }

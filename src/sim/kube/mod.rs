@@ -4,9 +4,9 @@
 //! history), the resource [`resources`] registry (built-ins plus whatever CRDs declare), the
 //! REST protocol in [`http`] and [`watch`] (bodies in JSON, YAML or, as kubectl's typed clients
 //! send them, protobuf: [`protobuf`]), the Table rendering kubectl asks for in [`table`],
-//! discovery and OpenAPI in [`discovery`], and a small cluster in [`cluster`] (scheduler,
-//! kubelet, workload controllers) so the seed's Deployments, DaemonSets, Jobs and CronJobs
-//! turn into running pods with loopback IPs. Tests and the sandbox start it with
+//! discovery and OpenAPI in [`discovery`], taints and tolerations in [`taints`], and a small
+//! cluster in [`cluster`] (scheduler, kubelet, workload controllers, taint eviction) so the
+//! seed's Deployments, DaemonSets, Jobs and CronJobs turn into running pods with loopback IPs. Tests and the sandbox start it with
 //! [`KubeSim::start`] and get a [`KubeSimHandle`].
 //!
 //! ```no_run
@@ -38,6 +38,7 @@ pub mod resources;
 pub mod selector;
 pub mod store;
 pub mod table;
+pub mod taints;
 pub mod watch;
 
 use std::net::{Ipv4Addr, SocketAddr};

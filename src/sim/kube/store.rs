@@ -225,6 +225,30 @@ fn spec_part(obj: &Value) -> Vec<(&String, &Value)> {
         .unwrap_or_default()
 }
 
+/// Field validation beyond metadata, for the fields the simulator acts on: Node taints and
+/// pod (template) tolerations.
+fn validate_spec(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+    use super::taints::{validate_taints, validate_tolerations};
+    let invalid = |m: String| ApiError::invalid(&info.group, &info.kind, name_of(obj), m);
+    let spec = |path: &str| obj.pointer(path).cloned().unwrap_or(Value::Null);
+    match (info.group.as_str(), info.plural.as_str()) {
+        ("", "nodes") => validate_taints(obj).map_err(invalid),
+        ("", "pods") => validate_tolerations(&spec("/spec"), "spec").map_err(invalid),
+        ("apps", "deployments" | "daemonsets" | "replicasets" | "statefulsets")
+        | ("batch", "jobs")
+        | ("", "replicationcontrollers") => {
+            validate_tolerations(&spec("/spec/template/spec"), "spec.template.spec")
+                .map_err(invalid)
+        }
+        ("batch", "cronjobs") => validate_tolerations(
+            &spec("/spec/jobTemplate/spec/template/spec"),
+            "spec.jobTemplate.spec.template.spec",
+        )
+        .map_err(invalid),
+        _ => Ok(()),
+    }
+}
+
 fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     let name = name_of(obj);
     let valid_name = if info.plural == "namespaces" {
@@ -396,6 +420,8 @@ fn defaults_on_create(info: &ResourceInfo, obj: &mut Value) {
                     spec[k] = v;
                 }
             }
+            // The DefaultTolerationSeconds admission plugin, on by default.
+            super::taints::add_default_toleration_seconds(spec);
         }
         ("", "namespaces") => {
             obj["status"] = json!({"phase": "Active"});
@@ -612,6 +638,7 @@ impl Store {
             }
         }
         validate_meta(info, &obj)?;
+        validate_spec(info, &obj)?;
         let is_crd = info.group == "apiextensions.k8s.io";
         if is_crd {
             super::resources::from_crd(&obj)
@@ -909,6 +936,7 @@ impl Store {
             );
         }
         validate_meta(info, &new)?;
+        validate_spec(info, &new)?;
         if info.group == "apiextensions.k8s.io" && !status_only {
             super::resources::from_crd(&new)
                 .map_err(|m| ApiError::invalid(&info.group, &info.kind, name, m))?;

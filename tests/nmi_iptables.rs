@@ -15,8 +15,8 @@ use aad_pod_identity::actors::nmi::gate::{self, GateInputs};
 use aad_pod_identity::actors::nmi::iptables::{
     CHAIN, Iptables, ROUTE_LOCALNET, ReconcileSettings, Redirect, RulesState, reconcile,
 };
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
+use aad_pod_identity_sim::topology::Topology;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use std::path::PathBuf;

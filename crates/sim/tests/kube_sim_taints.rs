@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::kube::resources::ResourceInfo;
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::kube::resources::ResourceInfo;
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::topology::Topology;
 use serde_json::{Value, json};
 use tokio::process::Command;
 

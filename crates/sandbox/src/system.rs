@@ -647,7 +647,7 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
                         } else {
                             "no startup taint; ".into()
                         };
-                        println!("[scale-out] node {node} joined ({gate}its NMI starts in {})", format!("{:?}", args.nmi_start_delay));
+                        println!("[scale-out] node {node} joined ({gate}its NMI starts in {:?})", args.nmi_start_delay);
                         let steps = steps.clone();
                         let delay = args.nmi_start_delay;
                         tokio::spawn(async move {
@@ -658,7 +658,17 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
                     Err(e) => warn!(error = %e, "scale-out failed"),
                 },
                 Step::StartNmi(node) => match sandbox.start_nmi(&node).await {
-                    Ok(addr) => println!("[scale-out] NMI {node}: http://{addr}{}", if args.node_gate { " (it lifts the taint once its caches are synced)" } else { "" }),
+                    Ok(addr) => {
+                        // The endpoints document names the new NMI too.
+                        if let Some(p) = &args.endpoints_out {
+                            let doc = sandbox.endpoints(kubeconfig.as_deref());
+                            let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+                            if let Err(e) = std::fs::write(p, format!("{text}\n")) {
+                                warn!(error = %e, path = %p.display(), "cannot update the endpoints document");
+                            }
+                        }
+                        println!("[scale-out] NMI {node}: http://{addr}{}", if args.node_gate { " (it lifts the taint once its caches are synced)" } else { "" })
+                    }
                     Err(e) => warn!(error = %e, "NMI of the new node failed to start"),
                 },
             },

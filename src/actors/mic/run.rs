@@ -76,6 +76,8 @@ pub struct MicSettings {
     pub create_delete_batch: usize,
     /// Periodic ARM reconcile.
     pub reconcile_interval: Duration,
+    /// Where NMI pods are, for reporting nodes without one ([`super::nmi_coverage`]).
+    pub nmi_coverage: super::nmi_coverage::CoverageSettings,
 }
 
 impl From<&MicArgs> for MicSettings {
@@ -100,7 +102,9 @@ impl From<&MicArgs> for MicSettings {
             identity_assignment_reconcile_interval,
             unassign_grace_period,
             arm_writes_per_minute,
-            mic_namespace: _,
+            mic_namespace,
+            nmi_selector,
+            nmi_absence_grace,
             log: _,
         } = args;
         Self {
@@ -127,6 +131,11 @@ impl From<&MicArgs> for MicSettings {
             prometheus_port: *prometheus_port,
             create_delete_batch: usize::try_from(*create_delete_batch).unwrap_or(20),
             reconcile_interval: *identity_assignment_reconcile_interval,
+            nmi_coverage: super::nmi_coverage::CoverageSettings {
+                namespace: mic_namespace.clone(),
+                selector: nmi_selector.clone(),
+                grace: *nmi_absence_grace,
+            },
         }
     }
 }
@@ -259,6 +268,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         None => make_client(settings.kubeconfig.as_ref()).await?,
     };
     let mic_metrics = MicMetrics::register(&metrics)?;
+    let coverage_metrics = super::nmi_coverage::CoverageMetrics::new(&metrics)?;
     let leading = Arc::new(AtomicBool::new(false));
     let (probe_addr, metrics_addr, _servers) = serve(&settings, leading.clone(), metrics.clone())?;
     info!(probe = %probe_addr, metrics = %metrics_addr, "listening");
@@ -313,9 +323,17 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     )
     .start();
 
+    let coverage = super::nmi_coverage::run(
+        client.clone(),
+        settings.nmi_coverage.clone(),
+        coverage_metrics,
+        metrics.kubernetes_api_operations_errors_count.clone(),
+    );
     let result = tokio::select! {
         lost = elector.hold() => Err(Error::Leadership(lost)),
         () = watchers::run(client, coordinator.recipient()) => Err(Error::WatchesEnded),
+        // Reporting only: if its watches end, the main ones will too.
+        () = async { coverage.await; std::future::pending::<()>().await } => unreachable!(),
     };
     leading.store(false, Ordering::SeqCst);
     result

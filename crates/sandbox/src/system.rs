@@ -219,6 +219,30 @@ impl Sandbox {
             .await
             .map_err(|_| Error::Mic("MIC stopped before it was listening".into()))?;
 
+        // NMI's DaemonSet as the chart installs it (tolerating every taint, so the gate's too),
+        // so its pods show where NMI runs, as MIC's coverage report expects. The simulated
+        // kubelet marks them Ready at once; the NMIs themselves run in this process.
+        let nmi_ds: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": "aad-pod-identity-nmi", "namespace": "default",
+                "labels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
+                    "spec": {"hostNetwork": true, "tolerations": [{"operator": "Exists"}],
+                        "containers": [{"name": "nmi", "image": "aad-pod-identity:sandbox", "args": ["nmi", "--node=$(NODE_NAME)"]}]},
+                },
+            },
+        }))
+        .expect("a valid DaemonSet");
+        Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &nmi_ds)
+            .await
+            .map_err(|source| Error::Api {
+                what: "creating NMI's DaemonSet",
+                source,
+            })?;
+
         // One NMI per node, on the node's own address.
         let mut sandbox = Self {
             kube,

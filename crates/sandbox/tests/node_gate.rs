@@ -100,8 +100,15 @@ async fn watch_pods(
     all
 }
 
+/// The pod-identity pods (labelled `aadpodidbinding`) bound to `node`.
 fn on_node<'a>(all: &'a BTreeMap<String, Pod>, node: &str) -> Vec<&'a Pod> {
     all.values()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("aadpodidbinding"))
+        })
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
         .collect()
 }
@@ -190,7 +197,8 @@ fn a_node_added_at_run_time_receives_no_pod_before_its_nmi_is_ready_and_then_run
         let all = watch_pods(
             &pods,
             |p| {
-                if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()) {
+                let identity_pod = p.metadata.labels.as_ref().is_some_and(|l| l.contains_key("aadpodidbinding"));
+                if identity_pod && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()) {
                     landed
                         .entry(p.metadata.name.clone().unwrap_or_default())
                         .or_insert(rv(&p.metadata));

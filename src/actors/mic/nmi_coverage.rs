@@ -373,10 +373,7 @@ async fn record(
     message: String,
     errors: &prometheus::IntCounterVec,
 ) {
-    let namespace = object
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
     let now = k8s_openapi::jiff::Timestamp::now();
     let name = object.name.clone().unwrap_or_default();
     let e = Event {
@@ -439,7 +436,13 @@ mod tests {
         let u = c.unguarded(later, grace);
         assert_eq!(u.len(), 1);
         assert_eq!(u[0].node, "b");
-        assert_eq!(u[0].pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["p-2"]);
+        assert_eq!(
+            u[0].pods
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["p-2"]
+        );
 
         // An NMI that is not ready does not guard; a ready one does.
         c.apply_nmi(&pod("nmi-b", Some("b"), "Running", false), later);
@@ -449,7 +452,10 @@ mod tests {
         // It goes away: a new episode starts then, with a new grace.
         let t1 = later + Duration::from_secs(5);
         c.delete_nmi(&pod("nmi-b", Some("b"), "Running", true), t1);
-        assert!(c.unguarded(t1 + grace - Duration::from_secs(1), grace).is_empty());
+        assert!(
+            c.unguarded(t1 + grace - Duration::from_secs(1), grace)
+                .is_empty()
+        );
         assert_eq!(c.unguarded(t1 + grace, grace).len(), 1);
     }
 

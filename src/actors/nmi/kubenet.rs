@@ -19,7 +19,7 @@ pub enum Error {
     /// The node runs kubenet and the operator did not allow it.
     #[error(
         "the kubelet of this node uses the kubenet network plugin ({path} contains {KUBENET_FLAG}), where a pod with NET_RAW can pose as another pod; \
-         drop NET_RAW from workloads and start NMI with --allow-network-plugin-kubenet to run anyway (docs/security.md)"
+         drop NET_RAW from workloads and start NMI with --allow-network-plugin-kubenet to run anyway"
     )]
     Kubenet {
         /// The kubelet file read.

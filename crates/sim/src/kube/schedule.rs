@@ -218,8 +218,7 @@ fn when(spec: &str) -> Result<When, String> {
             return when(fields);
         }
         if let Some(d) = rest.strip_prefix("every ") {
-            let d = go_duration(d)
-                .map_err(|e| format!("failed to parse duration {spec}: {e}"))?;
+            let d = go_duration(d).map_err(|e| format!("failed to parse duration {spec}: {e}"))?;
             // robfig/cron runs at least a second apart, in whole seconds.
             let secs = d.num_seconds().max(1);
             return Ok(When::Every(Duration::seconds(secs)));
@@ -433,16 +432,16 @@ mod tests {
     #[test]
     fn syntax_kubernetes_refuses_is_refused_though_croner_knows_it() {
         for s in [
-            "0 12 * * 7",          // weekdays run 0-6
-            "0 0 L * *",           // last day of month
-            "0 0 15W * *",         // nearest weekday
-            "0 0 * * 5#2",         // nth weekday
-            "*/10 * * * * *",      // a seconds field
-            "/10 * * * *",         // a step without a start
-            "@Hourly",             // descriptors are lowercase
-            "@reboot",             // not a schedule
-            "0 0 * * mon-sun",     // sun is 0, before mon
-            "TZ=UTC 0 0 * * *",    // the timeZone field replaces these
+            "0 12 * * 7",       // weekdays run 0-6
+            "0 0 L * *",        // last day of month
+            "0 0 15W * *",      // nearest weekday
+            "0 0 * * 5#2",      // nth weekday
+            "*/10 * * * * *",   // a seconds field
+            "/10 * * * *",      // a step without a start
+            "@Hourly",          // descriptors are lowercase
+            "@reboot",          // not a schedule
+            "0 0 * * mon-sun",  // sun is 0, before mon
+            "TZ=UTC 0 0 * * *", // the timeZone field replaces these
             "CRON_TZ=UTC 0 0 * * *",
         ] {
             let e = Schedule::parse(s, None).unwrap_err();

@@ -187,7 +187,11 @@ static DELETE_OPTIONS: Message = m(
         f(3, "orphanDependents", OptBool),
         f(4, "propagationPolicy", OptStr),
         r(5, "dryRun", Str),
-        f(6, "ignoreStoreReadErrorWithClusterBreakingPotential", OptBool),
+        f(
+            6,
+            "ignoreStoreReadErrorWithClusterBreakingPotential",
+            OptBool,
+        ),
     ],
 );
 
@@ -1412,10 +1416,7 @@ static NODE_RUNTIME_HANDLER: Message = m(
     ],
 );
 
-static NODE_FEATURES: Message = m(
-    "NodeFeatures",
-    &[f(1, "supplementalGroupsPolicy", OptBool)],
-);
+static NODE_FEATURES: Message = m("NodeFeatures", &[f(1, "supplementalGroupsPolicy", OptBool)]);
 
 static NODE_STATUS: Message = m(
     "NodeStatus",

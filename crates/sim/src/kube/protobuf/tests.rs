@@ -489,7 +489,8 @@ fn undescribed_kinds_get_415_and_garbage_gets_a_precise_400() {
     let e = decode(&envelope("example.com/v1", "Widget", &[])).unwrap_err();
     assert_eq!(e.code, 415);
     assert!(
-        e.message.contains("no protobuf description of example.com/v1/Widget")
+        e.message
+            .contains("no protobuf description of example.com/v1/Widget")
             && e.message.contains("send JSON"),
         "{}",
         e.message
@@ -596,9 +597,20 @@ fn a_node_decodes_as_a_kubelet_registers_it() {
     let spec = [
         s(1, "10.244.0.0/24"),
         s(7, "10.244.0.0/24"),
-        s(3, "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm0"),
+        s(
+            3,
+            "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm0",
+        ),
         v(4, 1),
-        m(5, &[s(1, "node.kubernetes.io/unschedulable"), s(2, ""), s(3, "NoSchedule"), m(4, &[v(1, 1_700_000_000)])]),
+        m(
+            5,
+            &[
+                s(1, "node.kubernetes.io/unschedulable"),
+                s(2, ""),
+                s(3, "NoSchedule"),
+                m(4, &[v(1, 1_700_000_000)]),
+            ],
+        ),
         s(2, ""),
     ];
     // Go writes every value field of NodeSystemInfo, the empty ones included; the API
@@ -620,15 +632,39 @@ fn a_node_decodes_as_a_kubelet_registers_it() {
         quantity("pods", "110"),
         allocatable("cpu", "1900m"),
         s(3, ""),
-        m(4, &[s(1, "Ready"), s(2, "True"), m(3, &[v(1, 1_700_000_000)]), m(4, &[v(1, 1_700_000_000)]), s(5, "KubeletReady"), s(6, "")]),
+        m(
+            4,
+            &[
+                s(1, "Ready"),
+                s(2, "True"),
+                m(3, &[v(1, 1_700_000_000)]),
+                m(4, &[v(1, 1_700_000_000)]),
+                s(5, "KubeletReady"),
+                s(6, ""),
+            ],
+        ),
         m(5, &[s(1, "InternalIP"), s(2, "10.0.0.4")]),
         m(5, &[s(1, "Hostname"), s(2, "vm0")]),
         m(6, &[m(1, &[v(1, 10250)])]),
         m(7, &info),
-        m(8, &[s(1, "mcr.microsoft.com/oss/azure/aad-pod-identity/nmi:v1.8.17"), v(2, 27_000_000)]),
+        m(
+            8,
+            &[
+                s(
+                    1,
+                    "mcr.microsoft.com/oss/azure/aad-pod-identity/nmi:v1.8.17",
+                ),
+                v(2, 27_000_000),
+            ],
+        ),
         m(12, &[s(1, "runc"), m(2, &[v(1, 1), v(2, 0)])]),
     ];
-    let raw = [meta("vm0", &[e(11, "kubernetes.io/os", "linux")]), m(2, &spec), m(3, &status)].concat();
+    let raw = [
+        meta("vm0", &[e(11, "kubernetes.io/os", "linux")]),
+        m(2, &spec),
+        m(3, &status),
+    ]
+    .concat();
     let got = decode(&envelope("v1", "Node", &raw)).unwrap();
     assert_eq!(
         got,

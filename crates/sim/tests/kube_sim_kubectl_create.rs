@@ -82,6 +82,12 @@ impl Env {
     /// Runs a `kubectl create ...` with request logging and checks that its POST carried a
     /// protobuf body (so the test is about the protobuf path, not a JSON fallback).
     async fn create_in_protobuf(&self, args: &[&str]) {
+        self.sends_protobuf("POST", args).await;
+    }
+
+    /// Runs kubectl with request logging; panics unless it succeeds and its first `verb`
+    /// request's `Content-Type` was protobuf.
+    async fn sends_protobuf(&self, verb: &str, args: &[&str]) {
         let mut all = vec!["-v=8"];
         all.extend_from_slice(args);
         let out = tokio::time::timeout(Duration::from_secs(90), self.cmd(&all).output())
@@ -90,21 +96,23 @@ impl Env {
             .expect("kubectl runs");
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "kubectl {args:?} failed:\n{stderr}");
-        let post = stderr
+        let verb_line = format!("verb=\"{verb}\"");
+        let request = stderr
             .lines()
-            .position(|l| {
-                l.contains("\"Request\"") && l.contains("verb=\"POST\"") || l.contains("POST http")
-            })
-            .unwrap_or_else(|| panic!("no POST logged by kubectl {args:?}:\n{stderr}"));
-        let after: String = stderr
+            .position(|l| l.contains("\"Request\"") && l.contains(&verb_line))
+            .unwrap_or_else(|| panic!("no {verb} logged by kubectl {args:?}:\n{stderr}"));
+        // The request's headers follow its line, up to the closing `>`.
+        let headers: Vec<&str> = stderr
             .lines()
-            .skip(post)
-            .take(12)
-            .collect::<Vec<_>>()
-            .join("\n");
+            .skip(request + 1)
+            .take_while(|l| l.trim() != ">")
+            .collect();
         assert!(
-            after.contains(PROTOBUF),
-            "kubectl {args:?} did not send protobuf:\n{after}"
+            headers
+                .iter()
+                .any(|h| h.trim() == format!("Content-Type: {PROTOBUF}")),
+            "kubectl {args:?} did not send its {verb} in protobuf:\n{}",
+            headers.join("\n")
         );
     }
 
@@ -824,31 +832,19 @@ async fn kubectl_drain_without_eviction_deletes_pods_with_protobuf_delete_option
         .await;
     env.ok(&["wait", "--for=condition=Ready", "pod/p1", "--timeout=60s"])
         .await;
-    let mut args = vec!["-v=8", "drain", &node, "--force", "--disable-eviction"];
-    args.extend(["--grace-period=5", "--timeout=60s"]);
-    let out = tokio::time::timeout(Duration::from_secs(90), env.cmd(&args).output())
-        .await
-        .expect("kubectl finishes")
-        .expect("kubectl runs");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "kubectl drain failed:\n{stderr}");
-    // The DELETE carried its DeleteOptions in protobuf, so this is about the protobuf path.
-    let delete = stderr
-        .lines()
-        .position(|l| l.contains("-XDELETE") || l.contains("verb=\"DELETE\""))
-        .unwrap_or_else(|| panic!("no DELETE logged:\n{stderr}"));
-    let around: Vec<&str> = stderr
-        .lines()
-        .skip(delete.saturating_sub(8))
-        .take(16)
-        .collect();
-    assert!(
-        around
-            .iter()
-            .any(|l| l.contains(&format!("Content-Type: {PROTOBUF}"))),
-        "the DELETE was not protobuf:\n{}",
-        around.join("\n")
-    );
+    // The DELETE carries its DeleteOptions in protobuf, so this is about the protobuf path.
+    env.sends_protobuf(
+        "DELETE",
+        &[
+            "drain",
+            &node,
+            "--force",
+            "--disable-eviction",
+            "--grace-period=5",
+            "--timeout=60s",
+        ],
+    )
+    .await;
     let pods = env.json(&["get", "pods"]).await;
     assert_eq!(
         pods["items"],

@@ -263,7 +263,8 @@ fn when(spec: &str) -> Result<When, String> {
         .year(Year::Disallowed)
         .build()
         .parse(&pattern.join(" "))
-        .map_err(|e| e.to_string())?;
+        // Never expected: every part is `*` or `start-end/step` within bounds.
+        .map_err(|e| format!("croner refused {}: {e}", pattern.join(" ")))?;
     Ok(When::Cron(Box::new(cron)))
 }
 
@@ -506,6 +507,29 @@ mod tests {
     fn a_field_listing_nothing_is_accepted_and_never_fires() {
         assert_eq!(next("0 0 , * *", None, "2026-01-01T00:00:00Z"), None);
         assert_eq!(next("0 0 30 2 *", None, "2026-01-01T00:00:00Z"), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Whatever a client puts in a CronJob, parsing answers and a parsed schedule finds
+        /// its next run (or none) without panicking or searching for long.
+        #[test]
+        fn any_schedule_parses_or_is_refused_without_panicking(
+            schedule in "[0-9a-zA-Z*?,/@ +.-]{0,32}",
+            fields in "([0-9*?,/-]{1,6} ){4}[0-9a-z*?,/-]{1,6}",
+            tz in proptest::option::of("[A-Za-z/_+.0-9-]{0,20}"),
+        ) {
+            for s in [schedule.as_str(), fields.as_str()] {
+                match Schedule::parse(s, tz.as_deref()) {
+                    Ok(parsed) => {
+                        let _ = parsed.next_after(t("2026-01-01T00:00:00Z"));
+                    }
+                    // What passes Kubernetes' grammar always reaches croner in its syntax.
+                    Err(e) => proptest::prop_assert!(!e.contains("croner refused"), "{}", e),
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::config::{mic::MicArgs, nmi::NmiArgs};
 
 /// AAD Pod Identity: Azure AD tokens for pods, without secrets.
 #[derive(Debug, Parser)]
-#[command(name = "aad-pod-identity", version, about, long_about = None, propagate_version = true)]
+#[command(name = "aad-pod-identity", version = crate::version::LONG, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]

@@ -9,6 +9,7 @@
 //! - [`http`]: NMI's HTTP surface, probes and the metrics endpoint.
 //! - [`metrics`]: the one Prometheus registry and every metric the system records.
 //! - [`logging`]: tracing-subscriber setup (text or JSON).
+//! - [`version`]: version, commit and build date; the User-Agent.
 //!
 //! The simulators (`crates/sim`) and the sandbox with the load-test driver (`crates/sandbox`) are
 //! member crates of the workspace beside this one; nothing of them is in this crate's binary.
@@ -21,3 +22,4 @@ pub mod crd;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod version;

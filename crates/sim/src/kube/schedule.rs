@@ -26,34 +26,21 @@ struct Field {
     names: &'static [&'static str],
 }
 
+const fn bounds(min: u32, max: u32, names: &'static [&'static str]) -> Field {
+    Field { min, max, names }
+}
+
+const MONTHS: &[&str] = &[
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+/// Minute, hour, day of month, month, day of week.
 const FIELDS: [Field; 5] = [
-    Field {
-        min: 0,
-        max: 59,
-        names: &[],
-    },
-    Field {
-        min: 0,
-        max: 23,
-        names: &[],
-    },
-    Field {
-        min: 1,
-        max: 31,
-        names: &[],
-    },
-    Field {
-        min: 1,
-        max: 12,
-        names: &[
-            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-        ],
-    },
-    Field {
-        min: 0,
-        max: 6,
-        names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
-    },
+    bounds(0, 59, &[]),
+    bounds(0, 23, &[]),
+    bounds(1, 31, &[]),
+    bounds(1, 12, MONTHS),
+    bounds(0, 6, &["sun", "mon", "tue", "wed", "thu", "fri", "sat"]),
 ];
 
 /// The descriptors and the five fields each stands for.

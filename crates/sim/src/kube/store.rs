@@ -293,6 +293,15 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Kind-specific checks of the spec the real API server makes on create and update.
+fn validate_spec(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+    if (info.group.as_str(), info.plural.as_str()) == ("batch", "cronjobs") {
+        super::schedule::Schedule::of(obj)
+            .map_err(|m| ApiError::invalid(&info.group, &info.kind, name_of(obj), m))?;
+    }
+    Ok(())
+}
+
 /// A Job's generated selector and pod labels, derived from its uid as the real server does.
 fn job_selector(obj: &mut Value) {
     let uid = uid_of(obj).to_string();
@@ -612,6 +621,7 @@ impl Store {
             }
         }
         validate_meta(info, &obj)?;
+        validate_spec(info, &obj)?;
         let is_crd = info.group == "apiextensions.k8s.io";
         if is_crd {
             super::resources::from_crd(&obj)
@@ -909,6 +919,9 @@ impl Store {
             );
         }
         validate_meta(info, &new)?;
+        if !status_only {
+            validate_spec(info, &new)?;
+        }
         if info.group == "apiextensions.k8s.io" && !status_only {
             super::resources::from_crd(&new)
                 .map_err(|m| ApiError::invalid(&info.group, &info.kind, name, m))?;

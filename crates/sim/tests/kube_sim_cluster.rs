@@ -136,6 +136,48 @@ async fn cronjob_creates_one_job_per_scheduled_minute_on_a_sped_up_clock() {
     h.shutdown().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_cronjob_fires_at_its_hour_in_its_time_zone() {
+    // One simulated hour per second of (paused) tokio time: the first 03:00 in Tokyo comes
+    // within a day of simulated time.
+    let h = KubeSim::start(KubeSimConfig {
+        job_pod_run_time: Duration::from_millis(100),
+        cron_speedup: 3600,
+        ..KubeSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cj = json!({"metadata": {"name": "tokyo"}, "spec": {"schedule": "0 3 * * *",
+        "timeZone": "Asia/Tokyo", "jobTemplate": {"spec": job_template()}}});
+    h.store()
+        .create(&info(&h, "batch", "cronjobs"), "default", cj)
+        .unwrap();
+    let jobs = wait_for(&h, "batch", "jobs", |js| !js.is_empty()).await;
+    let at = jobs[0]["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+        .as_str()
+        .expect("scheduled time");
+    // Tokyo is UTC+9 all year: 03:00 there is 18:00 UTC.
+    assert!(at.ends_with("T18:00:00Z"), "{at}");
+    // What the API server refuses never reaches the controller.
+    for bad in [
+        json!({"schedule": "TZ=Asia/Tokyo 0 3 * * *"}),
+        json!({"schedule": "0 3 * * *", "timeZone": "Mars/Olympus"}),
+    ] {
+        let mut spec = bad;
+        spec["jobTemplate"] = json!({"spec": job_template()});
+        let e = h
+            .store()
+            .create(
+                &info(&h, "batch", "cronjobs"),
+                "default",
+                json!({"metadata": {"name": "bad"}, "spec": spec}),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422, "{}", e.message);
+    }
+    h.shutdown().await;
+}
+
 async fn active_pods(pods: &Api<Pod>, selector: &str, want: usize) -> Vec<Pod> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -5,7 +5,9 @@
 //! Rich pod specs make a round trip — applied as JSON, read back by kubectl into Go types and
 //! re-sent in protobuf by `kubectl create job --from` and `kubectl debug --copy-to` — and must
 //! come out unchanged. Raw HTTP covers what kubectl does not send in protobuf (`kubectl run`
-//! sends JSON): a Pod, an undescribed kind and corrupt bodies.
+//! sends JSON): a Pod, a Node, a custom resource (415, as on a real server) and corrupt
+//! bodies. `kubectl drain --disable-eviction` sends its DELETE bodies in protobuf, and CronJob
+//! schedules a real API server refuses are refused.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,9 +68,26 @@ impl Env {
         stdout
     }
 
+    /// Runs kubectl; panics unless it fails, and returns its stderr.
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = tokio::time::timeout(Duration::from_secs(90), self.cmd(args).output())
+            .await
+            .expect("kubectl finishes")
+            .expect("kubectl runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "kubectl {args:?} succeeded");
+        stderr
+    }
+
     /// Runs a `kubectl create ...` with request logging and checks that its POST carried a
     /// protobuf body (so the test is about the protobuf path, not a JSON fallback).
     async fn create_in_protobuf(&self, args: &[&str]) {
+        self.sends_protobuf("POST", args).await;
+    }
+
+    /// Runs kubectl with request logging; panics unless it succeeds and its first `verb`
+    /// request's `Content-Type` was protobuf.
+    async fn sends_protobuf(&self, verb: &str, args: &[&str]) {
         let mut all = vec!["-v=8"];
         all.extend_from_slice(args);
         let out = tokio::time::timeout(Duration::from_secs(90), self.cmd(&all).output())
@@ -77,21 +96,23 @@ impl Env {
             .expect("kubectl runs");
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "kubectl {args:?} failed:\n{stderr}");
-        let post = stderr
+        let verb_line = format!("verb=\"{verb}\"");
+        let request = stderr
             .lines()
-            .position(|l| {
-                l.contains("\"Request\"") && l.contains("verb=\"POST\"") || l.contains("POST http")
-            })
-            .unwrap_or_else(|| panic!("no POST logged by kubectl {args:?}:\n{stderr}"));
-        let after: String = stderr
+            .position(|l| l.contains("\"Request\"") && l.contains(&verb_line))
+            .unwrap_or_else(|| panic!("no {verb} logged by kubectl {args:?}:\n{stderr}"));
+        // The request's headers follow its line, up to the closing `>`.
+        let headers: Vec<&str> = stderr
             .lines()
-            .skip(post)
-            .take(12)
-            .collect::<Vec<_>>()
-            .join("\n");
+            .skip(request + 1)
+            .take_while(|l| l.trim() != ">")
+            .collect();
         assert!(
-            after.contains(PROTOBUF),
-            "kubectl {args:?} did not send protobuf:\n{after}"
+            headers
+                .iter()
+                .any(|h| h.trim() == format!("Content-Type: {PROTOBUF}")),
+            "kubectl {args:?} did not send its {verb} in protobuf:\n{}",
+            headers.join("\n")
         );
     }
 
@@ -605,6 +626,23 @@ fn differences(a: &Value, b: &Value, at: String, out: &mut Vec<String>) {
     }
 }
 
+const WIDGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, listKind: WidgetList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
 fn varint(mut v: u64, out: &mut Vec<u8>) {
     loop {
         let b = u8::try_from(v & 0x7f).unwrap();
@@ -650,14 +688,53 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
         }
     };
 
-    let node = envelope("v1", "Node", &field(1, &field(1, b"n-extra")));
-    let (code, status) = post("/api/v1/nodes", node).await;
-    assert_eq!(code, 415);
+    // Custom resources have no protobuf form; a real API server answers 415 too.
+    let crd = env.dir.join("crd.yaml");
+    std::fs::write(&crd, WIDGET_CRD).unwrap();
+    env.ok(&["apply", "-f", crd.to_str().unwrap()]).await;
+    let widget = envelope("example.com/v1", "Widget", &field(1, &field(1, b"w")));
+    let (code, status) = post("/apis/example.com/v1/namespaces/default/widgets", widget).await;
+    assert_eq!(code, 415, "{status}");
     let msg = status["message"].as_str().unwrap_or_default();
     assert!(
-        msg.contains("no protobuf description of v1/Node") && msg.contains("send JSON"),
+        msg.contains("no protobuf description of example.com/v1/Widget")
+            && msg.contains("send JSON"),
         "{status}"
     );
+    let widgets = env.json(&["get", "widgets"]).await;
+    assert_eq!(
+        widgets["items"],
+        serde_json::json!([]),
+        "nothing stored: {widgets}"
+    );
+
+    // A Node, answered 415 before it was described, is stored as a kubelet registers it.
+    let node = envelope(
+        "v1",
+        "Node",
+        &[
+            field(1, &field(1, b"n-extra")),
+            field(2, &field(3, b"azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/n-extra")),
+            field(
+                3,
+                &[
+                    field(1, &[field(1, b"pods"), field(2, &field(1, b"110"))].concat()),
+                    field(5, &[field(1, b"InternalIP"), field(2, b"127.9.0.1")].concat()),
+                ]
+                .concat(),
+            ),
+        ]
+        .concat(),
+    );
+    let (code, created) = post("/api/v1/nodes", node).await;
+    assert_eq!(code, 201, "{created}");
+    let n = env.json(&["get", "node", "n-extra"]).await;
+    assert_eq!(
+        n["spec"]["providerID"],
+        "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/n-extra"
+    );
+    assert_eq!(n["status"]["capacity"]["pods"], "110", "{n}");
+    assert_eq!(n["status"]["addresses"][0]["address"], "127.9.0.1", "{n}");
 
     // A ConfigMap named "half" whose data map entry is cut short.
     let mut corrupt = envelope(
@@ -686,8 +763,6 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
     );
     let cms = env.json(&["get", "configmaps"]).await;
     assert_eq!(cms["items"], serde_json::json!([]), "nothing stored: {cms}");
-    let nodes = env.ok(&["get", "nodes", "-o", "name"]).await;
-    assert!(!nodes.contains("n-extra"), "{nodes}");
 
     // The same path takes a well-formed protobuf ConfigMap.
     let ok = envelope(
@@ -739,5 +814,90 @@ async fn undescribed_kinds_get_415_and_corrupt_bodies_400_storing_nothing() {
         (Some("nginx"), Some(8080)),
         "{p}"
     );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drain_without_eviction_deletes_pods_with_protobuf_delete_options() {
+    let env = Env::start().await;
+    let nodes = env.ok(&["get", "nodes", "-o", "name"]).await;
+    let node = nodes
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("node/"))
+        .expect("a node")
+        .to_string();
+    let pin = format!(r#"{{"spec":{{"nodeName":"{node}"}}}}"#);
+    env.ok(&["run", "p1", "--image=nginx", "--overrides", &pin])
+        .await;
+    env.ok(&["wait", "--for=condition=Ready", "pod/p1", "--timeout=60s"])
+        .await;
+    // The DELETE carries its DeleteOptions in protobuf, so this is about the protobuf path.
+    env.sends_protobuf(
+        "DELETE",
+        &[
+            "drain",
+            &node,
+            "--force",
+            "--disable-eviction",
+            "--grace-period=5",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    let pods = env.json(&["get", "pods"]).await;
+    assert_eq!(
+        pods["items"],
+        serde_json::json!([]),
+        "the pod is gone: {pods}"
+    );
+    let n = env.json(&["get", "node", &node]).await;
+    assert_eq!(n["spec"]["unschedulable"], true, "{n}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_schedules_kubernetes_refuses_are_refused_and_time_zones_are_kept() {
+    let env = Env::start().await;
+    for (schedule, why) in [
+        (
+            "CRON_TZ=UTC 0 3 * * *",
+            "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+        ),
+        ("0 12 * * 7", "end of range (7) above maximum (6): 7"),
+        ("0 0 L * *", "failed to parse int from L"),
+    ] {
+        let sched = format!("--schedule={schedule}");
+        let err = env
+            .fails(&["create", "cronjob", "bad", "--image=busybox", &sched])
+            .await;
+        assert!(
+            err.contains("is invalid") && err.contains(why),
+            "{schedule}: {err}"
+        );
+    }
+    let cronjobs = env.json(&["get", "cronjobs"]).await;
+    assert_eq!(cronjobs["items"], serde_json::json!([]), "{cronjobs}");
+
+    let file = env.dir.join("tz.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tokyo}\nspec:\n  schedule: '0 3 * * *'\n  timeZone: Asia/Tokyo\n  jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}}}}\n",
+    )
+    .unwrap();
+    env.ok(&["apply", "-f", file.to_str().unwrap()]).await;
+    let tokyo = env.json(&["get", "cronjob", "tokyo"]).await;
+    assert_eq!(tokyo["spec"]["timeZone"], "Asia/Tokyo", "{tokyo}");
+    let err = env
+        .fails(&[
+            "patch",
+            "cronjob",
+            "tokyo",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"timeZone":"Asia/Tokio"}}"#,
+        ])
+        .await;
+    assert!(err.contains("unknown time zone Asia/Tokio"), "{err}");
     env.stop().await;
 }

@@ -307,13 +307,13 @@ async fn route(
         }
         (Method::DELETE, Some(name)) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
-            let opts = delete_options(&body, &query)?;
+            let opts = delete_options(&body, &content_type, &query)?;
             let obj = store.delete(&info, &ns, name, &opts)?;
             Ok(object_response(StatusCode::OK, &info, &obj))
         }
         (Method::DELETE, None) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
-            let opts = delete_options(&body, &query)?;
+            let opts = delete_options(&body, &content_type, &query)?;
             let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
             let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s))?;
             let list = store.list(
@@ -470,13 +470,17 @@ fn watch_params(
     })
 }
 
-fn delete_options(body: &[u8], q: &Query) -> Result<DeleteOptions, ApiError> {
+/// A DELETE's options, from its body (JSON, or protobuf as typed clients such as
+/// `kubectl drain` send it) and its query.
+fn delete_options(body: &[u8], content_type: &str, q: &Query) -> Result<DeleteOptions, ApiError> {
     let mut opts = DeleteOptions::default();
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        parse_object(body, content_type).map_err(|mut e| {
+            e.message = format!("invalid DeleteOptions: {}", e.message);
+            e
+        })?
     };
     let policy = body
         .get("propagationPolicy")

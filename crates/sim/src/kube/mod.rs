@@ -6,8 +6,9 @@
 //! send them, protobuf: [`protobuf`]), the Table rendering kubectl asks for in [`table`],
 //! discovery and OpenAPI in [`discovery`], taints and tolerations in [`taints`], and a small
 //! cluster in [`cluster`] (scheduler, kubelet, workload controllers, taint eviction) so the
-//! seed's Deployments, DaemonSets, Jobs and CronJobs turn into running pods with loopback IPs.
-//! Tests and the sandbox start it with [`KubeSim::start`] and get a [`KubeSimHandle`].
+//! seed's Deployments, DaemonSets, Jobs and CronJobs turn into running pods with loopback IPs;
+//! CronJob schedules are read (and refused) as the API server reads them in [`schedule`]. Tests
+//! and the sandbox start it with [`KubeSim::start`] and get a [`KubeSimHandle`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), aad_pod_identity_sim::kube::Error> {
@@ -35,6 +36,7 @@ pub mod meta;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
+pub mod schedule;
 pub mod selector;
 pub mod store;
 pub mod table;

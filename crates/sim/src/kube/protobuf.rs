@@ -1,11 +1,12 @@
 //! The Kubernetes protobuf encoding of request bodies, as kubectl's typed clients send them
 //! (`kubectl create deployment|job|cronjob|namespace|configmap|secret|serviceaccount|service`,
-//! `kubectl create job --from=cronjob/...`, `kubectl debug --copy-to`) and as client-go
-//! programs do: the `k8s\0` envelope (`runtime.Unknown`) around one object, turned into the
-//! JSON object it stands for. Described kinds: v1 Namespace, ConfigMap, Secret,
-//! ServiceAccount, Pod, Service, Event; apps/v1 Deployment, DaemonSet, ReplicaSet; batch/v1
-//! Job and CronJob (and batch/v1beta1 CronJob); coordination.k8s.io/v1 Lease. An envelope
-//! whose `contentType` is JSON is accepted too.
+//! `kubectl create job --from=cronjob/...`, `kubectl debug --copy-to`, the DELETE bodies of
+//! `kubectl drain --disable-eviction`) and as client-go programs do: the `k8s\0` envelope
+//! (`runtime.Unknown`) around one object, turned into the JSON object it stands for.
+//! Described kinds: v1 Namespace, ConfigMap, Secret, ServiceAccount, Pod, Service, Event,
+//! Node; apps/v1 Deployment, DaemonSet, ReplicaSet; batch/v1 Job and CronJob (and
+//! batch/v1beta1 CronJob); coordination.k8s.io/v1 Lease; policy/v1 (and v1beta1) Eviction;
+//! DeleteOptions under any version. An envelope whose `contentType` is JSON is accepted too.
 //!
 //! The decoder is driven by the static message descriptors in `schema` (field number →
 //! JSON name and value kind, taken from the `generated.proto` files of `k8s.io/api` and
@@ -512,6 +513,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
                 let known: Vec<String> = schema::KINDS
                     .iter()
                     .map(|(av, k, _)| format!("{av}/{k}"))
+                    .chain(["DeleteOptions".to_string()])
                     .collect();
                 unsupported(format!(
                     "the simulator has no protobuf description of {}/{} (it decodes {}); send JSON",

@@ -225,8 +225,8 @@ fn spec_part(obj: &Value) -> Vec<(&String, &Value)> {
         .unwrap_or_default()
 }
 
-/// Field validation beyond metadata, for the fields the simulator acts on: Node taints and
-/// pod (template) tolerations.
+/// Field validation beyond metadata, for the fields the simulator acts on: Node taints, pod
+/// (template) tolerations and CronJob schedules.
 fn validate_spec(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     use super::taints::{validate_taints, validate_tolerations};
     let invalid = |m: String| ApiError::invalid(&info.group, &info.kind, name_of(obj), m);
@@ -240,11 +240,14 @@ fn validate_spec(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
             validate_tolerations(&spec("/spec/template/spec"), "spec.template.spec")
                 .map_err(invalid)
         }
-        ("batch", "cronjobs") => validate_tolerations(
-            &spec("/spec/jobTemplate/spec/template/spec"),
-            "spec.jobTemplate.spec.template.spec",
-        )
-        .map_err(invalid),
+        ("batch", "cronjobs") => {
+            super::schedule::Schedule::of(obj).map_err(invalid)?;
+            validate_tolerations(
+                &spec("/spec/jobTemplate/spec/template/spec"),
+                "spec.jobTemplate.spec.template.spec",
+            )
+            .map_err(invalid)
+        }
         _ => Ok(()),
     }
 }
@@ -317,6 +320,7 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Kind-specific checks of the spec the real API server makes on create and update.
 /// A Job's generated selector and pod labels, derived from its uid as the real server does.
 fn job_selector(obj: &mut Value) {
     let uid = uid_of(obj).to_string();
@@ -936,7 +940,9 @@ impl Store {
             );
         }
         validate_meta(info, &new)?;
-        validate_spec(info, &new)?;
+        if !status_only {
+            validate_spec(info, &new)?;
+        }
         if info.group == "apiextensions.k8s.io" && !status_only {
             super::resources::from_crd(&new)
                 .map_err(|m| ApiError::invalid(&info.group, &info.kind, name, m))?;

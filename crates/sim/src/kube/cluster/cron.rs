@@ -1,161 +1,21 @@
-//! CronJobs: five-field cron schedules (plus `@hourly`-style macros) evaluated on a simulated
-//! clock that can run faster than real time, creating one Job per scheduled time with an
-//! owner reference, tracking `status.active`/`lastScheduleTime`, and pruning finished Jobs
-//! beyond the history limits. Timers are tokio timers, so a paused test clock drives them.
+//! CronJobs: each schedule (read as Kubernetes reads it, in its time zone: [`Schedule`]) is
+//! evaluated on a simulated clock that can run faster than real time, creating one Job per
+//! scheduled time with an owner reference, tracking `status.active`/`lastScheduleTime`, and
+//! pruning finished Jobs beyond the history limits. Timers are tokio timers, so a paused test
+//! clock drives them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, Duration as ChronoDuration, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{Feed, Update, controller_of, info, key_of, owner_ref, terminating};
 use crate::kube::Shared;
 use crate::kube::meta::{self, name_of, namespace_of, uid_of};
+use crate::kube::schedule::Schedule;
 use crate::kube::store::DeleteOptions;
-
-/// A parsed cron schedule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Schedule {
-    minutes: [bool; 60],
-    hours: [bool; 24],
-    days: [bool; 32],
-    months: [bool; 13],
-    weekdays: [bool; 7],
-    dom_any: bool,
-    dow_any: bool,
-}
-
-fn field<const N: usize>(
-    spec: &str,
-    lo: u32,
-    hi: u32,
-    names: &[&str],
-) -> Result<([bool; N], bool), String> {
-    let mut out = [false; N];
-    let lookup = |s: &str| -> Result<u32, String> {
-        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
-            return Ok(i as u32 + lo);
-        }
-        s.parse::<u32>().map_err(|_| format!("invalid value {s:?}"))
-    };
-    for part in spec.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (
-                r,
-                s.parse::<u32>()
-                    .map_err(|_| format!("invalid step {s:?}"))?,
-            ),
-            None => (part, 1),
-        };
-        if step == 0 {
-            return Err("step must be positive".into());
-        }
-        let (a, b) = if range == "*" || range == "?" {
-            (lo, hi)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (lookup(a)?, lookup(b)?)
-        } else {
-            let a = lookup(range)?;
-            (a, if part.contains('/') { hi } else { a })
-        };
-        if a < lo || b > hi || a > b {
-            return Err(format!("{part:?} is outside {lo}-{hi}"));
-        }
-        let mut v = a;
-        while v <= b {
-            out[v as usize] = true;
-            v += step;
-        }
-    }
-    Ok((out, spec == "*" || spec == "?"))
-}
-
-impl Schedule {
-    /// Parses `m h dom mon dow` or a macro (`@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly`).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let expanded = match s {
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            "@monthly" => "0 0 1 * *",
-            "@weekly" => "0 0 * * 0",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@hourly" => "0 * * * *",
-            other => other,
-        };
-        let f: Vec<&str> = expanded.split_whitespace().collect();
-        if f.len() != 5 {
-            return Err(format!("expected 5 fields, found {}", f.len()));
-        }
-        const MONTHS: &[&str] = &[
-            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-        ];
-        const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-        let (minutes, _) = field::<60>(f[0], 0, 59, &[])?;
-        let (hours, _) = field::<24>(f[1], 0, 23, &[])?;
-        let (days, dom_any) = field::<32>(f[2], 1, 31, &[])?;
-        let (months, _) = field::<13>(f[3], 1, 12, MONTHS)?;
-        // Sunday may be written 0 or 7.
-        let (w, dow_any) = field::<8>(f[4], 0, 7, DAYS)?;
-        let mut weekdays = [false; 7];
-        weekdays.copy_from_slice(&w[..7]);
-        weekdays[0] |= w[7];
-        Ok(Self {
-            minutes,
-            hours,
-            days,
-            months,
-            weekdays,
-            dom_any,
-            dow_any,
-        })
-    }
-
-    fn day_matches(&self, t: &DateTime<Utc>) -> bool {
-        let dom = self.days[t.day() as usize];
-        let dow = self.weekdays[t.weekday().num_days_from_sunday() as usize];
-        match (self.dom_any, self.dow_any) {
-            (true, true) => true,
-            (false, true) => dom,
-            (true, false) => dow,
-            // Both restricted: either may match (cron's rule).
-            (false, false) => dom || dow,
-        }
-    }
-
-    /// The first scheduled time strictly after `after` (within five years).
-    #[must_use]
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut t = after.with_second(0)?.with_nanosecond(0)? + ChronoDuration::minutes(1);
-        let limit = after + ChronoDuration::days(5 * 366);
-        while t <= limit {
-            if !self.months[t.month() as usize] {
-                let (y, m) = if t.month() == 12 {
-                    (t.year() + 1, 1)
-                } else {
-                    (t.year(), t.month() + 1)
-                };
-                t = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single()?;
-                continue;
-            }
-            if !self.day_matches(&t) {
-                t = (t + ChronoDuration::days(1)).with_hour(0)?.with_minute(0)?;
-                continue;
-            }
-            if !self.hours[t.hour() as usize] {
-                t = (t + ChronoDuration::hours(1)).with_minute(0)?;
-                continue;
-            }
-            if !self.minutes[t.minute() as usize] {
-                t += ChronoDuration::minutes(1);
-                continue;
-            }
-            return Some(t);
-        }
-        None
-    }
-}
 
 /// Simulated wall clock: starts at the real time and runs `speedup` times faster, measured on
 /// the tokio clock (so a paused test clock controls it).
@@ -207,14 +67,14 @@ impl CronController {
             self.next.remove(&key);
             return;
         }
-        let schedule = cj
-            .pointer("/spec/schedule")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let Ok(s) = Schedule::parse(schedule) else {
-            tracing::debug!(cronjob = %key.1, schedule, "unparseable schedule");
-            self.next.remove(&key);
-            return;
+        let s = match Schedule::of(cj) {
+            Ok(s) => s,
+            Err(why) => {
+                // The API server refuses these on create; one can only come from a raw store write.
+                tracing::debug!(cronjob = %key.1, %why, "unusable schedule");
+                self.next.remove(&key);
+                return;
+            }
         };
         let now = self.clock.now();
         if let Some(t) = s.next_after(now) {
@@ -235,10 +95,7 @@ impl CronController {
             self.next.remove(key);
             return;
         };
-        if let Some(s) = cj
-            .pointer("/spec/schedule")
-            .and_then(Value::as_str)
-            .and_then(|s| Schedule::parse(s).ok())
+        if let Ok(s) = Schedule::of(&cj)
             && let Some(t) = s.next_after(at)
         {
             self.next.insert(key.clone(), t);
@@ -475,51 +332,6 @@ pub async fn run(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    #[test]
-    fn every_minute_fires_on_the_next_minute() {
-        let s = Schedule::parse("*/1 * * * *").unwrap();
-        assert_eq!(
-            s.next_after(t("2026-01-01T10:00:30Z")),
-            Some(t("2026-01-01T10:01:00Z"))
-        );
-    }
-
-    #[test]
-    fn ranges_steps_names_and_macros_parse() {
-        let s = Schedule::parse("*/15 9-17 * * mon-fri").unwrap();
-        // 2026-01-03 is a Saturday: the next run is Monday 09:00.
-        assert_eq!(
-            s.next_after(t("2026-01-02T17:50:00Z")),
-            Some(t("2026-01-05T09:00:00Z"))
-        );
-        let h = Schedule::parse("@hourly").unwrap();
-        assert_eq!(
-            h.next_after(t("2026-01-01T10:00:00Z")),
-            Some(t("2026-01-01T11:00:00Z"))
-        );
-        let m = Schedule::parse("0 0 1 feb *").unwrap();
-        assert_eq!(
-            m.next_after(t("2026-03-01T00:00:00Z")),
-            Some(t("2027-02-01T00:00:00Z"))
-        );
-        let sunday7 = Schedule::parse("0 12 * * 7").unwrap();
-        assert_eq!(
-            sunday7.next_after(t("2026-01-01T00:00:00Z")),
-            Some(t("2026-01-04T12:00:00Z"))
-        );
-    }
-
-    #[test]
-    fn malformed_schedules_are_rejected() {
-        for s in ["", "* * * *", "61 * * * *", "*/0 * * * *", "a b c d e"] {
-            assert!(Schedule::parse(s).is_err(), "{s}");
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn the_sim_clock_runs_faster_on_the_tokio_clock() {

@@ -8,14 +8,23 @@
 //! volume sources for cloud and network storage other than NFS and CSI, `resourceClaims`,
 //! container statuses in `PodStatus`, the status of Services, `PodSpec.workloadRef`,
 //! container `ulimits` and `restartPolicyRules`, `LifecycleHandler.sleep` and
-//! `Lifecycle.stopSignal`. Nodes and CustomResourceDefinitions are not described.
+//! `Lifecycle.stopSignal`. CustomResourceDefinitions are not described (kubectl sends them as
+//! JSON, and custom resources have no protobuf form on a real server either).
+//!
+//! No maintained crate can replace these rows: `k8s-pb` (kube-rs's prost types) decodes the
+//! wire but carries neither JSON names nor field reflection, and neither it, Kubernetes'
+//! `.proto` files nor `k8s-openapi` knows which scalars are Go pointers: `DeploymentSpec`'s
+//! `replicas` (`*int32`) and `minReadySeconds` (`int32`, `omitempty`) are both `optional int32`
+//! in the proto and both `Option<i32>` in k8s-openapi, yet a zero travels as `"replicas": 0`
+//! and no `minReadySeconds` at all. The `Opt*` kinds below carry that knowledge, taken from the
+//! Go types.
 
 /// How a field's value is carried on the wire and rendered in JSON.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
     /// A Go value string with `omitempty`: the empty string is left out.
     Str,
-    /// A Go `*string`: kept even when empty.
+    /// Kept even when empty: a Go `*string`, or a value string without `omitempty`.
     OptStr,
     /// A Go value bool: `false` is left out.
     Bool,
@@ -23,7 +32,7 @@ pub enum Kind {
     OptBool,
     /// A Go value int32: zero is left out.
     I32,
-    /// A Go `*int32`: kept even when zero.
+    /// Kept even when zero: a Go `*int32`, or a value int32 without `omitempty`.
     OptI32,
     /// A Go value int64: zero is left out.
     I64,
@@ -161,6 +170,28 @@ static LABEL_SELECTOR: Message = m(
     &[
         f(1, "matchLabels", MapStr),
         r(2, "matchExpressions", Msg(&LABEL_SELECTOR_REQUIREMENT)),
+    ],
+);
+
+static PRECONDITIONS: Message = m(
+    "Preconditions",
+    &[f(1, "uid", OptStr), f(2, "resourceVersion", OptStr)],
+);
+
+/// The body of a DELETE (`kubectl drain --disable-eviction` sends it in protobuf).
+static DELETE_OPTIONS: Message = m(
+    "DeleteOptions",
+    &[
+        f(1, "gracePeriodSeconds", OptI64),
+        f(2, "preconditions", Msg(&PRECONDITIONS)),
+        f(3, "orphanDependents", OptBool),
+        f(4, "propagationPolicy", OptStr),
+        r(5, "dryRun", Str),
+        f(
+            6,
+            "ignoreStoreReadErrorWithClusterBreakingPotential",
+            OptBool,
+        ),
     ],
 );
 
@@ -1264,6 +1295,169 @@ static EVENT: Message = m(
     ],
 );
 
+// ---- k8s.io/api core/v1: nodes ----
+
+static TAINT: Message = m(
+    "Taint",
+    &[
+        f(1, "key", OptStr),
+        f(2, "value", Str),
+        f(3, "effect", OptStr),
+        f(4, "timeAdded", Time),
+    ],
+);
+
+static CONFIG_MAP_NODE_CONFIG_SOURCE: Message = m(
+    "ConfigMapNodeConfigSource",
+    &[
+        f(1, "namespace", OptStr),
+        f(2, "name", OptStr),
+        f(3, "uid", Str),
+        f(4, "resourceVersion", Str),
+        f(5, "kubeletConfigKey", OptStr),
+    ],
+);
+
+static NODE_CONFIG_SOURCE: Message = m(
+    "NodeConfigSource",
+    &[f(2, "configMap", Msg(&CONFIG_MAP_NODE_CONFIG_SOURCE))],
+);
+
+static NODE_SPEC: Message = m(
+    "NodeSpec",
+    &[
+        f(1, "podCIDR", Str),
+        r(7, "podCIDRs", Str),
+        f(3, "providerID", Str),
+        f(4, "unschedulable", Bool),
+        r(5, "taints", Msg(&TAINT)),
+        f(6, "configSource", Msg(&NODE_CONFIG_SOURCE)),
+        f(2, "externalID", Str),
+    ],
+);
+
+static NODE_ADDRESS: Message = m(
+    "NodeAddress",
+    &[f(1, "type", OptStr), f(2, "address", OptStr)],
+);
+
+static NODE_CONDITION: Message = m(
+    "NodeCondition",
+    &[
+        f(1, "type", OptStr),
+        f(2, "status", OptStr),
+        f(3, "lastHeartbeatTime", Time),
+        f(4, "lastTransitionTime", Time),
+        f(5, "reason", Str),
+        f(6, "message", Str),
+    ],
+);
+
+/// `Port` is capitalised in JSON too.
+static DAEMON_ENDPOINT: Message = m("DaemonEndpoint", &[f(1, "Port", OptI32)]);
+
+static NODE_DAEMON_ENDPOINTS: Message = m(
+    "NodeDaemonEndpoints",
+    &[f(1, "kubeletEndpoint", Msg(&DAEMON_ENDPOINT))],
+);
+
+static NODE_SWAP_STATUS: Message = m("NodeSwapStatus", &[f(1, "capacity", OptI64)]);
+
+static NODE_SYSTEM_INFO: Message = m(
+    "NodeSystemInfo",
+    &[
+        f(1, "machineID", OptStr),
+        f(2, "systemUUID", OptStr),
+        f(3, "bootID", OptStr),
+        f(4, "kernelVersion", OptStr),
+        f(5, "osImage", OptStr),
+        f(6, "containerRuntimeVersion", OptStr),
+        f(7, "kubeletVersion", OptStr),
+        f(8, "kubeProxyVersion", OptStr),
+        f(9, "operatingSystem", OptStr),
+        f(10, "architecture", OptStr),
+        f(11, "swap", Msg(&NODE_SWAP_STATUS)),
+    ],
+);
+
+static CONTAINER_IMAGE: Message = m(
+    "ContainerImage",
+    &[r(1, "names", Str), f(2, "sizeBytes", I64)],
+);
+
+static ATTACHED_VOLUME: Message = m(
+    "AttachedVolume",
+    &[f(1, "name", OptStr), f(2, "devicePath", OptStr)],
+);
+
+static NODE_CONFIG_STATUS: Message = m(
+    "NodeConfigStatus",
+    &[
+        f(1, "assigned", Msg(&NODE_CONFIG_SOURCE)),
+        f(2, "active", Msg(&NODE_CONFIG_SOURCE)),
+        f(3, "lastKnownGood", Msg(&NODE_CONFIG_SOURCE)),
+        f(4, "error", Str),
+    ],
+);
+
+static NODE_RUNTIME_HANDLER_FEATURES: Message = m(
+    "NodeRuntimeHandlerFeatures",
+    &[
+        f(1, "recursiveReadOnlyMounts", OptBool),
+        f(2, "userNamespaces", OptBool),
+    ],
+);
+
+static NODE_RUNTIME_HANDLER: Message = m(
+    "NodeRuntimeHandler",
+    &[
+        f(1, "name", Str),
+        f(2, "features", Msg(&NODE_RUNTIME_HANDLER_FEATURES)),
+    ],
+);
+
+static NODE_FEATURES: Message = m("NodeFeatures", &[f(1, "supplementalGroupsPolicy", OptBool)]);
+
+static NODE_STATUS: Message = m(
+    "NodeStatus",
+    &[
+        f(1, "capacity", MapQuantity),
+        f(2, "allocatable", MapQuantity),
+        f(3, "phase", Str),
+        r(4, "conditions", Msg(&NODE_CONDITION)),
+        r(5, "addresses", Msg(&NODE_ADDRESS)),
+        f(6, "daemonEndpoints", Msg(&NODE_DAEMON_ENDPOINTS)),
+        f(7, "nodeInfo", Msg(&NODE_SYSTEM_INFO)),
+        r(8, "images", Msg(&CONTAINER_IMAGE)),
+        r(9, "volumesInUse", Str),
+        r(10, "volumesAttached", Msg(&ATTACHED_VOLUME)),
+        f(11, "config", Msg(&NODE_CONFIG_STATUS)),
+        r(12, "runtimeHandlers", Msg(&NODE_RUNTIME_HANDLER)),
+        f(13, "features", Msg(&NODE_FEATURES)),
+        r(14, "declaredFeatures", Str),
+    ],
+);
+
+static NODE: Message = m(
+    "Node",
+    &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&NODE_SPEC)),
+        f(3, "status", Msg(&NODE_STATUS)),
+    ],
+);
+
+// ---- k8s.io/api policy/v1 ----
+
+/// A pod's eviction (`POST .../pods/<name>/eviction`).
+static EVICTION: Message = m(
+    "Eviction",
+    &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "deleteOptions", Msg(&DELETE_OPTIONS)),
+    ],
+);
+
 static LEASE_SPEC: Message = m(
     "LeaseSpec",
     &[
@@ -1294,6 +1488,9 @@ pub static KINDS: &[(&str, &str, &Message)] = &[
     ("v1", "Pod", &POD),
     ("v1", "Service", &SERVICE),
     ("v1", "Event", &EVENT),
+    ("v1", "Node", &NODE),
+    ("policy/v1", "Eviction", &EVICTION),
+    ("policy/v1beta1", "Eviction", &EVICTION),
     ("coordination.k8s.io/v1", "Lease", &LEASE),
     ("apps/v1", "Deployment", &DEPLOYMENT),
     ("apps/v1", "DaemonSet", &DAEMON_SET),
@@ -1303,9 +1500,13 @@ pub static KINDS: &[(&str, &str, &Message)] = &[
     ("batch/v1beta1", "CronJob", &CRON_JOB),
 ];
 
-/// The message describing `apiVersion`/`kind`, if any.
+/// The message describing `apiVersion`/`kind`, if any. `DeleteOptions` is registered in
+/// every group version, so it is found under any `apiVersion`.
 #[must_use]
 pub fn lookup(api_version: &str, kind: &str) -> Option<&'static Message> {
+    if kind == "DeleteOptions" {
+        return Some(&DELETE_OPTIONS);
+    }
     KINDS
         .iter()
         .find(|(av, k, _)| *av == api_version && *k == kind)

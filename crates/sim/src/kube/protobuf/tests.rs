@@ -485,10 +485,13 @@ fn bytes_raw_extensions_durations_and_packed_varints_decode() {
 
 #[test]
 fn undescribed_kinds_get_415_and_garbage_gets_a_precise_400() {
-    let e = decode(&envelope("v1", "Node", &[])).unwrap_err();
+    // Custom resources have no protobuf form (a real server answers 415 as well).
+    let e = decode(&envelope("example.com/v1", "Widget", &[])).unwrap_err();
     assert_eq!(e.code, 415);
     assert!(
-        e.message.contains("no protobuf description of v1/Node") && e.message.contains("send JSON"),
+        e.message
+            .contains("no protobuf description of example.com/v1/Widget")
+            && e.message.contains("send JSON"),
         "{}",
         e.message
     );
@@ -534,6 +537,169 @@ fn undescribed_kinds_get_415_and_garbage_gets_a_precise_400() {
     let mut trunc = envelope("v1", "Namespace", &m(1, &[s(1, "ns")]));
     trunc.truncate(trunc.len() - 1);
     assert_eq!(decode(&trunc).unwrap_err().code, 400);
+}
+
+/// The body `kubectl drain --disable-eviction --grace-period=5` (kubectl v1.33) sends with
+/// each pod's DELETE, as its `-v=9` log dumps it.
+const KUBECTL_DRAIN_DELETE_OPTIONS: &[u8] = &[
+    0x6b, 0x38, 0x73, 0x00, 0x0a, 0x13, 0x0a, 0x02, 0x76, 0x31, 0x12, 0x0d, 0x44, 0x65, 0x6c, 0x65,
+    0x74, 0x65, 0x4f, 0x70, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x02, 0x08, 0x05, 0x1a, 0x00, 0x22,
+    0x00,
+];
+
+#[test]
+fn delete_options_decode_as_kubectl_drain_sends_them_under_any_version() {
+    assert_eq!(
+        decode(KUBECTL_DRAIN_DELETE_OPTIONS).unwrap(),
+        json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 5})
+    );
+    let raw = [
+        v(1, 0),
+        m(2, &[s(1, "uid-1"), s(2, "")]),
+        v(3, 0),
+        s(4, "Foreground"),
+        s(5, "All"),
+    ]
+    .concat();
+    assert_eq!(
+        decode(&envelope("apps/v1", "DeleteOptions", &raw)).unwrap(),
+        json!({
+            "apiVersion": "apps/v1", "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0, "preconditions": {"uid": "uid-1", "resourceVersion": ""},
+            "orphanDependents": false, "propagationPolicy": "Foreground", "dryRun": ["All"],
+        })
+    );
+}
+
+#[test]
+fn an_eviction_decodes_with_its_delete_options() {
+    for av in ["policy/v1", "policy/v1beta1"] {
+        let raw = [
+            m(1, &[s(1, "web-0"), s(3, "default"), b(8, &[])]),
+            m(2, &[v(1, 30), m(2, &[s(1, "uid-9")])]),
+        ]
+        .concat();
+        assert_eq!(
+            decode(&envelope(av, "Eviction", &raw)).unwrap(),
+            json!({
+                "apiVersion": av, "kind": "Eviction",
+                "metadata": {"name": "web-0", "namespace": "default", "creationTimestamp": null},
+                "deleteOptions": {"gracePeriodSeconds": 30, "preconditions": {"uid": "uid-9"}},
+            })
+        );
+    }
+}
+
+#[test]
+fn a_node_decodes_as_a_kubelet_registers_it() {
+    let quantity = |k: &str, q: &str| m(1, &[s(1, k), m(2, &[s(1, q)])]);
+    let allocatable = |k: &str, q: &str| m(2, &[s(1, k), m(2, &[s(1, q)])]);
+    let spec = [
+        s(1, "10.244.0.0/24"),
+        s(7, "10.244.0.0/24"),
+        s(
+            3,
+            "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm0",
+        ),
+        v(4, 1),
+        m(
+            5,
+            &[
+                s(1, "node.kubernetes.io/unschedulable"),
+                s(2, ""),
+                s(3, "NoSchedule"),
+                m(4, &[v(1, 1_700_000_000)]),
+            ],
+        ),
+        s(2, ""),
+    ];
+    // Go writes every value field of NodeSystemInfo, the empty ones included; the API
+    // server's JSON keeps them (no omitempty), while an empty `phase` is left out.
+    let info = [
+        s(1, ""),
+        s(2, "4c4c4544"),
+        s(3, ""),
+        s(4, "6.8.0"),
+        s(5, "Ubuntu 22.04"),
+        s(6, "containerd://1.7.0"),
+        s(7, "v1.33.0"),
+        s(8, ""),
+        s(9, "linux"),
+        s(10, "amd64"),
+    ];
+    let status = [
+        quantity("cpu", "2"),
+        quantity("pods", "110"),
+        allocatable("cpu", "1900m"),
+        s(3, ""),
+        m(
+            4,
+            &[
+                s(1, "Ready"),
+                s(2, "True"),
+                m(3, &[v(1, 1_700_000_000)]),
+                m(4, &[v(1, 1_700_000_000)]),
+                s(5, "KubeletReady"),
+                s(6, ""),
+            ],
+        ),
+        m(5, &[s(1, "InternalIP"), s(2, "10.0.0.4")]),
+        m(5, &[s(1, "Hostname"), s(2, "vm0")]),
+        m(6, &[m(1, &[v(1, 10250)])]),
+        m(7, &info),
+        m(
+            8,
+            &[
+                s(
+                    1,
+                    "mcr.microsoft.com/oss/azure/aad-pod-identity/nmi:v1.8.17",
+                ),
+                v(2, 27_000_000),
+            ],
+        ),
+        m(12, &[s(1, "runc"), m(2, &[v(1, 1), v(2, 0)])]),
+    ];
+    let raw = [
+        meta("vm0", &[e(11, "kubernetes.io/os", "linux")]),
+        m(2, &spec),
+        m(3, &status),
+    ]
+    .concat();
+    let got = decode(&envelope("v1", "Node", &raw)).unwrap();
+    assert_eq!(
+        got,
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "vm0", "labels": {"kubernetes.io/os": "linux"}, "creationTimestamp": null},
+            "spec": {
+                "podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"],
+                "providerID": "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm0",
+                "unschedulable": true,
+                "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule",
+                            "timeAdded": "2023-11-14T22:13:20Z"}],
+            },
+            "status": {
+                "capacity": {"cpu": "2", "pods": "110"},
+                "allocatable": {"cpu": "1900m"},
+                "conditions": [{"type": "Ready", "status": "True",
+                                "lastHeartbeatTime": "2023-11-14T22:13:20Z",
+                                "lastTransitionTime": "2023-11-14T22:13:20Z", "reason": "KubeletReady"}],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.4"},
+                              {"type": "Hostname", "address": "vm0"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "nodeInfo": {
+                    "machineID": "", "systemUUID": "4c4c4544", "bootID": "", "kernelVersion": "6.8.0",
+                    "osImage": "Ubuntu 22.04", "containerRuntimeVersion": "containerd://1.7.0",
+                    "kubeletVersion": "v1.33.0", "kubeProxyVersion": "", "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
+                "images": [{"names": ["mcr.microsoft.com/oss/azure/aad-pod-identity/nmi:v1.8.17"],
+                            "sizeBytes": 27_000_000}],
+                "runtimeHandlers": [{"name": "runc", "features": {"recursiveReadOnlyMounts": true,
+                                                                  "userNamespaces": false}}],
+            },
+        })
+    );
 }
 
 #[test]
@@ -636,6 +802,7 @@ proptest! {
             let _ = message(msg, &raw, 0, &mut Map::new());
             let _ = decode(&envelope(av, kind, &raw));
         }
+        let _ = decode(&envelope("v1", "DeleteOptions", &raw));
     }
 
     #[test]

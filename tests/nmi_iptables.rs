@@ -281,6 +281,52 @@ fn lab_with_listeners(tag: &str, nmi_ip: &str) -> Option<Lab> {
     Some(lab)
 }
 
+/// A running reconciler: its shutdown, its published state, its task.
+struct Reconciler {
+    shutdown: CancellationToken,
+    state: watch::Receiver<RulesState>,
+    ready: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<(), aad_pod_identity::actors::nmi::iptables::Error>>,
+}
+
+impl Reconciler {
+    fn spawn(ipt: &Iptables, interval: Duration, delete_conntrack: bool) -> Self {
+        let shutdown = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let (tx, state) = watch::channel(RulesState::Unknown);
+        let task = tokio::spawn(reconcile(
+            ipt.clone(),
+            ReconcileSettings {
+                interval,
+                delete_conntrack,
+            },
+            Arc::clone(&ready),
+            tx,
+            shutdown.clone(),
+        ));
+        Self {
+            shutdown,
+            state,
+            ready,
+            task,
+        }
+    }
+
+    /// Waits (on the published state, 10 s at most) until it is `want`.
+    async fn until(&mut self, want: RulesState) {
+        tokio::time::timeout(Duration::from_secs(10), self.state.wait_for(|s| *s == want))
+            .await
+            .unwrap_or_else(|_| panic!("the rules never became {want:?}"))
+            .unwrap();
+    }
+
+    /// Stops it (it removes the rules) and fails on its error.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nmi_on_loopback_is_reached_through_route_localnet() {
     // The default listen address is 127.0.0.1: the DNAT target is then loopback, which works
@@ -363,24 +409,9 @@ async fn pod_traffic_to_the_metadata_address_reaches_nmi_and_host_traffic_does_n
     assert_eq!(fetch_from(&lab.pod), "nmi");
 
     // The reconcile loop repairs a removed jump within an interval and cleans up on shutdown.
-    let ready = Arc::new(AtomicBool::new(false));
-    let shutdown = CancellationToken::new();
-    let (state, _) = watch::channel(RulesState::Unknown);
-    let task = tokio::spawn(reconcile(
-        ipt.clone(),
-        ReconcileSettings {
-            interval: Duration::from_millis(100),
-            delete_conntrack: false,
-        },
-        Arc::clone(&ready),
-        state,
-        shutdown.clone(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.load(Ordering::Acquire) {
-        assert!(Instant::now() < deadline, "reconciler never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut r = Reconciler::spawn(&ipt, Duration::from_millis(100), false);
+    r.until(RulesState::InPlace).await;
+    assert!(r.ready.load(Ordering::Acquire));
     must(&[
         "ip",
         "netns",
@@ -404,8 +435,8 @@ async fn pod_traffic_to_the_metadata_address_reaches_nmi_and_host_traffic_does_n
     }
     assert_eq!(fetch_from(&lab.pod), "nmi");
 
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    let ready = Arc::clone(&r.ready);
+    r.stop().await;
     assert!(!ready.load(Ordering::Acquire));
     assert!(!chain_exists(&lab.node), "the chain is removed on shutdown");
     assert_eq!(
@@ -563,36 +594,6 @@ fn second_request(
     line.trim().to_string()
 }
 
-/// Runs the reconciler until the rules are verified in place; returns its shutdown and task.
-async fn reconciled(
-    ipt: &Iptables,
-    delete_conntrack: bool,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<Result<(), aad_pod_identity::actors::nmi::iptables::Error>>,
-) {
-    let shutdown = CancellationToken::new();
-    let (state, mut rx) = watch::channel(RulesState::Unknown);
-    let task = tokio::spawn(reconcile(
-        ipt.clone(),
-        ReconcileSettings {
-            interval: Duration::from_secs(60),
-            delete_conntrack,
-        },
-        Arc::new(AtomicBool::new(false)),
-        state,
-        shutdown.clone(),
-    ));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        rx.wait_for(|s| *s == RulesState::InPlace),
-    )
-    .await
-    .expect("rules verified in time")
-    .unwrap();
-    (shutdown, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_opened_before_the_rules_stop_reaching_the_metadata_service_when_they_go_in() {
     let Some(lab) = lab_with_listeners("c", NODE_IP) else {
@@ -620,7 +621,8 @@ async fn connections_opened_before_the_rules_stop_reaching_the_metadata_service_
     // Without deletion: the connection opened before the redirect keeps its old destination.
     let (child, out, first) = open_keepalive(&lab);
     assert_eq!(first, "metadata");
-    let (shutdown, task) = reconciled(&ipt, false).await;
+    let mut r = Reconciler::spawn(&ipt, Duration::from_secs(60), false);
+    r.until(RulesState::InPlace).await;
     assert_eq!(
         fetch_from(&lab.pod),
         "nmi",
@@ -631,40 +633,28 @@ async fn connections_opened_before_the_rules_stop_reaching_the_metadata_service_
         "metadata",
         "the old connection bypasses NMI: the race conntrack deletion closes"
     );
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    r.stop().await;
 
     // With deletion, when the rules go in: the old connection cannot reach the metadata
     // service any more (its next packet is translated to NMI, which knows no such connection).
     let (child, out, first) = open_keepalive(&lab);
     assert_eq!(first, "metadata");
-    let (shutdown, task) = reconciled(&ipt, true).await;
+    let mut r = Reconciler::spawn(&ipt, Duration::from_secs(60), true);
+    r.until(RulesState::InPlace).await;
     let second = second_request(child, out);
     assert!(
         second.starts_with("error"),
         "old connection answered: {second}"
     );
     assert_eq!(fetch_from(&lab.pod), "nmi");
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    r.stop().await;
 
     // And whenever they go in again: the rules vanish, a pod connects directly meanwhile, and
     // the reconciler's repair deletes that connection's entry too. (NMI is kept from repairing
     // until the connection is open by taking NET_ADMIN away meanwhile.)
     let ipt = lab.iptables(NODE_IP, lab.deniable_prefix());
-    let shutdown = CancellationToken::new();
-    let (state_tx, mut state) = watch::channel(RulesState::Unknown);
-    let task = tokio::spawn(reconcile(
-        ipt.clone(),
-        ReconcileSettings {
-            interval: Duration::from_millis(100),
-            delete_conntrack: true,
-        },
-        Arc::new(AtomicBool::new(false)),
-        state_tx,
-        shutdown.clone(),
-    ));
-    state.wait_for(|s| *s == RulesState::InPlace).await.unwrap();
+    let mut r = Reconciler::spawn(&ipt, Duration::from_millis(100), true);
+    r.until(RulesState::InPlace).await;
     lab.deny(true);
     assert!(
         lab.node_cmd(&["iptables", "-t", "nat", "-D", "PREROUTING", "-j", CHAIN])
@@ -673,17 +663,25 @@ async fn connections_opened_before_the_rules_stop_reaching_the_metadata_service_
     );
     let (child, out, first) = open_keepalive(&lab);
     assert_eq!(first, "metadata", "the window while the rules are missing");
-    state.wait_for(|s| *s == RulesState::Broken).await.unwrap();
+    r.until(RulesState::Broken).await;
     lab.deny(false);
-    state.wait_for(|s| *s == RulesState::InPlace).await.unwrap();
+    r.until(RulesState::InPlace).await;
     let second = second_request(child, out);
     assert!(
         second.starts_with("error"),
         "a connection opened while the rules were missing still answered: {second}"
     );
     assert_eq!(fetch_from(&lab.pod), "nmi");
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    r.stop().await;
+}
+
+/// The keys of a node's taints.
+fn taint_keys(n: &Node) -> Vec<String> {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|t| t.iter().map(|t| t.key.clone()).collect())
+        .unwrap_or_default()
 }
 
 /// Waits (on the node watch) until `pred` holds for the node's taint keys; returns the
@@ -702,12 +700,7 @@ async fn node_taints_until(
     let wait = async {
         while let Some(ev) = stream.next().await {
             if let Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = ev {
-                let keys: Vec<String> = n
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.taints.as_ref())
-                    .map(|t| t.iter().map(|t| t.key.clone()).collect())
-                    .unwrap_or_default();
+                let keys = taint_keys(&n);
                 if pred(&keys) {
                     return n.metadata.resource_version.unwrap_or_default();
                 }
@@ -754,18 +747,8 @@ async fn the_taint_is_lifted_only_once_the_rules_are_verified_and_put_back_when_
     // NMI cannot install its rules at first (no NET_ADMIN).
     lab.deny(true);
     let ipt = lab.iptables(NODE_IP, lab.deniable_prefix());
-    let shutdown = CancellationToken::new();
-    let (state_tx, mut state) = watch::channel(RulesState::Unknown);
-    let reconciler = tokio::spawn(reconcile(
-        ipt.clone(),
-        ReconcileSettings {
-            interval: Duration::from_millis(100),
-            delete_conntrack: true,
-        },
-        Arc::new(AtomicBool::new(false)),
-        state_tx,
-        shutdown.clone(),
-    ));
+    let mut r = Reconciler::spawn(&ipt, Duration::from_millis(100), true);
+    let shutdown = r.shutdown.clone();
     let gate_task = tokio::spawn(gate::run(
         client.clone(),
         node.clone(),
@@ -773,26 +756,18 @@ async fn the_taint_is_lifted_only_once_the_rules_are_verified_and_put_back_when_
         GateInputs {
             caches_synced: Arc::new(|| true),
             synced_changed: Arc::new(Notify::new()),
-            rules: state.clone(),
+            rules: r.state.clone(),
         },
         None,
         shutdown.clone(),
     ));
     let checker = lab.iptables(NODE_IP, lab.prefix());
-    state.wait_for(|s| *s == RulesState::Broken).await.unwrap();
+    r.until(RulesState::Broken).await;
     // Two more failed passes (the gate has seen each state change by now).
     for _ in 0..2 {
-        state.changed().await.unwrap_or(());
+        r.state.changed().await.unwrap_or(());
     }
-    let n = nodes.get(&node).await.unwrap();
-    let keys: Vec<_> = n
-        .spec
-        .unwrap()
-        .taints
-        .unwrap()
-        .into_iter()
-        .map(|t| t.key)
-        .collect();
+    let keys = taint_keys(&nodes.get(&node).await.unwrap());
     assert!(
         keys.iter().any(|k| k == key),
         "taint kept while the rules fail: {keys:?}"
@@ -811,15 +786,7 @@ async fn the_taint_is_lifted_only_once_the_rules_are_verified_and_put_back_when_
         "the rules were verified before the taint went"
     );
     assert_eq!(fetch_from(&lab.pod), "nmi");
-    let n = nodes.get(&node).await.unwrap();
-    let keys: Vec<_> = n
-        .spec
-        .unwrap()
-        .taints
-        .unwrap()
-        .into_iter()
-        .map(|t| t.key)
-        .collect();
+    let keys = taint_keys(&nodes.get(&node).await.unwrap());
     assert_eq!(keys, ["dedicated"], "other taints are left alone");
 
     // The rules are removed and NMI cannot put them back: the taint returns.
@@ -839,7 +806,7 @@ async fn the_taint_is_lifted_only_once_the_rules_are_verified_and_put_back_when_
         k.iter().any(|k| k == key)
     })
     .await;
-    assert_eq!(*state.borrow(), RulesState::Broken);
+    assert_eq!(*r.state.borrow(), RulesState::Broken);
 
     // Restorable again: the rules return and the taint goes once more.
     lab.deny(false);
@@ -850,8 +817,7 @@ async fn the_taint_is_lifted_only_once_the_rules_are_verified_and_put_back_when_
     assert!(checker.in_place().await.unwrap());
     assert_eq!(fetch_from(&lab.pod), "nmi");
 
-    shutdown.cancel();
-    reconciler.await.unwrap().unwrap();
+    r.stop().await;
     gate_task.await.unwrap();
     assert!(!chain_exists(&lab.node));
     sim.shutdown().await;

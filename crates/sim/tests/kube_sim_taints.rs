@@ -44,6 +44,19 @@ async fn pods_until(h: &KubeSimHandle, check: impl Fn(&[Arc<Value>]) -> bool) ->
     }
 }
 
+/// A simulator with `n` Ready nodes and its cluster tasks; the node names.
+async fn cluster(n: u32) -> (KubeSimHandle, Vec<String>) {
+    let topology = Topology::sized(1, n, 0, 0);
+    let nodes = topology.nodes().into_iter().map(|n| n.name).collect();
+    let h = KubeSim::start(KubeSimConfig {
+        topology,
+        ..KubeSimConfig::default()
+    })
+    .await
+    .unwrap();
+    (h, nodes)
+}
+
 fn name(p: &Value) -> &str {
     p["metadata"]["name"].as_str().unwrap_or("")
 }
@@ -79,14 +92,8 @@ fn pod(name: &str, node: Option<&str>, tolerations: Value) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn no_execute_taints_evict_at_once_after_toleration_seconds_or_never() {
-    let topology = Topology::sized(1, 1, 0, 0);
-    let node = topology.nodes()[0].name.clone();
-    let h = KubeSim::start(KubeSimConfig {
-        topology,
-        ..KubeSimConfig::default()
-    })
-    .await
-    .unwrap();
+    let (h, nodes) = cluster(1).await;
+    let node = nodes[0].clone();
     let pods = info(&h, "", "pods");
     let ne = |secs: Option<i64>| {
         let mut t = json!({"key": "maintenance", "operator": "Exists", "effect": "NoExecute"});
@@ -158,14 +165,7 @@ async fn no_execute_taints_evict_at_once_after_toleration_seconds_or_never() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_keeps_pods_off_tainted_nodes_unless_they_tolerate_and_says_why() {
-    let topology = Topology::sized(1, 2, 0, 0);
-    let nodes: Vec<String> = topology.nodes().into_iter().map(|n| n.name).collect();
-    let h = KubeSim::start(KubeSimConfig {
-        topology,
-        ..KubeSimConfig::default()
-    })
-    .await
-    .unwrap();
+    let (h, nodes) = cluster(2).await;
     let gate = json!({"key": "aadpodidentity.k8s.io/nmi-not-ready", "value": "true", "effect": "NoSchedule"});
     set_taints(&h, &nodes[0], json!([gate]));
     set_taints(
@@ -255,14 +255,7 @@ async fn the_scheduler_keeps_pods_off_tainted_nodes_unless_they_tolerate_and_say
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemonsets_follow_taints_with_the_controllers_default_tolerations() {
-    let topology = Topology::sized(1, 2, 0, 0);
-    let nodes: Vec<String> = topology.nodes().into_iter().map(|n| n.name).collect();
-    let h = KubeSim::start(KubeSimConfig {
-        topology,
-        ..KubeSimConfig::default()
-    })
-    .await
-    .unwrap();
+    let (h, nodes) = cluster(2).await;
     set_taints(
         &h,
         &nodes[1],
@@ -387,14 +380,8 @@ impl Drop for Kubectl {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_taint_adds_and_removes_taints_and_the_api_refuses_invalid_ones() {
-    let topology = Topology::sized(1, 1, 0, 0);
-    let node = topology.nodes()[0].name.clone();
-    let h = KubeSim::start(KubeSimConfig {
-        topology,
-        ..KubeSimConfig::default()
-    })
-    .await
-    .unwrap();
+    let (h, nodes) = cluster(1).await;
+    let node = nodes[0].clone();
     let k = Kubectl::new(&h);
     let out = k
         .ok(&[

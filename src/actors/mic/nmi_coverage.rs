@@ -91,6 +91,16 @@ fn uid(p: &Pod) -> String {
     p.metadata.uid.clone().unwrap_or_default()
 }
 
+impl PodRef {
+    fn of(p: &Pod) -> Self {
+        Self {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            uid: uid(p),
+        }
+    }
+}
+
 impl Coverage {
     /// An empty index.
     #[must_use]
@@ -102,12 +112,7 @@ impl Coverage {
     pub fn apply_pod(&mut self, p: &Pod, now: Instant) {
         match active_node(p) {
             Some(node) => {
-                let r = PodRef {
-                    namespace: p.metadata.namespace.clone().unwrap_or_default(),
-                    name: p.metadata.name.clone().unwrap_or_default(),
-                    uid: uid(p),
-                };
-                self.pods.insert(uid(p), (node, r));
+                self.pods.insert(uid(p), (node, PodRef::of(p)));
             }
             None => {
                 self.pods.remove(&uid(p));
@@ -127,12 +132,7 @@ impl Coverage {
         self.pods.clear();
         for p in list {
             if let Some(node) = active_node(p) {
-                let r = PodRef {
-                    namespace: p.metadata.namespace.clone().unwrap_or_default(),
-                    name: p.metadata.name.clone().unwrap_or_default(),
-                    uid: uid(p),
-                };
-                self.pods.insert(uid(p), (node, r));
+                self.pods.insert(uid(p), (node, PodRef::of(p)));
             }
         }
         self.refresh(now);

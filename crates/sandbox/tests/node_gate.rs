@@ -290,3 +290,92 @@ fn without_the_gate_pods_land_on_a_new_node_before_any_nmi_runs_there() {
         sandbox.stop().await;
     });
 }
+
+/// The sandbox binary's `--add-node`: the node joins tainted, its NMI starts after
+/// `--nmi-start-delay`, lifts the taint, and the seed's DaemonSet then gets a pod there.
+#[test]
+fn the_sandbox_binary_adds_a_node_at_run_time_and_its_nmi_lifts_the_taint() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("sandbox-add-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aad-pod-identity-sandbox"))
+        .arg("--kubeconfig-out")
+        .arg(&kubeconfig)
+        .args(["--nmi-port=0", "--add-node=1s", "--nmi-start-delay=2s"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child, std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _stop = Stop(child, dir);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("sandbox: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let wait_line = |what: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no line with {what:?} within 60 s"));
+        if line.contains(what) {
+            return line;
+        }
+    };
+    let joined = wait_line("[scale-out] node ");
+    assert!(joined.contains(DEFAULT_TAINT_KEY), "{joined}");
+    let node = joined.split_whitespace().nth(2).unwrap().to_string();
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_line("[scale-out] NMI ");
+    // The taint goes and the seed's DaemonSet puts its pod on the node (polled with kubectl,
+    // as a user would).
+    let selector = format!("spec.nodeName={node}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let taints = kubectl(&["get", "node", &node, "-o", "jsonpath={.spec.taints}"]);
+        let pods = kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "aadpodidbinding",
+            "--field-selector",
+            &selector,
+            "-o",
+            "name",
+        ]);
+        if !taints.contains(DEFAULT_TAINT_KEY) && !pods.trim().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "taints {taints:?}, pods {pods:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -323,6 +323,8 @@ def cmd_content(f: Failures) -> None:
             env = {e["name"]: e for e in c.get("env", [])}
             f.check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName", w, "NODE_NAME from spec.nodeName")
             f.check("--node=$(NODE_NAME)" in c["args"], w, "--node=$(NODE_NAME) passed")
+            f.check(env.get("HOST_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.hostIP", w, "HOST_IP from status.hostIP")
+            f.check("--nmi-listen-address=$(HOST_IP)" in c["args"], w, "NMI listens on (and the redirect targets) the node's address, as the original")
             f.check(ds["spec"]["updateStrategy"]["type"] == "RollingUpdate", w, "RollingUpdate")
             f.check(bool(pod.get("tolerations")), w, "tolerations set")
             f.check(f"--operation-mode={merged['operationMode']}" in c["args"], w, "operation mode passed")

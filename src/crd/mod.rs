@@ -14,7 +14,7 @@ mod identity_type;
 mod resource_id;
 pub mod write;
 
-pub use generate::{CrdFile, all_crds, render_crd_yaml};
+pub use generate::{API_APPROVED_ANNOTATION, CrdFile, all_crds, render_crd_yaml};
 pub use identity_type::IdentityType;
 pub use resource_id::{IdentityResourceId, ResourceIdError, parse_identity_resource_id};
 

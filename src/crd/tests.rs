@@ -268,15 +268,22 @@ fn assigned_identity_names_follow_the_original() {
 }
 
 #[test]
-fn generated_crds_have_status_subresource_and_printer_columns() {
+fn generated_crds_carry_the_approval_annotation_and_the_originals_subresources() {
     let crds = all_crds();
     assert_eq!(crds.len(), 4);
     for f in &crds {
         let v = &f.crd.spec.versions[0];
         assert_eq!(v.name, "v1");
         assert!(v.served && v.storage);
+        assert_eq!(
+            f.crd.metadata.annotations.as_ref().unwrap()[API_APPROVED_ANNOTATION],
+            "unapproved",
+            "{}",
+            f.file_name
+        );
+        // No status subresource anywhere: the original's MIC writes status on the main resource.
         assert!(
-            v.subresources.as_ref().unwrap().status.is_some(),
+            v.subresources.as_ref().is_none_or(|s| s.status.is_none() && s.scale.is_none()),
             "{}",
             f.file_name
         );
@@ -287,6 +294,12 @@ fn generated_crds_have_status_subresource_and_printer_columns() {
             true
         );
     }
+    // `subresources: {}` on identities and bindings, none on the other two, as the original.
+    let declared: Vec<bool> = crds
+        .iter()
+        .map(|f| f.crd.spec.versions[0].subresources.is_some())
+        .collect();
+    assert_eq!(declared, [true, true, false, false]);
     let id_cols: Vec<_> = crds[0].crd.spec.versions[0]
         .additional_printer_columns
         .as_ref()

@@ -68,6 +68,9 @@ pub struct ResourceInfo {
     pub custom: bool,
     /// Group whose storage holds the objects (differs only for `events.k8s.io`, stored as core Events).
     pub storage_group: String,
+    /// The version's `openAPIV3Schema` (custom resources): objects are pruned and validated
+    /// against it on every write (see `schema`).
+    pub schema: Option<Arc<Value>>,
 }
 
 impl ResourceInfo {
@@ -137,6 +140,7 @@ fn builtin(
         } else {
             group.into()
         },
+        schema: None,
     }
 }
 
@@ -394,6 +398,10 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, String> {
             columns,
             custom: true,
             storage_group: group.clone(),
+            schema: v
+                .pointer("/schema/openAPIV3Schema")
+                .cloned()
+                .map(Arc::new),
         });
     }
     Ok(out)

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::compat::{CommonCompatArgs, NmiCompatArgs};
 use super::{LogArgs, parse_go_duration, parse_port, parse_seconds};
 
 /// How NMI learns which identities a pod may use.
@@ -116,7 +117,7 @@ pub struct NmiArgs {
     pub prometheus_port: u16,
 
     /// standard (identities from MIC's AzureAssignedIdentity objects) or managed.
-    #[arg(long = "operation-mode", env = "NMI_OPERATION_MODE", value_enum, default_value_t = OperationMode::Standard)]
+    #[arg(long = "operation-mode", env = "NMI_OPERATION_MODE", value_enum, ignore_case = true, default_value_t = OperationMode::Standard)]
     pub operation_mode: OperationMode,
 
     /// Answer 503 with `Retry-After` instead of 404 when the identity is not assigned in time.
@@ -147,6 +148,14 @@ pub struct NmiArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    /// The original's switches without an effect here (see `config::compat`).
+    #[command(flatten)]
+    pub compat: CommonCompatArgs,
+
+    /// The original NMI's kubenet guard flags (accepted and ignored for now).
+    #[command(flatten)]
+    pub nmi_compat: NmiCompatArgs,
 }
 
 impl NmiArgs {

@@ -55,14 +55,14 @@ pub enum Error {
 /// One write the writer should make.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WriteOp {
-    /// Create the object (with finalizer and label), then set its status.
+    /// Create the object (with finalizer, label and its first status, in one write).
     Create {
         /// What it records.
         assignment: Box<Assignment>,
         /// Its first status.
         status: AssignedState,
     },
-    /// Replace the spec (pod moved node, binding or identity changed), then set the status.
+    /// Replace the spec (pod moved node, binding or identity changed) and the status, in one write.
     UpdateSpec {
         /// What it records now.
         assignment: Box<Assignment>,
@@ -664,7 +664,43 @@ impl Writer {
     }
 }
 
+/// True when the object as the server returned it carries `status` (a CRD with a status
+/// subresource drops status from main-resource writes).
+fn has_status(o: &AzureAssignedIdentity, status: &AssignedState) -> bool {
+    o.status.as_ref().is_some_and(|s| &s.status == status)
+}
+
+/// Sets status through `/status` after a main-resource write that the server stripped of its
+/// status: a cluster whose CRD declares the status subresource (not the original's CRDs,
+/// nor ours) still converges, at the cost of one more write.
+async fn status_fallback(
+    api: &Api<AzureAssignedIdentity>,
+    key: &ObjectKey,
+    written: AzureAssignedIdentity,
+    status: &AssignedState,
+) -> Result<AzureAssignedIdentity, kube::Error> {
+    if has_status(&written, status) {
+        return Ok(written);
+    }
+    debug!(key = %key, "status not kept on the main resource; writing /status");
+    api.patch_status(
+        &key.name,
+        &PatchParams::default(),
+        &Patch::Merge(status_patch(status)),
+    )
+    .await
+}
+
+/// The merge patch that sets an AzureAssignedIdentity's status.
+fn status_patch(status: &AssignedState) -> serde_json::Value {
+    serde_json::json!({"status": {"status": status.as_str(), "availableReplicas": 0}})
+}
+
 /// Executes one write; the object afterwards (`None` once deleted).
+///
+/// Status is written the way the original writes it: set in the create, changed on the main
+/// resource later (the original's CRDs have no status subresource, and Helm never upgrades
+/// CRDs, so clusters upgraded from the original keep them). One write per step.
 async fn execute(
     client: Client,
     op: WriteOp,
@@ -676,26 +712,24 @@ async fn execute(
         let key = key.clone();
         move |source| Error::Kube { op, key, source }
     };
-    let set_status = |status: AssignedState| serde_json::json!({"status": {"status": status.as_str(), "availableReplicas": 0}});
     match op {
         WriteOp::Create { assignment, status } => {
-            let obj = object_for(&assignment, AssignedState::Created);
+            let obj = object_for(&assignment, status.clone());
             debug!(key = %key, "creating AzureAssignedIdentity");
             let created = match api.create(&PostParams::default(), &obj).await {
                 Ok(o) => o,
                 // Created by a previous leader an instant ago: take it over.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    api.get(&key.name).await.map_err(kerr("get", &key))?
-                }
+                Err(kube::Error::Api(s)) if s.code == 409 => api
+                    .patch(
+                        &key.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(status_patch(&status)),
+                    )
+                    .await
+                    .map_err(kerr("status update", &key))?,
                 Err(e) => return Err(kerr("create", &key)(e)),
             };
-            let _ = created;
-            let o = api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(set_status(status)),
-                )
+            let o = status_fallback(&api, &key, created, &status)
                 .await
                 .map_err(kerr("status update", &key))?;
             Ok(Some(o))
@@ -705,30 +739,30 @@ async fn execute(
             let patch = serde_json::json!({
                 "metadata": {"labels": obj.metadata.labels},
                 "spec": obj.spec,
+                "status": obj.status,
             });
-            api.patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            let o = api
+                .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
                 .map_err(kerr("spec update", &key))?;
-            let o = api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(set_status(status)),
-                )
+            let o = status_fallback(&api, &key, o, &status)
                 .await
                 .map_err(kerr("status update", &key))?;
             Ok(Some(o))
         }
         WriteOp::SetStatus { status, .. } => {
             match api
-                .patch_status(
+                .patch(
                     &key.name,
                     &PatchParams::default(),
-                    &Patch::Merge(set_status(status)),
+                    &Patch::Merge(status_patch(&status)),
                 )
                 .await
             {
-                Ok(o) => Ok(Some(o)),
+                Ok(o) => status_fallback(&api, &key, o, &status)
+                    .await
+                    .map(Some)
+                    .map_err(kerr("status update", &key)),
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
                 Err(e) => Err(kerr("status update", &key)(e)),
             }

@@ -509,6 +509,15 @@ pub async fn run_with_args(
     args: &crate::config::nmi::NmiArgs,
     metrics: crate::metrics::Metrics,
 ) -> Result<(), Error> {
+    crate::config::compat::log_ignored(
+        "nmi",
+        &[
+            args.log.klog.ignored(),
+            args.compat.ignored(),
+            args.nmi_compat.ignored(),
+        ]
+        .concat(),
+    );
     let settings = NmiSettings::from_args(args);
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let authority = std::env::var("AZURE_AUTHORITY_HOST")

@@ -765,3 +765,129 @@ async fn a_binding_from_another_namespace_is_refused_with_an_event_on_the_pod() 
     assert_eq!(c.patches(), 0);
     c.shutdown().await;
 }
+
+/// Waits until `pred` holds of the identities on scale set 0, or panics after `timeout`.
+async fn wait_scale_set(
+    c: &Cluster,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&BTreeSet<IdentityId>) -> bool,
+) {
+    let t0 = Instant::now();
+    while !pred(&c.on_scale_set(0)) {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out waiting for {what}; scale set holds {:?}",
+            c.on_scale_set(0)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_added_by_hand_stays_after_its_pod_leaves_even_across_a_restart() {
+    // The sequence from the field: MIC knows the scale set; identity-5 is added to it directly
+    // through ARM; a pod bound to identity-5 runs there (Assigned without MIC's write), MIC
+    // restarts, the pod goes, the grace period passes: identity-5 must still be there.
+    let c = cluster(
+        "by-hand",
+        Topology::sized(1, 1, 0, 6),
+        azure_with_latency(Duration::from_millis(50)),
+    )
+    .await;
+    let mut mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("a", "identity-0", &c.node(0)).await;
+    c.wait_for("a Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+    let five = IdentityId::new(&c.identity_rid(5));
+    let by_hand = CloudArm::from_config(&c.cloud_config()).unwrap();
+    by_hand
+        .patch(&c.scale_set(0), std::slice::from_ref(&five), &[])
+        .await
+        .unwrap();
+    c.identity("identity-5", &c.identity_rid(5)).await;
+    c.pod("b", "identity-5", &c.node(0)).await;
+    c.wait_for("b Assigned", Duration::from_secs(20), all_assigned(2))
+        .await;
+    let b = c
+        .assigned()
+        .await
+        .into_iter()
+        .find(|a| a.spec.pod == "b")
+        .unwrap();
+    assert!(
+        b.identity_is_external(),
+        "the object records that MIC did not add identity-5: {:?}",
+        b.metadata.annotations
+    );
+    mic.stop();
+    let mic = start_mic(&c, settings(&c, "mic-1")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.delete_pod("b").await;
+    c.wait_for("b's object gone", Duration::from_secs(20), all_assigned(1))
+        .await;
+    // Well past the 1 s grace period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        c.on_scale_set(0).contains(&five),
+        "identity-5 was removed: {:?}",
+        c.on_scale_set(0)
+    );
+    // MIC's own identity still goes when its pod goes.
+    c.delete_pod("a").await;
+    wait_scale_set(&c, "identity-0 removed", Duration::from_secs(20), |on| {
+        on.len() == 1 && on.contains(&five)
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_added_between_mics_read_and_its_write_is_never_taken_for_mics() {
+    use aad_pod_identity::sim::azure::{FaultKind, FaultTarget};
+    let c = cluster(
+        "between",
+        Topology::sized(1, 1, 0, 6),
+        azure_with_latency(Duration::from_millis(50)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("a", "identity-0", &c.node(0)).await;
+    c.wait_for("a Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+    // The next read of the scale set is answered, then identity-5 is added through ARM by
+    // someone else: MIC's PATCH that follows is based on a state that no longer holds.
+    let five = IdentityId::new(&c.identity_rid(5));
+    c.azure.inject(
+        FaultTarget::ArmGet,
+        1,
+        FaultKind::AssignAfterRead(c.identity_rid(5)),
+    );
+    c.identity("identity-5", &c.identity_rid(5)).await;
+    c.pod("b", "identity-5", &c.node(0)).await;
+    c.wait_for("b Assigned", Duration::from_secs(20), all_assigned(2))
+        .await;
+    assert_eq!(c.azure.counters().faults, 1, "the change landed");
+    assert!(
+        c.azure
+            .request_log()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.status == 412),
+        "MIC's write was refused by its If-Match precondition"
+    );
+    c.delete_pod("b").await;
+    c.wait_for("b's object gone", Duration::from_secs(20), all_assigned(1))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        c.on_scale_set(0).contains(&five),
+        "identity-5 was removed: {:?}",
+        c.on_scale_set(0)
+    );
+    drop(mic);
+    c.shutdown().await;
+}

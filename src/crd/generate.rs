@@ -136,9 +136,12 @@ fn finish(
     subresources: Subresources,
 ) -> CrdFile {
     crd.metadata.annotations = Some(
-        [(API_APPROVED_ANNOTATION.to_string(), "unapproved".to_string())]
-            .into_iter()
-            .collect(),
+        [(
+            API_APPROVED_ANNOTATION.to_string(),
+            "unapproved".to_string(),
+        )]
+        .into_iter()
+        .collect(),
     );
     let version = &mut crd.spec.versions[0];
     version.schema = Some(

@@ -36,6 +36,13 @@ pub const BEHAVIOR_NAMESPACED: &str = "namespaced";
 /// Finalizer MIC puts on every AzureAssignedIdentity it creates.
 pub const ASSIGNED_IDENTITY_FINALIZER: &str =
     "azureassignedidentity.finalizers.aadpodidentity.k8s.io";
+/// Annotation MIC puts on an AzureAssignedIdentity whose identity was on the VM or scale set
+/// without MIC's write (present before, added by hand or concurrently), with the value
+/// [`IDENTITY_OWNER_EXTERNAL`]: MIC never removes such an identity, and a restarted MIC does
+/// not take it for its own. Absent (as on objects the original wrote), the assignment is MIC's.
+pub const IDENTITY_OWNER_ANNOTATION: &str = "aadpodidentity.k8s.io/identity-owner";
+/// Value of [`IDENTITY_OWNER_ANNOTATION`] for an identity MIC did not put on its host.
+pub const IDENTITY_OWNER_EXTERNAL: &str = "external";
 /// Label on every AzureAssignedIdentity naming the node of its pod.
 pub const NODENAME_LABEL: &str = "nodename";
 
@@ -295,6 +302,16 @@ pub struct AzurePodIdentityExceptionStatus {
 
 fn is_zero(v: &i64) -> bool {
     *v == 0
+}
+
+impl AzureAssignedIdentity {
+    /// True when the object records that its identity was on the host without MIC's write.
+    #[must_use]
+    pub fn identity_is_external(&self) -> bool {
+        self.annotations()
+            .get(IDENTITY_OWNER_ANNOTATION)
+            .is_some_and(|v| v == IDENTITY_OWNER_EXTERNAL)
+    }
 }
 
 impl AzureIdentity {

@@ -283,7 +283,9 @@ fn generated_crds_carry_the_approval_annotation_and_the_originals_subresources()
         );
         // No status subresource anywhere: the original's MIC writes status on the main resource.
         assert!(
-            v.subresources.as_ref().is_none_or(|s| s.status.is_none() && s.scale.is_none()),
+            v.subresources
+                .as_ref()
+                .is_none_or(|s| s.status.is_none() && s.scale.is_none()),
             "{}",
             f.file_name
         );

@@ -48,6 +48,9 @@ pub struct HostReport {
     pub assigned: BTreeSet<IdentityId>,
     /// Owned identities on the host that no pod needs any more (removal pending).
     pub releasing: BTreeSet<IdentityId>,
+    /// Assigned identities MIC did not put on the host (never removed; recorded on their
+    /// AzureAssignedIdentity objects so a restarted MIC does not take them for its own).
+    pub external: BTreeSet<IdentityId>,
     /// Identities ARM refused, with the reason.
     pub refused: BTreeMap<IdentityId, String>,
     /// The last call failed as a whole (retried later), with the reason.
@@ -105,6 +108,7 @@ impl Assigner {
             host: self.host.clone(),
             assigned: self.batch.assigned(),
             releasing: self.batch.releasing(),
+            external: self.batch.external(),
             refused: self.batch.refusals(now),
             failure: self.failure.clone(),
             synced: self.synced,

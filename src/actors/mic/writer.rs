@@ -15,8 +15,8 @@ use super::matcher::{Assignment, ObjectKey, RejectReason, Rejection, Target};
 use super::metrics::MicMetrics;
 use crate::crd::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity, AzureAssignedIdentitySpec,
-    AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding, IdentityType, NODENAME_LABEL,
-    embeddable_meta,
+    AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding, IDENTITY_OWNER_ANNOTATION,
+    IDENTITY_OWNER_EXTERNAL, IdentityType, NODENAME_LABEL, embeddable_meta,
 };
 use crate::metrics::DropTimer;
 use actix::prelude::*;
@@ -61,6 +61,8 @@ pub enum WriteOp {
         assignment: Box<Assignment>,
         /// Its first status.
         status: AssignedState,
+        /// The identity is on the host without MIC's write (see `IDENTITY_OWNER_ANNOTATION`).
+        external: bool,
     },
     /// Replace the spec (pod moved node, binding or identity changed) and the status, in one write.
     UpdateSpec {
@@ -68,6 +70,8 @@ pub enum WriteOp {
         assignment: Box<Assignment>,
         /// The status to set.
         status: AssignedState,
+        /// The identity is on the host without MIC's write.
+        external: bool,
     },
     /// Set the status only.
     SetStatus {
@@ -75,6 +79,8 @@ pub enum WriteOp {
         key: ObjectKey,
         /// The new status.
         status: AssignedState,
+        /// The identity is on the host without MIC's write.
+        external: bool,
     },
     /// Remove the finalizer and delete.
     Delete {
@@ -242,6 +248,10 @@ pub fn plan_some(
             Target::ServicePrincipal => true,
             Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
         };
+        let external = match &a.target {
+            Target::ServicePrincipal => false,
+            Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
+        };
         match existing.get(key) {
             // Being deleted (by someone else): let it go; it is recreated afterwards.
             Some(e) if e.metadata.deletion_timestamp.is_some() => {
@@ -259,6 +269,7 @@ pub fn plan_some(
                 } else {
                     AssignedState::Created
                 },
+                external,
             }),
             Some(e) if spec_differs(e, a) => ops.push(WriteOp::UpdateSpec {
                 assignment: Box::new(a.clone()),
@@ -267,6 +278,7 @@ pub fn plan_some(
                 } else {
                     AssignedState::Created
                 },
+                external,
             }),
             Some(e) => {
                 let now = status_of(e);
@@ -277,10 +289,14 @@ pub fn plan_some(
                 } else {
                     AssignedState::Created
                 };
-                if now != want {
+                // The mark follows what the host reports once it has been read (a restarted
+                // MIC learns it again from ARM and the objects).
+                let mark_differs = confirmed && e.identity_is_external() != external;
+                if now != want || mark_differs {
                     ops.push(WriteOp::SetStatus {
                         key: key.clone(),
                         status: want,
+                        external,
                     });
                 }
             }
@@ -297,6 +313,7 @@ pub fn plan_some(
             ops.push(WriteOp::SetStatus {
                 key: key.clone(),
                 status: AssignedState::Unassigned,
+                external: e.identity_is_external(),
             });
             continue;
         }
@@ -386,7 +403,7 @@ pub fn error_events(
 
 /// Builds the object for an assignment.
 #[must_use]
-pub fn object_for(a: &Assignment, status: AssignedState) -> AzureAssignedIdentity {
+pub fn object_for(a: &Assignment, status: AssignedState, external: bool) -> AzureAssignedIdentity {
     let identity = AzureIdentity {
         metadata: embeddable_meta(&a.identity.metadata),
         spec: a.identity.spec.clone(),
@@ -411,6 +428,15 @@ pub fn object_for(a: &Assignment, status: AssignedState) -> AzureAssignedIdentit
     obj.metadata.namespace = Some(a.key.namespace.clone());
     obj.metadata.labels = Some([(NODENAME_LABEL.to_string(), a.node.clone())].into());
     obj.metadata.finalizers = Some(vec![ASSIGNED_IDENTITY_FINALIZER.to_string()]);
+    if external {
+        obj.metadata.annotations = Some(
+            [(
+                IDENTITY_OWNER_ANNOTATION.to_string(),
+                IDENTITY_OWNER_EXTERNAL.to_string(),
+            )]
+            .into(),
+        );
+    }
     obj.status = Some(AzureAssignedIdentityStatus {
         available_replicas: 0,
         status,
@@ -686,14 +712,20 @@ async fn status_fallback(
     api.patch_status(
         &key.name,
         &PatchParams::default(),
-        &Patch::Merge(status_patch(status)),
+        &Patch::Merge(
+            serde_json::json!({"status": {"status": status.as_str(), "availableReplicas": 0}}),
+        ),
     )
     .await
 }
 
-/// The merge patch that sets an AzureAssignedIdentity's status.
-fn status_patch(status: &AssignedState) -> serde_json::Value {
-    serde_json::json!({"status": {"status": status.as_str(), "availableReplicas": 0}})
+/// The merge patch that sets an AzureAssignedIdentity's status and ownership mark.
+fn status_patch(status: &AssignedState, external: bool) -> serde_json::Value {
+    let mark = external.then_some(IDENTITY_OWNER_EXTERNAL);
+    serde_json::json!({
+        "metadata": {"annotations": {IDENTITY_OWNER_ANNOTATION: mark}},
+        "status": {"status": status.as_str(), "availableReplicas": 0},
+    })
 }
 
 /// Executes one write; the object afterwards (`None` once deleted).
@@ -713,8 +745,12 @@ async fn execute(
         move |source| Error::Kube { op, key, source }
     };
     match op {
-        WriteOp::Create { assignment, status } => {
-            let obj = object_for(&assignment, status.clone());
+        WriteOp::Create {
+            assignment,
+            status,
+            external,
+        } => {
+            let obj = object_for(&assignment, status.clone(), external);
             debug!(key = %key, "creating AzureAssignedIdentity");
             let created = match api.create(&PostParams::default(), &obj).await {
                 Ok(o) => o,
@@ -723,7 +759,7 @@ async fn execute(
                     .patch(
                         &key.name,
                         &PatchParams::default(),
-                        &Patch::Merge(status_patch(&status)),
+                        &Patch::Merge(status_patch(&status, external)),
                     )
                     .await
                     .map_err(kerr("status update", &key))?,
@@ -734,10 +770,15 @@ async fn execute(
                 .map_err(kerr("status update", &key))?;
             Ok(Some(o))
         }
-        WriteOp::UpdateSpec { assignment, status } => {
-            let obj = object_for(&assignment, status.clone());
+        WriteOp::UpdateSpec {
+            assignment,
+            status,
+            external,
+        } => {
+            let obj = object_for(&assignment, status.clone(), external);
+            let mark = external.then_some(IDENTITY_OWNER_EXTERNAL);
             let patch = serde_json::json!({
-                "metadata": {"labels": obj.metadata.labels},
+                "metadata": {"labels": obj.metadata.labels, "annotations": {IDENTITY_OWNER_ANNOTATION: mark}},
                 "spec": obj.spec,
                 "status": obj.status,
             });
@@ -750,12 +791,14 @@ async fn execute(
                 .map_err(kerr("status update", &key))?;
             Ok(Some(o))
         }
-        WriteOp::SetStatus { status, .. } => {
+        WriteOp::SetStatus {
+            status, external, ..
+        } => {
             match api
                 .patch(
                     &key.name,
                     &PatchParams::default(),
-                    &Patch::Merge(status_patch(&status)),
+                    &Patch::Merge(status_patch(&status, external)),
                 )
                 .await
             {

@@ -398,10 +398,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, String> {
             columns,
             custom: true,
             storage_group: group.clone(),
-            schema: v
-                .pointer("/schema/openAPIV3Schema")
-                .cloned()
-                .map(Arc::new),
+            schema: v.pointer("/schema/openAPIV3Schema").cloned().map(Arc::new),
         });
     }
     Ok(out)

@@ -173,7 +173,13 @@ fn structural(s: &Value, at: &str, node: Node, errs: &mut Vec<String>) {
         ));
     }
     if node == Node::Junctor {
-        for k in ["type", "default", "additionalProperties", "nullable", "description"] {
+        for k in [
+            "type",
+            "default",
+            "additionalProperties",
+            "nullable",
+            "description",
+        ] {
             if m.contains_key(k) {
                 errs.push(format!(
                     "{at}.{k}: Forbidden: must be empty to be structural"
@@ -181,7 +187,9 @@ fn structural(s: &Value, at: &str, node: Node, errs: &mut Vec<String>) {
             }
         }
     } else if ty.is_empty() && !int_or_string && !preserve {
-        errs.push(format!("{at}.type: Required value: must not be empty for specified object fields"));
+        errs.push(format!(
+            "{at}.type: Required value: must not be empty for specified object fields"
+        ));
     }
     if !ty.is_empty()
         && !matches!(
@@ -194,7 +202,9 @@ fn structural(s: &Value, at: &str, node: Node, errs: &mut Vec<String>) {
         ));
     }
     if node == Node::Root && ty != "object" {
-        errs.push(format!("{at}.type: Invalid value: \"{ty}\": must be object at the root"));
+        errs.push(format!(
+            "{at}.type: Invalid value: \"{ty}\": must be object at the root"
+        ));
     }
     if is_true(s, "x-kubernetes-embedded-resource") && ty != "object" {
         errs.push(format!(
@@ -234,10 +244,12 @@ fn structural(s: &Value, at: &str, node: Node, errs: &mut Vec<String>) {
     if node == Node::RootMetadata {
         let allowed = ["type", "description", "properties"];
         if m.keys().any(|k| !allowed.contains(&k.as_str()))
-            || m.get("properties").and_then(Value::as_object).is_some_and(|p| {
-                p.keys()
-                    .any(|k| !matches!(k.as_str(), "name" | "generateName"))
-            })
+            || m.get("properties")
+                .and_then(Value::as_object)
+                .is_some_and(|p| {
+                    p.keys()
+                        .any(|k| !matches!(k.as_str(), "name" | "generateName"))
+                })
         {
             errs.push(format!(
                 "{at}: Forbidden: must not specify anything other than name and generateName, but metadata is implicitly specified"
@@ -301,7 +313,8 @@ fn prune_value(s: &Value, v: &mut Value) -> bool {
     if v.is_null() {
         return is_true(s, "nullable");
     }
-    if is_true(s, "x-kubernetes-preserve-unknown-fields") && !s.get("properties").is_some_and(Value::is_object)
+    if is_true(s, "x-kubernetes-preserve-unknown-fields")
+        && !s.get("properties").is_some_and(Value::is_object)
         && !s.get("additionalProperties").is_some_and(Value::is_object)
         && !s.get("items").is_some_and(Value::is_object)
     {
@@ -498,13 +511,25 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("Required value: protected groups must have approval annotation"));
         let bad = admit_crd(
-            &crd("x.kubernetes.io", json!({API_APPROVED: "maybe later"}), object_schema()),
+            &crd(
+                "x.kubernetes.io",
+                json!({API_APPROVED: "maybe later"}),
+                object_schema(),
+            ),
             None,
         );
         assert!(bad[0].contains("with either a URL or a reason starting with \"unapproved\""));
-        for ok in ["unapproved", "unapproved, legacy", "https://github.com/kubernetes/kubernetes/pull/1"] {
+        for ok in [
+            "unapproved",
+            "unapproved, legacy",
+            "https://github.com/kubernetes/kubernetes/pull/1",
+        ] {
             assert!(
-                admit_crd(&crd("example.k8s.io", json!({API_APPROVED: ok}), object_schema()), None).is_empty(),
+                admit_crd(
+                    &crd("example.k8s.io", json!({API_APPROVED: ok}), object_schema()),
+                    None
+                )
+                .is_empty(),
                 "{ok}"
             );
         }
@@ -517,13 +542,34 @@ mod tests {
     #[test]
     fn schemas_must_be_structural() {
         let cases = [
-            (json!({"type": "object", "properties": {"spec": {"properties": {}}}}), "spec].type: Required value"),
-            (json!({"type": "object", "properties": {"a": {"type": "array"}}}), "items: Required value"),
-            (json!({"type": "object", "properties": {"a": {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}}}}), "mutual exclusive"),
-            (json!({"type": "object", "properties": {"a": {"type": "object", "additionalProperties": false}}}), "cannot be set to false"),
-            (json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}}), "other than name and generateName"),
-            (json!({"type": "object", "properties": {"a": {"$ref": "#/x"}}}), "$ref is not supported"),
-            (json!({"type": "object", "properties": {"a": {"type": "string", "anyOf": [{"type": "integer"}]}}}), "must be empty to be structural"),
+            (
+                json!({"type": "object", "properties": {"spec": {"properties": {}}}}),
+                "spec].type: Required value",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"type": "array"}}}),
+                "items: Required value",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}}}}),
+                "mutual exclusive",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"type": "object", "additionalProperties": false}}}),
+                "cannot be set to false",
+            ),
+            (
+                json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}}),
+                "other than name and generateName",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"$ref": "#/x"}}}),
+                "$ref is not supported",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"type": "string", "anyOf": [{"type": "integer"}]}}}),
+                "must be empty to be structural",
+            ),
             (json!({"type": "string"}), "must be object at the root"),
         ];
         for (schema, want) in cases {
@@ -538,7 +584,9 @@ mod tests {
         assert!(admit_crd(&no_schema, None)[0].contains("schemas are required"));
         let mut wrong_name = crd("example.com", json!({}), object_schema());
         wrong_name["metadata"]["name"] = json!("widgets");
-        assert!(admit_crd(&wrong_name, None)[0].contains("must be spec.names.plural+\".\"+spec.group"));
+        assert!(
+            admit_crd(&wrong_name, None)[0].contains("must be spec.names.plural+\".\"+spec.group")
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod discovery;
+pub mod eviction;
 pub mod http;
 pub mod meta;
 pub mod patch;

@@ -88,6 +88,13 @@ impl ResourceInfo {
             && matches!(self.plural.as_str(), "deployments" | "replicasets")
     }
 
+    /// Whether a `/eviction` subresource exists (pods: policy/v1 Eviction, honouring
+    /// PodDisruptionBudgets).
+    #[must_use]
+    pub fn has_eviction(&self) -> bool {
+        !self.custom && self.group.is_empty() && self.plural == "pods"
+    }
+
     /// Whether objects are converted on the way in and out (stored in another group's form).
     #[must_use]
     pub fn converted(&self) -> bool {
@@ -303,6 +310,28 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &["cj"],
             true,
             true,
+        ),
+        builtin(
+            "",
+            "v1",
+            "endpoints",
+            "endpoints",
+            "Endpoints",
+            true,
+            &["ep"],
+            false,
+            false,
+        ),
+        builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "poddisruptionbudget",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+            true,
+            false,
         ),
         builtin(
             "apiextensions.k8s.io",

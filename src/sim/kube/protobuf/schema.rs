@@ -1285,6 +1285,55 @@ static LEASE: Message = m(
     ],
 );
 
+// ---- meta/v1 DeleteOptions, policy/v1 ----
+
+static PRECONDITIONS: Message = m(
+    "Preconditions",
+    &[f(1, "uid", OptStr), f(2, "resourceVersion", OptStr)],
+);
+
+static DELETE_OPTIONS: Message = m(
+    "DeleteOptions",
+    &[
+        f(1, "gracePeriodSeconds", OptI64),
+        f(2, "preconditions", Msg(&PRECONDITIONS)),
+        f(3, "orphanDependents", OptBool),
+        f(4, "propagationPolicy", OptStr),
+        r(5, "dryRun", Str),
+        f(
+            6,
+            "ignoreStoreReadErrorWithClusterBreakingPotential",
+            OptBool,
+        ),
+    ],
+);
+
+static EVICTION: Message = m(
+    "Eviction",
+    &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "deleteOptions", Msg(&DELETE_OPTIONS)),
+    ],
+);
+
+static PDB_SPEC: Message = m(
+    "PodDisruptionBudgetSpec",
+    &[
+        f(1, "minAvailable", IntOrString),
+        f(2, "selector", Msg(&LABEL_SELECTOR)),
+        f(3, "maxUnavailable", IntOrString),
+        f(4, "unhealthyPodEvictionPolicy", OptStr),
+    ],
+);
+
+static POD_DISRUPTION_BUDGET: Message = m(
+    "PodDisruptionBudget",
+    &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&PDB_SPEC)),
+    ],
+);
+
 /// The top-level message of each (apiVersion, kind) the decoder accepts.
 pub static KINDS: &[(&str, &str, &Message)] = &[
     ("v1", "Namespace", &NAMESPACE),
@@ -1301,6 +1350,12 @@ pub static KINDS: &[(&str, &str, &Message)] = &[
     ("batch/v1", "Job", &JOB),
     ("batch/v1", "CronJob", &CRON_JOB),
     ("batch/v1beta1", "CronJob", &CRON_JOB),
+    // A DELETE's body and an eviction, as kubectl drain sends them.
+    ("v1", "DeleteOptions", &DELETE_OPTIONS),
+    ("meta.k8s.io/v1", "DeleteOptions", &DELETE_OPTIONS),
+    ("policy/v1", "DeleteOptions", &DELETE_OPTIONS),
+    ("policy/v1", "Eviction", &EVICTION),
+    ("policy/v1", "PodDisruptionBudget", &POD_DISRUPTION_BUDGET),
 ];
 
 /// The message describing `apiVersion`/`kind`, if any.

@@ -103,9 +103,11 @@ pub struct AzureIdentitySpec {
     #[serde(rename = "tenantID", default, skip_serializing_if = "String::is_empty")]
     pub tenant_id: String,
     /// Further tenants a service principal's token is valid for.
+    /// (The original's Go type writes `null` when there are none.)
     #[serde(
         rename = "auxiliaryTenantIDs",
         default,
+        deserialize_with = "null_as_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub auxiliary_tenant_ids: Vec<String>,
@@ -288,7 +290,7 @@ impl<'de> Deserialize<'de> for AssignedState {
 )]
 pub struct AzurePodIdentityExceptionSpec {
     /// Labels a pod must carry (all of them) to be excepted.
-    #[serde(rename = "podLabels", default)]
+    #[serde(rename = "podLabels", default, deserialize_with = "null_as_default")]
     pub pod_labels: BTreeMap<String, String>,
 }
 
@@ -298,6 +300,15 @@ pub struct AzurePodIdentityExceptionStatus {
     /// Free text.
     #[serde(default)]
     pub status: String,
+}
+
+/// Reads `null` as the type's default (Go writes `null` for an empty slice or map).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn is_zero(v: &i64) -> bool {

@@ -330,3 +330,13 @@ fn generated_crds_carry_the_approval_annotation_and_the_originals_subresources()
         "aadpodidentity.k8s.io_azureassignedidentities.yaml"
     );
 }
+
+#[test]
+fn nulls_the_go_types_write_for_empty_slices_and_maps_are_read() {
+    let spec: AzureIdentitySpec =
+        serde_json::from_value(json!({"type": 1, "auxiliaryTenantIDs": null})).unwrap();
+    assert!(spec.auxiliary_tenant_ids.is_empty());
+    let e: AzurePodIdentityExceptionSpec =
+        serde_json::from_value(json!({"podLabels": null})).unwrap();
+    assert!(e.pod_labels.is_empty());
+}

@@ -973,7 +973,8 @@ async fn upgrade_from_the_original_takes_over_its_objects_and_assigns_new_pods_u
         .unwrap();
     c.identity("identity-0", &c.identity_rid(0)).await;
     c.pod("old", "identity-0", &c.node(0)).await;
-    let go: AzureAssignedIdentity = serde_json::from_value(go_written_assignment(&c, "old", 0)).unwrap();
+    let go: AzureAssignedIdentity =
+        serde_json::from_value(go_written_assignment(&c, "old", 0)).unwrap();
     let aais = Api::<AzureAssignedIdentity>::namespaced(c.client.clone(), "default");
     let created = aais.create(&PostParams::default(), &go).await.unwrap();
     let patches_before = c.patches();
@@ -986,9 +987,19 @@ async fn upgrade_from_the_original_takes_over_its_objects_and_assigns_new_pods_u
     c.pod("new", "identity-1", &c.node(0)).await;
     c.wait_for("both Assigned", Duration::from_secs(20), all_assigned(2))
         .await;
-    let after = aais.get(&created.metadata.name.clone().unwrap()).await.unwrap();
-    assert_eq!(after.metadata.uid, created.metadata.uid, "taken over, not recreated");
-    assert_eq!(c.patches(), patches_before + 1, "one PATCH: identity-1; identity-0 was already there");
+    let after = aais
+        .get(&created.metadata.name.clone().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        after.metadata.uid, created.metadata.uid,
+        "taken over, not recreated"
+    );
+    assert_eq!(
+        c.patches(),
+        patches_before + 1,
+        "one PATCH: identity-1; identity-0 was already there"
+    );
 
     // Rollback direction: what our MIC wrote validates against the original's CRDs (the
     // simulator prunes and validates with them) and keeps every field the Go NMI reads...
@@ -1001,14 +1012,20 @@ async fn upgrade_from_the_original_takes_over_its_objects_and_assigns_new_pods_u
     assert_eq!(v["spec"]["podNamespace"], "default");
     assert_eq!(v["spec"]["nodename"], c.node(0));
     assert_eq!(v["metadata"]["labels"]["nodename"], c.node(0));
-    assert_eq!(v["metadata"]["finalizers"][0], crd::ASSIGNED_IDENTITY_FINALIZER);
+    assert_eq!(
+        v["metadata"]["finalizers"][0],
+        crd::ASSIGNED_IDENTITY_FINALIZER
+    );
     assert_eq!(v["status"]["status"], "Assigned");
     let id = &v["spec"]["azureIdentityRef"];
     assert_eq!(id["metadata"]["name"], "identity-1");
     assert_eq!(id["spec"]["type"], 0);
     assert_eq!(id["spec"]["resourceID"], c.identity_rid(1));
     assert_eq!(id["spec"]["clientID"], "client-identity-1");
-    assert_eq!(v["spec"]["azureBindingRef"]["spec"]["selector"], "identity-1");
+    assert_eq!(
+        v["spec"]["azureBindingRef"]["spec"]["selector"],
+        "identity-1"
+    );
     // ...and takes the Go MIC's own status write (a JSON patch replacing /status/status).
     let replaced = aais
         .patch(
@@ -1026,8 +1043,12 @@ async fn upgrade_from_the_original_takes_over_its_objects_and_assigns_new_pods_u
 
     // The Go MIC's assignment is ours to clean up once its pod goes, as the original would.
     c.delete_pod("old").await;
-    c.wait_for("old's object gone", Duration::from_secs(20), all_assigned(1))
-        .await;
+    c.wait_for(
+        "old's object gone",
+        Duration::from_secs(20),
+        all_assigned(1),
+    )
+    .await;
     wait_scale_set(&c, "identity-0 removed", Duration::from_secs(20), |on| {
         !on.contains(&zero)
     })

@@ -107,6 +107,21 @@ fn jwt_claims(token: &str) -> serde_json::Value {
 
 #[test]
 fn kubectl_and_the_python_sdk_drive_the_sandbox_end_to_end() {
+    end_to_end(&[]);
+}
+
+/// A cluster upgraded from the original keeps the original's CRDs (Helm never upgrades
+/// `crds/`): a new pod's identity still becomes Assigned and the pod gets its token.
+#[test]
+fn with_the_originals_crds_a_new_pod_is_assigned_and_gets_its_token() {
+    end_to_end(&[concat!(
+        "--crds=",
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/original/crd.yaml"
+    )]);
+}
+
+fn end_to_end(extra: &[&str]) {
     let sdk_ok = Command::new("python3")
         .args(["-c", "import azure.identity, requests"])
         .output()
@@ -115,10 +130,29 @@ fn kubectl_and_the_python_sdk_drive_the_sandbox_end_to_end() {
         sdk_ok,
         "python3 with azure-identity is required (pip install -r ci/requirements.txt)"
     );
-    let (sandbox, doc) = start_sandbox(
-        "sandbox-e2e",
-        &["--identities=4", "--nmi-assignment-wait=3s"],
-    );
+    let mut args = vec!["--identities=4", "--nmi-assignment-wait=3s"];
+    args.extend_from_slice(extra);
+    let tag = if extra.is_empty() {
+        "sandbox-e2e"
+    } else {
+        "sandbox-e2e-original-crds"
+    };
+    let (sandbox, doc) = start_sandbox(tag, &args);
+    if !extra.is_empty() {
+        // The original's manifests are what the cluster serves.
+        let subresources = kubectl(
+            &PathBuf::from(doc["kubernetes"]["kubeconfig"].as_str().unwrap()),
+            &[
+                "get",
+                "crd",
+                "azureassignedidentities.aadpodidentity.k8s.io",
+                "-o",
+                "jsonpath={.metadata.annotations.controller-gen\\.kubebuilder\\.io/version} {.spec.versions[0].subresources}",
+            ],
+            None,
+        );
+        assert_eq!(subresources.trim(), "v0.5.0");
+    }
     let kubeconfig = PathBuf::from(doc["kubernetes"]["kubeconfig"].as_str().unwrap());
 
     // A new namespace with its own identity (the sandbox's fourth), binding and pod.

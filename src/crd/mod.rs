@@ -289,7 +289,7 @@ impl<'de> Deserialize<'de> for AssignedState {
     derive = "PartialEq"
 )]
 pub struct AzurePodIdentityExceptionSpec {
-    /// Labels a pod must carry (all of them) to be excepted.
+    /// Labels that except a pod: any one of them on the pod, value compared case-insensitively.
     #[serde(rename = "podLabels", default, deserialize_with = "null_as_default")]
     pub pod_labels: BTreeMap<String, String>,
 }
@@ -336,15 +336,14 @@ impl AzureIdentity {
 }
 
 impl AzurePodIdentityException {
-    /// True when every label of the exception is on the pod with the same value.
+    /// True when any one label of the exception is on the pod, its value compared
+    /// case-insensitively: the original's rule, which its users' exceptions are written for.
     #[must_use]
     pub fn matches_labels(&self, pod_labels: &BTreeMap<String, String>) -> bool {
-        !self.spec.pod_labels.is_empty()
-            && self
-                .spec
-                .pod_labels
-                .iter()
-                .all(|(k, v)| pod_labels.get(k) == Some(v))
+        self.spec
+            .pod_labels
+            .iter()
+            .any(|(k, v)| pod_labels.get(k).is_some_and(|p| p.eq_ignore_ascii_case(v)))
     }
 }
 

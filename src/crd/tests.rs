@@ -233,7 +233,7 @@ fn assigned_state_keeps_values_it_does_not_know() {
 }
 
 #[test]
-fn exception_matches_only_when_every_label_matches() {
+fn exception_matches_when_any_one_label_matches_case_insensitively() {
     let ex = AzurePodIdentityException::new(
         "mic-exception",
         AzurePodIdentityExceptionSpec {
@@ -244,10 +244,13 @@ fn exception_matches_only_when_every_label_matches() {
             .into(),
         },
     );
-    let mut labels: BTreeMap<String, String> = [("app".to_string(), "mic".to_string())].into();
-    assert!(!ex.matches_labels(&labels));
-    labels.insert("component".into(), "mic".into());
-    assert!(ex.matches_labels(&labels));
+    let labels = |k: &str, v: &str| -> BTreeMap<String, String> { [(k.to_string(), v.to_string())].into() };
+    assert!(ex.matches_labels(&labels("app", "mic")));
+    assert!(ex.matches_labels(&labels("component", "MIC")));
+    assert!(!ex.matches_labels(&labels("app", "nmi")));
+    assert!(!ex.matches_labels(&labels("other", "mic")));
+    let empty = AzurePodIdentityException::new("e", AzurePodIdentityExceptionSpec::default());
+    assert!(!empty.matches_labels(&labels("app", "mic")));
 }
 
 #[test]

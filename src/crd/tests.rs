@@ -244,7 +244,8 @@ fn exception_matches_when_any_one_label_matches_case_insensitively() {
             .into(),
         },
     );
-    let labels = |k: &str, v: &str| -> BTreeMap<String, String> { [(k.to_string(), v.to_string())].into() };
+    let labels =
+        |k: &str, v: &str| -> BTreeMap<String, String> { [(k.to_string(), v.to_string())].into() };
     assert!(ex.matches_labels(&labels("app", "mic")));
     assert!(ex.matches_labels(&labels("component", "MIC")));
     assert!(!ex.matches_labels(&labels("app", "nmi")));

@@ -149,12 +149,12 @@ impl Assigner {
                 let f = async move {
                     let _t = DropTimer::new(
                         m.cloud_provider_operations_duration_seconds
-                            .with_label_values(&["get_identities"]),
+                            .with_label_values(&[host.operation("get")]),
                     );
                     let r = port.get(&host).await;
                     if r.is_err() {
                         m.cloud_provider_operations_errors_count
-                            .with_label_values(&["get_identities"])
+                            .with_label_values(&[host.operation("get")])
                             .inc();
                     }
                     r
@@ -187,12 +187,12 @@ impl Assigner {
                     budget.acquire(&host.subscription).await;
                     let _t = DropTimer::new(
                         m.cloud_provider_operations_duration_seconds
-                            .with_label_values(&["update_identities"]),
+                            .with_label_values(&[host.operation("update")]),
                     );
                     let r = port.patch(&host, &add, &remove).await;
                     if r.is_err() {
                         m.cloud_provider_operations_errors_count
-                            .with_label_values(&["update_identities"])
+                            .with_label_values(&[host.operation("update")])
                             .inc();
                     }
                     r

@@ -605,7 +605,7 @@ impl Writer {
                 Err(Error::Kube { op, .. }) => {
                     drop(timer);
                     m.kubernetes_api_operations_errors_count
-                        .with_label_values(&[op])
+                        .with_label_values(&[original_operation(op)])
                         .inc();
                 }
             }
@@ -687,6 +687,17 @@ impl Writer {
             (Some(a), Some(b)) => b >= a,
             _ => true,
         }
+    }
+}
+
+/// The original's `operation_type` for a failed AzureAssignedIdentity call, as its dashboards
+/// query `kubernetes_api_operations_errors_count`.
+fn original_operation(op: &str) -> &'static str {
+    match op {
+        "create" => "assigned_identity_addition",
+        "delete" | "finalizer removal" => "assigned_identity_deletion",
+        "spec update" => "assigned_identity_update",
+        _ => "update_azure_assigned_identity_status",
     }
 }
 

@@ -25,6 +25,7 @@ pub mod managed;
 pub mod metrics;
 pub mod pods;
 pub mod source;
+pub mod upstream_metrics;
 pub mod watchers;
 
 use crate::http::nmi::{HttpSettings, NmiHttp};
@@ -409,6 +410,8 @@ pub fn start(
     source: Arc<dyn TokenSource>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Running, Error> {
+    let source: Arc<dyn TokenSource> =
+        Arc::new(upstream_metrics::Metered::new(source, metrics.clone()));
     let nmi = Arc::new(Nmi::new(settings, source, metrics)?);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();

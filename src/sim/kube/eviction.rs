@@ -161,7 +161,10 @@ fn check_budgets(shared: &Shared, ns: &str, pod: &Value) -> Result<(), ApiError>
 /// The options of a DELETE (its body, JSON or decoded protobuf; query parameters as fallback).
 pub fn delete_options(body: &Value) -> Result<DeleteOptions, ApiError> {
     use super::store::Propagation;
-    let mut opts = DeleteOptions::default();
+    let mut opts = DeleteOptions {
+        propagation: Propagation::Background,
+        ..DeleteOptions::default()
+    };
     opts.propagation = match body.get("propagationPolicy").and_then(Value::as_str) {
         None | Some("Background") => Propagation::Background,
         Some("Foreground") => Propagation::Foreground,

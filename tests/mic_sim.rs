@@ -15,9 +15,9 @@ use aad_pod_identity::crd::{
     AzureIdentityBindingSpec, AzureIdentitySpec,
 };
 use aad_pod_identity::metrics::Metrics;
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::topology::Topology;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -867,7 +867,7 @@ async fn an_identity_added_by_hand_stays_after_its_pod_leaves_even_across_a_rest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_added_between_mics_read_and_its_write_is_never_taken_for_mics() {
-    use aad_pod_identity::sim::azure::{FaultKind, FaultTarget};
+    use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
     let c = cluster(
         "between",
         Topology::sized(1, 1, 0, 6),

@@ -25,8 +25,9 @@ pub enum Error {
 
 /// Installs the global subscriber for `args`.
 pub fn init(args: &LogArgs) -> Result<(), Error> {
-    let filter = EnvFilter::try_new(&args.log_filter).map_err(|source| Error::Filter {
-        filter: args.log_filter.clone(),
+    let wanted = args.effective_filter();
+    let filter = EnvFilter::try_new(&wanted).map_err(|source| Error::Filter {
+        filter: wanted.clone(),
         source,
     })?;
     let registry = tracing_subscriber::registry().with(filter);

@@ -14,11 +14,28 @@ use std::time::Instant;
 /// Prefix of every metric name.
 pub const NAMESPACE: &str = "aadpodidentity";
 
-/// Histogram buckets for operation durations, from 1 ms to about 2 minutes.
+/// Histogram buckets for operation durations, from 1 ms to about 2 minutes (this system's own
+/// histograms).
 #[must_use]
 pub fn duration_buckets() -> Vec<f64> {
     exponential_buckets(0.001, 2.0, 18).expect("static bucket parameters are valid")
 }
+
+/// The original's buckets for AzureAssignedIdentity writes and upstream token calls (seconds).
+pub const ORIGINAL_SHORT_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0,
+];
+
+/// The original's buckets for NMI requests (seconds).
+pub const ORIGINAL_NMI_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0,
+    100.0,
+];
+
+/// The original's buckets for MIC cycles and ARM calls, up to 1200 s (seconds).
+pub const ORIGINAL_LONG_BUCKETS: &[f64] = &[
+    0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0,
+];
 
 /// Every metric of the original, registered in one registry.
 #[derive(Clone, Debug)]
@@ -62,11 +79,17 @@ impl Default for Metrics {
     }
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
     let h = HistogramVec::new(
         HistogramOpts::new(name, help)
             .namespace(NAMESPACE)
-            .buckets(duration_buckets()),
+            .buckets(buckets.to_vec()),
         labels,
     )
     .expect("metric definition is valid");
@@ -76,11 +99,11 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
     h
 }
 
-fn histogram_plain(registry: &Registry, name: &str, help: &str) -> Histogram {
+fn histogram_plain(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
     let h = Histogram::with_opts(
         HistogramOpts::new(name, help)
             .namespace(NAMESPACE)
-            .buckets(duration_buckets()),
+            .buckets(buckets.to_vec()),
     )
     .expect("metric definition is valid");
     registry
@@ -117,6 +140,7 @@ impl Metrics {
                 &r,
                 "assigned_identity_addition_duration_seconds",
                 "Seconds taken to add an assigned identity.",
+                ORIGINAL_SHORT_BUCKETS,
             ),
             assigned_identity_addition_count: counter(
                 &r,
@@ -127,6 +151,7 @@ impl Metrics {
                 &r,
                 "assigned_identity_deletion_duration_seconds",
                 "Seconds taken to delete an assigned identity.",
+                ORIGINAL_SHORT_BUCKETS,
             ),
             assigned_identity_deletion_count: counter(
                 &r,
@@ -137,6 +162,7 @@ impl Metrics {
                 &r,
                 "assigned_identity_update_duration_seconds",
                 "Seconds taken to update an assigned identity.",
+                ORIGINAL_SHORT_BUCKETS,
             ),
             assigned_identity_update_count: counter(
                 &r,
@@ -148,11 +174,13 @@ impl Metrics {
                 "nmi_operations_duration_seconds",
                 "Seconds taken by NMI operations.",
                 &["operation_type", "status_code", "namespace", "resource"],
+                ORIGINAL_NMI_BUCKETS,
             ),
             mic_cycle_duration_seconds: histogram_plain(
                 &r,
                 "mic_cycle_duration_seconds",
                 "Seconds taken by one MIC sync cycle.",
+                ORIGINAL_LONG_BUCKETS,
             ),
             mic_cycle_count: counter(&r, "mic_cycle_count", "Number of MIC sync cycles."),
             mic_new_leader_election_count: counter(
@@ -171,6 +199,7 @@ impl Metrics {
                 "cloud_provider_operations_duration_seconds",
                 "Seconds taken by Azure Resource Manager operations.",
                 &["operation_type"],
+                ORIGINAL_LONG_BUCKETS,
             ),
             kubernetes_api_operations_errors_count: counter_vec(
                 &r,
@@ -189,6 +218,7 @@ impl Metrics {
                 "imds_operations_duration_seconds",
                 "Seconds taken by token operations against the metadata service or Azure AD.",
                 &["operation_type"],
+                ORIGINAL_SHORT_BUCKETS,
             ),
             registry: r,
         }
@@ -294,6 +324,25 @@ mod tests {
             r#"aadpodidentity_nmi_operations_duration_seconds_count{namespace="default",operation_type="token",resource="https://management.azure.com/",status_code="200"} 1"#
         ));
         assert!(text.contains("# TYPE aadpodidentity_mic_cycle_count counter"));
+    }
+
+    #[test]
+    fn buckets_are_the_originals() {
+        let m = Metrics::new();
+        m.cloud_provider_operations_duration_seconds
+            .with_label_values(&["vmss_update"])
+            .observe(700.0);
+        m.assigned_identity_addition_duration_seconds.observe(0.015);
+        let text = m.encode();
+        assert!(text.contains(
+            r#"aadpodidentity_cloud_provider_operations_duration_seconds_bucket{operation_type="vmss_update",le="1200"} 1"#
+        ));
+        assert!(text.contains(
+            r#"aadpodidentity_cloud_provider_operations_duration_seconds_bucket{operation_type="vmss_update",le="600"} 0"#
+        ));
+        assert!(text.contains(
+            r#"aadpodidentity_assigned_identity_addition_duration_seconds_bucket{le="0.02"} 1"#
+        ));
     }
 
     #[test]

@@ -187,3 +187,126 @@ fn nmi_refuses_a_kubenet_node_unless_allowed_as_the_original_did() {
     assert!(!err.contains("kubenet"), "not kubenet, yet refused: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The argument lists the original v1.8.17 passes: its Helm chart with default values and
+/// `deploy/infra/*.yaml` (MIC with azure.json, NMI in standard and managed mode), and the
+/// chart's optional flags as a value file can turn them on. Each must parse; the process then
+/// fails for want of a cluster (exit 1), never with a usage error (exit 2).
+const ORIGINAL_MIC_ARGS: &[&[&str]] = &[
+    &[
+        "--cloudconfig=/nonexistent/azure.json",
+        "--logtostderr",
+        "--log-format=text",
+        "-v=0",
+        "--leader-election-instance=mic-0",
+        "--leader-election-namespace=default",
+        "--leader-election-name=aad-pod-identity-mic",
+        "--leader-election-duration=15s",
+        "--http-probe-port=8080",
+        "--createDeleteBatch=20",
+        "--clientQps=5",
+        "--immutable-user-msis=a,b",
+        "--prometheus-port=8888",
+        "--syncRetryDuration=3600s",
+        "--update-user-msi-max-retry=2",
+        "--update-user-msi-retry-interval=1s",
+        "--identity-assignment-reconcile-interval=3m",
+        "--custom-user-agent=operator",
+    ],
+    &[
+        "--kubeconfig=/nonexistent/kubeconfig",
+        "--cloudconfig=/nonexistent/azure.json",
+        "--logtostderr",
+    ],
+    &[
+        "--logtostderr",
+        "--alsologtostderr=false",
+        "--v=4",
+        "--vmodule=mic=5",
+        "--log_dir=/tmp",
+        "--log_file=/tmp/mic.log",
+        "--log_file_max_size=1800",
+        "--skip_headers",
+        "--skip_log_headers=false",
+        "--add_dir_header=false",
+        "--stderrthreshold=2",
+        "--log_backtrace_at=mic.go:1",
+        "--one_output=true",
+        "--forceNamespaced=false",
+        "--enableScaleFeatures=false",
+        "--enableProfile=false",
+        "--config-map-name=aad-pod-identity-config",
+        "--type-upgrade-status-key=type-upgrade-status",
+        "--enable-type-upgrade=true",
+        "--cloudconfig=/nonexistent/azure.json",
+    ],
+];
+
+const ORIGINAL_NMI_ARGS: &[&[&str]] = &[
+    &[
+        "--node=aks-nodepool1-0",
+        "--http-probe-port=8085",
+        "--ipt-update-interval-sec=60",
+        "--MICNamespace=default",
+        "--retry-attempts-for-created=16",
+        "--retry-attempts-for-assigned=4",
+        "--find-identity-retry-interval=5",
+        "--enableScaleFeatures=true",
+        "--prometheus-port=9090",
+        "--block-instance-metadata=true",
+        "--metadata-header-required=true",
+        "--log-format=json",
+        "-v=2",
+        "--operation-mode=standard",
+        "--allow-network-plugin-kubenet=false",
+        "--kubelet-config=/etc/default/kubelet",
+        "--custom-user-agent=operator",
+        "--set-retry-after-header=false",
+        "--enable-conntrack-deletion=false",
+        "--kubeconfig=/nonexistent/kubeconfig",
+    ],
+    &[
+        "--node=aks-nodepool1-0",
+        "--operation-mode=managed",
+        "--forceNamespaced",
+        "--http-probe-port=8085",
+        "--enableScaleFeatures=true",
+        "--metadata-header-required=true",
+        "--logtostderr",
+        "--enableProfile",
+        "--kubeconfig=/nonexistent/kubeconfig",
+    ],
+];
+
+fn assert_starts_without_usage_error(sub: &str, args: &[&str]) {
+    let out = bin()
+        .arg(sub)
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("MIC_POD_NAMESPACE", "default")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{sub} {args:?} was refused as a usage error:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("unexpected argument") && !stderr.contains("invalid value"),
+        "{sub} {args:?}:\n{stderr}"
+    );
+    // It got past the command line: it failed on the missing cluster or cloud configuration.
+    assert_eq!(out.status.code(), Some(1), "{sub} {args:?}:\n{stderr}");
+}
+
+#[test]
+fn the_originals_argument_lists_start_mic_and_nmi_without_a_usage_error() {
+    for args in ORIGINAL_MIC_ARGS {
+        assert_starts_without_usage_error("mic", args);
+    }
+    for args in ORIGINAL_NMI_ARGS {
+        assert_starts_without_usage_error("nmi", args);
+    }
+}

@@ -21,6 +21,13 @@ fn row(sub: &str, flag: &str) -> Option<&'static str> {
     section(heading)
         .find(|l| l.starts_with(&key))
         .or_else(|| section("Common").find(|l| l.starts_with(&key)))
+        .or_else(|| {
+            // The original's flags kept for compatibility share rows, one row per group.
+            let mention = format!("`--{flag}`");
+            section("Flags of the original accepted for compatibility").find(|l| {
+                l.starts_with("| `") && l.split(" | ").next().is_some_and(|c| c.contains(&mention))
+            })
+        })
 }
 
 #[test]

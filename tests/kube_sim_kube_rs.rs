@@ -340,6 +340,58 @@ async fn custom_resources_are_served_with_a_status_subresource() {
     for f in all_crds() {
         crds.create(&PostParams::default(), &f.crd).await.unwrap();
     }
+    // A CRD that declares the status subresource (ours, like the original's, do not).
+    let widget: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &widget).await.unwrap();
+    let war = kube::discovery::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("example.com", "v1", "Widget"),
+        "widgets",
+    );
+    let widgets: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &war);
+    let w: kube::core::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+        "spec": {"size": 1}, "status": {"phase": "Ready"}
+    }))
+    .unwrap();
+    let created = widgets.create(&PostParams::default(), &w).await.unwrap();
+    // Status is not written through the main endpoint…
+    assert!(created.data.get("status").is_none());
+    widgets
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Ready"}})),
+        )
+        .await
+        .unwrap();
+    assert!(widgets.get("w").await.unwrap().data.get("status").is_none());
+    // …only through /status, which in turn leaves spec alone.
+    widgets
+        .patch_status(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Done"}, "spec": {"size": 2}})),
+        )
+        .await
+        .unwrap();
+    let got = widgets.get("w").await.unwrap();
+    assert_eq!(got.data["status"]["phase"], "Done");
+    assert_eq!(got.data["spec"]["size"], 1);
+
+    // Without the subresource (the original's AzureAssignedIdentity): status is written with
+    // the object and `/status` does not exist.
     let ar = kube::discovery::ApiResource::from_gvk_with_plural(
         &kube::core::GroupVersionKind::gvk("aadpodidentity.k8s.io", "v1", "AzureAssignedIdentity"),
         "azureassignedidentities",
@@ -349,12 +401,11 @@ async fn custom_resources_are_served_with_a_status_subresource() {
         "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
         "metadata": {"name": "demo-default-az-id-1"},
         "spec": {"pod": "demo", "podNamespace": "default", "nodename": "n"},
-        "status": {"status": "Assigned"}
+        "status": {"status": "Created"}
     }))
     .unwrap();
     let created = api.create(&PostParams::default(), &obj).await.unwrap();
-    // Status is not written through the main endpoint…
-    assert!(created.data.get("status").is_none());
+    assert_eq!(created.data["status"]["status"], "Created");
     api.patch(
         "demo-default-az-id-1",
         &PatchParams::default(),
@@ -362,25 +413,22 @@ async fn custom_resources_are_served_with_a_status_subresource() {
     )
     .await
     .unwrap();
-    assert!(
-        api.get("demo-default-az-id-1")
-            .await
-            .unwrap()
-            .data
-            .get("status")
-            .is_none()
+    assert_eq!(
+        api.get("demo-default-az-id-1").await.unwrap().data["status"]["status"],
+        "Assigned"
     );
-    // …only through /status, which in turn leaves spec alone.
-    api.patch_status(
-        "demo-default-az-id-1",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"status": "Created"}, "spec": {"pod": "other"}})),
-    )
-    .await
-    .unwrap();
-    let got = api.get("demo-default-az-id-1").await.unwrap();
-    assert_eq!(got.data["status"]["status"], "Created");
-    assert_eq!(got.data["spec"]["pod"], "demo");
+    let e = api
+        .patch_status(
+            "demo-default-az-id-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"status": "Created"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, kube::Error::Api(ref s) if s.code == 404),
+        "{e:?}"
+    );
     // Discovery lists the new resources, so kube's discovery finds them too.
     let d = kube::Discovery::new(client.clone()).run().await.unwrap();
     assert!(d.groups().any(|g| g.name() == "aadpodidentity.k8s.io"));

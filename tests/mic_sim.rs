@@ -71,6 +71,27 @@ fn azure_with_latency(latency: Duration) -> AzureSimConfig {
 }
 
 async fn cluster(tag: &str, topology: Topology, azure: AzureSimConfig) -> Cluster {
+    let ours = crd::all_crds().into_iter().map(|f| f.crd).collect();
+    cluster_with(tag, topology, azure, ours).await
+}
+
+/// The original v1.8.17's CRD manifests, as its chart ships them (a test fixture).
+fn original_crds() -> Vec<CustomResourceDefinition> {
+    let text = include_str!("fixtures/original/crd.yaml");
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            serde_json::from_value(v).unwrap()
+        })
+        .collect()
+}
+
+async fn cluster_with(
+    tag: &str,
+    topology: Topology,
+    azure: AzureSimConfig,
+    crds: Vec<CustomResourceDefinition>,
+) -> Cluster {
     let azure = AzureSim::start(&topology, azure).await.unwrap();
     let sim = KubeSim::start(KubeSimConfig {
         topology: topology.clone(),
@@ -83,9 +104,9 @@ async fn cluster(tag: &str, topology: Topology, azure: AzureSimConfig) -> Cluste
     let kubeconfig = dir.0.join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).unwrap();
     let client = sim.client().await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for f in crd::all_crds() {
-        crds.create(&PostParams::default(), &f.crd).await.unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for c in crds {
+        api.create(&PostParams::default(), &c).await.unwrap();
     }
     Cluster {
         sim,
@@ -763,5 +784,275 @@ async fn a_binding_from_another_namespace_is_refused_with_an_event_on_the_pod() 
     }
     assert!(c.assigned().await.is_empty());
     assert_eq!(c.patches(), 0);
+    c.shutdown().await;
+}
+
+/// Waits until `pred` holds of the identities on scale set 0, or panics after `timeout`.
+async fn wait_scale_set(
+    c: &Cluster,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&BTreeSet<IdentityId>) -> bool,
+) {
+    let t0 = Instant::now();
+    while !pred(&c.on_scale_set(0)) {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out waiting for {what}; scale set holds {:?}",
+            c.on_scale_set(0)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_added_by_hand_stays_after_its_pod_leaves_even_across_a_restart() {
+    // The sequence from the field: MIC knows the scale set; identity-5 is added to it directly
+    // through ARM; a pod bound to identity-5 runs there (Assigned without MIC's write), MIC
+    // restarts, the pod goes, the grace period passes: identity-5 must still be there.
+    let c = cluster(
+        "by-hand",
+        Topology::sized(1, 1, 0, 6),
+        azure_with_latency(Duration::from_millis(50)),
+    )
+    .await;
+    let mut mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("a", "identity-0", &c.node(0)).await;
+    c.wait_for("a Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+    let five = IdentityId::new(&c.identity_rid(5));
+    let by_hand = CloudArm::from_config(&c.cloud_config()).unwrap();
+    by_hand
+        .patch(&c.scale_set(0), std::slice::from_ref(&five), &[])
+        .await
+        .unwrap();
+    c.identity("identity-5", &c.identity_rid(5)).await;
+    c.pod("b", "identity-5", &c.node(0)).await;
+    c.wait_for("b Assigned", Duration::from_secs(20), all_assigned(2))
+        .await;
+    let b = c
+        .assigned()
+        .await
+        .into_iter()
+        .find(|a| a.spec.pod == "b")
+        .unwrap();
+    assert!(
+        b.identity_is_external(),
+        "the object records that MIC did not add identity-5: {:?}",
+        b.metadata.annotations
+    );
+    mic.stop();
+    let mic = start_mic(&c, settings(&c, "mic-1")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.delete_pod("b").await;
+    c.wait_for("b's object gone", Duration::from_secs(20), all_assigned(1))
+        .await;
+    // Well past the 1 s grace period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        c.on_scale_set(0).contains(&five),
+        "identity-5 was removed: {:?}",
+        c.on_scale_set(0)
+    );
+    // MIC's own identity still goes when its pod goes.
+    c.delete_pod("a").await;
+    wait_scale_set(&c, "identity-0 removed", Duration::from_secs(20), |on| {
+        on.len() == 1 && on.contains(&five)
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_added_between_mics_read_and_its_write_is_never_taken_for_mics() {
+    use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
+    let c = cluster(
+        "between",
+        Topology::sized(1, 1, 0, 6),
+        azure_with_latency(Duration::from_millis(50)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("a", "identity-0", &c.node(0)).await;
+    c.wait_for("a Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+    // The next read of the scale set is answered, then identity-5 is added through ARM by
+    // someone else: MIC's PATCH that follows is based on a state that no longer holds.
+    let five = IdentityId::new(&c.identity_rid(5));
+    c.azure.inject(
+        FaultTarget::ArmGet,
+        1,
+        FaultKind::AssignAfterRead(c.identity_rid(5)),
+    );
+    c.identity("identity-5", &c.identity_rid(5)).await;
+    c.pod("b", "identity-5", &c.node(0)).await;
+    c.wait_for("b Assigned", Duration::from_secs(20), all_assigned(2))
+        .await;
+    assert_eq!(c.azure.counters().faults, 1, "the change landed");
+    assert!(
+        c.azure
+            .request_log()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.status == 412),
+        "MIC's write was refused by its If-Match precondition"
+    );
+    c.delete_pod("b").await;
+    c.wait_for("b's object gone", Duration::from_secs(20), all_assigned(1))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        c.on_scale_set(0).contains(&five),
+        "identity-5 was removed: {:?}",
+        c.on_scale_set(0)
+    );
+    drop(mic);
+    c.shutdown().await;
+}
+
+/// An AzureAssignedIdentity as the original (Go) MIC writes it for `pod` and identity `i`.
+fn go_written_assignment(c: &Cluster, pod: &str, i: usize) -> serde_json::Value {
+    let name = format!("identity-{i}");
+    serde_json::json!({
+        "apiVersion": "aadpodidentity.k8s.io/v1",
+        "kind": "AzureAssignedIdentity",
+        "metadata": {
+            "name": crd::assigned_identity_name(pod, "default", &name),
+            "namespace": "default",
+            "labels": {"nodename": c.node(0)},
+            "finalizers": [crd::ASSIGNED_IDENTITY_FINALIZER],
+        },
+        "spec": {
+            "metadata": {"creationTimestamp": null},
+            "azureIdentityRef": {
+                "metadata": {"name": name, "namespace": "default", "creationTimestamp": null},
+                "spec": {
+                    "metadata": {"creationTimestamp": null},
+                    "type": 0,
+                    "resourceID": c.identity_rid(i),
+                    "clientID": format!("client-{name}"),
+                    "clientPassword": {},
+                    "auxiliaryTenantIDs": null,
+                    "replicas": null
+                },
+                "status": {"metadata": {"creationTimestamp": null}, "availableReplicas": 0}
+            },
+            "azureBindingRef": {
+                "metadata": {"name": format!("{name}-binding"), "namespace": "default", "creationTimestamp": null},
+                "spec": {"metadata": {"creationTimestamp": null}, "azureIdentity": name, "selector": name, "weight": 0},
+                "status": {"metadata": {"creationTimestamp": null}, "availableReplicas": 0}
+            },
+            "pod": pod,
+            "podNamespace": "default",
+            "nodename": c.node(0),
+            "replicas": null
+        },
+        "status": {"metadata": {"creationTimestamp": null}, "availableReplicas": 0, "status": "Assigned"}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_the_original_takes_over_its_objects_and_assigns_new_pods_under_its_crds() {
+    let c = cluster_with(
+        "upgrade",
+        Topology::sized(1, 1, 0, 2),
+        azure_with_latency(Duration::from_millis(50)),
+        original_crds(),
+    )
+    .await;
+    // The cluster as the Go MIC left it: identity-0 on the scale set for pod "old", recorded
+    // in an Assigned object of the Go MIC's shape.
+    let zero = IdentityId::new(&c.identity_rid(0));
+    CloudArm::from_config(&c.cloud_config())
+        .unwrap()
+        .patch(&c.scale_set(0), std::slice::from_ref(&zero), &[])
+        .await
+        .unwrap();
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("old", "identity-0", &c.node(0)).await;
+    let go: AzureAssignedIdentity =
+        serde_json::from_value(go_written_assignment(&c, "old", 0)).unwrap();
+    let aais = Api::<AzureAssignedIdentity>::namespaced(c.client.clone(), "default");
+    let created = aais.create(&PostParams::default(), &go).await.unwrap();
+    let patches_before = c.patches();
+
+    // Our MIC takes over: the object stays (same uid), Assigned, and nothing is re-PATCHed.
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    // A new pod under the original's CRDs (no status subresource): Created, then Assigned.
+    c.identity("identity-1", &c.identity_rid(1)).await;
+    c.pod("new", "identity-1", &c.node(0)).await;
+    c.wait_for("both Assigned", Duration::from_secs(20), all_assigned(2))
+        .await;
+    let after = aais
+        .get(&created.metadata.name.clone().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        after.metadata.uid, created.metadata.uid,
+        "taken over, not recreated"
+    );
+    assert_eq!(
+        c.patches(),
+        patches_before + 1,
+        "one PATCH: identity-1; identity-0 was already there"
+    );
+
+    // Rollback direction: what our MIC wrote validates against the original's CRDs (the
+    // simulator prunes and validates with them) and keeps every field the Go NMI reads...
+    let ours = aais
+        .get(&crd::assigned_identity_name("new", "default", "identity-1"))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&ours).unwrap();
+    assert_eq!(v["spec"]["pod"], "new");
+    assert_eq!(v["spec"]["podNamespace"], "default");
+    assert_eq!(v["spec"]["nodename"], c.node(0));
+    assert_eq!(v["metadata"]["labels"]["nodename"], c.node(0));
+    assert_eq!(
+        v["metadata"]["finalizers"][0],
+        crd::ASSIGNED_IDENTITY_FINALIZER
+    );
+    assert_eq!(v["status"]["status"], "Assigned");
+    let id = &v["spec"]["azureIdentityRef"];
+    assert_eq!(id["metadata"]["name"], "identity-1");
+    assert_eq!(id["spec"]["type"], 0);
+    assert_eq!(id["spec"]["resourceID"], c.identity_rid(1));
+    assert_eq!(id["spec"]["clientID"], "client-identity-1");
+    assert_eq!(
+        v["spec"]["azureBindingRef"]["spec"]["selector"],
+        "identity-1"
+    );
+    // ...and takes the Go MIC's own status write (a JSON patch replacing /status/status).
+    let replaced = aais
+        .patch(
+            &crd::assigned_identity_name("new", "default", "identity-1"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::<()>::Json(
+                serde_json::from_value(serde_json::json!([
+                    {"op": "replace", "path": "/status/status", "value": "Assigned"}
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await;
+    assert!(replaced.is_ok(), "{replaced:?}");
+
+    // The Go MIC's assignment is ours to clean up once its pod goes, as the original would.
+    c.delete_pod("old").await;
+    c.wait_for(
+        "old's object gone",
+        Duration::from_secs(20),
+        all_assigned(1),
+    )
+    .await;
+    wait_scale_set(&c, "identity-0 removed", Duration::from_secs(20), |on| {
+        !on.contains(&zero)
+    })
+    .await;
+    drop(mic);
     c.shutdown().await;
 }

@@ -136,7 +136,7 @@ async fn nmi_follows_the_api_from_created_to_assigned_to_deleted() {
     let aais: Api<AzureAssignedIdentity> = Api::namespaced(client.clone(), "default");
     let created = aais.create(&PostParams::default(), &aai).await.unwrap();
     let name = created.metadata.name.clone().unwrap();
-    aais.patch_status(
+    aais.patch(
         &name,
         &PatchParams::default(),
         &Patch::Merge(serde_json::json!({"status": {"status": "Created"}})),
@@ -167,7 +167,7 @@ async fn nmi_follows_the_api_from_created_to_assigned_to_deleted() {
     );
 
     let flipped = Instant::now();
-    aais.patch_status(
+    aais.patch(
         &name,
         &PatchParams::default(),
         &Patch::Merge(serde_json::json!({"status": {"status": "Assigned"}})),

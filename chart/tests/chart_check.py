@@ -431,9 +431,16 @@ def cmd_content(f: Failures) -> None:
                 f.check(wl["spec"]["template"]["spec"]["serviceAccountName"] in sas, f"{tag} {where(wl)}", "uses the chart's ServiceAccount")
 
         # MIC exception and identities from values.
-        exc = find(objects, "AzurePodIdentityException")
-        want_exc = (not managed) and str(merged["installMICException"]).lower() == "true"
+        all_exc = find(objects, "AzurePodIdentityException")
+        installed = str(merged["installMICException"]).lower() == "true"
+        exc = [e for e in all_exc if e["metadata"]["name"] != "aks-addon-exception"]
+        addon = [e for e in all_exc if e["metadata"]["name"] == "aks-addon-exception"]
+        want_exc = (not managed) and installed
         f.check(len(exc) == int(want_exc), tag, f"AzurePodIdentityException for MIC: want {want_exc}, found {len(exc)}")
+        f.check(len(addon) == int(installed), tag, "the AKS add-on exception, as the original's chart installs it")
+        for e in addon:
+            f.check(e["metadata"]["namespace"] == "kube-system", tag, "the add-on exception lives in kube-system")
+            f.check(e["spec"]["podLabels"] == {"kubernetes.azure.com/managedby": "aks"}, tag, "the add-on exception's label")
         for e in exc:
             mic_labels = mics[0]["spec"]["template"]["metadata"]["labels"]
             f.check(e["spec"]["podLabels"].items() <= mic_labels.items(), tag, "the exception matches MIC's pods")

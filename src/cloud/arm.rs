@@ -9,6 +9,12 @@
 //! When ARM refuses some identities of a batch (`LinkedAuthorizationFailed`,
 //! `FailedIdentityOperation`, an unknown identity), the ids its message names are set aside and
 //! the rest of the batch is sent again, so one bad identity never blocks the others.
+//!
+//! Every PATCH carries `If-Match` with the etag of the state it was computed from, so ARM
+//! applies it to exactly that state or refuses it (412 `PreconditionFailed`): an identity
+//! reported in [`UpdateOutcome::added`] was put there by this write and by nothing else, which
+//! is what lets MIC remove only what it added. A refused precondition means someone changed
+//! the resource in between; the client reads it again and recomputes the delta.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,6 +40,9 @@ pub const API_VERSION: &str = "2024-07-01";
 
 /// ARM's limit on user-assigned identities changed by one request.
 pub const MAX_IDENTITIES_PER_PATCH: usize = 150;
+
+/// PATCHes refused by their `If-Match` precondition before giving up with [`Error::Conflict`].
+pub const MAX_PRECONDITION_RETRIES: u32 = 3;
 
 /// Retry, timeout and polling knobs.
 #[derive(Clone, Debug)]
@@ -97,6 +106,8 @@ pub struct IdentityState {
     pub user_assigned: Vec<String>,
     /// `properties.provisioningState`.
     pub provisioning_state: String,
+    /// The resource's `etag` (the model version a PATCH's `If-Match` names), when ARM gave one.
+    pub etag: Option<String>,
 }
 
 impl IdentityState {
@@ -126,7 +137,8 @@ pub struct UpdateOutcome {
     pub removed: Vec<String>,
     /// Identities ARM refused, with its reason; the rest went through.
     pub refused: Vec<RefusedIdentity>,
-    /// Identities asked for that needed no change (already there / already gone).
+    /// Identities asked for that needed no change (already there / already gone): an identity
+    /// to add found here was put there by someone else.
     pub unchanged: Vec<String>,
     /// PATCH requests sent.
     pub patches: u32,
@@ -249,85 +261,129 @@ impl ArmClient {
 
     /// Adds and removes user-assigned identities (resource ids) on a VM or scale set.
     ///
-    /// Reads the current state first (refusing a resource being deleted), sends only real
-    /// changes in PATCHes of at most `max_per_patch` entries, and follows each LRO. Identities
-    /// ARM refuses are reported in [`UpdateOutcome::refused`] while the rest are applied.
+    /// Reads the current state (refusing a resource being deleted), sends only real changes in
+    /// PATCHes of at most `max_per_patch` entries, each conditional on the state it was
+    /// computed from (`If-Match`), and follows each LRO. When the resource changed in between,
+    /// it is read again and the delta recomputed (at most [`MAX_PRECONDITION_RETRIES`] times).
+    /// Identities ARM refuses are reported in [`UpdateOutcome::refused`] while the rest are
+    /// applied.
     pub async fn update_identities(
         &self,
         target: &ComputeRef,
         add: &[String],
         remove: &[String],
     ) -> Result<UpdateOutcome, Error> {
-        let mut state = self.get_identities(target).await?;
-        if state.provisioning_state.eq_ignore_ascii_case("deleting") {
-            return Err(Error::Deleting {
-                resource: target.key(),
-            });
-        }
         let mut outcome = UpdateOutcome::default();
-        let mut entries: Vec<(String, bool)> = Vec::new();
-        let seen = |entries: &Vec<(String, bool)>, id: &str| {
-            entries.iter().any(|(x, _)| x.eq_ignore_ascii_case(id))
-        };
-        for id in add {
-            if state.contains(id) {
-                outcome.unchanged.push(id.clone());
-            } else if !seen(&entries, id) {
-                entries.push((id.clone(), true));
-            }
-        }
-        for id in remove {
-            if add.iter().any(|a| a.eq_ignore_ascii_case(id)) {
-                // Asked to add and remove the same identity: adding wins (a pod still wants it).
-                continue;
-            }
-            if !state.contains(id) {
-                outcome.unchanged.push(id.clone());
-            } else if !seen(&entries, id) {
-                entries.push((id.clone(), false));
-            }
-        }
+        // Still to classify against the state the next PATCH is based on.
+        let mut add: Vec<String> = add.to_vec();
+        let mut remove: Vec<String> = remove
+            .iter()
+            // Asked to add and remove the same identity: adding wins (a pod still wants it).
+            .filter(|r| !add.iter().any(|a| a.eq_ignore_ascii_case(r)))
+            .cloned()
+            .collect();
+        let mut state = self.get_identities(target).await?;
         let per_patch = self
             .options
             .max_per_patch
             .clamp(1, MAX_IDENTITIES_PER_PATCH);
-        for chunk in entries.chunks(per_patch) {
-            let mut chunk: Vec<(String, bool)> = chunk.to_vec();
-            while !chunk.is_empty() {
-                outcome.patches += 1;
-                match self.patch(target, &state, &chunk).await {
-                    Ok(next) => {
-                        for (id, is_add) in chunk.drain(..) {
-                            if is_add {
-                                outcome.added.push(id);
-                            } else {
-                                outcome.removed.push(id);
-                            }
+        let mut conflicts = 0u32;
+        loop {
+            if state.provisioning_state.eq_ignore_ascii_case("deleting") {
+                return Err(Error::Deleting {
+                    resource: target.key(),
+                });
+            }
+            let mut entries: Vec<(String, bool)> = Vec::new();
+            let seen = |entries: &Vec<(String, bool)>, id: &str| {
+                entries.iter().any(|(x, _)| x.eq_ignore_ascii_case(id))
+            };
+            for id in add.drain(..) {
+                if state.contains(&id) {
+                    outcome.unchanged.push(id);
+                } else if !seen(&entries, &id) {
+                    entries.push((id, true));
+                }
+            }
+            for id in remove.drain(..) {
+                if !state.contains(&id) {
+                    outcome.unchanged.push(id);
+                } else if !seen(&entries, &id) {
+                    entries.push((id, false));
+                }
+            }
+            if entries.is_empty() {
+                break;
+            }
+            let rest = entries.split_off(per_patch.min(entries.len()));
+            let mut chunk = entries;
+            outcome.patches += 1;
+            match self.patch(target, &state, &chunk).await {
+                Ok(next) => {
+                    for (id, is_add) in chunk.drain(..) {
+                        if is_add {
+                            outcome.added.push(id);
+                        } else {
+                            outcome.removed.push(id);
                         }
-                        state = next;
                     }
-                    Err(Error::IdentitiesRefused { ids, code, message })
-                        if ids.iter().any(|r| {
-                            chunk.iter().any(|(c, a)| *a && c.eq_ignore_ascii_case(r))
-                        }) =>
-                    {
-                        tracing::warn!(
-                            target = %target, refused = ?ids, code = %code,
-                            "ARM refused identities; sending the rest of the batch again"
-                        );
-                        chunk.retain(|(c, is_add)| {
-                            let refused = *is_add && ids.iter().any(|r| c.eq_ignore_ascii_case(r));
-                            if refused {
-                                outcome.refused.push(RefusedIdentity {
-                                    id: c.clone(),
-                                    code: code.clone(),
-                                    message: message.clone(),
-                                });
-                            }
-                            !refused
+                    if rest.is_empty() {
+                        state = next;
+                        break;
+                    }
+                    // The next chunk needs the etag of the state it applies to.
+                    state = match next.etag {
+                        Some(_) => next,
+                        None => self.get_identities(target).await?,
+                    };
+                }
+                Err(Error::Arm { status: 412, .. }) => {
+                    conflicts += 1;
+                    if conflicts > MAX_PRECONDITION_RETRIES {
+                        return Err(Error::Conflict {
+                            resource: target.key(),
+                            attempts: conflicts,
                         });
                     }
-                    Err(e) => return Err(e),
+                    tracing::debug!(target = %target, "resource changed since it was read; reading it again");
+                    state = self.get_identities(target).await?;
+                }
+                Err(Error::IdentitiesRefused { ids, code, message })
+                    if ids
+                        .iter()
+                        .any(|r| chunk.iter().any(|(c, a)| *a && c.eq_ignore_ascii_case(r))) =>
+                {
+                    tracing::warn!(
+                        target = %target, refused = ?ids, code = %code,
+                        "ARM refused identities; sending the rest of the batch again"
+                    );
+                    chunk.retain(|(c, is_add)| {
+                        let refused = *is_add && ids.iter().any(|r| c.eq_ignore_ascii_case(r));
+                        if refused {
+                            outcome.refused.push(RefusedIdentity {
+                                id: c.clone(),
+                                code: code.clone(),
+                                message: message.clone(),
+                            });
+                        }
+                        !refused
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+            // Whatever is left is classified again against the state now known.
+            for (id, is_add) in chunk.into_iter().chain(rest) {
+                if !outcome
+                    .added
+                    .iter()
+                    .chain(&outcome.removed)
+                    .any(|x| *x == id)
+                {
+                    if is_add {
+                        add.push(id);
+                    } else {
+                        remove.push(id);
+                    }
                 }
             }
         }
@@ -366,18 +422,20 @@ impl ArmClient {
             .map(|(id, _)| id.clone())
             .collect();
         let got = self
-            .send(
+            .send_with(
                 op,
                 target.subscription(),
                 Method::Patch,
                 self.resource_url(target),
                 Some(body),
+                state.etag.as_deref(),
             )
             .await?;
         let local = IdentityState {
             identity_type: identity_type.clone(),
             user_assigned: after,
             provisioning_state: "Succeeded".into(),
+            etag: None,
         };
         match got.status {
             200..=202 => {}
@@ -546,12 +604,29 @@ impl ArmClient {
         url: url::Url,
         body: Option<Value>,
     ) -> Result<Received, Error> {
+        self.send_with(operation, subscription, method, url, body, None)
+            .await
+    }
+
+    /// [`Self::send`] with an `If-Match` precondition.
+    async fn send_with(
+        &self,
+        operation: &'static str,
+        subscription: &str,
+        method: Method,
+        url: url::Url,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> Result<Received, Error> {
         let mut failures = 0u32;
         let mut throttled = 0u32;
         loop {
             self.gate.wait_open(subscription).await;
             let mut request = Request::new(url.clone(), method);
             request.insert_header(HeaderName::from_static("accept"), "application/json");
+            if let Some(etag) = if_match {
+                request.insert_header(HeaderName::from_static("if-match"), etag.to_string());
+            }
             if let Some(b) = &body {
                 request.insert_header(HeaderName::from_static("content-type"), "application/json");
                 request.set_body(serde_json::to_vec(b).expect("json value serializes"));
@@ -704,6 +779,8 @@ fn parse_state(op: &'static str, body: &[u8]) -> Result<IdentityState, Error> {
         identity: Option<Identity>,
         #[serde(default)]
         properties: Option<Props>,
+        #[serde(default)]
+        etag: Option<String>,
     }
     let r: Resource = serde_json::from_slice(body).map_err(|e| Error::MalformedResponse {
         operation: op,
@@ -720,6 +797,7 @@ fn parse_state(op: &'static str, body: &[u8]) -> Result<IdentityState, Error> {
             .properties
             .and_then(|p| p.provisioning_state)
             .unwrap_or_default(),
+        etag: r.etag.filter(|e| !e.is_empty()),
     })
 }
 

@@ -91,6 +91,17 @@ pub enum Error {
         /// The compute resource (key form).
         resource: String,
     },
+    /// The resource kept changing between the read a PATCH was based on and the PATCH itself
+    /// (412 `PreconditionFailed` on `If-Match`, more times than the client retries).
+    #[error(
+        "{resource} changed under every attempt to update it (If-Match failed {attempts} times)"
+    )]
+    Conflict {
+        /// The compute resource (key form).
+        resource: String,
+        /// PATCHes refused by their precondition.
+        attempts: u32,
+    },
     /// Any other ARM error response.
     #[error("{operation}: ARM answered {status}: {code}: {message}")]
     Arm {
@@ -154,6 +165,7 @@ impl Error {
             Error::IdentitiesRefused { .. } => "identities_refused",
             Error::NotFound { .. } => "not_found",
             Error::Deleting { .. } => "deleting",
+            Error::Conflict { .. } => "conflict",
             Error::Arm { .. } => "arm",
             Error::OperationFailed { .. } => "operation_failed",
             Error::MalformedResponse { .. } => "malformed_response",

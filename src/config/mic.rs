@@ -9,6 +9,7 @@ use clap::{ArgAction, Args};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::compat::{CommonCompatArgs, MicCompatArgs};
 use super::{CsvList, LogArgs, parse_go_duration, parse_list, parse_port};
 
 /// Configuration of the controller.
@@ -134,6 +135,14 @@ pub struct MicArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    /// The original's switches without an effect here (see `config::compat`).
+    #[command(flatten)]
+    pub compat: CommonCompatArgs,
+
+    /// The original MIC's type-upgrade switches (accepted and ignored).
+    #[command(flatten)]
+    pub mic_compat: MicCompatArgs,
 }
 
 fn default_instance() -> String {

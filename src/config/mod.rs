@@ -6,6 +6,7 @@
 //! value with a unit) where it took an integer number of seconds. A bad value is refused by
 //! clap with the flag's name and the expected form, and exit code 2.
 
+pub mod compat;
 pub mod mic;
 pub mod nmi;
 
@@ -32,6 +33,28 @@ pub struct LogArgs {
     /// Log filter in RUST_LOG syntax, e.g. `info` or `info,aad_pod_identity::actors=debug`.
     #[arg(long = "log-level", env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub log_filter: String,
+
+    /// klog's flags, as the original takes them.
+    #[command(flatten)]
+    pub klog: compat::KlogArgs,
+}
+
+impl LogArgs {
+    /// Text logs at `filter`, with no klog flags given.
+    #[must_use]
+    pub fn text(filter: String) -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_filter: filter,
+            klog: compat::KlogArgs::default(),
+        }
+    }
+
+    /// The filter in force: `--log-level`, raised by klog's `-v` when left at `info`.
+    #[must_use]
+    pub fn effective_filter(&self) -> String {
+        self.klog.filter_for(&self.log_filter)
+    }
 }
 
 fn parse_log_filter(s: &str) -> Result<String, String> {

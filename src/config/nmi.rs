@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::compat::{CommonCompatArgs, parse_go_bool};
 use super::{LogArgs, parse_go_duration, parse_port, parse_seconds};
 
 /// How NMI learns which identities a pod may use.
@@ -116,7 +117,7 @@ pub struct NmiArgs {
     pub prometheus_port: u16,
 
     /// standard (identities from MIC's AzureAssignedIdentity objects) or managed.
-    #[arg(long = "operation-mode", env = "NMI_OPERATION_MODE", value_enum, default_value_t = OperationMode::Standard)]
+    #[arg(long = "operation-mode", env = "NMI_OPERATION_MODE", value_enum, ignore_case = true, default_value_t = OperationMode::Standard)]
     pub operation_mode: OperationMode,
 
     /// Answer 503 with `Retry-After` instead of 404 when the identity is not assigned in time.
@@ -140,7 +141,7 @@ pub struct NmiArgs {
 
     /// Start even when the node's kubelet uses the kubenet network plugin (refused by default,
     /// as by the original: a pod with NET_RAW can pose as another pod there).
-    #[arg(long = "allow-network-plugin-kubenet", env = "NMI_ALLOW_NETWORK_PLUGIN_KUBENET", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    #[arg(long = "allow-network-plugin-kubenet", env = "NMI_ALLOW_NETWORK_PLUGIN_KUBENET", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = parse_go_bool)]
     pub allow_network_plugin_kubenet: bool,
 
     /// The kubelet's defaults file, read to tell whether the node uses kubenet.
@@ -171,6 +172,10 @@ pub struct NmiArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    /// The original's switches without an effect here (see `config::compat`).
+    #[command(flatten)]
+    pub compat: CommonCompatArgs,
 }
 
 impl NmiArgs {

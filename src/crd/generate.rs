@@ -4,7 +4,15 @@
 //! The schemas are written out rather than derived because compatibility needs what a
 //! derive cannot say: `x-kubernetes-preserve-unknown-fields` exactly where the original's
 //! objects carry free-form data (the `metadata` inside spec and status, and the embedded
-//! AzureIdentity/AzureIdentityBinding in an AzureAssignedIdentity), and `type` as a plain integer.
+//! AzureIdentity/AzureIdentityBinding in an AzureAssignedIdentity), `nullable` wherever the
+//! original's Go types write `null`, and `type` as a plain integer.
+//!
+//! Everything an API server or an upgrade looks at is the original's (v1.8.17): the
+//! `api-approved.kubernetes.io` annotation a `*.k8s.io` group needs to be admitted, and the
+//! subresources: none on AzureAssignedIdentity and AzurePodIdentityException, `subresources: {}`
+//! (no status subresource) on AzureIdentity and AzureIdentityBinding. Helm never upgrades
+//! `crds/`, so a cluster upgraded from the original keeps the original's CRDs, and MIC writes
+//! status on the main resource as the original does.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition,
@@ -78,7 +86,7 @@ fn identity_spec_schema() -> Value {
                 "x-kubernetes-map-type": "atomic"
             },
             "tenantID": string("Tenant of a service principal."),
-            "auxiliaryTenantIDs": {"type": "array", "items": {"type": "string"}, "description": "Further tenants for a service principal's token."},
+            "auxiliaryTenantIDs": {"type": "array", "items": {"type": "string"}, "nullable": true, "description": "Further tenants for a service principal's token."},
             "adResourceID": string("Azure AD resource id (service principals)."),
             "adEndpoint": string("Azure AD authority; https://login.microsoftonline.com/ when empty."),
             "replicas": {"type": "integer", "format": "int32", "nullable": true, "description": "Unused."}
@@ -108,18 +116,42 @@ fn column(name: &str, type_: &str, path: &str) -> CustomResourceColumnDefinition
     }
 }
 
+/// The annotation a CRD in a protected group (`*.k8s.io`, `*.kubernetes.io`) must carry to be
+/// admitted; the original's value says the group was never approved upstream.
+pub const API_APPROVED_ANNOTATION: &str = "api-approved.kubernetes.io";
+
+/// Which subresources a version declares, as the original's CRDs do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subresources {
+    /// No `subresources` key at all (AzureAssignedIdentity, AzurePodIdentityException).
+    Absent,
+    /// `subresources: {}`: declared, but neither status nor scale (AzureIdentity, AzureIdentityBinding).
+    Empty,
+}
+
 fn finish(
     mut crd: CustomResourceDefinition,
     schema: Value,
     columns: Vec<CustomResourceColumnDefinition>,
+    subresources: Subresources,
 ) -> CrdFile {
+    crd.metadata.annotations = Some(
+        [(
+            API_APPROVED_ANNOTATION.to_string(),
+            "unapproved".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
     let version = &mut crd.spec.versions[0];
     version.schema = Some(
         serde_json::from_value(json!({ "openAPIV3Schema": schema }))
             .expect("hand-written schema is a valid JSONSchemaProps"),
     );
-    version.subresources =
-        Some(serde_json::from_value(json!({"status": {}})).expect("status subresource is valid"));
+    version.subresources = match subresources {
+        Subresources::Absent => None,
+        Subresources::Empty => Some(Default::default()),
+    };
     version.additional_printer_columns = if columns.is_empty() {
         None
     } else {
@@ -142,10 +174,12 @@ pub fn all_crds() -> Vec<CrdFile> {
                 replicas_status(json!({})),
             ),
             vec![
-                column("Type", "integer", ".spec.type"),
+                // The original declares the column as a string (the value is an integer).
+                column("Type", "string", ".spec.type"),
                 column("ClientID", "string", ".spec.clientID"),
                 age(),
             ],
+            Subresources::Empty,
         ),
         finish(
             AzureIdentityBinding::crd(),
@@ -159,6 +193,7 @@ pub fn all_crds() -> Vec<CrdFile> {
                 column("Selector", "string", ".spec.selector"),
                 age(),
             ],
+            Subresources::Empty,
         ),
         finish(
             AzureAssignedIdentity::crd(),
@@ -182,6 +217,7 @@ pub fn all_crds() -> Vec<CrdFile> {
                 })),
             ),
             Vec::new(),
+            Subresources::Absent,
         ),
         finish(
             AzurePodIdentityException::crd(),
@@ -204,6 +240,7 @@ pub fn all_crds() -> Vec<CrdFile> {
                 }),
             ),
             Vec::new(),
+            Subresources::Absent,
         ),
     ]
 }

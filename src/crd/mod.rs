@@ -14,7 +14,7 @@ mod identity_type;
 mod resource_id;
 pub mod write;
 
-pub use generate::{CrdFile, all_crds, render_crd_yaml};
+pub use generate::{API_APPROVED_ANNOTATION, CrdFile, all_crds, render_crd_yaml};
 pub use identity_type::IdentityType;
 pub use resource_id::{IdentityResourceId, ResourceIdError, parse_identity_resource_id};
 
@@ -36,6 +36,13 @@ pub const BEHAVIOR_NAMESPACED: &str = "namespaced";
 /// Finalizer MIC puts on every AzureAssignedIdentity it creates.
 pub const ASSIGNED_IDENTITY_FINALIZER: &str =
     "azureassignedidentity.finalizers.aadpodidentity.k8s.io";
+/// Annotation MIC puts on an AzureAssignedIdentity whose identity was on the VM or scale set
+/// without MIC's write (present before, added by hand or concurrently), with the value
+/// [`IDENTITY_OWNER_EXTERNAL`]: MIC never removes such an identity, and a restarted MIC does
+/// not take it for its own. Absent (as on objects the original wrote), the assignment is MIC's.
+pub const IDENTITY_OWNER_ANNOTATION: &str = "aadpodidentity.k8s.io/identity-owner";
+/// Value of [`IDENTITY_OWNER_ANNOTATION`] for an identity MIC did not put on its host.
+pub const IDENTITY_OWNER_EXTERNAL: &str = "external";
 /// Label on every AzureAssignedIdentity naming the node of its pod.
 pub const NODENAME_LABEL: &str = "nodename";
 
@@ -96,9 +103,11 @@ pub struct AzureIdentitySpec {
     #[serde(rename = "tenantID", default, skip_serializing_if = "String::is_empty")]
     pub tenant_id: String,
     /// Further tenants a service principal's token is valid for.
+    /// (The original's Go type writes `null` when there are none.)
     #[serde(
         rename = "auxiliaryTenantIDs",
         default,
+        deserialize_with = "null_as_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub auxiliary_tenant_ids: Vec<String>,
@@ -280,8 +289,8 @@ impl<'de> Deserialize<'de> for AssignedState {
     derive = "PartialEq"
 )]
 pub struct AzurePodIdentityExceptionSpec {
-    /// Labels a pod must carry (all of them) to be excepted.
-    #[serde(rename = "podLabels", default)]
+    /// Labels that except a pod: any one of them on the pod, value compared case-insensitively.
+    #[serde(rename = "podLabels", default, deserialize_with = "null_as_default")]
     pub pod_labels: BTreeMap<String, String>,
 }
 
@@ -293,8 +302,27 @@ pub struct AzurePodIdentityExceptionStatus {
     pub status: String,
 }
 
+/// Reads `null` as the type's default (Go writes `null` for an empty slice or map).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 fn is_zero(v: &i64) -> bool {
     *v == 0
+}
+
+impl AzureAssignedIdentity {
+    /// True when the object records that its identity was on the host without MIC's write.
+    #[must_use]
+    pub fn identity_is_external(&self) -> bool {
+        self.annotations()
+            .get(IDENTITY_OWNER_ANNOTATION)
+            .is_some_and(|v| v == IDENTITY_OWNER_EXTERNAL)
+    }
 }
 
 impl AzureIdentity {
@@ -308,15 +336,14 @@ impl AzureIdentity {
 }
 
 impl AzurePodIdentityException {
-    /// True when every label of the exception is on the pod with the same value.
+    /// True when any one label of the exception is on the pod, its value compared
+    /// case-insensitively: the original's rule, which its users' exceptions are written for.
     #[must_use]
     pub fn matches_labels(&self, pod_labels: &BTreeMap<String, String>) -> bool {
-        !self.spec.pod_labels.is_empty()
-            && self
-                .spec
-                .pod_labels
-                .iter()
-                .all(|(k, v)| pod_labels.get(k) == Some(v))
+        self.spec
+            .pod_labels
+            .iter()
+            .any(|(k, v)| pod_labels.get(k).is_some_and(|p| p.eq_ignore_ascii_case(v)))
     }
 }
 

@@ -233,7 +233,7 @@ fn assigned_state_keeps_values_it_does_not_know() {
 }
 
 #[test]
-fn exception_matches_only_when_every_label_matches() {
+fn exception_matches_when_any_one_label_matches_case_insensitively() {
     let ex = AzurePodIdentityException::new(
         "mic-exception",
         AzurePodIdentityExceptionSpec {
@@ -244,10 +244,14 @@ fn exception_matches_only_when_every_label_matches() {
             .into(),
         },
     );
-    let mut labels: BTreeMap<String, String> = [("app".to_string(), "mic".to_string())].into();
-    assert!(!ex.matches_labels(&labels));
-    labels.insert("component".into(), "mic".into());
-    assert!(ex.matches_labels(&labels));
+    let labels =
+        |k: &str, v: &str| -> BTreeMap<String, String> { [(k.to_string(), v.to_string())].into() };
+    assert!(ex.matches_labels(&labels("app", "mic")));
+    assert!(ex.matches_labels(&labels("component", "MIC")));
+    assert!(!ex.matches_labels(&labels("app", "nmi")));
+    assert!(!ex.matches_labels(&labels("other", "mic")));
+    let empty = AzurePodIdentityException::new("e", AzurePodIdentityExceptionSpec::default());
+    assert!(!empty.matches_labels(&labels("app", "mic")));
 }
 
 #[test]
@@ -268,15 +272,24 @@ fn assigned_identity_names_follow_the_original() {
 }
 
 #[test]
-fn generated_crds_have_status_subresource_and_printer_columns() {
+fn generated_crds_carry_the_approval_annotation_and_the_originals_subresources() {
     let crds = all_crds();
     assert_eq!(crds.len(), 4);
     for f in &crds {
         let v = &f.crd.spec.versions[0];
         assert_eq!(v.name, "v1");
         assert!(v.served && v.storage);
+        assert_eq!(
+            f.crd.metadata.annotations.as_ref().unwrap()[API_APPROVED_ANNOTATION],
+            "unapproved",
+            "{}",
+            f.file_name
+        );
+        // No status subresource anywhere: the original's MIC writes status on the main resource.
         assert!(
-            v.subresources.as_ref().unwrap().status.is_some(),
+            v.subresources
+                .as_ref()
+                .is_none_or(|s| s.status.is_none() && s.scale.is_none()),
             "{}",
             f.file_name
         );
@@ -287,6 +300,12 @@ fn generated_crds_have_status_subresource_and_printer_columns() {
             true
         );
     }
+    // `subresources: {}` on identities and bindings, none on the other two, as the original.
+    let declared: Vec<bool> = crds
+        .iter()
+        .map(|f| f.crd.spec.versions[0].subresources.is_some())
+        .collect();
+    assert_eq!(declared, [true, true, false, false]);
     let id_cols: Vec<_> = crds[0].crd.spec.versions[0]
         .additional_printer_columns
         .as_ref()
@@ -314,4 +333,14 @@ fn generated_crds_have_status_subresource_and_printer_columns() {
         crds[2].file_name,
         "aadpodidentity.k8s.io_azureassignedidentities.yaml"
     );
+}
+
+#[test]
+fn nulls_the_go_types_write_for_empty_slices_and_maps_are_read() {
+    let spec: AzureIdentitySpec =
+        serde_json::from_value(json!({"type": 1, "auxiliaryTenantIDs": null})).unwrap();
+    assert!(spec.auxiliary_tenant_ids.is_empty());
+    let e: AzurePodIdentityExceptionSpec =
+        serde_json::from_value(json!({"podLabels": null})).unwrap();
+    assert!(e.pod_labels.is_empty());
 }

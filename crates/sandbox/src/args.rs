@@ -41,6 +41,12 @@ pub struct SandboxArgs {
     #[arg(long = "scenario")]
     pub scenario: Option<PathBuf>,
 
+    /// CustomResourceDefinition manifests to install instead of the generated ones, e.g. the
+    /// original v1.8.17 chart's `crds/crd.yaml`, to try the system on a cluster upgraded from
+    /// the original (Helm never upgrades CRDs).
+    #[arg(long = "crds")]
+    pub crds: Option<PathBuf>,
+
     /// Typical ARM answer time (each answer takes 0.8 to 1.2 times this). Real scale sets take
     /// 40 to 60 s per write.
     #[arg(long = "arm-latency", default_value = "500ms", value_parser = parse_go_duration)]

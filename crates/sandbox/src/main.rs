@@ -1,7 +1,7 @@
 //! The `aad-pod-identity-sandbox` binary: with no subcommand it runs the sandbox; `loadtest`
 //! runs a load scenario against it. Exit codes: 2 for bad flags (from clap), 1 for failures.
 
-use aad_pod_identity::config::{LogArgs, LogFormat};
+use aad_pod_identity::config::LogArgs;
 use aad_pod_identity::logging;
 use aad_pod_identity_sandbox::args::SandboxArgs;
 use aad_pod_identity_sandbox::loadtest::LoadtestArgs;
@@ -44,10 +44,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     // The sandbox and the load tests print their own progress; logs default to warnings only.
-    logging::init(&LogArgs {
-        log_format: LogFormat::Text,
-        log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-    })?;
+    logging::init(&LogArgs::text(
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    ))?;
     match cli.command {
         // MIC's actors need an actix system; everything else runs on it too.
         None => {

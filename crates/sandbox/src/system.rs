@@ -184,8 +184,15 @@ impl Sandbox {
         let client = kube.client().await?;
 
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for f in aad_pod_identity::crd::all_crds() {
-            crds.create(&PostParams::default(), &f.crd)
+        let manifests: Vec<CustomResourceDefinition> = match &args.crds {
+            None => aad_pod_identity::crd::all_crds()
+                .into_iter()
+                .map(|f| f.crd)
+                .collect(),
+            Some(path) => read_crds(path)?,
+        };
+        for crd in &manifests {
+            crds.create(&PostParams::default(), crd)
                 .await
                 .map_err(|source| Error::Api {
                     what: "creating the CRDs",
@@ -705,4 +712,28 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
     let _ = guide.await;
     sandbox.stop().await;
     Ok(())
+}
+
+/// The CustomResourceDefinitions of a multi-document YAML file.
+fn read_crds(path: &std::path::Path) -> Result<Vec<CustomResourceDefinition>, Error> {
+    let bad = |e: String| Error::File {
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let v = <serde_json::Value as serde::Deserialize>::deserialize(doc)
+                .map_err(|e| bad(e.to_string()))?;
+            serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+        })
+        .filter(|r: &Result<CustomResourceDefinition, Error>| {
+            r.as_ref().map_or(true, |c| {
+                !c.metadata.name.as_deref().unwrap_or("").is_empty()
+            })
+        })
+        .collect()
 }

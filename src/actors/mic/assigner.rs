@@ -48,6 +48,9 @@ pub struct HostReport {
     pub assigned: BTreeSet<IdentityId>,
     /// Owned identities on the host that no pod needs any more (removal pending).
     pub releasing: BTreeSet<IdentityId>,
+    /// Assigned identities MIC did not put on the host (never removed; recorded on their
+    /// AzureAssignedIdentity objects so a restarted MIC does not take them for its own).
+    pub external: BTreeSet<IdentityId>,
     /// Identities ARM refused, with the reason.
     pub refused: BTreeMap<IdentityId, String>,
     /// The last call failed as a whole (retried later), with the reason.
@@ -105,6 +108,7 @@ impl Assigner {
             host: self.host.clone(),
             assigned: self.batch.assigned(),
             releasing: self.batch.releasing(),
+            external: self.batch.external(),
             refused: self.batch.refusals(now),
             failure: self.failure.clone(),
             synced: self.synced,
@@ -145,12 +149,12 @@ impl Assigner {
                 let f = async move {
                     let _t = DropTimer::new(
                         m.cloud_provider_operations_duration_seconds
-                            .with_label_values(&["get_identities"]),
+                            .with_label_values(&[host.operation("get")]),
                     );
                     let r = port.get(&host).await;
                     if r.is_err() {
                         m.cloud_provider_operations_errors_count
-                            .with_label_values(&["get_identities"])
+                            .with_label_values(&[host.operation("get")])
                             .inc();
                     }
                     r
@@ -183,12 +187,12 @@ impl Assigner {
                     budget.acquire(&host.subscription).await;
                     let _t = DropTimer::new(
                         m.cloud_provider_operations_duration_seconds
-                            .with_label_values(&["update_identities"]),
+                            .with_label_values(&[host.operation("update")]),
                     );
                     let r = port.patch(&host, &add, &remove).await;
                     if r.is_err() {
                         m.cloud_provider_operations_errors_count
-                            .with_label_values(&["update_identities"])
+                            .with_label_values(&[host.operation("update")])
                             .inc();
                     }
                     r

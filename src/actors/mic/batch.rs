@@ -316,7 +316,11 @@ impl HostBatch {
             return Outcome::default();
         };
         match result {
-            Ok(PatchOutcome { state, refused }) => {
+            Ok(PatchOutcome {
+                state,
+                refused,
+                preexisting,
+            }) => {
                 self.transient_failures = 0;
                 let mut out = Outcome::default();
                 for (id, why) in refused {
@@ -326,7 +330,11 @@ impl HostBatch {
                 }
                 for id in &add {
                     if state.user_assigned.contains(id) {
-                        self.owned.insert(id.clone());
+                        // Ours only if our write put it there: one that was already on the
+                        // host (added by hand or concurrently) is never MIC's to remove.
+                        if !preexisting.contains(id) {
+                            self.owned.insert(id.clone());
+                        }
                         self.refused.remove(id);
                     }
                 }
@@ -411,7 +419,7 @@ impl HostBatch {
                 )
             }
         };
-        if matches!(e, PortError::Deleting) {
+        if matches!(e, PortError::Deleting | PortError::Conflict(_)) {
             // Look again later: a host being deleted may be replaced by one of the same name.
             self.reconcile_requested = true;
         }
@@ -425,6 +433,16 @@ impl HostBatch {
             Some(k) => self.desired.intersection(k).cloned().collect(),
             None => BTreeSet::new(),
         }
+    }
+
+    /// Desired identities on the host that MIC did not put there (present before, added by
+    /// hand or concurrently): MIC never removes them.
+    #[must_use]
+    pub fn external(&self) -> BTreeSet<IdentityId> {
+        self.assigned()
+            .into_iter()
+            .filter(|id| !self.owned.contains(id))
+            .collect()
     }
 
     /// Owned identities still on the host but no longer needed (their removal is pending).

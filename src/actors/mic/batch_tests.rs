@@ -190,6 +190,7 @@ fn a_patch_that_applied_all_but_a_refused_identity_backs_off_only_that_one() {
                 deleting: false,
             },
             refused: vec![(id("bad"), "LinkedAuthorizationFailed".into())],
+            preexisting: Vec::new(),
         }),
         t,
     );
@@ -379,4 +380,54 @@ fn one_patch_carries_at_most_150_changes() {
     };
     assert_eq!(add.len(), MAX_IDS_PER_PATCH);
     assert_eq!(b.pending(), 200);
+}
+
+#[test]
+fn an_identity_the_patch_found_already_there_is_never_owned_nor_removed() {
+    // MIC read the host empty; someone added identity-5 by hand before MIC's write. The port
+    // reports it as preexisting (judged against the state its write applied to): not MIC's.
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["five", "mine"]), BTreeSet::new(), t);
+    assert_eq!(
+        b.next(t),
+        Step::Patch {
+            add: vec![id("five"), id("mine")],
+            remove: vec![]
+        }
+    );
+    b.on_patch(
+        Ok(PatchOutcome {
+            preexisting: vec![id("five")],
+            ..PatchOutcome::from(state(&["five", "mine"]).unwrap())
+        }),
+        t,
+    );
+    assert_eq!(b.assigned(), ids(&["five", "mine"]));
+    assert_eq!(b.owned(), &ids(&["mine"]));
+    assert_eq!(b.external(), ids(&["five"]));
+    // The pods leave: only MIC's own identity is removed after the grace period.
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    assert_eq!(b.releasing(), ids(&["mine"]));
+    let later = t + secs(61);
+    assert_eq!(
+        b.next(later),
+        Step::Patch {
+            add: vec![],
+            remove: vec![id("mine")]
+        }
+    );
+}
+
+#[test]
+fn a_conflict_makes_the_next_step_a_read() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_patch(Err(PortError::Conflict("412".into())), t);
+    let after_hold = t + secs(120);
+    assert_eq!(b.next(after_hold), Step::Read);
 }

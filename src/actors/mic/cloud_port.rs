@@ -63,6 +63,7 @@ fn port_error(e: crate::cloud::Error) -> PortError {
     match e {
         E::Throttled { retry_after, .. } => PortError::Throttled { retry_after },
         E::Deleting { .. } => PortError::Deleting,
+        E::Conflict { .. } => PortError::Conflict(e.to_string()),
         E::IdentitiesRefused { ids, code, message } => PortError::Refused {
             ids: ids.iter().map(|id| IdentityId::new(id)).collect(),
             message: format!("{code}: {message}"),
@@ -100,8 +101,15 @@ impl ArmPort for CloudArm {
             .update_identities(&compute_ref(host), &add, &remove)
             .await
             .map_err(port_error)?;
+        let preexisting = out
+            .unchanged
+            .iter()
+            .filter(|u| add.iter().any(|a| a.eq_ignore_ascii_case(u)))
+            .map(|id| IdentityId::new(id))
+            .collect();
         Ok(PatchOutcome {
             state: host_identities(&out.state),
+            preexisting,
             refused: out
                 .refused
                 .into_iter()

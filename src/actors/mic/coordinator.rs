@@ -170,7 +170,15 @@ impl Coordinator {
     }
 }
 
+/// The (node, identity) an object says MIC put (or was putting) on its host: a user-assigned
+/// identity not marked external. A `Created` object counts too, so a leader that died in the
+/// middle of its PATCH leaves nothing behind; the one window this leaves is a leader dying
+/// after finding an identity already on the host and before marking the object, which
+/// docs/migration.md names.
 fn msi_of(aai: &AzureAssignedIdentity) -> Option<(String, IdentityId)> {
+    if aai.identity_is_external() {
+        return None;
+    }
     let i = aai.spec.azure_identity_ref.as_ref()?;
     (i.spec.type_ == IdentityType::UserAssignedMsi && !i.spec.resource_id.is_empty()).then(|| {
         (

@@ -122,7 +122,7 @@ async fn assigned_identities_present_at_start_are_adopted_by_their_host() {
                 .desired()
                 .assignments
                 .values()
-                .map(|a| object_for(a, AssignedState::Assigned))
+                .map(|a| object_for(a, AssignedState::Assigned, false))
                 .collect();
             c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
                 "ss0", 0,

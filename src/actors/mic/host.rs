@@ -32,6 +32,18 @@ pub struct HostId {
 }
 
 impl HostId {
+    /// The original's `operation_type` for an ARM `get` or `update` of this host (`vmss_get`,
+    /// `vmss_update`, `vm_get`, `vm_update`), as its dashboards query them.
+    #[must_use]
+    pub fn operation(&self, verb: &'static str) -> &'static str {
+        match (self.kind, verb) {
+            (HostKind::ScaleSet, "get") => "vmss_get",
+            (HostKind::ScaleSet, _) => "vmss_update",
+            (HostKind::Vm, "get") => "vm_get",
+            (HostKind::Vm, _) => "vm_update",
+        }
+    }
+
     /// A scale set.
     #[must_use]
     pub fn scale_set(subscription: &str, resource_group: &str, name: &str) -> Self {

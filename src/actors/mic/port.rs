@@ -18,14 +18,21 @@ pub struct HostIdentities {
     pub deleting: bool,
 }
 
-/// What a PATCH achieved: the host's identities afterwards, and the identities ARM refused
-/// while applying the rest (a port may also fail the whole call with [`PortError::Refused`]).
+/// What a PATCH achieved: the host's identities afterwards, the identities ARM refused while
+/// applying the rest (a port may also fail the whole call with [`PortError::Refused`]), and
+/// the identities asked for that were already there.
+///
+/// Ownership rests on the last: an identity to add that the port found on the host, judged
+/// against the very state its write was applied to (an ARM precondition), was put there by
+/// someone else, and MIC never removes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PatchOutcome {
     /// The host's identities after the call.
     pub state: HostIdentities,
     /// Identities refused, with ARM's reason.
     pub refused: Vec<(IdentityId, String)>,
+    /// Identities asked to be added that the write found already on the host.
+    pub preexisting: Vec<IdentityId>,
 }
 
 impl From<HostIdentities> for PatchOutcome {
@@ -33,6 +40,7 @@ impl From<HostIdentities> for PatchOutcome {
         Self {
             state,
             refused: Vec::new(),
+            preexisting: Vec::new(),
         }
     }
 }
@@ -55,6 +63,10 @@ pub enum PortError {
         /// From `Retry-After`.
         retry_after: Duration,
     },
+    /// The host kept changing between the port's read and its write (ARM precondition
+    /// failed): read it again before deciding anything more.
+    #[error("the VM or scale set changed under the update: {0}")]
+    Conflict(String),
     /// The host is being deleted.
     #[error("the VM or scale set is being deleted")]
     Deleting,
@@ -73,6 +85,7 @@ impl PortError {
         match self {
             Self::Refused { .. } => "refused",
             Self::Throttled { .. } => "throttled",
+            Self::Conflict(_) => "conflict",
             Self::Deleting => "deleting",
             Self::Transient(_) => "transient",
             Self::Fatal(_) => "fatal",

@@ -105,7 +105,9 @@ impl From<&MicArgs> for MicSettings {
             mic_namespace,
             nmi_selector,
             nmi_absence_grace,
-            log: _,
+            log: _,        // applied by main before MIC starts
+            compat: _,     // accepted for compatibility; logged by `run_from_args`
+            mic_compat: _, // accepted for compatibility; logged by `run_from_args`
         } = args;
         Self {
             kubeconfig: kubeconfig.clone(),
@@ -362,6 +364,15 @@ pub enum StartError {
 /// environment), builds the ARM client and runs MIC in an actix System on this thread until
 /// leadership is lost or the watches end.
 pub fn run_from_args(args: &MicArgs, metrics: Metrics) -> Result<(), StartError> {
+    crate::config::compat::log_ignored(
+        "mic",
+        &[
+            args.log.klog.ignored(),
+            args.compat.ignored(),
+            args.mic_compat.ignored(),
+        ]
+        .concat(),
+    );
     let config = crate::cloud::config::CloudConfig::load(
         args.cloudconfig
             .as_ref()

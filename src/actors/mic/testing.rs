@@ -101,19 +101,25 @@ impl ArmPort for MemoryArm {
                 message: "FailedIdentityOperation: identity not found".into(),
             });
         }
-        {
+        let preexisting = {
             let mut hosts = self.hosts.lock().expect("lock");
             let on = hosts.entry(host.clone()).or_default();
+            let before: Vec<IdentityId> =
+                add.iter().filter(|id| on.contains(*id)).cloned().collect();
             on.extend(add.iter().cloned());
             for id in remove {
                 on.remove(id);
             }
-        }
+            before
+        };
         tokio::time::sleep(self.latency).await;
-        Ok(HostIdentities {
-            user_assigned: self.on_host(host),
-            deleting: false,
-        }
-        .into())
+        Ok(PatchOutcome {
+            preexisting,
+            ..HostIdentities {
+                user_assigned: self.on_host(host),
+                deleting: false,
+            }
+            .into()
+        })
     }
 }

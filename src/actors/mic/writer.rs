@@ -15,8 +15,8 @@ use super::matcher::{Assignment, ObjectKey, RejectReason, Rejection, Target};
 use super::metrics::MicMetrics;
 use crate::crd::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity, AzureAssignedIdentitySpec,
-    AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding, IdentityType, NODENAME_LABEL,
-    embeddable_meta,
+    AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding, IDENTITY_OWNER_ANNOTATION,
+    IDENTITY_OWNER_EXTERNAL, IdentityType, NODENAME_LABEL, embeddable_meta,
 };
 use crate::metrics::DropTimer;
 use actix::prelude::*;
@@ -55,19 +55,23 @@ pub enum Error {
 /// One write the writer should make.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WriteOp {
-    /// Create the object (with finalizer and label), then set its status.
+    /// Create the object (with finalizer, label and its first status, in one write).
     Create {
         /// What it records.
         assignment: Box<Assignment>,
         /// Its first status.
         status: AssignedState,
+        /// The identity is on the host without MIC's write (see `IDENTITY_OWNER_ANNOTATION`).
+        external: bool,
     },
-    /// Replace the spec (pod moved node, binding or identity changed), then set the status.
+    /// Replace the spec (pod moved node, binding or identity changed) and the status, in one write.
     UpdateSpec {
         /// What it records now.
         assignment: Box<Assignment>,
         /// The status to set.
         status: AssignedState,
+        /// The identity is on the host without MIC's write.
+        external: bool,
     },
     /// Set the status only.
     SetStatus {
@@ -75,6 +79,8 @@ pub enum WriteOp {
         key: ObjectKey,
         /// The new status.
         status: AssignedState,
+        /// The identity is on the host without MIC's write.
+        external: bool,
     },
     /// Remove the finalizer and delete.
     Delete {
@@ -242,6 +248,10 @@ pub fn plan_some(
             Target::ServicePrincipal => true,
             Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
         };
+        let external = match &a.target {
+            Target::ServicePrincipal => false,
+            Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
+        };
         match existing.get(key) {
             // Being deleted (by someone else): let it go; it is recreated afterwards.
             Some(e) if e.metadata.deletion_timestamp.is_some() => {
@@ -259,6 +269,7 @@ pub fn plan_some(
                 } else {
                     AssignedState::Created
                 },
+                external,
             }),
             Some(e) if spec_differs(e, a) => ops.push(WriteOp::UpdateSpec {
                 assignment: Box::new(a.clone()),
@@ -267,6 +278,7 @@ pub fn plan_some(
                 } else {
                     AssignedState::Created
                 },
+                external,
             }),
             Some(e) => {
                 let now = status_of(e);
@@ -277,10 +289,14 @@ pub fn plan_some(
                 } else {
                     AssignedState::Created
                 };
-                if now != want {
+                // The mark follows what the host reports once it has been read (a restarted
+                // MIC learns it again from ARM and the objects).
+                let mark_differs = confirmed && e.identity_is_external() != external;
+                if now != want || mark_differs {
                     ops.push(WriteOp::SetStatus {
                         key: key.clone(),
                         status: want,
+                        external,
                     });
                 }
             }
@@ -297,6 +313,7 @@ pub fn plan_some(
             ops.push(WriteOp::SetStatus {
                 key: key.clone(),
                 status: AssignedState::Unassigned,
+                external: e.identity_is_external(),
             });
             continue;
         }
@@ -386,7 +403,7 @@ pub fn error_events(
 
 /// Builds the object for an assignment.
 #[must_use]
-pub fn object_for(a: &Assignment, status: AssignedState) -> AzureAssignedIdentity {
+pub fn object_for(a: &Assignment, status: AssignedState, external: bool) -> AzureAssignedIdentity {
     let identity = AzureIdentity {
         metadata: embeddable_meta(&a.identity.metadata),
         spec: a.identity.spec.clone(),
@@ -411,6 +428,15 @@ pub fn object_for(a: &Assignment, status: AssignedState) -> AzureAssignedIdentit
     obj.metadata.namespace = Some(a.key.namespace.clone());
     obj.metadata.labels = Some([(NODENAME_LABEL.to_string(), a.node.clone())].into());
     obj.metadata.finalizers = Some(vec![ASSIGNED_IDENTITY_FINALIZER.to_string()]);
+    if external {
+        obj.metadata.annotations = Some(
+            [(
+                IDENTITY_OWNER_ANNOTATION.to_string(),
+                IDENTITY_OWNER_EXTERNAL.to_string(),
+            )]
+            .into(),
+        );
+    }
     obj.status = Some(AzureAssignedIdentityStatus {
         available_replicas: 0,
         status,
@@ -579,7 +605,7 @@ impl Writer {
                 Err(Error::Kube { op, .. }) => {
                     drop(timer);
                     m.kubernetes_api_operations_errors_count
-                        .with_label_values(&[op])
+                        .with_label_values(&[original_operation(op)])
                         .inc();
                 }
             }
@@ -664,7 +690,60 @@ impl Writer {
     }
 }
 
+/// The original's `operation_type` for a failed AzureAssignedIdentity call, as its dashboards
+/// query `kubernetes_api_operations_errors_count`.
+fn original_operation(op: &str) -> &'static str {
+    match op {
+        "create" => "assigned_identity_addition",
+        "delete" | "finalizer removal" => "assigned_identity_deletion",
+        "spec update" => "assigned_identity_update",
+        _ => "update_azure_assigned_identity_status",
+    }
+}
+
+/// True when the object as the server returned it carries `status` (a CRD with a status
+/// subresource drops status from main-resource writes).
+fn has_status(o: &AzureAssignedIdentity, status: &AssignedState) -> bool {
+    o.status.as_ref().is_some_and(|s| &s.status == status)
+}
+
+/// Sets status through `/status` after a main-resource write that the server stripped of its
+/// status: a cluster whose CRD declares the status subresource (not the original's CRDs,
+/// nor ours) still converges, at the cost of one more write.
+async fn status_fallback(
+    api: &Api<AzureAssignedIdentity>,
+    key: &ObjectKey,
+    written: AzureAssignedIdentity,
+    status: &AssignedState,
+) -> Result<AzureAssignedIdentity, kube::Error> {
+    if has_status(&written, status) {
+        return Ok(written);
+    }
+    debug!(key = %key, "status not kept on the main resource; writing /status");
+    api.patch_status(
+        &key.name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"status": {"status": status.as_str(), "availableReplicas": 0}}),
+        ),
+    )
+    .await
+}
+
+/// The merge patch that sets an AzureAssignedIdentity's status and ownership mark.
+fn status_patch(status: &AssignedState, external: bool) -> serde_json::Value {
+    let mark = external.then_some(IDENTITY_OWNER_EXTERNAL);
+    serde_json::json!({
+        "metadata": {"annotations": {IDENTITY_OWNER_ANNOTATION: mark}},
+        "status": {"status": status.as_str(), "availableReplicas": 0},
+    })
+}
+
 /// Executes one write; the object afterwards (`None` once deleted).
+///
+/// Status is written the way the original writes it: set in the create, changed on the main
+/// resource later (the original's CRDs have no status subresource, and Helm never upgrades
+/// CRDs, so clusters upgraded from the original keep them). One write per step.
 async fn execute(
     client: Client,
     op: WriteOp,
@@ -676,59 +755,68 @@ async fn execute(
         let key = key.clone();
         move |source| Error::Kube { op, key, source }
     };
-    let set_status = |status: AssignedState| serde_json::json!({"status": {"status": status.as_str(), "availableReplicas": 0}});
     match op {
-        WriteOp::Create { assignment, status } => {
-            let obj = object_for(&assignment, AssignedState::Created);
+        WriteOp::Create {
+            assignment,
+            status,
+            external,
+        } => {
+            let obj = object_for(&assignment, status.clone(), external);
             debug!(key = %key, "creating AzureAssignedIdentity");
             let created = match api.create(&PostParams::default(), &obj).await {
                 Ok(o) => o,
                 // Created by a previous leader an instant ago: take it over.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    api.get(&key.name).await.map_err(kerr("get", &key))?
-                }
+                Err(kube::Error::Api(s)) if s.code == 409 => api
+                    .patch(
+                        &key.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(status_patch(&status, external)),
+                    )
+                    .await
+                    .map_err(kerr("status update", &key))?,
                 Err(e) => return Err(kerr("create", &key)(e)),
             };
-            let _ = created;
-            let o = api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(set_status(status)),
-                )
+            let o = status_fallback(&api, &key, created, &status)
                 .await
                 .map_err(kerr("status update", &key))?;
             Ok(Some(o))
         }
-        WriteOp::UpdateSpec { assignment, status } => {
-            let obj = object_for(&assignment, status.clone());
+        WriteOp::UpdateSpec {
+            assignment,
+            status,
+            external,
+        } => {
+            let obj = object_for(&assignment, status.clone(), external);
+            let mark = external.then_some(IDENTITY_OWNER_EXTERNAL);
             let patch = serde_json::json!({
-                "metadata": {"labels": obj.metadata.labels},
+                "metadata": {"labels": obj.metadata.labels, "annotations": {IDENTITY_OWNER_ANNOTATION: mark}},
                 "spec": obj.spec,
+                "status": obj.status,
             });
-            api.patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            let o = api
+                .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
                 .map_err(kerr("spec update", &key))?;
-            let o = api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(set_status(status)),
-                )
+            let o = status_fallback(&api, &key, o, &status)
                 .await
                 .map_err(kerr("status update", &key))?;
             Ok(Some(o))
         }
-        WriteOp::SetStatus { status, .. } => {
+        WriteOp::SetStatus {
+            status, external, ..
+        } => {
             match api
-                .patch_status(
+                .patch(
                     &key.name,
                     &PatchParams::default(),
-                    &Patch::Merge(set_status(status)),
+                    &Patch::Merge(status_patch(&status, external)),
                 )
                 .await
             {
-                Ok(o) => Ok(Some(o)),
+                Ok(o) => status_fallback(&api, &key, o, &status)
+                    .await
+                    .map(Some)
+                    .map_err(kerr("status update", &key)),
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
                 Err(e) => Err(kerr("status update", &key)(e)),
             }

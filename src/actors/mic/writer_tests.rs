@@ -33,6 +33,7 @@ fn report(assigned: &[&str], releasing: &[&str], seq: u64) -> BTreeMap<HostId, H
             host: ss0(),
             assigned: ids(assigned),
             releasing: ids(releasing),
+            external: BTreeSet::new(),
             refused: BTreeMap::new(),
             failure: None,
             synced: true,
@@ -48,7 +49,7 @@ fn existing_from(
 ) -> BTreeMap<ObjectKey, AzureAssignedIdentity> {
     d.assignments
         .values()
-        .map(|a| (a.key.clone(), object_for(a, status.clone())))
+        .map(|a| (a.key.clone(), object_for(a, status.clone(), false)))
         .collect()
 }
 
@@ -86,7 +87,8 @@ fn a_created_object_turns_assigned_when_the_host_reports_the_identity() {
         plan(&existing, &d, &report(&["id1"], &[], 1)),
         vec![WriteOp::SetStatus {
             key: ObjectKey::new("default", "p1-default-id1"),
-            status: AssignedState::Assigned
+            status: AssignedState::Assigned,
+            external: false,
         }]
     );
 }
@@ -125,7 +127,8 @@ fn a_released_assignment_is_unassigned_then_deleted_once_its_host_let_go() {
         plan(&existing, &after, &report(&["id1"], &[], 1)),
         vec![WriteOp::SetStatus {
             key: key.clone(),
-            status: AssignedState::Unassigned
+            status: AssignedState::Unassigned,
+            external: false,
         }]
     );
     existing
@@ -153,7 +156,12 @@ fn a_pod_moving_to_another_node_updates_the_spec() {
     let existing = existing_from(&desired(&ix, 1), AssignedState::Assigned);
     ix.apply_pod(&pod("p1").label("sel").on_node("ss0-1").build());
     let ops = plan(&existing, &desired(&ix, 2), &report(&["id1"], &[], 2));
-    let [WriteOp::UpdateSpec { assignment, status }] = &ops[..] else {
+    let [
+        WriteOp::UpdateSpec {
+            assignment, status, ..
+        },
+    ] = &ops[..]
+    else {
         panic!("{ops:?}")
     };
     assert_eq!(assignment.node, "ss0-1");
@@ -211,6 +219,7 @@ fn the_object_carries_the_original_name_label_finalizer_and_embedded_refs() {
     let o = object_for(
         d.assignments.values().next().unwrap(),
         AssignedState::Created,
+        false,
     );
     let v = serde_json::to_value(&o).unwrap();
     assert_eq!(v["metadata"]["name"], "p1-default-id1");

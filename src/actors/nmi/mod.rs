@@ -29,6 +29,7 @@ pub mod managed;
 pub mod metrics;
 pub mod pods;
 pub mod source;
+pub mod upstream_metrics;
 pub mod watchers;
 
 use crate::http::nmi::{HttpSettings, NmiHttp};
@@ -425,6 +426,8 @@ pub fn start(
     source: Arc<dyn TokenSource>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Running, Error> {
+    let source: Arc<dyn TokenSource> =
+        Arc::new(upstream_metrics::Metered::new(source, metrics.clone()));
     let nmi = Arc::new(Nmi::new(settings, source, metrics)?);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -557,6 +560,10 @@ pub async fn run_with_args(
     args: &crate::config::nmi::NmiArgs,
     metrics: crate::metrics::Metrics,
 ) -> Result<(), Error> {
+    crate::config::compat::log_ignored(
+        "nmi",
+        &[args.log.klog.ignored(), args.compat.ignored()].concat(),
+    );
     kubenet::check(&args.kubelet_config, args.allow_network_plugin_kubenet)?;
     let settings = NmiSettings::from_args(args);
     let client = kube_client(args.kubeconfig.as_deref()).await?;

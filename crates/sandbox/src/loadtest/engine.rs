@@ -517,6 +517,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         vms: 0,
         identities: p.identities,
         scenario: Some(scenario_path),
+        crds: None,
         arm_latency: p.arm_latency,
         faults: FaultProfile::None,
         job_run_time,

@@ -143,6 +143,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         vms: 0,
         identities: 1,
         scenario: Some(scenario_path),
+        crds: None,
         arm_latency: Duration::from_secs(50) / args.clock_factor.max(1),
         faults: FaultProfile::None,
         job_run_time: Duration::from_secs(5),

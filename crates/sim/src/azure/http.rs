@@ -262,6 +262,7 @@ async fn arm(
     };
     let mut delay = cfg.arm_latency.sample();
     let mut lro_failure = None;
+    let mut assign_after_read = None;
     let fault = shared.lock().take_fault(target);
     match fault {
         Some(FaultKind::Status(s)) => {
@@ -287,6 +288,7 @@ async fn arm(
         }
         Some(FaultKind::Slow(d)) => delay += d,
         Some(FaultKind::LroFailure { code, message }) => lro_failure = Some((code, message)),
+        Some(FaultKind::AssignAfterRead(id)) => assign_after_read = Some(id),
         None => {}
     }
     if method == Method::PATCH {
@@ -311,10 +313,20 @@ async fn arm(
         (ArmRoute::Compute { key, .. }, m) if m == Method::GET => {
             let mut inner = shared.lock();
             *inner.counters.gets.entry(key.clone()).or_default() += 1;
-            match inner.compute.get(&key) {
+            let resp = match inner.compute.get(&key) {
                 Some(c) => HttpResponse::Ok().json(inner.resource_json(c, &cfg.location)),
                 None => not_found(segs),
+            };
+            if let (Some(id), Some(c)) = (assign_after_read, inner.compute.get_mut(&key))
+                && !c
+                    .user_assigned
+                    .iter()
+                    .any(|(x, _)| x.eq_ignore_ascii_case(&id))
+            {
+                c.user_assigned.push((id, Instant::now()));
+                c.etag += 1;
             }
+            resp
         }
         (ArmRoute::Compute { key, kind }, m) if m == Method::PATCH => {
             let _ = kind;
@@ -338,7 +350,20 @@ async fn arm(
                     );
                 }
             };
-            patch_compute(shared, &cfg, &base_url(req), segs, &key, &body, lro_failure)
+            let if_match = req
+                .headers()
+                .get("if-match")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            patch_compute(
+                shared,
+                &cfg,
+                &base_url(req),
+                segs,
+                (&key, if_match.as_deref()),
+                &body,
+                lro_failure,
+            )
         }
         (ArmRoute::Identity { rg, name }, m) if m == Method::GET => {
             let inner = shared.lock();
@@ -411,15 +436,19 @@ fn not_found(segs: &[&str]) -> HttpResponse {
     )
 }
 
+/// A PATCH of a VM or scale set: `target` is the resource key and the request's `If-Match`,
+/// which, as on ARM, must name the resource's current etag (or `*`), else 412
+/// `PreconditionFailed` and nothing changes.
 fn patch_compute(
     shared: &Shared,
     cfg: &super::AzureSimConfig,
     base_url: &str,
     segs: &[&str],
-    key: &str,
+    target: (&str, Option<&str>),
     body: &[u8],
     lro_failure: Option<(String, String)>,
 ) -> HttpResponse {
+    let (key, if_match) = target;
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
@@ -434,6 +463,19 @@ fn patch_compute(
     let Some(c) = inner.compute.get(key) else {
         return not_found(segs);
     };
+    if let Some(wanted) = if_match
+        && wanted != "*"
+        && wanted != c.etag_value()
+    {
+        return arm_error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            &format!(
+                "Etag provided in if-match header {wanted} does not match etag {} of resource.",
+                c.etag_value()
+            ),
+        );
+    }
     if c.provisioning_state.eq_ignore_ascii_case("deleting") {
         return arm_error(
             StatusCode::CONFLICT,
@@ -469,6 +511,7 @@ fn patch_compute(
         .collect();
     c.system_assigned = system;
     c.user_assigned = kept;
+    c.etag += 1;
     let sub = c.subscription.clone();
     inner.counters.patches_applied += 1;
     let mode = match (cfg.lro, &lro_failure) {
@@ -568,6 +611,7 @@ fn poll(
             {
                 c.system_assigned = system;
                 c.user_assigned = ua;
+                c.etag += 1;
             }
             if c.provisioning_state.eq_ignore_ascii_case("updating") {
                 c.provisioning_state = "Succeeded".into();

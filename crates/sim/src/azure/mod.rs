@@ -247,6 +247,7 @@ impl AzureSim {
                     system_assigned: config.system_assigned,
                     user_assigned: preassigned.clone(),
                     provisioning_state: "Succeeded".into(),
+                    etag: 1,
                 },
             );
         };

@@ -41,6 +41,10 @@ pub enum FaultKind {
     },
     /// Never answer (until the client gives up).
     Hang,
+    /// (GET only) answer, then assign this user-assigned identity (resource id) to the resource
+    /// as someone else would through ARM: the change lands between the reader's read and its
+    /// write.
+    AssignAfterRead(String),
     /// Answer normally after this extra delay.
     Slow(Duration),
     /// (PATCH only) accept, then let the long-running operation end `Failed` with this error;
@@ -164,9 +168,17 @@ pub(crate) struct Compute {
     /// Assigned identity ids (as first written) and when each was assigned.
     pub user_assigned: Vec<(String, Instant)>,
     pub provisioning_state: String,
+    /// Model version, bumped by every change: served as `etag` (`"<n>"`, as Compute writes
+    /// it) and checked against `If-Match` on PATCH.
+    pub etag: u64,
 }
 
 impl Compute {
+    /// The `etag` value as ARM serves it (a quoted version number).
+    pub fn etag_value(&self) -> String {
+        format!("\"{}\"", self.etag)
+    }
+
     pub fn arm_type(&self) -> &'static str {
         if self.kind == "vmss" {
             "Microsoft.Compute/virtualMachineScaleSets"
@@ -329,6 +341,7 @@ impl Inner {
             "name": c.name,
             "type": c.arm_type(),
             "location": location,
+            "etag": c.etag_value(),
             "properties": { "provisioningState": c.provisioning_state },
         });
         if c.system_assigned || !c.user_assigned.is_empty() {
@@ -555,6 +568,7 @@ mod tests {
             system_assigned: system,
             user_assigned: ua.iter().map(|i| (i.to_string(), Instant::now())).collect(),
             provisioning_state: "Succeeded".into(),
+            etag: 1,
         }
     }
 

@@ -61,6 +61,17 @@ fn resource_list(group_version: &str, infos: &[Arc<ResourceInfo>]) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if i.has_eviction() {
+            resources.push(json!({
+                "name": format!("{}/eviction", i.plural),
+                "singularName": "",
+                "namespaced": true,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            }));
+        }
         if i.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", i.plural),

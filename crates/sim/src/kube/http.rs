@@ -20,7 +20,7 @@ use super::meta::{ApiError, name_of};
 use super::patch::{self, PatchKind};
 use super::resources::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{DeleteOptions, Propagation};
+use super::store::DeleteOptions;
 use super::table::{self, TableOptions};
 use super::watch::{self, WatchParams};
 
@@ -164,6 +164,7 @@ async fn route(
     if let Some(sub) = &target.subresource
         && !(sub == "status" && target.info.status_subresource)
         && !(sub == "scale" && target.info.has_scale())
+        && !(sub == "eviction" && target.info.has_eviction())
     {
         return Err(ApiError::no_route(path));
     }
@@ -204,6 +205,19 @@ async fn route(
     {
         let body = read_body(payload, shared.config.max_body_bytes).await?;
         return scale(shared, &info, &ns, name, &method, &body, &content_type);
+    }
+    if target.subresource.as_deref() == Some("eviction")
+        && let Some(name) = target.name.as_deref()
+    {
+        if method != Method::POST {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method ({method}) on the eviction subresource"
+            )));
+        }
+        let body = read_body(payload, shared.config.max_body_bytes).await?;
+        let eviction = parse_object(&body, &content_type)?;
+        let status = super::eviction::evict(shared, &ns, name, &eviction)?;
+        return Ok(json_response(StatusCode::CREATED, &status));
     }
     let is_watch =
         target.watch_prefix || matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -307,13 +321,13 @@ async fn route(
         }
         (Method::DELETE, Some(name)) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
-            let opts = delete_options(&body, &content_type, &query)?;
+            let opts = delete_options(&body, &query, &content_type)?;
             let obj = store.delete(&info, &ns, name, &opts)?;
             Ok(object_response(StatusCode::OK, &info, &obj))
         }
         (Method::DELETE, None) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
-            let opts = delete_options(&body, &content_type, &query)?;
+            let opts = delete_options(&body, &query, &content_type)?;
             let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
             let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s))?;
             let list = store.list(
@@ -470,11 +484,10 @@ fn watch_params(
     })
 }
 
-/// A DELETE's options, from its body (JSON, or protobuf as typed clients such as
-/// `kubectl drain` send it) and its query.
-fn delete_options(body: &[u8], content_type: &str, q: &Query) -> Result<DeleteOptions, ApiError> {
-    let mut opts = DeleteOptions::default();
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+/// A DELETE's options: its body (JSON, YAML or the protobuf typed clients such as `kubectl drain`
+/// send) or, without a body, the query parameters.
+fn delete_options(body: &[u8], q: &Query, content_type: &str) -> Result<DeleteOptions, ApiError> {
+    let mut body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
         parse_object(body, content_type).map_err(|mut e| {
@@ -482,32 +495,12 @@ fn delete_options(body: &[u8], content_type: &str, q: &Query) -> Result<DeleteOp
             e
         })?
     };
-    let policy = body
-        .get("propagationPolicy")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| q.get("propagationPolicy").cloned());
-    opts.propagation = match policy.as_deref() {
-        None | Some("Background") => Propagation::Background,
-        Some("Foreground") => Propagation::Foreground,
-        Some("Orphan") => Propagation::Orphan,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "invalid propagationPolicy: {other}"
-            )));
-        }
-    };
-    if body.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
-        opts.propagation = Propagation::Orphan;
+    if body.get("propagationPolicy").is_none()
+        && let Some(p) = q.get("propagationPolicy")
+    {
+        body["propagationPolicy"] = json!(p);
     }
-    if let Some(p) = body.get("preconditions") {
-        opts.uid = p.get("uid").and_then(Value::as_str).map(String::from);
-        opts.resource_version = p
-            .get("resourceVersion")
-            .and_then(Value::as_str)
-            .map(String::from);
-    }
-    Ok(opts)
+    super::eviction::delete_options(&body)
 }
 
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {

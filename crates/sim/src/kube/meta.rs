@@ -130,6 +130,28 @@ impl ApiError {
         e
     }
 
+    /// 422 listing several field errors, one cause each, as the API server aggregates them
+    /// (`... is invalid: [a, b]`; a single error is not bracketed).
+    #[must_use]
+    pub fn invalid_all(group: &str, kind: &str, name: &str, errors: &[String]) -> Self {
+        let joined = if errors.len() == 1 {
+            errors[0].clone()
+        } else {
+            format!("[{}]", errors.join(", "))
+        };
+        let mut e = Self::invalid(group, kind, name, joined);
+        if let Some(d) = e.details.as_mut() {
+            d.causes = errors
+                .iter()
+                .map(|m| match m.split_once(": ") {
+                    Some((f, why)) => (f.to_string(), why.to_string()),
+                    None => (String::new(), m.clone()),
+                })
+                .collect();
+        }
+        e
+    }
+
     /// 405 for a verb the resource does not support.
     #[must_use]
     pub fn method_not_allowed(message: impl Into<String>) -> Self {

@@ -31,12 +31,14 @@
 pub mod cluster;
 pub mod convert;
 pub mod discovery;
+pub mod eviction;
 pub mod http;
 pub mod meta;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
 pub mod schedule;
+pub mod schema;
 pub mod selector;
 pub mod store;
 pub mod table;

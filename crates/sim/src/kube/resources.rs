@@ -68,6 +68,9 @@ pub struct ResourceInfo {
     pub custom: bool,
     /// Group whose storage holds the objects (differs only for `events.k8s.io`, stored as core Events).
     pub storage_group: String,
+    /// The version's `openAPIV3Schema` (custom resources): objects are pruned and validated
+    /// against it on every write (see `schema`).
+    pub schema: Option<Arc<Value>>,
 }
 
 impl ResourceInfo {
@@ -83,6 +86,13 @@ impl ResourceInfo {
         !self.custom
             && self.group == "apps"
             && matches!(self.plural.as_str(), "deployments" | "replicasets")
+    }
+
+    /// Whether a `/eviction` subresource exists (pods: policy/v1 Eviction, honouring
+    /// PodDisruptionBudgets).
+    #[must_use]
+    pub fn has_eviction(&self) -> bool {
+        !self.custom && self.group.is_empty() && self.plural == "pods"
     }
 
     /// Whether objects are converted on the way in and out (stored in another group's form).
@@ -137,6 +147,7 @@ fn builtin(
         } else {
             group.into()
         },
+        schema: None,
     }
 }
 
@@ -301,6 +312,28 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
         ),
         builtin(
+            "",
+            "v1",
+            "endpoints",
+            "endpoints",
+            "Endpoints",
+            true,
+            &["ep"],
+            false,
+            false,
+        ),
+        builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "poddisruptionbudget",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+            true,
+            false,
+        ),
+        builtin(
             "apiextensions.k8s.io",
             "v1",
             "customresourcedefinitions",
@@ -394,6 +427,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, String> {
             columns,
             custom: true,
             storage_group: group.clone(),
+            schema: v.pointer("/schema/openAPIV3Schema").cloned().map(Arc::new),
         });
     }
     Ok(out)

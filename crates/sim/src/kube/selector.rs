@@ -124,6 +124,43 @@ impl LabelSelector {
         }
     }
 
+    /// A selector from a `metav1.LabelSelector` object (`matchLabels` and `matchExpressions`
+    /// with `In`, `NotIn`, `Exists`, `DoesNotExist`); `None` for an operator it does not know.
+    #[must_use]
+    pub fn from_object(sel: &Value) -> Option<Self> {
+        let mut s = sel
+            .get("matchLabels")
+            .and_then(Value::as_object)
+            .map(Self::from_match_labels)
+            .unwrap_or_default();
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e.get("key").and_then(Value::as_str)?.to_string();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            s.requirements
+                .push(match e.get("operator").and_then(Value::as_str)? {
+                    "In" => Requirement::In(key, values),
+                    "NotIn" => Requirement::NotIn(key, values),
+                    "Exists" => Requirement::Exists(key),
+                    "DoesNotExist" => Requirement::DoesNotExist(key),
+                    _ => return None,
+                });
+        }
+        Some(s)
+    }
+
     /// Whether the selector has no requirement.
     #[must_use]
     pub fn is_empty(&self) -> bool {

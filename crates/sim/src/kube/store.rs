@@ -320,6 +320,42 @@ fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a CRD a real API server would not store (see `schema::admit_crd`), and one this
+/// simulator cannot serve.
+fn admit_crd(info: &ResourceInfo, crd: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    let errs = super::schema::admit_crd(crd, old);
+    if !errs.is_empty() {
+        return Err(ApiError::invalid_all(
+            &info.group,
+            &info.kind,
+            name_of(crd),
+            &errs,
+        ));
+    }
+    super::resources::from_crd(crd)
+        .map(|_| ())
+        .map_err(|m| ApiError::invalid(&info.group, &info.kind, name_of(crd), m))
+}
+
+/// Prunes a custom object to its schema and refuses it when it does not validate.
+fn check_schema(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    let Some(schema) = &info.schema else {
+        return Ok(());
+    };
+    super::schema::prune(schema, obj);
+    let errs = super::schema::validate(schema, obj);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_all(
+            &info.group,
+            &info.kind,
+            name_of(obj),
+            &errs,
+        ))
+    }
+}
+
 /// Kind-specific checks of the spec the real API server makes on create and update.
 /// A Job's generated selector and pod labels, derived from its uid as the real server does.
 fn job_selector(obj: &mut Value) {
@@ -645,9 +681,9 @@ impl Store {
         validate_spec(info, &obj)?;
         let is_crd = info.group == "apiextensions.k8s.io";
         if is_crd {
-            super::resources::from_crd(&obj)
-                .map_err(|m| ApiError::invalid(&info.group, &info.kind, name_of(&obj), m))?;
+            admit_crd(info, &obj, None)?;
         }
+        check_schema(info, &mut obj)?;
         defaults_on_create(info, &mut obj);
         let name = name_of(&obj).to_string();
         let gr = info.gr();
@@ -944,9 +980,9 @@ impl Store {
             validate_spec(info, &new)?;
         }
         if info.group == "apiextensions.k8s.io" && !status_only {
-            super::resources::from_crd(&new)
-                .map_err(|m| ApiError::invalid(&info.group, &info.kind, name, m))?;
+            admit_crd(info, &new, Some(&existing))?;
         }
+        check_schema(info, &mut new)?;
         if new == *existing {
             // A no-op write changes nothing and produces no event, as on a real server.
             return Ok(existing);
@@ -1082,6 +1118,7 @@ impl Store {
                     columns: Vec::new(),
                     custom: true,
                     storage_group: gr.group.clone(),
+                    schema: None,
                 }))
             }) else {
                 continue;

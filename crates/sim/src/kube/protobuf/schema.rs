@@ -1479,6 +1479,26 @@ static LEASE: Message = m(
     ],
 );
 
+// ---- k8s.io/api policy/v1: disruption budgets ----
+
+static PDB_SPEC: Message = m(
+    "PodDisruptionBudgetSpec",
+    &[
+        f(1, "minAvailable", IntOrString),
+        f(2, "selector", Msg(&LABEL_SELECTOR)),
+        f(3, "maxUnavailable", IntOrString),
+        f(4, "unhealthyPodEvictionPolicy", OptStr),
+    ],
+);
+
+static POD_DISRUPTION_BUDGET: Message = m(
+    "PodDisruptionBudget",
+    &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&PDB_SPEC)),
+    ],
+);
+
 /// The top-level message of each (apiVersion, kind) the decoder accepts.
 pub static KINDS: &[(&str, &str, &Message)] = &[
     ("v1", "Namespace", &NAMESPACE),
@@ -1498,6 +1518,7 @@ pub static KINDS: &[(&str, &str, &Message)] = &[
     ("batch/v1", "Job", &JOB),
     ("batch/v1", "CronJob", &CRON_JOB),
     ("batch/v1beta1", "CronJob", &CRON_JOB),
+    ("policy/v1", "PodDisruptionBudget", &POD_DISRUPTION_BUDGET),
 ];
 
 /// The message describing `apiVersion`/`kind`, if any. `DeleteOptions` is registered in

@@ -435,18 +435,6 @@ async fn pass_through(
     if state.settings.metadata_header_required && !has_metadata_header(req) {
         return metadata_header_error();
     }
-    let Ok(_slot) = state.pass_through_slots.try_acquire() else {
-        state.reject(Rejection::PassThroughBusy);
-        let mut r = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests are being relayed to the metadata service",
-        );
-        r.headers_mut().insert(
-            HeaderName::from_static("retry-after"),
-            HeaderValue::from_static("1"),
-        );
-        return r;
-    };
     // Only the pass-through reads the body, so the token hot path never touches it.
     let read = body.to_bytes_limited(MAX_BODY);
     let body = match tokio::time::timeout(state.settings.pass_through_body_timeout, read).await {
@@ -473,6 +461,20 @@ async fn pass_through(
                 .set_connection_type(actix_web::http::ConnectionType::Close);
             return r;
         }
+    };
+    // The body is read before a relay place is taken, so a slow sender holds only its own
+    // connection, never one of the places every pod's relayed requests share.
+    let Ok(_place) = state.pass_through_slots.try_acquire() else {
+        state.reject(Rejection::PassThroughBusy);
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests are being relayed to the metadata service",
+        );
+        r.headers_mut().insert(
+            HeaderName::from_static("retry-after"),
+            HeaderValue::from_static("1"),
+        );
+        return r;
     };
     let headers = req
         .headers()

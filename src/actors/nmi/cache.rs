@@ -23,9 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Longest a token is kept, whatever its `expires_on` says (metadata-service and Azure AD tokens
-/// live up to 24 hours).
-pub const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
+/// Longest a token is kept, whatever its `expires_on` says.
+pub const MAX_TOKEN_LIFE: Duration = crate::cloud::token::MAX_LIFETIME;
 
 /// Why the cache could not produce a token.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -195,7 +194,8 @@ impl TokenCache {
         removed
     }
 
-    /// Evicts one idle slot other than `keep`, looking in `prefer`'s identity first.
+    /// Evicts one idle slot other than `keep`, looking in `prefer`'s identity first. Another
+    /// creator may evict the same victim at the same moment; then this one picks again.
     fn evict_one(&self, prefer: &Arc<str>, keep: &Arc<Slot>) {
         let idle = |s: &Arc<Slot>| {
             !Arc::ptr_eq(s, keep) && s.state.try_lock().is_ok_and(|st| st.inflight.is_none())
@@ -206,26 +206,31 @@ impl TokenCache {
                 .find(|e| idle(e.value()))
                 .map(|e| (e.key().clone(), Arc::clone(e.value())))
         };
-        let mut victim = self
-            .identities
-            .get(prefer.as_ref())
-            .map(|ids| Arc::clone(&ids))
-            .and_then(|ids| pick(&ids).map(|v| (Arc::clone(prefer), ids, v)));
-        if victim.is_none() {
-            victim = self.identities.iter().find_map(|e| {
-                pick(e.value()).map(|v| (Arc::clone(e.key()), Arc::clone(e.value()), v))
-            });
-        }
-        let Some((key, ids, (resource, slot))) = victim else {
-            return;
-        };
-        if self.remove_slot(&ids, &resource, &slot) {
-            if let Some(m) = &self.metrics {
-                m.cache_evictions.inc();
+        for _ in 0..16 {
+            let mut victim = self
+                .identities
+                .get(prefer.as_ref())
+                .map(|ids| Arc::clone(&ids))
+                .and_then(|ids| pick(&ids).map(|v| (Arc::clone(prefer), ids, v)));
+            if victim.is_none() {
+                victim = self.identities.iter().find_map(|e| {
+                    pick(e.value()).map(|v| (Arc::clone(e.key()), Arc::clone(e.value()), v))
+                });
             }
-            self.identities.remove_if(key.as_ref(), |_, v| {
-                Arc::ptr_eq(v, &ids) && v.by_resource.is_empty()
-            });
+            let Some((key, ids, (resource, slot))) = victim else {
+                return;
+            };
+            if self.remove_slot(&ids, &resource, &slot) {
+                if let Some(m) = &self.metrics {
+                    m.cache_evictions.inc();
+                }
+                if let Some((_, gone)) = self.identities.remove_if(key.as_ref(), |_, v| {
+                    Arc::ptr_eq(v, &ids) && v.by_resource.is_empty()
+                }) {
+                    self.retire(&gone);
+                }
+                return;
+            }
         }
     }
 
@@ -349,15 +354,21 @@ impl TokenCache {
     /// Forgets every token of an identity (it is no longer assigned to any pod on this node).
     pub fn drop_identity(&self, identity_key: &str) {
         if let Some((_, ids)) = self.identities.remove(identity_key) {
-            ids.dropped.store(true, Ordering::Release);
-            let all: Vec<(Box<str>, Arc<Slot>)> = ids
-                .by_resource
-                .iter()
-                .map(|e| (e.key().clone(), Arc::clone(e.value())))
-                .collect();
-            for (resource, slot) in all {
-                self.remove_slot(&ids, &resource, &slot);
-            }
+            self.retire(&ids);
+        }
+    }
+
+    /// Empties slots already taken out of the map: marks them dropped (so a request still
+    /// holding them removes what it adds) and uncounts every slot.
+    fn retire(&self, ids: &IdentitySlots) {
+        ids.dropped.store(true, Ordering::Release);
+        let all: Vec<(Box<str>, Arc<Slot>)> = ids
+            .by_resource
+            .iter()
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
+            .collect();
+        for (resource, slot) in all {
+            self.remove_slot(ids, &resource, &slot);
         }
     }
 

@@ -503,7 +503,7 @@ async fn healthz_is_active_only_once_caches_are_synced_and_metrics_are_served() 
         .await
         .unwrap();
     for name in [
-        "aadpodidentity_nmi_operations_duration_seconds_count{namespace=\"ns\",operation_type=\"/metadata/identity/oauth2/token\",resource=\"r\",status_code=\"200\"} 1",
+        "aadpodidentity_nmi_operations_duration_seconds_count{namespace=\"ns\",operation_type=\"/metadata/identity/oauth2/token\",resource=\"other\",status_code=\"200\"} 1",
         "aadpodidentity_nmi_token_cache_lookups_total{node=\"node-1\",result=\"miss\"} 1",
         "aadpodidentity_nmi_token_request_duration_seconds_count{node=\"node-1\",result=\"ok\"} 1",
         "aadpodidentity_nmi_upstream_token_fetch_duration_seconds_count{node=\"node-1\",result=\"ok\"} 1",

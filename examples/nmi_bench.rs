@@ -385,8 +385,8 @@ async fn main() {
 }
 
 async fn wake_through_kube(iterations: usize) {
-    use aad_pod_identity::sandbox::topology::Topology;
-    use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig};
+    use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
+    use aad_pod_identity_sim::topology::Topology;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Api, Patch, PatchParams, PostParams};
 

@@ -7,11 +7,10 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::config::{mic::MicArgs, nmi::NmiArgs};
-use crate::sandbox::args::SandboxArgs;
 
 /// AAD Pod Identity: Azure AD tokens for pods, without secrets.
 #[derive(Debug, Parser)]
-#[command(name = "aad-pod-identity", version, about, long_about = None, propagate_version = true)]
+#[command(name = "aad-pod-identity", version = crate::version::LONG, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -25,10 +24,6 @@ pub enum Command {
     Mic(Box<MicArgs>),
     /// Run the node agent (NMI): answers pods' token requests.
     Nmi(Box<NmiArgs>),
-    /// Run the whole system on this machine against simulated Kubernetes and Azure.
-    Sandbox(Box<SandboxArgs>),
-    /// Run a load scenario against the sandbox and write its report.
-    Loadtest(Box<crate::loadtest::LoadtestArgs>),
     /// Write the CustomResourceDefinitions (or check the committed ones).
     Crdgen(CrdgenArgs),
 }

@@ -9,9 +9,10 @@
 //! - [`http`]: NMI's HTTP surface, probes and the metrics endpoint.
 //! - [`metrics`]: the one Prometheus registry and every metric the system records.
 //! - [`logging`]: tracing-subscriber setup (text or JSON).
-//! - [`sim`]: the Kubernetes API and Azure simulators used by the sandbox and the tests.
-//! - [`sandbox`]: the whole system on one machine.
-//! - [`loadtest`]: load scenarios against the sandbox, with reports.
+//! - [`version`]: version, commit and build date; the User-Agent.
+//!
+//! The simulators (`crates/sim`) and the sandbox with the load-test driver (`crates/sandbox`) are
+//! member crates of the workspace beside this one; nothing of them is in this crate's binary.
 
 pub mod actors;
 pub mod cli;
@@ -19,8 +20,6 @@ pub mod cloud;
 pub mod config;
 pub mod crd;
 pub mod http;
-pub mod loadtest;
 pub mod logging;
 pub mod metrics;
-pub mod sandbox;
-pub mod sim;
+pub mod version;

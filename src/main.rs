@@ -3,7 +3,6 @@
 
 use aad_pod_identity::actors::{mic, nmi};
 use aad_pod_identity::cli::{Cli, Command};
-use aad_pod_identity::config::{LogArgs, LogFormat};
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity::{crd, logging};
 use anyhow::Context as _;
@@ -33,33 +32,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
-        }
-        Command::Sandbox(args) => {
-            // The sandbox prints its own progress; logs default to warnings only.
-            logging::init(&LogArgs {
-                log_format: LogFormat::Text,
-                log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            })?;
-            // MIC's actors need an actix system; everything else runs on it too.
-            actix::System::new().block_on(aad_pod_identity::sandbox::system::run(*args))?;
-            Ok(())
-        }
-        Command::Loadtest(args) => {
-            logging::init(&LogArgs {
-                log_format: LogFormat::Text,
-                log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            })?;
-            let outcome = actix::System::new().block_on(aad_pod_identity::loadtest::run(*args))?;
-            // The report's path is the last line, for scripts.
-            println!("{}", outcome.dir.display());
-            if outcome.violations.is_empty() {
-                Ok(())
-            } else {
-                anyhow::bail!(
-                    "{} invariant violation(s); see the report",
-                    outcome.violations.len()
-                )
-            }
         }
         Command::Mic(args) => {
             logging::init(&args.log)?;

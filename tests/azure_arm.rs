@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use aad_pod_identity::cloud::Error;
 use aad_pod_identity::cloud::arm::CallRecord;
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::{AzureSimConfig, FaultKind, FaultTarget, Latency, LroMode};
+use aad_pod_identity_sim::azure::{AzureSimConfig, FaultKind, FaultTarget, Latency, LroMode};
+use aad_pod_identity_sim::topology::Topology;
 use azure_common::*;
 use azure_core::http::Method;
 

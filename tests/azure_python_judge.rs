@@ -5,8 +5,8 @@
 
 mod azure_common;
 
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::AzureSimConfig;
+use aad_pod_identity_sim::azure::AzureSimConfig;
+use aad_pod_identity_sim::topology::Topology;
 use azure_common::*;
 
 async fn python_get_token(imds: &str, client_id: &str) -> std::process::Output {
@@ -67,7 +67,7 @@ async fn python_management_sdk_updates_a_scale_set_through_the_simulated_arm() {
         &t,
         AzureSimConfig {
             tls: true,
-            lro: aad_pod_identity::sim::azure::LroMode::AsyncOperation { polls: 2 },
+            lro: aad_pod_identity_sim::azure::LroMode::AsyncOperation { polls: 2 },
             ..Default::default()
         },
     )

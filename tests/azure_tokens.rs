@@ -12,8 +12,8 @@ use aad_pod_identity::cloud::aad::{
     AadClient, CertificateCredential, ClientCredential, EndpointVersion, TokenRequest,
 };
 use aad_pod_identity::cloud::imds::{IdentitySelector, ImdsClient};
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::{AzureSimConfig, FaultKind, FaultTarget, LroMode};
+use aad_pod_identity_sim::azure::{AzureSimConfig, FaultKind, FaultTarget, LroMode};
+use aad_pod_identity_sim::topology::Topology;
 use azure_common::*;
 use azure_core::http::Method;
 

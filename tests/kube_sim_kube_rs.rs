@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aad_pod_identity::crd::all_crds;
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -588,7 +588,7 @@ async fn fault_hooks_fail_requests_and_add_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_come_from_the_topology_and_pods_get_distinct_loopback_ips() {
-    let topology = aad_pod_identity::sandbox::topology::Topology::sized(1, 3, 1, 1);
+    let topology = aad_pod_identity_sim::topology::Topology::sized(1, 3, 1, 1);
     let (h, client) = sim(KubeSimConfig {
         topology: topology.clone(),
         ..KubeSimConfig::default()

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aad_pod_identity::crd::{all_crds, render_crd_yaml};
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

@@ -12,9 +12,9 @@ use aad_pod_identity::crd::{
     AzureIdentityBindingSpec, AzureIdentitySpec,
 };
 use aad_pod_identity::metrics::Metrics;
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::{AzureSim, AzureSimConfig};
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig};
+use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
+use aad_pod_identity_sim::topology::Topology;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

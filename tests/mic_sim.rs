@@ -15,9 +15,9 @@ use aad_pod_identity::crd::{
     AzureIdentityBindingSpec, AzureIdentitySpec,
 };
 use aad_pod_identity::metrics::Metrics;
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::topology::Topology;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, PostParams};

@@ -9,8 +9,8 @@ use aad_pod_identity::actors::nmi;
 use aad_pod_identity::crd::{
     self, AssignedState, AzureAssignedIdentity, IdentityType, NODENAME_LABEL,
 };
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::kube::{KubeSim, KubeSimConfig};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
+use aad_pod_identity_sim::topology::Topology;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};

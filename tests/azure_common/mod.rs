@@ -9,8 +9,8 @@ use aad_pod_identity::cloud::arm::{ArmClient, ArmOptions};
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::cloud::credential::arm_credential;
 use aad_pod_identity::cloud::provider_id::ComputeRef;
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::{ARM_RESOURCE, AzureSim, AzureSimConfig, AzureSimHandle};
+use aad_pod_identity_sim::azure::{ARM_RESOURCE, AzureSim, AzureSimConfig, AzureSimHandle};
+use aad_pod_identity_sim::topology::Topology;
 use azure_core::http::{HttpClient, Method, Request, headers::HeaderName};
 
 pub async fn sim(topology: &Topology, config: AzureSimConfig) -> AzureSimHandle {

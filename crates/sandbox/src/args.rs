@@ -1,0 +1,102 @@
+//! Flags of `aad-pod-identity-sandbox`: the size and the weather of the simulated world.
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aad_pod_identity::config::parse_go_duration;
+
+use aad_pod_identity_sim::topology::Topology;
+
+/// Options of the sandbox.
+#[derive(Clone, Debug, Args)]
+pub struct SandboxArgs {
+    /// Write a kubeconfig for kubectl and kube-rs clients here.
+    #[arg(long = "kubeconfig-out", env = "SANDBOX_KUBECONFIG_OUT")]
+    pub kubeconfig_out: Option<PathBuf>,
+
+    /// Write a JSON document naming every simulated endpoint here.
+    #[arg(long = "endpoints-out", env = "SANDBOX_ENDPOINTS_OUT")]
+    pub endpoints_out: Option<PathBuf>,
+
+    /// Number of VM scale sets.
+    #[arg(long = "scale-sets", default_value_t = 1)]
+    pub scale_sets: u32,
+
+    /// Nodes (instances) per scale set.
+    #[arg(long = "nodes-per-scale-set", default_value_t = 2)]
+    pub nodes_per_scale_set: u32,
+
+    /// Standalone VMs (availability-set nodes), in addition to the scale sets.
+    #[arg(long = "vms", default_value_t = 0)]
+    pub vms: u32,
+
+    /// User-assigned identities that exist in the simulated Azure.
+    #[arg(long = "identities", default_value_t = 5)]
+    pub identities: u32,
+
+    /// Kubernetes YAML to load instead of the seed's scenario. `<ResourceID of az-id-1>`-style
+    /// placeholders and `${IDENTITY_<n>_RESOURCE_ID}` / `${IDENTITY_<n>_CLIENT_ID}` /
+    /// `${IDENTITY_<n>_NAME}` are filled with the sandbox's identities.
+    #[arg(long = "scenario")]
+    pub scenario: Option<PathBuf>,
+
+    /// Typical ARM answer time (each answer takes 0.8 to 1.2 times this). Real scale sets take
+    /// 40 to 60 s per write.
+    #[arg(long = "arm-latency", default_value = "500ms", value_parser = parse_go_duration)]
+    pub arm_latency: Duration,
+
+    /// The weather in Azure: none, throttling (a small ARM write budget answering 429),
+    /// flaky (a PATCH fails with 503 every few seconds), slow-arm (4 to 6 s per ARM answer).
+    #[arg(long = "faults", value_enum, default_value_t = FaultProfile::None)]
+    pub faults: FaultProfile,
+
+    /// How long a Job's pod runs before it succeeds.
+    #[arg(long = "job-run-time", default_value = "5s", value_parser = parse_go_duration)]
+    pub job_run_time: Duration,
+
+    /// CronJob schedules run this many times faster than real time.
+    #[arg(long = "cron-speedup", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cron_speedup: u32,
+
+    /// MIC's unassign grace period (see `mic --help`).
+    #[arg(long = "unassign-grace-period", default_value = "60s", value_parser = parse_go_duration)]
+    pub unassign_grace_period: Duration,
+
+    /// How long NMI waits for a requested identity to be assigned before answering 404 (the
+    /// original's 16 attempts × 5 s by default).
+    #[arg(long = "nmi-assignment-wait", default_value = "80s", value_parser = parse_go_duration)]
+    pub nmi_assignment_wait: Duration,
+
+    /// Port of every NMI (each node's NMI listens on the node's own loopback address); 0 picks
+    /// a free port per node (the printed guide and the endpoints document say which).
+    #[arg(long = "nmi-port", default_value_t = 2579)]
+    pub nmi_port: u16,
+}
+
+/// Fault profiles of the simulated Azure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum FaultProfile {
+    /// A well-behaved Azure.
+    #[default]
+    None,
+    /// A small per-subscription write budget: bursts get 429 with Retry-After.
+    Throttling,
+    /// Every few seconds one PATCH fails with 503.
+    Flaky,
+    /// Every ARM answer takes 4 to 6 seconds.
+    SlowArm,
+}
+
+impl SandboxArgs {
+    /// The simulated world these flags describe.
+    #[must_use]
+    pub fn topology(&self) -> Topology {
+        Topology::sized(
+            self.scale_sets,
+            self.nodes_per_scale_set,
+            self.vms,
+            self.identities,
+        )
+    }
+}

@@ -1,0 +1,553 @@
+//! The whole system on one machine: the Kubernetes and Azure simulators, MIC, and one NMI per
+//! simulated node, all on loopback, plus the scenario, the printed guide and live progress.
+//!
+//! Everything runs in this process on one actix system (MIC's actors need one); the simulators
+//! and NMIs serve HTTP on their own worker threads. Each NMI listens on its node's address
+//! (127.2.x.y), and simulated pods have addresses in 127.1.0.0/16, so a request bound to a pod's
+//! address is that pod's request, as iptables would deliver it on a real node.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::args::{FaultProfile, SandboxArgs};
+use super::scenario;
+use aad_pod_identity::actors::mic::cloud_port::CloudArm;
+use aad_pod_identity::actors::mic::run::{MicDeps, MicSettings};
+use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
+use aad_pod_identity::actors::nmi::{NmiSettings, Running};
+use aad_pod_identity::cloud::config::CloudConfig;
+use aad_pod_identity::config::mic::MicArgs;
+use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
+use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity_sim::azure::{
+    AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency,
+};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+
+/// Why the sandbox stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes simulator failed.
+    #[error("Kubernetes simulator")]
+    Kube(#[source] Box<aad_pod_identity_sim::kube::Error>),
+    /// The Azure simulator failed.
+    #[error("Azure simulator")]
+    Azure(#[from] aad_pod_identity_sim::azure::Error),
+    /// A Kubernetes call of the sandbox itself failed.
+    #[error("{what}")]
+    Api {
+        /// What was being done.
+        what: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The scenario could not be loaded.
+    #[error("scenario")]
+    Scenario(#[from] scenario::Error),
+    /// A file could not be read or written.
+    #[error("{path}")]
+    File {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Azure layer refused the simulator's configuration.
+    #[error("cloud configuration")]
+    Cloud(#[from] aad_pod_identity::cloud::Error),
+    /// NMI could not start.
+    #[error("NMI on {node}: {message}")]
+    Nmi {
+        /// The node.
+        node: String,
+        /// What failed.
+        message: String,
+    },
+    /// MIC could not start.
+    #[error("MIC: {0}")]
+    Mic(String),
+    /// A signal handler could not be installed.
+    #[error("signal handling")]
+    Signal(#[source] std::io::Error),
+}
+
+impl From<aad_pod_identity_sim::kube::Error> for Error {
+    fn from(e: aad_pod_identity_sim::kube::Error) -> Self {
+        Self::Kube(Box::new(e))
+    }
+}
+
+/// The running world, for tests and for the command.
+pub struct Sandbox {
+    /// The Kubernetes simulator.
+    pub kube: KubeSimHandle,
+    /// The Azure simulator (shared with the weather and progress tasks).
+    pub azure: Arc<AzureSimHandle>,
+    /// NMI token endpoint per node.
+    pub nmi: BTreeMap<String, SocketAddr>,
+    /// MIC's probe and metrics addresses.
+    pub mic_endpoints: (SocketAddr, SocketAddr),
+    /// NMI probe and metrics addresses per node.
+    pub nmi_endpoints: BTreeMap<String, (SocketAddr, SocketAddr)>,
+    /// MIC's metrics registry (assignment latency for the progress line).
+    pub mic_metrics: Metrics,
+    nmis: Vec<Running>,
+    mic: tokio::task::JoinHandle<()>,
+    weather: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
+    let mut c = AzureSimConfig {
+        arm_latency: match args.arm_latency {
+            d if d.is_zero() => Latency::None,
+            d => Latency::Uniform {
+                min: d.mul_f64(0.8),
+                max: d.mul_f64(1.2),
+            },
+        },
+        ..AzureSimConfig::default()
+    };
+    match args.faults {
+        FaultProfile::None | FaultProfile::Flaky => {}
+        // A small write budget: bursts of PATCHes are answered 429 with Retry-After.
+        FaultProfile::Throttling => c.write_budget = Some((4, Duration::from_secs(10))),
+        FaultProfile::SlowArm => {
+            c.arm_latency = Latency::Uniform {
+                min: Duration::from_secs(4),
+                max: Duration::from_secs(6),
+            };
+        }
+    }
+    c
+}
+
+impl Sandbox {
+    /// Starts everything and loads the scenario; returns once every component is serving.
+    pub async fn start(args: &SandboxArgs) -> Result<Self, Error> {
+        let topology = args.topology();
+        let kube = KubeSim::start(KubeSimConfig {
+            topology: topology.clone(),
+            job_pod_run_time: args.job_run_time,
+            cron_speedup: args.cron_speedup,
+            ..KubeSimConfig::default()
+        })
+        .await?;
+        let azure = Arc::new(AzureSim::start(&topology, azure_config(args)).await?);
+        let client = kube.client().await?;
+
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for f in aad_pod_identity::crd::all_crds() {
+            crds.create(&PostParams::default(), &f.crd)
+                .await
+                .map_err(|source| Error::Api {
+                    what: "creating the CRDs",
+                    source,
+                })?;
+        }
+
+        // MIC, with the simulator's azure.json.
+        let cloud = CloudConfig::from_json(&azure.azure_json().to_string())?;
+        let arm = CloudArm::from_config(&cloud)?;
+        let mic_args = mic_args(args)?;
+        let mut settings = MicSettings::from(&mic_args);
+        settings.listen_address = IpAddr::from([127, 0, 0, 1]);
+        settings.http_probe_port = 0;
+        settings.prometheus_port = 0;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mic_metrics = Metrics::new();
+        let deps = MicDeps {
+            arm: Arc::new(arm),
+            metrics: mic_metrics.clone(),
+            client: Some(client.clone()),
+            cluster_identity_client_id: None,
+            bound: Some(tx),
+        };
+        let mic = actix::spawn(async move {
+            if let Err(e) = aad_pod_identity::actors::mic::run::run(settings, deps).await {
+                warn!(error = %e, "MIC stopped");
+            }
+        });
+        let mic_endpoints = rx
+            .await
+            .map_err(|_| Error::Mic("MIC stopped before it was listening".into()))?;
+
+        // One NMI per node, on the node's own address.
+        let nodes: Api<Node> = Api::all(client.clone());
+        let mut nmi = BTreeMap::new();
+        let mut nmi_endpoints = BTreeMap::new();
+        let mut nmis = Vec::new();
+        for node in topology.nodes() {
+            let n = nodes.get(&node.name).await.map_err(|source| Error::Api {
+                what: "reading a node",
+                source,
+            })?;
+            let ip = node_ip(&n).ok_or_else(|| Error::Nmi {
+                node: node.name.clone(),
+                message: "the node has no InternalIP".into(),
+            })?;
+            let imds = azure.imds_addr(&node.name)?;
+            let mut s = NmiSettings::new(node.name.clone(), imds);
+            s.listen = SocketAddr::new(ip, args.nmi_port);
+            // Probes and metrics on free ports: several sandboxes (tests, load tests) may run at
+            // once, and every one of them has nodes at 127.2.0.1, 127.2.0.2, ….
+            s.probe = SocketAddr::new(ip, 0);
+            s.metrics = SocketAddr::new(ip, 0);
+            s.manage_iptables = false;
+            s.assignment_wait = args.nmi_assignment_wait;
+            s.http_workers = 1;
+            let source = CloudTokenSource::new(
+                &imds.to_string(),
+                client.clone(),
+                azure.aad_endpoint(),
+                Duration::from_secs(30),
+            )
+            .map_err(|e| Error::Nmi {
+                node: node.name.clone(),
+                message: e.to_string(),
+            })?;
+            let running = aad_pod_identity::actors::nmi::start(
+                &s,
+                client.clone(),
+                Arc::new(source),
+                &Metrics::new(),
+            )
+            .map_err(|e| Error::Nmi {
+                node: node.name.clone(),
+                message: e.to_string(),
+            })?;
+            nmi.insert(node.name.clone(), running.nmi_addr);
+            nmi_endpoints.insert(
+                node.name.clone(),
+                (running.probe_addr, running.metrics_addr),
+            );
+            nmis.push(running);
+        }
+
+        // The scenario last, so every component sees it arrive.
+        let mut identities = azure.identities();
+        identities.sort_by(|a, b| a.name.cmp(&b.name));
+        let text = match &args.scenario {
+            Some(path) => {
+                let raw = std::fs::read_to_string(path).map_err(|source| Error::File {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                scenario::fill_placeholders(&raw, &identities)?
+            }
+            None => scenario::default_scenario(&identities)?,
+        };
+        let created = scenario::apply(&client, scenario::parse_documents(&text)?).await?;
+        info!(objects = created.len(), "scenario loaded");
+
+        let weather = (args.faults == FaultProfile::Flaky).then(|| {
+            let azure = azure.clone();
+            // Flaky ARM: one PATCH in every few seconds fails with 503.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    azure.inject(FaultTarget::ArmPatch, 1, FaultKind::Status(503));
+                }
+            })
+        });
+
+        Ok(Self {
+            kube,
+            azure,
+            nmi,
+            mic_endpoints,
+            nmi_endpoints,
+            mic_metrics,
+            nmis,
+            mic,
+            weather,
+        })
+    }
+
+    /// The `--endpoints-out` document: every simulated endpoint and every component's address.
+    #[must_use]
+    pub fn endpoints(&self, kubeconfig: Option<&str>) -> serde_json::Value {
+        json!({
+            "kubernetes": {"server": self.kube.base_url(), "kubeconfig": kubeconfig},
+            "azure": self.azure.endpoints(),
+            "mic": {
+                "healthz": format!("http://{}/healthz", self.mic_endpoints.0),
+                "metrics": format!("http://{}/metrics", self.mic_endpoints.1),
+            },
+            "nmi": self.nmi.iter().map(|(node, addr)| {
+                let (probe, metrics) = self.nmi_endpoints[node];
+                (node.clone(), json!({
+                    "token": format!("http://{addr}"),
+                    "healthz": format!("http://{probe}/healthz"),
+                    "metrics": format!("http://{metrics}/metrics"),
+                }))
+            }).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
+    /// Stops every component, NMIs first.
+    pub async fn stop(self) {
+        for n in self.nmis {
+            if let Err(e) = n.stop().await {
+                warn!(error = %e, "NMI stop");
+            }
+        }
+        self.mic.abort();
+        if let Some(w) = self.weather {
+            w.abort();
+            let _ = w.await;
+        }
+        // Every task holding the simulator has ended, so this is the last reference.
+        if let Ok(azure) = Arc::try_unwrap(self.azure) {
+            azure.shutdown().await;
+        }
+        self.kube.shutdown().await;
+    }
+}
+
+fn mic_args(args: &SandboxArgs) -> Result<MicArgs, Error> {
+    #[derive(clap::Parser)]
+    struct Only {
+        #[command(flatten)]
+        mic: MicArgs,
+    }
+    use clap::Parser as _;
+    let grace = format!(
+        "--unassign-grace-period={}ms",
+        args.unassign_grace_period.as_millis()
+    );
+    Only::try_parse_from([
+        "mic",
+        "--leader-election-instance=sandbox-mic",
+        "--leader-election-namespace=default",
+        grace.as_str(),
+    ])
+    .map(|o| o.mic)
+    .map_err(|e| Error::Mic(e.to_string()))
+}
+
+fn node_ip(node: &Node) -> Option<IpAddr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")?
+        .address
+        .parse()
+        .ok()
+}
+
+/// Waits (on the pod watch, no polling) for a Running pod carrying `aadpodidbinding` that is
+/// not a Job's (those finish within seconds), and returns (namespace, name, node, ip).
+async fn first_bound_pod(client: &kube::Client) -> Option<(String, String, String, String)> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let cfg = watcher::Config::default().labels(aad_pod_identity::crd::POD_LABEL);
+    let mut stream = watcher::watcher(pods, cfg).boxed();
+    while let Some(event) = stream.next().await {
+        let pods = match event {
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => vec![p],
+            Ok(_) => continue,
+            Err(_) => return None,
+        };
+        for p in pods {
+            let status = p.status.as_ref();
+            let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+            let ip = status.and_then(|s| s.pod_ip.clone());
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            let of_job = p
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "Job");
+            if let (true, false, Some(ip), Some(node)) = (running, of_job, ip, node) {
+                return Some((
+                    p.metadata.namespace.unwrap_or_default(),
+                    p.metadata.name.unwrap_or_default(),
+                    node,
+                    ip,
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Count, mean and the bucket bound under which 95% fall, of MIC's assignment latency.
+fn assignment_latency(metrics: &Metrics) -> Option<(u64, f64, f64)> {
+    let family = metrics
+        .registry()
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "aadpodidentity_mic_assignment_latency_seconds")?;
+    let h = family.get_metric().first()?.get_histogram();
+    let count = h.get_sample_count();
+    if count == 0 {
+        return None;
+    }
+    let target = (count as f64 * 0.95).ceil() as u64;
+    let p95 = h
+        .get_bucket()
+        .iter()
+        .find(|b| b.cumulative_count() >= target)
+        .map_or(f64::INFINITY, |b| b.upper_bound());
+    Some((count, h.get_sample_sum() / count as f64, p95))
+}
+
+/// One line of progress, from the simulators' own state and MIC's metrics.
+async fn progress_line(
+    client: &kube::Client,
+    azure: &AzureSimHandle,
+    mic_metrics: &Metrics,
+) -> Option<String> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let aai: Api<AzureAssignedIdentity> = Api::all(client.clone());
+    let lp = ListParams::default().labels(aad_pod_identity::crd::POD_LABEL);
+    let pods = pods.list(&lp).await.ok()?;
+    let running = pods
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count();
+    let list = aai.list(&ListParams::default()).await.ok()?;
+    let assigned = list
+        .items
+        .iter()
+        .filter(|a| {
+            a.status
+                .as_ref()
+                .is_some_and(|s| s.status == AssignedState::Assigned)
+        })
+        .count();
+    let c = azure.counters();
+    let patches: u64 = c.patches.values().sum();
+    let gets: u64 = c.gets.values().sum();
+    let latency = assignment_latency(mic_metrics).map_or_else(String::new, |(n, mean, p95)| {
+        format!(" | assignment latency: mean {mean:.2}s, p95 <= {p95}s over {n}")
+    });
+    Some(format!(
+        "pods with identities: {} ({} running) | AzureAssignedIdentities: {} ({} Assigned){} | ARM: {} PATCH, {} GET, {} throttled | tokens issued by Azure: {}",
+        pods.items.len(),
+        running,
+        list.items.len(),
+        assigned,
+        latency,
+        patches,
+        gets,
+        c.throttled,
+        c.imds_tokens + c.aad_tokens,
+    ))
+}
+
+/// `aad-pod-identity-sandbox`: start, print the guide, show progress until Ctrl-C or SIGTERM.
+pub async fn run(args: SandboxArgs) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before anything is announced, so a SIGTERM right after start is handled.
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let sandbox = Sandbox::start(&args).await?;
+    let kubeconfig = match &args.kubeconfig_out {
+        Some(p) => {
+            sandbox.kube.write_kubeconfig(p)?;
+            Some(p.display().to_string())
+        }
+        None => None,
+    };
+    let endpoints = sandbox.endpoints(kubeconfig.as_deref());
+    if let Some(p) = &args.endpoints_out {
+        let text = serde_json::to_string_pretty(&endpoints).unwrap_or_default();
+        std::fs::write(p, format!("{text}\n")).map_err(|source| Error::File {
+            path: p.display().to_string(),
+            source,
+        })?;
+    }
+    println!("AAD Pod Identity sandbox is running (Ctrl-C stops it).");
+    println!("  Kubernetes API: {}", sandbox.kube.base_url());
+    match &kubeconfig {
+        Some(p) => println!("  kubeconfig:     {p}   (export KUBECONFIG={p})"),
+        None => println!("  kubeconfig:     pass --kubeconfig-out PATH to write one"),
+    }
+    println!("  Azure (ARM):    {}", sandbox.azure.arm_endpoint());
+    println!(
+        "  MIC:            http://{}/healthz",
+        sandbox.mic_endpoints.0
+    );
+    for (node, addr) in &sandbox.nmi {
+        println!("  NMI {node}: http://{addr}");
+    }
+    if let Some(p) = &args.endpoints_out {
+        println!("  endpoints:      {}", p.display());
+    }
+
+    let client = sandbox.kube.client().await?;
+    let progress = {
+        let client = client.clone();
+        let azure = sandbox.azure.clone();
+        let mic_metrics = sandbox.mic_metrics.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                if let Some(line) = progress_line(&client, &azure, &mic_metrics).await
+                    && line != last
+                {
+                    println!("[progress] {line}");
+                    last = line;
+                }
+            }
+        })
+    };
+    let guide = {
+        let client = client.clone();
+        let nmi = sandbox.nmi.clone();
+        let mut identities = sandbox.azure.identities();
+        identities.sort_by(|a, b| a.name.cmp(&b.name));
+        let client_id = identities
+            .first()
+            .map(|i| i.client_id.clone())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let Some((ns, name, node, ip)) = first_bound_pod(&client).await else {
+                return;
+            };
+            let Some(addr) = nmi.get(&node) else { return };
+            println!();
+            println!("Fetch a token as pod {ns}/{name} (address {ip}, node {node}):");
+            println!(
+                "  curl -s --interface {ip} -H Metadata:true 'http://{addr}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/&client_id={client_id}'"
+            );
+            println!(
+                "With Azure's Python SDK (pip install azure-identity), from the repository root:"
+            );
+            println!(
+                "  AZURE_POD_IDENTITY_AUTHORITY_HOST=http://{addr} python3 tests/nmi_sdk.py {ip} {client_id} https://management.azure.com/.default"
+            );
+            println!();
+        })
+    };
+
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(Error::Signal)?,
+        _ = term.recv() => {}
+    }
+    println!("shutting down");
+    progress.abort();
+    guide.abort();
+    let _ = progress.await;
+    let _ = guide.await;
+    sandbox.stop().await;
+    Ok(())
+}

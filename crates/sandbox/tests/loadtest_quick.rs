@@ -1,0 +1,120 @@
+//! CI's load test: `loadtest/run <scenario> --quick` for every scenario, with the real
+//! Prometheus the script starts. Each run must exit 0 (no invariant broken, no request lost),
+//! print its report directory last, and write a report whose figures are present.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(scenario: &str, out: &Path) -> serde_json::Value {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let output = Command::new(root.join("loadtest/run"))
+        .args([scenario, "--quick", "--nmi-port", "2611", "--out"])
+        .arg(out)
+        .env(
+            "AAD_POD_IDENTITY_SANDBOX_BIN",
+            env!("CARGO_BIN_EXE_aad-pod-identity-sandbox"),
+        )
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("loadtest/run starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{scenario}: exit {:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    let dir = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the report path is printed last"),
+    );
+    assert!(dir.starts_with(out), "{dir:?}");
+    for f in ["report.json", "report.html"] {
+        assert!(dir.join(f).is_file(), "{scenario}: {f} missing");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    for chart in report["charts"].as_array().unwrap() {
+        let svg = std::fs::read_to_string(dir.join(chart.as_str().unwrap())).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+    }
+    report
+}
+
+#[test]
+fn every_scenario_runs_quick_with_prometheus_and_reports_its_figures() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("the Debian package `prometheus` is required (CI installs it)");
+    }
+    let out = std::env::temp_dir().join(format!("loadtest-quick-{}", std::process::id()));
+
+    let burst = run("burst", &out);
+    let f = &burst["figures"];
+    assert_eq!(f["pods_assigned"], f["pods_seen"]);
+    assert!(f["creation_to_assigned_ms"]["p99"].as_f64().unwrap() > 0.0);
+    // From the real Prometheus: the MIC histogram's quantiles.
+    assert!(
+        f["prometheus"]["mic_assignment_latency_s"]["p50"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{f}"
+    );
+    assert!(f["arm"]["patches"].as_u64().unwrap() >= 1);
+    // Group commit: far fewer writes than pods.
+    assert!(
+        f["arm"]["patches"].as_u64().unwrap() < f["pods_seen"].as_u64().unwrap() / 2,
+        "{f}"
+    );
+    assert!(
+        f["wait"]["answered_by_assignment_event"].as_u64().unwrap() > 0,
+        "{f}"
+    );
+    assert!(
+        f["wait"]["lateness_ratio_poll_over_event"]
+            .as_f64()
+            .unwrap()
+            > 1.0,
+        "{f}"
+    );
+
+    let storm = run("token-storm", &out);
+    let f = &storm["figures"];
+    assert_eq!(f["tokens"]["lost"], 0);
+    assert!(
+        f["wait"]["answered_by_assignment_event"].as_u64().unwrap() > 0,
+        "{f}"
+    );
+    assert!(
+        f["wait"]["asked_after_assignment"].as_u64().unwrap() > 0,
+        "{f}"
+    );
+
+    let hot = run("hot-path", &out);
+    let f = &hot["figures"];
+    assert!(f["nmi"]["rps_mean"].as_f64().unwrap() > 0.0);
+    assert!(f["bare_actix_web"]["rps_mean"].as_f64().unwrap() > 0.0);
+    assert!(
+        f["throughput_ratio_nmi_over_bare_median"]
+            .as_f64()
+            .is_some()
+    );
+    assert!(
+        f["prometheus"]["nmi_cache_hit_rate"].as_f64().unwrap() > 0.9,
+        "{f}"
+    );
+
+    let churn = run("churn", &out);
+    let f = &churn["figures"];
+    assert!(f["churn"]["job_pods"].as_u64().unwrap() > 0, "{f}");
+
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -1,0 +1,446 @@
+//! An in-memory Kubernetes API server over real HTTP that kube-rs and kubectl accept unchanged.
+//!
+//! The simulator owns: the object [`store`] (JSON objects, one resourceVersion counter, watch
+//! history), the resource [`resources`] registry (built-ins plus whatever CRDs declare), the
+//! REST protocol in [`http`] and [`watch`] (bodies in JSON, YAML or, as kubectl's typed clients
+//! send them, protobuf: [`protobuf`]), the Table rendering kubectl asks for in [`table`],
+//! discovery and OpenAPI in [`discovery`], and a small cluster in [`cluster`] (scheduler,
+//! kubelet, workload controllers) so the seed's Deployments, DaemonSets, Jobs and CronJobs
+//! turn into running pods with loopback IPs. Tests and the sandbox start it with
+//! [`KubeSim::start`] and get a [`KubeSimHandle`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), aad_pod_identity_sim::kube::Error> {
+//! use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
+//! let sim = KubeSim::start(KubeSimConfig::default()).await?; // 127.0.0.1:<free port>
+//! let client = sim.client().await?; // kube-rs, from the same kubeconfig kubectl gets
+//! sim.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"))?;
+//! sim.fail_next(1, 429); // fault hooks: also drop_watches(), set_latency()
+//! # drop(client);
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Not simulated: authentication and RBAC (every request is allowed), admission webhooks,
+//! OpenAPI schemas (kubectl validates on the server side, which accepts any fields), pod
+//! logs/exec, Services/endpoints behaviour, graceful pod termination (pods are removed at
+//! once unless finalizers hold them), foreground deletion (treated as background), and
+//! managedFields (server-side apply is approximated as create-or-merge).
+
+pub mod cluster;
+pub mod convert;
+pub mod discovery;
+pub mod http;
+pub mod meta;
+pub mod patch;
+pub mod protobuf;
+pub mod resources;
+pub mod selector;
+pub mod store;
+pub mod table;
+pub mod watch;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::topology::Topology;
+pub use meta::ApiError;
+use resources::Registry;
+use store::Store;
+
+/// What can go wrong starting or driving the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listening socket could not be bound.
+    #[error("cannot bind the Kubernetes simulator to {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pod IP range is not a usable block inside 127.0.0.0/8.
+    #[error("pod IP range {0} must be a block of at least 4 addresses inside 127.0.0.0/8")]
+    PodRange(String),
+    /// Writing a file (kubeconfig, endpoints) failed.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Building a kube client from the simulator's kubeconfig failed.
+    #[error("cannot build a kube client for the simulator")]
+    Client(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Seeding the initial objects failed.
+    #[error("cannot seed the initial objects")]
+    Seed(#[source] ApiError),
+    /// Waiting for a shutdown signal failed.
+    #[error("cannot listen for shutdown signals")]
+    Signal(#[source] std::io::Error),
+}
+
+/// A block of loopback addresses pods get their IPs from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Block {
+    /// First address of the block.
+    pub base: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Ipv4Block {
+    /// Parses `a.b.c.d/n`; it must lie inside 127.0.0.0/8 and hold at least 4 addresses.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let bad = || Error::PodRange(s.to_string());
+        let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let base: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) || base.octets()[0] != 127 {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Self {
+            base: Ipv4Addr::from(u32::from(base) & mask),
+            prefix,
+        })
+    }
+
+    /// Number of addresses in the block.
+    #[must_use]
+    pub fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+}
+
+impl std::fmt::Display for Ipv4Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// How to run a simulator.
+#[derive(Clone, Debug)]
+pub struct KubeSimConfig {
+    /// Where to listen; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// The nodes (and their Azure providerIDs) created Ready at start.
+    pub topology: Topology,
+    /// Pod IPs are allocated from this block (default 127.1.0.0/16).
+    pub pod_ip_range: Ipv4Block,
+    /// Node InternalIPs are allocated from this block (default 127.2.0.0/16).
+    pub node_ip_range: Ipv4Block,
+    /// How long a Job's pod runs before it succeeds.
+    pub job_pod_run_time: Duration,
+    /// Simulated cron time runs this many times faster than real time (1 = real time).
+    pub cron_speedup: u32,
+    /// Events kept per resource for watches; older resourceVersions get 410 Gone.
+    pub watch_history: usize,
+    /// Interval between watch bookmarks (when the client allows them).
+    pub bookmark_interval: Duration,
+    /// After a change wakes a watch, further changes arriving within this window are sent
+    /// in the same chunk (zero sends each change at once).
+    pub watch_coalesce: Duration,
+    /// While changes keep arriving, a watch sends at most once per this interval (one send
+    /// of many events instead of one per event); zero sends after `watch_coalesce` always.
+    pub watch_busy_interval: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Whether to run the scheduler, kubelet and workload controllers.
+    pub run_cluster: bool,
+    /// HTTP worker threads.
+    pub workers: usize,
+}
+
+impl Default for KubeSimConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            topology: Topology::default(),
+            pod_ip_range: Ipv4Block {
+                base: Ipv4Addr::new(127, 1, 0, 0),
+                prefix: 16,
+            },
+            node_ip_range: Ipv4Block {
+                base: Ipv4Addr::new(127, 2, 0, 0),
+                prefix: 16,
+            },
+            job_pod_run_time: Duration::from_secs(5),
+            cron_speedup: 1,
+            watch_history: 10_000,
+            bookmark_interval: Duration::from_secs(30),
+            watch_coalesce: Duration::from_millis(2),
+            watch_busy_interval: Duration::from_millis(20),
+            max_body_bytes: 3 * 1024 * 1024,
+            run_cluster: true,
+            workers: 2,
+        }
+    }
+}
+
+/// Injected faults, shared by every HTTP worker.
+#[derive(Debug)]
+pub struct Faults {
+    fail_remaining: AtomicU32,
+    fail_status: AtomicU16,
+    latency_micros: AtomicU64,
+    drop_watches: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            fail_remaining: AtomicU32::new(0),
+            fail_status: AtomicU16::new(500),
+            latency_micros: AtomicU64::new(0),
+            drop_watches: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Faults {
+    /// The status to answer this request with, if a failure is still owed.
+    pub fn take_failure(&self) -> Option<u16> {
+        self.fail_remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| self.fail_status.load(Ordering::SeqCst))
+    }
+
+    /// Latency to add to every request.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_micros.load(Ordering::Relaxed))
+    }
+
+    /// Receiver that changes whenever every open watch must be dropped.
+    pub fn drop_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.drop_watches.subscribe()
+    }
+}
+
+/// State shared by the HTTP workers and the cluster tasks.
+#[derive(Debug)]
+pub struct Shared {
+    /// The objects.
+    pub store: Arc<Store>,
+    /// Served resources.
+    pub registry: Arc<Registry>,
+    /// Injected faults.
+    pub faults: Faults,
+    /// The configuration the simulator runs with.
+    pub config: KubeSimConfig,
+    /// Cancelled on shutdown; ends watches and cluster tasks.
+    pub shutdown: CancellationToken,
+}
+
+/// Starts simulators.
+#[derive(Debug)]
+pub struct KubeSim;
+
+impl KubeSim {
+    /// Binds, seeds namespaces and nodes, starts the cluster tasks and serves until
+    /// [`KubeSimHandle::shutdown`].
+    pub async fn start(config: KubeSimConfig) -> Result<KubeSimHandle, Error> {
+        // Simulated addresses must never leave loopback, whoever built the config.
+        for block in [config.pod_ip_range, config.node_ip_range] {
+            Ipv4Block::parse(&block.to_string())?;
+        }
+        let registry = Arc::new(Registry::default());
+        let store = Arc::new(Store::new(registry.clone(), config.watch_history));
+        seed(&store, &registry, &config).map_err(Error::Seed)?;
+        let listener = std::net::TcpListener::bind(config.bind).map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            store,
+            registry,
+            faults: Faults::default(),
+            config: config.clone(),
+            shutdown: CancellationToken::new(),
+        });
+        let server = http::server(shared.clone(), listener).map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let server_handle = server.handle();
+        let server_task = tokio::spawn(server);
+        let cluster_task = if config.run_cluster {
+            Some(cluster::spawn(shared.clone()))
+        } else {
+            None
+        };
+        tracing::info!(%addr, "Kubernetes simulator listening");
+        Ok(KubeSimHandle {
+            addr,
+            shared,
+            server_handle,
+            server_task,
+            cluster_task,
+        })
+    }
+}
+
+fn seed(store: &Store, registry: &Registry, config: &KubeSimConfig) -> Result<(), ApiError> {
+    let ns = registry
+        .get("", "v1", "namespaces")
+        .expect("namespaces are built in");
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        store.create(&ns, "", json!({"metadata": {"name": name}}))?;
+    }
+    let sa = registry
+        .get("", "v1", "serviceaccounts")
+        .expect("serviceaccounts are built in");
+    for name in ["default", "kube-system"] {
+        store.create(&sa, name, json!({"metadata": {"name": "default"}}))?;
+    }
+    let nodes = registry.get("", "v1", "nodes").expect("nodes are built in");
+    for (i, n) in config.topology.nodes().into_iter().enumerate() {
+        let ip = cluster::nth_address(&config.node_ip_range, i as u32 + 1);
+        store.create(&nodes, "", cluster::node_object(&n, ip))?;
+    }
+    Ok(())
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct KubeSimHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server_handle: actix_web::dev::ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    cluster_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl KubeSimHandle {
+    /// The socket address served.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The configuration this simulator runs with.
+    #[must_use]
+    pub fn config(&self) -> &KubeSimConfig {
+        &self.shared.config
+    }
+
+    /// The store, for in-process inspection (benchmarks, tests).
+    #[must_use]
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
+    }
+
+    /// A kubeconfig pointing kubectl and kube-rs at this simulator (no credentials, plain HTTP).
+    #[must_use]
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: aad-pod-identity-sandbox\n  cluster:\n    server: {}\ncontexts:\n- name: sandbox\n  context:\n    cluster: aad-pod-identity-sandbox\n    user: sandbox\n    namespace: default\ncurrent-context: sandbox\nusers:\n- name: sandbox\n  user: {{}}\npreferences: {{}}\n",
+            self.base_url()
+        )
+    }
+
+    /// Writes [`Self::kubeconfig_yaml`] to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), Error> {
+        std::fs::write(path, self.kubeconfig_yaml()).map_err(|source| Error::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// A kube-rs client built from the kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client, Error> {
+        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
+            .map_err(|e| Error::Client(Box::new(e)))?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| Error::Client(Box::new(e)))?;
+        kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))
+    }
+
+    /// Ends every open watch now (clients see the stream close and must resume).
+    pub fn drop_watches(&self) {
+        self.shared.faults.drop_watches.send_modify(|g| *g += 1);
+    }
+
+    /// Answers the next `n` API requests with `status` (e.g. 410, 429, 500) as a Status object.
+    pub fn fail_next(&self, n: u32, status: u16) {
+        self.shared
+            .faults
+            .fail_status
+            .store(status, Ordering::SeqCst);
+        self.shared.faults.fail_remaining.store(n, Ordering::SeqCst);
+    }
+
+    /// Adds `latency` to every API request (zero removes it).
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared
+            .faults
+            .latency_micros
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Stops serving: ends watches and cluster tasks, then the HTTP server.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        if let Some(t) = self.cluster_task {
+            let _ = t.await;
+        }
+        // Not graceful: idle keep-alive connections would otherwise hold the workers for the
+        // whole shutdown timeout, and nothing is in flight worth waiting for once watches end.
+        self.server_handle.stop(false).await;
+        let _ = self.server_task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_simulator_refuses_addresses_outside_loopback() {
+        let config = KubeSimConfig {
+            pod_ip_range: Ipv4Block {
+                base: Ipv4Addr::new(10, 0, 0, 0),
+                prefix: 16,
+            },
+            ..KubeSimConfig::default()
+        };
+        assert!(matches!(
+            KubeSim::start(config).await,
+            Err(Error::PodRange(_))
+        ));
+    }
+
+    #[test]
+    fn pod_ranges_must_be_loopback_blocks() {
+        let b = Ipv4Block::parse("127.1.0.0/16").unwrap();
+        assert_eq!(b.size(), 65536);
+        assert_eq!(
+            Ipv4Block::parse("127.1.2.3/24").unwrap().base,
+            Ipv4Addr::new(127, 1, 2, 0)
+        );
+        assert!(Ipv4Block::parse("10.0.0.0/8").is_err());
+        assert!(Ipv4Block::parse("127.0.0.0/31").is_err());
+        assert!(Ipv4Block::parse("nonsense").is_err());
+    }
+}

@@ -21,8 +21,8 @@ use aad_pod_identity::actors::nmi::{Nmi, NmiSettings};
 use aad_pod_identity::crd::{AssignedState, IdentityType};
 use aad_pod_identity::http::request::{Route, classify, normalize};
 use aad_pod_identity::metrics::Metrics;
-use aad_pod_identity::sandbox::topology::Topology;
-use aad_pod_identity::sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency};
+use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency};
+use aad_pod_identity_sim::topology::Topology;
 use nmi_support::{assigned, client_from, identity, pod};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -179,8 +179,7 @@ async fn raw(addr: SocketAddr, from: &str, request: &[u8]) -> (u16, String) {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let mut buf = [0u8; 8192];
-        loop {
-            let Ok(n) = s.read(&mut buf).await else { break };
+        while let Ok(n) = s.read(&mut buf).await {
             if n == 0 {
                 break;
             }

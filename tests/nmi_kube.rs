@@ -204,7 +204,7 @@ async fn nmi_follows_the_api_from_created_to_assigned_to_deleted() {
 
 /// A simulator without its own kubelet (the test sets pod IPs and phases itself), with the CRDs.
 async fn bare_sim() -> (
-    aad_pod_identity::sim::kube::KubeSimHandle,
+    aad_pod_identity_sim::kube::KubeSimHandle,
     String,
     kube::Client,
 ) {

@@ -355,7 +355,7 @@ mod tests {
             token.cancelled().await;
             c.fetch_add(1, Ordering::SeqCst);
         });
-        sup.spawn("stubborn", || std::future::pending::<()>());
+        sup.spawn("stubborn", std::future::pending::<()>);
         assert_eq!(sup.task_names(), ["cleaner", "stubborn"]);
         sup.shutdown(Duration::from_secs(2)).await;
         assert_eq!(cleaned.load(Ordering::SeqCst), 1);

@@ -426,8 +426,11 @@ pub struct Running {
     pub nmi: Arc<Nmi>,
     servers: Vec<actix_web::dev::ServerHandle>,
     /// Outcome of the iptables task's last run (its rules are removed when it ends).
-    iptables_outcome: Option<Arc<Mutex<Option<Result<(), iptables::Error>>>>>,
+    iptables_outcome: Option<IptablesOutcome>,
 }
+
+/// Where the iptables task leaves the outcome of its cleanup for [`Running::stop`].
+type IptablesOutcome = Arc<Mutex<Option<Result<(), iptables::Error>>>>;
 
 /// How long tasks get to end by themselves at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -570,7 +573,7 @@ pub fn start(
             target_ip,
             target_port: nmi_addr.port(),
         });
-        let outcome = Arc::new(Mutex::new(None));
+        let outcome: IptablesOutcome = Arc::new(Mutex::new(None));
         let (slot, interval, conntrack, ready, token) = (
             Arc::clone(&outcome),
             settings.ipt_update_interval,

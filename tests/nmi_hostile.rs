@@ -23,7 +23,7 @@ use aad_pod_identity::http::request::{Route, classify, normalize};
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency};
 use aad_pod_identity_sim::topology::Topology;
-use nmi_support::{assigned, client_from, identity, pod};
+use nmi_support::{assigned, client_from, eventually, identity, pod};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -612,13 +612,10 @@ async fn connections_beyond_the_bound_per_address_are_refused_and_closed() {
         held.push(socket.connect(w.addr).await.unwrap());
     }
     let ip: IpAddr = UNBOUND.parse().unwrap();
-    for _ in 0..200 {
-        if w.nmi.http.connections_from(ip) == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(w.nmi.http.connections_from(ip), 4);
+    eventually("four connections to be counted", || {
+        w.nmi.http.connections_from(ip) == 4
+    })
+    .await;
     let (status, body) = raw(w.addr, UNBOUND, &get("/metadata/instance")).await;
     assert_eq!(
         (status, body.as_str()),
@@ -633,17 +630,10 @@ async fn connections_beyond_the_bound_per_address_are_refused_and_closed() {
     .await;
     assert_eq!(status, 200);
     drop(held);
-    for _ in 0..500 {
-        if w.nmi.http.connections_from(ip) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        w.nmi.http.connections_from(ip),
-        0,
-        "closed connections are released"
-    );
+    eventually("closed connections to be released", || {
+        w.nmi.http.connections_from(ip) == 0
+    })
+    .await;
     let (status, _) = raw(
         w.addr,
         UNBOUND,
@@ -710,13 +700,10 @@ async fn slow_and_greedy_clients_are_answered_at_once_and_never_delay_a_bound_po
         .write_all(b"POST /metadata/upload HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nContent-Length: 100\r\n\r\n0123456789")
         .await
         .unwrap();
-    for _ in 0..500 {
-        if w.nmi.broker.waiters.parked() == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(w.nmi.broker.waiters.parked(), 4);
+    eventually("four requests to park", || {
+        w.nmi.broker.waiters.parked() == 4
+    })
+    .await;
 
     // Over each bound: answered at once.
     let (status, body) = raw(

@@ -17,30 +17,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use nmi_support::*;
 use std::time::{Duration, Instant};
 
-/// Waits (bounded) for `cond`; test scaffolding only.
-async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nmi_follows_the_api_from_created_to_assigned_to_deleted() {
-    let topology = Topology::sized(1, 1, 0, 1);
-    let node = topology.nodes()[0].name.clone();
-    let sim = KubeSim::start(KubeSimConfig {
-        topology,
-        ..KubeSimConfig::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client().await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for f in crd::all_crds() {
-        crds.create(&PostParams::default(), &f.crd).await.unwrap();
-    }
+    let (sim, node, client) = sim_with_crds(true).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -202,8 +181,11 @@ async fn nmi_follows_the_api_from_created_to_assigned_to_deleted() {
     println!("sim stop took {:?}", t.elapsed());
 }
 
-/// A simulator without its own kubelet (the test sets pod IPs and phases itself), with the CRDs.
-async fn bare_sim() -> (
+/// A simulator of one node with the CRDs; without its own kubelet when `run_cluster` is false
+/// (the test then sets pod IPs and phases itself).
+async fn sim_with_crds(
+    run_cluster: bool,
+) -> (
     aad_pod_identity_sim::kube::KubeSimHandle,
     String,
     kube::Client,
@@ -212,7 +194,7 @@ async fn bare_sim() -> (
     let node = topology.nodes()[0].name.clone();
     let sim = KubeSim::start(KubeSimConfig {
         topology,
-        run_cluster: false,
+        run_cluster,
         ..KubeSimConfig::default()
     })
     .await
@@ -294,7 +276,7 @@ async fn token_from(nmi: std::net::SocketAddr, ip: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_address_never_lets_one_pod_act_as_another() {
-    let (sim, node, client) = bare_sim().await;
+    let (sim, node, client) = sim_with_crds(false).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let shared_ip = "127.1.201.7";
     running_pod(&pods, "old", &node, shared_ip, serde_json::json!({})).await;
@@ -393,7 +375,7 @@ async fn a_reused_address_never_lets_one_pod_act_as_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_pod_watch_makes_nmi_not_ready_until_it_has_listed_again() {
-    let (sim, node, client) = bare_sim().await;
+    let (sim, node, client) = sim_with_crds(false).await;
     let mut settings = settings(start_metadata_standin());
     settings.node = node.clone();
     let metrics = aad_pod_identity::metrics::Metrics::new();
@@ -406,14 +388,7 @@ async fn a_broken_pod_watch_makes_nmi_not_ready_until_it_has_listed_again() {
     .unwrap();
     let readyz = format!("http://{}/readyz", running.probe_addr);
     let healthz = format!("http://{}/healthz", running.probe_addr);
-    let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
-    for _ in 0..500 {
-        if status(readyz.clone()).await == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status(readyz.clone()).await, 200);
+    eventually_status(&readyz, 200).await;
     assert_eq!(
         running.nmi.supervisor.task_names(),
         [
@@ -429,18 +404,8 @@ async fn a_broken_pod_watch_makes_nmi_not_ready_until_it_has_listed_again() {
     // Every watch is cut and the next requests to the API fail: the watches cannot resume.
     sim.fail_next(20, 500);
     sim.drop_watches();
-    let mut went_unready = false;
-    for _ in 0..500 {
-        if status(readyz.clone()).await == 503 {
-            went_unready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        went_unready,
-        "NMI stayed ready while its watches were broken"
-    );
+    // NMI stops being ready while its watches are broken.
+    eventually_status(&readyz, 503).await;
     assert_eq!(
         reqwest::get(&healthz).await.unwrap().text().await.unwrap(),
         "Not Active"
@@ -449,13 +414,7 @@ async fn a_broken_pod_watch_makes_nmi_not_ready_until_it_has_listed_again() {
     sim.fail_next(0, 500);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     running_pod(&pods, "late", &node, "127.1.202.3", serde_json::json!({})).await;
-    for _ in 0..1000 {
-        if status(readyz.clone()).await == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status(readyz.clone()).await, 200);
+    eventually_status(&readyz, 200).await;
     assert!(running.nmi.pods.by_key("default/late").is_some());
     assert!(running.nmi.supervisor.health().is_ok());
     running.stop().await.unwrap();

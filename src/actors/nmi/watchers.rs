@@ -2,8 +2,10 @@
 //! with this node, AzurePodIdentityExceptions, and (managed mode) bindings and identities.
 //!
 //! Each loop is the only writer of its index. A (re)list is buffered and swapped in whole at
-//! `InitDone`, so a restart or a lost watch leaves nothing stale; watch errors back off and retry.
-//! Every finished (re)list wakes the `synced` [`Notify`], so whoever waits for the caches to be
+//! `InitDone`, so a restart or a lost watch leaves nothing stale. A watch error marks the index
+//! out of sync (NMI is not ready) and restarts the watch with a fresh list after a backoff, so
+//! readiness returns only once the index holds the API's current state again.
+//! Every finished (re)list and every lost watch wakes the `synced` [`Notify`], so whoever waits for the caches to be
 //! synced (the node gate) is told without polling.
 
 use super::assignments::AssignmentIndex;
@@ -17,12 +19,12 @@ use crate::crd::{
 };
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// What a watch loop does with its events.
@@ -30,7 +32,14 @@ pub(crate) trait Sink<K> {
     fn apply(&self, obj: &K);
     fn delete(&self, obj: &K);
     fn replace(&self, list: &[K]);
+    /// The watch broke: the index may miss changes until the next full list.
+    fn lost(&self);
 }
+
+/// Delay before re-listing after the first failure; doubled per failure in a row.
+const RELIST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest delay before re-listing.
+const RELIST_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 async fn drive<K, S>(
     api: Api<K>,
@@ -42,24 +51,34 @@ async fn drive<K, S>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     S: Sink<K>,
 {
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut buffer: Vec<K> = Vec::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Apply(o)) => sink.apply(&o),
-            Ok(Event::Delete(o)) => sink.delete(&o),
-            Ok(Event::Init) => buffer.clear(),
-            Ok(Event::InitApply(o)) => buffer.push(o),
-            Ok(Event::InitDone) => {
-                sink.replace(&buffer);
-                tracing::debug!(watch = what, objects = buffer.len(), "list synced");
-                buffer.clear();
-                synced.notify_waiters();
-            }
-            Err(e) => {
-                tracing::warn!(watch = what, error = %e, "watch failed; retrying with backoff")
+    let mut backoff = RELIST_BACKOFF;
+    loop {
+        let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
+        let mut buffer: Vec<K> = Vec::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(o)) => sink.apply(&o),
+                Ok(Event::Delete(o)) => sink.delete(&o),
+                Ok(Event::Init) => buffer.clear(),
+                Ok(Event::InitApply(o)) => buffer.push(o),
+                Ok(Event::InitDone) => {
+                    sink.replace(&buffer);
+                    tracing::debug!(watch = what, objects = buffer.len(), "list synced");
+                    buffer = Vec::new();
+                    backoff = RELIST_BACKOFF;
+                    synced.notify_waiters();
+                }
+                Err(e) => {
+                    sink.lost();
+                    synced.notify_waiters();
+                    tracing::warn!(watch = what, error = %e, delay = ?backoff, "watch failed; not ready until re-listed");
+                    break;
+                }
             }
         }
+        // A failed (or, never expected, ended) watch starts over with a full list.
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RELIST_BACKOFF_MAX);
     }
 }
 
@@ -73,6 +92,9 @@ impl Sink<Pod> for Pods {
     }
     fn replace(&self, l: &[Pod]) {
         self.0.replace_all(l);
+    }
+    fn lost(&self) {
+        self.0.mark_unsynced();
     }
 }
 
@@ -94,6 +116,9 @@ impl Sink<AzureAssignedIdentity> for Assigned {
     fn replace(&self, l: &[AzureAssignedIdentity]) {
         self.forget(self.0.replace_all(l));
     }
+    fn lost(&self) {
+        self.0.mark_unsynced();
+    }
 }
 
 struct Exceptions(Arc<ExceptionIndex>);
@@ -106,6 +131,9 @@ impl Sink<AzurePodIdentityException> for Exceptions {
     }
     fn replace(&self, l: &[AzurePodIdentityException]) {
         self.0.replace_all(l);
+    }
+    fn lost(&self) {
+        self.0.mark_unsynced();
     }
 }
 
@@ -126,6 +154,9 @@ impl Sink<AzureIdentity> for Identities {
             self.1.drop_identity(&k);
         }
     }
+    fn lost(&self) {
+        self.0.mark_identities_unsynced();
+    }
 }
 
 struct Bindings(Arc<ManagedCatalog>);
@@ -138,6 +169,9 @@ impl Sink<AzureIdentityBinding> for Bindings {
     }
     fn replace(&self, l: &[AzureIdentityBinding]) {
         self.0.replace_bindings(l);
+    }
+    fn lost(&self) {
+        self.0.mark_bindings_unsynced();
     }
 }
 

@@ -7,7 +7,7 @@
 
 use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
-use aad_pod_identity::actors::mic::port::ArmPort;
+use aad_pod_identity::actors::mic::port::{ArmPort, HostIdentities};
 use aad_pod_identity::actors::mic::{MicHandle, MicSettings};
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{
@@ -647,7 +647,12 @@ async fn the_periodic_reconcile_re_adds_an_identity_removed_by_hand() {
     // Someone removes it by hand through ARM (as `az vmss identity remove` would).
     let by_hand = CloudArm::from_config(&c.cloud_config()).unwrap();
     by_hand
-        .patch(&c.scale_set(0), &[], &[IdentityId::new(&c.identity_rid(0))])
+        .patch(
+            &c.scale_set(0),
+            &HostIdentities::default(),
+            &[],
+            &[IdentityId::new(&c.identity_rid(0))],
+        )
         .await
         .unwrap();
     assert!(c.on_scale_set(0).is_empty());
@@ -825,7 +830,12 @@ async fn an_identity_added_by_hand_stays_after_its_pod_leaves_even_across_a_rest
     let five = IdentityId::new(&c.identity_rid(5));
     let by_hand = CloudArm::from_config(&c.cloud_config()).unwrap();
     by_hand
-        .patch(&c.scale_set(0), std::slice::from_ref(&five), &[])
+        .patch(
+            &c.scale_set(0),
+            &HostIdentities::default(),
+            std::slice::from_ref(&five),
+            &[],
+        )
         .await
         .unwrap();
     c.identity("identity-5", &c.identity_rid(5)).await;
@@ -968,7 +978,12 @@ async fn upgrade_from_the_original_takes_over_its_objects_and_assigns_new_pods_u
     let zero = IdentityId::new(&c.identity_rid(0));
     CloudArm::from_config(&c.cloud_config())
         .unwrap()
-        .patch(&c.scale_set(0), std::slice::from_ref(&zero), &[])
+        .patch(
+            &c.scale_set(0),
+            &HostIdentities::default(),
+            std::slice::from_ref(&zero),
+            &[],
+        )
         .await
         .unwrap();
     c.identity("identity-0", &c.identity_rid(0)).await;

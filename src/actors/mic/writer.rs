@@ -1,5 +1,6 @@
-//! The AzureAssignedIdentity writer: owns the objects, their status and finalizer, and the
-//! Events users read on their pods.
+//! The AzureAssignedIdentity writer: owns the objects, their status and finalizer, and
+//! decides the Events users read on their pods and bindings (the [`super::recorder`] writes
+//! them).
 //!
 //! Decisions are the pure [`plan`]: existing objects × desired assignments × host reports →
 //! operations. The actor executes them (a bounded number at a time, one per object), folds the
@@ -13,6 +14,8 @@ use super::assigner::HostReport;
 use super::host::{HostId, IdentityId};
 use super::matcher::{Assignment, ObjectKey, RejectReason, Rejection, Target};
 use super::metrics::MicMetrics;
+use super::recorder::Record;
+pub use super::recorder::{EVENT_SOURCE, REASON_APPLIED, REASON_APPLY_ERROR, UserEvent};
 use crate::crd::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity, AzureAssignedIdentitySpec,
     AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding, IDENTITY_OWNER_ANNOTATION,
@@ -20,21 +23,12 @@ use crate::crd::{
 };
 use crate::metrics::DropTimer;
 use actix::prelude::*;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-
-/// Source component of every Event MIC writes (the original's).
-pub const EVENT_SOURCE: &str = "aadpodidentity.k8s.io";
-/// Event reason when an identity is assigned for a pod.
-pub const REASON_APPLIED: &str = "binding applied";
-/// Event reason when a binding could not be applied to a pod.
-pub const REASON_APPLY_ERROR: &str = "binding apply error";
 
 /// Errors of the writer's API calls.
 #[derive(Debug, thiserror::Error)]
@@ -98,57 +92,6 @@ impl WriteOp {
                 &assignment.key
             }
             Self::SetStatus { key, .. } | Self::Delete { key } => key,
-        }
-    }
-}
-
-/// A Kubernetes Event to write on a pod or a binding.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct UserEvent {
-    /// Kind of the object (`Pod` or `AzureIdentityBinding`).
-    pub kind: &'static str,
-    /// Its apiVersion.
-    pub api_version: &'static str,
-    /// The object.
-    pub object: ObjectKey,
-    /// Its uid (empty when unknown).
-    pub uid: String,
-    /// `Normal` or `Warning`.
-    pub type_: &'static str,
-    /// [`REASON_APPLIED`] or [`REASON_APPLY_ERROR`].
-    pub reason: &'static str,
-    /// What happened, for `kubectl describe`.
-    pub message: String,
-}
-
-impl UserEvent {
-    fn on_pod(
-        a_pod: &ObjectKey,
-        uid: &str,
-        type_: &'static str,
-        reason: &'static str,
-        message: String,
-    ) -> Self {
-        Self {
-            kind: "Pod",
-            api_version: "v1",
-            object: a_pod.clone(),
-            uid: uid.to_string(),
-            type_,
-            reason,
-            message,
-        }
-    }
-
-    fn on_binding(binding: ObjectKey, uid: &str, message: String) -> Self {
-        Self {
-            kind: "AzureIdentityBinding",
-            api_version: "aadpodidentity.k8s.io/v1",
-            object: binding,
-            uid: uid.to_string(),
-            type_: "Warning",
-            reason: REASON_APPLY_ERROR,
-            message,
         }
     }
 }
@@ -363,6 +306,8 @@ pub fn error_events(
             out.insert(UserEvent::on_binding(
                 binding,
                 a.binding.metadata.uid.as_deref().unwrap_or_default(),
+                "Warning",
+                REASON_APPLY_ERROR,
                 format!(
                     "ARM refused identity {id} on {}: {why}; retrying with backoff",
                     host.name
@@ -383,6 +328,8 @@ pub fn error_events(
                 out.insert(UserEvent::on_binding(
                     binding.clone(),
                     "",
+                    "Warning",
+                    REASON_APPLY_ERROR,
                     format!(
                         "binding {binding} matches pods in other namespaces, which namespaced matching does not apply it to (set --forceNamespaced=false for cluster-wide matching)"
                     ),
@@ -392,6 +339,8 @@ pub fn error_events(
                 out.insert(UserEvent::on_binding(
                     binding.clone(),
                     "",
+                    "Warning",
+                    REASON_APPLY_ERROR,
                     r.reason.to_string(),
                 ));
             }
@@ -449,6 +398,7 @@ use kube::ResourceExt;
 /// The writer actor.
 pub struct Writer {
     client: Client,
+    events: Recipient<Record>,
     metrics: MicMetrics,
     max_in_flight: usize,
     existing: BTreeMap<ObjectKey, AzureAssignedIdentity>,
@@ -469,11 +419,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer using `client`, at most `max_in_flight` writes at a time.
+    /// A writer using `client`, at most `max_in_flight` writes at a time, recording Events
+    /// through `events`.
     #[must_use]
-    pub fn new(client: Client, metrics: MicMetrics, max_in_flight: usize) -> Self {
+    pub fn new(
+        client: Client,
+        events: Recipient<Record>,
+        metrics: MicMetrics,
+        max_in_flight: usize,
+    ) -> Self {
         Self {
             client,
+            events,
             metrics,
             max_in_flight: max_in_flight.max(1),
             existing: BTreeMap::new(),
@@ -515,7 +472,7 @@ impl Writer {
         self.first_seen.retain(|k, _| desired.contains_key(k));
         let events = error_events(&self.desired, &self.hosts);
         for ev in events.difference(&self.events_sent) {
-            self.spawn_event(ev.clone(), ctx);
+            self.events.do_send(Record(ev.clone()));
         }
         self.events_sent = events;
         let room = self.max_in_flight.saturating_sub(self.in_flight.len());
@@ -529,53 +486,6 @@ impl Writer {
             self.in_flight.insert(op.key().clone());
             self.spawn_op(op, ctx);
         }
-    }
-
-    fn spawn_event(&self, ev: UserEvent, ctx: &mut Context<Self>) {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ev.object.namespace);
-        let errors = self
-            .metrics
-            .original
-            .kubernetes_api_operations_errors_count
-            .clone();
-        let f = async move {
-            let now = k8s_openapi::jiff::Timestamp::now();
-            let e = Event {
-                metadata: kube::api::ObjectMeta {
-                    generate_name: Some(format!("{}.", ev.object.name)),
-                    namespace: Some(ev.object.namespace.clone()),
-                    ..Default::default()
-                },
-                involved_object: ObjectReference {
-                    api_version: Some(ev.api_version.into()),
-                    kind: Some(ev.kind.into()),
-                    name: Some(ev.object.name.clone()),
-                    namespace: Some(ev.object.namespace.clone()),
-                    uid: Some(ev.uid.clone()).filter(|u| !u.is_empty()),
-                    ..Default::default()
-                },
-                reason: Some(ev.reason.to_string()),
-                message: Some(ev.message.clone()),
-                type_: Some(ev.type_.to_string()),
-                source: Some(EventSource {
-                    component: Some(EVENT_SOURCE.to_string()),
-                    host: None,
-                }),
-                reporting_component: Some(EVENT_SOURCE.to_string()),
-                reporting_instance: Some(EVENT_SOURCE.to_string()),
-                first_timestamp: Some(Time(now)),
-                last_timestamp: Some(Time(now)),
-                event_time: Some(MicroTime(now)),
-                count: Some(1),
-                action: Some(ev.reason.to_string()),
-                ..Default::default()
-            };
-            if let Err(err) = api.create(&PostParams::default(), &e).await {
-                errors.with_label_values(&["create event"]).inc();
-                warn!(object = %ev.object, kind = ev.kind, reason = ev.reason, error = %err, "writing Event failed");
-            }
-        };
-        ctx.spawn(f.into_actor(self));
     }
 
     fn spawn_op(&self, op: WriteOp, ctx: &mut Context<Self>) {
@@ -614,7 +524,7 @@ impl Writer {
         ctx.spawn(f.into_actor(self).map(move |res, act, ctx| {
             act.in_flight.remove(&key);
             match res {
-                Ok((op, obj)) => act.applied(op, obj, ctx),
+                Ok((op, obj)) => act.applied(op, obj),
                 Err(e) => {
                     warn!(error = %e, "AzureAssignedIdentity write failed");
                     // Retry after a pause: the watch may also bring a newer copy meanwhile.
@@ -626,12 +536,7 @@ impl Writer {
         }));
     }
 
-    fn applied(
-        &mut self,
-        op: WriteOp,
-        obj: Option<AzureAssignedIdentity>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn applied(&mut self, op: WriteOp, obj: Option<AzureAssignedIdentity>) {
         let key = op.key().clone();
         let became_assigned = match &op {
             WriteOp::Create { status, .. }
@@ -660,9 +565,11 @@ impl Writer {
                     .observe(t0.elapsed().as_secs_f64());
             }
             info!(pod = %a.pod, identity = %a.identity.name_any(), node = %a.node, "identity assigned");
-            let ev = UserEvent::on_pod(
-                &a.pod,
-                &a.pod_uid,
+            // On the binding, as the original records it: a burst of pods on one binding
+            // then costs a few Event writes (see the recorder), not one per pod.
+            let ev = UserEvent::on_binding(
+                ObjectKey::of(&a.binding),
+                a.binding.metadata.uid.as_deref().unwrap_or_default(),
                 "Normal",
                 REASON_APPLIED,
                 format!(
@@ -672,7 +579,7 @@ impl Writer {
                     a.pod
                 ),
             );
-            self.spawn_event(ev, ctx);
+            self.events.do_send(Record(ev));
         }
     }
 

@@ -135,12 +135,17 @@ impl Cluster {
 
     /// Records when each AzureAssignedIdentity is first seen Assigned, from a watch (so the
     /// test's own polling under load does not count).
-    fn watch_assigned(&self) -> Arc<std::sync::Mutex<BTreeMap<String, Instant>>> {
+    fn watch_assigned(
+        &self,
+    ) -> (
+        Arc<std::sync::Mutex<BTreeMap<String, Instant>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
         use futures::StreamExt as _;
         let seen = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let out = seen.clone();
         let api = Api::<AzureAssignedIdentity>::all(self.client.clone());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut s =
                 kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).boxed();
             while let Some(ev) = s.next().await {
@@ -157,7 +162,7 @@ impl Cluster {
                 }
             }
         });
-        seen
+        (seen, task)
     }
 
     /// Identities on scale set `i`, as the Azure simulator stores them.
@@ -604,7 +609,7 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
     // Let MIC read both scale sets first, as a running MIC has.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let gets0 = c.gets();
-    let seen = c.watch_assigned();
+    let (seen, watch) = c.watch_assigned();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     let mut creates = Vec::new();
@@ -638,6 +643,8 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
         *seen.values().max().unwrap()
     };
     let took = last - t0;
+    // The watch ends before the simulator does, which would otherwise wait for it.
+    watch.abort();
     let patches = c.patches();
     // MIC knew both scale sets (and then its own PATCH answers): no read on the way.
     assert_eq!(c.gets() - gets0, 0, "ARM reads during the burst");

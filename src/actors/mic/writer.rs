@@ -25,7 +25,7 @@ use crate::metrics::DropTimer;
 use actix::prelude::*;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -166,8 +166,7 @@ pub fn plan(
     plan_some(existing, desired, hosts, &BTreeSet::new(), usize::MAX)
 }
 
-/// The first `limit` writes of [`plan`], leaving out objects in `skip` (writes in flight);
-/// stops scanning once it has them, so a large backlog costs little per pass.
+/// The first `limit` writes of [`plan`], leaving out objects in `skip` (writes in flight).
 #[must_use]
 pub fn plan_some(
     existing: &BTreeMap<ObjectKey, AzureAssignedIdentity>,
@@ -176,107 +175,109 @@ pub fn plan_some(
     skip: &BTreeSet<ObjectKey>,
     limit: usize,
 ) -> Vec<WriteOp> {
-    let mut ops = Vec::new();
-    if limit == 0 {
-        return ops;
-    }
-    for (key, a) in &desired.assignments {
-        if skip.contains(key) {
-            continue;
-        }
-        if ops.len() >= limit {
-            return ops;
-        }
-        let confirmed = match &a.target {
-            Target::ServicePrincipal => true,
-            Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
-        };
-        let external = match &a.target {
-            Target::ServicePrincipal => false,
-            Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
-        };
-        match existing.get(key) {
-            // Being deleted (by someone else): let it go; it is recreated afterwards.
-            Some(e) if e.metadata.deletion_timestamp.is_some() => {
-                if e.finalizers()
-                    .iter()
-                    .any(|f| f == ASSIGNED_IDENTITY_FINALIZER)
-                {
-                    ops.push(WriteOp::Delete { key: key.clone() });
-                }
-            }
-            None => ops.push(WriteOp::Create {
-                assignment: Box::new(a.clone()),
-                status: if confirmed {
-                    AssignedState::Assigned
-                } else {
-                    AssignedState::Created
-                },
-                external,
-            }),
-            Some(e) if spec_differs(e, a) => ops.push(WriteOp::UpdateSpec {
-                assignment: Box::new(a.clone()),
-                status: if confirmed {
-                    AssignedState::Assigned
-                } else {
-                    AssignedState::Created
-                },
-                external,
-            }),
-            Some(e) => {
-                let now = status_of(e);
-                // Assigned stays Assigned: a hand-removed identity is re-added by the reconcile
-                // and NMI's token fetch fails meanwhile anyway.
-                let want = if confirmed || now == AssignedState::Assigned {
-                    AssignedState::Assigned
-                } else {
-                    AssignedState::Created
-                };
-                // The mark follows what the host reports once it has been read (a restarted
-                // MIC learns it again from ARM and the objects).
-                let mark_differs = confirmed && e.identity_is_external() != external;
-                if now != want || mark_differs {
-                    ops.push(WriteOp::SetStatus {
-                        key: key.clone(),
-                        status: want,
-                        external,
-                    });
-                }
-            }
-        }
-    }
-    for (key, e) in existing {
-        if desired.assignments.contains_key(key) || skip.contains(key) {
-            continue;
-        }
-        if ops.len() >= limit {
-            return ops;
-        }
-        if e.metadata.deletion_timestamp.is_none() && status_of(e) != AssignedState::Unassigned {
-            ops.push(WriteOp::SetStatus {
+    desired
+        .assignments
+        .keys()
+        .chain(
+            existing
+                .keys()
+                .filter(|k| !desired.assignments.contains_key(*k)),
+        )
+        .filter(|k| !skip.contains(*k))
+        .filter_map(|k| plan_key(k, existing, desired, hosts))
+        .take(limit)
+        .collect()
+}
+
+/// The write one object needs now, if any: what [`plan`] decides for `key` alone. The writer
+/// calls it for the objects something changed for, so a large cluster costs nothing per pass.
+#[must_use]
+pub fn plan_key(
+    key: &ObjectKey,
+    existing: &BTreeMap<ObjectKey, AzureAssignedIdentity>,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+) -> Option<WriteOp> {
+    let Some(a) = desired.assignments.get(key) else {
+        return plan_release(key, existing.get(key)?, desired, hosts);
+    };
+    let confirmed = match &a.target {
+        Target::ServicePrincipal => true,
+        Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
+    };
+    let external = match &a.target {
+        Target::ServicePrincipal => false,
+        Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
+    };
+    let first = if confirmed {
+        AssignedState::Assigned
+    } else {
+        AssignedState::Created
+    };
+    match existing.get(key) {
+        // Being deleted (by someone else): let it go; it is recreated afterwards.
+        Some(e) if e.metadata.deletion_timestamp.is_some() => e
+            .finalizers()
+            .iter()
+            .any(|f| f == ASSIGNED_IDENTITY_FINALIZER)
+            .then(|| WriteOp::Delete { key: key.clone() }),
+        None => Some(WriteOp::Create {
+            assignment: Box::new(a.clone()),
+            status: first,
+            external,
+        }),
+        Some(e) if spec_differs(e, a) => Some(WriteOp::UpdateSpec {
+            assignment: Box::new(a.clone()),
+            status: first,
+            external,
+        }),
+        Some(e) => {
+            let now = status_of(e);
+            // Assigned stays Assigned: a hand-removed identity is re-added by the reconcile
+            // and NMI's token fetch fails meanwhile anyway.
+            let want = if confirmed || now == AssignedState::Assigned {
+                AssignedState::Assigned
+            } else {
+                AssignedState::Created
+            };
+            // The mark follows what the host reports once it has been read (a restarted
+            // MIC learns it again from ARM and the objects).
+            let mark_differs = confirmed && e.identity_is_external() != external;
+            (now != want || mark_differs).then(|| WriteOp::SetStatus {
                 key: key.clone(),
-                status: AssignedState::Unassigned,
-                external: e.identity_is_external(),
-            });
-            continue;
-        }
-        let still_held = match identity_id_of(e) {
-            Some((IdentityType::UserAssignedMsi, id)) => {
-                match desired.nodes.get(&e.spec.node_name) {
-                    // The node is gone; the host's assigner still releases the identity.
-                    None => false,
-                    Some(host) => hosts.get(host).is_none_or(|r| {
-                        r.seq < desired.seq || !r.synced || r.releasing.contains(&id)
-                    }),
-                }
-            }
-            _ => false,
-        };
-        if !still_held {
-            ops.push(WriteOp::Delete { key: key.clone() });
+                status: want,
+                external,
+            })
         }
     }
-    ops
+}
+
+/// An object no longer desired: `Unassigned` first, then deleted once its host no longer
+/// holds the identity for it.
+fn plan_release(
+    key: &ObjectKey,
+    e: &AzureAssignedIdentity,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+) -> Option<WriteOp> {
+    if e.metadata.deletion_timestamp.is_none() && status_of(e) != AssignedState::Unassigned {
+        return Some(WriteOp::SetStatus {
+            key: key.clone(),
+            status: AssignedState::Unassigned,
+            external: e.identity_is_external(),
+        });
+    }
+    let still_held = match identity_id_of(e) {
+        Some((IdentityType::UserAssignedMsi, id)) => match desired.nodes.get(&e.spec.node_name) {
+            // The node is gone; the host's assigner still releases the identity.
+            None => false,
+            Some(host) => hosts
+                .get(host)
+                .is_none_or(|r| r.seq < desired.seq || !r.synced || r.releasing.contains(&id)),
+        },
+        _ => false,
+    };
+    (!still_held).then(|| WriteOp::Delete { key: key.clone() })
 }
 
 /// Warning Events the current state calls for: each ARM refusal on the pod and once on its
@@ -292,7 +293,7 @@ pub fn error_events(
         if let Target::Msi { host, id } = &a.target
             && let Some(why) = hosts.get(host).and_then(|r| r.refused.get(id))
         {
-            let binding = ObjectKey::of(&a.binding);
+            let binding = ObjectKey::of(a.binding.as_ref());
             out.insert(UserEvent::on_pod(
                 &a.pod,
                 &a.pod_uid,
@@ -396,6 +397,13 @@ pub fn object_for(a: &Assignment, status: AssignedState, external: bool) -> Azur
 use kube::ResourceExt;
 
 /// The writer actor.
+///
+/// Work is driven by a set of dirty keys: whatever changes for an object (its desired
+/// assignment, its host's report, its copy from the watch, the answer to its last write)
+/// marks it, and only marked objects are planned again, so a write costs the same in a
+/// cluster of ten pods and of a hundred thousand. At most `max_in_flight` writes are out (one
+/// per object); each answer starts the next at once, so writes are pipelined, never batched
+/// behind their slowest member.
 pub struct Writer {
     client: Client,
     events: Recipient<Record>,
@@ -403,19 +411,32 @@ pub struct Writer {
     max_in_flight: usize,
     existing: BTreeMap<ObjectKey, AzureAssignedIdentity>,
     desired: DesiredAssignments,
+    /// Desired objects by the host their identity goes on.
+    by_host: HashMap<HostId, BTreeSet<ObjectKey>>,
+    /// Existing objects no longer desired (being released).
+    orphans: BTreeSet<ObjectKey>,
     hosts: BTreeMap<HostId, HostReport>,
     in_flight: BTreeSet<ObjectKey>,
+    /// Objects to plan again.
+    dirty: BTreeSet<ObjectKey>,
     /// Warning Events written and still true (each is written once while it holds).
     events_sent: BTreeSet<UserEvent>,
+    /// The desired state or a host report changed since the Warning Events were computed.
+    events_stale: bool,
     /// When each assignment was first seen (for the latency histogram).
-    first_seen: BTreeMap<ObjectKey, Instant>,
+    first_seen: HashMap<ObjectKey, Instant>,
     /// The AzureAssignedIdentity watch has listed once.
     synced: bool,
     /// The matcher has said what should exist at least once; planning before that would
     /// take every existing object for stale.
     told: bool,
-    replan_scheduled: bool,
-    last_pass: Duration,
+}
+
+fn host_of(a: &Assignment) -> Option<&HostId> {
+    match &a.target {
+        Target::Msi { host, .. } => Some(host),
+        Target::ServicePrincipal => None,
+    }
 }
 
 impl Writer {
@@ -435,56 +456,105 @@ impl Writer {
             max_in_flight: max_in_flight.max(1),
             existing: BTreeMap::new(),
             desired: DesiredAssignments::default(),
+            by_host: HashMap::new(),
+            orphans: BTreeSet::new(),
             hosts: BTreeMap::new(),
             in_flight: BTreeSet::new(),
+            dirty: BTreeSet::new(),
             events_sent: BTreeSet::new(),
-            first_seen: BTreeMap::new(),
+            events_stale: false,
+            first_seen: HashMap::new(),
             synced: false,
             told: false,
-            replan_scheduled: false,
-            last_pass: Duration::ZERO,
         }
     }
 
-    fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if !self.replan_scheduled {
-            self.replan_scheduled = true;
-            // Twice the last pass at least: a large backlog is not rescanned for every answer.
-            let wait = (self.last_pass * 2).max(Duration::from_millis(5));
-            ctx.run_later(wait, |act, ctx| {
-                act.replan_scheduled = false;
-                let t = std::time::Instant::now();
-                act.replan(ctx);
-                act.last_pass = t.elapsed();
-            });
+    /// Takes in a new desired state: marks what changed.
+    fn set_desired(&mut self, next: DesiredAssignments) {
+        let now = Instant::now();
+        let mut old = std::mem::replace(&mut self.desired, next);
+        for (key, a) in &self.desired.assignments {
+            match old.assignments.remove(key) {
+                Some(was) if was.same_as(a) => continue,
+                Some(was) => {
+                    if let Some(h) = host_of(&was)
+                        && let Some(keys) = self.by_host.get_mut(h)
+                    {
+                        keys.remove(key);
+                    }
+                }
+                None => {
+                    self.first_seen.insert(key.clone(), now);
+                    self.orphans.remove(key);
+                }
+            }
+            if let Some(h) = host_of(a) {
+                self.by_host
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            self.dirty.insert(key.clone());
         }
+        // What is left of the old state is no longer desired.
+        for (key, was) in old.assignments {
+            if let Some(h) = host_of(&was)
+                && let Some(keys) = self.by_host.get_mut(h)
+            {
+                keys.remove(&key);
+            }
+            self.first_seen.remove(&key);
+            if self.existing.contains_key(&key) {
+                self.orphans.insert(key.clone());
+            }
+            self.dirty.insert(key);
+        }
+        // Releases wait for reports at the new sequence number.
+        self.dirty.extend(self.orphans.iter().cloned());
+        self.events_stale = true;
     }
 
-    fn replan(&mut self, ctx: &mut Context<Self>) {
+    fn set_existing(&mut self, key: &ObjectKey, obj: Option<AzureAssignedIdentity>) {
+        match obj {
+            Some(o) => {
+                self.existing.insert(key.clone(), o);
+                if !self.desired.assignments.contains_key(key) {
+                    self.orphans.insert(key.clone());
+                }
+            }
+            None => {
+                self.existing.remove(key);
+                self.orphans.remove(key);
+            }
+        }
+        self.dirty.insert(key.clone());
+    }
+
+    /// Starts writes for marked objects while there is room.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
         if !self.synced || !self.told {
             return;
         }
-        let now = Instant::now();
-        for key in self.desired.assignments.keys() {
-            self.first_seen.entry(key.clone()).or_insert(now);
+        if self.events_stale {
+            self.events_stale = false;
+            let events = error_events(&self.desired, &self.hosts);
+            for ev in events.difference(&self.events_sent) {
+                self.events.do_send(Record(ev.clone()));
+            }
+            self.events_sent = events;
         }
-        let desired = &self.desired.assignments;
-        self.first_seen.retain(|k, _| desired.contains_key(k));
-        let events = error_events(&self.desired, &self.hosts);
-        for ev in events.difference(&self.events_sent) {
-            self.events.do_send(Record(ev.clone()));
-        }
-        self.events_sent = events;
-        let room = self.max_in_flight.saturating_sub(self.in_flight.len());
-        for op in plan_some(
-            &self.existing,
-            &self.desired,
-            &self.hosts,
-            &self.in_flight,
-            room,
-        ) {
-            self.in_flight.insert(op.key().clone());
-            self.spawn_op(op, ctx);
+        while self.in_flight.len() < self.max_in_flight {
+            let Some(key) = self.dirty.pop_first() else {
+                break;
+            };
+            // An object with a write out is planned again when that write answers.
+            if self.in_flight.contains(&key) {
+                continue;
+            }
+            if let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) {
+                self.in_flight.insert(key);
+                self.spawn_op(op, ctx);
+            }
         }
     }
 
@@ -528,11 +598,13 @@ impl Writer {
                 Err(e) => {
                     warn!(error = %e, "AzureAssignedIdentity write failed");
                     // Retry after a pause: the watch may also bring a newer copy meanwhile.
-                    ctx.run_later(Duration::from_secs(1), |act, ctx| act.schedule(ctx));
-                    return;
+                    ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                        act.dirty.insert(key);
+                        act.pump(ctx);
+                    });
                 }
             }
-            act.schedule(ctx);
+            act.pump(ctx);
         }));
     }
 
@@ -550,14 +622,7 @@ impl Writer {
             }
             WriteOp::Delete { .. } => false,
         };
-        match obj {
-            Some(o) => {
-                self.existing.insert(key.clone(), o);
-            }
-            None => {
-                self.existing.remove(&key);
-            }
-        }
+        self.set_existing(&key, obj);
         if became_assigned && let Some(a) = self.desired.assignments.get(&key) {
             if let Some(t0) = self.first_seen.get(&key) {
                 self.metrics
@@ -568,7 +633,7 @@ impl Writer {
             // On the binding, as the original records it: a burst of pods on one binding
             // then costs a few Event writes (see the recorder), not one per pod.
             let ev = UserEvent::on_binding(
-                ObjectKey::of(&a.binding),
+                ObjectKey::of(a.binding.as_ref()),
                 a.binding.metadata.uid.as_deref().unwrap_or_default(),
                 "Normal",
                 REASON_APPLIED,
@@ -764,17 +829,22 @@ impl Actor for Writer {
 impl Handler<DesiredAssignments> for Writer {
     type Result = ();
     fn handle(&mut self, msg: DesiredAssignments, ctx: &mut Context<Self>) {
-        self.desired = msg;
+        self.set_desired(msg);
         self.told = true;
-        self.schedule(ctx);
+        self.pump(ctx);
     }
 }
 
 impl Handler<HostReport> for Writer {
     type Result = ();
     fn handle(&mut self, msg: HostReport, ctx: &mut Context<Self>) {
+        if let Some(keys) = self.by_host.get(&msg.host) {
+            self.dirty.extend(keys.iter().cloned());
+        }
+        self.dirty.extend(self.orphans.iter().cloned());
         self.hosts.insert(msg.host.clone(), msg);
-        self.schedule(ctx);
+        self.events_stale = true;
+        self.pump(ctx);
     }
 }
 
@@ -785,18 +855,24 @@ impl Handler<AssignedEvent> for Writer {
             AssignedEvent::Applied(o) => {
                 let key = ObjectKey::of(o.as_ref());
                 if Self::newer(self.existing.get(&key), &o) {
-                    self.existing.insert(key, *o);
+                    self.set_existing(&key, Some(*o));
                 }
             }
-            AssignedEvent::Deleted(key) => {
-                self.existing.remove(&key);
-            }
+            AssignedEvent::Deleted(key) => self.set_existing(&key, None),
             AssignedEvent::Relisted(all) => {
                 self.existing = all.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
+                self.orphans = self
+                    .existing
+                    .keys()
+                    .filter(|k| !self.desired.assignments.contains_key(*k))
+                    .cloned()
+                    .collect();
+                self.dirty.extend(self.existing.keys().cloned());
+                self.dirty.extend(self.desired.assignments.keys().cloned());
                 self.synced = true;
             }
         }
-        self.schedule(ctx);
+        self.pump(ctx);
     }
 }
 

@@ -106,6 +106,8 @@ pub struct NmiSettings {
     pub token_fetch_timeout: Duration,
     /// Install and keep the iptables redirect (off in the sandbox).
     pub manage_iptables: bool,
+    /// `--iptables-backend`.
+    pub iptables_backend: iptables::Backend,
     /// `--ipt-update-interval-sec`.
     pub ipt_update_interval: Duration,
     /// `--enable-conntrack-deletion` (on by default with the node gate).
@@ -160,6 +162,7 @@ impl NmiSettings {
             token_refresh_margin: args.token_refresh_margin,
             token_fetch_timeout: Duration::from_secs(30),
             manage_iptables: args.manage_iptables,
+            iptables_backend: args.iptables_backend,
             ipt_update_interval: args.ipt_update_interval,
             enable_conntrack_deletion: args.conntrack_deletion(),
             node_gate: args.node_gate.then(|| args.node_gate_taint.clone()),
@@ -232,6 +235,7 @@ impl NmiSettings {
             token_refresh_margin: Duration::from_secs(300),
             token_fetch_timeout: Duration::from_secs(30),
             manage_iptables: false,
+            iptables_backend: iptables::Backend::Auto,
             ipt_update_interval: Duration::from_secs(60),
             enable_conntrack_deletion: false,
             node_gate: None,
@@ -638,7 +642,8 @@ pub fn start(
             metadata_port: settings.metadata.port(),
             target_ip,
             target_port: nmi_addr.port(),
-        });
+        })
+        .with_backend(settings.iptables_backend);
         let outcome: IptablesOutcome = Arc::new(Mutex::new(None));
         let (slot, reconcile_settings, ready, token) = (
             Arc::clone(&outcome),

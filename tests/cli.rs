@@ -199,6 +199,15 @@ const ORIGINAL_MIC_ARGS: &[&[&str]] = &[
         "--enable-type-upgrade=true",
         "--cloudconfig=/nonexistent/azure.json",
     ],
+    // Go's flag package reads `-name` as `--name`; manifests written for the original use both.
+    &[
+        "-logtostderr",
+        "-v=2",
+        "-cloudconfig=/nonexistent/azure.json",
+        "-leader-election-duration=15s",
+        "-forceNamespaced=false",
+        "-enableScaleFeatures=true",
+    ],
 ];
 
 const ORIGINAL_NMI_ARGS: &[&[&str]] = &[
@@ -234,6 +243,14 @@ const ORIGINAL_NMI_ARGS: &[&[&str]] = &[
         "--logtostderr",
         "--enableProfile",
         "--kubeconfig=/nonexistent/kubeconfig",
+    ],
+    &[
+        "-node=aks-nodepool1-0",
+        "-logtostderr",
+        "-v=2",
+        "-enableScaleFeatures=true",
+        "-http-probe-port=8085",
+        "-kubeconfig=/nonexistent/kubeconfig",
     ],
 ];
 

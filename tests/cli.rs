@@ -79,7 +79,7 @@ fn mic_help_lists_every_flag_of_the_original_with_its_default() {
         ("http-probe-port", Some("8080")),
         ("prometheus-port", Some("8888")),
         ("createDeleteBatch", Some("20")),
-        ("clientQps", Some("5")),
+        ("clientQps", Some("0")),
         ("immutable-user-msis", None), // default is the empty list, which clap does not print
         ("update-user-msi-max-retry", Some("2")),
         ("update-user-msi-retry-interval", Some("1s")),

@@ -264,13 +264,18 @@ fn settings(c: &Cluster, instance: &str) -> MicSettings {
 }
 
 fn mic_args() -> aad_pod_identity::config::mic::MicArgs {
+    mic_args_from(&[])
+}
+
+/// MIC's flags as the binary parses them.
+fn mic_args_from(flags: &[&str]) -> aad_pod_identity::config::mic::MicArgs {
     use clap::Parser;
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         mic: aad_pod_identity::config::mic::MicArgs,
     }
-    Cli::parse_from(["mic"]).mic
+    Cli::parse_from(std::iter::once("mic").chain(flags.iter().copied())).mic
 }
 
 /// Starts a MIC replica talking to the cluster's Azure simulator through the real ARM client.
@@ -1053,6 +1058,99 @@ async fn upgrade_from_the_original_takes_over_its_objects_and_assigns_new_pods_u
         !on.contains(&zero)
     })
     .await;
+    drop(mic);
+    c.shutdown().await;
+}
+
+/// `--clientQps` and `--custom-user-agent` as the binary reads them: every request MIC sends to
+/// the API server carries the original's User-Agent with the operator's text, and the actors'
+/// requests arrive no faster than the rate (a burst of 10, then 10 a second); ARM and Azure AD
+/// see the same User-Agent after the SDK's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mic_sends_the_originals_user_agent_and_keeps_to_client_qps() {
+    let c = cluster(
+        "qps",
+        Topology::sized(1, 2, 0, 1),
+        azure_with_latency(Duration::from_millis(50)),
+    )
+    .await;
+    let args = mic_args_from(&["--clientQps=10", "--custom-user-agent=team-a"]);
+    let mut s = MicSettings::from(&args);
+    let defaults = settings(&c, "mic-0");
+    s.kubeconfig = defaults.kubeconfig;
+    s.listen_address = defaults.listen_address;
+    (s.http_probe_port, s.prometheus_port) = (0, 0);
+    s.leader.instance = "mic-0".into();
+    // Renewals (their own, unlimited client) far apart, so the count below is the actors'.
+    s.leader.duration = Duration::from_secs(60);
+    let ua = s.user_agent.clone();
+    assert!(
+        ua.starts_with("aad-pod-identity/MIC/") && ua.ends_with(" team-a"),
+        "{ua}"
+    );
+    let config = c.cloud_config();
+    let arm_ua = ua.clone();
+    let mic = aad_pod_identity::actors::mic::spawn(s, Metrics::new(), None, move || {
+        Arc::new(CloudArm::from_config_as(&config, &arm_ua).unwrap()) as Arc<dyn ArmPort>
+    })
+    .await
+    .unwrap();
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    for i in 0..20 {
+        c.pod(&format!("p{i}"), "identity-0", &c.node(i % 2)).await;
+    }
+    c.wait_for("20 Assigned", Duration::from_secs(60), all_assigned(20))
+        .await;
+
+    let by_agent = c.sim.requests_by_user_agent();
+    let mut times = by_agent.get(&ua).cloned().unwrap_or_default();
+    times.sort();
+    assert!(
+        times.len() >= 50,
+        "creates, status writes and Events for 20 pods: {} requests by {ua:?}; agents {:?}",
+        times.len(),
+        by_agent.keys().collect::<Vec<_>>()
+    );
+    // Tower's windows: at most two bursts (20) fall into any second, plus a renewal or two.
+    let busiest = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest <= 23,
+        "{busiest} requests within one second at --clientQps=10"
+    );
+    let spread = *times.last().unwrap() - times[0];
+    #[allow(clippy::cast_precision_loss)]
+    let least = Duration::from_secs_f64((times.len() as f64 - 13.0) / 10.0);
+    assert!(
+        spread >= least,
+        "{} requests in {spread:?} at --clientQps=10",
+        times.len()
+    );
+
+    let azure_calls = c.azure.request_log();
+    assert!(!azure_calls.is_empty());
+    for r in &azure_calls {
+        assert!(
+            r.user_agent.contains("aad-pod-identity/MIC/") && r.user_agent.ends_with(" team-a"),
+            "{} {} came with User-Agent {:?}",
+            r.method,
+            r.path,
+            r.user_agent
+        );
+    }
+    assert!(
+        azure_calls.iter().any(|r| r.path.contains("oauth2")),
+        "the ARM credential's token request is among them"
+    );
     drop(mic);
     c.shutdown().await;
 }

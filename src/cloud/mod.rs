@@ -23,3 +23,4 @@ pub mod token;
 mod transport;
 
 pub use error::{Error, RefusedIdentity};
+pub use transport::AppendUserAgent;

@@ -4,7 +4,7 @@
 //!
 //! Every one is accepted, so an operator's existing argument list starts both binaries
 //! unchanged; each either works (`--logtostderr`, `--alsologtostderr`, `-v`,
-//! `--enableScaleFeatures`) or is named once at start in a log line saying it was accepted and
+//! `--enableScaleFeatures`, `--custom-user-agent`) or is named once at start in a log line saying it was accepted and
 //! ignored. docs/configuration.md lists which is which. Go's boolean forms are understood:
 //! `--flag`, `--flag=true`, `--flag=false`, and `1`, `t`, `T`, `TRUE`, `True`, `0`, `f`, ….
 //! So is Go's single-dash spelling of a long flag (`-logtostderr`, `-cloudconfig=/etc/azure.json`):
@@ -183,7 +183,8 @@ pub struct CommonCompatArgs {
     #[arg(long = "enableScaleFeatures", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, value_name = "BOOL")]
     pub enable_scale_features: Option<bool>,
 
-    /// Original: text appended to the user agent. Accepted and ignored.
+    /// Text appended to the User-Agent of every Azure and Kubernetes request
+    /// (`aad-pod-identity/<MIC|NMI>/<version>/<commit>/<build date> <TEXT>`, as the original).
     #[arg(long = "custom-user-agent", value_name = "TEXT")]
     pub custom_user_agent: Option<String>,
 }
@@ -195,9 +196,6 @@ impl CommonCompatArgs {
         let mut out = Vec::new();
         if self.enable_profile == Some(true) {
             out.push("--enableProfile");
-        }
-        if self.custom_user_agent.is_some() {
-            out.push("--custom-user-agent");
         }
         out
     }
@@ -312,7 +310,11 @@ mod tests {
         assert_eq!(c.common.enable_scale_features, Some(true));
         assert_eq!(c.common.enable_profile, Some(false));
         assert_eq!(c.klog.ignored(), ["--vmodule", "--log_dir"]);
-        assert_eq!(c.common.ignored(), ["--custom-user-agent"]);
+        assert!(
+            c.common.ignored().is_empty(),
+            "--enableProfile=F asks for nothing"
+        );
+        assert_eq!(c.common.custom_user_agent.as_deref(), Some("me"));
         for form in [["x", "--v=5"], ["x", "-v5"], ["x", "-v=5"]] {
             assert_eq!(Cli::try_parse_from(form).unwrap().klog.verbosity, Some(5));
         }

@@ -25,14 +25,29 @@ impl CloudArm {
         Self { client }
     }
 
-    /// A client for the ARM endpoint and credentials of a cloud configuration (azure.json).
+    /// A client for the ARM endpoint and credentials of a cloud configuration (azure.json),
+    /// with MIC's default User-Agent.
     pub fn from_config(config: &CloudConfig) -> Result<Self, crate::cloud::Error> {
-        let credential = arm_credential(config)?;
+        Self::from_config_as(
+            config,
+            &crate::version::user_agent(crate::version::Component::Mic, None),
+        )
+    }
+
+    /// As [`Self::from_config`], every ARM and Azure AD request carrying `user_agent`.
+    pub fn from_config_as(
+        config: &CloudConfig,
+        user_agent: &str,
+    ) -> Result<Self, crate::cloud::Error> {
+        let credential = arm_credential(config, user_agent)?;
         let client = ArmClient::new(
             &config.arm_endpoint(),
             credential,
             &config.arm_resource(),
-            ArmOptions::default(),
+            ArmOptions {
+                user_agent: Some(user_agent.to_string()),
+                ..ArmOptions::default()
+            },
         )?;
         Ok(Self::new(client))
     }

@@ -420,6 +420,11 @@ pub fn start(
         client.clone(),
         node.clone(),
         Arc::clone(&nmi.pods),
+        Some(
+            metrics
+                .kubernetes_api_operations_errors_count
+                .with_label_values(&[crate::metrics::K8S_GET_POD_LIST]),
+        ),
     )));
     tasks.push(tokio::spawn(watchers::watch_exceptions(
         client.clone(),
@@ -522,7 +527,7 @@ pub async fn run_with_args(
         .concat(),
     );
     let settings = NmiSettings::from_args(args);
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let client = kube_client(args).await?;
     let authority = std::env::var("AZURE_AUTHORITY_HOST")
         .unwrap_or_else(|_| cloud_source::DEFAULT_AUTHORITY.to_string());
     let source = cloud_source::CloudTokenSource::new(
@@ -531,22 +536,28 @@ pub async fn run_with_args(
         authority,
         settings.token_fetch_timeout,
     )
-    .map_err(|e| Error::Cloud(e.to_string()))?;
+    .map_err(|e| Error::Cloud(e.to_string()))?
+    .with_user_agent(&user_agent(args))
+    .with_metrics(&metrics);
     run(settings, client, Arc::new(source), metrics).await
 }
 
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, Error> {
-    let boxed = |e: &dyn std::fmt::Display| Error::Kube(e.to_string());
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| boxed(&e))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| boxed(&e))?
-        }
-        None => kube::Config::infer().await.map_err(|e| boxed(&e))?,
+async fn kube_client(args: &crate::config::nmi::NmiArgs) -> Result<kube::Client, Error> {
+    let options = crate::kube_client::ClientOptions {
+        user_agent: user_agent(args),
+        qps: None,
     };
-    kube::Client::try_from(config).map_err(|e| boxed(&e))
+    crate::kube_client::connect(args.kubeconfig.as_deref(), &options)
+        .await
+        .map_err(|e| Error::Kube(e.to_string()))
+}
+
+/// NMI's `User-Agent` for Kubernetes, the metadata service and Azure AD.
+fn user_agent(args: &crate::config::nmi::NmiArgs) -> String {
+    crate::version::user_agent(
+        crate::version::Component::Nmi,
+        args.compat.custom_user_agent.as_deref(),
+    )
 }
 
 /// The `nmi` subcommand: starts NMI and runs until SIGTERM or SIGINT, then removes the iptables

@@ -29,8 +29,13 @@ pub(crate) trait Sink<K> {
     fn replace(&self, list: &[K]);
 }
 
-async fn drive<K, S>(api: Api<K>, config: watcher::Config, sink: S, what: &'static str)
-where
+async fn drive<K, S>(
+    api: Api<K>,
+    config: watcher::Config,
+    sink: S,
+    what: &'static str,
+    errors: Option<prometheus::IntCounter>,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     S: Sink<K>,
 {
@@ -48,6 +53,9 @@ where
                 buffer.clear();
             }
             Err(e) => {
+                if let Some(c) = &errors {
+                    c.inc();
+                }
                 tracing::warn!(watch = what, error = %e, "watch failed; retrying with backoff")
             }
         }
@@ -132,10 +140,16 @@ impl Sink<AzureIdentityBinding> for Bindings {
     }
 }
 
-/// Watches this node's pods (`spec.nodeName=<node>`) into `index`.
-pub async fn watch_pods(client: Client, node: String, index: Arc<PodIndex>) {
+/// Watches this node's pods (`spec.nodeName=<node>`) into `index`, counting failed lists and
+/// watches in `errors` (the original's `kubernetes_api_operations_errors_count{operation_type="get_pod_list"}`).
+pub async fn watch_pods(
+    client: Client,
+    node: String,
+    index: Arc<PodIndex>,
+    errors: Option<prometheus::IntCounter>,
+) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    drive(Api::<Pod>::all(client), config, Pods(index), "pods").await;
+    drive(Api::<Pod>::all(client), config, Pods(index), "pods", errors).await;
 }
 
 /// Watches AzureAssignedIdentities labelled `nodename=<node>` into `index`, dropping cached
@@ -152,6 +166,7 @@ pub async fn watch_assigned(
         config,
         Assigned(index, cache),
         "azureassignedidentities",
+        None,
     )
     .await;
 }
@@ -163,6 +178,7 @@ pub async fn watch_exceptions(client: Client, index: Arc<ExceptionIndex>) {
         watcher::Config::default(),
         Exceptions(index),
         "azurepodidentityexceptions",
+        None,
     )
     .await;
 }
@@ -174,12 +190,14 @@ pub async fn watch_catalog(client: Client, catalog: Arc<ManagedCatalog>, cache: 
         watcher::Config::default(),
         Identities(Arc::clone(&catalog), cache),
         "azureidentities",
+        None,
     );
     let bindings = drive(
         Api::<AzureIdentityBinding>::all(client),
         watcher::Config::default(),
         Bindings(catalog),
         "azureidentitybindings",
+        None,
     );
     futures::join!(identities, bindings);
 }

@@ -134,6 +134,12 @@ fn record(shared: &Shared, req: &HttpRequest, subscription: Option<String>, resp
             path: req.path().to_string(),
             subscription,
             status: resp.status().as_u16(),
+            user_agent: req
+                .headers()
+                .get(actix_web::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
         });
     }
 }

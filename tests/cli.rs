@@ -286,3 +286,32 @@ fn the_originals_argument_lists_start_mic_and_nmi_without_a_usage_error() {
         assert_starts_without_usage_error("nmi", args);
     }
 }
+
+/// A cloud name the original does not know is refused at start, naming the known ones; MIC
+/// does not fall back to the public cloud.
+#[test]
+fn mic_refuses_an_unknown_cloud_name_clearly() {
+    let dir = std::env::temp_dir().join(format!("cli-cloud-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("azure.json");
+    std::fs::write(
+        &file,
+        r#"{"cloud":"AzureMoonCloud","subscriptionId":"s","useManagedIdentityExtension":true}"#,
+    )
+    .unwrap();
+    let out = bin()
+        .arg("mic")
+        .arg(format!("--cloudconfig={}", file.display()))
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"unknown cloud "AzureMoonCloud""#)
+            && stderr.contains("AzureUSGovernmentCloud"),
+        "{stderr}"
+    );
+}

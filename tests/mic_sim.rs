@@ -1154,3 +1154,95 @@ async fn mic_sends_the_originals_user_agent_and_keeps_to_client_qps() {
     drop(mic);
     c.shutdown().await;
 }
+
+/// azure.json is reloaded when it changes, as the original re-read it: MIC starts with a client
+/// secret Azure AD refuses, assigns nothing, and once the file holds the rotated secret the
+/// pod's identity is assigned without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_in_azure_json_is_picked_up_without_a_restart() {
+    let c = cluster(
+        "reload",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(20)),
+    )
+    .await;
+    let path = c._dir.0.join("azure.json");
+    let mut json = c.azure.azure_json();
+    let good = json.clone();
+    json["aadClientSecret"] = "an-old-secret".into();
+    std::fs::write(&path, json.to_string()).unwrap();
+
+    let mut s = settings(&c, "mic-0");
+    s.batch.transient_backoff_max = Duration::from_secs(1);
+    let p = path.clone();
+    let mic = aad_pod_identity::actors::mic::spawn(s, Metrics::new(), None, move || {
+        let (arm, _) = CloudArm::watching(&p, "test").unwrap();
+        Arc::new(arm) as Arc<dyn ArmPort>
+    })
+    .await
+    .unwrap();
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("demo", "identity-0", &c.node(0)).await;
+    c.wait_for("the object, Created", Duration::from_secs(10), |all| {
+        all.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.patches(), 0, "no ARM write with a refused credential");
+    assert!(!all_assigned(1)(&c.assigned().await));
+
+    std::fs::write(&path, good.to_string()).unwrap();
+    c.wait_for(
+        "Assigned with the rotated secret",
+        Duration::from_secs(30),
+        all_assigned(1),
+    )
+    .await;
+    assert_eq!(c.on_scale_set(0).len(), 1);
+    drop(mic);
+    c.shutdown().await;
+}
+
+/// `AzureStackCloud` takes its endpoints from the file `$AZURE_ENVIRONMENT_FILEPATH` names
+/// (the chart's `mic.customCloud`), so MIC reaches an ARM and an Azure AD that no built-in
+/// cloud has: here the simulator's, with no custom endpoints in azure.json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_stack_cloud_is_reached_through_its_environment_file() {
+    let c = cluster(
+        "stack",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::ZERO),
+    )
+    .await;
+    let env_file = c._dir.0.join("akscustom.json");
+    std::fs::write(
+        &env_file,
+        serde_json::json!({
+            "name": "AzureStackCloud",
+            "resourceManagerEndpoint": c.azure.arm_endpoint(),
+            "activeDirectoryEndpoint": c.azure.aad_endpoint(),
+            "tokenAudience": "https://management.azure.com/",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut json = c.azure.azure_json();
+    json["cloud"] = "AzureStackCloud".into();
+    let obj = json.as_object_mut().unwrap();
+    obj.remove("resourceManagerEndpoint");
+    obj.remove("activeDirectoryAuthorityHost");
+    let var = |k: &str| (k == "AZURE_ENVIRONMENT_FILEPATH").then(|| env_file.display().to_string());
+    let config = CloudConfig::from_json_with(&json.to_string(), var).unwrap();
+    assert_eq!(config.arm_endpoint(), c.azure.arm_endpoint());
+    let arm = CloudArm::from_config(&config).unwrap();
+    let got = arm.get(&c.scale_set(0)).await.unwrap();
+    assert!(got.user_assigned.is_empty());
+
+    // Without the file the name is refused, saying what is missing.
+    let e = CloudConfig::from_json_with(&json.to_string(), |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("AZURE_ENVIRONMENT_FILEPATH"), "{e}");
+    c.shutdown().await;
+}

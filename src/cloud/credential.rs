@@ -149,7 +149,6 @@ pub fn arm_credential(
                 azure_identity::UserAssignedId::ClientId(config.user_assigned_identity_id.clone())
             }),
             client_options: sdk_options(),
-            ..Default::default()
         };
         let cred = azure_identity::ManagedIdentityCredential::new(Some(options))
             .map_err(Error::Credential)?;

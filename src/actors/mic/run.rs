@@ -363,14 +363,22 @@ pub fn run_from_args(args: &MicArgs, metrics: Metrics) -> Result<(), StartError>
         ]
         .concat(),
     );
-    let config = crate::cloud::config::CloudConfig::load(
-        args.cloudconfig
-            .as_ref()
-            .and_then(|p| p.to_str())
-            .filter(|p| !p.is_empty()),
-    )?;
     let settings = MicSettings::from(args);
-    let arm = super::cloud_port::CloudArm::from_config_as(&config, &settings.user_agent)?;
+    // azure.json is watched and reloaded on change; the environment cannot change.
+    let (arm, config) = match args
+        .cloudconfig
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        Some(path) => super::cloud_port::CloudArm::watching(path, &settings.user_agent)?,
+        None => {
+            let config = crate::cloud::config::CloudConfig::load(None)?;
+            (
+                super::cloud_port::CloudArm::from_config_as(&config, &settings.user_agent)?,
+                config,
+            )
+        }
+    };
     let deps = MicDeps {
         arm: Arc::new(arm),
         metrics,

@@ -1246,3 +1246,68 @@ async fn an_azure_stack_cloud_is_reached_through_its_environment_file() {
     assert!(e.contains("AZURE_ENVIRONMENT_FILEPATH"), "{e}");
     c.shutdown().await;
 }
+
+/// An edit to an AzureIdentity (here a service principal's tenant and Secret reference) is
+/// written into its AzureAssignedIdentities, which stay Assigned, with no ARM write: NMI reads
+/// the identity from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_edit_reaches_its_assigned_identities() {
+    let c = cluster(
+        "edit",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(20)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    let ids = Api::<AzureIdentity>::namespaced(c.client.clone(), "default");
+    let mut sp = AzureIdentity::new(
+        "sp",
+        AzureIdentitySpec {
+            type_: crd::IdentityType::ServicePrincipal,
+            client_id: "sp-client".into(),
+            tenant_id: "tenant-a".into(),
+            ..AzureIdentitySpec::default()
+        },
+    );
+    sp.metadata.namespace = Some("default".into());
+    ids.create(&PostParams::default(), &sp).await.unwrap();
+    let mut b = AzureIdentityBinding::new(
+        "sp-binding",
+        AzureIdentityBindingSpec {
+            azure_identity: "sp".into(),
+            selector: "sp".into(),
+            weight: 0,
+        },
+    );
+    b.metadata.namespace = Some("default".into());
+    Api::<AzureIdentityBinding>::namespaced(c.client.clone(), "default")
+        .create(&PostParams::default(), &b)
+        .await
+        .unwrap();
+    c.pod("demo", "sp", &c.node(0)).await;
+    c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+
+    let patch = serde_json::json!({"spec": {"tenantID": "tenant-b", "clientPassword": {"name": "rotated", "namespace": "default"}}});
+    ids.patch(
+        "sp",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    c.wait_for("the edit in the object", Duration::from_secs(20), |all| {
+        all.len() == 1
+            && all[0]
+                .spec
+                .azure_identity_ref
+                .as_ref()
+                .is_some_and(|i| i.spec.tenant_id == "tenant-b" && i.spec.client_password.name == "rotated")
+            && all_assigned(1)(all)
+    })
+    .await;
+    assert_eq!(c.patches(), 0, "a service principal needs no ARM write");
+    drop(mic);
+    c.shutdown().await;
+}

@@ -1299,15 +1299,111 @@ async fn an_identity_edit_reaches_its_assigned_identities() {
     .unwrap();
     c.wait_for("the edit in the object", Duration::from_secs(20), |all| {
         all.len() == 1
-            && all[0]
-                .spec
-                .azure_identity_ref
-                .as_ref()
-                .is_some_and(|i| i.spec.tenant_id == "tenant-b" && i.spec.client_password.name == "rotated")
+            && all[0].spec.azure_identity_ref.as_ref().is_some_and(|i| {
+                i.spec.tenant_id == "tenant-b" && i.spec.client_password.name == "rotated"
+            })
             && all_assigned(1)(all)
     })
     .await;
     assert_eq!(c.patches(), 0, "a service principal needs no ARM write");
+    drop(mic);
+    c.shutdown().await;
+}
+
+/// A rolling migration from the Go MIC never has two active controllers: while the Go MIC holds
+/// its Endpoints lock (client-go's record in the `control-plane.alpha.kubernetes.io/leader`
+/// annotation, renewed), ours stays a candidate and writes nothing; once the Go MIC stops
+/// renewing, ours takes the lock within its lease duration, assigns, and keeps renewing the
+/// Endpoints record, so a Go MIC starting again stays a candidate in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_mic_holding_the_endpoints_lock_keeps_ours_from_leading_until_it_stops_renewing() {
+    use k8s_openapi::api::core::v1::Endpoints;
+    const LOCK: &str = "control-plane.alpha.kubernetes.io/leader";
+    let c = cluster(
+        "endpoints-lock",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(20)),
+    )
+    .await;
+    let endpoints = Api::<Endpoints>::namespaced(c.client.clone(), "default");
+    let go_record = |renew: &str| {
+        serde_json::json!({
+            "holderIdentity": "mic-go-7d9f",
+            "leaseDurationSeconds": 2,
+            "acquireTime": "2024-05-01T10:00:00Z",
+            "renewTime": renew,
+            "leaderTransitions": 3,
+        })
+        .to_string()
+    };
+    let now = || {
+        k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let ep: Endpoints = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "aad-pod-identity-mic", "namespace": "default",
+                     "annotations": {LOCK: go_record(&now())}},
+    }))
+    .unwrap();
+    endpoints.create(&PostParams::default(), &ep).await.unwrap();
+    // The Go MIC renews every half second until told to stop.
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let renewer = {
+        let endpoints = endpoints.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                let mut ep = endpoints.get("aad-pod-identity-mic").await.unwrap();
+                ep.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(LOCK.into(), go_record(&now()));
+                let _ = endpoints
+                    .replace("aad-pod-identity-mic", &PostParams::default(), &ep)
+                    .await;
+            }
+        })
+    };
+
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("demo", "identity-0", &c.node(0)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(http_get(mic.probe, "/healthz").await, "Not Active");
+    assert!(
+        c.assigned().await.is_empty(),
+        "no write while the Go MIC leads"
+    );
+    assert_eq!(c.patches(), 0);
+
+    stop_tx.send(()).unwrap();
+    renewer.await.unwrap();
+    let took = wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    println!("took over {took:?} after the Go MIC stopped renewing (lease 2 s)");
+    c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+
+    let record = || async {
+        let ep = endpoints.get("aad-pod-identity-mic").await.unwrap();
+        let raw = ep.metadata.annotations.unwrap()[LOCK].clone();
+        serde_json::from_str::<serde_json::Value>(&raw).unwrap()
+    };
+    let first = record().await;
+    assert_eq!(first["holderIdentity"], "mic-0");
+    assert_eq!(first["leaseDurationSeconds"], 2);
+    assert_eq!(first["leaderTransitions"], 4);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = record().await;
+    assert_eq!(later["holderIdentity"], "mic-0");
+    assert_ne!(
+        first["renewTime"], later["renewTime"],
+        "renewed, as a Go MIC watching the record must see"
+    );
     drop(mic);
     c.shutdown().await;
 }

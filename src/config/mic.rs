@@ -65,6 +65,20 @@ pub struct MicArgs {
     #[arg(long = "leader-election-duration", env = "MIC_LEADER_ELECTION_DURATION", default_value = "15s", value_parser = parse_go_duration)]
     pub leader_election_duration: Duration,
 
+    /// New: also hold the original's Endpoints leader lock (same name and namespace), so a Go
+    /// MIC still running during a rolling migration never leads at the same time. Turn off
+    /// once no Go MIC is left.
+    #[arg(
+        long = "leader-election-endpoints-lock",
+        env = "MIC_LEADER_ELECTION_ENDPOINTS_LOCK",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = true,
+        default_missing_value = "true"
+    )]
+    pub leader_election_endpoints_lock: bool,
+
     /// Port of `/healthz` (`Active` on the leader, `Not Active` elsewhere).
     #[arg(long = "http-probe-port", env = "MIC_HTTP_PROBE_PORT", default_value = "8080", value_parser = parse_port)]
     pub http_probe_port: u16,

@@ -402,7 +402,7 @@ mod tests {
         id.spec.tenant_id = "tenant-b".into();
         id.spec.client_password.name = "rotated".into();
         let gone = idx.apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned));
-        assert_eq!(gone, [old_key.clone()]);
+        assert_eq!(gone, std::slice::from_ref(&old_key));
         let now = idx.current("ns/p").unwrap();
         assert_eq!(now[0].spec.tenant_id, "tenant-b");
         assert_ne!(now[0].cache_key, old_key);

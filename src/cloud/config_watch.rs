@@ -1,9 +1,10 @@
 //! azure.json reloaded when it changes, as the original did: credentials rotate (and a cloud
 //! name is corrected) without restarting MIC.
 //!
-//! The directory holding the file is watched (inotify through `notify`), not the file itself:
-//! an atomic replace, a rewrite in place and a Kubernetes volume's symlink swap all show up as
-//! events there. Each event re-reads the file; a content that differs from the one in force and
+//! Both the file and the directory holding it are watched (inotify through `notify`): a rewrite
+//! in place shows up on the file, which is what a single-file hostPath mount (the chart's
+//! `mic.cloudConfig`) sees, and an atomic replace or a Kubernetes volume's symlink swap shows up
+//! on the directory. Each event re-reads the file; a content that differs from the one in force and
 //! validates is handed on, one that does not validate is logged and the configuration in force
 //! stays, so a half-written file changes nothing.
 
@@ -43,6 +44,7 @@ impl ConfigWatch {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or_else(|| Path::new("."))
             .to_path_buf();
+        let file_watched = file.clone();
         let in_force = Mutex::new(current);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -51,9 +53,11 @@ impl ConfigWatch {
                 Err(e) => tracing::warn!(error = %e, "watching azure.json failed"),
             })
             .map_err(|e| Error::Config(format!("cannot watch {}: {e}", dir.display())))?;
-        watcher
-            .watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| Error::Config(format!("cannot watch {}: {e}", dir.display())))?;
+        for target in [&dir, &file_watched] {
+            watcher
+                .watch(target, notify::RecursiveMode::NonRecursive)
+                .map_err(|e| Error::Config(format!("cannot watch {}: {e}", target.display())))?;
+        }
         Ok(Self { _watcher: watcher })
     }
 }

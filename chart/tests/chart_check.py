@@ -389,6 +389,8 @@ def cmd_content(f: Failures) -> None:
                 lease_rules = [r for role in roles for r in role["rules"]]
                 f.check(grants(lease_rules, "coordination.k8s.io", "leases", "create") and grants(lease_rules, "coordination.k8s.io", "leases", "update"), tag, f"MIC's leader-election Lease RBAC in {le_ns}")
                 f.check(not grants(mic_rules, "coordination.k8s.io", "leases", "update"), tag, "Lease access is namespaced, not cluster-wide")
+                f.check(grants(lease_rules, "", "endpoints", "create") and grants(lease_rules, "", "endpoints", "update"), tag, f"MIC's Endpoints lock (the original's) RBAC in {le_ns}")
+                f.check(not grants(mic_rules, "", "endpoints", "update"), tag, "Endpoints access is namespaced, not cluster-wide")
                 # The Role's binding names MIC's ServiceAccount.
                 sa = find(objects, "ServiceAccount", "mic")[0]["metadata"]["name"]
                 rbs = [b for b in find(objects, "RoleBinding", "mic") if b["metadata"]["namespace"] == le_ns]

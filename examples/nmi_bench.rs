@@ -249,7 +249,7 @@ async fn main() {
             let parsed = aad_pod_identity::http::request::TokenQuery::parse(q);
             std::hint::black_box(parsed.wanted());
             std::hint::black_box(aad_pod_identity::http::request::classify(
-                &aad_pod_identity::http::request::decode_path("/metadata/identity/oauth2/token"),
+                std::hint::black_box("/metadata/identity/oauth2/token"),
             ));
         }
         println!("path + query parsing: {:?} per request", t.elapsed() / n);

@@ -147,6 +147,47 @@ fn a_bad_flag_value_exits_2_naming_the_flag_and_the_expected_form() {
     );
 }
 
+#[test]
+fn nmi_refuses_a_kubenet_node_unless_allowed_as_the_original_did() {
+    let dir = std::env::temp_dir().join(format!("nmi-netplugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubelet = dir.join("kubelet");
+    std::fs::write(
+        &kubelet,
+        "KUBELET_FLAGS=--address=0.0.0.0 --network-plugin=kubenet --max-pods=110\n",
+    )
+    .unwrap();
+    // No cluster is reachable: a kubeconfig that does not exist makes the first step after
+    // the kubenet check fail, so how far NMI got shows in its error.
+    let run = |extra: &[&str]| {
+        let out = bin()
+            .args(["nmi", "--node=node-0", "--manage-iptables=false"])
+            .arg(format!("--kubelet-config={}", kubelet.display()))
+            .arg(format!("--kubeconfig={}", dir.join("absent").display()))
+            .args(extra)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = run(&[]);
+    assert!(!ok);
+    assert!(
+        err.contains("kubenet") && err.contains("--allow-network-plugin-kubenet"),
+        "{err}"
+    );
+    let (ok, err) = run(&["--allow-network-plugin-kubenet"]);
+    assert!(!ok, "fails later, on the missing kubeconfig");
+    assert!(!err.contains("kubenet"), "allowed, yet refused: {err}");
+    std::fs::write(&kubelet, "KUBELET_FLAGS=--network-plugin=cni\n").unwrap();
+    let (_, err) = run(&[]);
+    assert!(!err.contains("kubenet"), "not kubenet, yet refused: {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The argument lists the original v1.8.17 passes: its Helm chart with default values and
 /// `deploy/infra/*.yaml` (MIC with azure.json, NMI in standard and managed mode), and the
 /// chart's optional flags as a value file can turn them on. Each must parse; the process then

@@ -234,6 +234,156 @@ async fn real_sources_answer_assigned_identities_and_service_principals() {
     kube_sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_principal_may_use_neither_another_namespaces_secret_nor_a_foreign_authority() {
+    let topology = Topology::sized(1, 1, 0, 1);
+    let node = topology.nodes()[0].name.clone();
+    let azure = AzureSim::start(&topology, AzureSimConfig::default())
+        .await
+        .unwrap();
+    let kube_sim = KubeSim::start(KubeSimConfig {
+        topology: topology.clone(),
+        run_cluster: false,
+        ..KubeSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = kube_sim.client().await.unwrap();
+    let tenant = azure.tenant_id().to_string();
+    let sp = azure.add_service_principal_secret(&[&tenant], "victims-secret");
+    for ns in ["team", "victim"] {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let _ = namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}
+                }))
+                .unwrap(),
+            )
+            .await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "sp-secret", "namespace": ns},
+                    // base64("victims-secret")
+                    "data": {"clientsecret": "dmljdGltcy1zZWNyZXQ="}
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    // A stand-in for an attacker's authority: it records every connection it gets.
+    let thief = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let thief_addr = thief.local_addr().unwrap();
+    let stolen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let stolen = Arc::clone(&stolen);
+        tokio::spawn(async move {
+            while let Ok((_s, _)) = thief.accept().await {
+                stolen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+
+    let imds = azure.imds_addr(&node).unwrap();
+    let mut settings: NmiSettings = settings(imds);
+    settings.node = node.clone();
+    let source = CloudTokenSource::new(
+        &imds.to_string(),
+        client.clone(),
+        azure.aad_endpoint(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let metrics = aad_pod_identity::metrics::Metrics::new();
+    let nmi = Arc::new(Nmi::new(&settings, Arc::new(source), &metrics).unwrap());
+    let l = TcpListener::bind(settings.listen).unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(aad_pod_identity::http::nmi::serve(l, Arc::clone(&nmi.http), 1).unwrap());
+    let mut p = pod("team", "app", "127.0.9.12");
+    p.spec.as_mut().unwrap().node_name = Some(node.clone());
+    nmi.pods.apply(&p);
+    let index = nmi.assignments.as_ref().unwrap();
+    let bind = |name: &str, client_id: &str, secret_ns: &str, endpoint: String| {
+        let mut id = identity("team", name, client_id, IdentityType::ServicePrincipal);
+        id.spec.tenant_id = tenant.clone();
+        id.spec.client_password = SecretRef {
+            name: "sp-secret".into(),
+            namespace: secret_ns.into(),
+        };
+        id.spec.ad_endpoint = endpoint;
+        let mut a = assigned("team", "app", &id, AssignedState::Assigned);
+        a.spec.node_name = node.clone();
+        index.apply(&a);
+    };
+    bind("cross-ns", "client-cross", "victim", azure.aad_endpoint());
+    bind(
+        "foreign-https",
+        "client-https",
+        "team",
+        "https://login.evil.example/".into(),
+    );
+    bind(
+        "foreign-loopback",
+        "client-loop",
+        "team",
+        format!("http://{thief_addr}/"),
+    );
+    bind(
+        "lookalike",
+        "client-look",
+        "team",
+        "https://login.microsoftonline.com.evil.example/".into(),
+    );
+    bind("own", &sp.client_id, "team", azure.aad_endpoint());
+    let c = client_from("127.0.9.12");
+    let get = |client_id: String| {
+        let c = c.clone();
+        let url = format!(
+            "{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&client_id={client_id}"
+        );
+        async move {
+            let r = c.get(url).header("Metadata", "true").send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let aad_requests = || {
+        azure
+            .request_log()
+            .iter()
+            .filter(|r| r.node.is_none() && r.path.contains("oauth2"))
+            .count()
+    };
+    for (cid, why) in [
+        ("client-cross", "may not use Secret victim/sp-secret"),
+        ("client-https", "is not a known Azure AD authority"),
+        ("client-loop", "is not a known Azure AD authority"),
+        ("client-look", "is not a known Azure AD authority"),
+    ] {
+        let (status, body) = get(cid.to_string()).await;
+        assert_eq!(status, 403, "{cid}: {body}");
+        assert!(body.contains(why), "{cid}: {body}");
+        assert!(!body.contains("victims-secret"), "{body}");
+    }
+    assert_eq!(aad_requests(), 0, "a refused identity reached Azure AD");
+    assert_eq!(
+        stolen.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "NMI connected to the foreign authority"
+    );
+    // The same service principal with its own namespace's Secret and the real authority works.
+    let (status, body) = get(sp.client_id.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(aad_requests(), 1);
+    kube_sim.shutdown().await;
+    azure.shutdown().await;
+}
+
 /// NMI names itself as the original does on every call (`aad-pod-identity/NMI/…` with
 /// `--custom-user-agent`): to the metadata service, Azure AD and the API server. And the
 /// original's `kubernetes_api_operations_errors_count` counts what failed there: a Secret that
@@ -374,6 +524,7 @@ async fn nmi_names_itself_on_every_call_and_counts_failed_kubernetes_reads() {
         client,
         node,
         Arc::clone(&pods),
+        Arc::new(tokio::sync::Notify::new()),
         Some(errors.clone()),
     ));
     let t0 = std::time::Instant::now();

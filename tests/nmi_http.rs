@@ -503,7 +503,7 @@ async fn healthz_is_active_only_once_caches_are_synced_and_metrics_are_served() 
         .await
         .unwrap();
     for name in [
-        "aadpodidentity_nmi_operations_duration_seconds_count{namespace=\"ns\",operation_type=\"/metadata/identity/oauth2/token\",resource=\"r\",status_code=\"200\"} 1",
+        "aadpodidentity_nmi_operations_duration_seconds_count{namespace=\"ns\",operation_type=\"/metadata/identity/oauth2/token\",resource=\"other\",status_code=\"200\"} 1",
         "aadpodidentity_nmi_token_cache_lookups_total{node=\"node-1\",result=\"miss\"} 1",
         "aadpodidentity_nmi_token_request_duration_seconds_count{node=\"node-1\",result=\"ok\"} 1",
         "aadpodidentity_nmi_upstream_token_fetch_duration_seconds_count{node=\"node-1\",result=\"ok\"} 1",
@@ -514,4 +514,26 @@ async fn healthz_is_active_only_once_caches_are_synced_and_metrics_are_served() 
         !text.contains(&jwt_for("ca")),
         "a token leaked into metrics"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_500_naming_the_task_once_a_supervised_task_is_dead() {
+    let w = world(|_| {});
+    let healthz = format!("http://{}/healthz", w.probe);
+    let r = reqwest::get(&healthz).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A task that cannot be restarted ends: NMI is dead and says so.
+    w.nmi.supervisor.spawn_once("http-token", async {});
+    let death = w.nmi.supervisor.died().await;
+    assert_eq!(death.task, "http-token");
+    let r = reqwest::get(&healthz).await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "Not Active: task http-token died: it returned"
+    );
+    let r = reqwest::get(format!("http://{}/readyz", w.probe))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
 }

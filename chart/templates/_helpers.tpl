@@ -102,7 +102,9 @@ one place to change them). Returns the map as YAML; use with fromYaml.
 {{- define "aad-pod-identity.retiredKeys" -}}
 {{- $set := list -}}
 {{- range $comp := list "mic" "nmi" -}}
-{{- range $key := list "image" "tag" "logVerbosity" "enableScaleFeatures" "allowNetworkPluginKubenet" "kubeletConfig" -}}
+{{- $keys := list "image" "tag" "logVerbosity" "enableScaleFeatures" -}}
+{{- if eq $comp "mic" -}}{{- $keys = concat $keys (list "allowNetworkPluginKubenet" "kubeletConfig") -}}{{- end -}}
+{{- range $key := $keys -}}
 {{- $v := index (index $.Values $comp) $key -}}
 {{- if and (not (kindIs "invalid" $v)) (ne (toString $v) "") -}}
 {{- $set = append $set (printf "%s.%s" $comp $key) -}}
@@ -124,4 +126,14 @@ one place to change them). Returns the map as YAML; use with fromYaml.
 {{/* True when mic.customCloud is enabled ("true"/"false"). */}}
 {{- define "aad-pod-identity.customCloud" -}}
 {{- if and .Values.mic.customCloud (eq (include "aad-pod-identity.bool" .Values.mic.customCloud.enabled) "true") -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{/* Label selector of this release's NMI pods (MIC's --nmi-selector). */}}
+{{- define "aad-pod-identity.nmiSelector" -}}
+{{- $l := include "aad-pod-identity.selectorLabels" (dict "ctx" . "component" "nmi") | fromYaml -}}
+{{- $parts := list -}}
+{{- range $k := keys $l | sortAlpha -}}
+{{- $parts = append $parts (printf "%s=%s" $k (index $l $k)) -}}
+{{- end -}}
+{{- join "," $parts -}}
 {{- end -}}

@@ -329,11 +329,33 @@ def cmd_content(f: Failures) -> None:
             env = {e["name"]: e for e in c.get("env", [])}
             f.check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName", w, "NODE_NAME from spec.nodeName")
             f.check("--node=$(NODE_NAME)" in c["args"], w, "--node=$(NODE_NAME) passed")
+            f.check(env.get("HOST_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.hostIP", w, "HOST_IP from status.hostIP")
+            f.check("--nmi-listen-address=$(HOST_IP)" in c["args"], w, "NMI listens on (and the redirect targets) the node's address, as the original")
             f.check(ds["spec"]["updateStrategy"]["type"] == "RollingUpdate", w, "RollingUpdate")
             f.check(bool(pod.get("tolerations")), w, "tolerations set")
             f.check(f"--operation-mode={merged['operationMode']}" in c["args"], w, "operation mode passed")
             check_probes(c, merged["nmi"]["probePort"] or 8080, w, f)
             f.check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", w, "NMI readiness on /readyz")
+            # The node gate: flag, toleration of its taint (whatever nmi.tolerations say).
+            gate = str(merged["nmi"]["nodeGate"]["enabled"]).lower() == "true"
+            key = merged["nmi"]["nodeGate"]["taintKey"]
+            f.check(("--node-gate=true" in c["args"]) == gate, w, f"--node-gate passed exactly when nmi.nodeGate.enabled ({gate})")
+            if gate:
+                f.check(f"--node-gate-taint={key}" in c["args"], w, "--node-gate-taint passed")
+                tolerated = any(
+                    t.get("operator") == "Exists" and t.get("key") in (None, "", key) and t.get("effect") in (None, "", "NoSchedule")
+                    for t in pod.get("tolerations", [])
+                )
+                f.check(tolerated, w, f"NMI tolerates the gate's taint {key}")
+            # The kubenet check reads the kubelet's file from the node, read-only.
+            kubelet = merged["nmi"]["kubeletConfig"]
+            if kubelet:
+                f.check(f"--kubelet-config={kubelet}" in c["args"], w, "--kubelet-config passed")
+                vol = vols.get(mounts.get(kubelet, ""), {})
+                f.check(vol.get("hostPath", {}).get("path") == kubelet, w, f"{kubelet} mounted from the node")
+                f.check(any(m["mountPath"] == kubelet and m.get("readOnly") for m in c.get("volumeMounts", [])), w, "kubelet file mounted read-only")
+            allow = str(merged["nmi"]["allowNetworkPluginKubenet"]).lower()
+            f.check(f"--allow-network-plugin-kubenet={allow}" in c["args"], w, "--allow-network-plugin-kubenet passed")
             f.check(bool(c.get("resources", {}).get("requests")) and bool(c.get("resources", {}).get("limits")), w, "resource requests and limits")
 
         mics = find(objects, "Deployment", "mic")
@@ -347,6 +369,11 @@ def cmd_content(f: Failures) -> None:
             f.check(bool(anti), w, "pod anti-affinity (or the user's own affinity)")
             env = {e["name"]: e for e in c.get("env", [])}
             f.check(env.get("MIC_POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace", w, "MIC_POD_NAMESPACE from the downward API")
+            # MIC finds this release's NMI pods (for its report of nodes without one).
+            sel = next((a.split("=", 1)[1] for a in c["args"] if a.startswith("--nmi-selector=")), "")
+            nmi_labels = nmis[0]["spec"]["template"]["metadata"]["labels"] if nmis else {}
+            pairs = dict(p.split("=", 1) for p in sel.split(",") if "=" in p)
+            f.check(bool(pairs) and all(nmi_labels.get(k) == v for k, v in pairs.items()), w, f"--nmi-selector {sel!r} selects the NMI pods")
             check_probes(c, merged["mic"]["probePort"] or 8080, w, f)
             f.check(bool(c.get("resources", {}).get("requests")) and bool(c.get("resources", {}).get("limits")), w, "resource requests and limits")
             caps = c.get("securityContext", {}).get("capabilities", {})
@@ -374,6 +401,11 @@ def cmd_content(f: Failures) -> None:
             want_secrets = merged["rbac"]["allowAccessToSecrets"] or sp_in_values
             f.check(grants(nmi_rules, "", "secrets", "get") == bool(want_secrets), tag, f"NMI reads Secrets only when needed (want {want_secrets})")
             f.check(not grants(nmi_rules, "", "secrets", "list"), tag, "NMI never lists Secrets")
+            gate = str(merged["nmi"]["nodeGate"]["enabled"]).lower() == "true"
+            f.check(grants(nmi_rules, "", "nodes", "patch") == gate, tag, f"NMI patches nodes exactly when the node gate is on ({gate})")
+            if gate:
+                f.check(grants(nmi_rules, "", "nodes", "watch") and grants(nmi_rules, "", "nodes", "get"), tag, "NMI reads and watches nodes for the gate")
+                f.check(not grants(nmi_rules, "", "nodes", "update") and not grants(nmi_rules, "", "nodes", "delete"), tag, "NMI only patches nodes")
             if not managed:
                 mic_rules = rules_of(objects, "ClusterRole", "mic")
                 for res in ("pods", "nodes"):
@@ -465,7 +497,8 @@ def cmd_content(f: Failures) -> None:
         retired = [
             f"{comp}.{k}"
             for comp in ("mic", "nmi")
-            for k in ("image", "tag", "logVerbosity", "enableScaleFeatures", "allowNetworkPluginKubenet", "kubeletConfig")
+            for k in ("image", "tag", "logVerbosity", "enableScaleFeatures")
+            + (("allowNetworkPluginKubenet", "kubeletConfig") if comp == "mic" else ())
             if str(values.get(comp, {}).get(k, "")) != ""
         ]
         for key in retired:
@@ -506,6 +539,9 @@ BAD_VALUES = [
     ({"mic": {"leaderElection": {"duration": "15"}}}, "/mic/leaderElection/duration"),
     ({"mic": {"probePort": 0}}, "/mic/probePort"),
     ({"nmi": {"metadataHeaderRequired": "yes"}}, "/nmi/metadataHeaderRequired"),
+    ({"nmi": {"nodeGate": {"taintKey": "not a key"}}}, "/nmi/nodeGate/taintKey"),
+    ({"nmi": {"nodeGate": {"enabled": "yes"}}}, "/nmi/nodeGate/enabled"),
+    ({"nmi": {"allowNetworkPluginKubenet": "maybe"}}, "/nmi/allowNetworkPluginKubenet"),
     ({"nmi": {"ipTableUpdateTimeIntervalInSeconds": "-1"}}, "/nmi/ipTableUpdateTimeIntervalInSeconds"),
     ({"forceNamespaced": "maybe"}, "/forceNamespaced"),
     ({"operationMode": "legacy"}, "/operationMode"),
@@ -711,6 +747,13 @@ def alert_tests(m: dict[str, str], rules_file: str) -> dict:
     healthy = [ops("200", 100), ops("404", 0)]
     refused = [{"series": f'{m["armWrites"]}{{outcome="refused"}}', "values": "0+1x40"}]
     upstream = [{"series": f'{m["imdsErrors"]}{{operation_type="token"}}', "values": "0+3x40"}]
+    unguarded = [{"series": m["nodesWithoutNmi"], "values": "1x40"}]
+    guarded = [{"series": m["nodesWithoutNmi"], "values": "0x40"}]
+    gate_closed = [
+        {"series": f'{m["nodeGateTainted"]}{{node="n1"}}', "values": "1x40"},
+        {"series": f'{m["nodeGateTainted"]}{{node="n2"}}', "values": "0x40"},
+    ]
+    gate_open = [{"series": f'{m["nodeGateTainted"]}{{node="n1"}}', "values": "1 1 1 0x37"}]
 
     def case(series, fires: dict[str, list[dict]]):
         return {
@@ -724,6 +767,8 @@ def alert_tests(m: dict[str, str], rules_file: str) -> dict:
                     "AADPodIdentityARMWritesRefused",
                     "AADPodIdentityTokenErrors",
                     "AADPodIdentityUpstreamTokenErrors",
+                    "AADPodIdentityNodeWithoutNMI",
+                    "AADPodIdentityNodeGateClosed",
                 )
             ],
         }
@@ -735,14 +780,16 @@ def alert_tests(m: dict[str, str], rules_file: str) -> dict:
         "rule_files": [rules_file],
         "evaluation_interval": "1m",
         "tests": [
-            case(slow + throttled + failing + refused + upstream, {
+            case(slow + throttled + failing + refused + upstream + unguarded + gate_closed, {
+                "AADPodIdentityNodeWithoutNMI": [{"exp_labels": {"severity": "critical"}}],
+                "AADPodIdentityNodeGateClosed": fired({"node": "n1"}),
                 "AADPodIdentityAssignmentLatencyHigh": fired(),
                 "AADPodIdentityARMThrottling": fired(),
                 "AADPodIdentityARMWritesRefused": fired({"outcome": "refused"}),
                 "AADPodIdentityTokenErrors": fired(),
                 "AADPodIdentityUpstreamTokenErrors": fired(),
             }),
-            case(fast + calm + healthy, {}),
+            case(fast + calm + healthy + guarded + gate_open, {}),
         ],
     }
 

@@ -329,7 +329,8 @@ fn fill_times(token: &mut Token) {
     if token.expires_on.is_empty()
         && let Ok(secs) = token.expires_in.parse::<u64>()
     {
-        token.expires_on = (now + secs).to_string();
+        let life = secs.min(super::token::MAX_LIFETIME.as_secs());
+        token.expires_on = now.saturating_add(life).to_string();
     }
     if token.not_before.is_empty() {
         token.not_before = now.to_string();
@@ -376,6 +377,18 @@ mod tests {
         );
         assert!(c.token_endpoint("../x", EndpointVersion::V1).is_err());
         assert!(c.token_endpoint("", EndpointVersion::V1).is_err());
+    }
+
+    #[test]
+    fn an_absurd_expires_in_is_capped_instead_of_overflowing() {
+        let mut t = Token {
+            access_token: "a".into(),
+            expires_in: u64::MAX.to_string(),
+            ..Token::default()
+        };
+        fill_times(&mut t);
+        let on: u64 = t.expires_on.parse().unwrap();
+        assert!(on <= unix_now() + super::super::token::MAX_LIFETIME.as_secs());
     }
 
     #[test]

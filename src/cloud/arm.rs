@@ -736,7 +736,7 @@ fn header(headers: &Headers, name: &'static str) -> Option<String> {
 fn retry_after(headers: &Headers) -> Option<Duration> {
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
         if let Some(ms) = header(headers, name).and_then(|v| v.trim().parse::<u64>().ok()) {
-            return Some(Duration::from_millis(ms));
+            return Some(Duration::from_millis(ms).min(super::throttle::MAX_RETRY_AFTER));
         }
     }
     header(headers, "retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()))

@@ -58,14 +58,25 @@ impl Policy for BearerPolicy {
 }
 
 /// Client-credentials (secret) token source through [`AadClient`], cached until five minutes
-/// before expiry. Works with any authority, including plain HTTP on loopback.
-#[derive(Debug)]
+/// before expiry. Works with any authority, including plain HTTP on loopback. `Debug` shows
+/// neither the secret nor the cached token.
 pub struct AadSecretCredential {
     aad: AadClient,
     tenant_id: String,
     client_id: String,
     secret: String,
     cache: Mutex<Option<(String, AccessToken)>>,
+}
+
+impl std::fmt::Debug for AadSecretCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AadSecretCredential")
+            .field("aad", &self.aad)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl AadSecretCredential {

@@ -11,9 +11,11 @@
 //!   Azure AD for the sandbox) and the pipeline policy that attaches them.
 //! - [`imds`]: metadata-service tokens for NMI, passed through byte for byte.
 //! - [`aad`]: Azure AD client credentials (secret, certificate) for service-principal identities.
+//! - [`authority`]: which Azure AD authorities a service principal's credential may be sent to.
 
 pub mod aad;
 pub mod arm;
+pub mod authority;
 pub mod config;
 pub mod config_watch;
 pub mod credential;

@@ -33,9 +33,10 @@ impl SubscriptionGate {
             .filter(|t| *t > Instant::now())
     }
 
-    /// Closes the gate for `subscription` for `window` from now (never shortens a longer window).
+    /// Closes the gate for `subscription` for `window` from now, at most [`MAX_RETRY_AFTER`]
+    /// (never shortens a longer window).
     pub fn close_for(&self, subscription: &str, window: Duration) {
-        let until = Instant::now() + window;
+        let until = Instant::now() + window.min(MAX_RETRY_AFTER);
         let mut map = self.closed_until.lock().expect("gate lock");
         let slot = map
             .entry(subscription.to_ascii_lowercase())
@@ -54,16 +55,23 @@ impl SubscriptionGate {
     }
 }
 
-/// Parses a `Retry-After` value: delay-seconds or an HTTP date (relative to `now`). A date in
-/// the past means "now"; anything else unparseable is `None`.
+/// Longest wait a `Retry-After` (or its millisecond variants) can impose: Azure's throttling
+/// windows are seconds to minutes, and a larger number (a bug or a hostile proxy) must neither
+/// stall callers for days nor overflow a deadline.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Parses a `Retry-After` value: delay-seconds or an HTTP date (relative to `now`), capped at
+/// [`MAX_RETRY_AFTER`]. A date in the past means "now"; anything else unparseable is `None`.
 #[must_use]
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let date = httpdate::parse_http_date(value).ok()?;
+        date.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -84,6 +92,24 @@ mod tests {
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_retry_after_values_are_capped_instead_of_overflowing() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        let gate = SubscriptionGate::new();
+        let start = Instant::now();
+        gate.close_for("s", Duration::MAX);
+        gate.wait_open("s").await;
+        assert_eq!(Instant::now() - start, MAX_RETRY_AFTER);
     }
 
     #[tokio::test(start_paused = true)]

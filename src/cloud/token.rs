@@ -3,6 +3,12 @@
 //! always writes strings, so NMI can answer with it unchanged.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use std::time::Duration;
+
+/// Longest life a token is credited with, whatever its `expires_in`/`expires_on` say: metadata
+/// service and Azure AD tokens live up to 24 hours, and the cap keeps clock arithmetic on
+/// upstream numbers from overflowing.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// An access token in the metadata service's JSON shape. `Debug` hides the token itself.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -237,35 +237,6 @@ impl MicCompatArgs {
     }
 }
 
-/// The original NMI's kubenet guard flags. The guard itself (refusing to start on a kubenet
-/// node unless allowed) belongs to the node-gate work; until it lands they are accepted and
-/// ignored.
-#[derive(Clone, Debug, Default, Args)]
-pub struct NmiCompatArgs {
-    /// Original: allow running on kubenet nodes. Accepted and ignored.
-    #[arg(long = "allow-network-plugin-kubenet", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, value_name = "BOOL")]
-    pub allow_network_plugin_kubenet: Option<bool>,
-
-    /// Original: kubelet's default config, read to detect kubenet. Accepted and ignored.
-    #[arg(long = "kubelet-config", value_name = "PATH")]
-    pub kubelet_config: Option<String>,
-}
-
-impl NmiCompatArgs {
-    /// The flags given that have no effect here.
-    #[must_use]
-    pub fn ignored(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.allow_network_plugin_kubenet.is_some() {
-            out.push("--allow-network-plugin-kubenet");
-        }
-        if self.kubelet_config.is_some() {
-            out.push("--kubelet-config");
-        }
-        out
-    }
-}
-
 /// Logs, once, every given flag that is accepted for compatibility and has no effect.
 pub fn log_ignored(component: &str, flags: &[&'static str]) {
     if !flags.is_empty() {

@@ -127,13 +127,28 @@ pub struct MicArgs {
     #[arg(long = "arm-writes-per-minute", env = "MIC_ARM_WRITES_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub arm_writes_per_minute: u32,
 
-    /// Namespace MIC runs in (set by the chart from the downward API).
+    /// Namespace MIC runs in (set by the chart from the downward API); NMI's pods are looked
+    /// for there too.
     #[arg(
         long = "mic-namespace",
         env = "MIC_POD_NAMESPACE",
         default_value = "default"
     )]
     pub mic_namespace: String,
+
+    /// New: label selector of the NMI pods (in MIC's namespace). A node that runs pods labelled
+    /// aadpodidbinding without a ready NMI pod is reported (metric and Events).
+    #[arg(
+        long = "nmi-selector",
+        env = "MIC_NMI_SELECTOR",
+        default_value = "app.kubernetes.io/component=nmi"
+    )]
+    pub nmi_selector: String,
+
+    /// New: how long a node may run pods labelled aadpodidbinding without a ready NMI before it
+    /// is reported.
+    #[arg(long = "nmi-absence-grace", env = "MIC_NMI_ABSENCE_GRACE", default_value = "30s", value_parser = parse_go_duration)]
+    pub nmi_absence_grace: Duration,
 
     #[command(flatten)]
     pub log: LogArgs,

@@ -2,16 +2,19 @@
 //!
 //! Names and defaults are the Go original's (REFERENCE.md). Deliberate changes, recorded in
 //! docs/migration.md: namespaced matching is on by default, the retry flags set the deadline of
-//! an event-driven wait instead of a polling schedule, and a few new flags (`--manage-iptables`,
-//! `--pod-arrival-timeout`, `--token-refresh-margin`).
+//! an event-driven wait instead of a polling schedule, MIC's pods are recognised by their service
+//! account (`--mic-service-account`), and a few new flags (`--manage-iptables`,
+//! `--pod-arrival-timeout`, `--token-refresh-margin`, the bounds on what a client can hold, and
+//! `--allowed-ad-endpoints`).
 
 use clap::{ArgAction, Args, ValueEnum};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::compat::{CommonCompatArgs, NmiCompatArgs};
+use super::compat::{CommonCompatArgs, parse_go_bool};
 use super::{LogArgs, parse_go_duration, parse_port, parse_seconds};
+use crate::cloud::authority::AllowedAuthority;
 
 /// How NMI learns which identities a pod may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -79,6 +82,16 @@ pub struct NmiArgs {
     )]
     pub mic_namespace: String,
 
+    /// New: the service account MIC's pods run as in `--MICNamespace`; those pods get the node's
+    /// own identity. Empty: MIC is recognised only through an AzurePodIdentityException (the
+    /// chart installs one). The original instead trusted any ReplicaSet named `mic…` there.
+    #[arg(
+        long = "mic-service-account",
+        env = "MIC_SERVICE_ACCOUNT",
+        default_value = ""
+    )]
+    pub mic_service_account: String,
+
     /// Port of `/healthz`.
     #[arg(long = "http-probe-port", env = "NMI_HTTP_PROBE_PORT", default_value = "8080", value_parser = parse_port)]
     pub http_probe_port: u16,
@@ -124,9 +137,33 @@ pub struct NmiArgs {
     #[arg(long = "set-retry-after-header", env = "NMI_SET_RETRY_AFTER_HEADER", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
     pub set_retry_after_header: bool,
 
-    /// Delete conntrack entries for the metadata address when the rules are (re)installed.
-    #[arg(long = "enable-conntrack-deletion", env = "NMI_ENABLE_CONNTRACK_DELETION", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
-    pub enable_conntrack_deletion: bool,
+    /// Delete conntrack entries of connections to the metadata address whenever the rules go
+    /// in, so a connection opened before the redirect does not keep bypassing NMI. Default:
+    /// false, or true with --node-gate.
+    #[arg(long = "enable-conntrack-deletion", env = "NMI_ENABLE_CONNTRACK_DELETION", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_conntrack_deletion: Option<bool>,
+
+    /// New: lift the startup taint (--node-gate-taint) from this node once the caches are synced
+    /// and the iptables rules are verified, and put it back when the rules cannot be restored.
+    #[arg(long = "node-gate", env = "NMI_NODE_GATE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub node_gate: bool,
+
+    /// New: key of the startup taint the node gate owns (nodes join with `<key>=true:NoSchedule`).
+    #[arg(long = "node-gate-taint", env = "NMI_NODE_GATE_TAINT", default_value = crate::actors::nmi::gate::DEFAULT_TAINT_KEY, value_parser = parse_taint_key)]
+    pub node_gate_taint: String,
+
+    /// Start even when the node's kubelet uses the kubenet network plugin (refused by default,
+    /// as by the original: a pod with NET_RAW can pose as another pod there).
+    #[arg(long = "allow-network-plugin-kubenet", env = "NMI_ALLOW_NETWORK_PLUGIN_KUBENET", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub allow_network_plugin_kubenet: bool,
+
+    /// The kubelet's defaults file, read to tell whether the node uses kubenet.
+    #[arg(
+        long = "kubelet-config",
+        env = "NMI_KUBELET_CONFIG",
+        default_value = "/etc/default/kubelet"
+    )]
+    pub kubelet_config: PathBuf,
 
     /// Path to a kubeconfig; in-cluster configuration (or $KUBECONFIG) when absent.
     #[arg(long, env = "KUBECONFIG_PATH")]
@@ -146,31 +183,92 @@ pub struct NmiArgs {
     #[arg(long = "token-refresh-margin", env = "NMI_TOKEN_REFRESH_MARGIN", default_value = "5m", value_parser = parse_go_duration)]
     pub token_refresh_margin: Duration,
 
+    /// New: token requests that may wait at once for one pod (or one unknown address); more
+    /// are answered 429 at once.
+    #[arg(long = "max-waiters-per-pod", env = "NMI_MAX_WAITERS_PER_POD", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waiters_per_pod: u32,
+
+    /// New: token requests that may wait at once on the node; more are answered 503 at once.
+    #[arg(long = "max-waiters", env = "NMI_MAX_WAITERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waiters: u32,
+
+    /// New: cached (identity, resource) tokens kept at most; beyond, idle ones are evicted.
+    #[arg(long = "max-token-cache-slots", env = "NMI_MAX_TOKEN_CACHE_SLOTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_token_cache_slots: u32,
+
+    /// New: requests relayed to the metadata service at once; more are answered 503 at once.
+    #[arg(long = "max-pass-through", env = "NMI_MAX_PASS_THROUGH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pass_through: u32,
+
+    /// New: time a caller has to send the body of a request relayed to the metadata service
+    /// (408 after it).
+    #[arg(long = "pass-through-body-timeout", env = "NMI_PASS_THROUGH_BODY_TIMEOUT", default_value = "10s", value_parser = parse_go_duration)]
+    pub pass_through_body_timeout: Duration,
+
+    /// New: open connections one source address may hold; requests on more are answered 429
+    /// and their connection closed.
+    #[arg(long = "max-connections-per-source", env = "NMI_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_source: u32,
+
+    /// New: Azure AD authorities an AzureIdentity's `adEndpoint` may name besides the known
+    /// clouds' (`https://login.microsoftonline.com/`, `.us`, `login.chinacloudapi.cn`, …) and
+    /// `$AZURE_AUTHORITY_HOST`; comma-separated `https://host[:port]` (plain `http://` only for
+    /// loopback hosts, for the sandbox). Other endpoints are refused (403) before any Secret is read.
+    #[arg(long = "allowed-ad-endpoints", env = "NMI_ALLOWED_AD_ENDPOINTS", value_delimiter = ',', value_parser = AllowedAuthority::parse)]
+    pub allowed_ad_endpoints: Vec<AllowedAuthority>,
+
     #[command(flatten)]
     pub log: LogArgs,
 
     /// The original's switches without an effect here (see `config::compat`).
     #[command(flatten)]
     pub compat: CommonCompatArgs,
-
-    /// The original NMI's kubenet guard flags (accepted and ignored for now).
-    #[command(flatten)]
-    pub nmi_compat: NmiCompatArgs,
 }
 
 impl NmiArgs {
+    /// Whether conntrack entries are deleted when the rules go in: as asked, else on exactly
+    /// when the node gate is.
+    #[must_use]
+    pub fn conntrack_deletion(&self) -> bool {
+        self.enable_conntrack_deletion.unwrap_or(self.node_gate)
+    }
+
     /// How long a request waits for its pod's AzureAssignedIdentity to appear and become
     /// Assigned: the original's polling budget for it, attempts × interval (80 s by default).
     #[must_use]
     pub fn assignment_deadline(&self) -> Duration {
-        self.find_identity_retry_interval * self.retry_attempts_for_created
+        self.find_identity_retry_interval
+            .saturating_mul(self.retry_attempts_for_created)
+            .min(crate::actors::nmi::broker::MAX_WAIT)
     }
 
     /// Extra wait granted when the object exists but is still Created at the deadline (the
     /// original's second polling loop): attempts × interval (20 s by default).
     #[must_use]
     pub fn assigned_grace(&self) -> Duration {
-        self.find_identity_retry_interval * self.retry_attempts_for_assigned
+        self.find_identity_retry_interval
+            .saturating_mul(self.retry_attempts_for_assigned)
+            .min(crate::actors::nmi::broker::MAX_WAIT)
+    }
+}
+
+/// A taint key: a qualified name (`[prefix/]name`, as label keys).
+fn parse_taint_key(s: &str) -> Result<String, String> {
+    let (prefix, name) = s.rsplit_once('/').map_or(("", s), |(p, n)| (p, n));
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let prefix_ok = !s.contains('/') || parse_node_name(prefix).is_ok();
+    if name_ok && prefix_ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected a taint key such as aadpodidentity.k8s.io/nmi-not-ready ([DNS subdomain/]name), got {s:?}"
+        ))
     }
 }
 
@@ -234,9 +332,45 @@ mod tests {
         assert_eq!(a.prometheus_port, 9090);
         assert_eq!(a.operation_mode, OperationMode::Standard);
         assert!(!a.set_retry_after_header);
-        assert!(!a.enable_conntrack_deletion);
+        assert_eq!(a.enable_conntrack_deletion, None);
+        assert!(!a.conntrack_deletion());
+        assert!(!a.node_gate);
+        assert!(!a.allow_network_plugin_kubenet);
+        assert_eq!(a.kubelet_config, PathBuf::from("/etc/default/kubelet"));
         assert_eq!(a.assignment_deadline(), Duration::from_secs(80));
         assert_eq!(a.assigned_grace(), Duration::from_secs(20));
+        assert_eq!(a.mic_service_account, "");
+        assert_eq!((a.max_waiters_per_pod, a.max_waiters), (100, 10_000));
+        assert!(a.allowed_ad_endpoints.is_empty());
+    }
+
+    #[test]
+    fn huge_retry_settings_are_capped_instead_of_overflowing() {
+        let a = parse(&[
+            "--find-identity-retry-interval=18446744073709551615",
+            "--retry-attempts-for-created=4294967295",
+            "--retry-attempts-for-assigned=4294967295",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.assignment_deadline(),
+            crate::actors::nmi::broker::MAX_WAIT
+        );
+        assert_eq!(a.assigned_grace(), crate::actors::nmi::broker::MAX_WAIT);
+    }
+
+    #[test]
+    fn ad_endpoints_must_be_https_or_loopback_http() {
+        let a = parse(&["--allowed-ad-endpoints=https://login.example.com/,http://127.0.0.1:8443"])
+            .unwrap();
+        assert_eq!(a.allowed_ad_endpoints.len(), 2);
+        let msg = parse(&["--allowed-ad-endpoints=http://login.example.com/"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("--allowed-ad-endpoints") && msg.contains("loopback"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -250,6 +384,28 @@ mod tests {
         assert!(a.block_instance_metadata);
         assert!(!a.metadata_header_required);
         assert_eq!(a.operation_mode, OperationMode::Managed);
+    }
+
+    #[test]
+    fn conntrack_deletion_is_on_by_default_with_the_node_gate_and_can_be_turned_off() {
+        let a = parse(&["--node-gate"]).unwrap();
+        assert!(a.node_gate && a.conntrack_deletion());
+        assert_eq!(a.node_gate_taint, "aadpodidentity.k8s.io/nmi-not-ready");
+        let a = parse(&["--node-gate", "--enable-conntrack-deletion=false"]).unwrap();
+        assert!(!a.conntrack_deletion());
+        assert!(
+            parse(&["--enable-conntrack-deletion"])
+                .unwrap()
+                .conntrack_deletion()
+        );
+        let a = parse(&["--node-gate-taint=example.com/guard"]).unwrap();
+        assert_eq!(a.node_gate_taint, "example.com/guard");
+        for bad in ["", "-x", "a/b/c", "Bad_Prefix/x", "x/"] {
+            let msg = parse(&[&format!("--node-gate-taint={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("--node-gate-taint"), "{bad}: {msg}");
+        }
     }
 
     #[test]

@@ -1,22 +1,30 @@
 //! NMI's main HTTP surface on `--nmi-listen-address:--nmi-port`: the token endpoint, the 400 for
-//! malformed token paths, `/host/token`, blocking of `/metadata/instance`, and pass-through of
+//! malformed paths, `/host/token`, blocking of `/metadata/instance`, and pass-through of
 //! everything else to the metadata service. Statuses and bodies are the original's.
 //!
-//! One default service dispatches on [`classify`], so backslash paths and the case rules are
-//! decided by one tested function rather than by router patterns. The token hot path reads
-//! concurrent maps directly (no actor mailbox) and renders a cached token into one buffer.
+//! One default service normalises the path once ([`normalize`]) and dispatches on its route, so
+//! dot segments, encodings, backslashes and case are decided by one tested function rather than
+//! by router patterns, and the pass-through forwards that same normalised path. The token hot
+//! path reads concurrent maps directly (no actor mailbox) and renders a cached token into one
+//! buffer.
+//!
+//! What a client can hold is bounded: connections per source address (excess answered 429 and
+//! closed), relayed requests in flight (503), the time to send a relayed body (408), and waiting
+//! token requests (in the broker). Metric labels come from fixed sets only.
 
 use super::proxy::Proxy;
-use super::request::{Route, TokenQuery, classify, decode_path};
+use super::request::{NormalPath, Route, TokenQuery, normalize};
 use crate::actors::nmi::broker::{Answer, Broker, BrokerError};
-use crate::actors::nmi::metrics::NmiMetrics;
+use crate::actors::nmi::metrics::{NmiMetrics, Rejection, resource_label};
 use crate::actors::nmi::source::unix_now;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use dashmap::DashMap;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// Body of the 400 for a missing `Metadata: true` header (the original's JSON plus newline).
 pub const METADATA_HEADER_ERROR: &str = "{\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"}\n";
@@ -30,6 +38,13 @@ pub struct HttpSettings {
     pub metadata_header_required: bool,
     /// `--set-retry-after-header`: answer "not found" with 503 and `Retry-After: 20`.
     pub set_retry_after_header: bool,
+    /// `--max-pass-through`: relayed requests in flight at once; more are answered 503.
+    pub max_pass_through: usize,
+    /// `--pass-through-body-timeout`: time a caller has to send a relayed request's body.
+    pub pass_through_body_timeout: Duration,
+    /// `--max-connections-per-source`: open connections one address may hold; requests on more
+    /// are answered 429 and their connection closed.
+    pub max_connections_per_source: usize,
 }
 
 /// Everything the handlers share.
@@ -42,6 +57,59 @@ pub struct NmiHttp {
     pub settings: HttpSettings,
     /// Metrics, if any.
     pub metrics: Option<NmiMetrics>,
+    /// Places for relayed requests in flight.
+    pass_through_slots: Semaphore,
+    /// Open connections per source address.
+    connections: Arc<DashMap<IpAddr, usize>>,
+}
+
+impl NmiHttp {
+    /// The handlers' state.
+    #[must_use]
+    pub fn new(
+        broker: Arc<Broker>,
+        proxy: Proxy,
+        settings: HttpSettings,
+        metrics: Option<NmiMetrics>,
+    ) -> Self {
+        Self {
+            pass_through_slots: Semaphore::new(settings.max_pass_through.max(1)),
+            connections: Arc::new(DashMap::new()),
+            broker,
+            proxy,
+            settings,
+            metrics,
+        }
+    }
+
+    fn reject(&self, why: Rejection) {
+        if let Some(m) = &self.metrics {
+            m.reject(why);
+        }
+    }
+
+    /// Open connections from `ip` (for tests: nothing is left behind when they close).
+    #[must_use]
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.connections.get(&ip).map_or(0, |n| *n)
+    }
+}
+
+/// One open connection, counted against its source address while it lives (the server keeps
+/// it with the connection and drops it when the connection closes).
+struct Connection {
+    ip: IpAddr,
+    over_limit: bool,
+    counts: Arc<DashMap<IpAddr, usize>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+        self.counts.remove_if(&self.ip, |_, n| *n == 0);
+    }
 }
 
 /// Serves NMI on `listener` with `workers` worker threads.
@@ -53,13 +121,39 @@ pub fn serve(
     state: Arc<NmiHttp>,
     workers: usize,
 ) -> std::io::Result<actix_web::dev::Server> {
+    let counts = Arc::clone(&state.connections);
+    let limit = state.settings.max_connections_per_source.max(1);
     let data = web::Data::from(state);
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .default_service(web::to(dispatch))
     })
+    .on_connect(move |conn, ext| {
+        let Some(ip) = conn
+            .downcast_ref::<actix_web::rt::net::TcpStream>()
+            .and_then(|s| s.peer_addr().ok())
+            .map(|a| a.ip().to_canonical())
+        else {
+            return;
+        };
+        let open = {
+            let mut n = counts.entry(ip).or_insert(0);
+            *n += 1;
+            *n
+        };
+        ext.insert(Connection {
+            ip,
+            over_limit: open > limit,
+            counts: Arc::clone(&counts),
+        });
+    })
     .workers(workers.max(1))
+    // A request head must arrive within 5 s and an idle connection is closed after 30 s, so a
+    // slow or silent client holds a connection only briefly.
+    .client_request_timeout(Duration::from_secs(5))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(Duration::from_secs(30))
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)?
@@ -70,17 +164,34 @@ pub fn serve(
 const MAX_BODY: usize = 1 << 20;
 
 async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<NmiHttp>) -> HttpResponse {
-    let path = decode_path(req.path());
-    match classify(&path) {
+    if req.conn_data::<Connection>().is_some_and(|c| c.over_limit) {
+        state.reject(Rejection::ConnectionsPerSource);
+        let mut r = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address",
+        );
+        r.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        return r;
+    }
+    let Ok(path) = normalize(req.path()) else {
+        return invalid_request();
+    };
+    match path.route() {
         Route::Token => token(&req, &state).await,
-        Route::InvalidToken => text(StatusCode::BAD_REQUEST, "Invalid request"),
+        Route::Invalid => invalid_request(),
         Route::HostToken => host_token(&req, &state).await,
         Route::Instance if state.settings.block_instance_metadata => text(
             StatusCode::FORBIDDEN,
             "Request blocked by AAD Pod Identity NMI",
         ),
-        Route::Instance | Route::Other => pass_through(&req, body, &state).await,
+        Route::Instance | Route::Other => pass_through(&req, &path, body, &state).await,
     }
+}
+
+/// The original's answer to a malformed token path.
+fn invalid_request() -> HttpResponse {
+    text(StatusCode::BAD_REQUEST, "Invalid request")
 }
 
 /// A plain-text error as Go's `http.Error` writes it.
@@ -113,7 +224,14 @@ fn broker_error(e: &BrokerError, retry_after: bool) -> HttpResponse {
         return r;
     }
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    text(status, &e.to_string())
+    let mut r = text(status, &e.to_string());
+    if matches!(e, BrokerError::Busy { .. }) {
+        r.headers_mut().insert(
+            HeaderName::from_static("retry-after"),
+            HeaderValue::from_static("1"),
+        );
+    }
+    r
 }
 
 fn json(body: bytes::Bytes) -> HttpResponse {
@@ -122,10 +240,13 @@ fn json(body: bytes::Bytes) -> HttpResponse {
         .body(body)
 }
 
+/// Records one token request. Every label is from a fixed set: the route's name, the status,
+/// the namespace of a pod NMI knows (never one named by the caller) and the resource's
+/// [`resource_label`].
 fn record(
     state: &NmiHttp,
     started: Instant,
-    operation: &str,
+    route: Route,
     status: StatusCode,
     namespace: &str,
     resource: &str,
@@ -141,7 +262,7 @@ fn record(
         let mut code = [0u8; 3];
         let code = status_digits(status, &mut code);
         m.operations
-            .with_label_values(&[operation, code, namespace, resource])
+            .with_label_values(&[route.label(), code, namespace, resource_label(resource)])
             .observe(secs);
     }
 }
@@ -163,7 +284,7 @@ async fn token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
         record(
             state,
             started,
-            req.path(),
+            Route::Token,
             r.status(),
             "",
             "",
@@ -186,7 +307,7 @@ async fn token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
         record(
             state,
             started,
-            req.path(),
+            Route::Token,
             r.status(),
             "",
             "",
@@ -206,7 +327,7 @@ async fn token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
             record(
                 state,
                 started,
-                req.path(),
+                Route::Token,
                 r.status(),
                 &namespace,
                 resource,
@@ -221,7 +342,7 @@ async fn token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
             record(
                 state,
                 started,
-                req.path(),
+                Route::Token,
                 r.status(),
                 ns.as_deref().unwrap_or(""),
                 resource,
@@ -273,9 +394,9 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
             record(
                 state,
                 started,
-                req.path(),
+                Route::HostToken,
                 r.status(),
-                podns,
+                &a.namespace,
                 resource,
                 "ok",
             );
@@ -285,12 +406,18 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
             tracing::warn!(pod = %format_args!("{podns}/{podname}"), error = %e, "host token request failed");
             // The original answers 404 for every identity lookup failure here, without Retry-After.
             let r = broker_error(&e, false);
+            // The namespace label only ever names a pod NMI knows, never a header's value.
+            let ns = state
+                .broker
+                .pods
+                .by_key(&crate::actors::nmi::pods::pod_key(podns, podname))
+                .map(|p| Arc::clone(&p.namespace));
             record(
                 state,
                 started,
-                req.path(),
+                Route::HostToken,
                 r.status(),
-                podns,
+                ns.as_deref().unwrap_or(""),
                 resource,
                 e.metric_label(),
             );
@@ -299,37 +426,69 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
     }
 }
 
-async fn pass_through(req: &HttpRequest, body: web::Payload, state: &NmiHttp) -> HttpResponse {
+async fn pass_through(
+    req: &HttpRequest,
+    path: &NormalPath<'_>,
+    body: web::Payload,
+    state: &NmiHttp,
+) -> HttpResponse {
     if state.settings.metadata_header_required && !has_metadata_header(req) {
         return metadata_header_error();
     }
     // Only the pass-through reads the body, so the token hot path never touches it.
-    let body = match body.to_bytes_limited(MAX_BODY).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
+    let read = body.to_bytes_limited(MAX_BODY);
+    let body = match tokio::time::timeout(state.settings.pass_through_body_timeout, read).await {
+        Ok(Ok(Ok(b))) => b,
+        Ok(Ok(Err(e))) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 &format!("cannot read request body: {e}"),
             );
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body larger than 1 MiB",
             );
         }
+        Err(_) => {
+            state.reject(Rejection::BodyTimeout);
+            let mut r = text(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
+            );
+            r.head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            return r;
+        }
     };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", actix_web::http::uri::PathAndQuery::as_str);
+    // The body is read before a relay place is taken, so a slow sender holds only its own
+    // connection, never one of the places every pod's relayed requests share.
+    let Ok(_place) = state.pass_through_slots.try_acquire() else {
+        state.reject(Rejection::PassThroughBusy);
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests are being relayed to the metadata service",
+        );
+        r.headers_mut().insert(
+            HeaderName::from_static("retry-after"),
+            HeaderValue::from_static("1"),
+        );
+        return r;
+    };
     let headers = req
         .headers()
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()));
     match state
         .proxy
-        .forward(req.method().as_str(), path_and_query, headers, body)
+        .forward(
+            req.method().as_str(),
+            path,
+            req.query_string(),
+            headers,
+            body,
+        )
         .await
     {
         Ok(relayed) => {

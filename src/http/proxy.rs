@@ -1,6 +1,11 @@
 //! Pass-through of every non-token request to the metadata service: method, headers, body and
 //! the answer's status, headers and body, as the original does.
+//!
+//! The path forwarded is the caller's [`NormalPath`] (the one that decided the route), never the
+//! raw request path; the URL is checked after it is built, so no HTTP client rewriting can make
+//! the metadata service see a route other than the one NMI chose.
 
+use super::request::NormalPath;
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -25,9 +30,23 @@ pub enum Error {
     /// The method is not valid HTTP.
     #[error("invalid method {0}")]
     Method(String),
+    /// The URL built for the metadata service does not carry the normalised path verbatim.
+    #[error("refusing to forward: the path {sent:?} would reach the metadata service as {built:?}")]
+    PathChanged {
+        /// The normalised path on the wire.
+        sent: String,
+        /// The path of the URL that would have been requested.
+        built: String,
+    },
+    /// The metadata address is not a usable base URL.
+    #[error("invalid metadata service address {0}")]
+    Base(String),
     /// The metadata service could not be reached or its answer read.
     #[error("failed executing request to the metadata service: {0}")]
     Upstream(#[from] reqwest::Error),
+    /// The pass-through client could not be built.
+    #[error("cannot build the pass-through client: {0}")]
+    Client(#[source] reqwest::Error),
 }
 
 /// An answer of the metadata service.
@@ -45,44 +64,63 @@ pub struct Relayed {
 #[derive(Clone, Debug)]
 pub struct Proxy {
     client: reqwest::Client,
-    base: String,
+    base: url::Url,
 }
 
 impl Proxy {
     /// A proxy to `base` (e.g. `http://127.0.0.1:8181`).
     ///
     /// # Errors
-    /// When the HTTP client cannot be built.
-    pub fn new(base: impl Into<String>, timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// When `base` is not a URL or the HTTP client cannot be built.
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, Error> {
+        let base = url::Url::parse(base).map_err(|e| Error::Base(format!("{base}: {e}")))?;
         let client = reqwest::Client::builder()
             // Relay bodies byte for byte: no transparent decompression, no redirects followed.
             .no_gzip()
             .no_deflate()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
-            .build()?;
-        Ok(Self {
-            client,
-            base: base.into(),
-        })
+            .build()
+            .map_err(Error::Client)?;
+        Ok(Self { client, base })
     }
 
-    /// Sends one request and reads the whole answer.
+    /// The URL for `path` and the raw `query`, refused unless its path is exactly `path`'s wire
+    /// form.
     ///
     /// # Errors
-    /// [`Error`] when the method is invalid or the metadata service does not answer.
+    /// [`Error::PathChanged`] when URL building would alter the path.
+    pub fn url_for(&self, path: &NormalPath<'_>, query: &str) -> Result<url::Url, Error> {
+        let wire = path.wire();
+        let mut url = self.base.clone();
+        url.set_path(&wire);
+        url.set_query((!query.is_empty()).then_some(query));
+        if url.path() != wire {
+            return Err(Error::PathChanged {
+                sent: wire.into_owned(),
+                built: url.path().to_string(),
+            });
+        }
+        Ok(url)
+    }
+
+    /// Sends one request for `path` (and the raw `query`) and reads the whole answer.
+    ///
+    /// # Errors
+    /// [`Error`] when the method is invalid, the path would change on the way, or the metadata
+    /// service does not answer.
     pub async fn forward<'h>(
         &self,
         method: &str,
-        path_and_query: &str,
+        path: &NormalPath<'_>,
+        query: &str,
         headers: impl Iterator<Item = (&'h str, &'h [u8])>,
         body: Bytes,
     ) -> Result<Relayed, Error> {
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| Error::Method(method.to_string()))?;
-        let mut req = self
-            .client
-            .request(method, format!("{}{}", self.base, path_and_query));
+        let url = self.url_for(path, query)?;
+        let mut req = self.client.request(method, url);
         for (name, value) in headers {
             if !SKIPPED.iter().any(|s| name.eq_ignore_ascii_case(s)) {
                 req = req.header(name, value);

@@ -184,6 +184,34 @@ pub fn serve(settings: &NmiSettings, source: Arc<FakeSource>) -> Served {
     }
 }
 
+/// Waits (bounded, 20 s) for `cond`; test scaffolding only.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded, 20 s) until `GET url` answers `status`.
+pub async fn eventually_status(url: &str, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = reqwest::get(url).await.unwrap().status().as_u16();
+        if got == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} still answers {got}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An HTTP client whose connections come from `ip` (a "pod").
 pub fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()

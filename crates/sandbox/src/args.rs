@@ -74,6 +74,22 @@ pub struct SandboxArgs {
     #[arg(long = "nmi-assignment-wait", default_value = "80s", value_parser = parse_go_duration)]
     pub nmi_assignment_wait: Duration,
 
+    /// A scale-out: one more node of the first scale set joins this long after start (repeat
+    /// the flag for more). It joins with the node gate's startup taint (see --node-gate), and
+    /// its NMI starts --nmi-start-delay later, so the gate can be watched at work.
+    #[arg(long = "add-node", value_parser = parse_go_duration)]
+    pub add_node: Vec<Duration>,
+
+    /// How long after a node joins at run time its NMI starts (image pull, start-up).
+    #[arg(long = "nmi-start-delay", default_value = "5s", value_parser = parse_go_duration)]
+    pub nmi_start_delay: Duration,
+
+    /// Run every NMI with the node gate, and let nodes that join at run time carry its startup
+    /// taint (`aadpodidentity.k8s.io/nmi-not-ready=true:NoSchedule`) until their NMI lifts it.
+    /// `--node-gate=false` shows the race the gate closes: pods land before NMI runs.
+    #[arg(long = "node-gate", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
+    pub node_gate: bool,
+
     /// Port of every NMI (each node's NMI listens on the node's own loopback address); 0 picks
     /// a free port per node (the printed guide and the endpoints document say which).
     #[arg(long = "nmi-port", default_value_t = 2579)]

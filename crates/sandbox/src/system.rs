@@ -24,6 +24,7 @@ use super::scenario;
 use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::run::{MicDeps, MicSettings};
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
+use aad_pod_identity::actors::nmi::gate;
 use aad_pod_identity::actors::nmi::{NmiSettings, Running};
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::config::mic::MicArgs;
@@ -32,7 +33,9 @@ use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity_sim::azure::{
     AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency,
 };
+use aad_pod_identity_sim::kube::cluster;
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::topology::NodeSpec;
 
 /// Why the sandbox stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,17 @@ pub enum Error {
     /// A signal handler could not be installed.
     #[error("signal handling")]
     Signal(#[source] std::io::Error),
+    /// `add_node` was called more often than `--add-node` reserved instances.
+    #[error("no spare scale-set instance left to join (one per --add-node)")]
+    NoSpareNode,
+    /// The simulated API server refused the joining node.
+    #[error("node {node} cannot join: {message}")]
+    Join {
+        /// The node.
+        node: String,
+        /// What the API server said.
+        message: String,
+    },
 }
 
 impl From<aad_pod_identity_sim::kube::Error> for Error {
@@ -106,6 +120,14 @@ pub struct Sandbox {
     nmis: Vec<Running>,
     mic: tokio::task::JoinHandle<()>,
     weather: Option<tokio::task::JoinHandle<()>>,
+    /// Scale-set instances that exist in Azure but have not joined the cluster yet.
+    spare: std::collections::VecDeque<NodeSpec>,
+    /// Node IPs handed out so far (the next joining node gets the next one).
+    node_ips: u32,
+    client: kube::Client,
+    nmi_port: u16,
+    nmi_assignment_wait: Duration,
+    node_gate: bool,
 }
 
 fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
@@ -137,6 +159,20 @@ impl Sandbox {
     /// Starts everything and loads the scenario; returns once every component is serving.
     pub async fn start(args: &SandboxArgs) -> Result<Self, Error> {
         let topology = args.topology();
+        // Azure has the instances `--add-node` will bring in already (a scale-out creates the
+        // VM before its kubelet registers the node); Kubernetes has only the joined ones.
+        let mut azure_topology = topology.clone();
+        let spare_count = u32::try_from(args.add_node.len()).unwrap_or(u32::MAX);
+        if let Some(ss) = azure_topology.scale_sets.first_mut() {
+            ss.instances += spare_count;
+        }
+        let joined: std::collections::BTreeSet<String> =
+            topology.nodes().into_iter().map(|n| n.name).collect();
+        let spare = azure_topology
+            .nodes()
+            .into_iter()
+            .filter(|n| !joined.contains(&n.name))
+            .collect();
         let kube = KubeSim::start(KubeSimConfig {
             topology: topology.clone(),
             job_pod_run_time: args.job_run_time,
@@ -144,7 +180,7 @@ impl Sandbox {
             ..KubeSimConfig::default()
         })
         .await?;
-        let azure = Arc::new(AzureSim::start(&topology, azure_config(args)).await?);
+        let azure = Arc::new(AzureSim::start(&azure_topology, azure_config(args)).await?);
         let client = kube.client().await?;
 
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -190,57 +226,52 @@ impl Sandbox {
             .await
             .map_err(|_| Error::Mic("MIC stopped before it was listening".into()))?;
 
-        // One NMI per node, on the node's own address.
-        let nodes: Api<Node> = Api::all(client.clone());
-        let mut nmi = BTreeMap::new();
-        let mut nmi_endpoints = BTreeMap::new();
-        let mut nmis = Vec::new();
-        for node in topology.nodes() {
-            let n = nodes.get(&node.name).await.map_err(|source| Error::Api {
-                what: "reading a node",
+        // NMI's DaemonSet as the chart installs it (tolerating every taint, so the gate's too),
+        // so its pods show where NMI runs, as MIC's coverage report expects. The simulated
+        // kubelet marks them Ready at once; the NMIs themselves run in this process.
+        let nmi_ds: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": "aad-pod-identity-nmi", "namespace": "default",
+                "labels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
+                    "spec": {"hostNetwork": true, "tolerations": [{"operator": "Exists"}],
+                        "containers": [{"name": "nmi", "image": "aad-pod-identity:sandbox", "args": ["nmi", "--node=$(NODE_NAME)"]}]},
+                },
+            },
+        }))
+        .expect("a valid DaemonSet");
+        Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &nmi_ds)
+            .await
+            .map_err(|source| Error::Api {
+                what: "creating NMI's DaemonSet",
                 source,
             })?;
-            let ip = node_ip(&n).ok_or_else(|| Error::Nmi {
-                node: node.name.clone(),
-                message: "the node has no InternalIP".into(),
-            })?;
-            let imds = azure.imds_addr(&node.name)?;
-            let mut s = NmiSettings::new(node.name.clone(), imds);
-            s.listen = SocketAddr::new(ip, args.nmi_port);
-            // Probes and metrics on free ports: several sandboxes (tests, load tests) may run at
-            // once, and every one of them has nodes at 127.2.0.1, 127.2.0.2, ….
-            s.probe = SocketAddr::new(ip, 0);
-            s.metrics = SocketAddr::new(ip, 0);
-            s.manage_iptables = false;
-            s.assignment_wait = args.nmi_assignment_wait;
-            s.http_workers = 1;
-            let source = CloudTokenSource::new(
-                &imds.to_string(),
-                client.clone(),
-                azure.aad_endpoint(),
-                Duration::from_secs(30),
-            )
-            .map_err(|e| Error::Nmi {
-                node: node.name.clone(),
-                message: e.to_string(),
-            })?;
-            let running = aad_pod_identity::actors::nmi::start(
-                &s,
-                client.clone(),
-                Arc::new(source),
-                &Metrics::new(),
-            )
-            .map_err(|e| Error::Nmi {
-                node: node.name.clone(),
-                message: e.to_string(),
-            })?;
-            nmi.insert(node.name.clone(), running.nmi_addr);
-            nmi_endpoints.insert(
-                node.name.clone(),
-                (running.probe_addr, running.metrics_addr),
-            );
-            nmis.push(running);
+
+        // One NMI per node, on the node's own address.
+        let mut sandbox = Self {
+            kube,
+            azure,
+            nmi: BTreeMap::new(),
+            mic_endpoints,
+            nmi_endpoints: BTreeMap::new(),
+            mic_metrics,
+            nmis: Vec::new(),
+            mic,
+            weather: None,
+            spare,
+            node_ips: u32::try_from(joined.len()).unwrap_or(u32::MAX),
+            client: client.clone(),
+            nmi_port: args.nmi_port,
+            nmi_assignment_wait: args.nmi_assignment_wait,
+            node_gate: args.node_gate,
+        };
+        for node in &joined {
+            sandbox.start_nmi(node).await?;
         }
+        let azure = sandbox.azure.clone();
 
         // The scenario last, so every component sees it arrive.
         let mut identities = azure.identities();
@@ -258,7 +289,7 @@ impl Sandbox {
         let created = scenario::apply(&client, scenario::parse_documents(&text)?).await?;
         info!(objects = created.len(), "scenario loaded");
 
-        let weather = (args.faults == FaultProfile::Flaky).then(|| {
+        sandbox.weather = (args.faults == FaultProfile::Flaky).then(|| {
             let azure = azure.clone();
             // Flaky ARM: one PATCH in every few seconds fails with 503.
             tokio::spawn(async move {
@@ -269,18 +300,92 @@ impl Sandbox {
                 }
             })
         });
+        Ok(sandbox)
+    }
 
-        Ok(Self {
-            kube,
-            azure,
-            nmi,
-            mic_endpoints,
-            nmi_endpoints,
-            mic_metrics,
-            nmis,
-            mic,
-            weather,
-        })
+    /// Starts the NMI of `node` (already in the cluster): on the node's own address, tokens
+    /// from the node's metadata service, the node gate on when the sandbox runs with it.
+    ///
+    /// # Errors
+    /// [`Error::Nmi`] or [`Error::Api`] when the node cannot be read or NMI cannot start.
+    pub async fn start_nmi(&mut self, node: &str) -> Result<SocketAddr, Error> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let n = nodes.get(node).await.map_err(|source| Error::Api {
+            what: "reading a node",
+            source,
+        })?;
+        let failed = |message: String| Error::Nmi {
+            node: node.to_string(),
+            message,
+        };
+        let ip = node_ip(&n).ok_or_else(|| failed("the node has no InternalIP".into()))?;
+        let imds = self.azure.imds_addr(node)?;
+        let mut s = NmiSettings::new(node.to_string(), imds);
+        s.listen = SocketAddr::new(ip, self.nmi_port);
+        // Probes and metrics on free ports: several sandboxes (tests, load tests) may run at
+        // once, and every one of them has nodes at 127.2.0.1, 127.2.0.2, ….
+        s.probe = SocketAddr::new(ip, 0);
+        s.metrics = SocketAddr::new(ip, 0);
+        // No iptables: a pod's request reaches NMI because it is sent from the pod's address.
+        s.manage_iptables = false;
+        s.assignment_wait = self.nmi_assignment_wait;
+        s.http_workers = 1;
+        s.node_gate = self.node_gate.then(|| gate::DEFAULT_TAINT_KEY.to_string());
+        let source = CloudTokenSource::new(
+            &imds.to_string(),
+            self.client.clone(),
+            self.azure.aad_endpoint(),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        let running = aad_pod_identity::actors::nmi::start(
+            &s,
+            self.client.clone(),
+            Arc::new(source),
+            &Metrics::new(),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        let addr = running.nmi_addr;
+        self.nmi.insert(node.to_string(), addr);
+        self.nmi_endpoints
+            .insert(node.to_string(), (running.probe_addr, running.metrics_addr));
+        self.nmis.push(running);
+        Ok(addr)
+    }
+
+    /// A scale-out: the next spare instance of the first scale set joins the cluster as a
+    /// Ready node, with the node gate's startup taint when the sandbox runs with the gate (as
+    /// a node pool configured for it registers its nodes). Its NMI is not started: call
+    /// [`Sandbox::start_nmi`] when it should come up. Returns the node's name.
+    ///
+    /// # Errors
+    /// [`Error::NoSpareNode`] when every instance `--add-node` reserved has joined;
+    /// [`Error::Kube`] when the node cannot be created.
+    pub fn add_node(&mut self) -> Result<String, Error> {
+        let spec = self.spare.pop_front().ok_or(Error::NoSpareNode)?;
+        self.node_ips += 1;
+        let ip = cluster::nth_address(&self.kube.config().node_ip_range, self.node_ips);
+        let mut obj = cluster::node_object(&spec, ip);
+        if self.node_gate {
+            obj["spec"]["taints"] = json!([{
+                "key": gate::DEFAULT_TAINT_KEY, "value": "true", "effect": gate::TAINT_EFFECT,
+            }]);
+        }
+        let nodes = self
+            .kube
+            .store()
+            .registry()
+            .preferred("", "nodes")
+            .expect("nodes are built in");
+        self.kube
+            .store()
+            .create(&nodes, "", obj)
+            .map_err(|e| Error::Join {
+                node: spec.name.clone(),
+                message: e.to_string(),
+            })?;
+        info!(node = %spec.name, %ip, gated = self.node_gate, "node joined");
+        Ok(spec.name)
     }
 
     /// The `--endpoints-out` document: every simulated endpoint and every component's address.
@@ -464,7 +569,7 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
     // Installed before anything is announced, so a SIGTERM right after start is handled.
     let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-    let sandbox = Sandbox::start(&args).await?;
+    let mut sandbox = Sandbox::start(&args).await?;
     let kubeconfig = match &args.kubeconfig_out {
         Some(p) => {
             sandbox.kube.write_kubeconfig(p)?;
@@ -546,9 +651,59 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
         })
     };
 
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.map_err(Error::Signal)?,
-        _ = term.recv() => {}
+    // Scale-outs (`--add-node`): the node joins after its delay, its NMI comes up
+    // `--nmi-start-delay` later.
+    enum Step {
+        Join,
+        StartNmi(String),
+    }
+    let (steps, mut next_step) = tokio::sync::mpsc::unbounded_channel();
+    for delay in &args.add_node {
+        let steps = steps.clone();
+        let delay = *delay;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = steps.send(Step::Join);
+        });
+    }
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r.map_err(Error::Signal)?; break; }
+            _ = term.recv() => break,
+            Some(step) = next_step.recv() => match step {
+                Step::Join => match sandbox.add_node() {
+                    Ok(node) => {
+                        let gate = if args.node_gate {
+                            format!("tainted {}; ", gate::DEFAULT_TAINT_KEY)
+                        } else {
+                            "no startup taint; ".into()
+                        };
+                        println!("[scale-out] node {node} joined ({gate}its NMI starts in {:?})", args.nmi_start_delay);
+                        let steps = steps.clone();
+                        let delay = args.nmi_start_delay;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = steps.send(Step::StartNmi(node));
+                        });
+                    }
+                    Err(e) => warn!(error = %e, "scale-out failed"),
+                },
+                Step::StartNmi(node) => match sandbox.start_nmi(&node).await {
+                    Ok(addr) => {
+                        // The endpoints document names the new NMI too.
+                        if let Some(p) = &args.endpoints_out {
+                            let doc = sandbox.endpoints(kubeconfig.as_deref());
+                            let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+                            if let Err(e) = std::fs::write(p, format!("{text}\n")) {
+                                warn!(error = %e, path = %p.display(), "cannot update the endpoints document");
+                            }
+                        }
+                        println!("[scale-out] NMI {node}: http://{addr}{}", if args.node_gate { " (it lifts the taint once its caches are synced)" } else { "" })
+                    }
+                    Err(e) => warn!(error = %e, "NMI of the new node failed to start"),
+                },
+            },
+        }
     }
     println!("shutting down");
     progress.abort();

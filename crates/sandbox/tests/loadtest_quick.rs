@@ -8,7 +8,7 @@ use std::process::Command;
 fn run(scenario: &str, out: &Path) -> serde_json::Value {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let output = Command::new(root.join("loadtest/run"))
-        .args([scenario, "--quick", "--nmi-port", "2611", "--out"])
+        .args([scenario, "--quick", "--nmi-port", "0", "--out"])
         .arg(out)
         .env(
             "AAD_POD_IDENTITY_SANDBOX_BIN",

@@ -4,6 +4,7 @@
 //!
 //! - [`matcher`]: the pure index pods × bindings × identities → desired assignments.
 //! - [`host`]: ids of VMs/scale sets and of identities.
+//! - [`nmi_coverage`]: nodes that run pod-identity pods without a ready NMI (metric, Events).
 
 pub mod host;
 pub mod matcher;
@@ -16,6 +17,7 @@ pub mod coordinator;
 mod fixtures;
 pub mod leader;
 pub mod metrics;
+pub mod nmi_coverage;
 pub mod port;
 pub mod run;
 pub mod watchers;

@@ -83,6 +83,8 @@ pub struct MicSettings {
     pub client_qps: Option<f32>,
     /// `User-Agent` of every Kubernetes and Azure request (with `--custom-user-agent`).
     pub user_agent: String,
+    /// Where NMI pods are, for reporting nodes without one ([`super::nmi_coverage`]).
+    pub nmi_coverage: super::nmi_coverage::CoverageSettings,
 }
 
 impl From<&MicArgs> for MicSettings {
@@ -108,7 +110,9 @@ impl From<&MicArgs> for MicSettings {
             identity_assignment_reconcile_interval,
             unassign_grace_period,
             arm_writes_per_minute,
-            mic_namespace: _,
+            mic_namespace,
+            nmi_selector,
+            nmi_absence_grace,
             log: _, // applied by main before MIC starts
             compat,
             mic_compat: _, // accepted for compatibility; logged by `run_from_args`
@@ -145,6 +149,11 @@ impl From<&MicArgs> for MicSettings {
                 crate::version::Component::Mic,
                 compat.custom_user_agent.as_deref(),
             ),
+            nmi_coverage: super::nmi_coverage::CoverageSettings {
+                namespace: mic_namespace.clone(),
+                selector: nmi_selector.clone(),
+                grace: *nmi_absence_grace,
+            },
         }
     }
 }
@@ -271,6 +280,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         }
     };
     let mic_metrics = MicMetrics::register(&metrics)?;
+    let coverage_metrics = super::nmi_coverage::CoverageMetrics::new(&metrics)?;
     let leading = Arc::new(AtomicBool::new(false));
     let (probe_addr, metrics_addr, _servers) = serve(&settings, leading.clone(), metrics.clone())?;
     info!(probe = %probe_addr, metrics = %metrics_addr, "listening");
@@ -325,9 +335,17 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     )
     .start();
 
+    let coverage = super::nmi_coverage::run(
+        client.clone(),
+        settings.nmi_coverage.clone(),
+        coverage_metrics,
+        metrics.kubernetes_api_operations_errors_count.clone(),
+    );
     let result = tokio::select! {
         lost = elector.hold() => Err(Error::Leadership(lost)),
         () = watchers::run(client, coordinator.recipient()) => Err(Error::WatchesEnded),
+        // Reporting only: if its watches end, the main ones will too.
+        () = async { coverage.await; std::future::pending::<()>().await } => unreachable!(),
     };
     leading.store(false, Ordering::SeqCst);
     result

@@ -247,6 +247,11 @@ impl AssignmentIndex {
             .map_or(0, |tx| tx.receiver_count())
     }
 
+    /// Marks the index as no longer in sync (its watch broke); the next full list syncs it again.
+    pub fn mark_unsynced(&self) {
+        self.synced.store(false, Ordering::Release);
+    }
+
     /// True once the first list of AzureAssignedIdentities is in.
     #[must_use]
     pub fn is_synced(&self) -> bool {

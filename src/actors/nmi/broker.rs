@@ -1,23 +1,29 @@
 //! The token broker: the per-request flow from a caller to a token or a precise error.
 //!
-//! caller IP → pod (waiting briefly for a pod the watch has not announced yet) → exception? then
-//! the node's own token → the pod's identities (waiting, event-driven, for the one asked for to
-//! become `Assigned`) → authorization (namespace rules, named identity) → token cache.
-//! Authorization always happens before the cache is consulted.
+//! caller IP → pod (waiting briefly for a pod the watch has not announced yet; refused when the
+//! address is ambiguous) → exception or MIC? then the node's own token → the pod's identities
+//! (waiting, event-driven, for the one asked for to become `Assigned`) → authorization
+//! (namespace rules, named identity) → token cache. Authorization always happens before the
+//! cache is consulted, and every wait holds a place in a bounded [`WaitGate`].
 
 use super::assignments::AssignmentIndex;
 use super::cache::{CachedToken, FetchError, Lookup, TokenCache};
 use super::exceptions::ExceptionIndex;
 use super::identity::{ResolvedIdentity, Wanted, candidates};
 use super::managed::ManagedCatalog;
-use super::metrics::NmiMetrics;
-use super::pods::{PodIndex, PodInfo, pod_key};
+use super::metrics::{NmiMetrics, Rejection};
+use super::pods::{IpLookup, PodIndex, PodInfo, pod_key};
 use super::source::{SourceError, TokenRequest, TokenTarget};
+use super::waiters::{Full, WaitGate, WaitKey, WaitPermit};
 use crate::crd::AssignedState;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Longest any request waits, whatever the flags say (durations are capped before arithmetic,
+/// so no setting can overflow a deadline).
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Where a pod's identities come from.
 pub enum IdentityFeed {
@@ -34,6 +40,13 @@ pub struct BrokerSettings {
     pub node: String,
     /// Namespace of MIC, whose own pods get the node's token (`--MICNamespace`).
     pub mic_namespace: String,
+    /// Service account of MIC's pods in that namespace (`--mic-service-account`); empty means
+    /// MIC is recognised only through an AzurePodIdentityException (the chart installs one).
+    pub mic_service_account: String,
+    /// At most this many requests wait for one pod or address (`--max-waiters-per-pod`).
+    pub max_waiters_per_pod: usize,
+    /// At most this many requests wait on the node (`--max-waiters`).
+    pub max_waiters: usize,
     /// How long a request waits for its identity to become `Assigned`
     /// (`--retry-attempts-for-created` × `--find-identity-retry-interval`).
     pub assignment_wait: Duration,
@@ -67,6 +80,25 @@ pub enum BrokerError {
         /// What was missing.
         detail: String,
     },
+    /// Several pods hold the caller's address and not exactly one of them is live.
+    #[error("failed to match pod IP {ip} with {} pods: {}", pods.len(), pods.join(", "))]
+    AmbiguousIp {
+        /// Caller IP.
+        ip: IpAddr,
+        /// `namespace/name` of every pod holding it.
+        pods: Arc<[Arc<str>]>,
+    },
+    /// A bound on waiting requests is reached; answered at once.
+    #[error("{}", match scope {
+        Full::PerPod => format!("too many token requests are already waiting for {waiting_for}"),
+        Full::Total => "too many token requests are already waiting on this node".to_string(),
+    })]
+    Busy {
+        /// The pod (or address) the request would have waited for.
+        waiting_for: String,
+        /// Which bound.
+        scope: Full,
+    },
     /// The identity's token could not be obtained.
     #[error("failed to get service principal token for pod {pod}: {source}")]
     Token {
@@ -79,11 +111,20 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
-    /// The HTTP status the original answers with (404 not found, 403 refused, 503 unreachable).
+    /// The HTTP status the original answers with (404 not found, 403 refused, 503 unreachable,
+    /// 500 for an address several pods hold); 429 or 503 when a bound on waiting is reached.
     #[must_use]
     pub fn status(&self) -> u16 {
         match self {
             Self::PodNotFound { .. } | Self::IdentityNotFound { .. } => 404,
+            Self::AmbiguousIp { .. } => 500,
+            Self::Busy {
+                scope: Full::PerPod,
+                ..
+            } => 429,
+            Self::Busy {
+                scope: Full::Total, ..
+            } => 503,
             Self::Token { source, .. } => match source {
                 FetchError::Source(SourceError::Unreachable(_)) | FetchError::Timeout(_) => 503,
                 _ => 403,
@@ -106,6 +147,14 @@ impl BrokerError {
         match self {
             Self::PodNotFound { .. } => "pod_not_found",
             Self::IdentityNotFound { .. } => "identity_not_found",
+            Self::AmbiguousIp { .. } => "ambiguous_ip",
+            Self::Busy {
+                scope: Full::PerPod,
+                ..
+            } => Rejection::WaitersPerPod.label(),
+            Self::Busy {
+                scope: Full::Total, ..
+            } => Rejection::WaitersTotal.label(),
             Self::Token { source, .. } => source.metric_label(),
         }
     }
@@ -134,6 +183,8 @@ pub struct Broker {
     pub exceptions: Arc<ExceptionIndex>,
     /// Tokens.
     pub cache: Arc<TokenCache>,
+    /// Places of waiting requests.
+    pub waiters: WaitGate,
     settings: BrokerSettings,
     metrics: Option<NmiMetrics>,
 }
@@ -150,6 +201,7 @@ impl Broker {
         metrics: Option<NmiMetrics>,
     ) -> Self {
         Self {
+            waiters: WaitGate::new(settings.max_waiters_per_pod, settings.max_waiters),
             pods,
             feed,
             exceptions,
@@ -157,6 +209,25 @@ impl Broker {
             settings,
             metrics,
         }
+    }
+
+    /// A place for a request about to wait on `key`, or the error that refuses it.
+    fn park(&self, key: WaitKey) -> Result<WaitPermit<'_>, BrokerError> {
+        self.waiters.try_park(key.clone()).map_err(|scope| {
+            if let Some(m) = &self.metrics {
+                m.reject(match scope {
+                    Full::PerPod => Rejection::WaitersPerPod,
+                    Full::Total => Rejection::WaitersTotal,
+                });
+            }
+            BrokerError::Busy {
+                waiting_for: match key {
+                    WaitKey::Pod(k) => format!("pod {k}"),
+                    WaitKey::Address(ip) => format!("address {ip}"),
+                },
+                scope,
+            }
+        })
     }
 
     /// True once the pod index and the identity feed hold a full list.
@@ -188,19 +259,27 @@ impl Broker {
         wanted: Wanted<'_>,
         resource: &str,
     ) -> Result<Answer, BrokerError> {
-        let pod = match self.pods.by_ip(ip) {
-            Some(p) => p,
-            None => {
+        let found = match self.pods.lookup_ip(ip) {
+            IpLookup::Unknown => {
+                let _place = self.park(WaitKey::Address(ip))?;
                 let started = Instant::now();
                 let found = self
                     .pods
-                    .wait_for_ip(ip, self.settings.pod_arrival_timeout)
+                    .wait_for_ip(ip, self.settings.pod_arrival_timeout.min(MAX_WAIT))
                     .await;
                 self.observe_wait("pod", started);
-                found.ok_or_else(|| BrokerError::PodNotFound {
+                found
+            }
+            known => known,
+        };
+        let pod = match found {
+            IpLookup::Pod(p) => p,
+            IpLookup::Ambiguous(pods) => return Err(BrokerError::AmbiguousIp { ip, pods }),
+            IpLookup::Unknown => {
+                return Err(BrokerError::PodNotFound {
                     ip,
                     node: self.settings.node.clone(),
-                })?
+                });
             }
         };
         if self.exceptions.excepts(&pod) || self.is_mic(&pod) {
@@ -236,13 +315,15 @@ impl Broker {
             .await
     }
 
+    /// MIC's own pods get the node's identity. The original recognised them by a ReplicaSet
+    /// name starting with `mic` in MIC's namespace, which any workload there can have by
+    /// accident; here it takes MIC's service account, which a pod must name deliberately.
     fn is_mic(&self, pod: &PodInfo) -> bool {
-        pod.namespace
-            .eq_ignore_ascii_case(&self.settings.mic_namespace)
+        !self.settings.mic_service_account.is_empty()
             && pod
-                .replicaset
-                .as_deref()
-                .is_some_and(|rs| rs.starts_with("mic"))
+                .namespace
+                .eq_ignore_ascii_case(&self.settings.mic_namespace)
+            && pod.service_account.as_deref() == Some(self.settings.mic_service_account.as_str())
     }
 
     async fn node_token(
@@ -288,12 +369,13 @@ impl Broker {
         resource: &str,
     ) -> Result<Answer, BrokerError> {
         let started = Instant::now();
-        let mut deadline = started + self.settings.assignment_wait;
+        let mut deadline = started + self.settings.assignment_wait.min(MAX_WAIT);
         let mut graced = false;
         let mut waited = false;
         let mut last_error: Option<FetchError> = None;
         let mut standard_rx: Option<Subscription<'_>> = None;
         let mut managed_rx = None;
+        let mut _place: Option<WaitPermit<'_>> = None;
         loop {
             let ids = match &self.feed {
                 IdentityFeed::Standard(idx) => match standard_rx.as_mut() {
@@ -335,6 +417,7 @@ impl Broker {
             // Not (yet) there: subscribe, then re-check before sleeping so no update is missed.
             if !waited {
                 waited = true;
+                _place = Some(self.park(WaitKey::Pod(Arc::from(key)))?);
                 match &self.feed {
                     IdentityFeed::Standard(idx) => {
                         standard_rx = Some(Subscription {
@@ -366,7 +449,7 @@ impl Broker {
             {
                 // As the original's second loop: an identity being assigned gets extra time.
                 graced = true;
-                deadline += self.settings.assigned_grace;
+                deadline += self.settings.assigned_grace.min(MAX_WAIT);
                 continue;
             }
             if !changed {

@@ -83,6 +83,9 @@ fn world() -> World {
         BrokerSettings {
             node: "node-1".into(),
             mic_namespace: "default".into(),
+            mic_service_account: "aad-pod-identity-mic".into(),
+            max_waiters_per_pod: 100,
+            max_waiters: 10_000,
             assignment_wait: Duration::from_secs(80),
             assigned_grace: Duration::from_secs(20),
             pod_arrival_timeout: Duration::from_secs(2),
@@ -270,6 +273,7 @@ async fn exception_and_mic_pods_get_the_nodes_own_token() {
         &pod("default", "mic-abc")
             .ip("127.0.0.3")
             .owned_by_replicaset("mic-7d9f")
+            .service_account("aad-pod-identity-mic")
             .build(),
     );
     let a = w
@@ -453,6 +457,9 @@ async fn managed_mode_serves_bound_identities_and_wakes_when_a_binding_appears()
         BrokerSettings {
             node: "node-1".into(),
             mic_namespace: "default".into(),
+            mic_service_account: "aad-pod-identity-mic".into(),
+            max_waiters_per_pod: 100,
+            max_waiters: 10_000,
             assignment_wait: Duration::from_secs(10),
             assigned_grace: Duration::from_secs(0),
             pod_arrival_timeout: Duration::from_secs(2),
@@ -485,4 +492,138 @@ async fn managed_mode_serves_bound_identities_and_wakes_when_a_binding_appears()
         .await
         .unwrap();
     assert_eq!(&*host.client_id, "cid");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workload_named_like_mic_in_mics_namespace_gets_no_node_token() {
+    let w = world();
+    // The original's rule: a ReplicaSet named `mic…` in MIC's namespace was MIC.
+    w.pods.apply(
+        &pod("default", "mickey-5f7d9-abcde")
+            .ip("127.0.0.3")
+            .owned_by_replicaset("mickey-5f7d9")
+            .build(),
+    );
+    w.pods.apply(
+        &pod("other", "mic-1")
+            .ip("127.0.0.4")
+            .service_account("aad-pod-identity-mic")
+            .build(),
+    );
+    for caller in ["127.0.0.3", "127.0.0.4"] {
+        let e = w
+            .broker
+            .token_for_ip(ip(caller), Wanted::Any, "r")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 404, "{caller}: {e}");
+    }
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_two_live_pods_hold_is_refused_with_500_and_nothing_fetched() {
+    let w = world();
+    w.pods.apply(&pod("ns", "p").ip("127.0.0.2").build());
+    w.assignments.apply(&assigned(
+        "ns",
+        "p",
+        &identity("ns", "id-p", "cp"),
+        "node-1",
+        AssignedState::Assigned,
+    ));
+    w.pods.apply(&pod("ns", "intruder").ip("127.0.0.2").build());
+    let e = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 500);
+    assert!(
+        e.to_string()
+            .starts_with("failed to match pod IP 127.0.0.2 with 2 pods"),
+        "{e}"
+    );
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 0);
+    // The intruder shuts down: the address is p's again.
+    w.pods
+        .apply(&pod("ns", "intruder").ip("127.0.0.2").terminating().build());
+    let a = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&a), "oid-cp");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_requests_beyond_the_bounds_are_answered_at_once() {
+    let source = Arc::new(FakeSource::default());
+    let pods = Arc::new(PodIndex::new("node-1"));
+    let assignments = Arc::new(AssignmentIndex::new("node-1", false));
+    let broker = Arc::new(Broker::new(
+        Arc::clone(&pods),
+        IdentityFeed::Standard(Arc::clone(&assignments)),
+        Arc::new(ExceptionIndex::new()),
+        Arc::new(TokenCache::new(
+            source,
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            None,
+        )),
+        BrokerSettings {
+            node: "node-1".into(),
+            mic_namespace: "default".into(),
+            mic_service_account: String::new(),
+            max_waiters_per_pod: 3,
+            max_waiters: 5,
+            assignment_wait: Duration::from_secs(80),
+            assigned_grace: Duration::ZERO,
+            pod_arrival_timeout: Duration::from_secs(2),
+        },
+        None,
+    ));
+    pods.apply(&pod("ns", "greedy").ip("127.0.0.2").build());
+    pods.apply(&pod("ns", "bound").ip("127.0.0.3").build());
+    let spawn = |caller: &'static str| {
+        let b = Arc::clone(&broker);
+        tokio::spawn(async move { b.token_for_ip(ip(caller), Wanted::Any, "r").await })
+    };
+    let parked: Vec<_> = (0..3).map(|_| spawn("127.0.0.2")).collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(broker.waiters.parked(), 3);
+    // A fourth from the same pod: 429 at once, without waiting.
+    let started = Instant::now();
+    let e = broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), started.elapsed()), (429, Duration::ZERO));
+    // Unknown addresses wait for their pod, and count towards the node's total.
+    let unknown: Vec<_> = (0..2).map(|_| spawn("127.0.0.9")).collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(broker.waiters.parked(), 5);
+    let e = broker
+        .token_for_ip(ip("127.0.0.3"), Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 503);
+    // Once the greedy pod's requests give up, the bound pod may wait again.
+    for t in parked.into_iter().chain(unknown) {
+        assert!(t.await.unwrap().is_err());
+    }
+    assert_eq!((broker.waiters.parked(), broker.waiters.keys()), (0, 0));
+    assignments.apply(&assigned(
+        "ns",
+        "bound",
+        &identity("ns", "id-b", "cb"),
+        "node-1",
+        AssignedState::Assigned,
+    ));
+    assert!(
+        broker
+            .token_for_ip(ip("127.0.0.3"), Wanted::Any, "r")
+            .await
+            .is_ok()
+    );
 }

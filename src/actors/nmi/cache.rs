@@ -5,6 +5,11 @@
 //! only then asks here. Slots for an identity are dropped when the identity is no longer
 //! assigned to any pod on the node ([`TokenCache::drop_identity`]).
 //!
+//! Resources are chosen by callers, so the number of slots is bounded (`--max-token-cache-slots`):
+//! a new slot beyond the bound evicts an idle one (no fetch in flight), preferring the asking
+//! identity's own. A token's lifetime is taken from its `expires_on`, capped at
+//! [`MAX_TOKEN_LIFE`] before any clock arithmetic, so no upstream number can overflow a deadline.
+//!
 //! Hot path: two concurrent-map reads and one short, uncontended-by-design mutex section that is
 //! never held across an await.
 
@@ -13,9 +18,13 @@ use super::source::{RenderedToken, SourceError, TokenRequest, TokenSource, unix_
 use dashmap::DashMap;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Longest a token is kept, whatever its `expires_on` says.
+pub const MAX_TOKEN_LIFE: Duration = crate::cloud::token::MAX_LIFETIME;
 
 /// Why the cache could not produce a token.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -98,11 +107,16 @@ struct Slot {
 #[derive(Default)]
 struct IdentitySlots {
     by_resource: DashMap<Box<str>, Arc<Slot>>,
+    /// Set once the identity is dropped: a slot added to it afterwards removes itself.
+    dropped: AtomicBool,
 }
 
 /// Token cache keyed by identity cache key, then resource.
 pub struct TokenCache {
     identities: DashMap<Arc<str>, Arc<IdentitySlots>>,
+    /// Slots in all identities: incremented by each insert, decremented by each removal.
+    slots: AtomicUsize,
+    max_slots: usize,
     source: Arc<dyn TokenSource>,
     refresh_margin: Duration,
     fetch_timeout: Duration,
@@ -111,7 +125,8 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// A cache fetching from `source`, refreshing `refresh_margin` before expiry and giving up
-    /// on an upstream fetch after `fetch_timeout`.
+    /// on an upstream fetch after `fetch_timeout`, with at most [`DEFAULT_MAX_SLOTS`] slots
+    /// (see [`Self::with_max_slots`]).
     #[must_use]
     pub fn new(
         source: Arc<dyn TokenSource>,
@@ -121,10 +136,101 @@ impl TokenCache {
     ) -> Self {
         Self {
             identities: DashMap::new(),
+            slots: AtomicUsize::new(0),
+            max_slots: DEFAULT_MAX_SLOTS,
             source,
             refresh_margin,
             fetch_timeout,
             metrics,
+        }
+    }
+
+    /// The same cache holding at most `max_slots` (identity, resource) slots (at least one).
+    #[must_use]
+    pub fn with_max_slots(mut self, max_slots: usize) -> Self {
+        self.max_slots = max_slots.max(1);
+        self
+    }
+
+    /// The slot for `resource` in `slots`, created (and the bound enforced) when missing.
+    fn slot(
+        &self,
+        identity_key: &Arc<str>,
+        slots: &Arc<IdentitySlots>,
+        resource: &str,
+    ) -> Arc<Slot> {
+        if let Some(s) = slots.by_resource.get(resource) {
+            return Arc::clone(&s);
+        }
+        let (slot, created) = match slots.by_resource.entry(resource.into()) {
+            dashmap::Entry::Occupied(e) => (Arc::clone(e.get()), false),
+            dashmap::Entry::Vacant(v) => {
+                let s = Arc::new(Slot::default());
+                v.insert(Arc::clone(&s));
+                (s, true)
+            }
+        };
+        if created {
+            let n = self.slots.fetch_add(1, Ordering::AcqRel) + 1;
+            if slots.dropped.load(Ordering::Acquire) {
+                // The identity was dropped meanwhile: this slot must not outlive it uncounted.
+                self.remove_slot(slots, resource, &slot);
+            } else if n > self.max_slots {
+                self.evict_one(identity_key, &slot);
+            }
+        }
+        slot
+    }
+
+    /// Removes `resource`'s slot from `slots` if it is still `slot`; true when removed.
+    fn remove_slot(&self, slots: &IdentitySlots, resource: &str, slot: &Arc<Slot>) -> bool {
+        let removed = slots
+            .by_resource
+            .remove_if(resource, |_, s| Arc::ptr_eq(s, slot))
+            .is_some();
+        if removed {
+            self.slots.fetch_sub(1, Ordering::AcqRel);
+        }
+        removed
+    }
+
+    /// Evicts one idle slot other than `keep`, looking in `prefer`'s identity first. Another
+    /// creator may evict the same victim at the same moment; then this one picks again.
+    fn evict_one(&self, prefer: &Arc<str>, keep: &Arc<Slot>) {
+        let idle = |s: &Arc<Slot>| {
+            !Arc::ptr_eq(s, keep) && s.state.try_lock().is_ok_and(|st| st.inflight.is_none())
+        };
+        let pick = |ids: &IdentitySlots| {
+            ids.by_resource
+                .iter()
+                .find(|e| idle(e.value()))
+                .map(|e| (e.key().clone(), Arc::clone(e.value())))
+        };
+        for _ in 0..16 {
+            let mut victim = self
+                .identities
+                .get(prefer.as_ref())
+                .map(|ids| Arc::clone(&ids))
+                .and_then(|ids| pick(&ids).map(|v| (Arc::clone(prefer), ids, v)));
+            if victim.is_none() {
+                victim = self.identities.iter().find_map(|e| {
+                    pick(e.value()).map(|v| (Arc::clone(e.key()), Arc::clone(e.value()), v))
+                });
+            }
+            let Some((key, ids, (resource, slot))) = victim else {
+                return;
+            };
+            if self.remove_slot(&ids, &resource, &slot) {
+                if let Some(m) = &self.metrics {
+                    m.cache_evictions.inc();
+                }
+                if let Some((_, gone)) = self.identities.remove_if(key.as_ref(), |_, v| {
+                    Arc::ptr_eq(v, &ids) && v.by_resource.is_empty()
+                }) {
+                    self.retire(&gone);
+                }
+                return;
+            }
         }
     }
 
@@ -143,10 +249,7 @@ impl TokenCache {
             Some(s) => Arc::clone(&s),
             None => Arc::clone(&self.identities.entry(Arc::clone(identity_key)).or_default()),
         };
-        let slot = match slots.by_resource.get(resource) {
-            Some(s) => Arc::clone(&s),
-            None => Arc::clone(&slots.by_resource.entry(resource.into()).or_default()),
-        };
+        let slot = self.slot(identity_key, &slots, resource);
         let now = Instant::now();
         let fut = {
             let mut st = slot
@@ -226,7 +329,8 @@ impl TokenCache {
             }
             let outcome = outcome.map(|token| {
                 let now = Instant::now();
-                let life = Duration::from_secs(token.expires_on.saturating_sub(unix_now()));
+                let life = Duration::from_secs(token.expires_on.saturating_sub(unix_now()))
+                    .min(MAX_TOKEN_LIFE);
                 Arc::new(CachedToken {
                     token,
                     refresh_at: now + life.saturating_sub(margin),
@@ -249,7 +353,23 @@ impl TokenCache {
 
     /// Forgets every token of an identity (it is no longer assigned to any pod on this node).
     pub fn drop_identity(&self, identity_key: &str) {
-        self.identities.remove(identity_key);
+        if let Some((_, ids)) = self.identities.remove(identity_key) {
+            self.retire(&ids);
+        }
+    }
+
+    /// Empties slots already taken out of the map: marks them dropped (so a request still
+    /// holding them removes what it adds) and uncounts every slot.
+    fn retire(&self, ids: &IdentitySlots) {
+        ids.dropped.store(true, Ordering::Release);
+        let all: Vec<(Box<str>, Arc<Slot>)> = ids
+            .by_resource
+            .iter()
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
+            .collect();
+        for (resource, slot) in all {
+            self.remove_slot(ids, &resource, &slot);
+        }
     }
 
     /// Number of identities with at least one slot (for tests and metrics).
@@ -257,7 +377,16 @@ impl TokenCache {
     pub fn identity_count(&self) -> usize {
         self.identities.len()
     }
+
+    /// Number of (identity, resource) slots held (for tests and metrics).
+    #[must_use]
+    pub fn slot_count(&self) -> usize {
+        self.slots.load(Ordering::Acquire)
+    }
 }
+
+/// Default bound of cached (identity, resource) slots.
+pub const DEFAULT_MAX_SLOTS: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -423,6 +552,63 @@ mod tests {
         let (_, how) = cache.get(&key, "r", req).await.unwrap();
         assert_eq!(how, Lookup::Miss);
         assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_bounded_and_idle_ones_evicted() {
+        let src = fake(3600, 200);
+        let cache = TokenCache::new(
+            src.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            None,
+        )
+        .with_max_slots(8);
+        let key: Arc<str> = Arc::from("id");
+        for i in 0..1000 {
+            cache.get(&key, &format!("r{i}"), req).await.unwrap();
+            assert!(cache.slot_count() <= 8, "{} slots", cache.slot_count());
+        }
+        let other: Arc<str> = Arc::from("other");
+        cache.get(&other, "r", req).await.unwrap();
+        assert!(cache.slot_count() <= 8);
+        cache.drop_identity("id");
+        cache.drop_identity("other");
+        assert_eq!((cache.slot_count(), cache.identity_count()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_claiming_to_live_forever_is_kept_no_longer_than_a_day() {
+        struct Forever;
+        #[async_trait]
+        impl TokenSource for Forever {
+            async fn fetch(&self, _: &TokenRequest) -> Result<UpstreamToken, SourceError> {
+                Ok(UpstreamToken {
+                    status: 200,
+                    body: format!(
+                        r#"{{"access_token":"a","expires_on":"{}","token_type":"Bearer"}}"#,
+                        u64::MAX
+                    )
+                    .into(),
+                })
+            }
+        }
+        let cache = TokenCache::new(
+            Arc::new(Forever),
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            None,
+        );
+        let key: Arc<str> = Arc::from("id");
+        let (_, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(how, Lookup::Miss);
+        tokio::time::advance(MAX_TOKEN_LIFE + Duration::from_secs(1)).await;
+        let (_, how) = cache.get(&key, "r", req).await.unwrap();
+        assert_eq!(
+            how,
+            Lookup::Miss,
+            "an expired (capped) token is fetched again"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,9 +5,16 @@
 //! Secrets are read when a token is fetched (rare: tokens are cached) and never logged. As the
 //! original, a type-1 Secret's first value is the client secret; a type-2 Secret holds a PKCS#12
 //! bundle under `certificate` and its password under `password`.
+//!
+//! Before any Secret is read, a service principal is checked: a namespaced identity's Secret
+//! must be in the identity's own namespace, and its `adEndpoint` must pass the
+//! [`AuthorityPolicy`] (known clouds, `$AZURE_AUTHORITY_HOST`, `--allowed-ad-endpoints`).
+//! Otherwise whoever may write an AzureIdentity could have NMI read another namespace's Secret
+//! or send a credential to a host of their choosing.
 
 use super::source::{SourceError, TokenRequest, TokenSource, TokenTarget, UpstreamToken};
 use crate::cloud::aad::{AadClient, CertificateCredential, ClientCredential, EndpointVersion};
+use crate::cloud::authority::{AllowedAuthority, AuthorityPolicy};
 use crate::cloud::imds::{IdentitySelector, ImdsClient};
 use crate::crd::{AzureIdentitySpec, IdentityType};
 use async_trait::async_trait;
@@ -25,6 +32,7 @@ pub struct CloudTokenSource {
     imds: ImdsClient,
     kube: kube::Client,
     default_authority: String,
+    policy: AuthorityPolicy,
     timeout: Duration,
     aad: DashMap<String, AadClient>,
     user_agent: Option<String>,
@@ -33,7 +41,8 @@ pub struct CloudTokenSource {
 
 impl CloudTokenSource {
     /// A source using the metadata service at `metadata` (`ip:port`), reading Secrets through
-    /// `kube`, with `default_authority` for identities without `adEndpoint`.
+    /// `kube`, with `default_authority` for identities without `adEndpoint` (always allowed as
+    /// an `adEndpoint` too).
     ///
     /// # Errors
     /// When the metadata address is not usable.
@@ -43,10 +52,20 @@ impl CloudTokenSource {
         default_authority: impl Into<String>,
         timeout: Duration,
     ) -> Result<Self, crate::cloud::Error> {
+        let default_authority = default_authority.into();
+        let mut policy = AuthorityPolicy::default();
+        if let Some(a) = url::Url::parse(&default_authority)
+            .ok()
+            .as_ref()
+            .and_then(AllowedAuthority::from_url)
+        {
+            policy.allow(a);
+        }
         Ok(Self {
             imds: ImdsClient::new(metadata)?.with_timeout(timeout),
             kube,
-            default_authority: default_authority.into(),
+            default_authority,
+            policy,
             timeout,
             aad: DashMap::new(),
             user_agent: None,
@@ -72,6 +91,40 @@ impl CloudTokenSource {
         self.imds = self.imds.with_user_agent(user_agent);
         self.user_agent = Some(user_agent.to_string());
         self
+    }
+
+    /// Also allows these authorities as `adEndpoint` (`--allowed-ad-endpoints`).
+    #[must_use]
+    pub fn with_allowed_authorities(
+        mut self,
+        extra: impl IntoIterator<Item = AllowedAuthority>,
+    ) -> Self {
+        for a in extra {
+            self.policy.allow(a);
+        }
+        self
+    }
+
+    /// Refuses a service principal whose Secret or authority it may not use.
+    fn check_service_principal(
+        &self,
+        spec: &AzureIdentitySpec,
+        identity_namespace: &str,
+        namespaced: bool,
+    ) -> Result<(), SourceError> {
+        let secret_ns = &spec.client_password.namespace;
+        if namespaced && !secret_ns.is_empty() && secret_ns != identity_namespace {
+            return Err(SourceError::Refused(format!(
+                "the identity in namespace {identity_namespace} is namespaced and may not use Secret {secret_ns}/{}",
+                spec.client_password.name
+            )));
+        }
+        if !spec.ad_endpoint.is_empty() {
+            self.policy
+                .check(&spec.ad_endpoint)
+                .map_err(|e| SourceError::Refused(e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn aad_for(&self, endpoint: &str) -> Result<AadClient, SourceError> {
@@ -167,7 +220,9 @@ impl TokenSource for CloudTokenSource {
             TokenTarget::ServicePrincipal {
                 identity,
                 identity_namespace,
+                namespaced,
             } => {
+                self.check_service_principal(identity, identity_namespace, *namespaced)?;
                 let credential = self.credential(identity, identity_namespace).await?;
                 let aad = self.aad_for(&identity.ad_endpoint)?;
                 let req = crate::cloud::aad::TokenRequest {

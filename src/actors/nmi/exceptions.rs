@@ -55,6 +55,11 @@ impl ExceptionIndex {
             .is_some_and(|list| list.iter().any(|e| e.matches_labels(&pod.labels)))
     }
 
+    /// Marks the index as no longer in sync (its watch broke); the next full list syncs it again.
+    pub fn mark_unsynced(&self) {
+        self.synced.store(false, Ordering::Release);
+    }
+
     /// True once the first list is in.
     #[must_use]
     pub fn is_synced(&self) -> bool {

@@ -88,6 +88,7 @@ impl ResolvedIdentity {
             _ => TokenTarget::ServicePrincipal {
                 identity: Arc::clone(&self.spec),
                 identity_namespace: self.identity_namespace.clone(),
+                namespaced: self.namespaced,
             },
         };
         TokenRequest {

@@ -2,20 +2,38 @@
 //! DNATed to NMI; the chain is jumped to from PREROUTING only, so host-network traffic (which
 //! goes through OUTPUT) still reaches the real metadata service.
 //!
+//! The rules have the original's shape: the jump is the first rule of PREROUTING (nothing
+//! inserted before it can divert a pod's metadata traffic), and the chain holds exactly
+//! `! -s 127.0.0.1/32 -d <metadata>/32 -p tcp --dport <port> -j DNAT --to-destination <nmi>`
+//! followed by `-j RETURN`.
+//!
 //! The rules are installed at start, re-checked every `--ipt-update-interval-sec` (someone may
-//! flush them) and removed on shutdown. The `iptables` binary is invoked directly; commands can
-//! be prefixed (e.g. `ip netns exec <ns>`) so the tests run inside namespaces they own.
+//! flush them; a failed repair is retried sooner, with backoff) and removed on shutdown, together
+//! with the `route_localnet` setting NMI turned on. Whenever the rules go in, conntrack entries of
+//! connections to the metadata address made before them can be deleted
+//! (`--enable-conntrack-deletion`), so an open connection does not keep bypassing NMI. What the
+//! reconciler knows is published as a [`RulesState`] for readiness and the node gate.
+//!
+//! The `iptables`, `sysctl` and `conntrack` binaries are invoked directly; commands can be
+//! prefixed (e.g. `ip netns exec <ns>`) so the tests run inside namespaces they own.
 
 use std::net::IpAddr;
 use std::process::Output;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::Command;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Name of the chain, as in the original.
 pub const CHAIN: &str = "aad-metadata";
+
+/// Source excluded from the redirect, as in the original: the node itself talking over loopback.
+pub const EXCLUDED_SOURCE: &str = "127.0.0.1/32";
+
+/// The sysctl NMI turns on when it redirects to a loopback address (and restores when it stops).
+pub const ROUTE_LOCALNET: &str = "net.ipv4.conf.all.route_localnet";
 
 /// Why an iptables operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +57,9 @@ pub enum Error {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// Every command succeeded, but reading the rules back does not find them as installed.
+    #[error("the {CHAIN} rules are not in place after installing them")]
+    NotInPlace,
 }
 
 /// What to redirect where.
@@ -59,6 +80,8 @@ pub struct Redirect {
 pub struct Iptables {
     redirect: Redirect,
     prefix: Vec<String>,
+    /// The value `route_localnet` had before NMI changed it (restored by [`Iptables::remove`]).
+    route_localnet_before: Arc<Mutex<Option<String>>>,
 }
 
 impl Iptables {
@@ -68,6 +91,7 @@ impl Iptables {
         Self {
             redirect,
             prefix: Vec::new(),
+            route_localnet_before: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -106,23 +130,31 @@ impl Iptables {
     }
 
     async fn must(&self, args: &[&str]) -> Result<(), Error> {
-        let out = self.run("iptables", args).await?;
+        self.must_run("iptables", args).await.map(drop)
+    }
+
+    async fn must_run(&self, program: &str, args: &[&str]) -> Result<Output, Error> {
+        let out = self.run(program, args).await?;
         if out.status.success() {
-            Ok(())
+            Ok(out)
         } else {
             Err(Error::Failed {
-                command: format!("iptables {}", args.join(" ")),
+                command: format!("{program} {}", args.join(" ")),
                 status: out.status,
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             })
         }
     }
 
-    fn rule(&self) -> Vec<String> {
+    /// The DNAT rule of the chain (without `-t nat -A <chain>`).
+    fn dnat_rule(&self) -> Vec<String> {
         let r = &self.redirect;
         [
             "-p",
             "tcp",
+            "!",
+            "-s",
+            EXCLUDED_SOURCE,
             "-d",
             &r.metadata_ip.to_string(),
             "--dport",
@@ -137,77 +169,127 @@ impl Iptables {
         .collect()
     }
 
+    /// `iptables -t nat -S <chain>`: the chain's rules as `-A ...` lines (none when absent).
+    async fn rules_of(&self, chain: &str) -> Result<Option<Vec<String>>, Error> {
+        let out = self.run("iptables", &["-t", "nat", "-S", chain]).await?;
+        if !out.status.success() {
+            // Absent chain (exit 1), or iptables cannot read the table: tell them apart.
+            if self.ok(&["-t", "nat", "-S", "PREROUTING"]).await? {
+                return Ok(None);
+            }
+            return Err(Error::Failed {
+                command: format!("iptables -t nat -S {chain}"),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(Some(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A "))
+                .map(str::to_string)
+                .collect(),
+        ))
+    }
+
+    /// Whether the chain holds exactly the DNAT rule followed by RETURN.
+    async fn chain_correct(&self) -> Result<bool, Error> {
+        let Some(rules) = self.rules_of(CHAIN).await? else {
+            return Ok(false);
+        };
+        if rules.len() != 2 || rules[1] != format!("-A {CHAIN} -j RETURN") {
+            return Ok(false);
+        }
+        let dnat = self.dnat_rule();
+        let mut check = vec!["-t", "nat", "-C", CHAIN];
+        check.extend(dnat.iter().map(String::as_str));
+        self.ok(&check).await
+    }
+
+    /// Whether the first rule of PREROUTING is the jump to the chain (and the only jump to it).
+    async fn jump_first(&self) -> Result<bool, Error> {
+        let rules = self.rules_of("PREROUTING").await?.unwrap_or_default();
+        let jump = format!("-A PREROUTING -j {CHAIN}");
+        Ok(rules.first() == Some(&jump) && rules.iter().filter(|r| **r == jump).count() == 1)
+    }
+
     /// Makes the rules what they should be. Returns true when something had to change.
     ///
     /// # Errors
     /// [`Error`] when iptables cannot be run or refuses a change.
     pub async fn ensure(&self) -> Result<bool, Error> {
         let mut changed = false;
-        if !self.ok(&["-t", "nat", "-n", "-L", CHAIN]).await? {
-            self.must(&["-t", "nat", "-N", CHAIN]).await?;
-            changed = true;
-        }
-        let rule = self.rule();
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        let mut check = vec!["-t", "nat", "-C", CHAIN];
-        check.extend(&rule);
-        let present = self.ok(&check).await?;
-        if !present || self.chain_rule_count().await? != 1 {
-            self.must(&["-t", "nat", "-F", CHAIN]).await?;
+        if !self.chain_correct().await? {
+            if self.rules_of(CHAIN).await?.is_none() {
+                self.must(&["-t", "nat", "-N", CHAIN]).await?;
+            } else {
+                self.must(&["-t", "nat", "-F", CHAIN]).await?;
+            }
+            let dnat = self.dnat_rule();
             let mut add = vec!["-t", "nat", "-A", CHAIN];
-            add.extend(&rule);
+            add.extend(dnat.iter().map(String::as_str));
             self.must(&add).await?;
+            self.must(&["-t", "nat", "-A", CHAIN, "-j", "RETURN"])
+                .await?;
             changed = true;
         }
-        if !self
-            .ok(&["-t", "nat", "-C", "PREROUTING", "-j", CHAIN])
-            .await?
-        {
-            self.must(&["-t", "nat", "-A", "PREROUTING", "-j", CHAIN])
+        if !self.jump_first().await? {
+            // Absent, duplicated, or something was inserted above it: one jump, first.
+            while self
+                .ok(&["-t", "nat", "-D", "PREROUTING", "-j", CHAIN])
+                .await?
+            {}
+            self.must(&["-t", "nat", "-I", "PREROUTING", "1", "-j", CHAIN])
                 .await?;
             changed = true;
         }
         if self.redirect.target_ip.is_loopback() {
-            // DNAT to a loopback address from PREROUTING needs route_localnet.
-            let out = self
-                .run(
-                    "sysctl",
-                    &["-q", "-w", "net.ipv4.conf.all.route_localnet=1"],
-                )
-                .await?;
-            if !out.status.success() {
-                tracing::warn!(
-                    stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-                    "cannot enable route_localnet; DNAT to a loopback NMI address may not work"
-                );
-            }
+            self.enable_route_localnet().await;
         }
         Ok(changed)
     }
 
-    async fn chain_rule_count(&self) -> Result<usize, Error> {
-        let out = self.run("iptables", &["-t", "nat", "-S", CHAIN]).await?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("-A "))
-            .count())
+    /// DNAT to a loopback address from PREROUTING needs `route_localnet`; the value found is
+    /// remembered so [`Iptables::remove`] can put it back.
+    async fn enable_route_localnet(&self) {
+        let current = match self.must_run("sysctl", &["-n", ROUTE_LOCALNET]).await {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read {ROUTE_LOCALNET}; DNAT to a loopback NMI address may not work");
+                return;
+            }
+        };
+        if current == "1" {
+            return;
+        }
+        let set = format!("{ROUTE_LOCALNET}=1");
+        match self.must_run("sysctl", &["-q", "-w", &set]).await {
+            Ok(_) => {
+                let mut before = self
+                    .route_localnet_before
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Keep the first value seen: a later pass may find our own 1 after a repair.
+                before.get_or_insert(current);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot enable {ROUTE_LOCALNET}; DNAT to a loopback NMI address may not work"
+            ),
+        }
     }
 
-    /// True when the chain, its rule and the jump from PREROUTING are all in place.
+    /// True when the chain holds exactly its rules and the jump to it is the first rule of
+    /// PREROUTING.
     ///
     /// # Errors
     /// [`Error`] when iptables cannot be run.
     pub async fn in_place(&self) -> Result<bool, Error> {
-        let rule = self.rule();
-        let mut check = vec!["-t", "nat", "-C", CHAIN];
-        check.extend(rule.iter().map(String::as_str));
-        Ok(self.ok(&check).await?
-            && self
-                .ok(&["-t", "nat", "-C", "PREROUTING", "-j", CHAIN])
-                .await?)
+        Ok(self.chain_correct().await? && self.jump_first().await?)
     }
 
-    /// Removes the jump and the chain. Safe to call when they are absent.
+    /// Removes the jump and the chain, and puts `route_localnet` back as NMI found it. Safe to
+    /// call when they are absent.
     ///
     /// # Errors
     /// [`Error`] when iptables cannot be run or refuses to delete the chain.
@@ -220,29 +302,35 @@ impl Iptables {
             self.must(&["-t", "nat", "-F", CHAIN]).await?;
             self.must(&["-t", "nat", "-X", CHAIN]).await?;
         }
+        let before = self
+            .route_localnet_before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(value) = before {
+            let set = format!("{ROUTE_LOCALNET}={value}");
+            self.must_run("sysctl", &["-q", "-w", &set]).await?;
+        }
         Ok(())
     }
 
-    /// Deletes conntrack entries of connections to the metadata address made before the
-    /// redirect existed (`--enable-conntrack-deletion`). "No entries" is not an error.
+    /// Deletes conntrack entries of TCP connections to the metadata address, so connections
+    /// made before the redirect existed do not keep reaching the metadata service
+    /// (`--enable-conntrack-deletion`). "No entries" is not an error.
     ///
     /// # Errors
-    /// [`Error`] when conntrack cannot be run.
+    /// [`Error`] when conntrack cannot be run or fails.
     pub async fn delete_conntrack_entries(&self) -> Result<(), Error> {
         let ip = self.redirect.metadata_ip.to_string();
         let port = self.redirect.metadata_port.to_string();
-        let out = self
-            .run(
-                "conntrack",
-                &["-D", "-d", &ip, "-p", "tcp", "--dport", &port],
-            )
-            .await?;
-        // conntrack exits 1 when nothing matched.
+        let args = ["-D", "-p", "tcp", "--orig-dst", &ip, "--dport", &port];
+        let out = self.run("conntrack", &args).await?;
+        // conntrack exits 1 when nothing matched ("0 flow entries have been deleted").
         if out.status.success() || out.status.code() == Some(1) {
             Ok(())
         } else {
             Err(Error::Failed {
-                command: format!("conntrack -D -d {ip} -p tcp --dport {port}"),
+                command: format!("conntrack {}", args.join(" ")),
                 status: out.status,
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             })
@@ -250,43 +338,102 @@ impl Iptables {
     }
 }
 
-/// Installs the rules, re-checks them every `interval`, and removes them when `shutdown` fires.
-/// `ready` is true while the rules are known to be in place.
+/// What the reconciler knows about the rules (for readiness and the node gate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RulesState {
+    /// Not checked yet.
+    Unknown,
+    /// Verified in place after the last pass (and, when asked, conntrack entries older than the
+    /// rules deleted).
+    InPlace,
+    /// Missing or wrong, and the last attempt to put them in place failed.
+    Broken,
+    /// NMI does not manage the redirect (`--manage-iptables=false`, the sandbox): someone else
+    /// delivers pods' metadata traffic, so there is nothing to wait for.
+    NotManaged,
+}
+
+impl RulesState {
+    /// Whether pods' metadata traffic is known to reach NMI.
+    #[must_use]
+    pub fn guarded(self) -> bool {
+        matches!(self, Self::InPlace | Self::NotManaged)
+    }
+}
+
+/// How the reconciler runs.
+#[derive(Clone, Debug)]
+pub struct ReconcileSettings {
+    /// `--ipt-update-interval-sec`: the check interval while the rules are fine.
+    pub interval: Duration,
+    /// `--enable-conntrack-deletion`.
+    pub delete_conntrack: bool,
+}
+
+/// First retry delay after a failed pass (doubling up to the interval).
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// Installs the rules, re-checks them every interval (sooner, with backoff, after a failure),
+/// and removes them when `shutdown` fires. `ready` is true and `state` says
+/// [`RulesState::InPlace`] while the rules are verified in place.
+///
+/// # Errors
+/// [`Error`] when the rules cannot be removed at shutdown.
 pub async fn reconcile(
     ipt: Iptables,
-    interval: Duration,
-    delete_conntrack: bool,
+    settings: ReconcileSettings,
     ready: Arc<AtomicBool>,
+    state: watch::Sender<RulesState>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
+    let mut retry = FIRST_RETRY;
     loop {
+        let wait = match pass(&ipt, &settings, first).await {
+            Ok(()) => {
+                first = false;
+                retry = FIRST_RETRY;
+                ready.store(true, Ordering::Release);
+                state.send_replace(RulesState::InPlace);
+                settings.interval
+            }
+            Err(e) => {
+                ready.store(false, Ordering::Release);
+                state.send_replace(RulesState::Broken);
+                tracing::error!(error = %e, chain = CHAIN, "cannot put the iptables rules in place; pods on this node may reach the metadata service directly");
+                let wait = retry.min(settings.interval);
+                retry = (retry * 2).min(settings.interval);
+                wait
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
-                match ipt.ensure().await {
-                    Ok(changed) => {
-                        if changed && !first {
-                            tracing::warn!(chain = CHAIN, "iptables rules were missing or wrong; restored");
-                        }
-                        if first && delete_conntrack
-                            && let Err(e) = ipt.delete_conntrack_entries().await
-                        {
-                            tracing::warn!(error = %e, "cannot delete conntrack entries");
-                        }
-                        first = false;
-                        ready.store(true, Ordering::Release);
-                    }
-                    Err(e) => {
-                        ready.store(false, Ordering::Release);
-                        tracing::error!(error = %e, "cannot install iptables rules");
-                    }
-                }
-            }
+            () = tokio::time::sleep(wait) => {}
         }
     }
     ready.store(false, Ordering::Release);
+    state.send_replace(RulesState::Unknown);
     ipt.remove().await
+}
+
+/// One pass: repair what is wrong, flush conntrack when the rules went in, verify.
+async fn pass(ipt: &Iptables, settings: &ReconcileSettings, first: bool) -> Result<(), Error> {
+    let changed = ipt.ensure().await?;
+    if changed && !first {
+        tracing::warn!(
+            chain = CHAIN,
+            "iptables rules were missing or wrong; restored"
+        );
+    }
+    if changed && settings.delete_conntrack {
+        // Only now: a connection opened before the redirect keeps its old destination until
+        // its conntrack entry goes.
+        ipt.delete_conntrack_entries().await?;
+    }
+    // Verified by reading them back, not by trusting the commands' exit codes.
+    if ipt.in_place().await? {
+        Ok(())
+    } else {
+        Err(Error::NotInPlace)
+    }
 }

@@ -181,6 +181,16 @@ impl ManagedCatalog {
         self.version.subscribe()
     }
 
+    /// Marks the identities as no longer in sync (their watch broke).
+    pub fn mark_identities_unsynced(&self) {
+        self.identities_synced.store(false, Ordering::Release);
+    }
+
+    /// Marks the bindings as no longer in sync (their watch broke).
+    pub fn mark_bindings_unsynced(&self) {
+        self.bindings_synced.store(false, Ordering::Release);
+    }
+
     /// True once both lists are in.
     #[must_use]
     pub fn is_synced(&self) -> bool {

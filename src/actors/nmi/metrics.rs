@@ -1,10 +1,94 @@
-//! NMI's own metrics beyond the original's: token latency, waits, cache lookups, upstream fetches.
+//! NMI's own metrics beyond the original's: token latency, waits, cache lookups, upstream
+//! fetches, requests refused by a bound, cache evictions.
 //!
 //! Registered into the one process registry ([`crate::metrics::Metrics::registry`]); the
 //! original's `nmi_operations_duration_seconds` is the shared one, recorded by the HTTP layer.
+//!
+//! Every label value is drawn from a fixed set, never copied from a request: a client choosing
+//! paths, resources or client ids must not be able to create series (each histogram label set
+//! costs about twenty series, kept until the process ends). Resources outside
+//! [`KNOWN_RESOURCES`] are counted as `other` ([`resource_label`]).
 
 use crate::metrics::Metrics;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+
+/// Token audiences common enough to be worth a label of their own (Azure public, US Government
+/// and China clouds). Compared ASCII case-insensitively, ignoring a trailing `/`.
+pub const KNOWN_RESOURCES: &[&str] = &[
+    "https://management.azure.com/",
+    "https://management.core.windows.net/",
+    "https://vault.azure.net",
+    "https://storage.azure.com/",
+    "https://database.windows.net/",
+    "https://ossrdbms-aad.database.windows.net",
+    "https://graph.microsoft.com",
+    "https://graph.windows.net/",
+    "https://eventhubs.azure.net",
+    "https://servicebus.azure.net",
+    "https://cosmos.azure.com",
+    "https://monitor.azure.com",
+    "https://api.loganalytics.io",
+    "https://api.applicationinsights.io",
+    "https://cognitiveservices.azure.com",
+    "https://redis.azure.com",
+    "https://batch.core.windows.net/",
+    "https://digitaltwins.azure.net",
+    "https://dev.azuresynapse.net",
+    "https://management.usgovcloudapi.net/",
+    "https://vault.usgovcloudapi.net",
+    "https://storage.usgovcloudapi.net/",
+    "https://management.chinacloudapi.cn/",
+    "https://vault.azure.cn",
+    "https://storage.chinacloudapi.cn/",
+];
+
+/// The `resource` label for a requested resource: its entry in [`KNOWN_RESOURCES`], else
+/// `other`. Empty stays empty (no resource was given).
+#[must_use]
+pub fn resource_label(resource: &str) -> &'static str {
+    if resource.is_empty() {
+        return "";
+    }
+    let want = resource.strip_suffix('/').unwrap_or(resource);
+    KNOWN_RESOURCES
+        .iter()
+        .find(|k| {
+            let k = k.strip_suffix('/').unwrap_or(k);
+            k.eq_ignore_ascii_case(want)
+        })
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Why a request was refused by one of NMI's bounds (the `reason` label of
+/// `aadpodidentity_nmi_rejected_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// One pod already has `--max-waiters-per-pod` requests waiting (429).
+    WaitersPerPod,
+    /// The node already has `--max-waiters` requests waiting (503).
+    WaitersTotal,
+    /// `--max-pass-through` requests are already being relayed (503).
+    PassThroughBusy,
+    /// The body of a pass-through request did not arrive within `--pass-through-body-timeout` (408).
+    BodyTimeout,
+    /// The source address already holds `--max-connections-per-source` connections (429).
+    ConnectionsPerSource,
+}
+
+impl Rejection {
+    /// The label value.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WaitersPerPod => "waiters_per_pod",
+            Self::WaitersTotal => "waiters_total",
+            Self::PassThroughBusy => "pass_through_busy",
+            Self::BodyTimeout => "body_timeout",
+            Self::ConnectionsPerSource => "connections_per_source",
+        }
+    }
+}
 
 const NAMESPACE: &str = "aadpodidentity";
 
@@ -27,6 +111,12 @@ pub struct NmiMetrics {
     pub token_ok: Histogram,
     /// `cache_lookups{result="hit"}`, resolved once for the hot path.
     pub cache_hit: IntCounter,
+    /// `aadpodidentity_nmi_rejected_requests_total{reason}`: requests refused at once by a bound
+    /// ([`Rejection`]).
+    pub rejected: IntCounterVec,
+    /// `aadpodidentity_nmi_token_cache_evictions_total`: cache slots evicted to stay within
+    /// `--max-token-cache-slots`.
+    pub cache_evictions: IntCounter,
 }
 
 impl NmiMetrics {
@@ -80,6 +170,25 @@ impl NmiMetrics {
             .buckets(fast),
             &["result"],
         )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "nmi_rejected_requests_total",
+                "Requests refused at once because a bound was reached, by reason",
+            )
+            .namespace(NAMESPACE)
+            .const_label("node", node),
+            &["reason"],
+        )?;
+        let cache_evictions = IntCounter::with_opts(
+            Opts::new(
+                "nmi_token_cache_evictions_total",
+                "Token cache slots evicted to stay within the slot bound",
+            )
+            .namespace(NAMESPACE)
+            .const_label("node", node),
+        )?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(token_latency.clone()))?;
         registry.register(Box::new(wait_seconds.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
@@ -94,7 +203,14 @@ impl NmiMetrics {
             cache_lookups,
             upstream_fetch_seconds,
             operations: shared.nmi_operations_duration_seconds.clone(),
+            rejected,
+            cache_evictions,
         })
+    }
+
+    /// Counts a request refused by a bound.
+    pub fn reject(&self, why: Rejection) {
+        self.rejected.with_label_values(&[why.label()]).inc();
     }
 }
 
@@ -112,5 +228,24 @@ mod tests {
         assert!(shared.encode().contains(
             "aadpodidentity_nmi_token_cache_lookups_total{node=\"node-a\",result=\"hit\"} 1"
         ));
+    }
+
+    #[test]
+    fn resources_map_to_known_audiences_or_other() {
+        assert_eq!(
+            resource_label("https://management.azure.com"),
+            "https://management.azure.com/"
+        );
+        assert_eq!(
+            resource_label("HTTPS://VAULT.AZURE.NET/"),
+            "https://vault.azure.net"
+        );
+        assert_eq!(resource_label("api://my-app"), "other");
+        assert_eq!(resource_label("https://vault.azure.net/x"), "other");
+        assert_eq!(resource_label(""), "");
+        let distinct: std::collections::HashSet<&str> = (0..10_000)
+            .map(|i| resource_label(&format!("r{i}")))
+            .collect();
+        assert_eq!(distinct.len(), 1);
     }
 }

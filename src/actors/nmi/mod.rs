@@ -8,26 +8,35 @@
 //! - [`cache`] — tokens per (identity, resource), single flight, refresh before expiry;
 //! - [`broker`] — the per-request flow (pod → identity → authorization → cache);
 //! - [`watchers`] — the Kubernetes watch loops feeding the indexes;
-//! - [`iptables`] — the `aad-metadata` redirect.
+//! - [`waiters`] — the bound on requests parked while they wait;
+//! - [`iptables`] — the `aad-metadata` redirect;
+//! - [`gate`] — the startup taint NMI lifts from its node once it guards it (`--node-gate`);
+//! - [`kubenet`] — the original's refusal to run on kubenet nodes.
 //!
 //! The watch loops are plain tasks that each own one index; HTTP workers read the indexes
-//! directly, so a token request costs no mailbox hop. [`start`] wires everything and returns the
-//! bound addresses; [`run`] is the `nmi` subcommand (start, then wait for SIGTERM/SIGINT).
+//! directly, so a token request costs no mailbox hop. Every task (watches, servers, iptables)
+//! runs under a [`Supervisor`]: restarted when it dies, and the process dead (`/healthz` 500,
+//! exit code 1) when it keeps dying. [`start`] wires everything and returns the bound
+//! addresses; [`run`] is the `nmi` subcommand (start, then wait for SIGTERM/SIGINT or death).
 
 pub mod assignments;
 pub mod broker;
 pub mod cache;
 pub mod cloud_source;
 pub mod exceptions;
+pub mod gate;
 pub mod identity;
 pub mod iptables;
+pub mod kubenet;
 pub mod managed;
 pub mod metrics;
 pub mod pods;
 pub mod source;
 pub mod upstream_metrics;
+pub mod waiters;
 pub mod watchers;
 
+use super::supervisor::{Death, RestartPolicy, Supervisor};
 use crate::http::nmi::{HttpSettings, NmiHttp};
 use crate::http::probes::{self, Readiness};
 use crate::http::proxy::Proxy;
@@ -40,11 +49,10 @@ use metrics::NmiMetrics;
 use pods::PodIndex;
 use source::TokenSource;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, watch};
 
 /// Where a pod's identities come from (`--operation-mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +83,9 @@ pub struct NmiSettings {
     pub force_namespaced: bool,
     /// `--MICNamespace`.
     pub mic_namespace: String,
+    /// `--mic-service-account`: MIC's pods in `mic_namespace` run as this service account
+    /// (empty: MIC is recognised only through an AzurePodIdentityException).
+    pub mic_service_account: String,
     /// Bound of the wait for an identity to be assigned
     /// (`--retry-attempts-for-created` × `--find-identity-retry-interval`).
     pub assignment_wait: Duration,
@@ -97,10 +108,27 @@ pub struct NmiSettings {
     pub manage_iptables: bool,
     /// `--ipt-update-interval-sec`.
     pub ipt_update_interval: Duration,
-    /// `--enable-conntrack-deletion`.
+    /// `--enable-conntrack-deletion` (on by default with the node gate).
     pub enable_conntrack_deletion: bool,
+    /// `--node-gate`: the key of the startup taint NMI lifts from its node (`--node-gate-taint`),
+    /// or `None` when the gate is off.
+    pub node_gate: Option<String>,
     /// HTTP worker threads of the token endpoint.
     pub http_workers: usize,
+    /// `--max-waiters-per-pod`.
+    pub max_waiters_per_pod: usize,
+    /// `--max-waiters`.
+    pub max_waiters: usize,
+    /// `--max-token-cache-slots`.
+    pub max_token_cache_slots: usize,
+    /// `--max-pass-through`.
+    pub max_pass_through: usize,
+    /// `--pass-through-body-timeout`.
+    pub pass_through_body_timeout: Duration,
+    /// `--max-connections-per-source`.
+    pub max_connections_per_source: usize,
+    /// How supervised tasks are restarted.
+    pub restart_policy: RestartPolicy,
 }
 
 impl NmiSettings {
@@ -122,6 +150,7 @@ impl NmiSettings {
             },
             force_namespaced: args.force_namespaced,
             mic_namespace: args.mic_namespace.clone(),
+            mic_service_account: args.mic_service_account.clone(),
             assignment_wait: args.assignment_deadline(),
             assigned_grace: args.assigned_grace(),
             pod_arrival_timeout: args.pod_arrival_timeout,
@@ -132,8 +161,16 @@ impl NmiSettings {
             token_fetch_timeout: Duration::from_secs(30),
             manage_iptables: args.manage_iptables,
             ipt_update_interval: args.ipt_update_interval,
-            enable_conntrack_deletion: args.enable_conntrack_deletion,
+            enable_conntrack_deletion: args.conntrack_deletion(),
+            node_gate: args.node_gate.then(|| args.node_gate_taint.clone()),
             http_workers: std::thread::available_parallelism().map_or(2, usize::from),
+            max_waiters_per_pod: count(args.max_waiters_per_pod),
+            max_waiters: count(args.max_waiters),
+            max_token_cache_slots: count(args.max_token_cache_slots),
+            max_pass_through: count(args.max_pass_through),
+            pass_through_body_timeout: args.pass_through_body_timeout,
+            max_connections_per_source: count(args.max_connections_per_source),
+            restart_policy: RestartPolicy::default(),
         }
         .sandbox_probes()
     }
@@ -185,6 +222,7 @@ impl NmiSettings {
             // Namespaced matching is the secure default here (docs/migration.md).
             force_namespaced: true,
             mic_namespace: "default".into(),
+            mic_service_account: String::new(),
             assignment_wait: Duration::from_secs(16 * 5),
             assigned_grace: Duration::from_secs(4 * 5),
             pod_arrival_timeout: Duration::from_secs(2),
@@ -196,9 +234,22 @@ impl NmiSettings {
             manage_iptables: false,
             ipt_update_interval: Duration::from_secs(60),
             enable_conntrack_deletion: false,
+            node_gate: None,
             http_workers: 2,
+            max_waiters_per_pod: 100,
+            max_waiters: 10_000,
+            max_token_cache_slots: cache::DEFAULT_MAX_SLOTS,
+            max_pass_through: 64,
+            pass_through_body_timeout: Duration::from_secs(10),
+            max_connections_per_source: 256,
+            restart_policy: RestartPolicy::default(),
         }
     }
+}
+
+/// A count flag as a `usize` (lossless on every platform NMI runs on).
+fn count(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// Why NMI could not start or stop cleanly.
@@ -218,7 +269,10 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
     /// The pass-through client could not be built.
     #[error("cannot build the metadata pass-through client: {0}")]
-    Proxy(#[from] reqwest::Error),
+    Proxy(#[from] crate::http::proxy::Error),
+    /// A task NMI cannot do without failed for good.
+    #[error(transparent)]
+    Died(#[from] Death),
     /// Managed mode requires namespaced matching.
     #[error("--operation-mode managed requires --forceNamespaced")]
     ManagedNeedsNamespaced,
@@ -231,17 +285,26 @@ pub enum Error {
     /// The iptables rules could not be removed on shutdown.
     #[error("iptables cleanup failed: {0}")]
     Iptables(#[from] iptables::Error),
+    /// The node uses kubenet and `--allow-network-plugin-kubenet` is not set.
+    #[error(transparent)]
+    Kubenet(#[from] kubenet::Error),
 }
 
-/// NMI's readiness: caches synced and (when managed) iptables rules in place.
+/// NMI's readiness: caches synced and (when managed) iptables rules in place; its liveness:
+/// no supervised task has died for good.
 pub struct NmiReadiness {
     broker: Arc<Broker>,
     iptables_ready: Arc<AtomicBool>,
+    supervisor: Supervisor,
 }
 
 impl Readiness for NmiReadiness {
     fn is_ready(&self) -> bool {
         self.broker.caches_synced() && self.iptables_ready.load(Ordering::Acquire)
+    }
+
+    fn liveness(&self) -> Result<(), String> {
+        self.supervisor.health().map_err(|d| d.to_string())
     }
 }
 
@@ -266,6 +329,10 @@ pub struct Nmi {
     pub readiness: Arc<NmiReadiness>,
     /// True while the iptables rules are in place (always true when not managing iptables).
     pub iptables_ready: Arc<AtomicBool>,
+    /// Woken whenever one of the caches finishes a (re)list.
+    pub synced_changed: Arc<Notify>,
+    /// The supervisor of NMI's tasks (none run until [`start`]).
+    pub supervisor: Supervisor,
 }
 
 impl Nmi {
@@ -285,12 +352,15 @@ impl Nmi {
         let metrics = NmiMetrics::new(metrics, &settings.node)?;
         let pods = Arc::new(PodIndex::new(settings.node.clone()));
         let exceptions = Arc::new(ExceptionIndex::new());
-        let cache = Arc::new(TokenCache::new(
-            source,
-            settings.token_refresh_margin,
-            settings.token_fetch_timeout,
-            Some(metrics.clone()),
-        ));
+        let cache = Arc::new(
+            TokenCache::new(
+                source,
+                settings.token_refresh_margin,
+                settings.token_fetch_timeout,
+                Some(metrics.clone()),
+            )
+            .with_max_slots(settings.max_token_cache_slots),
+        );
         let (assignments, catalog, feed) = match settings.mode {
             Mode::Standard => {
                 let a = Arc::new(AssignmentIndex::new(
@@ -312,6 +382,9 @@ impl Nmi {
             BrokerSettings {
                 node: settings.node.clone(),
                 mic_namespace: settings.mic_namespace.clone(),
+                mic_service_account: settings.mic_service_account.clone(),
+                max_waiters_per_pod: settings.max_waiters_per_pod,
+                max_waiters: settings.max_waiters,
                 assignment_wait: settings.assignment_wait,
                 assigned_grace: settings.assigned_grace,
                 pod_arrival_timeout: settings.pod_arrival_timeout,
@@ -319,23 +392,28 @@ impl Nmi {
             Some(metrics.clone()),
         ));
         let proxy = Proxy::new(
-            format!("http://{}", settings.metadata),
+            &format!("http://{}", settings.metadata),
             settings.token_fetch_timeout,
         )?;
-        let http = Arc::new(NmiHttp {
-            broker: Arc::clone(&broker),
+        let http = Arc::new(NmiHttp::new(
+            Arc::clone(&broker),
             proxy,
-            settings: HttpSettings {
+            HttpSettings {
                 block_instance_metadata: settings.block_instance_metadata,
                 metadata_header_required: settings.metadata_header_required,
                 set_retry_after_header: settings.set_retry_after_header,
+                max_pass_through: settings.max_pass_through,
+                pass_through_body_timeout: settings.pass_through_body_timeout,
+                max_connections_per_source: settings.max_connections_per_source,
             },
-            metrics: Some(metrics),
-        });
+            Some(metrics),
+        ));
         let iptables_ready = Arc::new(AtomicBool::new(!settings.manage_iptables));
+        let supervisor = Supervisor::new(settings.restart_policy);
         let readiness = Arc::new(NmiReadiness {
             broker: Arc::clone(&broker),
             iptables_ready: Arc::clone(&iptables_ready),
+            supervisor: supervisor.clone(),
         });
         Ok(Self {
             pods,
@@ -347,6 +425,8 @@ impl Nmi {
             http,
             readiness,
             iptables_ready,
+            synced_changed: Arc::new(Notify::new()),
+            supervisor,
         })
     }
 }
@@ -359,34 +439,48 @@ pub struct Running {
     pub probe_addr: SocketAddr,
     /// `/metrics` address.
     pub metrics_addr: SocketAddr,
-    /// The state (indexes, readiness).
+    /// The state (indexes, readiness, supervisor).
     pub nmi: Arc<Nmi>,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
     servers: Vec<actix_web::dev::ServerHandle>,
-    iptables: Option<JoinHandle<Result<(), iptables::Error>>>,
+    /// Outcome of the iptables task's last run (its rules are removed when it ends).
+    iptables_outcome: Option<IptablesOutcome>,
 }
 
+/// Where the iptables task leaves the outcome of its cleanup for [`Running::stop`].
+type IptablesOutcome = Arc<Mutex<Option<Result<(), iptables::Error>>>>;
+
+/// How long tasks get to end by themselves at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 impl Running {
-    /// Stops the servers and watches and removes the iptables rules.
+    /// Stops the servers, watches and the iptables reconciler, which removes its rules.
     ///
     /// # Errors
     /// [`Error::Iptables`] when the rules could not be removed.
     pub async fn stop(self) -> Result<(), Error> {
-        self.shutdown.cancel();
+        let sup = &self.nmi.supervisor;
+        // Cancel first: nothing that ends from here on counts as a failure.
+        sup.shutdown_token().cancel();
         for s in &self.servers {
             s.stop(true).await;
         }
-        for t in &self.tasks {
-            t.abort();
-        }
-        if let Some(ipt) = self.iptables {
-            match ipt.await {
-                Ok(r) => r?,
-                Err(e) => tracing::error!(error = %e, "iptables task failed"),
+        sup.shutdown(SHUTDOWN_GRACE).await;
+        if let Some(outcome) = self.iptables_outcome {
+            let taken = outcome
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            match taken {
+                Some(r) => r?,
+                None => tracing::error!("iptables task did not finish its cleanup"),
             }
         }
         Ok(())
+    }
+
+    /// Resolves when a supervised task has died for good.
+    pub async fn died(&self) -> Death {
+        self.nmi.supervisor.died().await
     }
 }
 
@@ -400,7 +494,7 @@ fn local(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Error> {
 }
 
 /// Starts NMI: the watches on `client`, the token endpoint, probes, metrics and (when enabled)
-/// the iptables reconciler. Returns once everything is listening.
+/// the iptables reconciler, each a supervised task. Returns once everything is listening.
 ///
 /// # Errors
 /// [`Error`] when an address cannot be bound or the state cannot be assembled.
@@ -413,37 +507,59 @@ pub fn start(
     let source: Arc<dyn TokenSource> =
         Arc::new(upstream_metrics::Metered::new(source, metrics.clone()));
     let nmi = Arc::new(Nmi::new(settings, source, metrics)?);
-    let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-    let node = settings.node.clone();
-    tasks.push(tokio::spawn(watchers::watch_pods(
-        client.clone(),
-        node.clone(),
-        Arc::clone(&nmi.pods),
-        Some(
-            metrics
-                .kubernetes_api_operations_errors_count
-                .with_label_values(&[crate::metrics::K8S_GET_POD_LIST]),
-        ),
-    )));
-    tasks.push(tokio::spawn(watchers::watch_exceptions(
-        client.clone(),
-        Arc::clone(&nmi.exceptions),
-    )));
+    let sup = nmi.supervisor.clone();
+    {
+        let (client, node, pods) = (client.clone(), settings.node.clone(), Arc::clone(&nmi.pods));
+        let synced = Arc::clone(&nmi.synced_changed);
+        let pod_list_errors = metrics
+            .kubernetes_api_operations_errors_count
+            .with_label_values(&[crate::metrics::K8S_GET_POD_LIST]);
+        sup.spawn("watch-pods", move || {
+            watchers::watch_pods(
+                client.clone(),
+                node.clone(),
+                Arc::clone(&pods),
+                Arc::clone(&synced),
+                Some(pod_list_errors.clone()),
+            )
+        });
+    }
+    {
+        let (client, exceptions) = (client.clone(), Arc::clone(&nmi.exceptions));
+        let synced = Arc::clone(&nmi.synced_changed);
+        sup.spawn("watch-exceptions", move || {
+            watchers::watch_exceptions(client.clone(), Arc::clone(&exceptions), Arc::clone(&synced))
+        });
+    }
     if let Some(a) = &nmi.assignments {
-        tasks.push(tokio::spawn(watchers::watch_assigned(
+        let (client, node, a, cache) = (
             client.clone(),
-            node,
+            settings.node.clone(),
             Arc::clone(a),
             Arc::clone(&nmi.cache),
-        )));
+        );
+        let synced = Arc::clone(&nmi.synced_changed);
+        sup.spawn("watch-assigned-identities", move || {
+            watchers::watch_assigned(
+                client.clone(),
+                node.clone(),
+                Arc::clone(&a),
+                Arc::clone(&cache),
+                Arc::clone(&synced),
+            )
+        });
     }
     if let Some(c) = &nmi.catalog {
-        tasks.push(tokio::spawn(watchers::watch_catalog(
-            client,
-            Arc::clone(c),
-            Arc::clone(&nmi.cache),
-        )));
+        let (client, c, cache) = (client.clone(), Arc::clone(c), Arc::clone(&nmi.cache));
+        let synced = Arc::clone(&nmi.synced_changed);
+        sup.spawn("watch-catalog", move || {
+            watchers::watch_catalog(
+                client.clone(),
+                Arc::clone(&c),
+                Arc::clone(&cache),
+                Arc::clone(&synced),
+            )
+        });
     }
 
     let main = bind(settings.listen)?;
@@ -455,24 +571,66 @@ pub fn start(
         local(&metrics_listener, settings.metrics)?,
     );
     let bind_err = |addr| move |source| Error::Bind { addr, source };
-    let servers = vec![
-        crate::http::nmi::serve(main, Arc::clone(&nmi.http), settings.http_workers)
-            .map_err(bind_err(nmi_addr))?,
-        probes::serve_health(probe, Arc::clone(&nmi.readiness) as Arc<dyn Readiness>)
-            .map_err(bind_err(probe_addr))?,
-        probes::serve_metrics(metrics_listener, metrics.registry().clone())
-            .map_err(bind_err(metrics_addr))?,
+    let servers = [
+        (
+            "http-token",
+            crate::http::nmi::serve(main, Arc::clone(&nmi.http), settings.http_workers)
+                .map_err(bind_err(nmi_addr))?,
+        ),
+        (
+            "http-probes",
+            probes::serve_health(probe, Arc::clone(&nmi.readiness) as Arc<dyn Readiness>)
+                .map_err(bind_err(probe_addr))?,
+        ),
+        (
+            "http-metrics",
+            probes::serve_metrics(metrics_listener, metrics.registry().clone())
+                .map_err(bind_err(metrics_addr))?,
+        ),
     ];
-    let handles = servers.iter().map(actix_web::dev::Server::handle).collect();
-    for s in servers {
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = s.await {
-                tracing::error!(error = %e, "HTTP server failed");
+    let handles = servers.iter().map(|(_, s)| s.handle()).collect();
+    for (name, server) in servers {
+        // A server owns its listener and cannot be restarted: if it ends, NMI is dead.
+        sup.spawn_once(name, async move {
+            if let Err(e) = server.await {
+                tracing::error!(server = name, error = %e, "HTTP server failed");
             }
-        }));
+        });
     }
 
-    let iptables = settings.manage_iptables.then(|| {
+    let (rules_tx, rules_rx) = watch::channel(if settings.manage_iptables {
+        iptables::RulesState::Unknown
+    } else {
+        iptables::RulesState::NotManaged
+    });
+    if let Some(taint_key) = &settings.node_gate {
+        let gate_metrics = gate::GateMetrics::new(metrics, &settings.node)?;
+        let (client, node, taint_key, broker, synced, token) = (
+            client.clone(),
+            settings.node.clone(),
+            taint_key.clone(),
+            Arc::clone(&nmi.broker),
+            Arc::clone(&nmi.synced_changed),
+            sup.shutdown_token(),
+        );
+        sup.spawn("node-gate", move || {
+            let broker = Arc::clone(&broker);
+            let inputs = gate::GateInputs {
+                caches_synced: Arc::new(move || broker.caches_synced()),
+                synced_changed: Arc::clone(&synced),
+                rules: rules_rx.clone(),
+            };
+            gate::run(
+                client.clone(),
+                node.clone(),
+                taint_key.clone(),
+                inputs,
+                Some(gate_metrics.clone()),
+                token.clone(),
+            )
+        });
+    }
+    let iptables_outcome = settings.manage_iptables.then(|| {
         // As the original: when listening on every interface, redirect to localhost.
         let target_ip = if nmi_addr.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -485,47 +643,63 @@ pub fn start(
             target_ip,
             target_port: nmi_addr.port(),
         });
-        tokio::spawn(iptables::reconcile(
-            ipt,
-            settings.ipt_update_interval,
-            settings.enable_conntrack_deletion,
+        let outcome: IptablesOutcome = Arc::new(Mutex::new(None));
+        let (slot, reconcile_settings, ready, token) = (
+            Arc::clone(&outcome),
+            iptables::ReconcileSettings {
+                interval: settings.ipt_update_interval,
+                delete_conntrack: settings.enable_conntrack_deletion,
+            },
             Arc::clone(&nmi.iptables_ready),
-            shutdown.clone(),
-        ))
+            sup.shutdown_token(),
+        );
+        sup.spawn("iptables", move || {
+            let run = iptables::reconcile(
+                ipt.clone(),
+                reconcile_settings.clone(),
+                Arc::clone(&ready),
+                rules_tx.clone(),
+                token.clone(),
+            );
+            let slot = Arc::clone(&slot);
+            async move {
+                let r = run.await;
+                *slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+            }
+        });
+        outcome
     });
-    tracing::info!(node = %settings.node, %nmi_addr, %probe_addr, %metrics_addr, mode = ?settings.mode, "NMI started");
+    tracing::info!(node = %settings.node, %nmi_addr, %probe_addr, %metrics_addr, mode = ?settings.mode, tasks = ?sup.task_names(), "NMI started");
     Ok(Running {
         nmi_addr,
         probe_addr,
         metrics_addr,
         nmi,
-        shutdown,
-        tasks,
         servers: handles,
-        iptables,
+        iptables_outcome,
     })
 }
 
-/// The `nmi` subcommand from its flags: builds the Kubernetes client (`--kubeconfig`, else
+/// The `nmi` subcommand from its flags: refuses a kubenet node (unless
+/// `--allow-network-plugin-kubenet`), builds the Kubernetes client (`--kubeconfig`, else
 /// in-cluster or `$KUBECONFIG`) and the real token source (the metadata service at
 /// `--metadata-ip:--metadata-port`; Azure AD at each identity's `adEndpoint`, else
 /// `$AZURE_AUTHORITY_HOST`, else `https://login.microsoftonline.com/`), then [`run`].
 ///
 /// # Errors
-/// [`Error::Kube`] or [`Error::Cloud`] when a client cannot be built; otherwise as [`run`].
+/// [`Error::Kubenet`] on a kubenet node; [`Error::Kube`] or [`Error::Cloud`] when a client
+/// cannot be built; otherwise as [`run`].
 pub async fn run_with_args(
     args: &crate::config::nmi::NmiArgs,
     metrics: crate::metrics::Metrics,
 ) -> Result<(), Error> {
     crate::config::compat::log_ignored(
         "nmi",
-        &[
-            args.log.klog.ignored(),
-            args.compat.ignored(),
-            args.nmi_compat.ignored(),
-        ]
-        .concat(),
+        &[args.log.klog.ignored(), args.compat.ignored()].concat(),
     );
+    kubenet::check(&args.kubelet_config, args.allow_network_plugin_kubenet)?;
     let settings = NmiSettings::from_args(args);
     let client = kube_client(args).await?;
     let authority = std::env::var("AZURE_AUTHORITY_HOST")
@@ -537,6 +711,7 @@ pub async fn run_with_args(
         settings.token_fetch_timeout,
     )
     .map_err(|e| Error::Cloud(e.to_string()))?
+    .with_allowed_authorities(args.allowed_ad_endpoints.iter().cloned())
     .with_user_agent(&user_agent(args))
     .with_metrics(&metrics);
     run(settings, client, Arc::new(source), metrics).await
@@ -560,11 +735,12 @@ fn user_agent(args: &crate::config::nmi::NmiArgs) -> String {
     )
 }
 
-/// The `nmi` subcommand: starts NMI and runs until SIGTERM or SIGINT, then removes the iptables
-/// rules and stops.
+/// The `nmi` subcommand: starts NMI and runs until SIGTERM or SIGINT (or until a supervised
+/// task dies for good), then removes the iptables rules and stops.
 ///
 /// # Errors
-/// [`Error`] when NMI cannot start or its rules cannot be removed.
+/// [`Error`] when NMI cannot start, a task died ([`Error::Died`], so the process exits
+/// non-zero and Kubernetes restarts it), or its rules cannot be removed.
 pub async fn run(
     settings: NmiSettings,
     client: kube::Client,
@@ -572,9 +748,15 @@ pub async fn run(
     metrics: crate::metrics::Metrics,
 ) -> Result<(), Error> {
     let running = start(&settings, client, source, &metrics)?;
-    wait_for_signal().await;
-    tracing::info!("received termination signal, shutting down");
-    running.stop().await
+    let died = tokio::select! {
+        () = wait_for_signal() => {
+            tracing::info!("received termination signal, shutting down");
+            None
+        }
+        death = running.died() => Some(death),
+    };
+    running.stop().await?;
+    died.map_or(Ok(()), |d| Err(Error::Died(d)))
 }
 
 async fn wait_for_signal() {

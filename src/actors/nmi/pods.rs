@@ -1,6 +1,13 @@
 //! The pod index: this node's Pending and Running pods by IP (O(1), read from every HTTP worker)
 //! and by `namespace/name`, fed by the node-scoped pod watch.
 //!
+//! One address never lets one pod act as another. Two pods can hold one IP (a terminating pod and
+//! its successor, or pods whose IP was reused before the watch caught up): an address maps to
+//! every pod holding it, and a caller is identified only when exactly one of them is live (not
+//! terminating); otherwise the address is [`IpLookup::Ambiguous`] and refused (the original
+//! answered 500 for more than one pod). Host-network pods share the node's address, so they are
+//! never identified by IP (only by name, through `/host/token`).
+//!
 //! The first token request of a new pod can beat the watch event that announces it, so a lookup
 //! may wait for the pod's arrival ([`PodIndex::wait_for_ip`]): it sleeps on a [`Notify`] that
 //! every insert wakes, bounded by a short deadline. No polling.
@@ -31,8 +38,12 @@ pub struct PodInfo {
     pub ips: Vec<IpAddr>,
     /// Labels (matched against AzurePodIdentityExceptions).
     pub labels: BTreeMap<String, String>,
-    /// Name of the owning ReplicaSet, if any (the original exempts MIC's own pods by it).
-    pub replicaset: Option<String>,
+    /// `spec.serviceAccountName` (MIC's own pods are recognised by it).
+    pub service_account: Option<String>,
+    /// `spec.hostNetwork`: the pod shares the node's address and is never identified by IP.
+    pub host_network: bool,
+    /// The pod has a deletion timestamp (it is shutting down; its IP may already be reused).
+    pub terminating: bool,
 }
 
 impl PodInfo {
@@ -76,12 +87,48 @@ impl PodInfo {
             uid: pod.uid().unwrap_or_default().into(),
             ips,
             labels: pod.labels().clone(),
-            replicaset: pod
-                .owner_references()
-                .iter()
-                .find(|o| o.kind == "ReplicaSet")
-                .map(|o| o.name.clone()),
+            service_account: spec.service_account_name.clone(),
+            host_network: spec.host_network == Some(true),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
         })
+    }
+
+    /// The addresses that identify this pod (none for a host-network pod).
+    fn identifying_ips(&self) -> &[IpAddr] {
+        if self.host_network { &[] } else { &self.ips }
+    }
+}
+
+/// Who is calling from an address.
+#[derive(Clone, Debug)]
+pub enum IpLookup {
+    /// No pod of this node holds the address.
+    Unknown,
+    /// Exactly one pod holds it, or exactly one of those holding it is live.
+    Pod(Arc<PodInfo>),
+    /// Several pods hold it and not exactly one is live: nobody may act through it.
+    Ambiguous(Arc<[Arc<str>]>),
+}
+
+/// Every pod holding one address, and what that makes the address.
+struct IpEntry {
+    pods: Vec<Arc<PodInfo>>,
+    resolved: IpLookup,
+}
+
+impl IpEntry {
+    fn resolve(&mut self) {
+        self.resolved = match self.pods.as_slice() {
+            [] => IpLookup::Unknown,
+            [one] => IpLookup::Pod(Arc::clone(one)),
+            many => {
+                let mut live = many.iter().filter(|p| !p.terminating);
+                match (live.next(), live.next()) {
+                    (Some(one), None) => IpLookup::Pod(Arc::clone(one)),
+                    _ => IpLookup::Ambiguous(many.iter().map(|p| Arc::clone(&p.key)).collect()),
+                }
+            }
+        };
     }
 }
 
@@ -94,7 +141,7 @@ pub fn pod_key(namespace: &str, name: &str) -> String {
 /// Pods of this node by IP and by key. Written only by the pod watcher.
 pub struct PodIndex {
     node: String,
-    by_ip: DashMap<IpAddr, Arc<PodInfo>>,
+    by_ip: DashMap<IpAddr, IpEntry>,
     by_key: DashMap<Arc<str>, Arc<PodInfo>>,
     arrivals: Notify,
     synced: AtomicBool,
@@ -125,21 +172,36 @@ impl PodIndex {
     pub fn delete(&self, pod: &Pod) {
         let key = pod_key(&pod.namespace().unwrap_or_default(), &pod.name_any());
         if let Some((_, old)) = self.by_key.remove(key.as_str()) {
-            for ip in &old.ips {
-                self.by_ip.remove_if(ip, |_, cur| cur.uid == old.uid);
+            self.unlink(&old, &[]);
+        }
+    }
+
+    /// Removes `old` from the addresses it held, except those in `keep`.
+    fn unlink(&self, old: &PodInfo, keep: &[IpAddr]) {
+        for ip in old.identifying_ips().iter().filter(|ip| !keep.contains(ip)) {
+            if let Some(mut e) = self.by_ip.get_mut(ip) {
+                e.pods.retain(|p| p.key != old.key);
+                e.resolve();
             }
+            self.by_ip.remove_if(ip, |_, e| e.pods.is_empty());
         }
     }
 
     fn insert(&self, info: PodInfo) {
         let info = Arc::new(info);
-        if let Some(old) = self.by_key.insert(Arc::clone(&info.key), Arc::clone(&info)) {
-            for ip in old.ips.iter().filter(|ip| !info.ips.contains(ip)) {
-                self.by_ip.remove_if(ip, |_, cur| cur.uid == old.uid);
-            }
+        let old = self.by_key.insert(Arc::clone(&info.key), Arc::clone(&info));
+        // Each address is updated in place, so a reader never sees the pod missing.
+        for ip in info.identifying_ips() {
+            let mut e = self.by_ip.entry(*ip).or_insert_with(|| IpEntry {
+                pods: Vec::new(),
+                resolved: IpLookup::Unknown,
+            });
+            e.pods.retain(|p| p.key != info.key);
+            e.pods.push(Arc::clone(&info));
+            e.resolve();
         }
-        for ip in &info.ips {
-            self.by_ip.insert(*ip, Arc::clone(&info));
+        if let Some(old) = old {
+            self.unlink(&old, info.identifying_ips());
         }
         self.arrivals.notify_waiters();
     }
@@ -159,9 +221,7 @@ impl PodIndex {
             .collect();
         for key in gone {
             if let Some((_, old)) = self.by_key.remove(&key) {
-                for ip in &old.ips {
-                    self.by_ip.remove_if(ip, |_, cur| cur.uid == old.uid);
-                }
+                self.unlink(&old, &[]);
             }
         }
         for info in fresh {
@@ -170,10 +230,26 @@ impl PodIndex {
         self.synced.store(true, Ordering::Release);
     }
 
-    /// The pod with this IP, now.
+    /// Marks the index as no longer in sync (its watch broke); the next full list syncs it again.
+    pub fn mark_unsynced(&self) {
+        self.synced.store(false, Ordering::Release);
+    }
+
+    /// Who is calling from `ip`, now.
+    #[must_use]
+    pub fn lookup_ip(&self, ip: IpAddr) -> IpLookup {
+        self.by_ip
+            .get(&ip.to_canonical())
+            .map_or(IpLookup::Unknown, |e| e.resolved.clone())
+    }
+
+    /// The one pod identified by this IP, now (`None` when unknown or ambiguous).
     #[must_use]
     pub fn by_ip(&self, ip: IpAddr) -> Option<Arc<PodInfo>> {
-        self.by_ip.get(&ip.to_canonical()).map(|p| Arc::clone(&p))
+        match self.lookup_ip(ip) {
+            IpLookup::Pod(p) => Some(p),
+            IpLookup::Unknown | IpLookup::Ambiguous(_) => None,
+        }
     }
 
     /// The pod `namespace/name`, now.
@@ -182,22 +258,20 @@ impl PodIndex {
         self.by_key.get(key).map(|p| Arc::clone(&p))
     }
 
-    /// The pod with this IP, waiting up to `within` for it to arrive.
-    pub async fn wait_for_ip(&self, ip: IpAddr, within: Duration) -> Option<Arc<PodInfo>> {
-        if let Some(p) = self.by_ip(ip) {
-            return Some(p);
-        }
+    /// Who is calling from `ip`, waiting up to `within` for a pod to arrive at an unknown address.
+    pub async fn wait_for_ip(&self, ip: IpAddr, within: Duration) -> IpLookup {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let notified = self.arrivals.notified();
             tokio::pin!(notified);
             // Register before checking so an insert between the check and the await is not lost.
             notified.as_mut().enable();
-            if let Some(p) = self.by_ip(ip) {
-                return Some(p);
+            match self.lookup_ip(ip) {
+                IpLookup::Unknown => {}
+                found => return found,
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.by_ip(ip);
+                return self.lookup_ip(ip);
             }
         }
     }
@@ -281,6 +355,25 @@ pub(crate) mod fixtures {
             }]);
             self
         }
+        pub fn service_account(mut self, sa: &str) -> Self {
+            self.0.spec.as_mut().unwrap().service_account_name = Some(sa.into());
+            self
+        }
+        pub fn host_network(mut self) -> Self {
+            self.0.spec.as_mut().unwrap().host_network = Some(true);
+            self
+        }
+        pub fn uid(mut self, uid: &str) -> Self {
+            self.0.metadata.uid = Some(uid.into());
+            self
+        }
+        pub fn terminating(mut self) -> Self {
+            self.0.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+            self
+        }
         pub fn build(self) -> Pod {
             self.0
         }
@@ -340,6 +433,70 @@ mod tests {
         assert!(idx.by_ip(ip("127.0.0.3")).is_some());
     }
 
+    #[test]
+    fn two_live_pods_on_one_address_identify_neither() {
+        let idx = PodIndex::new("node-1");
+        idx.apply(&pod("ns", "a").ip("127.0.0.2").build());
+        idx.apply(&pod("ns", "b").ip("127.0.0.2").build());
+        assert!(idx.by_ip(ip("127.0.0.2")).is_none());
+        match idx.lookup_ip(ip("127.0.0.2")) {
+            IpLookup::Ambiguous(keys) => {
+                let mut k: Vec<&str> = keys.iter().map(|k| &**k).collect();
+                k.sort_unstable();
+                assert_eq!(k, ["ns/a", "ns/b"]);
+            }
+            other => panic!("expected ambiguous, got {other:?}"),
+        }
+        // One of them leaves: the other is identified again.
+        idx.delete(&pod("ns", "a").build());
+        assert_eq!(&*idx.by_ip(ip("127.0.0.2")).unwrap().name, "b");
+    }
+
+    #[test]
+    fn a_terminating_pod_yields_its_address_to_the_one_live_successor() {
+        let idx = PodIndex::new("node-1");
+        idx.apply(&pod("ns", "old").ip("127.0.0.2").build());
+        idx.apply(&pod("ns", "old").ip("127.0.0.2").terminating().build());
+        // Alone, a terminating pod is still itself (it may ask for tokens while shutting down).
+        assert_eq!(&*idx.by_ip(ip("127.0.0.2")).unwrap().name, "old");
+        idx.apply(&pod("ns", "new").ip("127.0.0.2").build());
+        assert_eq!(&*idx.by_ip(ip("127.0.0.2")).unwrap().name, "new");
+        // Both terminating: nobody.
+        idx.apply(&pod("ns", "new").ip("127.0.0.2").terminating().build());
+        assert!(matches!(
+            idx.lookup_ip(ip("127.0.0.2")),
+            IpLookup::Ambiguous(_)
+        ));
+    }
+
+    #[test]
+    fn host_network_pods_are_not_identified_by_the_node_address() {
+        let idx = PodIndex::new("node-1");
+        idx.apply(
+            &pod("kube-system", "agent")
+                .ip("127.0.0.1")
+                .host_network()
+                .build(),
+        );
+        assert!(matches!(idx.lookup_ip(ip("127.0.0.1")), IpLookup::Unknown));
+        assert!(idx.by_key("kube-system/agent").is_some());
+        idx.apply(
+            &pod("ns", "other-agent")
+                .ip("127.0.0.1")
+                .host_network()
+                .build(),
+        );
+        assert!(matches!(idx.lookup_ip(ip("127.0.0.1")), IpLookup::Unknown));
+    }
+
+    #[test]
+    fn a_pod_recreated_under_its_name_replaces_itself_at_its_address() {
+        let idx = PodIndex::new("node-1");
+        idx.apply(&pod("ns", "web-0").ip("127.0.0.2").uid("u1").build());
+        idx.apply(&pod("ns", "web-0").ip("127.0.0.2").uid("u2").build());
+        assert_eq!(&*idx.by_ip(ip("127.0.0.2")).unwrap().uid, "u2");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_request_waits_for_its_pod_to_arrive() {
         let idx = Arc::new(PodIndex::new("node-1"));
@@ -354,7 +511,9 @@ mod tests {
         idx.apply(&pod("ns", "other").ip("127.0.0.6").build());
         tokio::time::sleep(Duration::from_millis(500)).await;
         idx.apply(&pod("ns", "late").ip("127.0.0.5").build());
-        let found = waiter.await.unwrap().unwrap();
+        let IpLookup::Pod(found) = waiter.await.unwrap() else {
+            panic!("the pod arrived");
+        };
         assert_eq!(&*found.name, "late");
     }
 
@@ -362,11 +521,11 @@ mod tests {
     async fn a_pod_that_never_arrives_gives_up_at_the_deadline() {
         let idx = PodIndex::new("node-1");
         let start = tokio::time::Instant::now();
-        assert!(
+        assert!(matches!(
             idx.wait_for_ip(ip("127.0.0.5"), Duration::from_secs(2))
-                .await
-                .is_none()
-        );
+                .await,
+            IpLookup::Unknown
+        ));
         assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 }

@@ -36,6 +36,8 @@ pub enum TokenTarget {
         identity: Arc<AzureIdentitySpec>,
         /// Namespace of the AzureIdentity (where an unqualified Secret reference points).
         identity_namespace: String,
+        /// The identity is namespaced: its Secret must be in `identity_namespace`.
+        namespaced: bool,
     },
 }
 
@@ -48,13 +50,23 @@ pub struct TokenRequest {
     pub resource: String,
 }
 
-/// What the upstream service answered: its status and body, untouched.
-#[derive(Clone, Debug)]
+/// What the upstream service answered: its status and body, untouched. `Debug` shows the body's
+/// length only (a 200 body is a token).
+#[derive(Clone)]
 pub struct UpstreamToken {
     /// HTTP status of the token service.
     pub status: u16,
     /// Body as received (the metadata-service token JSON when `status` is 200).
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for UpstreamToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamToken")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 /// Why an upstream token could not be obtained at all.
@@ -82,8 +94,7 @@ pub trait TokenSource: Send + Sync + 'static {
 /// `expires_in` recomputed at serve time so a cached token never claims more life than it has.
 ///
 /// A service principal with auxiliary tenants gets one token per tenant; the original answers
-/// those as a JSON array, and so does this type.
-#[derive(Debug)]
+/// those as a JSON array, and so does this type. `Debug` never shows a token.
 pub struct RenderedToken {
     parts: Vec<Part>,
     array: bool,
@@ -93,8 +104,18 @@ pub struct RenderedToken {
     pub object_id: Option<Box<str>>,
 }
 
+impl std::fmt::Debug for RenderedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenderedToken")
+            .field("tokens", &self.parts.len())
+            .field("access_token", &"<redacted>")
+            .field("expires_on", &self.expires_on)
+            .field("object_id", &self.object_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One token, rendered around its `expires_in` value.
-#[derive(Debug)]
 struct Part {
     head: Bytes,
     tail: Bytes,

@@ -2,7 +2,11 @@
 //! with this node, AzurePodIdentityExceptions, and (managed mode) bindings and identities.
 //!
 //! Each loop is the only writer of its index. A (re)list is buffered and swapped in whole at
-//! `InitDone`, so a restart or a lost watch leaves nothing stale; watch errors back off and retry.
+//! `InitDone`, so a restart or a lost watch leaves nothing stale. A watch error marks the index
+//! out of sync (NMI is not ready) and restarts the watch with a fresh list after a backoff, so
+//! readiness returns only once the index holds the API's current state again.
+//! Every finished (re)list and every lost watch wakes the `synced` [`Notify`], so whoever waits for the caches to be
+//! synced (the node gate) is told without polling.
 
 use super::assignments::AssignmentIndex;
 use super::cache::TokenCache;
@@ -15,50 +19,70 @@ use crate::crd::{
 };
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
 
 /// What a watch loop does with its events.
 pub(crate) trait Sink<K> {
     fn apply(&self, obj: &K);
     fn delete(&self, obj: &K);
     fn replace(&self, list: &[K]);
+    /// The watch broke: the index may miss changes until the next full list.
+    fn lost(&self);
 }
+
+/// Delay before re-listing after the first failure; doubled per failure in a row.
+const RELIST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest delay before re-listing.
+const RELIST_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 async fn drive<K, S>(
     api: Api<K>,
     config: watcher::Config,
     sink: S,
     what: &'static str,
+    synced: Arc<Notify>,
     errors: Option<prometheus::IntCounter>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     S: Sink<K>,
 {
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut buffer: Vec<K> = Vec::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Apply(o)) => sink.apply(&o),
-            Ok(Event::Delete(o)) => sink.delete(&o),
-            Ok(Event::Init) => buffer.clear(),
-            Ok(Event::InitApply(o)) => buffer.push(o),
-            Ok(Event::InitDone) => {
-                sink.replace(&buffer);
-                tracing::debug!(watch = what, objects = buffer.len(), "list synced");
-                buffer.clear();
-            }
-            Err(e) => {
-                if let Some(c) = &errors {
-                    c.inc();
+    let mut backoff = RELIST_BACKOFF;
+    loop {
+        let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
+        let mut buffer: Vec<K> = Vec::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(o)) => sink.apply(&o),
+                Ok(Event::Delete(o)) => sink.delete(&o),
+                Ok(Event::Init) => buffer.clear(),
+                Ok(Event::InitApply(o)) => buffer.push(o),
+                Ok(Event::InitDone) => {
+                    sink.replace(&buffer);
+                    tracing::debug!(watch = what, objects = buffer.len(), "list synced");
+                    buffer = Vec::new();
+                    backoff = RELIST_BACKOFF;
+                    synced.notify_waiters();
                 }
-                tracing::warn!(watch = what, error = %e, "watch failed; retrying with backoff")
+                Err(e) => {
+                    if let Some(c) = &errors {
+                        c.inc();
+                    }
+                    sink.lost();
+                    synced.notify_waiters();
+                    tracing::warn!(watch = what, error = %e, delay = ?backoff, "watch failed; not ready until re-listed");
+                    break;
+                }
             }
         }
+        // A failed (or, never expected, ended) watch starts over with a full list.
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RELIST_BACKOFF_MAX);
     }
 }
 
@@ -72,6 +96,9 @@ impl Sink<Pod> for Pods {
     }
     fn replace(&self, l: &[Pod]) {
         self.0.replace_all(l);
+    }
+    fn lost(&self) {
+        self.0.mark_unsynced();
     }
 }
 
@@ -93,6 +120,9 @@ impl Sink<AzureAssignedIdentity> for Assigned {
     fn replace(&self, l: &[AzureAssignedIdentity]) {
         self.forget(self.0.replace_all(l));
     }
+    fn lost(&self) {
+        self.0.mark_unsynced();
+    }
 }
 
 struct Exceptions(Arc<ExceptionIndex>);
@@ -105,6 +135,9 @@ impl Sink<AzurePodIdentityException> for Exceptions {
     }
     fn replace(&self, l: &[AzurePodIdentityException]) {
         self.0.replace_all(l);
+    }
+    fn lost(&self) {
+        self.0.mark_unsynced();
     }
 }
 
@@ -125,6 +158,9 @@ impl Sink<AzureIdentity> for Identities {
             self.1.drop_identity(&k);
         }
     }
+    fn lost(&self) {
+        self.0.mark_identities_unsynced();
+    }
 }
 
 struct Bindings(Arc<ManagedCatalog>);
@@ -138,6 +174,9 @@ impl Sink<AzureIdentityBinding> for Bindings {
     fn replace(&self, l: &[AzureIdentityBinding]) {
         self.0.replace_bindings(l);
     }
+    fn lost(&self) {
+        self.0.mark_bindings_unsynced();
+    }
 }
 
 /// Watches this node's pods (`spec.nodeName=<node>`) into `index`, counting failed lists and
@@ -146,10 +185,19 @@ pub async fn watch_pods(
     client: Client,
     node: String,
     index: Arc<PodIndex>,
+    synced: Arc<Notify>,
     errors: Option<prometheus::IntCounter>,
 ) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    drive(Api::<Pod>::all(client), config, Pods(index), "pods", errors).await;
+    drive(
+        Api::<Pod>::all(client),
+        config,
+        Pods(index),
+        "pods",
+        synced,
+        errors,
+    )
+    .await;
 }
 
 /// Watches AzureAssignedIdentities labelled `nodename=<node>` into `index`, dropping cached
@@ -159,6 +207,7 @@ pub async fn watch_assigned(
     node: String,
     index: Arc<AssignmentIndex>,
     cache: Arc<TokenCache>,
+    synced: Arc<Notify>,
 ) {
     let config = watcher::Config::default().labels(&format!("{NODENAME_LABEL}={node}"));
     drive(
@@ -166,30 +215,38 @@ pub async fn watch_assigned(
         config,
         Assigned(index, cache),
         "azureassignedidentities",
+        synced,
         None,
     )
     .await;
 }
 
 /// Watches AzurePodIdentityExceptions of every namespace into `index`.
-pub async fn watch_exceptions(client: Client, index: Arc<ExceptionIndex>) {
+pub async fn watch_exceptions(client: Client, index: Arc<ExceptionIndex>, synced: Arc<Notify>) {
     drive(
         Api::<AzurePodIdentityException>::all(client),
         watcher::Config::default(),
         Exceptions(index),
         "azurepodidentityexceptions",
+        synced,
         None,
     )
     .await;
 }
 
 /// Watches AzureIdentities and AzureIdentityBindings (managed mode) into `catalog`.
-pub async fn watch_catalog(client: Client, catalog: Arc<ManagedCatalog>, cache: Arc<TokenCache>) {
+pub async fn watch_catalog(
+    client: Client,
+    catalog: Arc<ManagedCatalog>,
+    cache: Arc<TokenCache>,
+    synced: Arc<Notify>,
+) {
     let identities = drive(
         Api::<AzureIdentity>::all(client.clone()),
         watcher::Config::default(),
         Identities(Arc::clone(&catalog), cache),
         "azureidentities",
+        Arc::clone(&synced),
         None,
     );
     let bindings = drive(
@@ -197,6 +254,7 @@ pub async fn watch_catalog(client: Client, catalog: Arc<ManagedCatalog>, cache: 
         watcher::Config::default(),
         Bindings(catalog),
         "azureidentitybindings",
+        synced,
         None,
     );
     futures::join!(identities, bindings);

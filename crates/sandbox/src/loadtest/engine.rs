@@ -525,6 +525,10 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         unassign_grace_period: Duration::from_secs(60),
         nmi_assignment_wait: p.assignment_wait,
         nmi_port: args.nmi_port,
+        add_node: Vec::new(),
+        nmi_start_delay: Duration::ZERO,
+        // The gate is not what load tests measure.
+        node_gate: false,
     };
     let started = Instant::now();
     let cpu0 = proc_usage().0;

@@ -151,6 +151,10 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         unassign_grace_period: Duration::from_secs(60),
         nmi_assignment_wait: Duration::from_secs(5),
         nmi_port: args.nmi_port,
+        add_node: Vec::new(),
+        nmi_start_delay: Duration::ZERO,
+        // The gate is not what load tests measure.
+        node_gate: false,
     };
     let sandbox = Sandbox::start(&sargs).await?;
     let r = drive(args, &sandbox, pods, rounds, seconds, concurrency).await;

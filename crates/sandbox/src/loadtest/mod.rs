@@ -122,8 +122,9 @@ pub struct LoadtestArgs {
     #[arg(long = "clock-factor", default_value_t = 100)]
     pub clock_factor: u32,
 
-    /// Port of every NMI of the sandbox (on each node's loopback address).
-    #[arg(long = "nmi-port", default_value_t = 2579)]
+    /// Port of every NMI of the sandbox (on each node's loopback address); 0, the default, picks
+    /// a free one per NMI so that runs never collide.
+    #[arg(long = "nmi-port", default_value_t = 0)]
     pub nmi_port: u16,
 
     /// Upper bound on the whole scenario (after the sandbox is up).

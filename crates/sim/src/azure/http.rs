@@ -52,7 +52,7 @@ async fn dispatch(
     let local = req.app_config().local_addr();
     if let Some((node, key)) = shared.nodes_by_addr.get(&local) {
         let resp = imds(&req, &shared, node, key).await;
-        record(&shared, &req, None, &resp);
+        record(&shared, &req, None, Some(node), &resp);
         return resp;
     }
     let path = req.path().trim_matches('/').to_string();
@@ -68,13 +68,13 @@ async fn dispatch(
     }
     if is_token_path {
         let resp = aad(&req, payload, &shared, segs[0], segs.len() == 4).await;
-        record(&shared, &req, None, &resp);
+        record(&shared, &req, None, None, &resp);
         return resp;
     }
     if ci(0, "subscriptions") && segs.len() >= 2 {
         let sub = segs[1].to_string();
         let resp = arm(&req, payload, &shared, &segs).await;
-        record(&shared, &req, Some(sub), &resp);
+        record(&shared, &req, Some(sub), None, &resp);
         return resp;
     }
     arm_error(
@@ -125,14 +125,24 @@ fn openid_configuration(req: &HttpRequest, tenant: &str, v2: bool) -> HttpRespon
     }))
 }
 
-fn record(shared: &Shared, req: &HttpRequest, subscription: Option<String>, resp: &HttpResponse) {
+/// Logs a request as it arrived: the raw path and query of the request line (so tests can see
+/// exactly what a client, or a proxy such as NMI, sent).
+fn record(
+    shared: &Shared,
+    req: &HttpRequest,
+    subscription: Option<String>,
+    node: Option<&str>,
+    resp: &HttpResponse,
+) {
     let mut inner = shared.lock();
     if inner.log.len() < LOG_CAP {
         inner.log.push(RequestRecord {
             at: Instant::now(),
             method: req.method().to_string(),
-            path: req.path().to_string(),
+            path: req.uri().path().to_string(),
+            query: req.uri().query().unwrap_or("").to_string(),
             subscription,
+            node: node.map(str::to_string),
             status: resp.status().as_u16(),
             user_agent: req
                 .headers()

@@ -75,10 +75,14 @@ pub struct RequestRecord {
     pub at: Instant,
     /// HTTP method.
     pub method: String,
-    /// Path (without query).
+    /// Path (without query), exactly as it arrived in the request line.
     pub path: String,
+    /// Query, exactly as it arrived ("" when none).
+    pub query: String,
     /// Subscription the request concerned, if any.
     pub subscription: Option<String>,
+    /// The node whose metadata service received the request (`None` for ARM and Azure AD).
+    pub node: Option<String>,
     /// Status answered (0 for a hang).
     pub status: u16,
     /// The `User-Agent` header as sent (empty when absent).

@@ -4,11 +4,11 @@
 //! history), the resource [`resources`] registry (built-ins plus whatever CRDs declare), the
 //! REST protocol in [`http`] and [`watch`] (bodies in JSON, YAML or, as kubectl's typed clients
 //! send them, protobuf: [`protobuf`]), the Table rendering kubectl asks for in [`table`],
-//! discovery and OpenAPI in [`discovery`], and a small cluster in [`cluster`] (scheduler,
-//! kubelet, workload controllers) so the seed's Deployments, DaemonSets, Jobs and CronJobs
-//! turn into running pods with loopback IPs; CronJob schedules are read (and refused) as the
-//! API server reads them in [`schedule`]. Tests and the sandbox start it with
-//! [`KubeSim::start`] and get a [`KubeSimHandle`].
+//! discovery and OpenAPI in [`discovery`], taints and tolerations in [`taints`], and a small
+//! cluster in [`cluster`] (scheduler, kubelet, workload controllers, taint eviction) so the
+//! seed's Deployments, DaemonSets, Jobs and CronJobs turn into running pods with loopback IPs;
+//! CronJob schedules are read (and refused) as the API server reads them in [`schedule`]. Tests
+//! and the sandbox start it with [`KubeSim::start`] and get a [`KubeSimHandle`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), aad_pod_identity_sim::kube::Error> {
@@ -42,6 +42,7 @@ pub mod schema;
 pub mod selector;
 pub mod store;
 pub mod table;
+pub mod taints;
 pub mod watch;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -225,6 +225,33 @@ fn spec_part(obj: &Value) -> Vec<(&String, &Value)> {
         .unwrap_or_default()
 }
 
+/// Field validation beyond metadata, for the fields the simulator acts on: Node taints, pod
+/// (template) tolerations and CronJob schedules.
+fn validate_spec(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+    use super::taints::{validate_taints, validate_tolerations};
+    let invalid = |m: String| ApiError::invalid(&info.group, &info.kind, name_of(obj), m);
+    let spec = |path: &str| obj.pointer(path).cloned().unwrap_or(Value::Null);
+    match (info.group.as_str(), info.plural.as_str()) {
+        ("", "nodes") => validate_taints(obj).map_err(invalid),
+        ("", "pods") => validate_tolerations(&spec("/spec"), "spec").map_err(invalid),
+        ("apps", "deployments" | "daemonsets" | "replicasets" | "statefulsets")
+        | ("batch", "jobs")
+        | ("", "replicationcontrollers") => {
+            validate_tolerations(&spec("/spec/template/spec"), "spec.template.spec")
+                .map_err(invalid)
+        }
+        ("batch", "cronjobs") => {
+            super::schedule::Schedule::of(obj).map_err(invalid)?;
+            validate_tolerations(
+                &spec("/spec/jobTemplate/spec/template/spec"),
+                "spec.jobTemplate.spec.template.spec",
+            )
+            .map_err(invalid)
+        }
+        _ => Ok(()),
+    }
+}
+
 fn validate_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     let name = name_of(obj);
     let valid_name = if info.plural == "namespaces" {
@@ -330,14 +357,6 @@ fn check_schema(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 /// Kind-specific checks of the spec the real API server makes on create and update.
-fn validate_spec(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
-    if (info.group.as_str(), info.plural.as_str()) == ("batch", "cronjobs") {
-        super::schedule::Schedule::of(obj)
-            .map_err(|m| ApiError::invalid(&info.group, &info.kind, name_of(obj), m))?;
-    }
-    Ok(())
-}
-
 /// A Job's generated selector and pod labels, derived from its uid as the real server does.
 fn job_selector(obj: &mut Value) {
     let uid = uid_of(obj).to_string();
@@ -441,6 +460,8 @@ fn defaults_on_create(info: &ResourceInfo, obj: &mut Value) {
                     spec[k] = v;
                 }
             }
+            // The DefaultTolerationSeconds admission plugin, on by default.
+            super::taints::add_default_toleration_seconds(spec);
         }
         ("", "namespaces") => {
             obj["status"] = json!({"phase": "Active"});

@@ -1,7 +1,12 @@
 //! Scheduler and kubelet in one task: places unscheduled pods on the Ready node with the
-//! fewest pods, then "runs" them: a loopback pod IP from the configured block, the node's IP
-//! as hostIP, phase Running with Ready conditions. Pods owned by a Job succeed after the
-//! configured run time (a tokio timer, so tests can drive it with a paused clock).
+//! fewest pods among those they fit (node selector, cordon, taints: a pod must tolerate every
+//! NoSchedule and NoExecute taint; PreferNoSchedule taints it does not tolerate make a node
+//! less preferred), then "runs" them: a loopback pod IP from the configured block, the node's IP
+//! as hostIP, phase Running with Ready conditions. A pod no node fits stays Pending with the
+//! scheduler's `PodScheduled=False` condition saying why, and is tried again whenever a node
+//! changes. As the real kubelet, a pod bound directly to a node whose NoExecute taint it does
+//! not tolerate is rejected (phase Failed). Pods owned by a Job succeed after the configured run
+//! time (a tokio timer, so tests can drive it with a paused clock).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -13,6 +18,7 @@ use super::{Feed, Update, controller_of, info, key_of, nth_address, terminating}
 use crate::kube::Shared;
 use crate::kube::meta::{self, labels_of, name_of, uid_of};
 use crate::kube::store::EventType;
+use crate::kube::taints::{self, Taint};
 
 /// Hands out pod IPs from the block and takes them back.
 #[derive(Debug)]
@@ -66,6 +72,7 @@ struct NodeInfo {
     unschedulable: bool,
     ip: String,
     labels: serde_json::Map<String, Value>,
+    taints: Vec<Taint>,
 }
 
 fn node_info(n: &Value) -> NodeInfo {
@@ -86,7 +93,44 @@ fn node_info(n: &Value) -> NodeInfo {
         unschedulable: n.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
         ip,
         labels: labels_of(n).cloned().unwrap_or_default(),
+        taints: taints::taints_of(n),
     }
+}
+
+/// Why a node does not fit a pod, in the scheduler's words.
+fn misfit(n: &NodeInfo, pod: &Value, tolerations: &[taints::Toleration]) -> Option<String> {
+    if !n.ready {
+        return Some("node(s) were not ready".into());
+    }
+    let selector = pod.pointer("/spec/nodeSelector").and_then(Value::as_object);
+    if selector.is_some_and(|s| s.iter().any(|(k, v)| n.labels.get(k) != Some(v))) {
+        return Some("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    if n.unschedulable {
+        let cordon = Taint {
+            key: "node.kubernetes.io/unschedulable".into(),
+            value: String::new(),
+            effect: "NoSchedule".into(),
+        };
+        if !tolerations.iter().any(|t| t.tolerates(&cordon)) {
+            return Some("node(s) were unschedulable".into());
+        }
+    }
+    taints::untolerated(&n.taints, tolerations, &["NoSchedule", "NoExecute"])
+        .map(|t| format!("node(s) had untolerated taint {}", t.describe()))
+}
+
+/// The scheduler's message for a pod no node fits: reasons counted and sorted.
+fn unschedulable_message(total: usize, reasons: &[String]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reasons {
+        *counts.entry(r.as_str()).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(r, c)| format!("{c} {r}")).collect();
+    format!(
+        "0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.",
+        parts.join(", ")
+    )
 }
 
 struct Kubelet {
@@ -101,6 +145,8 @@ struct Kubelet {
     released: bool,
     /// Pod uid → node it was counted on.
     placed: HashMap<String, String>,
+    /// Pods no node fits now, tried again when a node changes.
+    unscheduled: BTreeSet<(String, String)>,
     ips: IpPool,
 }
 
@@ -121,7 +167,7 @@ impl Kubelet {
         self.load = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.ready && !n.unschedulable)
+            .filter(|(_, n)| n.ready)
             .map(|(name, _)| {
                 (
                     self.pods_per_node.get(name).copied().unwrap_or(0),
@@ -173,19 +219,133 @@ impl Kubelet {
         }
     }
 
-    fn pick_node(&self, pod: &Value) -> Option<String> {
-        let selector = pod.pointer("/spec/nodeSelector").and_then(Value::as_object);
-        self.load
-            .iter()
-            .map(|(_, name)| name)
-            .find(|name| {
-                selector.is_none_or(|s| {
-                    self.nodes
-                        .get(*name)
-                        .is_some_and(|n| s.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
-                })
-            })
-            .cloned()
+    /// The least-loaded node the pod fits, preferring nodes without PreferNoSchedule taints it
+    /// does not tolerate; or the scheduler's message saying why none fits.
+    fn pick_node(&self, pod: &Value) -> Result<String, String> {
+        let tolerations = taints::tolerations_of(pod.get("spec").unwrap_or(&Value::Null));
+        let mut best: Option<(usize, &String)> = None;
+        for (_, name) in &self.load {
+            let Some(n) = self.nodes.get(name) else {
+                continue;
+            };
+            if misfit(n, pod, &tolerations).is_some() {
+                continue;
+            }
+            let soft = n
+                .taints
+                .iter()
+                .filter(|t| t.effect == "PreferNoSchedule")
+                .filter(|t| !tolerations.iter().any(|tol| tol.tolerates(t)))
+                .count();
+            if soft == 0 {
+                return Ok(name.clone());
+            }
+            if best.is_none_or(|(b, _)| soft < b) {
+                best = Some((soft, name));
+            }
+        }
+        if let Some((_, name)) = best {
+            return Ok(name.clone());
+        }
+        let reasons: Vec<String> = self
+            .nodes
+            .values()
+            .filter_map(|n| misfit(n, pod, &tolerations))
+            .collect();
+        Err(unschedulable_message(self.nodes.len(), &reasons))
+    }
+
+    /// Records the scheduler's verdict on a pod no node fits (once per distinct message).
+    fn mark_unschedulable(&self, pod: &Value, message: String) {
+        let current = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"));
+        if current.is_some_and(|c| c["status"] == "False" && c["message"] == message.as_str()) {
+            return;
+        }
+        let pods = info(&self.shared, "", "pods");
+        let (ns, name) = key_of(pod);
+        let uid = uid_of(pod).to_string();
+        let now = meta::now();
+        let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": message, "lastProbeTime": null, "lastTransitionTime": now});
+        // As the real scheduler: a FailedScheduling Warning, shown by `kubectl describe pod`.
+        let event = json!({
+            "metadata": {"generateName": format!("{name}.")},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns, "uid": uid_of(pod)},
+            "reason": "FailedScheduling", "message": message, "type": "Warning",
+            "source": {"component": "default-scheduler"}, "reportingComponent": "default-scheduler",
+            "reportingInstance": "default-scheduler", "action": "Scheduling",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        });
+        if let Err(e) = self
+            .shared
+            .store
+            .create(&info(&self.shared, "", "events"), &ns, event)
+        {
+            tracing::debug!(pod = %name, error = %e, "recording FailedScheduling failed");
+        }
+        let _ = self
+            .shared
+            .store
+            .update_with(&pods, &ns, &name, true, |cur| {
+                if uid_of(cur) != uid || cur.pointer("/spec/nodeName").is_some() {
+                    return Ok(cur.clone());
+                }
+                let mut n = cur.clone();
+                let conds = n["status"]
+                    .as_object_mut()
+                    .map(|st| st.entry("conditions").or_insert(json!([])));
+                if let Some(Value::Array(list)) = conds {
+                    list.retain(|c| c["type"] != "PodScheduled");
+                    list.push(cond);
+                }
+                Ok(n)
+            });
+    }
+
+    /// Tries the pods no node fitted again (a node changed).
+    fn retry_unscheduled(&mut self) {
+        let pods = info(&self.shared, "", "pods");
+        for (ns, name) in std::mem::take(&mut self.unscheduled) {
+            if let Ok(p) = self.shared.store.get(&pods, &ns, &name) {
+                self.handle(&p, EventType::Modified);
+            }
+        }
+    }
+
+    /// The kubelet's admission: a pod bound to this node that does not tolerate one of its
+    /// NoExecute taints is rejected.
+    fn reject_untolerated(&self, pod: &Value, node: &str) -> bool {
+        let Some(n) = self.nodes.get(node) else {
+            return false;
+        };
+        let tolerations = taints::tolerations_of(pod.get("spec").unwrap_or(&Value::Null));
+        let Some(t) = taints::untolerated(&n.taints, &tolerations, &["NoExecute"]) else {
+            return false;
+        };
+        let message = format!(
+            "Pod was rejected: Predicate TaintToleration failed: node(s) had untolerated taint {}",
+            t.describe()
+        );
+        let pods = info(&self.shared, "", "pods");
+        let (ns, name) = key_of(pod);
+        let uid = uid_of(pod).to_string();
+        let _ = self
+            .shared
+            .store
+            .update_with(&pods, &ns, &name, true, |cur| {
+                if uid_of(cur) != uid {
+                    return Ok(cur.clone());
+                }
+                let mut n = cur.clone();
+                n["status"]["phase"] = json!("Failed");
+                n["status"]["reason"] = json!("TaintToleration");
+                n["status"]["message"] = json!(message);
+                Ok(n)
+            });
+        true
     }
 
     fn handle(&mut self, pod: &Value, event: EventType) {
@@ -197,7 +357,16 @@ impl Kubelet {
         let (ns, name) = key_of(pod);
         let node = pod.pointer("/spec/nodeName").and_then(Value::as_str);
         let Some(node) = node else {
-            if let Some(target) = self.pick_node(pod) {
+            let target = match self.pick_node(pod) {
+                Ok(t) => t,
+                Err(message) => {
+                    self.unscheduled.insert((ns.clone(), name.clone()));
+                    self.mark_unschedulable(pod, message);
+                    return;
+                }
+            };
+            self.unscheduled.remove(&(ns.clone(), name.clone()));
+            {
                 let uid = uid_of(pod).to_string();
                 let r = self
                     .shared
@@ -218,6 +387,9 @@ impl Kubelet {
         };
         let phase = pod.pointer("/status/phase").and_then(Value::as_str);
         if phase != Some("Pending") || pod.pointer("/status/podIP").is_some() {
+            return;
+        }
+        if self.reject_untolerated(pod, node) {
             return;
         }
         let host_ip = self
@@ -340,6 +512,7 @@ pub async fn run(shared: Arc<Shared>) {
         waiting: BTreeSet::new(),
         released: false,
         placed: HashMap::new(),
+        unscheduled: BTreeSet::new(),
         ips: IpPool {
             next: 0,
             by_pod: HashMap::new(),
@@ -347,11 +520,13 @@ pub async fn run(shared: Arc<Shared>) {
         },
     };
     loop {
-        match nodes.take() {
+        let nodes_changed = match nodes.take() {
             // Node changes are rare: re-read them all.
-            Update::Resync => k.resync_nodes(),
-            Update::Events(e) if !e.is_empty() => k.resync_nodes(),
-            Update::Events(_) => {}
+            Update::Resync => true,
+            Update::Events(e) => !e.is_empty(),
+        };
+        if nodes_changed {
+            k.resync_nodes();
         }
         match pods.take() {
             Update::Resync => {
@@ -368,6 +543,9 @@ pub async fn run(shared: Arc<Shared>) {
                     k.handle(&e.object, e.type_);
                 }
             }
+        }
+        if nodes_changed && !k.unscheduled.is_empty() {
+            k.retry_unscheduled();
         }
         if k.released && !k.waiting.is_empty() {
             k.released = false;

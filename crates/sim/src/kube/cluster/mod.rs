@@ -1,9 +1,11 @@
 //! A small cluster behind the API: a scheduler and kubelet ([`kubelet`]), controllers for
-//! Deployments, DaemonSets and Jobs ([`workloads`]) and for CronJobs ([`cron`]). They act on
-//! the store directly and are woken by its change notifications, never by polling.
+//! Deployments, DaemonSets and Jobs ([`workloads`]) and for CronJobs ([`cron`]), and the
+//! taint-eviction controller ([`noexecute`]). They act on the store directly and are woken by
+//! its change notifications, never by polling.
 
 pub mod cron;
 pub mod kubelet;
+pub mod noexecute;
 pub mod workloads;
 
 use std::net::Ipv4Addr;
@@ -168,6 +170,7 @@ pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(kubelet::run(shared.clone())),
         tokio::spawn(workloads::run(shared.clone())),
         tokio::spawn(cron::run(shared.clone())),
+        tokio::spawn(noexecute::run(shared.clone())),
     ];
     tokio::spawn(async move {
         for t in tasks {

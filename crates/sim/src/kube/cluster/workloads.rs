@@ -1,4 +1,5 @@
-//! Controllers for Deployments (replicas), DaemonSets (one pod per Ready node) and Jobs
+//! Controllers for Deployments (replicas), DaemonSets (one pod per Ready node whose taints the
+//! pod tolerates, with the tolerations the real controller adds to daemon pods) and Jobs
 //! (completions, parallelism, backoffLimit). Pods carry a controller owner reference, so
 //! deleting the workload garbage-collects them. Each wake-up maps changed objects to the
 //! workloads concerned and reconciles those from the store's current state.
@@ -12,6 +13,7 @@ use super::{Feed, Update, controller_of, info, key_of, owner_ref, terminating};
 use crate::kube::Shared;
 use crate::kube::meta::{self, name_of, namespace_of, uid_of};
 use crate::kube::store::DeleteOptions;
+use crate::kube::taints;
 
 /// A workload to reconcile.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,6 +92,9 @@ impl Controllers {
         }
         if let Some(n) = node {
             pod["spec"]["nodeName"] = json!(n);
+        }
+        if owner.get("kind").and_then(Value::as_str) == Some("DaemonSet") {
+            taints::add_daemon_pod_tolerations(&mut pod["spec"]);
         }
         if let Err(e) = self.shared.store.create(&pods, namespace_of(owner), pod) {
             tracing::debug!(owner = %name_of(owner), error = %e, "creating a pod failed");
@@ -210,20 +215,40 @@ impl Controllers {
         let node_selector = ds
             .pointer("/spec/template/spec/nodeSelector")
             .and_then(Value::as_object);
+        // The tolerations its pods will have: the template's and the daemon pods' defaults.
+        let mut pod_spec = ds
+            .pointer("/spec/template/spec")
+            .cloned()
+            .unwrap_or(json!({}));
+        taints::add_daemon_pod_tolerations(&mut pod_spec);
+        let tolerations = taints::tolerations_of(&pod_spec);
         let (nodes, _) = self
             .shared
             .store
             .snapshot(&info(&self.shared, "", "nodes").gr());
-        let eligible: BTreeSet<String> = nodes
-            .iter()
-            .filter(|n| node_ready(n))
-            .filter(|n| {
-                node_selector.is_none_or(|s| {
+        let selected = |n: &&Arc<Value>| {
+            node_ready(n)
+                && node_selector.is_none_or(|s| {
                     s.iter().all(|(k, v)| {
                         n.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
                     })
                 })
-            })
+        };
+        let untolerated = |n: &Value, effects: &[&str]| {
+            taints::untolerated(&taints::taints_of(n), &tolerations, effects).is_some()
+        };
+        // Should run: every NoSchedule and NoExecute taint tolerated. Should keep running: every
+        // NoExecute taint tolerated (a NoSchedule taint added later does not remove a pod).
+        let eligible: BTreeSet<String> = nodes
+            .iter()
+            .filter(selected)
+            .filter(|n| !untolerated(n, &["NoSchedule", "NoExecute"]))
+            .map(|n| name_of(n).to_string())
+            .collect();
+        let keep: BTreeSet<String> = nodes
+            .iter()
+            .filter(selected)
+            .filter(|n| !untolerated(n, &["NoExecute"]))
             .map(|n| name_of(n).to_string())
             .collect();
         let pods: Vec<_> = self
@@ -237,7 +262,7 @@ impl Controllers {
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            if !eligible.contains(node) || !covered.insert(node.to_string()) {
+            if !keep.contains(node) || !covered.insert(node.to_string()) {
                 self.delete_pod(p);
             }
         }

@@ -1,0 +1,484 @@
+//! NMI coverage: nodes that run pod-identity pods without a ready NMI.
+//!
+//! On such a node nothing redirects the pods' metadata traffic, so they can reach the node's
+//! own identities directly: a node pool without the startup taint (docs/security.md, "The node
+//! gate"), an NMI DaemonSet whose nodeSelector or tolerations leave the node out, or an NMI that
+//! is crash-looping. MIC (the leader) watches the pods labelled `aadpodidbinding` and the NMI
+//! pods (`--nmi-selector` in MIC's namespace) and, once a node has been without a ready NMI for
+//! `--nmi-absence-grace` while such pods are bound to it, reports it: the gauges
+//! `aadpodidentity_mic_nodes_without_nmi` and `aadpodidentity_mic_pods_without_nmi`, and a
+//! Warning Event `NodeWithoutNMI` on the Node and `PodWithoutNMI` on each of its pod-identity
+//! pods (once per pod and episode).
+//!
+//! [`Coverage`] is the bookkeeping as plain data with the clock passed in; [`run`] feeds it
+//! from two watches and sleeps until the next grace period ends (no polling).
+
+use crate::crd::POD_LABEL;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use prometheus::IntGauge;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where NMI pods are and how long a node may lack one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoverageSettings {
+    /// Namespace of the NMI pods (MIC's own, as the chart installs both).
+    pub namespace: String,
+    /// Label selector of the NMI pods (`--nmi-selector`).
+    pub selector: String,
+    /// How long a node may run pod-identity pods without a ready NMI before it is reported
+    /// (`--nmi-absence-grace`): NMI usually becomes ready seconds after a node joins.
+    pub grace: Duration,
+}
+
+/// `namespace/name` of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID (for the Event's reference).
+    pub uid: String,
+}
+
+/// A node reported as running pod-identity pods without a ready NMI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unguarded {
+    /// The node.
+    pub node: String,
+    /// Its pod-identity pods.
+    pub pods: BTreeSet<PodRef>,
+}
+
+/// The index: pod-identity pods and ready NMIs per node, and since when each node lacks one.
+#[derive(Debug, Default)]
+pub struct Coverage {
+    /// Pod-identity pods by uid → (node, pod).
+    pods: BTreeMap<String, (String, PodRef)>,
+    /// Ready NMI pods by uid → node.
+    nmis: BTreeMap<String, String>,
+    /// Nodes with pod-identity pods and no ready NMI → since when.
+    since: BTreeMap<String, Instant>,
+}
+
+/// The node a pod is bound to, if it is active (bound, not finished, not terminating).
+fn active_node(p: &Pod) -> Option<String> {
+    if p.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    p.spec.as_ref()?.node_name.clone()
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+impl PodRef {
+    fn of(p: &Pod) -> Self {
+        Self {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            uid: uid(p),
+        }
+    }
+}
+
+impl Coverage {
+    /// An empty index.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A pod labelled `aadpodidbinding` was added or changed.
+    pub fn apply_pod(&mut self, p: &Pod, now: Instant) {
+        match active_node(p) {
+            Some(node) => {
+                self.pods.insert(uid(p), (node, PodRef::of(p)));
+            }
+            None => {
+                self.pods.remove(&uid(p));
+            }
+        }
+        self.refresh(now);
+    }
+
+    /// A pod labelled `aadpodidbinding` is gone.
+    pub fn delete_pod(&mut self, p: &Pod, now: Instant) {
+        self.pods.remove(&uid(p));
+        self.refresh(now);
+    }
+
+    /// The full list of pod-identity pods (after a relist).
+    pub fn replace_pods(&mut self, list: &[Pod], now: Instant) {
+        self.pods.clear();
+        for p in list {
+            if let Some(node) = active_node(p) {
+                self.pods.insert(uid(p), (node, PodRef::of(p)));
+            }
+        }
+        self.refresh(now);
+    }
+
+    /// An NMI pod was added or changed.
+    pub fn apply_nmi(&mut self, p: &Pod, now: Instant) {
+        match active_node(p).filter(|_| ready(p)) {
+            Some(node) => {
+                self.nmis.insert(uid(p), node);
+            }
+            None => {
+                self.nmis.remove(&uid(p));
+            }
+        }
+        self.refresh(now);
+    }
+
+    /// An NMI pod is gone.
+    pub fn delete_nmi(&mut self, p: &Pod, now: Instant) {
+        self.nmis.remove(&uid(p));
+        self.refresh(now);
+    }
+
+    /// The full list of NMI pods (after a relist).
+    pub fn replace_nmis(&mut self, list: &[Pod], now: Instant) {
+        self.nmis = list
+            .iter()
+            .filter(|p| ready(p))
+            .filter_map(|p| active_node(p).map(|n| (uid(p), n)))
+            .collect();
+        self.refresh(now);
+    }
+
+    fn refresh(&mut self, now: Instant) {
+        let guarded: BTreeSet<&String> = self.nmis.values().collect();
+        let exposed: BTreeSet<&String> = self
+            .pods
+            .values()
+            .map(|(n, _)| n)
+            .filter(|n| !guarded.contains(n))
+            .collect();
+        self.since.retain(|n, _| exposed.contains(n));
+        for n in exposed {
+            self.since.entry(n.clone()).or_insert(now);
+        }
+    }
+
+    /// Nodes that have run pod-identity pods without a ready NMI for at least `grace`.
+    #[must_use]
+    pub fn unguarded(&self, now: Instant, grace: Duration) -> Vec<Unguarded> {
+        self.since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= grace)
+            .map(|(node, _)| Unguarded {
+                node: node.clone(),
+                pods: self
+                    .pods
+                    .values()
+                    .filter(|(n, _)| n == node)
+                    .map(|(_, p)| p.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// When the next node's grace period ends, if one is running.
+    #[must_use]
+    pub fn next_deadline(&self, now: Instant, grace: Duration) -> Option<Instant> {
+        self.since
+            .values()
+            .map(|s| *s + grace)
+            .filter(|at| *at > now)
+            .min()
+    }
+}
+
+/// The gauges (registered in the process registry).
+#[derive(Clone, Debug)]
+pub struct CoverageMetrics {
+    /// `aadpodidentity_mic_nodes_without_nmi`.
+    pub nodes: IntGauge,
+    /// `aadpodidentity_mic_pods_without_nmi`.
+    pub pods: IntGauge,
+}
+
+impl CoverageMetrics {
+    /// Registers the gauges.
+    ///
+    /// # Errors
+    /// When they are registered already.
+    pub fn new(shared: &crate::metrics::Metrics) -> Result<Self, prometheus::Error> {
+        let gauge = |name: &str, help: &str| {
+            IntGauge::with_opts(
+                prometheus::Opts::new(name, help).namespace(crate::metrics::NAMESPACE),
+            )
+        };
+        let nodes = gauge(
+            "mic_nodes_without_nmi",
+            "Nodes running pod-identity pods without a ready NMI (past --nmi-absence-grace)",
+        )?;
+        let pods = gauge(
+            "mic_pods_without_nmi",
+            "Pod-identity pods on nodes without a ready NMI (past --nmi-absence-grace)",
+        )?;
+        shared.registry().register(Box::new(nodes.clone()))?;
+        shared.registry().register(Box::new(pods.clone()))?;
+        Ok(Self { nodes, pods })
+    }
+}
+
+/// Reason of the Warning Event on the node.
+pub const REASON_NODE: &str = "NodeWithoutNMI";
+/// Reason of the Warning Event on each pod of such a node.
+pub const REASON_POD: &str = "PodWithoutNMI";
+
+/// Watches pod-identity pods and NMI pods and reports nodes without a ready NMI until the
+/// watches end (MIC runs it while it leads).
+pub async fn run(
+    client: kube::Client,
+    settings: CoverageSettings,
+    metrics: CoverageMetrics,
+    errors: prometheus::IntCounterVec,
+) {
+    let identity_pods = watcher::watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(POD_LABEL),
+    )
+    .default_backoff()
+    .map(|e| (false, e));
+    let nmi_pods = watcher::watcher(
+        Api::<Pod>::namespaced(client.clone(), &settings.namespace),
+        watcher::Config::default().labels(&settings.selector),
+    )
+    .default_backoff()
+    .map(|e| (true, e));
+    let mut events = futures::stream::select(identity_pods.boxed(), nmi_pods.boxed());
+    let mut index = Coverage::new();
+    let (mut pod_buf, mut nmi_buf): (Vec<Pod>, Vec<Pod>) = (Vec::new(), Vec::new());
+    // Pods and nodes already told about in the current episode.
+    let mut told_nodes: BTreeSet<String> = BTreeSet::new();
+    let mut told_pods: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let now = Instant::now();
+        let unguarded = index.unguarded(now, settings.grace);
+        metrics
+            .nodes
+            .set(i64::try_from(unguarded.len()).unwrap_or(i64::MAX));
+        metrics.pods.set(
+            i64::try_from(unguarded.iter().map(|u| u.pods.len()).sum::<usize>())
+                .unwrap_or(i64::MAX),
+        );
+        let nodes_now: BTreeSet<String> = unguarded.iter().map(|u| u.node.clone()).collect();
+        let pods_now: BTreeSet<String> = unguarded
+            .iter()
+            .flat_map(|u| u.pods.iter().map(|p| p.uid.clone()))
+            .collect();
+        for u in &unguarded {
+            if told_nodes.insert(u.node.clone()) {
+                tracing::warn!(node = %u.node, pods = u.pods.len(), "pod-identity pods run on a node without a ready NMI");
+                let message = format!(
+                    "{} pod(s) using AAD Pod Identity run on node {} without a ready NMI for more than {:?}: their requests to the metadata service are not intercepted (is the node pool tainted for the node gate, and does the NMI DaemonSet cover the node?)",
+                    u.pods.len(),
+                    u.node,
+                    settings.grace
+                );
+                record(&client, node_ref(&u.node), REASON_NODE, message, &errors).await;
+            }
+            for p in &u.pods {
+                if told_pods.insert(p.uid.clone()) {
+                    let message = format!(
+                        "node {} has no ready NMI: this pod's requests to the metadata service are not intercepted",
+                        u.node
+                    );
+                    record(&client, pod_ref(p), REASON_POD, message, &errors).await;
+                }
+            }
+        }
+        // A node that gets its NMI (or loses its pods) ends the episode.
+        told_nodes.retain(|n| nodes_now.contains(n));
+        told_pods.retain(|p| pods_now.contains(p));
+
+        let next = index.next_deadline(now, settings.grace);
+        let ev = tokio::select! {
+            ev = events.next() => ev,
+            () = async { match next { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => continue,
+        };
+        let Some((is_nmi, ev)) = ev else { return };
+        let now = Instant::now();
+        let buf = if is_nmi { &mut nmi_buf } else { &mut pod_buf };
+        match ev {
+            Ok(WatchEvent::Apply(p)) if is_nmi => index.apply_nmi(&p, now),
+            Ok(WatchEvent::Apply(p)) => index.apply_pod(&p, now),
+            Ok(WatchEvent::Delete(p)) if is_nmi => index.delete_nmi(&p, now),
+            Ok(WatchEvent::Delete(p)) => index.delete_pod(&p, now),
+            Ok(WatchEvent::Init) => buf.clear(),
+            Ok(WatchEvent::InitApply(p)) => buf.push(p),
+            Ok(WatchEvent::InitDone) => {
+                let list = std::mem::take(buf);
+                if is_nmi {
+                    index.replace_nmis(&list, now);
+                } else {
+                    index.replace_pods(&list, now);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying with backoff"),
+        }
+    }
+}
+
+fn node_ref(node: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node.to_string()),
+        // The kubelet names a node's Events with the node name as uid.
+        uid: Some(node.to_string()),
+        ..Default::default()
+    }
+}
+
+fn pod_ref(p: &PodRef) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(p.name.clone()),
+        namespace: Some(p.namespace.clone()),
+        uid: Some(p.uid.clone()).filter(|u| !u.is_empty()),
+        ..Default::default()
+    }
+}
+
+/// Writes one Warning Event about `object` (Node Events go to `default`, as the kubelet's).
+async fn record(
+    client: &kube::Client,
+    object: ObjectReference,
+    reason: &str,
+    message: String,
+    errors: &prometheus::IntCounterVec,
+) {
+    let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let name = object.name.clone().unwrap_or_default();
+    let e = Event {
+        metadata: kube::api::ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: object,
+        reason: Some(reason.into()),
+        message: Some(message),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some(crate::actors::mic::writer::EVENT_SOURCE.to_string()),
+            host: None,
+        }),
+        reporting_component: Some(crate::actors::mic::writer::EVENT_SOURCE.to_string()),
+        reporting_instance: Some(crate::actors::mic::writer::EVENT_SOURCE.to_string()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        count: Some(1),
+        action: Some(reason.into()),
+        ..Default::default()
+    };
+    if let Err(err) = Api::<Event>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &e)
+        .await
+    {
+        errors.with_label_values(&["create event"]).inc();
+        tracing::warn!(object = %name, reason, error = %err, "writing Event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, node: Option<&str>, phase: &str, ready: bool) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("p-{uid}"), "namespace": "ns", "uid": uid},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_is_reported_only_after_the_grace_and_until_its_nmi_is_ready() {
+        let grace = Duration::from_secs(30);
+        let mut c = Coverage::new();
+        let t0 = Instant::now();
+        c.replace_nmis(&[pod("nmi-a", Some("a"), "Running", true)], t0);
+        c.apply_pod(&pod("1", Some("a"), "Running", true), t0);
+        c.apply_pod(&pod("2", Some("b"), "Pending", false), t0);
+        c.apply_pod(&pod("3", None, "Pending", false), t0);
+        assert!(c.unguarded(t0, grace).is_empty(), "within the grace");
+        assert_eq!(c.next_deadline(t0, grace), Some(t0 + grace));
+        let later = t0 + grace;
+        let u = c.unguarded(later, grace);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].node, "b");
+        assert_eq!(
+            u[0].pods
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["p-2"]
+        );
+
+        // An NMI that is not ready does not guard; a ready one does.
+        c.apply_nmi(&pod("nmi-b", Some("b"), "Running", false), later);
+        assert_eq!(c.unguarded(later, grace).len(), 1);
+        c.apply_nmi(&pod("nmi-b", Some("b"), "Running", true), later);
+        assert!(c.unguarded(later, grace).is_empty());
+        // It goes away: a new episode starts then, with a new grace.
+        let t1 = later + Duration::from_secs(5);
+        c.delete_nmi(&pod("nmi-b", Some("b"), "Running", true), t1);
+        assert!(
+            c.unguarded(t1 + grace - Duration::from_secs(1), grace)
+                .is_empty()
+        );
+        assert_eq!(c.unguarded(t1 + grace, grace).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_terminating_and_deleted_pods_do_not_count() {
+        let grace = Duration::ZERO;
+        let mut c = Coverage::new();
+        let t = Instant::now();
+        c.apply_pod(&pod("1", Some("a"), "Succeeded", false), t);
+        c.apply_pod(&pod("2", Some("a"), "Failed", false), t);
+        assert!(c.unguarded(t, grace).is_empty());
+        let mut p = pod("3", Some("a"), "Running", true);
+        c.apply_pod(&p, t);
+        assert_eq!(c.unguarded(t, grace).len(), 1);
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        c.apply_pod(&p, t);
+        assert!(c.unguarded(t, grace).is_empty());
+        c.apply_pod(&pod("4", Some("a"), "Running", true), t);
+        c.delete_pod(&pod("4", Some("a"), "Running", true), t);
+        assert!(c.unguarded(t, grace).is_empty());
+        c.replace_pods(&[pod("5", Some("c"), "Running", true)], t);
+        assert_eq!(c.unguarded(t, grace)[0].node, "c");
+    }
+}

@@ -527,14 +527,10 @@ async fn nmi_names_itself_on_every_call_and_counts_failed_kubernetes_reads() {
         Arc::new(tokio::sync::Notify::new()),
         Some(errors.clone()),
     ));
-    let t0 = std::time::Instant::now();
-    while !pods.is_synced() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "pod watch never synced"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the pod watch synced after two refused lists", || {
+        pods.is_synced()
+    })
+    .await;
     assert_eq!(errors.get(), 2);
     watch.abort();
     kube_sim.shutdown().await;

@@ -515,12 +515,16 @@ pub fn start(
     {
         let (client, node, pods) = (client.clone(), settings.node.clone(), Arc::clone(&nmi.pods));
         let synced = Arc::clone(&nmi.synced_changed);
+        let pod_list_errors = metrics
+            .kubernetes_api_operations_errors_count
+            .with_label_values(&[crate::metrics::K8S_GET_POD_LIST]);
         sup.spawn("watch-pods", move || {
             watchers::watch_pods(
                 client.clone(),
                 node.clone(),
                 Arc::clone(&pods),
                 Arc::clone(&synced),
+                Some(pod_list_errors.clone()),
             )
         });
     }
@@ -702,7 +706,7 @@ pub async fn run_with_args(
     );
     kubenet::check(&args.kubelet_config, args.allow_network_plugin_kubenet)?;
     let settings = NmiSettings::from_args(args);
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let client = kube_client(args).await?;
     let authority = std::env::var("AZURE_AUTHORITY_HOST")
         .unwrap_or_else(|_| cloud_source::DEFAULT_AUTHORITY.to_string());
     let source = cloud_source::CloudTokenSource::new(
@@ -712,22 +716,28 @@ pub async fn run_with_args(
         settings.token_fetch_timeout,
     )
     .map_err(|e| Error::Cloud(e.to_string()))?
-    .with_allowed_authorities(args.allowed_ad_endpoints.iter().cloned());
+    .with_allowed_authorities(args.allowed_ad_endpoints.iter().cloned())
+    .with_user_agent(&user_agent(args))
+    .with_metrics(&metrics);
     run(settings, client, Arc::new(source), metrics).await
 }
 
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, Error> {
-    let boxed = |e: &dyn std::fmt::Display| Error::Kube(e.to_string());
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| boxed(&e))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| boxed(&e))?
-        }
-        None => kube::Config::infer().await.map_err(|e| boxed(&e))?,
+async fn kube_client(args: &crate::config::nmi::NmiArgs) -> Result<kube::Client, Error> {
+    let options = crate::kube_client::ClientOptions {
+        user_agent: user_agent(args),
+        qps: None,
     };
-    kube::Client::try_from(config).map_err(|e| boxed(&e))
+    crate::kube_client::connect(args.kubeconfig.as_deref(), &options)
+        .await
+        .map_err(|e| Error::Kube(e.to_string()))
+}
+
+/// NMI's `User-Agent` for Kubernetes, the metadata service and Azure AD.
+fn user_agent(args: &crate::config::nmi::NmiArgs) -> String {
+    crate::version::user_agent(
+        crate::version::Component::Nmi,
+        args.compat.custom_user_agent.as_deref(),
+    )
 }
 
 /// The `nmi` subcommand: starts NMI and runs until SIGTERM or SIGINT (or until a supervised

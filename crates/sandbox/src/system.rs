@@ -1,13 +1,15 @@
 //! The whole system on one machine: the Kubernetes and Azure simulators, MIC, and one NMI per
 //! simulated node, all on loopback, plus the scenario, the printed guide and live progress.
 //!
-//! Everything runs in this process on one actix system (MIC's actors need one); the simulators
-//! and NMIs serve HTTP on their own worker threads. Each NMI listens on its node's address
+//! By default everything runs in this process on one actix system (MIC's actors need one); the
+//! simulators and NMIs serve HTTP on their own worker threads. With [`Components::Processes`]
+//! (load tests) MIC and every NMI are processes of their own (see [`crate::processes`]). Each NMI listens on its node's address
 //! (127.2.x.y), and simulated pods have addresses in 127.1.0.0/16, so a request bound to a pod's
 //! address is that pod's request, as iptables would deliver it on a real node.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use tracing::{info, warn};
 
 use super::args::{FaultProfile, SandboxArgs};
 use super::scenario;
+use crate::processes::{Component, Usage};
 use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::run::{MicDeps, MicSettings};
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
@@ -81,6 +84,9 @@ pub enum Error {
     /// MIC could not start.
     #[error("MIC: {0}")]
     Mic(String),
+    /// A component process could not start.
+    #[error("component process")]
+    Process(#[from] crate::processes::Error),
     /// A signal handler could not be installed.
     #[error("signal handling")]
     Signal(#[source] std::io::Error),
@@ -103,6 +109,38 @@ impl From<aad_pod_identity_sim::kube::Error> for Error {
     }
 }
 
+/// Where MIC and the NMIs run.
+#[derive(Clone, Debug, Default)]
+pub enum Components {
+    /// In this process (the sandbox command, tests).
+    #[default]
+    InProcess,
+    /// As processes of the product binary `bin`, with their files and logs in `dir`.
+    Processes {
+        /// The `aad-pod-identity` binary.
+        bin: PathBuf,
+        /// Kubeconfig, azure.json and one log per component.
+        dir: PathBuf,
+        /// Extra flags for `mic`.
+        mic_flags: Vec<String>,
+    },
+}
+
+/// MIC as it runs.
+enum MicRun {
+    Task(tokio::task::JoinHandle<()>),
+    Process(Component),
+}
+
+/// CPU time and memory of each component process.
+#[derive(Clone, Debug, Default)]
+pub struct ComponentUsage {
+    /// MIC's, when it runs as a process.
+    pub mic: Option<Usage>,
+    /// Each NMI's that runs as a process, by node.
+    pub nmis: BTreeMap<String, Usage>,
+}
+
 /// The running world, for tests and for the command.
 pub struct Sandbox {
     /// The Kubernetes simulator.
@@ -118,7 +156,10 @@ pub struct Sandbox {
     /// MIC's metrics registry (assignment latency for the progress line).
     pub mic_metrics: Metrics,
     nmis: Vec<Running>,
-    mic: tokio::task::JoinHandle<()>,
+    nmi_processes: Vec<Component>,
+    mic: MicRun,
+    components: Components,
+    kubeconfig: Option<PathBuf>,
     weather: Option<tokio::task::JoinHandle<()>>,
     /// Scale-set instances that exist in Azure but have not joined the cluster yet.
     spare: std::collections::VecDeque<NodeSpec>,
@@ -156,8 +197,15 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
 }
 
 impl Sandbox {
-    /// Starts everything and loads the scenario; returns once every component is serving.
+    /// Starts everything in this process and loads the scenario; returns once every
+    /// component is serving.
     pub async fn start(args: &SandboxArgs) -> Result<Self, Error> {
+        Self::start_with(args, Components::InProcess).await
+    }
+
+    /// Starts everything, MIC and NMIs where `components` says, and loads the scenario;
+    /// returns once every component is serving.
+    pub async fn start_with(args: &SandboxArgs, components: Components) -> Result<Self, Error> {
         let topology = args.topology();
         // Azure has the instances `--add-node` will bring in already (a scale-out creates the
         // VM before its kubelet registers the node); Kubernetes has only the joined ones.
@@ -200,35 +248,70 @@ impl Sandbox {
                 })?;
         }
 
-        // MIC, with the simulator's azure.json.
-        let cloud = CloudConfig::from_json(&azure.azure_json().to_string())?;
-        let arm = CloudArm::from_config(&cloud)?;
-        let mic_args = mic_args(args)?;
-        let mut settings = MicSettings::from(&mic_args);
-        settings.listen_address = IpAddr::from([127, 0, 0, 1]);
-        settings.http_probe_port = 0;
-        settings.prometheus_port = 0;
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let mic_metrics = Metrics::new();
-        let deps = MicDeps {
-            arm: Arc::new(arm),
-            metrics: mic_metrics.clone(),
-            client: Some(client.clone()),
-            cluster_identity_client_id: None,
-            bound: Some(tx),
-        };
-        let mic = actix::spawn(async move {
-            if let Err(e) = aad_pod_identity::actors::mic::run::run(settings, deps).await {
-                warn!(error = %e, "MIC stopped");
+        let (mic, mic_endpoints, kubeconfig) = match &components {
+            Components::InProcess => {
+                let (task, endpoints) =
+                    start_mic_task(args, &azure, &client, mic_metrics.clone()).await?;
+                (MicRun::Task(task), endpoints, None)
             }
-        });
-        let mic_endpoints = rx
-            .await
-            .map_err(|_| Error::Mic("MIC stopped before it was listening".into()))?;
+            Components::Processes {
+                bin,
+                dir,
+                mic_flags,
+            } => {
+                let kubeconfig = dir.join("kubeconfig");
+                kube.write_kubeconfig(&kubeconfig)?;
+                let cloudconfig = dir.join("azure.json");
+                std::fs::write(&cloudconfig, azure.azure_json().to_string()).map_err(|source| {
+                    Error::File {
+                        path: cloudconfig.display().to_string(),
+                        source,
+                    }
+                })?;
+                let mut flags = vec![format!(
+                    "--unassign-grace-period={}ms",
+                    args.unassign_grace_period.as_millis()
+                )];
+                flags.extend(mic_flags.iter().cloned());
+                let c = crate::processes::start_mic(bin, dir, &kubeconfig, &cloudconfig, &flags)
+                    .await?;
+                let endpoints = (c.probe, c.metrics);
+                (MicRun::Process(c), endpoints, Some(kubeconfig))
+            }
+        };
+        Self::finish_start(
+            args,
+            components,
+            kube,
+            azure,
+            client,
+            spare,
+            &joined,
+            (mic, mic_endpoints, mic_metrics, kubeconfig),
+        )
+        .await
+    }
 
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_start(
+        args: &SandboxArgs,
+        components: Components,
+        kube: KubeSimHandle,
+        azure: Arc<AzureSimHandle>,
+        client: kube::Client,
+        spare: std::collections::VecDeque<NodeSpec>,
+        joined: &std::collections::BTreeSet<String>,
+        (mic, mic_endpoints, mic_metrics, kubeconfig): (
+            MicRun,
+            (SocketAddr, SocketAddr),
+            Metrics,
+            Option<PathBuf>,
+        ),
+    ) -> Result<Self, Error> {
         // NMI's DaemonSet as the chart installs it (tolerating every taint, so the gate's too),
         // so its pods show where NMI runs, as MIC's coverage report expects. The simulated
-        // kubelet marks them Ready at once; the NMIs themselves run in this process.
+        // kubelet marks them Ready at once; the NMIs themselves run as `components` says.
         let nmi_ds: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(json!({
             "metadata": {"name": "aad-pod-identity-nmi", "namespace": "default",
                 "labels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
@@ -259,7 +342,10 @@ impl Sandbox {
             nmi_endpoints: BTreeMap::new(),
             mic_metrics,
             nmis: Vec::new(),
+            nmi_processes: Vec::new(),
             mic,
+            components,
+            kubeconfig,
             weather: None,
             spare,
             node_ips: u32::try_from(joined.len()).unwrap_or(u32::MAX),
@@ -268,7 +354,7 @@ impl Sandbox {
             nmi_assignment_wait: args.nmi_assignment_wait,
             node_gate: args.node_gate,
         };
-        for node in &joined {
+        for node in joined {
             sandbox.start_nmi(node).await?;
         }
         let azure = sandbox.azure.clone();
@@ -320,6 +406,28 @@ impl Sandbox {
         };
         let ip = node_ip(&n).ok_or_else(|| failed("the node has no InternalIP".into()))?;
         let imds = self.azure.imds_addr(node)?;
+        if let (Components::Processes { bin, dir, .. }, Some(kubeconfig)) =
+            (&self.components, &self.kubeconfig)
+        {
+            let (c, addr) = crate::processes::start_nmi(
+                bin,
+                dir,
+                kubeconfig,
+                &crate::processes::NmiNode {
+                    node,
+                    ip,
+                    imds,
+                    assignment_wait: self.nmi_assignment_wait,
+                    port: self.nmi_port,
+                },
+            )
+            .await?;
+            self.nmi.insert(node.to_string(), addr);
+            self.nmi_endpoints
+                .insert(node.to_string(), (c.probe, c.metrics));
+            self.nmi_processes.push(c);
+            return Ok(addr);
+        }
         let mut s = NmiSettings::new(node.to_string(), imds);
         s.listen = SocketAddr::new(ip, self.nmi_port);
         // Probes and metrics on free ports: several sandboxes (tests, load tests) may run at
@@ -409,6 +517,21 @@ impl Sandbox {
         })
     }
 
+    /// CPU time and memory of each component that runs as a process.
+    pub fn usage(&mut self) -> ComponentUsage {
+        ComponentUsage {
+            mic: match &mut self.mic {
+                MicRun::Process(c) => Some(c.usage()),
+                MicRun::Task(_) => None,
+            },
+            nmis: self
+                .nmi_processes
+                .iter_mut()
+                .map(|c| (c.name.trim_start_matches("nmi-").to_string(), c.usage()))
+                .collect(),
+        }
+    }
+
     /// Stops every component, NMIs first.
     pub async fn stop(self) {
         for n in self.nmis {
@@ -416,7 +539,13 @@ impl Sandbox {
                 warn!(error = %e, "NMI stop");
             }
         }
-        self.mic.abort();
+        for c in self.nmi_processes {
+            c.stop().await;
+        }
+        match self.mic {
+            MicRun::Task(t) => t.abort(),
+            MicRun::Process(c) => c.stop().await,
+        }
         if let Some(w) = self.weather {
             w.abort();
             let _ = w.await;
@@ -427,6 +556,39 @@ impl Sandbox {
         }
         self.kube.shutdown().await;
     }
+}
+
+/// MIC in this process, with the simulator's azure.json; its task and (probe, metrics).
+async fn start_mic_task(
+    args: &SandboxArgs,
+    azure: &AzureSimHandle,
+    client: &kube::Client,
+    mic_metrics: Metrics,
+) -> Result<(tokio::task::JoinHandle<()>, (SocketAddr, SocketAddr)), Error> {
+    let cloud = CloudConfig::from_json(&azure.azure_json().to_string())?;
+    let arm = CloudArm::from_config(&cloud)?;
+    let mic_args = mic_args(args)?;
+    let mut settings = MicSettings::from(&mic_args);
+    settings.listen_address = IpAddr::from([127, 0, 0, 1]);
+    settings.http_probe_port = 0;
+    settings.prometheus_port = 0;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let deps = MicDeps {
+        arm: Arc::new(arm),
+        metrics: mic_metrics,
+        client: Some(client.clone()),
+        cluster_identity_client_id: None,
+        bound: Some(tx),
+    };
+    let mic = actix::spawn(async move {
+        if let Err(e) = aad_pod_identity::actors::mic::run::run(settings, deps).await {
+            warn!(error = %e, "MIC stopped");
+        }
+    });
+    let endpoints = rx
+        .await
+        .map_err(|_| Error::Mic("MIC stopped before it was listening".into()))?;
+    Ok((mic, endpoints))
 }
 
 fn mic_args(args: &SandboxArgs) -> Result<MicArgs, Error> {

@@ -606,13 +606,11 @@ fn assigned_writes(c: &Cluster) -> BTreeMap<String, u32> {
         .collect()
 }
 
+/// The statuses each AzureAssignedIdentity was seen with, in order.
+type StatusLog = Arc<std::sync::Mutex<BTreeMap<String, Vec<AssignedState>>>>;
+
 /// Records every status each AzureAssignedIdentity is seen with, in order, from a watch.
-fn watch_statuses(
-    c: &Cluster,
-) -> (
-    Arc<std::sync::Mutex<BTreeMap<String, Vec<AssignedState>>>>,
-    tokio::task::JoinHandle<()>,
-) {
+fn watch_statuses(c: &Cluster) -> (StatusLog, tokio::task::JoinHandle<()>) {
     use futures::StreamExt as _;
     let seen = Arc::new(std::sync::Mutex::new(
         BTreeMap::<String, Vec<AssignedState>>::new(),

@@ -129,7 +129,7 @@ pub enum Components {
 /// MIC as it runs.
 enum MicRun {
     Task(tokio::task::JoinHandle<()>),
-    Process(Component),
+    Process(Box<Component>),
 }
 
 /// CPU time and memory of each component process.
@@ -277,7 +277,7 @@ impl Sandbox {
                 let c = crate::processes::start_mic(bin, dir, &kubeconfig, &cloudconfig, &flags)
                     .await?;
                 let endpoints = (c.probe, c.metrics);
-                (MicRun::Process(c), endpoints, Some(kubeconfig))
+                (MicRun::Process(Box::new(c)), endpoints, Some(kubeconfig))
             }
         };
         Self::finish_start(

@@ -414,7 +414,7 @@ impl Queue {
     }
 
     /// The next write to send, if one may go out now.
-    pub fn next(&mut self) -> Option<EventWrite> {
+    pub fn next_write(&mut self) -> Option<EventWrite> {
         if self.in_flight.len() >= WRITES_IN_FLIGHT {
             return None;
         }
@@ -480,7 +480,7 @@ impl Recorder {
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while let Some(w) = self.queue.next() {
+        while let Some(w) = self.queue.next_write() {
             let client = self.client.clone();
             let name = w.name.clone();
             let errors = self

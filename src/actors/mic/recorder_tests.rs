@@ -117,13 +117,13 @@ fn increments_of_a_queued_event_merge_into_its_one_write() {
         }
         // The API answers a write while ten more Events arrive.
         if p % 10 == 0
-            && let Some(w) = q.next()
+            && let Some(w) = q.next_write()
         {
             q.done(&w.name);
         }
     }
     let mut last = None;
-    while let Some(w) = q.next() {
+    while let Some(w) = q.next_write() {
         q.done(&w.name);
         last = Some(w);
     }
@@ -145,14 +145,14 @@ fn a_create_still_queued_stays_a_create_and_a_write_out_is_never_doubled() {
         q.push(c.observe(&applied(0), t, wall()), |_| true),
         Ok(true)
     );
-    let w = q.next().unwrap();
+    let w = q.next_write().unwrap();
     assert!(!w.update);
     assert_eq!(w.count, 2);
     // While it is out, another increment waits behind it, as an update.
     q.push(c.observe(&applied(0), t, wall()), |_| true).unwrap();
-    assert_eq!(q.next(), None);
+    assert_eq!(q.next_write(), None);
     q.done(&w.name);
-    let w = q.next().unwrap();
+    let w = q.next_write().unwrap();
     assert!(w.update);
     assert_eq!(w.count, 3);
 }

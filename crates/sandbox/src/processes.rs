@@ -109,14 +109,35 @@ impl Component {
     }
 }
 
-/// A port free on `ip` right now.
+/// `n` distinct ports free on `ip` right now (all bound at once while picking, so no two
+/// are the same).
 ///
 /// # Errors
 /// When no socket can be bound on `ip`.
-pub fn free_port(ip: IpAddr) -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(SocketAddr::new(ip, 0))?
-        .local_addr()?
-        .port())
+pub fn free_ports(ip: IpAddr, n: usize) -> std::io::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind(SocketAddr::new(ip, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// Starts a component whose ports are picked free by `args_for` (given fresh ports on each
+/// try): another process may take a port between the pick and the child's bind, so a child
+/// that exits because an address is in use is started again, up to three times.
+async fn start_with_ports<T>(
+    mut attempt: impl AsyncFnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(Error::NotReady { log, .. })
+                if tries < 3 && log.contains("Address already in use") =>
+            {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -198,13 +219,20 @@ pub async fn start_mic(
     cloudconfig: &Path,
     extra: &[String],
 ) -> Result<Component, Error> {
+    start_with_ports(async || start_mic_once(bin, dir, kubeconfig, cloudconfig, extra).await).await
+}
+
+async fn start_mic_once(
+    bin: &Path,
+    dir: &Path,
+    kubeconfig: &Path,
+    cloudconfig: &Path,
+    extra: &[String],
+) -> Result<Component, Error> {
     let lo = IpAddr::from([127, 0, 0, 1]);
-    // MIC listens on every interface: a port free there.
-    let any = IpAddr::from([0, 0, 0, 0]);
-    let (probe_port, metrics_port) = (
-        free_port(any).map_err(io("picking a port"))?,
-        free_port(any).map_err(io("picking a port"))?,
-    );
+    // MIC listens on every interface: ports free there.
+    let ports = free_ports(IpAddr::from([0, 0, 0, 0]), 2).map_err(io("picking ports"))?;
+    let (probe_port, metrics_port) = (ports[0], ports[1]);
     let mut args = vec![
         "mic".to_string(),
         format!("--kubeconfig={}", kubeconfig.display()),
@@ -256,16 +284,22 @@ pub async fn start_nmi(
     kubeconfig: &Path,
     n: &NmiNode<'_>,
 ) -> Result<(Component, SocketAddr), Error> {
-    let any = IpAddr::from([0, 0, 0, 0]);
+    start_with_ports(async || start_nmi_once(bin, dir, kubeconfig, n).await).await
+}
+
+async fn start_nmi_once(
+    bin: &Path,
+    dir: &Path,
+    kubeconfig: &Path,
+    n: &NmiNode<'_>,
+) -> Result<(Component, SocketAddr), Error> {
     let port = match n.port {
-        0 => free_port(n.ip).map_err(io("picking a port"))?,
+        0 => free_ports(n.ip, 1).map_err(io("picking a port"))?[0],
         p => p,
     };
     // Probe and metrics listen on every interface: ports free there.
-    let (probe_port, metrics_port) = (
-        free_port(any).map_err(io("picking a port"))?,
-        free_port(any).map_err(io("picking a port"))?,
-    );
+    let ports = free_ports(IpAddr::from([0, 0, 0, 0]), 2).map_err(io("picking ports"))?;
+    let (probe_port, metrics_port) = (ports[0], ports[1]);
     // The original's wait: attempts × interval (5 s each).
     let attempts = (n.assignment_wait.as_secs() / 5).max(1);
     let args = vec![

@@ -1,6 +1,8 @@
 use super::*;
 use crate::actors::mic::fixtures::*;
+use crate::actors::mic::host::IdentityId;
 use crate::actors::mic::matcher::{BindingIndex, MatchSettings};
+use crate::crd::{ASSIGNED_IDENTITY_FINALIZER, IdentityType};
 
 fn ss0() -> HostId {
     HostId::scale_set(SUB, RG, "ss0")

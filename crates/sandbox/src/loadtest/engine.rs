@@ -135,7 +135,8 @@ async fn start_prometheus(
     Ok(Some(pr))
 }
 
-/// The burst: every pod at once (a bounded number of creates in flight), probes first.
+/// The burst: every pod at once (a bounded number of creates in flight), probes first; a
+/// pod's creation time is when its create request is sent.
 async fn create_pods(ctx: &Ctx, client: &kube::Client, p: &Params) -> Result<(), Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut names: Vec<(String, String)> = (0..UNBOUND_PODS)
@@ -147,16 +148,13 @@ async fn create_pods(ctx: &Ctx, client: &kube::Client, p: &Params) -> Result<(),
         })
         .collect();
     names.extend((0..p.pods).map(|i| (format!("pod-{i}"), format!("sel-{}", i % p.identities))));
-    {
-        let mut st = ctx.lock();
-        for (n, _) in &names {
-            st.pods.entry(n.clone()).or_default().created = Some(ctx.now());
-        }
-    }
     futures::stream::iter(names.iter().map(|(n, sel)| {
         let pods = pods.clone();
         async move {
             let pod = pod_object(n, sel)?;
+            // Created when its create request goes out (a pod waiting for the driver's turn
+            // does not exist yet).
+            ctx.lock().pods.entry(n.clone()).or_default().created = Some(ctx.now());
             pods.create(&PostParams::default(), &pod)
                 .await
                 .map_err(|source| Error::Kube {
@@ -295,7 +293,16 @@ async fn drive(
         patches,
         gets,
         throttled,
-        kube_writes: figures::kube_writes_json(&sandbox.kube, writes0, finished_s),
+        // The writes' rate while MIC assigned: until the last pod was Assigned.
+        kube_writes: figures::kube_writes_json(
+            &sandbox.kube,
+            writes0,
+            ctx.lock()
+                .pods
+                .values()
+                .filter_map(|p| p.assigned)
+                .fold(0.0, f64::max),
+        ),
         components: figures::components_json(&components, &self0, &self1),
         component_rows: figures::components_rows(&components, &self0, &self1),
         usage_series: usage.into_series(),

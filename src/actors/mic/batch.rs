@@ -45,7 +45,9 @@ pub struct BatchSettings {
     /// burst (a Deployment scaling up) starts with one PATCH instead of one for the first pod
     /// and one for the rest. Changes arriving while a PATCH is in flight never wait.
     pub linger: Duration,
-    /// The longest an idle host waits for a burst to pause.
+    /// The longest an idle host waits for a burst to pause; no longer than the host's last ARM
+    /// call took (but at least `linger`), since waiting longer than a write costs more than
+    /// sending what is there and the rest in the next PATCH.
     pub linger_max: Duration,
 }
 
@@ -155,6 +157,10 @@ pub struct HostBatch {
     /// Changes since the last PATCH went out: first and last, and whether a call was in
     /// flight at the first (such changes go out as soon as it returns).
     changes: Option<Changes>,
+    /// When the call in flight went out.
+    call_started: Option<Instant>,
+    /// How long the host's last answered ARM call took (bounds the linger).
+    last_call: Option<Duration>,
 }
 
 impl HostBatch {
@@ -175,6 +181,20 @@ impl HostBatch {
             flight: Flight::Idle,
             reconcile_requested: false,
             changes: None,
+            call_started: None,
+            last_call: None,
+        }
+    }
+
+    /// Notes that a call goes out at `now`.
+    fn call_out(&mut self, now: Instant) {
+        self.call_started = Some(now);
+    }
+
+    /// Notes that the call in flight was answered at `now`.
+    fn call_back(&mut self, now: Instant) {
+        if let Some(t) = self.call_started.take() {
+            self.last_call = Some(now.saturating_duration_since(t));
         }
     }
 
@@ -248,6 +268,7 @@ impl HostBatch {
         }) else {
             self.reconcile_requested = false;
             self.flight = Flight::Reading;
+            self.call_out(now);
             return Step::Read;
         };
         if self.deleting {
@@ -283,7 +304,11 @@ impl HostBatch {
         if let Some(c) = &self.changes
             && !c.queued_behind_call
         {
-            let go = (c.last + self.settings.linger).min(c.first + self.settings.linger_max);
+            let (quiet, most) = (self.settings.linger, self.settings.linger_max);
+            let longest = self
+                .last_call
+                .map_or(most, |d| d.clamp(quiet.min(most), most));
+            let go = (c.last + quiet).min(c.first + longest);
             if go > now {
                 return Step::WaitUntil(go);
             }
@@ -296,12 +321,14 @@ impl HostBatch {
             add: add.clone(),
             remove: remove.clone(),
         };
+        self.call_out(now);
         Step::Patch { add, remove, base }
     }
 
     /// Folds in the answer to a read.
     pub fn on_read(&mut self, result: Result<HostIdentities, PortError>, now: Instant) -> Outcome {
         self.flight = Flight::Idle;
+        self.call_back(now);
         match result {
             Ok(state) => {
                 self.accept_state(state);
@@ -334,6 +361,7 @@ impl HostBatch {
         else {
             return Outcome::default();
         };
+        self.call_back(now);
         match result {
             Ok(PatchOutcome {
                 state,

@@ -46,6 +46,12 @@ fn read_empty(b: &mut HostBatch, now: Instant) {
     b.on_read(state(&[]), now);
 }
 
+/// A read that took as long as a real scale set's (longer than the longest linger).
+fn read_empty_slowly(b: &mut HostBatch, answered: Instant) {
+    assert_eq!(b.next(answered - secs(40)), Step::Read);
+    b.on_read(state(&[]), answered);
+}
+
 #[test]
 fn the_first_step_on_a_host_is_a_read() {
     let mut b = HostBatch::new(settings());
@@ -77,10 +83,10 @@ fn everything_that_arrives_during_a_patch_goes_into_the_next_one() {
 #[test]
 fn a_burst_to_an_idle_host_goes_out_once_it_pauses_but_a_change_queued_behind_a_patch_does_not_wait()
  {
-    let t = Instant::now();
+    let t = Instant::now() + secs(60);
     let ms = Duration::from_millis;
     let mut b = HostBatch::new(BatchSettings::default());
-    read_empty(&mut b, t);
+    read_empty_slowly(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     assert_eq!(b.next(t), Step::WaitUntil(t + ms(300)));
     b.set_desired(ids(&["a", "b"]), BTreeSet::new(), t + ms(200));
@@ -95,9 +101,9 @@ fn a_burst_to_an_idle_host_goes_out_once_it_pauses_but_a_change_queued_behind_a_
 
 #[test]
 fn a_burst_that_never_pauses_waits_at_most_the_longest_linger() {
-    let t = Instant::now();
+    let t = Instant::now() + secs(60);
     let mut b = HostBatch::new(BatchSettings::default());
-    read_empty(&mut b, t);
+    read_empty_slowly(&mut b, t);
     let mut want = BTreeSet::new();
     for i in 0..40u64 {
         let now = t + Duration::from_millis(100 * i);
@@ -108,6 +114,29 @@ fn a_burst_that_never_pauses_waits_at_most_the_longest_linger() {
             return;
         }
         assert!(matches!(b.next(now), Step::WaitUntil(_)));
+    }
+    panic!("never sent");
+}
+
+#[test]
+fn a_burst_waits_no_longer_than_the_hosts_last_arm_call_took() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    // The first read took 400 ms: a burst that never pauses waits at most that long, not the
+    // longest linger (1.5 s), since the rest can ride the next PATCH within another 400 ms.
+    assert_eq!(b.next(t), Step::Read);
+    b.on_read(state(&[]), t + Duration::from_millis(400));
+    let t = t + Duration::from_millis(400);
+    let mut want = BTreeSet::new();
+    for i in 0..40u64 {
+        let now = t + Duration::from_millis(100 * i);
+        want.insert(id(&format!("i{i}")));
+        b.set_desired(want.clone(), BTreeSet::new(), now);
+        if now >= t + Duration::from_millis(400) {
+            assert!(matches!(b.next(now), Step::Patch { .. }), "at {i}");
+            return;
+        }
+        assert!(matches!(b.next(now), Step::WaitUntil(_)), "at {i}");
     }
     panic!("never sent");
 }

@@ -732,18 +732,18 @@ async fn an_assignment_costs_two_writes_one_when_its_identity_is_on_the_host_and
             .await;
     }
     // A burst: 80 pods on 10 nodes of two scale sets, neither identity on either yet.
-    futures::future::join_all((0..80usize).map(|p| {
+    let pods = |prefix: &'static str, n: usize| {
         let c = &c;
-        async move {
+        futures::future::join_all((0..n).map(move |p| async move {
             c.pod(
-                &format!("a{p}"),
+                &format!("{prefix}{p}"),
                 &format!("identity-{}", p % 2),
                 &c.node(p % 10),
             )
             .await;
-        }
-    }))
-    .await;
+        }))
+    };
+    pods("a", 80).await;
     c.wait_for("80 Assigned", Duration::from_secs(120), all_assigned(80))
         .await;
     let first = assigned_writes(&c);
@@ -766,18 +766,7 @@ async fn an_assignment_costs_two_writes_one_when_its_identity_is_on_the_host_and
     // More pods whose identities are on their scale sets now: one write each, straight to
     // Assigned, without waiting for any PATCH.
     let patches = c.patches();
-    futures::future::join_all((0..20usize).map(|p| {
-        let c = &c;
-        async move {
-            c.pod(
-                &format!("b{p}"),
-                &format!("identity-{}", p % 2),
-                &c.node(p % 10),
-            )
-            .await;
-        }
-    }))
-    .await;
+    pods("b", 20).await;
     c.wait_for("100 Assigned", Duration::from_secs(60), all_assigned(100))
         .await;
     assert_eq!(

@@ -156,6 +156,20 @@ SANDBOX_FLAGS = [
 ]
 
 
+def _flag_key(flag):
+    """What a sandbox flag sets: `--x` for `--x=v`, `--nmi-arg=--y` for `--nmi-arg=--y=v`."""
+    name, _, value = flag.partition("=")
+    if name in ("--nmi-arg", "--mic-arg"):
+        return f"{name}={value.partition('=')[0]}"
+    return name
+
+
+def sandbox_flags(extra=()):
+    """The suite's sandbox flags, with `extra` replacing those that set the same thing."""
+    replaced = {_flag_key(f) for f in extra}
+    return [f for f in SANDBOX_FLAGS if _flag_key(f) not in replaced] + list(extra)
+
+
 def sandbox_binary(explicit=None):
     if explicit:
         return explicit
@@ -186,7 +200,7 @@ class SandboxBackend(Backend):
         self.log_path = os.path.join(work_dir, "sandbox.log")
         self._log_file = open(self.log_path, "w")
         argv = [binary, "--kubeconfig-out", kubeconfig, "--endpoints-out", self.endpoints_path,
-                "--scenario", empty, *SANDBOX_FLAGS, *extra_flags]
+                "--scenario", empty, *sandbox_flags(extra_flags)]
         log("$ " + " ".join(argv))
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)

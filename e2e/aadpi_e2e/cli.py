@@ -45,6 +45,10 @@ def parse_args(argv):
     p.add_argument("--sandbox-bin", metavar="PATH",
                    help="sandbox mode: the aad-pod-identity-sandbox binary (default $AAD_POD_IDENTITY_SANDBOX_BIN, "
                         "else target/debug, built if missing)")
+    p.add_argument("--sandbox-arg", action="append", default=[], metavar="FLAG",
+                   help="sandbox mode: one more flag of the sandbox, replacing the suite's own for the same "
+                        "setting, e.g. --sandbox-arg=--faults=flaky or "
+                        "--sandbox-arg=--nmi-arg=--block-instance-metadata=false (repeatable)")
     p.add_argument("--jobs", type=int, metavar="N",
                    help="scenarios run side by side (default 4 in the sandbox, 1 on a cluster)")
     p.add_argument("--only", metavar="A,B", help="run only these scenarios")
@@ -73,9 +77,10 @@ def allocate(chosen, identities, jobs):
         raise ConfigError(f"{len(identities)} identities given, but {len(chosen)} scenarios side by side need "
                           f"{need} distinct ones; give more or run with --jobs 1 (needs {widest})")
     if widest > len(identities):
-        who = [s.name for s in chosen if s.identities > len(identities)]
-        raise ConfigError(f"{len(identities)} identities given, but {', '.join(who)} need{'s' if len(who) == 1 else ''} "
-                          f"{widest}; add identities to the identity file ({USAGE_HINT})")
+        who = ", ".join(f"{s.name} needs {s.identities}" for s in sorted(chosen, key=lambda s: -s.identities)
+                        if s.identities > len(identities))
+        raise ConfigError(f"{len(identities)} identities given, but {who}; add identities to the identity file "
+                          f"or leave those scenarios out with --skip ({USAGE_HINT})")
     out, at = {}, 0
     for s in chosen:
         if jobs > 1:
@@ -221,7 +226,7 @@ def main(argv=None):
                                      arm_endpoint=args.arm_endpoint, authority=args.aad_endpoint)
         else:
             print(f"starting a sandbox (work directory {work})", flush=True)
-            backend = SandboxBackend(sandbox_binary(args.sandbox_bin), work, log)
+            backend = SandboxBackend(sandbox_binary(args.sandbox_bin), work, log, args.sandbox_arg)
             missing = check_needs(chosen, backend.given)
             if missing:
                 raise ConfigError("the sandbox lacks " + "; ".join(missing))

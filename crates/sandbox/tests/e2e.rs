@@ -1,0 +1,241 @@
+//! The end-to-end suite `e2e/run` as CI runs it: every scenario against the sandbox (any failed
+//! scenario fails this test); scenarios whose NMI flag is off fail naming the flag; the cluster
+//! backend reads an installation (workloads, leader, nodes, scale sets through ARM) from a
+//! sandbox's API server with the same kubectl and ARM code it uses on a real cluster; cluster
+//! mode refuses to start without the Azure identities it needs; the suite's own unit tests.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::start_sandbox;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn e2e(args: &[&str]) -> Output {
+    let out = Command::new(repo().join("e2e/run"))
+        .args(args)
+        .env(
+            "AAD_POD_IDENTITY_SANDBOX_BIN",
+            env!("CARGO_BIN_EXE_aad-pod-identity-sandbox"),
+        )
+        .env("RUST_LOG", "warn")
+        .env_remove("E2E_IDENTITY_FILE")
+        .output()
+        .expect("python3 runs e2e/run");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The table's row of `scenario`: (result, rest).
+fn row<'a>(table: &'a str, scenario: &str) -> Option<&'a str> {
+    table.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next() == Some(scenario)).then(|| parts.next().unwrap_or(""))
+    })
+}
+
+/// Removes the work directory a failed run keeps (`logs: DIR`).
+fn remove_kept_logs(out: &str) {
+    if let Some(dir) = out.lines().find_map(|l| l.strip_prefix("logs: ")) {
+        let _ = std::fs::remove_dir_all(dir.trim());
+    }
+}
+
+#[test]
+fn every_e2e_scenario_passes_against_the_sandbox() {
+    let listed = e2e(&["--list"]);
+    assert!(listed.status.success());
+    let names: Vec<String> = stdout(&listed)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    // The original's e2e list, at least.
+    for must in [
+        "single-identity",
+        "pod-deletion",
+        "binding-deletion",
+        "identity-deletion",
+        "label-change",
+        "multiple-identities",
+        "same-names-two-namespaces",
+        "in-use-protection",
+        "invalid-identity-in-batch",
+        "node-drain",
+        "exception",
+        "blocked-instance-metadata",
+        "liveness",
+        "retry-after",
+        "service-principal",
+        "leader-change",
+        "cronjob-churn",
+    ] {
+        assert!(names.iter().any(|n| n == must), "{must} is not a scenario");
+    }
+
+    let run = e2e(&["--sandbox"]);
+    let table = stdout(&run);
+    remove_kept_logs(&table);
+    for name in &names {
+        assert_eq!(
+            row(&table, name),
+            Some("PASS"),
+            "scenario {name} did not pass:\n{table}"
+        );
+    }
+    assert!(
+        run.status.success(),
+        "e2e/run --sandbox exited {}",
+        run.status
+    );
+    assert!(
+        table.contains(&format!("{} passed, 0 failed", names.len())),
+        "{table}"
+    );
+}
+
+#[test]
+fn scenarios_fail_naming_the_nmi_flag_they_need_when_nmi_runs_without_it() {
+    let run = e2e(&[
+        "--sandbox",
+        "--only=blocked-instance-metadata,retry-after",
+        "--sandbox-arg=--nmi-arg=--block-instance-metadata=false",
+        "--sandbox-arg=--nmi-arg=--set-retry-after-header=false",
+    ]);
+    let out = stdout(&run);
+    remove_kept_logs(&out);
+    assert_eq!(run.status.code(), Some(1), "{out}");
+    assert_eq!(row(&out, "blocked-instance-metadata"), Some("FAIL"));
+    assert_eq!(row(&out, "retry-after"), Some("FAIL"));
+    assert!(
+        out.contains("NMI runs without --block-instance-metadata"),
+        "{out}"
+    );
+    assert!(
+        out.contains("NMI runs without --set-retry-after-header"),
+        "{out}"
+    );
+}
+
+/// The cluster backend against a sandbox's API server and Azure simulator: the same discovery
+/// (MIC's Deployment and NMI's DaemonSet by their labels, their flags, the leader's Lease), node
+/// listing and ARM reads it makes on AKS. Its token requests (`kubectl exec`) and probe reads
+/// (the API server's pod proxy) need a real cluster and are not exercised here.
+#[test]
+fn cluster_mode_reads_an_installation_nodes_and_scale_sets_through_kubectl_and_arm() {
+    let (sandbox, doc) = start_sandbox(
+        "e2e-cluster-check",
+        &[
+            "--mic-replicas=2",
+            "--nmi-arg=--block-instance-metadata",
+            "--mic-arg=--leader-election-duration=4s",
+        ],
+    );
+    let az = &doc["azure"];
+    let sp = &az["workloadServicePrincipal"];
+    let ids = serde_json::json!({
+        "tenantID": az["tenantId"],
+        "identities": az["identities"],
+        "servicePrincipal": {"clientID": sp["clientID"], "clientSecret": sp["secret"]},
+    });
+    let ids_path = sandbox.dir.join("identities.json");
+    std::fs::write(&ids_path, ids.to_string()).unwrap();
+    let arm = az["arm"].as_str().unwrap();
+    let kubeconfig = sandbox.dir.join("kubeconfig");
+    let run = e2e(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--identity-file",
+        ids_path.to_str().unwrap(),
+        "--arm-endpoint",
+        arm,
+        "--aad-endpoint",
+        arm,
+        "--check",
+    ]);
+    let out = stdout(&run);
+    assert!(run.status.success(), "{out}");
+    assert!(out.contains("MIC: Deployment in default"), "{out}");
+    assert!(out.contains("2 replicas"), "{out}");
+    assert!(
+        out.contains("lease default/aad-pod-identity-mic (4 s)"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("MIC leader: aad-pod-identity-mic-")),
+        "{out}"
+    );
+    assert!(out.contains("block-instance-metadata=True"), "{out}");
+    assert!(out.contains("virtualMachineScaleSets/"), "{out}");
+    assert!(out.contains("identities: 5"), "{out}");
+    // A token from the simulated Azure AD for the service principal, and an ARM GET with it.
+    assert!(
+        out.lines().any(|l| l.starts_with("ARM: /subscriptions/")
+            && l.contains("/virtualMachineScaleSets/aks-pool0-")
+            && l.ends_with("user-assigned identities")),
+        "{out}"
+    );
+    drop(sandbox);
+}
+
+#[test]
+fn cluster_mode_refuses_to_start_without_the_azure_identities_it_needs() {
+    let dir = std::env::temp_dir().join(format!("e2e-refusals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig-never-read");
+    let kc = kubeconfig.to_str().unwrap();
+
+    let run = e2e(&["--kubeconfig", kc]);
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("--identity-file"), "{err}");
+
+    // Too few identities for the widest scenario, and no service principal.
+    let one = dir.join("one.json");
+    std::fs::write(
+        &one,
+        r#"{"identities": [{"name": "e2e-0", "clientID": "11111111-1111-1111-1111-111111111111",
+            "resourceID": "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/e2e-0"}]}"#,
+    )
+    .unwrap();
+    let run = e2e(&["--kubeconfig", kc, "--identity-file", one.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("service-principal"), "{err}");
+    assert!(err.contains("in-use-protection"), "{err}");
+    let run = e2e(&[
+        "--kubeconfig",
+        kc,
+        "--identity-file",
+        one.to_str().unwrap(),
+        "--skip=service-principal,in-use-protection,single-identity",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("1 identities given, but multiple-identities needs 5"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_suites_own_unit_tests_pass() {
+    let out = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s"])
+        .arg(repo().join("e2e/tests"))
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("OK"), "{text}");
+}

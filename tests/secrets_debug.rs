@@ -111,7 +111,7 @@ async fn tokens_credentials_and_certificates_redact_themselves_in_debug() {
             },
         );
     }
-    let aad = AadSecretCredential::new("http://127.0.0.1:9/", "t", "c", SECRET).unwrap();
+    let aad = AadSecretCredential::new("http://127.0.0.1:9/", "t", "c", SECRET, "test").unwrap();
     check("AadSecretCredential", &aad);
     check(
         "BearerPolicy",
@@ -150,7 +150,8 @@ async fn tokens_credentials_and_certificates_redact_themselves_in_debug() {
     assert!(
         format!(
             "{aad:?}",
-            aad = AadSecretCredential::new("http://127.0.0.1:9/", "t", "c", SECRET).unwrap()
+            aad =
+                AadSecretCredential::new("http://127.0.0.1:9/", "t", "c", SECRET, "test").unwrap()
         )
         .contains("<redacted>")
     );

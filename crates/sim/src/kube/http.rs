@@ -78,6 +78,12 @@ async fn dispatch(
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
+    shared.clients.record(
+        req.headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+    );
     let latency = shared.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -30,7 +30,7 @@ CLUSTER_METADATA = "http://169.254.169.254"
 
 TOKEN_API_VERSION = "2018-02-01"
 DEFAULT_RESOURCE = "https://management.azure.com/"
-DEFAULT_VALIDATOR_IMAGE = "mcr.microsoft.com/azure-cli:latest"
+DEFAULT_VALIDATOR_IMAGE = "curlimages/curl:latest"
 
 
 @dataclass

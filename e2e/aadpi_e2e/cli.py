@@ -37,7 +37,7 @@ def parse_args(argv):
                    help="cluster mode: namespace of MIC and NMI (default: found by their labels)")
     p.add_argument("--validator-image", metavar="IMAGE",
                    help="cluster mode: image of the pods tokens are requested from; needs curl and sleep "
-                        "(default mcr.microsoft.com/azure-cli:latest)")
+                        "(default curlimages/curl:latest)")
     p.add_argument("--arm-endpoint", default=azure.PUBLIC_ARM, metavar="URL",
                    help="cluster mode: Azure Resource Manager (default %(default)s)")
     p.add_argument("--aad-endpoint", default=azure.PUBLIC_AUTHORITY, metavar="URL",

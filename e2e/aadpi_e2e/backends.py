@@ -118,6 +118,16 @@ class Backend:
         """(component, pod, body) of every MIC and NMI pod's `/healthz`."""
         raise NotImplementedError
 
+    def mic_metrics(self, pod):
+        """The Prometheus text of the MIC replica running in `pod`."""
+        raise NotImplementedError
+
+    def mic_leader(self):
+        """The pod name holding MIC's leader Lease, or None."""
+        ns, name = self.install.lease
+        lease = self.kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}")
+        return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
     # Azure -------------------------------------------------------------------------------
 
     def scale_set_identities(self, node):
@@ -254,6 +264,12 @@ class SandboxBackend(Backend):
                 out.append((component, who, _http_get(e["healthz"])))
         return out
 
+    def mic_metrics(self, pod):
+        replica = self._endpoints().get("micReplicas", {}).get(pod)
+        if replica is None:
+            raise KubeError(f"no MIC replica runs for pod {pod}")
+        return _http_get(replica["metrics"])
+
     def _stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -319,6 +335,13 @@ class ClusterBackend(Backend):
         if rc != 0 and not out.startswith("HTTP/"):
             return Answer(0, {}, out, error=f"kubectl exec … curl exited {rc}: {err.strip()[:300]}")
         return parse_curl_include(out)
+
+    def mic_metrics(self, pod):
+        port = int(self.install.mic_flags.get("prometheus-port", 8888))
+        status, body = self.kube.raw(f"/api/v1/namespaces/{self.install.mic_namespace}/pods/{pod}:{port}/proxy/metrics")
+        if status != 200:
+            raise KubeError(f"MIC {pod} /metrics: {status} {body[:200]}")
+        return body
 
     def health(self):
         out = []

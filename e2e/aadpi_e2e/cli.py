@@ -148,8 +148,7 @@ def preflight(backend):
     print(f"MIC: Deployment in {i.mic_namespace} ({i.mic_selector}), {i.mic_replicas} replicas, "
           f"lease {i.lease[0]}/{i.lease[1]} ({i.lease_duration:.0f} s), unassign grace {i.unassign_grace:.0f} s, "
           f"namespaced={i.mic_namespaced}")
-    lease = backend.kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{i.lease[0]}/leases/{i.lease[1]}")
-    print(f"MIC leader: {(lease or {}).get('spec', {}).get('holderIdentity', 'none')}")
+    print(f"MIC leader: {backend.mic_leader() or 'none'}")
     print(f"NMI: DaemonSet in {i.nmi_namespace} ({i.nmi_selector}); block-instance-metadata="
           f"{i.block_instance_metadata}, set-retry-after-header={i.set_retry_after_header}, "
           f"longest wait {i.nmi_wait:.0f} s, namespaced={i.nmi_namespaced}")

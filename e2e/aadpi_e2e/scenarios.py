@@ -377,10 +377,8 @@ def service_principal(t):
 def leader_change(t):
     """Deleting the MIC leader's pod while a pod is being bound: the next leader assigns it."""
     install = t.install
-    lease_ns, lease_name = install.lease
-    lease = t.kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases/{lease_name}")
-    t.check(lease is not None, f"no leader Lease {lease_ns}/{lease_name}")
-    leader = lease["spec"].get("holderIdentity")
+    leader = t.backend.mic_leader()
+    t.check(leader is not None, f"no holder of MIC's leader Lease {'/'.join(install.lease)}")
     t.check(t.kube.pod(install.mic_namespace, leader) is not None,
             f"the Lease's holder {leader!r} is not a MIC pod in {install.mic_namespace}")
     t.step(f"MIC leader is {leader}; deleting its pod")
@@ -390,8 +388,7 @@ def leader_change(t):
     (pod,) = t.start_pods(t.validator("validator", "validator"))
     t.wait_state("validator", name, timeout=install.lease_duration + t.backend.patience + 60)
     t.expect_token(pod, ident)
-    lease = t.kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases/{lease_name}")
-    holder = lease["spec"].get("holderIdentity")
+    holder = t.backend.mic_leader()
     t.check(holder != leader, f"the Lease is still held by the deleted pod {leader}")
     t.step(f"new leader {holder}")
 

@@ -2,7 +2,8 @@
 //! scenario fails this test); scenarios whose NMI flag is off fail naming the flag; the cluster
 //! backend reads an installation (workloads, leader, nodes, scale sets through ARM) from a
 //! sandbox's API server with the same kubectl and ARM code it uses on a real cluster; cluster
-//! mode refuses to start without the Azure identities it needs; the suite's own unit tests.
+//! mode refuses to start without the Azure identities it needs; the suite's own unit tests;
+//! the real-cluster load-test driver (`loadtest/run burst --kubeconfig`) run against a sandbox.
 
 mod support;
 
@@ -238,4 +239,46 @@ fn the_suites_own_unit_tests_pass() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("OK"), "{text}");
+}
+
+/// `loadtest/run burst --kubeconfig` is `loadtest/cluster.py`; CI runs the same driver against a
+/// sandbox (its in-pod requests then leave from the pods' loopback addresses instead of
+/// `kubectl exec`): every pod Assigned and answered, ARM writes read from MIC's leader.
+#[test]
+fn the_cluster_burst_driver_runs_against_the_sandbox() {
+    let out_dir = std::env::temp_dir().join(format!("cluster-burst-{}", std::process::id()));
+    let run = Command::new("python3")
+        .arg(repo().join("loadtest/cluster.py"))
+        .args(["burst", "--sandbox", "--pods=24", "--identities=3", "--out"])
+        .arg(&out_dir)
+        .env(
+            "AAD_POD_IDENTITY_SANDBOX_BIN",
+            env!("CARGO_BIN_EXE_aad-pod-identity-sandbox"),
+        )
+        .output()
+        .expect("python3");
+    let text = stdout(&run);
+    println!("{text}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{text}");
+    assert_eq!(text.lines().last(), Some(out_dir.to_str().unwrap()));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["tokens_ok"], 24, "{report}");
+    assert_eq!(report["assigned"], 24, "{report}");
+    assert_eq!(report["created_to_token_s"]["n"], 24, "{report}");
+    // One scale set, three identities created together: a write or two, not one per pod.
+    let writes = report["arm_writes"].as_i64().expect("ARM writes measured");
+    assert!((1..=3).contains(&writes), "{report}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+
+    // The real-cluster entry point refuses to start without identities, before any cluster call.
+    let run = Command::new(repo().join("loadtest/run"))
+        .args(["burst", "--kubeconfig", "/nonexistent/kubeconfig"])
+        .env_remove("E2E_IDENTITY_FILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("--identity-file"), "{err}");
 }

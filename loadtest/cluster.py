@@ -32,8 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "e2e"))
 
 from aadpi_e2e import azure  # noqa: E402
-from aadpi_e2e.backends import ClusterBackend, SandboxBackend, make_temp_dir, sandbox_binary  # noqa: E402
-from aadpi_e2e.config import ConfigError, load_identity_file  # noqa: E402
+from aadpi_e2e.backends import SandboxBackend, make_temp_dir, sandbox_binary  # noqa: E402
+from aadpi_e2e.cli import add_backend_args, cluster_backend, load_given  # noqa: E402
+from aadpi_e2e.config import ConfigError  # noqa: E402
 from aadpi_e2e.context import POD_LABEL, azure_identity, binding, suffix  # noqa: E402
 from aadpi_e2e.kube import KubeError, Timeout, wait_for  # noqa: E402
 
@@ -48,19 +49,13 @@ def parse_args(argv):
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--kubeconfig", metavar="FILE", help="the cluster (the chart installed)")
     where.add_argument("--sandbox", action="store_true", help="run this driver against a sandbox (CI)")
-    p.add_argument("--identity-file", metavar="FILE", default=os.environ.get("E2E_IDENTITY_FILE"),
-                   help="identities to bind (the e2e suite's format, e2e/README.md; env E2E_IDENTITY_FILE)")
     p.add_argument("--pods", type=int, default=100, help="pods created at once (default %(default)s)")
     p.add_argument("--identities", type=int, default=5, help="identities they are bound to (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=16, help="token requests in flight (default %(default)s)")
     p.add_argument("--time-limit", type=float, default=900.0, help="seconds before the run gives up (default %(default)s)")
     p.add_argument("--poll", type=float, default=None, help="seconds between API reads (default 1 on a cluster, 0.25 in the sandbox)")
     p.add_argument("--out", metavar="DIR", help="report directory (default loadtest/reports/<time>-cluster-burst)")
-    p.add_argument("--system-namespace", metavar="NS", help="namespace of MIC and NMI (default: found by their labels)")
-    p.add_argument("--validator-image", metavar="IMAGE", help="image of the pods (curl and sleep; default as e2e/run)")
-    p.add_argument("--arm-endpoint", default=azure.PUBLIC_ARM, help=argparse.SUPPRESS)
-    p.add_argument("--aad-endpoint", default=azure.PUBLIC_AUTHORITY, help=argparse.SUPPRESS)
-    p.add_argument("--sandbox-bin", metavar="PATH", help="--sandbox: the sandbox binary")
+    add_backend_args(p)
     args = p.parse_args(argv)
     if args.pods < 1 or args.identities < 1 or args.concurrency < 1:
         p.error("--pods, --identities and --concurrency must be at least 1")
@@ -206,13 +201,7 @@ def main(argv=None):
     backend = None
     try:
         if args.kubeconfig:
-            if not args.identity_file:
-                raise ConfigError("a real cluster needs Azure identities: --identity-file FILE (or E2E_IDENTITY_FILE), "
-                                  "the e2e suite's format (e2e/README.md)")
-            given = load_identity_file(args.identity_file)
-            backend = ClusterBackend(args.kubeconfig, given, log, namespace=args.system_namespace,
-                                     validator_image=args.validator_image,
-                                     arm_endpoint=args.arm_endpoint, authority=args.aad_endpoint)
+            backend = cluster_backend(args, load_given(args), log)
         else:
             backend = SandboxBackend(sandbox_binary(args.sandbox_bin), work, log)
         result = run(args, backend, log)

@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 
 from . import azure

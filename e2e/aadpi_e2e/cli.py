@@ -30,21 +30,7 @@ def parse_args(argv):
                        help="start a sandbox (simulated Kubernetes and Azure) and run against it")
     where.add_argument("--kubeconfig", metavar="FILE",
                        help="run against the cluster of this kubeconfig (kind or AKS), where the chart is installed")
-    p.add_argument("--identity-file", metavar="FILE", default=os.environ.get("E2E_IDENTITY_FILE"),
-                   help="cluster mode: the Azure identities and service principal the scenarios use "
-                        "(env E2E_IDENTITY_FILE; format in e2e/README.md)")
-    p.add_argument("--system-namespace", metavar="NS",
-                   help="cluster mode: namespace of MIC and NMI (default: found by their labels)")
-    p.add_argument("--validator-image", metavar="IMAGE",
-                   help="cluster mode: image of the pods tokens are requested from; needs curl and sleep "
-                        "(default curlimages/curl:latest)")
-    p.add_argument("--arm-endpoint", default=azure.PUBLIC_ARM, metavar="URL",
-                   help="cluster mode: Azure Resource Manager (default %(default)s)")
-    p.add_argument("--aad-endpoint", default=azure.PUBLIC_AUTHORITY, metavar="URL",
-                   help="cluster mode: Azure AD authority (default %(default)s)")
-    p.add_argument("--sandbox-bin", metavar="PATH",
-                   help="sandbox mode: the aad-pod-identity-sandbox binary (default $AAD_POD_IDENTITY_SANDBOX_BIN, "
-                        "else target/debug, built if missing)")
+    add_backend_args(p)
     p.add_argument("--sandbox-arg", action="append", default=[], metavar="FLAG",
                    help="sandbox mode: one more flag of the sandbox, replacing the suite's own for the same "
                         "setting, e.g. --sandbox-arg=--faults=flaky or "
@@ -62,6 +48,39 @@ def parse_args(argv):
     if not args.list and not (args.sandbox or args.kubeconfig):
         p.error("one of --sandbox or --kubeconfig FILE is required")
     return args
+
+
+def add_backend_args(p):
+    """The options that say how to reach either backend (shared with loadtest/cluster.py)."""
+    p.add_argument("--identity-file", metavar="FILE", default=os.environ.get("E2E_IDENTITY_FILE"),
+                   help="cluster mode: the Azure identities and service principal to use "
+                        "(env E2E_IDENTITY_FILE; format in e2e/README.md)")
+    p.add_argument("--system-namespace", metavar="NS",
+                   help="cluster mode: namespace of MIC and NMI (default: found by their labels)")
+    p.add_argument("--validator-image", metavar="IMAGE",
+                   help="cluster mode: image of the pods tokens are requested from; needs curl and sleep "
+                        "(default curlimages/curl:latest)")
+    p.add_argument("--arm-endpoint", default=azure.PUBLIC_ARM, metavar="URL",
+                   help="cluster mode: Azure Resource Manager (default %(default)s)")
+    p.add_argument("--aad-endpoint", default=azure.PUBLIC_AUTHORITY, metavar="URL",
+                   help="cluster mode: Azure AD authority (default %(default)s)")
+    p.add_argument("--sandbox-bin", metavar="PATH",
+                   help="sandbox mode: the aad-pod-identity-sandbox binary (default $AAD_POD_IDENTITY_SANDBOX_BIN, "
+                        "else target/debug, built if missing)")
+
+
+def load_given(args):
+    """The identity file a real cluster needs, or a ConfigError saying so."""
+    if not args.identity_file:
+        raise ConfigError("a real cluster needs Azure identities: --identity-file FILE (or E2E_IDENTITY_FILE) "
+                          f"naming user-assigned identities and a service principal ({USAGE_HINT})")
+    return load_identity_file(args.identity_file)
+
+
+def cluster_backend(args, given, log):
+    return ClusterBackend(args.kubeconfig, given, log, namespace=args.system_namespace,
+                          validator_image=args.validator_image,
+                          arm_endpoint=args.arm_endpoint, authority=args.aad_endpoint)
 
 
 def split(s):
@@ -211,18 +230,13 @@ def main(argv=None):
     started = time.monotonic()
     try:
         if args.kubeconfig:
-            if not args.identity_file:
-                raise ConfigError("a real cluster needs Azure identities: --identity-file FILE (or E2E_IDENTITY_FILE) "
-                                  f"naming user-assigned identities and a service principal ({USAGE_HINT})")
-            given = load_identity_file(args.identity_file)
+            given = load_given(args)
             missing = check_needs(chosen, given)
             if missing:
                 raise ConfigError("the identity file lacks " + "; ".join(missing) +
                                   f" ({USAGE_HINT}; --skip leaves scenarios out)")
             allocation = allocate(chosen, given.identities, jobs)
-            backend = ClusterBackend(args.kubeconfig, given, log, namespace=args.system_namespace,
-                                     validator_image=args.validator_image,
-                                     arm_endpoint=args.arm_endpoint, authority=args.aad_endpoint)
+            backend = cluster_backend(args, given, log)
         else:
             print(f"starting a sandbox (work directory {work})", flush=True)
             backend = SandboxBackend(sandbox_binary(args.sandbox_bin), work, log, args.sandbox_arg)

@@ -8,7 +8,8 @@ import time
 import uuid
 
 from .azure import AzureError, jwt_claims
-from .kube import KubeError, Timeout, wait_for
+from .config import Identity
+from .kube import wait_for
 
 POD_LABEL = "aadpodidbinding"
 API = "aadpodidentity.k8s.io/v1"
@@ -233,8 +234,4 @@ def fake_identity(like, n):
     """An identity that does not exist in Azure, in the resource group of `like`."""
     base = like.resource_id.rsplit("/", 1)[0]
     name = f"e2e-invalid-{suffix()}-{n}"
-    from .config import Identity
     return Identity(name=name, resource_id=f"{base}/{name}", client_id=str(uuid.uuid4()))
-
-
-__all__ = ["Test", "Failed", "Timeout", "KubeError", "fake_identity", "azure_identity", "binding", "POD_LABEL"]

@@ -8,7 +8,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from .context import API, POD_LABEL, Failed, azure_identity, binding, fake_identity, suffix
+from .context import API, POD_LABEL, Failed, azure_identity, binding, fake_identity
 from .kube import wait_for
 
 
@@ -441,5 +441,3 @@ def select(only=None, skip=None):
     chosen = [s for s in SCENARIOS if (not only or s.name in only) and s.name not in (skip or [])]
     return chosen
 
-
-__all__ = ["SCENARIOS", "Scenario", "select", "suffix"]

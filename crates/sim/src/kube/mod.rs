@@ -44,6 +44,7 @@ pub mod store;
 pub mod table;
 pub mod taints;
 pub mod watch;
+pub mod wire;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;

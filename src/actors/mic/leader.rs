@@ -312,16 +312,25 @@ impl LeaderElector {
     }
 
     /// Renews the lease until it cannot; returns when leadership is lost.
+    ///
+    /// Each attempt is bounded by what is left of the renew deadline (as client-go bounds it):
+    /// an API server that answers slowly must not keep a leader leading past the deadline,
+    /// after which the others may already have taken the lease.
     pub async fn hold(&self) -> Error {
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(self.settings.retry_period()).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => renewed = Instant::now(),
-                Ok(false) => {
+            let left = (renewed + self.settings.renew_deadline())
+                .saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => renewed = Instant::now(),
+                Ok(Ok(false)) => {
                     return self.lost();
                 }
-                Err(e) => warn!(error = %e, "renewing the leader lease failed"),
+                Ok(Err(e)) => warn!(error = %e, "renewing the leader lease failed"),
+                Err(_) => {
+                    warn!(deadline = ?self.settings.renew_deadline(), "renewing the leader lease took too long")
+                }
             }
             if renewed.elapsed() > self.settings.renew_deadline() {
                 return self.lost();

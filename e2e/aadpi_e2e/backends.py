@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from . import azure
 from .config import ConfigError, discover, from_sandbox_endpoints
+from .context import Skipped
 from .kube import Kube, KubeError, wait_for
 
 # On a real cluster, a pod reaches NMI by calling the instance metadata address, which NMI's
@@ -128,6 +129,15 @@ class Backend:
         return ((lease or {}).get("spec") or {}).get("holderIdentity")
 
     # Azure -------------------------------------------------------------------------------
+
+    def throttle_arm(self, retry_after_seconds):
+        """Makes ARM answer the next scale-set or VM write 429 with this `Retry-After`."""
+        raise Skipped("a real ARM cannot be made to throttle on demand; the sandbox checks MIC's "
+                      "Retry-After handling (crates/sandbox/tests/e2e.rs)")
+
+    def arm_requests(self):
+        """ARM requests as the Azure side saw them: dicts with atMs, method, path, status."""
+        raise Skipped("ARM's request log is only readable in the sandbox")
 
     def scale_set_identities(self, node):
         """Lower-cased ids of the user-assigned identities on the scale set or VM of `node`."""
@@ -263,6 +273,13 @@ class SandboxBackend(Backend):
                 out.append((component, who, _http_get(e["healthz"])))
         return out
 
+    def throttle_arm(self, retry_after_seconds):
+        _http_post_json(self._endpoints()["control"] + "/azure/faults",
+                        {"target": "arm-patch", "times": 1, "retryAfterSeconds": int(retry_after_seconds)})
+
+    def arm_requests(self):
+        return json.loads(_http_get(self._endpoints()["control"] + "/azure/requests", strict=True))
+
     def mic_metrics(self, pod):
         replica = self._endpoints().get("micReplicas", {}).get(pod)
         if replica is None:
@@ -284,9 +301,30 @@ class SandboxBackend(Backend):
         self._stop()
 
 
-def _http_get(url, timeout=10):
+def _http_post_json(url, doc, timeout=10):
     import urllib.request
     import urllib.error
+    req = urllib.request.Request(url, data=json.dumps(doc).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        raise KubeError(f"POST {url}: {e.code} {e.read().decode('utf-8', 'replace')[:300]}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise KubeError(f"POST {url}: {e}") from e
+
+
+def _http_get(url, timeout=10, strict=False):
+    """The body at `url`; an error becomes the body's text unless `strict` (then KubeError)."""
+    import urllib.request
+    import urllib.error
+    if strict:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.read().decode("utf-8", "replace")
+        except (urllib.error.URLError, OSError) as e:
+            raise KubeError(f"GET {url}: {e}") from e
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.read().decode("utf-8", "replace")

@@ -14,7 +14,7 @@ import traceback
 from . import azure
 from .backends import ClusterBackend, SandboxBackend, make_temp_dir, sandbox_binary
 from .config import ConfigError, load_identity_file
-from .context import Failed, Test
+from .context import Failed, Skipped, Test
 from .kube import KubeError, Timeout
 from .scenarios import SCENARIOS, select
 
@@ -144,9 +144,12 @@ def run_one(s, backend, identities, log):
     started = time.monotonic()
     t = None
     error = None
+    skipped = None
     try:
         t = Test(s.name, backend, identities, log)
         s.run(t)
+    except Skipped as e:
+        skipped = str(e)
     except (Failed, Timeout, KubeError, ConfigError, azure.AzureError) as e:
         error = str(e)
     except Exception as e:  # a defect of the suite itself: say where
@@ -156,10 +159,10 @@ def run_one(s, backend, identities, log):
             t.cleanup()
         except (Timeout, KubeError) as e:
             error = (error + "; " if error else "") + f"cleanup: {e}"
-    result = "FAIL" if error else "PASS"
-    log(f"[{s.name}] {result}{': ' + error if error else ''}")
+    result = "FAIL" if error else "SKIP" if skipped else "PASS"
+    log(f"[{s.name}] {result}{': ' + (error or skipped) if error or skipped else ''}")
     return {"name": s.name, "result": result, "seconds": time.monotonic() - started,
-            "error": error, "steps": t.steps if t else []}
+            "error": error, "reason": skipped, "steps": t.steps if t else []}
 
 
 def preflight(backend):
@@ -194,7 +197,8 @@ def table(results, total, backend_name):
     lines = [f"{'scenario':<{width}}  result  time"]
     for r in results:
         t = "" if r["result"] == "SKIP" else f"{r['seconds']:6.1f} s"
-        lines.append(f"{r['name']:<{width}}  {r['result']:<6}  {t}")
+        why = f"  ({r['reason']})" if r.get("reason") else ""
+        lines.append(f"{r['name']:<{width}}  {r['result']:<6}  {t}{why}")
     passed = sum(r["result"] == "PASS" for r in results)
     failed = sum(r["result"] == "FAIL" for r in results)
     skipped = sum(r["result"] == "SKIP" for r in results)
@@ -261,7 +265,7 @@ def main(argv=None):
         for s in alone:
             report(run_one(s, backend, allocation[s.name], log))
         ordered = [results[s.name] for s in chosen if s.name in results]
-        ordered += [{"name": n, "result": "SKIP", "seconds": 0.0} for n in skipped]
+        ordered += [{"name": n, "result": "SKIP", "seconds": 0.0, "reason": "--skip"} for n in skipped]
         total = time.monotonic() - started
         print()
         print(table(ordered, total, backend.name))

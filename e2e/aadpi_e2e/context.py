@@ -19,6 +19,10 @@ class Failed(AssertionError):
     """A scenario's expectation did not hold."""
 
 
+class Skipped(Exception):
+    """A scenario cannot run on this backend (the message says why); listed as SKIP."""
+
+
 def suffix(n=5):
     return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(n))
 

@@ -249,8 +249,13 @@ def node_drain(t):
     t.check(len(schedulable) >= 2, "needs two schedulable nodes to drain one")
     try:
         t.step(f"draining {node}")
-        t.kube.kubectl("drain", node, "--ignore-daemonsets", "--force", "--delete-emptydir-data",
-                       "--timeout=300s", timeout=400)
+        _, out, _ = t.kube.kubectl("drain", node, "--ignore-daemonsets", "--force", "--delete-emptydir-data",
+                                   "--timeout=300s", timeout=400)
+        # kubectl says "evicting pod" when it uses the Eviction API (and "deleting pod" when the
+        # server lacks it): a drain that only deleted would not be the drain users run.
+        t.check(f"evicting pod {t.ns}/{old_name}" in out and f"pod/{old_name} evicted" in out,
+                f"kubectl drain did not evict {t.ns}/{old_name} through the Eviction API:\n{out[-1000:]}")
+        t.step(f"kubectl drain evicted {old_name} (policy/v1 Eviction)")
         (new,) = wait_for("a new pod Running on another node",
                           lambda: [p for p in running_pods() if p["metadata"]["name"] != old_name],
                           t.backend.patience + 120)
@@ -373,6 +378,15 @@ def service_principal(t):
         raise Failed(f"{e} (NMI must be allowed to read Secrets: the chart's rbac.allowAccessToSecrets)") from e
 
 
+def _metric_sum(text, name):
+    """The sum of every sample of `name` in Prometheus text (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @scenario("leader-change", identities=1, exclusive=True)
 def leader_change(t):
     """Deleting the MIC leader's pod while a pod is being bound: the next leader assigns it."""
@@ -389,14 +403,57 @@ def leader_change(t):
     t.wait_state("validator", name, timeout=install.lease_duration + t.backend.patience + 60)
     t.expect_token(pod, ident)
     holder = t.backend.mic_leader()
-    t.check(holder != leader, f"the Lease is still held by the deleted pod {leader}")
-    t.step(f"new leader {holder}")
+    t.check(holder is not None and holder != leader,
+            f"the Lease is held by {holder!r} after its holder {leader}'s pod was deleted")
+    holder_pod = t.kube.pod(install.mic_namespace, holder)
+    t.check(holder_pod is not None and not holder_pod["metadata"].get("deletionTimestamp"),
+            f"the new Lease holder {holder!r} is not a live MIC pod in {install.mic_namespace}")
+    t.step(f"the Lease moved from {leader} to {holder}")
+    # The new leader made the assignment: its own metrics count it.
+    added = _metric_sum(t.backend.mic_metrics(holder), "aadpodidentity_assigned_identity_addition_count")
+    t.check(added >= 1, f"the new leader {holder} counts {added} AzureAssignedIdentity additions, expected >= 1")
+    t.step(f"{holder} counts {added:.0f} AzureAssignedIdentity addition(s)")
 
     def back_to_full():
         pods = [p for p in t.kube.pods(install.mic_namespace, labels=install.mic_selector)
                 if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
         return len(pods) == install.mic_replicas
     wait_for(f"{install.mic_replicas} MIC pods running again", back_to_full, t.backend.patience + 120)
+
+
+ARM_THROTTLE_SECONDS = 4
+
+
+def _compute_patches(requests, after_ms):
+    """ARM PATCHes of VMs and scale sets after `after_ms`, oldest first."""
+    return [r for r in requests if r["atMs"] > after_ms and r["method"] == "PATCH"
+            and "/providers/microsoft.compute/" in r["path"].lower()]
+
+
+@scenario("arm-retry-after", identities=1, exclusive=True)
+def arm_retry_after(t):
+    """ARM throttles MIC's scale-set write (429 + Retry-After): MIC waits that long, then assigns."""
+    secs = ARM_THROTTLE_SECONDS
+    before = t.backend.arm_requests()
+    mark = before[-1]["atMs"] if before else -1.0
+    t.backend.throttle_arm(secs)
+    t.step(f"ARM will answer the next scale-set write 429 with Retry-After: {secs}")
+    ident = t.identities[0]
+    pod, name, _ = _single(t, ident)
+    patches = _compute_patches(t.backend.arm_requests(), mark)
+    t.check(patches and patches[0]["status"] == 429,
+            f"expected MIC's first write to be throttled (429), saw {[(p['status'], p['path']) for p in patches]}")
+    throttled_at = patches[0]["atMs"]
+    early = [p for p in patches[1:] if p["atMs"] < throttled_at + secs * 1000]
+    t.check(not early, f"MIC wrote again {[round(p['atMs'] - throttled_at) for p in early]} ms after a 429 "
+                       f"with Retry-After: {secs}")
+    ok = [p for p in patches[1:] if 200 <= p["status"] < 300]
+    t.check(bool(ok), f"no successful write after the 429: {[(p['status'], round(p['atMs'])) for p in patches]}")
+    waited = (ok[0]["atMs"] - throttled_at) / 1000
+    t.step(f"429 at {throttled_at / 1000:.2f} s; next write {waited:.2f} s later ({ok[0]['status']}), "
+           f"none in between")
+    t.check(t.on_scale_set(pod["spec"]["nodeName"], ident), f"{ident.name} is not on the scale set after the wait")
+    t.expect_token(pod, ident)
 
 
 @scenario("cronjob-churn", identities=1)
@@ -426,7 +483,11 @@ def cronjob_churn(t):
         t.step(f"run {len(seen)}: pod {pname}")
         t.wait_state(pname, name)
         t.expect_token(pod, ident)
-    # Every finished run's assignment goes; after the CronJob, none is left.
+    # A run's assignment goes when its pod finishes (Succeeded, or deleted with its old Job),
+    # while the CronJob keeps running.
+    for pname in seen[:-1]:
+        t.wait_gone(pname, name, timeout=t.backend.patience + 120)
+    # After the CronJob, none is left.
     t.kube.delete("cronjob", "churn", t.ns)
     t.kube.kubectl("delete", "jobs.batch", "--all", "-n", t.ns, "--wait=false")
     t.kube.kubectl("delete", "pods", "-l", "app=churn", "-n", t.ns, "--wait=false")

@@ -164,6 +164,24 @@ class Decisions(unittest.TestCase):
         self.assertEqual(len({s.name for s in SCENARIOS}), len(SCENARIOS))
 
 
+class Skips(unittest.TestCase):
+    def test_a_real_arm_cannot_be_throttled_so_that_scenario_is_skipped_saying_why(self):
+        from aadpi_e2e.context import Skipped
+        self.assertIs(backends.ClusterBackend.throttle_arm, backends.Backend.throttle_arm)
+        with self.assertRaises(Skipped) as e:
+            backends.Backend.throttle_arm(None, 4)
+        self.assertIn("real ARM", str(e.exception))
+        with self.assertRaises(Skipped):
+            backends.Backend.arm_requests(None)
+
+    def test_the_table_gives_a_skipped_scenarios_reason_and_counts_it(self):
+        text = cli.table([{"name": "arm-retry-after", "result": "SKIP", "seconds": 0.1, "reason": "why"},
+                          {"name": "liveness", "result": "PASS", "seconds": 1.5}], 2.0, "cluster")
+        self.assertIn("arm-retry-after  SKIP", text)
+        self.assertIn("(why)", text)
+        self.assertIn("1 passed, 0 failed, 1 skipped", text)
+
+
 class Azure(unittest.TestCase):
     def test_provider_ids(self):
         vmss = ("azure:///subscriptions/s/resourceGroups/MC_rg/providers/Microsoft.Compute/"

@@ -5,6 +5,7 @@
 //! and the simulators, and none of it is in the `aad-pod-identity` binary the chart ships.
 //!
 //! - [`args`]: the size and weather of the simulated world.
+//! - [`control`]: faults injected at run time and ARM's request log, for the e2e suite.
 //! - [`components`]: MIC's and NMI's workloads, and the settings parsed from their arguments.
 //! - [`mic_replicas`]: MIC replicas that follow MIC's pods (leader changes, drains).
 //! - [`scenario`]: the Kubernetes objects a sandbox starts with.
@@ -13,6 +14,7 @@
 
 pub mod args;
 pub mod components;
+pub mod control;
 pub mod loadtest;
 pub mod mic_replicas;
 pub mod scenario;

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::args::{FaultProfile, SandboxArgs};
 use super::components;
+use super::control::Control;
 use super::mic_replicas::{MicReplicas, ReplicaList};
 use super::scenario;
 use aad_pod_identity::actors::nmi::Running;
@@ -129,6 +130,8 @@ pub struct Sandbox {
     /// A service principal with a secret for workloads (type-1 AzureIdentities); MIC's own
     /// is another.
     pub workload_service_principal: ServicePrincipal,
+    /// The control endpoint (faults injected at run time, ARM's request log).
+    pub control: Control,
     nmis: Vec<Running>,
     mic: MicReplicas,
     /// Holds the kubeconfig MIC's replicas read; removed on stop.
@@ -174,6 +177,7 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
 impl Sandbox {
     /// Starts everything and loads the scenario; returns once every component is serving.
     pub async fn start(args: &SandboxArgs) -> Result<Self, Error> {
+        let epoch = std::time::Instant::now();
         let topology = args.topology();
         // Azure has the instances `--add-node` will bring in already (a scale-out creates the
         // VM before its kubelet registers the node); Kubernetes has only the joined ones.
@@ -197,6 +201,10 @@ impl Sandbox {
         })
         .await?;
         let azure = Arc::new(AzureSim::start(&azure_topology, azure_config(args)).await?);
+        let control = Control::start(&azure, epoch).map_err(|source| Error::File {
+            path: "the control endpoint's listener".into(),
+            source,
+        })?;
         let client = kube.client().await?;
 
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -285,6 +293,7 @@ impl Sandbox {
             nmi_endpoints: BTreeMap::new(),
             mic_metrics: first.metrics,
             workload_service_principal,
+            control,
             nmis: Vec::new(),
             mic,
             work_dir,
@@ -445,6 +454,7 @@ impl Sandbox {
         });
         json!({
             "kubernetes": {"server": self.kube.base_url(), "kubeconfig": kubeconfig},
+            "control": format!("http://{}", self.control.addr),
             "azure": azure,
             "mic": mic,
             "micReplicas": replicas.iter().map(|r| (r.pod.clone(), endpoints(r.probe, r.metrics_addr)))
@@ -468,6 +478,7 @@ impl Sandbox {
             }
         }
         self.mic.stop().await;
+        self.control.stop().await;
         let _ = std::fs::remove_dir_all(&self.work_dir);
         if let Some(w) = self.weather {
             w.abort();

@@ -77,6 +77,7 @@ fn every_e2e_scenario_passes_against_the_sandbox() {
         "retry-after",
         "service-principal",
         "leader-change",
+        "arm-retry-after",
         "cronjob-churn",
     ] {
         assert!(names.iter().any(|n| n == must), "{must} is not a scenario");

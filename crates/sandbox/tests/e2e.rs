@@ -127,20 +127,9 @@ fn scenarios_fail_naming_the_nmi_flag_they_need_when_nmi_runs_without_it() {
     );
 }
 
-/// The cluster backend against a sandbox's API server and Azure simulator: the same discovery
-/// (MIC's Deployment and NMI's DaemonSet by their labels, their flags, the leader's Lease), node
-/// listing and ARM reads it makes on AKS. Its token requests (`kubectl exec`) and probe reads
-/// (the API server's pod proxy) need a real cluster and are not exercised here.
-#[test]
-fn cluster_mode_reads_an_installation_nodes_and_scale_sets_through_kubectl_and_arm() {
-    let (sandbox, doc) = start_sandbox(
-        "e2e-cluster-check",
-        &[
-            "--mic-replicas=2",
-            "--nmi-arg=--block-instance-metadata",
-            "--mic-arg=--leader-election-duration=4s",
-        ],
-    );
+/// The cluster backend's options for a sandbox started by [`start_sandbox`]: its kubeconfig, an
+/// identity file naming its identities and workload service principal, and its ARM and Azure AD.
+fn as_a_cluster(sandbox: &support::SandboxProcess, doc: &serde_json::Value) -> Vec<String> {
     let az = &doc["azure"];
     let sp = &az["workloadServicePrincipal"];
     let ids = serde_json::json!({
@@ -150,19 +139,44 @@ fn cluster_mode_reads_an_installation_nodes_and_scale_sets_through_kubectl_and_a
     });
     let ids_path = sandbox.dir.join("identities.json");
     std::fs::write(&ids_path, ids.to_string()).unwrap();
-    let arm = az["arm"].as_str().unwrap();
-    let kubeconfig = sandbox.dir.join("kubeconfig");
-    let run = e2e(&[
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--identity-file",
-        ids_path.to_str().unwrap(),
-        "--arm-endpoint",
+    let arm = az["arm"].as_str().unwrap().to_string();
+    vec![
+        "--kubeconfig".into(),
+        sandbox.dir.join("kubeconfig").display().to_string(),
+        "--identity-file".into(),
+        ids_path.display().to_string(),
+        "--arm-endpoint".into(),
+        arm.clone(),
+        "--aad-endpoint".into(),
         arm,
-        "--aad-endpoint",
-        arm,
-        "--check",
-    ]);
+    ]
+}
+
+/// The cluster backend against a sandbox's API server and Azure simulator: the same discovery
+/// (MIC's Deployment and NMI's DaemonSet by their labels, their flags, the leader's Lease), node
+/// listing and ARM reads it makes on AKS; a scenario that needs no in-pod request passes whole;
+/// one that does reaches its `kubectl exec`, which the simulator does not serve (it has no
+/// containers), and fails saying so; one only the sandbox can run is SKIP with the reason.
+/// The probe reads (the API server's pod proxy) are not served by the simulator either.
+#[test]
+fn cluster_mode_runs_against_a_sandbox_up_to_the_in_pod_requests() {
+    let (sandbox, doc) = start_sandbox(
+        "e2e-cluster-check",
+        &[
+            "--mic-replicas=2",
+            "--nmi-arg=--block-instance-metadata",
+            "--mic-arg=--leader-election-duration=4s",
+            "--unassign-grace-period=2s",
+        ],
+    );
+    let cluster = as_a_cluster(&sandbox, &doc);
+    let args = |more: &[&str]| -> Vec<String> {
+        let mut v = cluster.clone();
+        v.extend(more.iter().map(|s| (*s).to_string()));
+        v
+    };
+    let e2e_strs = |v: Vec<String>| e2e(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let run = e2e_strs(args(&["--check"]));
     let out = stdout(&run);
     assert!(run.status.success(), "{out}");
     assert!(out.contains("MIC: Deployment in default"), "{out}");
@@ -186,6 +200,23 @@ fn cluster_mode_reads_an_installation_nodes_and_scale_sets_through_kubectl_and_a
             && l.ends_with("user-assigned identities")),
         "{out}"
     );
+
+    let run = e2e_strs(args(&[
+        "--only=pod-deletion,single-identity,arm-retry-after",
+    ]));
+    let out = stdout(&run);
+    remove_kept_logs(&out);
+    assert_eq!(run.status.code(), Some(1), "{out}");
+    assert_eq!(row(&out, "pod-deletion"), Some("PASS"), "{out}");
+    assert_eq!(row(&out, "single-identity"), Some("FAIL"), "{out}");
+    assert_eq!(row(&out, "arm-retry-after"), Some("SKIP"), "{out}");
+    // It got as far as the token: Assigned, on the scale set (ARM), then `kubectl exec`.
+    assert!(out.contains("is on the scale set of aks-pool0-"), "{out}");
+    assert!(
+        out.contains("kubectl exec … curl exited") && out.contains("/pods/validator/exec"),
+        "{out}"
+    );
+    assert!(out.contains("only readable in the sandbox"), "{out}");
     drop(sandbox);
 }
 
@@ -282,4 +313,54 @@ fn the_cluster_burst_driver_runs_against_the_sandbox() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{err}");
     assert!(err.contains("--identity-file"), "{err}");
+}
+
+/// `loadtest/run burst --kubeconfig` itself, pointed at a sandbox as if it were a cluster: it
+/// creates the pods in a fresh namespace, sees every one Assigned, reaches each pod's in-pod
+/// request (`kubectl exec`, which the simulator does not serve: every token is a failure that
+/// says so), cannot read the leader's metrics through the pod proxy (reported as not measured),
+/// exits 1 and cleans up.
+#[test]
+fn the_cluster_burst_entry_point_runs_against_a_sandbox_up_to_the_in_pod_requests() {
+    let (sandbox, doc) = start_sandbox("cluster-burst-kubeconfig", &["--unassign-grace-period=2s"]);
+    let out_dir = sandbox.dir.join("report");
+    let run = Command::new(repo().join("loadtest/run"))
+        .arg("burst")
+        .args(as_a_cluster(&sandbox, &doc))
+        .args(["--pods=6", "--identities=2", "--time-limit=120", "--out"])
+        .arg(&out_dir)
+        .env_remove("E2E_IDENTITY_FILE")
+        .output()
+        .unwrap();
+    let text = stdout(&run);
+    println!("{text}{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(run.status.code(), Some(1), "{text}");
+    assert_eq!(text.lines().last(), Some(out_dir.to_str().unwrap()));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["backend"], "cluster", "{report}");
+    assert_eq!(report["assigned"], 6, "{report}");
+    assert_eq!(report["running"], 6, "{report}");
+    assert_eq!(report["tokens_ok"], 0, "{report}");
+    assert_eq!(report["tokens_failed"], 6, "{report}");
+    assert!(
+        report["failures"][0]
+            .as_str()
+            .is_some_and(|f| f.contains("kubectl exec") && f.contains("/exec")),
+        "{report}"
+    );
+    assert!(report["arm_writes"].is_null(), "{report}");
+    // Nothing left behind: the run's namespace is being deleted.
+    let ns = report["namespace"].as_str().unwrap();
+    let kubeconfig = sandbox.dir.join("kubeconfig");
+    let left = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "azureassignedidentities", "-A", "-o", "name"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains(ns), "{left}");
+    drop(sandbox);
 }

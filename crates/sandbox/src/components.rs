@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use clap::Parser as _;
 use serde_json::{Value, json};
 
 use aad_pod_identity::actors::mic::run::MicSettings;
@@ -136,42 +135,34 @@ pub fn nmi_container_args(extra: &[String]) -> Result<Vec<String>, Error> {
     Ok(args)
 }
 
-fn parse_mic(container_args: &[String], pod: &str) -> Result<MicArgs, Error> {
-    #[derive(clap::Parser)]
-    struct Only {
-        #[command(flatten)]
-        mic: MicArgs,
-    }
+/// One component's container arguments (the subcommand first, `var` replaced by `value`, as
+/// the kubelet expands `$(VAR)`), parsed as that subcommand's flags.
+fn parse_container_args<T: clap::Args + clap::FromArgMatches>(
+    component: &'static str,
+    container_args: &[String],
+    var: &str,
+    value: &str,
+) -> Result<T, Error> {
     let args: Vec<String> = container_args
         .iter()
-        .map(|a| a.replace(MIC_POD_NAME_VAR, pod))
+        .map(|a| a.replace(var, value))
         .collect();
-    Only::try_parse_from(&args)
-        .map(|o| o.mic)
+    T::augment_args(clap::Command::new(component))
+        .try_get_matches_from(&args)
+        .and_then(|m| T::from_arg_matches(&m))
         .map_err(|e| Error::Invalid {
-            component: "mic",
+            component,
             args,
             message: e.to_string(),
         })
 }
 
+fn parse_mic(container_args: &[String], pod: &str) -> Result<MicArgs, Error> {
+    parse_container_args("mic", container_args, MIC_POD_NAME_VAR, pod)
+}
+
 fn parse_nmi(container_args: &[String], node: &str) -> Result<NmiArgs, Error> {
-    #[derive(clap::Parser)]
-    struct Only {
-        #[command(flatten)]
-        nmi: NmiArgs,
-    }
-    let args: Vec<String> = container_args
-        .iter()
-        .map(|a| a.replace(NODE_NAME_VAR, node))
-        .collect();
-    Only::try_parse_from(&args)
-        .map(|o| o.nmi)
-        .map_err(|e| Error::Invalid {
-            component: "nmi",
-            args,
-            message: e.to_string(),
-        })
+    parse_container_args("nmi", container_args, NODE_NAME_VAR, node)
 }
 
 /// The settings of the MIC replica that runs for `pod`, from the pod's container arguments:

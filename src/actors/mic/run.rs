@@ -419,9 +419,17 @@ pub struct MicHandle {
     pub metrics: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), Error>>>,
+    exited: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl MicHandle {
+    /// Resolves (with an error: its sender is dropped) when the replica's thread ends, however
+    /// it ends: leadership lost, watches ended, or [`MicHandle::stop`]. Given out once, so a
+    /// supervisor can restart a replica that ended on its own, as a kubelet restarts a container.
+    pub fn take_exit_signal(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.exited.take()
+    }
+
     /// Stops the replica at once (mid-flight calls are dropped) and waits for its thread.
     pub fn stop(&mut self) -> Option<Result<(), Error>> {
         if let Some(s) = self.stop.take() {
@@ -449,9 +457,12 @@ pub async fn spawn(
 ) -> Result<MicHandle, Error> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name(format!("mic-{}", settings.leader.instance))
         .spawn(move || {
+            // Dropped when this thread ends, which is what `take_exit_signal` reports.
+            let _exit = exit_tx;
             let system = actix::System::new();
             system.block_on(async move {
                 let deps = MicDeps {
@@ -474,6 +485,7 @@ pub async fn spawn(
             metrics,
             stop: Some(stop_tx),
             thread: Some(thread),
+            exited: Some(exit_rx),
         }),
         // The thread ended before listening: its error says why.
         Err(_) => Err(thread

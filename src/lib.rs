@@ -7,6 +7,7 @@
 //! - [`cloud`]: Azure clients (ARM, metadata service, Azure AD) and cloud configuration.
 //! - [`actors`]: the actix actors of MIC and NMI.
 //! - [`kube_client`]: Kubernetes clients (kubeconfig, User-Agent, `--clientQps`).
+//! - [`kube_watch`]: list-then-watch of Kubernetes objects, the feed of every index.
 //! - [`http`]: NMI's HTTP surface, probes and the metrics endpoint.
 //! - [`metrics`]: the one Prometheus registry and every metric the system records.
 //! - [`logging`]: tracing-subscriber setup (text or JSON).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod crd;
 pub mod http;
 pub mod kube_client;
+pub mod kube_watch;
 pub mod logging;
 pub mod metrics;
 pub mod version;

@@ -13,11 +13,10 @@
 //! overwritten; the next watch event brings it and the decision is made again).
 
 use super::iptables::RulesState;
+use crate::kube_watch::{self, Event};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::watcher::{self, Event};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,10 +153,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<Node> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut nodes = watcher::watcher(api.clone(), config)
-        .default_backoff()
-        .boxed();
+    let config = kube_watch::Config::default().fields(&format!("metadata.name={node}"));
+    let mut nodes = kube_watch::watch(api.clone(), config).boxed();
     let mut current: Option<Node> = None;
     let mut phase = Phase::Starting;
     let mut retry: Option<Instant> = None;
@@ -226,10 +223,10 @@ pub async fn run(
             r = inputs.rules.changed(), if rules_open => rules_open = r.is_ok(),
             () = async { if let Some(at) = retry_at { tokio::time::sleep_until(at).await } else { std::future::pending().await } } => {}
             ev = nodes.next() => match ev {
-                Some(Ok(Event::Apply(n) | Event::InitApply(n))) => current = Some(n),
-                Some(Ok(Event::Delete(_))) => current = None,
-                Some(Ok(Event::Init | Event::InitDone)) => {}
-                Some(Err(e)) => tracing::warn!(%node, error = %e, "node watch failed; retrying with backoff"),
+                Some(Event::Listed(list)) => current = list.into_iter().next(),
+                Some(Event::Applied(n)) => current = Some(n),
+                Some(Event::Deleted(_)) => current = None,
+                Some(Event::Lost(e)) => tracing::warn!(%node, error = %e, "node watch failed; relisting"),
                 None => return,
             },
         }

@@ -9,7 +9,7 @@
 //! synced (the node gate) is told without polling.
 
 use super::assignments::AssignmentIndex;
-use super::cache::TokenCache;
+use super::cache::{CacheKey, TokenCache};
 use super::exceptions::ExceptionIndex;
 use super::managed::ManagedCatalog;
 use super::pods::PodIndex;
@@ -86,7 +86,7 @@ impl Sink<Pod> for Pods {
 
 pub(crate) struct Assigned(pub(crate) Arc<AssignmentIndex>, pub(crate) Arc<TokenCache>);
 impl Assigned {
-    fn forget(&self, gone: Vec<Arc<str>>) {
+    fn forget(&self, gone: Vec<CacheKey>) {
         for key in gone {
             self.1.drop_identity(&key);
         }

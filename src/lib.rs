@@ -10,6 +10,7 @@
 //! - [`kube_watch`]: list-then-watch of Kubernetes objects, the feed of every index.
 //! - [`http`]: NMI's HTTP surface, probes and the metrics endpoint.
 //! - [`metrics`]: the one Prometheus registry and every metric the system records.
+//! - [`nmi`]: the `nmi` process, wiring NMI's owners to its HTTP surface.
 //! - [`logging`]: tracing-subscriber setup (text or JSON).
 //! - [`version`]: version, commit and build date; the User-Agent.
 //!
@@ -26,4 +27,5 @@ pub mod kube_client;
 pub mod kube_watch;
 pub mod logging;
 pub mod metrics;
+pub mod nmi;
 pub mod version;

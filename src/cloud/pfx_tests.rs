@@ -9,9 +9,10 @@ use std::sync::OnceLock;
 
 const PASSWORD: &str = "pfx-test-pass";
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl` with `args` (separated by spaces; no argument here contains one).
+fn openssl(dir: &Path, args: &str) {
     let out = Command::new("openssl")
-        .args(args)
+        .args(args.split_whitespace())
         .current_dir(dir)
         .output()
         .expect("the openssl CLI is installed (it makes the test bundles)");
@@ -44,39 +45,21 @@ impl Material {
             uuid::Uuid::new_v4()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let subj = |cn: &str| format!("/CN={cn}");
         for (key, cert, cn) in [
             ("k.pem", "c.pem", "sp.pod-identity.test"),
             ("ca-k.pem", "ca.pem", "other-ca.test"),
         ] {
             openssl(
                 &dir,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-keyout",
-                    key,
-                    "-out",
-                    cert,
-                    "-days",
-                    "1",
-                    "-subj",
-                    &subj(cn),
-                ],
+                &format!(
+                    "req -x509 -newkey rsa:2048 -nodes -keyout {key} -out {cert} -days 1 -subj /CN={cn}"
+                ),
             );
         }
+        openssl(&dir, "x509 -in c.pem -outform DER -out c.der");
         openssl(
             &dir,
-            &["x509", "-in", "c.pem", "-outform", "DER", "-out", "c.der"],
-        );
-        openssl(
-            &dir,
-            &[
-                "pkcs8", "-topk8", "-nocrypt", "-in", "k.pem", "-outform", "DER", "-out", "k.der",
-            ],
+            "pkcs8 -topk8 -nocrypt -in k.pem -outform DER -out k.der",
         );
         Material {
             key_der: std::fs::read(dir.join("k.der")).unwrap(),
@@ -85,26 +68,16 @@ impl Material {
         }
     }
 
-    /// A bundle of the key, its certificate and the unrelated CA certificate, exported with `args`.
-    fn export(&self, name: &str, password: &str, args: &[&str]) -> Vec<u8> {
+    /// A bundle of the key, its certificate and the unrelated CA certificate, exported with
+    /// `args` (extra `openssl pkcs12` options, separated by spaces).
+    fn export(&self, name: &str, password: &str, args: &str) -> Vec<u8> {
         let out = format!("{name}.p12");
-        let pass = format!("pass:{password}");
-        let mut all = vec![
-            "pkcs12",
-            "-export",
-            "-inkey",
-            "k.pem",
-            "-in",
-            "c.pem",
-            "-certfile",
-            "ca.pem",
-            "-out",
-            &out,
-            "-passout",
-            &pass,
-        ];
-        all.extend_from_slice(args);
-        openssl(&self.dir, &all);
+        openssl(
+            &self.dir,
+            &format!(
+                "pkcs12 -export -inkey k.pem -in c.pem -certfile ca.pem -out {out} -passout pass:{password} {args}"
+            ),
+        );
         std::fs::read(self.dir.join(&out)).unwrap()
     }
 
@@ -121,43 +94,30 @@ impl Material {
 /// A modern bundle's bytes, made once per test process (for the property tests).
 fn modern() -> &'static [u8] {
     static B: OnceLock<Vec<u8>> = OnceLock::new();
-    B.get_or_init(|| Material::new().export("modern", PASSWORD, &[]))
+    B.get_or_init(|| Material::new().export("modern", PASSWORD, ""))
 }
 
 #[test]
 fn an_openssl_3_default_bundle_pbes2_aes_256_and_a_sha256_mac_reads() {
     let m = Material::new();
-    m.assert_reads(&m.export("modern", PASSWORD, &[]), PASSWORD);
+    m.assert_reads(&m.export("modern", PASSWORD, ""), PASSWORD);
 }
 
 #[test]
 fn legacy_bundles_sha1_pbe_with_rc2_and_3des_read() {
     let m = Material::new();
-    let legacy = m.export("legacy", PASSWORD, &["-legacy"]);
+    let legacy = m.export("legacy", PASSWORD, "-legacy");
     m.assert_reads(&legacy, PASSWORD);
     let tdes = m.export(
         "tdes",
         PASSWORD,
-        &[
-            "-keypbe",
-            "PBE-SHA1-3DES",
-            "-certpbe",
-            "PBE-SHA1-3DES",
-            "-macalg",
-            "sha1",
-        ],
+        "-keypbe PBE-SHA1-3DES -certpbe PBE-SHA1-3DES -macalg sha1",
     );
     m.assert_reads(&tdes, PASSWORD);
     let rc2_128 = m.export(
         "rc2-128",
         PASSWORD,
-        &[
-            "-legacy",
-            "-keypbe",
-            "PBE-SHA1-2DES",
-            "-certpbe",
-            "PBE-SHA1-RC2-128",
-        ],
+        "-legacy -keypbe PBE-SHA1-2DES -certpbe PBE-SHA1-RC2-128",
     );
     m.assert_reads(&rc2_128, PASSWORD);
 }
@@ -168,14 +128,7 @@ fn other_pbes2_ciphers_macs_and_unencrypted_certificates_read() {
     let b = m.export(
         "aes128",
         PASSWORD,
-        &[
-            "-keypbe",
-            "AES-128-CBC",
-            "-certpbe",
-            "NONE",
-            "-macalg",
-            "sha512",
-        ],
+        "-keypbe AES-128-CBC -certpbe NONE -macalg sha512",
     );
     m.assert_reads(&b, PASSWORD);
 }
@@ -183,10 +136,10 @@ fn other_pbes2_ciphers_macs_and_unencrypted_certificates_read() {
 #[test]
 fn an_empty_password_and_a_non_ascii_password_read() {
     let m = Material::new();
-    m.assert_reads(&m.export("empty", "", &[]), "");
-    m.assert_reads(&m.export("umlaut", "pässwörd", &[]), "pässwörd");
+    m.assert_reads(&m.export("empty", "", ""), "");
+    m.assert_reads(&m.export("umlaut", "pässwörd", ""), "pässwörd");
     m.assert_reads(
-        &m.export("umlaut-legacy", "pässwörd", &["-legacy"]),
+        &m.export("umlaut-legacy", "pässwörd", "-legacy"),
         "pässwörd",
     );
 }
@@ -195,9 +148,9 @@ fn an_empty_password_and_a_non_ascii_password_read() {
 fn a_wrong_password_is_told_apart_from_a_damaged_bundle() {
     let m = Material::new();
     assert_eq!(read(modern(), "wrong"), Err(Error::WrongPassword));
-    let legacy = m.export("legacy-wrong", PASSWORD, &["-legacy"]);
+    let legacy = m.export("legacy-wrong", PASSWORD, "-legacy");
     assert_eq!(read(&legacy, ""), Err(Error::WrongPassword));
-    let no_mac = m.export("nomac", PASSWORD, &["-nomac"]);
+    let no_mac = m.export("nomac", PASSWORD, "-nomac");
     m.assert_reads(&no_mac, PASSWORD);
     assert!(
         matches!(
@@ -227,7 +180,7 @@ fn a_bundle_asking_for_absurd_key_derivation_rounds_is_refused_before_deriving()
 #[test]
 fn a_certificate_credential_signs_with_a_legacy_bundle_and_debug_shows_no_key() {
     let m = Material::new();
-    let legacy = m.export("legacy-cred", PASSWORD, &["-legacy"]);
+    let legacy = m.export("legacy-cred", PASSWORD, "-legacy");
     crate::cloud::aad::CertificateCredential::from_pkcs12(&legacy, PASSWORD).unwrap();
     let b = read(&legacy, PASSWORD).unwrap();
     let shown = format!("{b:?}");
@@ -237,20 +190,9 @@ fn a_certificate_credential_signs_with_a_legacy_bundle_and_debug_shows_no_key() 
 #[test]
 fn a_cert_only_bundle_says_it_holds_no_private_key() {
     let m = Material::new();
-    let pass = format!("pass:{PASSWORD}");
     openssl(
         &m.dir,
-        &[
-            "pkcs12",
-            "-export",
-            "-nokeys",
-            "-in",
-            "c.pem",
-            "-out",
-            "nokey.p12",
-            "-passout",
-            &pass,
-        ],
+        &format!("pkcs12 -export -nokeys -in c.pem -out nokey.p12 -passout pass:{PASSWORD}"),
     );
     let b = std::fs::read(m.dir.join("nokey.p12")).unwrap();
     assert_eq!(read(&b, PASSWORD), Err(Error::NoPrivateKey));

@@ -196,11 +196,14 @@ fn backoff_jitters_between_half_and_all_of_a_step_that_doubles_up_to_the_cap() {
     assert_eq!(b.delay(1.0), FIRST_BACKOFF);
 }
 
+/// One scripted watch: refused, or the events it sends before the server ends it.
+type ScriptedWatch = kube::Result<Vec<kube::Result<WatchEvent<ConfigMap>>>>;
+
 /// A scripted API: each call takes the next answer; with none left it never answers.
 #[derive(Clone, Default)]
 struct Script {
     lists: Arc<Mutex<VecDeque<kube::Result<ObjectList<ConfigMap>>>>>,
-    watches: Arc<Mutex<VecDeque<kube::Result<Vec<kube::Result<WatchEvent<ConfigMap>>>>>>>,
+    watches: Arc<Mutex<VecDeque<ScriptedWatch>>>,
     calls: Arc<Mutex<Vec<String>>>,
 }
 

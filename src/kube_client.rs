@@ -10,6 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+/// The longest a request waits for the API server's next bytes.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(295);
+
 /// What went wrong building a client.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,6 +61,14 @@ pub fn client(mut config: kube::Config, options: &ClientOptions) -> Result<kube:
         .headers
         .retain(|(k, _)| k != http::header::USER_AGENT);
     config.headers.push((http::header::USER_AGENT, ua));
+    // kube leaves reads unbounded; a half-open connection (an API server failover, a dropped
+    // NAT entry) would then hang a call for good, and a leader stuck in a renewal would never
+    // notice it lost the lease. Counted from when the request is written, and above the 290 s a
+    // watch asks the server to stay open, so only a dead connection trips it.
+    if config.read_timeout.is_none() {
+        config.read_timeout = Some(READ_TIMEOUT);
+        config.reset_reader_on_write = true;
+    }
     let builder =
         kube::client::ClientBuilder::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
     let limit = options.qps.map(|q| {
@@ -99,6 +110,36 @@ mod tests {
     use super::*;
     use std::convert::Infallible;
     use tower::{Layer as _, Service, ServiceExt as _};
+
+    /// A server that takes the connection and never answers: the call fails after
+    /// [`READ_TIMEOUT`] instead of hanging (paused clock; the socket is real).
+    #[tokio::test(start_paused = true)]
+    async fn a_call_to_a_server_that_never_answers_fails_after_the_read_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(sock);
+        });
+        let mut config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        config.connect_timeout = None;
+        let client = client(
+            config,
+            &ClientOptions {
+                user_agent: "test".into(),
+                qps: None,
+            },
+        )
+        .unwrap();
+        let start = tokio::time::Instant::now();
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::default_namespaced(client);
+        let r = tokio::time::timeout(READ_TIMEOUT * 2, pods.get_opt("p")).await;
+        let err = r.expect("the call hung past the read timeout").unwrap_err();
+        assert!(start.elapsed() >= READ_TIMEOUT, "{err}");
+        held.abort();
+    }
 
     #[test]
     fn rates_become_windows_that_add_up_to_the_qps() {

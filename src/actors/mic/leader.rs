@@ -103,6 +103,9 @@ pub struct LeaderElector {
     settings: LeaderSettings,
     /// The last record seen on each lock and when it was first seen.
     observed: Mutex<[Option<Observation>; 2]>,
+    /// When the last attempt that left this replica holding every lock began: the renew
+    /// deadline counts from there, however long ago [`Self::hold`] was called.
+    renewed: Mutex<Option<Instant>>,
 }
 
 impl LeaderElector {
@@ -114,6 +117,7 @@ impl LeaderElector {
             endpoints: Api::namespaced(client, &settings.namespace),
             settings,
             observed: Mutex::new([None, None]),
+            renewed: Mutex::new(None),
         }
     }
 
@@ -251,6 +255,9 @@ impl LeaderElector {
 
     /// One attempt to become or stay leader; true when this replica holds every lock now.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        // Taken before the first read: the other replicas' expiry clocks start only after our
+        // write lands, so counting from here is on the safe side.
+        let began = Instant::now();
         let mut reads = Vec::new();
         for kind in self.kinds() {
             reads.push((*kind, self.read(*kind).await?));
@@ -293,38 +300,59 @@ impl LeaderElector {
                 return Ok(false);
             }
         }
+        *self.renewed.lock().expect("renewed lock") = Some(began);
         if !was_mine {
             info!(lock = %self.settings.name, instance = %me, endpoints_lock = self.settings.endpoints_lock, "became leader");
         }
         Ok(true)
     }
 
-    /// Waits until this replica is leader.
+    /// Waits until this replica is leader. An attempt that hangs (a stalled API connection) is
+    /// abandoned after the renew deadline and tried again, so a candidate never waits on a dead
+    /// connection for good.
     pub async fn acquire(&self) {
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "leader election attempt failed"),
+            match tokio::time::timeout(self.settings.renew_deadline(), self.try_acquire_or_renew())
+                .await
+            {
+                Ok(Ok(true)) => return,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => warn!(error = %e, "leader election attempt failed"),
+                Err(_) => warn!(
+                    deadline = ?self.settings.renew_deadline(),
+                    "leader election attempt did not finish in time"
+                ),
             }
             tokio::time::sleep(self.settings.retry_period()).await;
         }
     }
 
     /// Renews the lease until it cannot; returns when leadership is lost.
+    ///
+    /// The renew deadline is a deadline on the clock, not a check after each call returns: a
+    /// renewal still in flight when it passes is abandoned and this replica steps down, because
+    /// from then on another replica may take the lease (it waits a whole lease duration, which
+    /// is longer) and two leaders would write at once.
     pub async fn hold(&self) -> Error {
-        let mut renewed = Instant::now();
         loop {
-            tokio::time::sleep(self.settings.retry_period()).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => renewed = Instant::now(),
-                Ok(false) => {
+            let Some(renewed) = *self.renewed.lock().expect("renewed lock") else {
+                // Never led: nothing to hold.
+                return self.lost();
+            };
+            let deadline = renewed + self.settings.renew_deadline();
+            let next = (Instant::now() + self.settings.retry_period()).min(deadline);
+            tokio::time::sleep_until(next).await;
+            if Instant::now() >= deadline {
+                return self.lost();
+            }
+            match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return self.lost(),
+                Ok(Err(e)) => warn!(error = %e, "renewing the leader lease failed"),
+                Err(_) => {
+                    warn!(deadline = ?self.settings.renew_deadline(), "renewing the leader lease did not finish before the renew deadline");
                     return self.lost();
                 }
-                Err(e) => warn!(error = %e, "renewing the leader lease failed"),
-            }
-            if renewed.elapsed() > self.settings.renew_deadline() {
-                return self.lost();
             }
         }
     }
@@ -337,3 +365,7 @@ impl LeaderElector {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "leader_tests.rs"]
+mod tests;

@@ -14,6 +14,7 @@
 //! only performs them. This is client-go's reflector in the shape of kube-runtime's watcher,
 //! without kube-runtime (whose finalizer helpers pull a JSON-patch crate into the binary).
 
+use crate::backoff::Backoff;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt as _, Stream, StreamExt as _};
@@ -173,35 +174,6 @@ pub enum Action {
     },
 }
 
-/// Exponential backoff with jitter, as plain data: the caller supplies the randomness.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: FIRST_BACKOFF,
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before the next attempt, between half and all of the current step
-    /// (`jitter` in `[0, 1)` picks where), and doubles the step up to [`MAX_BACKOFF`].
-    pub fn delay(&mut self, jitter: f64) -> Duration {
-        let d = self.next.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0);
-        self.next = (self.next * 2).min(MAX_BACKOFF);
-        d
-    }
-
-    /// The API answered again: the next failure waits the first step.
-    pub fn reset(&mut self) {
-        self.next = FIRST_BACKOFF;
-    }
-}
-
 /// The decisions of one watch, with no I/O: fed what the API answered, says what to do next.
 #[derive(Debug)]
 pub struct Machine<K> {
@@ -214,7 +186,7 @@ impl<K> Default for Machine<K> {
     fn default() -> Self {
         Self {
             state: State::Empty,
-            backoff: Backoff::default(),
+            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             wait: None,
         }
     }
@@ -333,7 +305,7 @@ impl<K: Resource + Clone> Machine<K> {
         let fresh_list = matches!(self.state, State::Empty);
         self.state = State::Empty;
         if !matches!(error, Error::Gone(_)) || fresh_list {
-            self.wait = Some(self.backoff.delay(jitter));
+            self.wait = Some(self.backoff.next_jittered(jitter));
         }
         Event::Lost(error)
     }

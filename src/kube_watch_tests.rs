@@ -182,20 +182,6 @@ fn a_list_without_a_resource_version_is_a_failure_not_a_watch_from_nowhere() {
     assert_eq!(m.next_action(), FIRST_LIST);
 }
 
-#[test]
-fn backoff_jitters_between_half_and_all_of_a_step_that_doubles_up_to_the_cap() {
-    let mut b = Backoff::default();
-    assert_eq!(b.delay(0.0), FIRST_BACKOFF / 2);
-    assert_eq!(b.delay(0.999_999).as_millis(), 499);
-    let mut last = Duration::ZERO;
-    for _ in 0..20 {
-        last = b.delay(1.0);
-    }
-    assert_eq!(last, MAX_BACKOFF);
-    b.reset();
-    assert_eq!(b.delay(1.0), FIRST_BACKOFF);
-}
-
 /// One scripted watch: refused, or the events it sends before the server ends it.
 type ScriptedWatch = kube::Result<Vec<kube::Result<WatchEvent<ConfigMap>>>>;
 

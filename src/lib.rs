@@ -5,6 +5,7 @@
 //! - [`crd`]: the `aadpodidentity.k8s.io/v1` custom resources, wire-compatible with the Go original.
 //! - [`config`]: typed flags for `mic` and `nmi` (clap derive, env equivalents).
 //! - [`cloud`]: Azure clients (ARM, metadata service, Azure AD) and cloud configuration.
+//! - [`backoff`]: exponential backoff, the one helper every retry loop uses.
 //! - [`actors`]: the actix actors of MIC and NMI.
 //! - [`kube_client`]: Kubernetes clients (kubeconfig, User-Agent, `--clientQps`).
 //! - [`kube_watch`]: list-then-watch of Kubernetes objects, the feed of every index.
@@ -18,6 +19,7 @@
 //! member crates of the workspace beside this one; nothing of them is in this crate's binary.
 
 pub mod actors;
+pub mod backoff;
 pub mod cli;
 pub mod cloud;
 pub mod config;

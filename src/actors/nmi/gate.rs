@@ -13,6 +13,7 @@
 //! overwritten; the next watch event brings it and the decision is made again).
 
 use super::iptables::RulesState;
+use crate::backoff::Backoff;
 use crate::kube_watch::{self, Event};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Taint};
@@ -158,7 +159,7 @@ pub async fn run(
     let mut current: Option<Node> = None;
     let mut phase = Phase::Starting;
     let mut retry: Option<Instant> = None;
-    let mut backoff = FIRST_RETRY;
+    let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
     let mut rules_open = true;
     loop {
         // Armed before the check, so a sync finishing in between still wakes us.
@@ -201,7 +202,7 @@ pub async fn run(
                         }
                         current = Some(updated);
                         retry = None;
-                        backoff = FIRST_RETRY;
+                        backoff.reset();
                         continue;
                     }
                     Err(e) => {
@@ -210,8 +211,7 @@ pub async fn run(
                         if let Some(m) = &metrics {
                             m.writes.with_label_values(&[action, "error"]).inc();
                         }
-                        retry = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(MAX_RETRY);
+                        retry = Some(Instant::now() + backoff.next_delay());
                     }
                 }
             }

@@ -12,7 +12,7 @@
 //!   one single-flight slot per (identity, resource).
 //!
 //! [`supervisor`] restarts the long-running tasks of either and decides when the process is
-//! dead. The processes that wire these owners to their servers are [`mic::run`] and
+//! dead. The processes that wire these owners to their servers are [`mod@mic::run`] and
 //! [`crate::nmi`]; `docs/architecture.md` has the picture.
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //!
 //! Tasks: [`watchers`] (the [`crate::kube_watch`] streams turned into messages), [`leader`]
 //! election, and [`nmi_coverage`] (nodes that run pod-identity pods without a ready NMI).
-//! [`host`] holds the assigners' keys; [`port`] and [`cloud_port`] are the ARM port; [`run`]
+//! [`host`] holds the assigners' keys; [`port`] and [`cloud_port`] are the ARM port; [`mod@run`]
 //! wires it all together, with the probe and metrics servers of [`crate::http::probes`].
 
 pub mod host;

@@ -32,6 +32,7 @@ use aad_pod_identity::actors::nmi::gate;
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
 use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity::nmi::{NmiSettings, Running};
 use aad_pod_identity_sim::azure::{
     AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency, ServicePrincipal,
 };
@@ -370,7 +371,7 @@ impl Sandbox {
             Duration::from_secs(30),
         )
         .map_err(|e| failed(e.to_string()))?;
-        let running = aad_pod_identity::actors::nmi::start(
+        let running = aad_pod_identity::nmi::start(
             &s,
             self.client.clone(),
             Arc::new(source),

@@ -26,13 +26,12 @@ use super::components;
 use super::control::Control;
 use super::mic_replicas::{MicReplicas, ReplicaList};
 use super::scenario;
-use aad_pod_identity::actors::nmi::Running;
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
 use aad_pod_identity::actors::nmi::gate;
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
 use aad_pod_identity::metrics::Metrics;
-use aad_pod_identity::nmi::{NmiSettings, Running};
+use aad_pod_identity::nmi::Running;
 use aad_pod_identity_sim::azure::{
     AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency, ServicePrincipal,
 };

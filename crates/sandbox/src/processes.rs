@@ -240,7 +240,6 @@ async fn start_mic_once(
         format!("--http-probe-port={probe_port}"),
         format!("--prometheus-port={metrics_port}"),
         "--leader-election-instance=sandbox-mic".into(),
-        "--leader-election-namespace=default".into(),
     ];
     args.extend(extra.iter().cloned());
     let mut child = spawn(bin, "mic", dir, &args).await?;

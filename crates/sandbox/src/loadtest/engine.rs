@@ -24,7 +24,7 @@ use super::prom::{self, Prometheus};
 use super::report::RunResult;
 use super::timeline::{self, Ctx, State};
 use super::{Error, LoadtestArgs};
-use crate::args::{FaultProfile, SandboxArgs};
+use crate::args::{ComponentArgs, FaultProfile, SandboxArgs};
 use crate::processes::Usage;
 use crate::system::Sandbox;
 use aad_pod_identity_sim::topology::Host;
@@ -71,12 +71,13 @@ fn sandbox_args(args: &LoadtestArgs, p: &Params, scenario: std::path::PathBuf) -
         job_run_time,
         cron_speedup: speedup,
         unassign_grace_period: Duration::from_secs(60),
-        nmi_assignment_wait: p.assignment_wait,
+        nmi_assignment_wait: Some(p.assignment_wait),
         nmi_port: args.nmi_port,
         add_node: Vec::new(),
         nmi_start_delay: Duration::ZERO,
         // The gate is not what load tests measure.
         node_gate: false,
+        components: ComponentArgs::default(),
     }
 }
 

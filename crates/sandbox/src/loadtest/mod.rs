@@ -160,9 +160,9 @@ pub fn components(
     args: &LoadtestArgs,
     dir: &std::path::Path,
     mic_flags: &[String],
-) -> Result<crate::system::Components, Error> {
+) -> Result<crate::system::Placement, Error> {
     if args.in_process {
-        return Ok(crate::system::Components::InProcess);
+        return Ok(crate::system::Placement::InProcess);
     }
     let bin = match &args.product_bin {
         Some(b) => b.clone(),
@@ -181,7 +181,7 @@ pub fn components(
         path: dir.display().to_string(),
         source,
     })?;
-    Ok(crate::system::Components::Processes {
+    Ok(crate::system::Placement::Processes {
         bin,
         dir,
         mic_flags: mic_flags.to_vec(),

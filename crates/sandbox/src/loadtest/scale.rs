@@ -260,7 +260,7 @@ async fn scrape(http: &reqwest::Client, addr: SocketAddr) -> String {
 
 /// Starts MIC as a process against the world.
 async fn start_mic(args: &LoadtestArgs, dir: &Path, w: &World) -> Result<Component, Error> {
-    let crate::system::Components::Processes { bin, dir: cdir, .. } =
+    let crate::system::Placement::Processes { bin, dir: cdir, .. } =
         super::components(args, dir, &[])?
     else {
         return Err(Error::Load(

@@ -1031,19 +1031,9 @@ async fn wait_scale_set(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_identity_added_by_hand_stays_after_its_pod_leaves_even_across_a_restart() {
-    // The sequence from the field: MIC knows the scale set; identity-5 is added to it directly
-    // through ARM; a pod bound to identity-5 runs there (Assigned without MIC's write), MIC
-    // restarts, the pod goes, the grace period passes: identity-5 must still be there.
-    let c = cluster(
-        "by-hand",
-        Topology::sized(1, 1, 0, 6),
-        azure_with_latency(Duration::from_millis(50)),
-    )
-    .await;
-    let mut mic = start_mic(&c, settings(&c, "mic-0")).await;
-    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+/// Pod `a` with identity-0 Assigned; then identity-5 put on scale set 0 through ARM by
+/// someone other than MIC; then pod `b` with identity-5 Assigned. Returns identity-5.
+async fn pod_a_then_identity_5_added_by_hand_then_pod_b(c: &Cluster) -> IdentityId {
     c.identity("identity-0", &c.identity_rid(0)).await;
     c.pod("a", "identity-0", &c.node(0)).await;
     c.wait_for("a Assigned", Duration::from_secs(20), all_assigned(1))
@@ -1063,6 +1053,23 @@ async fn an_identity_added_by_hand_stays_after_its_pod_leaves_even_across_a_rest
     c.pod("b", "identity-5", &c.node(0)).await;
     c.wait_for("b Assigned", Duration::from_secs(20), all_assigned(2))
         .await;
+    five
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_added_by_hand_stays_after_its_pod_leaves_even_across_a_restart() {
+    // The sequence from the field: MIC knows the scale set; identity-5 is added to it directly
+    // through ARM; a pod bound to identity-5 runs there (Assigned without MIC's write), MIC
+    // restarts, the pod goes, the grace period passes: identity-5 must still be there.
+    let c = cluster(
+        "by-hand",
+        Topology::sized(1, 1, 0, 6),
+        azure_with_latency(Duration::from_millis(50)),
+    )
+    .await;
+    let mut mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    let five = pod_a_then_identity_5_added_by_hand_then_pod_b(&c).await;
     let b = c
         .assigned()
         .await
@@ -1106,27 +1113,9 @@ async fn an_identity_added_between_mics_read_and_its_write_is_never_taken_for_mi
     .await;
     let mic = start_mic(&c, settings(&c, "mic-0")).await;
     wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
-    c.identity("identity-0", &c.identity_rid(0)).await;
-    c.pod("a", "identity-0", &c.node(0)).await;
-    c.wait_for("a Assigned", Duration::from_secs(20), all_assigned(1))
-        .await;
-    // MIC holds the scale set's state from its last PATCH answer. Someone else now adds
+    // MIC holds the scale set's state from its last PATCH answer. Someone else then adds
     // identity-5 through ARM: MIC's next PATCH is based on a state that no longer holds.
-    let five = IdentityId::new(&c.identity_rid(5));
-    let someone = CloudArm::from_config(&c.cloud_config()).unwrap();
-    someone
-        .patch(
-            &c.scale_set(0),
-            &HostIdentities::default(),
-            std::slice::from_ref(&five),
-            &[],
-        )
-        .await
-        .unwrap();
-    c.identity("identity-5", &c.identity_rid(5)).await;
-    c.pod("b", "identity-5", &c.node(0)).await;
-    c.wait_for("b Assigned", Duration::from_secs(20), all_assigned(2))
-        .await;
+    let five = pod_a_then_identity_5_added_by_hand_then_pod_b(&c).await;
     assert!(
         c.azure
             .request_log()

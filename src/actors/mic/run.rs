@@ -9,6 +9,7 @@ use super::leader::{self, LeaderElector, LeaderSettings};
 use super::matcher::MatchSettings;
 use super::metrics::MicMetrics;
 use super::port::ArmPort;
+use super::recorder::Recorder;
 use super::watchers;
 use super::writer::Writer;
 use crate::config::mic::MicArgs;
@@ -279,8 +280,10 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     metrics.mic_new_leader_election_count.inc();
     info!(instance = %settings.leader.instance, "leading");
 
+    let recorder = Recorder::new(client.clone(), mic_metrics.clone()).start();
     let writer = Writer::new(
         client.clone(),
+        recorder.recipient(),
         mic_metrics.clone(),
         settings.create_delete_batch,
     )

@@ -45,6 +45,7 @@ pub mod table;
 pub mod taints;
 pub mod watch;
 pub mod wire;
+pub mod writes;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -291,6 +292,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Requests by `User-Agent`.
     pub clients: ClientLog,
+    /// Write requests by object.
+    pub writes: writes::WriteLog,
 }
 
 /// Starts simulators.
@@ -323,6 +326,7 @@ impl KubeSim {
             config: config.clone(),
             shutdown: CancellationToken::new(),
             clients: ClientLog::default(),
+            writes: writes::WriteLog::default(),
         });
         let server = http::server(shared.clone(), listener).map_err(|source| Error::Bind {
             addr: config.bind,
@@ -435,6 +439,12 @@ impl KubeSimHandle {
         &self,
     ) -> std::collections::BTreeMap<String, Vec<std::time::Instant>> {
         self.shared.clients.snapshot()
+    }
+
+    /// Write requests received, by object and in total.
+    #[must_use]
+    pub fn writes(&self) -> &writes::WriteLog {
+        &self.shared.writes
     }
 
     /// Ends every open watch now (clients see the stream close and must resume).

@@ -114,6 +114,8 @@ pub struct Counters {
     pub aad_tokens: u64,
     /// Azure AD errors answered.
     pub aad_errors: u64,
+    /// Azure AD tokens issued for a federated assertion (also counted in `aad_tokens`).
+    pub aad_federated_tokens: u64,
 }
 
 impl Counters {
@@ -248,6 +250,8 @@ pub(crate) struct Inner {
     pub throttle_windows: HashMap<String, (Instant, Instant)>,
     pub counters: Counters,
     pub log: Vec<RequestRecord>,
+    /// Federated identity credentials by lower-cased identity resource id.
+    pub federated: BTreeMap<String, Vec<super::FederatedCredential>>,
 }
 
 /// Result of checking an identity PATCH body.
@@ -560,6 +564,7 @@ mod tests {
             throttle_windows: HashMap::new(),
             counters: Counters::default(),
             log: Vec::new(),
+            federated: BTreeMap::new(),
         }
     }
 

@@ -7,6 +7,8 @@
 //! - [`exceptions`] — AzurePodIdentityExceptions;
 //! - [`cache`] — tokens per (identity, resource), single flight, refresh before expiry;
 //! - [`broker`] — the per-request flow (pod → identity → authorization → cache);
+//! - [`federated`] — service-account tokens for federated identities (`--enable-federation`);
+//! - [`service_accounts`] — service accounts annotated for workload identity;
 //! - [`watchers`] — the Kubernetes watch loops feeding the indexes;
 //! - [`waiters`] — the bound on requests parked while they wait;
 //! - [`iptables`] — the `aad-metadata` redirect;
@@ -24,6 +26,7 @@ pub mod broker;
 pub mod cache;
 pub mod cloud_source;
 pub mod exceptions;
+pub mod federated;
 pub mod gate;
 pub mod identity;
 pub mod iptables;
@@ -31,6 +34,7 @@ pub mod kubenet;
 pub mod managed;
 pub mod metrics;
 pub mod pods;
+pub mod service_accounts;
 pub mod source;
 pub mod upstream_metrics;
 pub mod waiters;
@@ -47,6 +51,7 @@ use exceptions::ExceptionIndex;
 use managed::ManagedCatalog;
 use metrics::NmiMetrics;
 use pods::PodIndex;
+use service_accounts::ServiceAccountIndex;
 use source::TokenSource;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,6 +134,10 @@ pub struct NmiSettings {
     pub max_connections_per_source: usize,
     /// How supervised tasks are restarted.
     pub restart_policy: RestartPolicy,
+    /// `--enable-federation`: pods that opted in to workload identity get the identity their
+    /// service account names (a watch on service accounts). Federated AzureIdentities need the
+    /// token source's federation (see `cloud_source`).
+    pub federation: bool,
 }
 
 impl NmiSettings {
@@ -171,6 +180,7 @@ impl NmiSettings {
             pass_through_body_timeout: args.pass_through_body_timeout,
             max_connections_per_source: count(args.max_connections_per_source),
             restart_policy: RestartPolicy::default(),
+            federation: args.enable_federation,
         }
         .sandbox_probes()
     }
@@ -243,6 +253,7 @@ impl NmiSettings {
             pass_through_body_timeout: Duration::from_secs(10),
             max_connections_per_source: 256,
             restart_policy: RestartPolicy::default(),
+            federation: false,
         }
     }
 }
@@ -319,6 +330,8 @@ pub struct Nmi {
     pub catalog: Option<Arc<ManagedCatalog>>,
     /// Exceptions.
     pub exceptions: Arc<ExceptionIndex>,
+    /// Service accounts annotated for workload identity (`--enable-federation`).
+    pub service_accounts: Option<Arc<ServiceAccountIndex>>,
     /// Token cache.
     pub cache: Arc<TokenCache>,
     /// The request flow.
@@ -374,7 +387,7 @@ impl Nmi {
                 (None, Some(Arc::clone(&c)), IdentityFeed::Managed(c))
             }
         };
-        let broker = Arc::new(Broker::new(
+        let mut broker = Broker::new(
             Arc::clone(&pods),
             feed,
             Arc::clone(&exceptions),
@@ -390,7 +403,14 @@ impl Nmi {
                 pod_arrival_timeout: settings.pod_arrival_timeout,
             },
             Some(metrics.clone()),
-        ));
+        );
+        let service_accounts = settings
+            .federation
+            .then(|| Arc::new(ServiceAccountIndex::new()));
+        if let Some(sa) = &service_accounts {
+            broker = broker.with_workload_identities(Arc::clone(sa));
+        }
+        let broker = Arc::new(broker);
         let proxy = Proxy::new(
             &format!("http://{}", settings.metadata),
             settings.token_fetch_timeout,
@@ -420,6 +440,7 @@ impl Nmi {
             assignments,
             catalog,
             exceptions,
+            service_accounts,
             cache,
             broker,
             http,
@@ -540,6 +561,18 @@ pub fn start(
                 client.clone(),
                 node.clone(),
                 Arc::clone(&a),
+                Arc::clone(&cache),
+                Arc::clone(&synced),
+            )
+        });
+    }
+    if let Some(sa) = &nmi.service_accounts {
+        let (client, sa, cache) = (client.clone(), Arc::clone(sa), Arc::clone(&nmi.cache));
+        let synced = Arc::clone(&nmi.synced_changed);
+        sup.spawn("watch-service-accounts", move || {
+            watchers::watch_service_accounts(
+                client.clone(),
+                Arc::clone(&sa),
                 Arc::clone(&cache),
                 Arc::clone(&synced),
             )
@@ -708,6 +741,14 @@ pub async fn run_with_args(
     )
     .map_err(|e| Error::Cloud(e.to_string()))?
     .with_allowed_authorities(args.allowed_ad_endpoints.iter().cloned());
+    let source = if args.enable_federation {
+        source.with_federation(
+            federated::Federation::new(&args.federation_audience, &args.federation_tenant_id)
+                .with_metrics(&metrics),
+        )
+    } else {
+        source
+    };
     run(settings, client, Arc::new(source), metrics).await
 }
 

@@ -142,3 +142,37 @@ async fn assigned_identities_present_at_start_are_adopted_by_their_host() {
         })
         .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_federated_identitys_objects_never_make_a_restarted_mic_adopt_it() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            let mut ix = BindingIndex::new(MatchSettings::default());
+            ix.apply_node(&vmss_node("ss0", 0));
+            ix.apply_identity(&identity("fed").federated().build());
+            ix.apply_binding(&binding("b1", "fed", "sel").build());
+            ix.apply_pod(&pod("p").label("sel").on_node("ss0-0").build());
+            let before: Vec<_> = ix
+                .desired()
+                .assignments
+                .values()
+                .map(|a| object_for(a, AssignedState::Assigned, false))
+                .collect();
+            assert_eq!(before.len(), 1);
+            c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
+                "ss0", 0,
+            )])));
+            c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Assigned(Observed::Relisted(before)));
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert!(
+                s.adopted.is_empty(),
+                "an Assigned object of a federated identity records no ARM write"
+            );
+        })
+        .await;
+}

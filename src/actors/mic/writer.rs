@@ -245,11 +245,11 @@ pub fn plan_some(
             return ops;
         }
         let confirmed = match &a.target {
-            Target::ServicePrincipal => true,
+            Target::ServicePrincipal | Target::Federated => true,
             Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
         };
         let external = match &a.target {
-            Target::ServicePrincipal => false,
+            Target::ServicePrincipal | Target::Federated => false,
             Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
         };
         match existing.get(key) {

@@ -20,10 +20,12 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::args::{FaultProfile, SandboxArgs};
+use super::federation;
 use super::scenario;
 use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::run::{MicDeps, MicSettings};
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
+use aad_pod_identity::actors::nmi::federated::{DEFAULT_AUDIENCE, Federation};
 use aad_pod_identity::actors::nmi::gate;
 use aad_pod_identity::actors::nmi::{NmiSettings, Running};
 use aad_pod_identity::cloud::config::CloudConfig;
@@ -117,6 +119,8 @@ pub struct Sandbox {
     pub nmi_endpoints: BTreeMap<String, (SocketAddr, SocketAddr)>,
     /// MIC's metrics registry (assignment latency for the progress line).
     pub mic_metrics: Metrics,
+    /// The `--federated` demonstration, when on.
+    pub federation: Option<federation::Demo>,
     nmis: Vec<Running>,
     mic: tokio::task::JoinHandle<()>,
     weather: Option<tokio::task::JoinHandle<()>>,
@@ -139,6 +143,8 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
                 max: d.mul_f64(1.2),
             },
         },
+        // WorkloadIdentityCredential (like every Azure SDK) insists on HTTPS for Azure AD.
+        tls: args.federated,
         ..AzureSimConfig::default()
     };
     match args.faults {
@@ -182,6 +188,11 @@ impl Sandbox {
         .await?;
         let azure = Arc::new(AzureSim::start(&azure_topology, azure_config(args)).await?);
         let client = kube.client().await?;
+        let federation = if args.federated {
+            Some(federation::setup(&azure, kube.issuer())?)
+        } else {
+            None
+        };
 
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         let manifests: Vec<CustomResourceDefinition> = match &args.crds {
@@ -258,6 +269,7 @@ impl Sandbox {
             mic_endpoints,
             nmi_endpoints: BTreeMap::new(),
             mic_metrics,
+            federation,
             nmis: Vec::new(),
             mic,
             weather: None,
@@ -275,6 +287,8 @@ impl Sandbox {
 
         // The scenario last, so every component sees it arrive.
         let mut identities = azure.identities();
+        // The federated demonstration's identity is its own, never the scenario's.
+        identities.retain(|i| i.name != federation::IDENTITY);
         identities.sort_by(|a, b| a.name.cmp(&b.name));
         let text = match &args.scenario {
             Some(path) => {
@@ -288,6 +302,11 @@ impl Sandbox {
         };
         let created = scenario::apply(&client, scenario::parse_documents(&text)?).await?;
         info!(objects = created.len(), "scenario loaded");
+        if let Some(demo) = &sandbox.federation {
+            let created =
+                scenario::apply(&client, scenario::parse_documents(&demo.scenario())?).await?;
+            info!(objects = created.len(), "federation scenario loaded");
+        }
 
         sandbox.weather = (args.faults == FaultProfile::Flaky).then(|| {
             let azure = azure.clone();
@@ -331,13 +350,17 @@ impl Sandbox {
         s.assignment_wait = self.nmi_assignment_wait;
         s.http_workers = 1;
         s.node_gate = self.node_gate.then(|| gate::DEFAULT_TAINT_KEY.to_string());
-        let source = CloudTokenSource::new(
+        s.federation = self.federation.is_some();
+        let mut source = CloudTokenSource::new(
             &imds.to_string(),
             self.client.clone(),
             self.azure.aad_endpoint(),
             Duration::from_secs(30),
         )
         .map_err(|e| failed(e.to_string()))?;
+        if let Some(demo) = &self.federation {
+            source = source.with_federation(Federation::new(DEFAULT_AUDIENCE, &demo.tenant_id));
+        }
         let running = aad_pod_identity::actors::nmi::start(
             &s,
             self.client.clone(),
@@ -462,11 +485,19 @@ fn node_ip(node: &Node) -> Option<IpAddr> {
         .ok()
 }
 
-/// Waits (on the pod watch, no polling) for a Running pod carrying `aadpodidbinding` that is
-/// not a Job's (those finish within seconds), and returns (namespace, name, node, ip).
-async fn first_bound_pod(client: &kube::Client) -> Option<(String, String, String, String)> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let cfg = watcher::Config::default().labels(aad_pod_identity::crd::POD_LABEL);
+/// Waits (on the pod watch, no polling) for a Running pod matching `labels` (in `namespace`,
+/// else anywhere) that is not a Job's (those finish within seconds), and returns (namespace,
+/// name, node, ip).
+async fn first_running_pod(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    labels: &str,
+) -> Option<(String, String, String, String)> {
+    let pods: Api<Pod> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let cfg = watcher::Config::default().labels(labels);
     let mut stream = watcher::watcher(pods, cfg).boxed();
     while let Some(event) = stream.next().await {
         let pods = match event {
@@ -608,8 +639,9 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
         let client = client.clone();
         let azure = sandbox.azure.clone();
         let mic_metrics = sandbox.mic_metrics.clone();
+        let demo = sandbox.federation.clone();
         tokio::spawn(async move {
-            let mut last = String::new();
+            let (mut last, mut last_federated) = (String::new(), String::new());
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
@@ -619,20 +651,74 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
                     println!("[progress] {line}");
                     last = line;
                 }
+                if let Some(demo) = &demo
+                    && let Some(line) = demo.progress(&client, &azure).await
+                    && line != last_federated
+                {
+                    println!("[federation] {line}");
+                    last_federated = line;
+                }
             }
         })
     };
+    let federated_guide = sandbox.federation.clone().map(|demo| {
+        let client = client.clone();
+        let nmi = sandbox.nmi.clone();
+        let aad_tls = sandbox.azure.arm_endpoint_tls().unwrap_or_default();
+        let ca = sandbox
+            .azure
+            .ca_cert_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let Some((ns, name, node, ip)) = first_running_pod(
+                &client,
+                Some(federation::NAMESPACE),
+                "app=federated-app",
+            )
+            .await
+            else {
+                return;
+            };
+            let Some(addr) = nmi.get(&node) else { return };
+            let cid = &demo.identity.client_id;
+            println!();
+            println!(
+                "A token of a federated identity (on no scale set) as pod {ns}/{name} (address {ip}, node {node}), with the unmodified SDK:"
+            );
+            println!(
+                "  AZURE_POD_IDENTITY_AUTHORITY_HOST=http://{addr} python3 tests/nmi_sdk.py {ip} {cid} https://management.azure.com/.default"
+            );
+            println!(
+                "The same identity through WorkloadIdentityCredential (service-account token file, Azure AD at the simulator):"
+            );
+            println!(
+                "  kubectl create token {sa} -n {ns} --audience {DEFAULT_AUDIENCE} --duration 10m > /tmp/federated-token",
+                sa = federation::SERVICE_ACCOUNT
+            );
+            println!(
+                "  AZURE_CLIENT_ID={cid} AZURE_TENANT_ID={tenant} AZURE_FEDERATED_TOKEN_FILE=/tmp/federated-token AZURE_AUTHORITY_HOST={aad_tls} REQUESTS_CA_BUNDLE={ca} SCOPE=https://management.azure.com/.default python3 tests/judges/workload_identity.py",
+                tenant = demo.tenant_id
+            );
+            println!();
+        })
+    });
     let guide = {
         let client = client.clone();
         let nmi = sandbox.nmi.clone();
         let mut identities = sandbox.azure.identities();
+        // The federated demonstration's identity is its own, never the scenario's.
+        identities.retain(|i| i.name != federation::IDENTITY);
         identities.sort_by(|a, b| a.name.cmp(&b.name));
         let client_id = identities
             .first()
             .map(|i| i.client_id.clone())
             .unwrap_or_default();
         tokio::spawn(async move {
-            let Some((ns, name, node, ip)) = first_bound_pod(&client).await else {
+            // The federated demonstration's pods have a guide of their own.
+            let labels = format!("{0},{0}!=federated", aad_pod_identity::crd::POD_LABEL);
+            let Some((ns, name, node, ip)) = first_running_pod(&client, None, &labels).await
+            else {
                 return;
             };
             let Some(addr) = nmi.get(&node) else { return };
@@ -710,6 +796,10 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
     guide.abort();
     let _ = progress.await;
     let _ = guide.await;
+    if let Some(g) = federated_guide {
+        g.abort();
+        let _ = g.await;
+    }
     sandbox.stop().await;
     Ok(())
 }

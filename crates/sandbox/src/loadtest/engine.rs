@@ -529,6 +529,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         nmi_start_delay: Duration::ZERO,
         // The gate is not what load tests measure.
         node_gate: false,
+        federated: false,
     };
     let started = Instant::now();
     let cpu0 = proc_usage().0;

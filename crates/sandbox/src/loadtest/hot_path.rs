@@ -155,6 +155,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         nmi_start_delay: Duration::ZERO,
         // The gate is not what load tests measure.
         node_gate: false,
+        federated: false,
     };
     let sandbox = Sandbox::start(&sargs).await?;
     let r = drive(args, &sandbox, pods, rounds, seconds, concurrency).await;

@@ -471,6 +471,18 @@ fn patch_compute(
         }
     };
     let mut inner = shared.lock();
+    if let Some(named) = value
+        .pointer("/identity/userAssignedIdentities")
+        .and_then(Value::as_object)
+    {
+        for id in named.keys() {
+            *inner
+                .counters
+                .identity_writes
+                .entry(id.to_ascii_lowercase())
+                .or_default() += 1;
+        }
+    }
     let Some(c) = inner.compute.get(key) else {
         return not_found(segs);
     };

@@ -116,6 +116,9 @@ pub struct Counters {
     pub aad_errors: u64,
     /// Azure AD tokens issued for a federated assertion (also counted in `aad_tokens`).
     pub aad_federated_tokens: u64,
+    /// ARM PATCHes whose body names an identity (adding or removing it), by lower-cased
+    /// identity resource id; every PATCH received counts, accepted or not.
+    pub identity_writes: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -123,6 +126,15 @@ impl Counters {
     #[must_use]
     pub fn total_patches(&self) -> u64 {
         self.patches.values().sum()
+    }
+
+    /// ARM PATCHes that named `resource_id` (case-insensitive).
+    #[must_use]
+    pub fn writes_naming(&self, resource_id: &str) -> u64 {
+        self.identity_writes
+            .get(&resource_id.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Total ARM GETs of compute resources.

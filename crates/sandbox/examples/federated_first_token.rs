@@ -15,8 +15,8 @@
 //! inside Python (interpreter start-up excluded), and the ARM writes naming the federated
 //! identity are counted (there must be none).
 
-use std::net::IpAddr;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,14 +37,21 @@ struct Cli {
 }
 
 /// Creates a pod and returns (ip, node, when it was observed Running with an IP).
-async fn start_pod(client: &kube::Client, ns: &str, pod: serde_json::Value) -> (IpAddr, String, Instant) {
+async fn start_pod(
+    client: &kube::Client,
+    ns: &str,
+    pod: serde_json::Value,
+) -> (IpAddr, String, Instant) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let name = pod["metadata"]["name"].as_str().unwrap().to_string();
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher::watcher(pods.clone(), cfg).boxed();
-    pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap())
-        .await
-        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod).unwrap(),
+    )
+    .await
+    .unwrap();
     while let Some(ev) = stream.next().await {
         if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev {
             let st = p.status.as_ref();

@@ -717,8 +717,7 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
         tokio::spawn(async move {
             // The federated demonstration's pods have a guide of their own.
             let labels = format!("{0},{0}!=federated", aad_pod_identity::crd::POD_LABEL);
-            let Some((ns, name, node, ip)) = first_running_pod(&client, None, &labels).await
-            else {
+            let Some((ns, name, node, ip)) = first_running_pod(&client, None, &labels).await else {
                 return;
             };
             let Some(addr) = nmi.get(&node) else { return };

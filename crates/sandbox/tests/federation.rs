@@ -71,7 +71,10 @@ fn claims(token: &str) -> Value {
 /// Run without blocking: the sandbox's tasks share this thread.
 async fn managed_identity_sdk(nmi: &str, source: &str, client_id: &str) -> Value {
     let out = tokio::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/nmi_sdk.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/nmi_sdk.py"
+        ))
         .args([source, client_id, SCOPE])
         .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", nmi)
         .env_remove("IDENTITY_ENDPOINT")
@@ -121,14 +124,18 @@ async fn assigned(client: &kube::Client, pod: &str) {
         while let Some(ev) = stream.next().await {
             if let Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) = ev
                 && a.spec.pod == pod
-                && a.status.is_some_and(|s| s.status == AssignedState::Assigned)
+                && a.status
+                    .is_some_and(|s| s.status == AssignedState::Assigned)
             {
                 return;
             }
         }
     })
     .await;
-    assert!(done.is_ok(), "{pod}'s identity was not Assigned within 60 s");
+    assert!(
+        done.is_ok(),
+        "{pod}'s identity was not Assigned within 60 s"
+    );
 }
 
 fn ip_node(p: &Pod) -> (String, String) {
@@ -165,7 +172,10 @@ fn a_federated_identity_serves_both_sdk_credentials_with_no_arm_write_and_only_i
         let (wi_ip, wi_node) = ip_node(&wi);
         let got = managed_identity_sdk(&nmi_of(&wi_node), &wi_ip, "").await;
         assert_eq!(got["ok"], true, "{got}");
-        assert_eq!(claims(got["token"].as_str().unwrap())["appid"], cid.as_str());
+        assert_eq!(
+            claims(got["token"].as_str().unwrap())["appid"],
+            cid.as_str()
+        );
 
         // 3. The same identity through WorkloadIdentityCredential and a token file, as a pod
         //    using workload identity directly would get it.
@@ -255,7 +265,10 @@ fn a_federated_identity_serves_both_sdk_credentials_with_no_arm_write_and_only_i
         //    and the progress line says so.
         let counters = sandbox.azure.counters();
         assert_eq!(counters.writes_naming(&demo.identity.resource_id), 0);
-        assert!(counters.total_patches() >= 1, "the seed's identities were assigned");
+        assert!(
+            counters.total_patches() >= 1,
+            "the seed's identities were assigned"
+        );
         assert!(counters.aad_federated_tokens >= 3, "{counters:?}");
         let line = demo.progress(&client, &sandbox.azure).await.unwrap();
         assert!(line.contains("ARM writes naming it: 0"), "{line}");

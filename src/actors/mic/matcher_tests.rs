@@ -284,7 +284,11 @@ fn a_federated_identity_never_reaches_a_host() {
     ix.apply_pod(&pod("p2").label("sel").on_node("unknown-node").build());
     let d = ix.desired();
     assert_eq!(d.assignments.len(), 2);
-    assert!(d.assignments.values().all(|a| a.target == Target::Federated));
+    assert!(
+        d.assignments
+            .values()
+            .all(|a| a.target == Target::Federated)
+    );
     assert!(d.rejections.is_empty(), "{:?}", d.rejections);
 }
 

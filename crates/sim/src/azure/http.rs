@@ -471,17 +471,17 @@ fn patch_compute(
         }
     };
     let mut inner = shared.lock();
-    if let Some(named) = value
+    let named: Vec<String> = value
         .pointer("/identity/userAssignedIdentities")
         .and_then(Value::as_object)
-    {
-        for id in named.keys() {
-            *inner
-                .counters
-                .identity_writes
-                .entry(id.to_ascii_lowercase())
-                .or_default() += 1;
-        }
+        .map(|m| m.keys().map(|k| k.to_ascii_lowercase()).collect())
+        .unwrap_or_default();
+    for id in &named {
+        *inner
+            .counters
+            .identity_writes
+            .entry(id.clone())
+            .or_default() += 1;
     }
     let Some(c) = inner.compute.get(key) else {
         return not_found(segs);
@@ -522,6 +522,14 @@ fn patch_compute(
     let now = Instant::now();
     let c = inner.compute.get_mut(key).expect("checked above");
     let rollback = (c.system_assigned, c.user_assigned.clone());
+    // A write that drops identities without naming them (`"type": "None"` or
+    // `"SystemAssigned"`) is a write of each of them too.
+    let dropped: Vec<String> = c
+        .user_assigned
+        .iter()
+        .map(|(id, _)| id.to_ascii_lowercase())
+        .filter(|id| !named.contains(id) && !after.iter().any(|a| a.eq_ignore_ascii_case(id)))
+        .collect();
     let kept: Vec<(String, Instant)> = after
         .iter()
         .map(|id| {
@@ -536,6 +544,9 @@ fn patch_compute(
     c.user_assigned = kept;
     c.etag += 1;
     let sub = c.subscription.clone();
+    for id in dropped {
+        *inner.counters.identity_writes.entry(id).or_default() += 1;
+    }
     inner.counters.patches_applied += 1;
     let mode = match (cfg.lro, &lro_failure) {
         (LroMode::Sync, Some(_)) => LroMode::AsyncOperation { polls: 0 },

@@ -116,8 +116,9 @@ pub struct Counters {
     pub aad_errors: u64,
     /// Azure AD tokens issued for a federated assertion (also counted in `aad_tokens`).
     pub aad_federated_tokens: u64,
-    /// ARM PATCHes whose body names an identity (adding or removing it), by lower-cased
-    /// identity resource id; every PATCH received counts, accepted or not.
+    /// ARM PATCHes that write an identity, by lower-cased identity resource id: every PATCH
+    /// received whose body names it (adding or removing it, accepted or not), and every applied
+    /// PATCH that removes it without naming it (`"type": "None"`).
     pub identity_writes: BTreeMap<String, u64>,
 }
 

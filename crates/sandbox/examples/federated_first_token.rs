@@ -162,16 +162,6 @@ spec: {{azureIdentity: assigned, selector: assigned}}
             ("baseline", json!({"aadpodidbinding": "assigned"}), "default", base.client_id.as_str()),
             (federation::NAMESPACE, json!({"aadpodidbinding": "federated"}), federation::SERVICE_ACCOUNT, fed_cid.as_str()),
         ] {
-            if ns == "baseline" {
-                let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-                    Api::namespaced(client.clone(), ns);
-                let _ = sas
-                    .create(
-                        &PostParams::default(),
-                        &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
-                    )
-                    .await;
-            }
             let (ip, node, _) = start_pod(&client, ns, pod(format!("warm-{ns}"), labels, sa)).await;
             let nmi = format!("http://{}", sandbox.nmi[&node]);
             let status = first_token(&nmi, ip, cid, "https://warm.example").await;

@@ -189,6 +189,26 @@ async fn kubectl_create_token_gets_a_pod_bound_token_that_verifies_against_the_i
         3600
     );
     assert!(c["kubernetes.io"].get("pod").is_none());
+
+    // A new namespace has its `default` service account, as the service-account controller
+    // makes it, so a token for it can be asked at once.
+    let (ok, _, err) = env.kubectl(&["create", "namespace", "team-b"]).await;
+    assert!(ok, "{err}");
+    let mut token = String::new();
+    for _ in 0..100 {
+        let (ok, out, _) = env
+            .kubectl(&["create", "token", "default", "-n", "team-b"])
+            .await;
+        if ok {
+            token = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        claims(&token)["sub"],
+        "system:serviceaccount:team-b:default"
+    );
     env.stop().await;
 }
 

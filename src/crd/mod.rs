@@ -323,6 +323,14 @@ fn is_zero(v: &i64) -> bool {
 }
 
 impl AzureAssignedIdentity {
+    /// True when its status is `Assigned` (NMI may hand out the identity's tokens).
+    #[must_use]
+    pub fn is_assigned(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.status == AssignedState::Assigned)
+    }
+
     /// True when the object records that its identity was on the host without MIC's write.
     #[must_use]
     pub fn identity_is_external(&self) -> bool {

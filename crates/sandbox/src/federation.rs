@@ -16,7 +16,7 @@
 //! the identity (there are none) and the tokens Azure AD issued through federation.
 
 use aad_pod_identity::actors::nmi::federated::DEFAULT_AUDIENCE;
-use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
+use aad_pod_identity::crd::AzureAssignedIdentity;
 use aad_pod_identity_sim::azure::{AzureSimHandle, FederatedCredential, IdentityRecord};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -134,14 +134,7 @@ spec:
     /// The demonstration's progress line.
     pub async fn progress(&self, client: &kube::Client, azure: &AzureSimHandle) -> Option<String> {
         let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-        let running = pods
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .count();
+        let running = super::system::running(&pods.list(&ListParams::default()).await.ok()?.items);
         let aai: Api<AzureAssignedIdentity> = Api::namespaced(client.clone(), NAMESPACE);
         let assigned = aai
             .list(&ListParams::default())
@@ -149,11 +142,7 @@ spec:
             .ok()?
             .items
             .iter()
-            .filter(|a| {
-                a.status
-                    .as_ref()
-                    .is_some_and(|s| s.status == AssignedState::Assigned)
-            })
+            .filter(|a| a.is_assigned())
             .count();
         let c = azure.counters();
         Some(format!(

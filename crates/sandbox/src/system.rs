@@ -30,7 +30,7 @@ use aad_pod_identity::actors::nmi::gate;
 use aad_pod_identity::actors::nmi::{NmiSettings, Running};
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::config::mic::MicArgs;
-use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
+use aad_pod_identity::crd::AzureAssignedIdentity;
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity_sim::azure::{
     AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency,
@@ -550,6 +550,13 @@ fn assignment_latency(metrics: &Metrics) -> Option<(u64, f64, f64)> {
     Some((count, h.get_sample_sum() / count as f64, p95))
 }
 
+/// How many of `pods` are Running.
+pub(crate) fn running(pods: &[Pod]) -> usize {
+    pods.iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count()
+}
+
 /// One line of progress, from the simulators' own state and MIC's metrics.
 async fn progress_line(
     client: &kube::Client,
@@ -560,21 +567,9 @@ async fn progress_line(
     let aai: Api<AzureAssignedIdentity> = Api::all(client.clone());
     let lp = ListParams::default().labels(aad_pod_identity::crd::POD_LABEL);
     let pods = pods.list(&lp).await.ok()?;
-    let running = pods
-        .items
-        .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .count();
+    let running = running(&pods.items);
     let list = aai.list(&ListParams::default()).await.ok()?;
-    let assigned = list
-        .items
-        .iter()
-        .filter(|a| {
-            a.status
-                .as_ref()
-                .is_some_and(|s| s.status == AssignedState::Assigned)
-        })
-        .count();
+    let assigned = list.items.iter().filter(|a| a.is_assigned()).count();
     let c = azure.counters();
     let patches: u64 = c.patches.values().sum();
     let gets: u64 = c.gets.values().sum();

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use aad_pod_identity::actors::nmi::federated::DEFAULT_AUDIENCE;
-use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
+use aad_pod_identity::crd::AzureAssignedIdentity;
 use aad_pod_identity_sandbox::args::SandboxArgs;
 use aad_pod_identity_sandbox::federation;
 use aad_pod_identity_sandbox::system::Sandbox;
@@ -124,8 +124,7 @@ async fn assigned(client: &kube::Client, pod: &str) {
         while let Some(ev) = stream.next().await {
             if let Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) = ev
                 && a.spec.pod == pod
-                && a.status
-                    .is_some_and(|s| s.status == AssignedState::Assigned)
+                && a.is_assigned()
             {
                 return;
             }

@@ -114,44 +114,48 @@ impl World {
         r.status.unwrap().token
     }
 
-    /// POSTs a federated client-credentials request (v2) and returns (status, body).
     async fn exchange(&self, client_id: &str, assertion: &str) -> (u16, Value) {
-        let url = format!(
-            "{}{}/oauth2/v2.0/token",
-            self.azure.aad_endpoint(),
-            self.azure.tenant_id()
-        );
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", client_id)
-            .append_pair("scope", "https://vault.azure.net/.default")
-            .append_pair(
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            )
-            .append_pair("client_assertion", assertion)
-            .finish();
-        let r = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (
-            status,
-            serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
-        )
+        exchange(&self.azure, client_id, assertion).await
     }
 
     async fn stop(self) {
         self.azure.shutdown().await;
         self.kube.shutdown().await;
     }
+}
+
+/// POSTs a federated client-credentials request (v2) and returns (status, body).
+async fn exchange(azure: &AzureSimHandle, client_id: &str, assertion: &str) -> (u16, Value) {
+    let url = format!(
+        "{}{}/oauth2/v2.0/token",
+        azure.aad_endpoint(),
+        azure.tenant_id()
+    );
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_id", client_id)
+        .append_pair("scope", "https://vault.azure.net/.default")
+        .append_pair(
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        )
+        .append_pair("client_assertion", assertion)
+        .finish();
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
 }
 
 fn code(body: &Value) -> String {
@@ -327,33 +331,8 @@ async fn an_issuer_that_cannot_be_reached_is_reported_not_trusted_blindly() {
     let issuer = w.kube.issuer().to_string();
     let World { kube, azure, .. } = w;
     kube.shutdown().await;
-    let url = format!(
-        "{}{}/oauth2/v2.0/token",
-        azure.aad_endpoint(),
-        azure.tenant_id()
-    );
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("grant_type", "client_credentials")
-        .append_pair("client_id", &client_id)
-        .append_pair("scope", "https://vault.azure.net/.default")
-        .append_pair(
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        )
-        .append_pair("client_assertion", &good)
-        .finish();
-    let r = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 401);
-    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let (status, v) = exchange(&azure, &client_id, &good).await;
+    assert_eq!(status, 401);
     assert_eq!(code(&v), "AADSTS50166", "{v}");
     assert!(
         v["error_description"].as_str().unwrap().contains(&issuer),

@@ -24,7 +24,7 @@ use super::report::{Chart, RunResult, ms_line, summary};
 use super::{Error, LoadtestArgs, Scenario};
 use crate::args::{FaultProfile, SandboxArgs};
 use crate::system::Sandbox;
-use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity, POD_LABEL};
+use aad_pod_identity::crd::{AzureAssignedIdentity, POD_LABEL};
 use aad_pod_identity_sim::topology::Host;
 
 /// The original NMI's retry interval, the baseline's polling period.
@@ -359,11 +359,7 @@ fn pod_event(ctx: &Arc<Ctx>, pod: &Pod, deleted: bool) {
 }
 
 fn aai_event(ctx: &Arc<Ctx>, aai: &AzureAssignedIdentity) {
-    let assigned = aai
-        .status
-        .as_ref()
-        .is_some_and(|s| s.status == AssignedState::Assigned);
-    if !assigned {
+    if !aai.is_assigned() {
         return;
     }
     let now = ctx.now();

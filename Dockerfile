@@ -14,8 +14,8 @@ RUN AAD_POD_IDENTITY_GIT_COMMIT="$GIT_COMMIT" AAD_POD_IDENTITY_BUILD_DATE="$BUIL
  && install -m 0755 target/release/aad-pod-identity /aad-pod-identity
 
 FROM debian:bookworm-slim
-# iptables and conntrack for NMI's redirect (Debian's default backend, nft, with the legacy tools
-# beside it); CA certificates for ARM, Azure AD and the API server.
+# iptables and conntrack for NMI's redirect (both backends: NMI drives the one holding the kubelet's
+# chains); CA certificates for ARM, Azure AD and the API server.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables conntrack ca-certificates \
  && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man \

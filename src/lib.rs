@@ -6,6 +6,7 @@
 //! - [`config`]: typed flags for `mic` and `nmi` (clap derive, env equivalents).
 //! - [`cloud`]: Azure clients (ARM, metadata service, Azure AD) and cloud configuration.
 //! - [`actors`]: the actix actors of MIC and NMI.
+//! - [`kube_client`]: Kubernetes clients (kubeconfig, User-Agent, `--clientQps`).
 //! - [`http`]: NMI's HTTP surface, probes and the metrics endpoint.
 //! - [`metrics`]: the one Prometheus registry and every metric the system records.
 //! - [`logging`]: tracing-subscriber setup (text or JSON).
@@ -20,6 +21,7 @@ pub mod cloud;
 pub mod config;
 pub mod crd;
 pub mod http;
+pub mod kube_client;
 pub mod logging;
 pub mod metrics;
 pub mod version;

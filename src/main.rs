@@ -6,11 +6,13 @@ use aad_pod_identity::cli::{Cli, Command};
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity::{crd, logging};
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args =
+        aad_pod_identity::config::compat::go_style_args(std::env::args_os(), &Cli::command());
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

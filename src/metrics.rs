@@ -26,16 +26,26 @@ pub const ORIGINAL_SHORT_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0,
 ];
 
-/// The original's buckets for NMI requests (seconds).
-pub const ORIGINAL_NMI_BUCKETS: &[f64] = &[
-    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0,
-    100.0,
+/// The buckets of `nmi_operations_duration_seconds` (seconds): every bound of the original's
+/// (0.5 s to 100 s, which dashboards' `le` selectors name) and, below them, bounds down to
+/// 0.5 ms. The original fetched every token upstream, so its fastest answer took tens of
+/// milliseconds; here a cached token is served in well under a millisecond, and with the
+/// original's bounds alone every such request would land in the first bucket.
+pub const NMI_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 15.0, 20.0,
+    25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0,
 ];
 
 /// The original's buckets for MIC cycles and ARM calls, up to 1200 s (seconds).
 pub const ORIGINAL_LONG_BUCKETS: &[f64] = &[
     0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0,
 ];
+
+/// `kubernetes_api_operations_errors_count` label of NMI's failed pod lists and watches (the
+/// original's name).
+pub const K8S_GET_POD_LIST: &str = "get_pod_list";
+/// `kubernetes_api_operations_errors_count` label of NMI's failed Secret reads.
+pub const K8S_GET_SECRET: &str = "get_secret";
 
 /// Every metric of the original, registered in one registry.
 #[derive(Clone, Debug)]
@@ -174,7 +184,7 @@ impl Metrics {
                 "nmi_operations_duration_seconds",
                 "Seconds taken by NMI operations.",
                 &["operation_type", "status_code", "namespace", "resource"],
-                ORIGINAL_NMI_BUCKETS,
+                NMI_BUCKETS,
             ),
             mic_cycle_duration_seconds: histogram_plain(
                 &r,
@@ -343,6 +353,39 @@ mod tests {
         assert!(text.contains(
             r#"aadpodidentity_assigned_identity_addition_duration_seconds_bucket{le="0.02"} 1"#
         ));
+    }
+
+    #[test]
+    fn nmi_buckets_keep_every_original_bound_and_resolve_milliseconds() {
+        let original = [
+            0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0,
+            80.0, 90.0, 100.0,
+        ];
+        for b in original {
+            assert!(
+                NMI_BUCKETS.contains(&b),
+                "{b} s bound of the original missing"
+            );
+        }
+        let m = Metrics::new();
+        let h = m.nmi_operations_duration_seconds.with_label_values(&[
+            "token",
+            "200",
+            "default",
+            "https://vault.azure.net",
+        ]);
+        h.observe(0.0003);
+        h.observe(0.003);
+        let text = m.encode();
+        let bucket = |le: &str| {
+            format!(
+                r#"aadpodidentity_nmi_operations_duration_seconds_bucket{{namespace="default",operation_type="token",resource="https://vault.azure.net",status_code="200",le="{le}"}}"#
+            )
+        };
+        assert!(text.contains(&format!("{} 1", bucket("0.0005"))), "{text}");
+        assert!(text.contains(&format!("{} 1", bucket("0.001"))), "{text}");
+        assert!(text.contains(&format!("{} 2", bucket("0.005"))), "{text}");
+        assert!(text.contains(&format!("{} 2", bucket("0.5"))), "{text}");
     }
 
     #[test]

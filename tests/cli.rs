@@ -79,7 +79,7 @@ fn mic_help_lists_every_flag_of_the_original_with_its_default() {
         ("http-probe-port", Some("8080")),
         ("prometheus-port", Some("8888")),
         ("createDeleteBatch", Some("20")),
-        ("clientQps", Some("5")),
+        ("clientQps", Some("0")),
         ("immutable-user-msis", None), // default is the empty list, which clap does not print
         ("update-user-msi-max-retry", Some("2")),
         ("update-user-msi-retry-interval", Some("1s")),
@@ -240,6 +240,15 @@ const ORIGINAL_MIC_ARGS: &[&[&str]] = &[
         "--enable-type-upgrade=true",
         "--cloudconfig=/nonexistent/azure.json",
     ],
+    // Go's flag package reads `-name` as `--name`; manifests written for the original use both.
+    &[
+        "-logtostderr",
+        "-v=2",
+        "-cloudconfig=/nonexistent/azure.json",
+        "-leader-election-duration=15s",
+        "-forceNamespaced=false",
+        "-enableScaleFeatures=true",
+    ],
 ];
 
 const ORIGINAL_NMI_ARGS: &[&[&str]] = &[
@@ -276,6 +285,14 @@ const ORIGINAL_NMI_ARGS: &[&[&str]] = &[
         "--enableProfile",
         "--kubeconfig=/nonexistent/kubeconfig",
     ],
+    &[
+        "-node=aks-nodepool1-0",
+        "-logtostderr",
+        "-v=2",
+        "-enableScaleFeatures=true",
+        "-http-probe-port=8085",
+        "-kubeconfig=/nonexistent/kubeconfig",
+    ],
 ];
 
 fn assert_starts_without_usage_error(sub: &str, args: &[&str]) {
@@ -309,4 +326,33 @@ fn the_originals_argument_lists_start_mic_and_nmi_without_a_usage_error() {
     for args in ORIGINAL_NMI_ARGS {
         assert_starts_without_usage_error("nmi", args);
     }
+}
+
+/// A cloud name the original does not know is refused at start, naming the known ones; MIC
+/// does not fall back to the public cloud.
+#[test]
+fn mic_refuses_an_unknown_cloud_name_clearly() {
+    let dir = std::env::temp_dir().join(format!("cli-cloud-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("azure.json");
+    std::fs::write(
+        &file,
+        r#"{"cloud":"AzureMoonCloud","subscriptionId":"s","useManagedIdentityExtension":true}"#,
+    )
+    .unwrap();
+    let out = bin()
+        .arg("mic")
+        .arg(format!("--cloudconfig={}", file.display()))
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"unknown cloud "AzureMoonCloud""#)
+            && stderr.contains("AzureUSGovernmentCloud"),
+        "{stderr}"
+    );
 }

@@ -264,13 +264,18 @@ fn settings(c: &Cluster, instance: &str) -> MicSettings {
 }
 
 fn mic_args() -> aad_pod_identity::config::mic::MicArgs {
+    mic_args_from(&[])
+}
+
+/// MIC's flags as the binary parses them.
+fn mic_args_from(flags: &[&str]) -> aad_pod_identity::config::mic::MicArgs {
     use clap::Parser;
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         mic: aad_pod_identity::config::mic::MicArgs,
     }
-    Cli::parse_from(["mic"]).mic
+    Cli::parse_from(std::iter::once("mic").chain(flags.iter().copied())).mic
 }
 
 /// Starts a MIC replica talking to the cluster's Azure simulator through the real ARM client.
@@ -1117,6 +1122,355 @@ async fn upgrade_from_the_original_takes_over_its_objects_and_assigns_new_pods_u
         !on.contains(&zero)
     })
     .await;
+    drop(mic);
+    c.shutdown().await;
+}
+
+/// `--clientQps` and `--custom-user-agent` as the binary reads them: every request MIC sends to
+/// the API server carries the original's User-Agent with the operator's text, and the actors'
+/// requests arrive no faster than the rate (a burst of 10, then 10 a second); ARM and Azure AD
+/// see the same User-Agent after the SDK's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mic_sends_the_originals_user_agent_and_keeps_to_client_qps() {
+    let c = cluster(
+        "qps",
+        Topology::sized(1, 2, 0, 1),
+        azure_with_latency(Duration::from_millis(50)),
+    )
+    .await;
+    let args = mic_args_from(&["--clientQps=10", "--custom-user-agent=team-a"]);
+    let mut s = MicSettings::from(&args);
+    let defaults = settings(&c, "mic-0");
+    s.kubeconfig = defaults.kubeconfig;
+    s.listen_address = defaults.listen_address;
+    (s.http_probe_port, s.prometheus_port) = (0, 0);
+    s.leader.instance = "mic-0".into();
+    // Renewals (their own, unlimited client) far apart, so the count below is the actors'.
+    s.leader.duration = Duration::from_secs(60);
+    let ua = s.user_agent.clone();
+    assert!(
+        ua.starts_with("aad-pod-identity/MIC/") && ua.ends_with(" team-a"),
+        "{ua}"
+    );
+    let config = c.cloud_config();
+    let arm_ua = ua.clone();
+    let mic = aad_pod_identity::actors::mic::spawn(s, Metrics::new(), None, move || {
+        Arc::new(CloudArm::from_config_as(&config, &arm_ua).unwrap()) as Arc<dyn ArmPort>
+    })
+    .await
+    .unwrap();
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    for i in 0..20 {
+        c.pod(&format!("p{i}"), "identity-0", &c.node(i % 2)).await;
+    }
+    c.wait_for("20 Assigned", Duration::from_secs(60), all_assigned(20))
+        .await;
+
+    let by_agent = c.sim.requests_by_user_agent();
+    let mut times = by_agent.get(&ua).cloned().unwrap_or_default();
+    times.sort();
+    assert!(
+        times.len() >= 50,
+        "creates, status writes and Events for 20 pods: {} requests by {ua:?}; agents {:?}",
+        times.len(),
+        by_agent.keys().collect::<Vec<_>>()
+    );
+    // Tower's windows: at most two bursts (20) fall into any second, plus a renewal or two.
+    let busiest = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest <= 23,
+        "{busiest} requests within one second at --clientQps=10"
+    );
+    // At most 8 are leader election's (its own client: two locks, read and write, taken once and
+    // renewed at most once here); the rest come 10 per window, so the last of them is at least
+    // one second per full window after the first (less a little arrival jitter).
+    let spread = *times.last().unwrap() - times[0];
+    let windows = u32::try_from((times.len() - 8 - 1) / 10).unwrap();
+    let least = Duration::from_secs(windows.into()).saturating_sub(Duration::from_millis(100));
+    assert!(
+        spread >= least,
+        "{} requests in {spread:?} at --clientQps=10",
+        times.len()
+    );
+
+    let azure_calls = c.azure.request_log();
+    assert!(!azure_calls.is_empty());
+    for r in &azure_calls {
+        assert!(
+            r.user_agent.contains("aad-pod-identity/MIC/") && r.user_agent.ends_with(" team-a"),
+            "{} {} came with User-Agent {:?}",
+            r.method,
+            r.path,
+            r.user_agent
+        );
+    }
+    assert!(
+        azure_calls.iter().any(|r| r.path.contains("oauth2")),
+        "the ARM credential's token request is among them"
+    );
+    drop(mic);
+    c.shutdown().await;
+}
+
+/// azure.json is reloaded when it changes, as the original re-read it: MIC starts with a client
+/// secret Azure AD refuses, assigns nothing, and once the file holds the rotated secret the
+/// pod's identity is assigned without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_in_azure_json_is_picked_up_without_a_restart() {
+    let c = cluster(
+        "reload",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(20)),
+    )
+    .await;
+    let path = c._dir.0.join("azure.json");
+    let mut json = c.azure.azure_json();
+    let good = json.clone();
+    json["aadClientSecret"] = "an-old-secret".into();
+    std::fs::write(&path, json.to_string()).unwrap();
+
+    let mut s = settings(&c, "mic-0");
+    s.batch.transient_backoff_max = Duration::from_secs(1);
+    let p = path.clone();
+    let mic = aad_pod_identity::actors::mic::spawn(s, Metrics::new(), None, move || {
+        let (arm, _) = CloudArm::watching(&p, "test").unwrap();
+        Arc::new(arm) as Arc<dyn ArmPort>
+    })
+    .await
+    .unwrap();
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("demo", "identity-0", &c.node(0)).await;
+    c.wait_for("the object, Created", Duration::from_secs(10), |all| {
+        all.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.patches(), 0, "no ARM write with a refused credential");
+    assert!(!all_assigned(1)(&c.assigned().await));
+
+    std::fs::write(&path, good.to_string()).unwrap();
+    c.wait_for(
+        "Assigned with the rotated secret",
+        Duration::from_secs(30),
+        all_assigned(1),
+    )
+    .await;
+    assert_eq!(c.on_scale_set(0).len(), 1);
+    drop(mic);
+    c.shutdown().await;
+}
+
+/// `AzureStackCloud` takes its endpoints from the file `$AZURE_ENVIRONMENT_FILEPATH` names
+/// (the chart's `mic.customCloud`), so MIC reaches an ARM and an Azure AD that no built-in
+/// cloud has: here the simulator's, with no custom endpoints in azure.json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_stack_cloud_is_reached_through_its_environment_file() {
+    let c = cluster(
+        "stack",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::ZERO),
+    )
+    .await;
+    let env_file = c._dir.0.join("akscustom.json");
+    std::fs::write(
+        &env_file,
+        serde_json::json!({
+            "name": "AzureStackCloud",
+            "resourceManagerEndpoint": c.azure.arm_endpoint(),
+            "activeDirectoryEndpoint": c.azure.aad_endpoint(),
+            "tokenAudience": "https://management.azure.com/",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut json = c.azure.azure_json();
+    json["cloud"] = "AzureStackCloud".into();
+    let obj = json.as_object_mut().unwrap();
+    obj.remove("resourceManagerEndpoint");
+    obj.remove("activeDirectoryAuthorityHost");
+    let var = |k: &str| (k == "AZURE_ENVIRONMENT_FILEPATH").then(|| env_file.display().to_string());
+    let config = CloudConfig::from_json_with(&json.to_string(), var).unwrap();
+    assert_eq!(config.arm_endpoint(), c.azure.arm_endpoint());
+    let arm = CloudArm::from_config(&config).unwrap();
+    let got = arm.get(&c.scale_set(0)).await.unwrap();
+    assert!(got.user_assigned.is_empty());
+
+    // Without the file the name is refused, saying what is missing.
+    let e = CloudConfig::from_json_with(&json.to_string(), |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("AZURE_ENVIRONMENT_FILEPATH"), "{e}");
+    c.shutdown().await;
+}
+
+/// An edit to an AzureIdentity (here a service principal's tenant and Secret reference) is
+/// written into its AzureAssignedIdentities, which stay Assigned, with no ARM write: NMI reads
+/// the identity from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_edit_reaches_its_assigned_identities() {
+    let c = cluster(
+        "edit",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(20)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    let ids = Api::<AzureIdentity>::namespaced(c.client.clone(), "default");
+    let mut sp = AzureIdentity::new(
+        "sp",
+        AzureIdentitySpec {
+            type_: crd::IdentityType::ServicePrincipal,
+            client_id: "sp-client".into(),
+            tenant_id: "tenant-a".into(),
+            ..AzureIdentitySpec::default()
+        },
+    );
+    sp.metadata.namespace = Some("default".into());
+    ids.create(&PostParams::default(), &sp).await.unwrap();
+    let mut b = AzureIdentityBinding::new(
+        "sp-binding",
+        AzureIdentityBindingSpec {
+            azure_identity: "sp".into(),
+            selector: "sp".into(),
+            weight: 0,
+        },
+    );
+    b.metadata.namespace = Some("default".into());
+    Api::<AzureIdentityBinding>::namespaced(c.client.clone(), "default")
+        .create(&PostParams::default(), &b)
+        .await
+        .unwrap();
+    c.pod("demo", "sp", &c.node(0)).await;
+    c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+
+    let patch = serde_json::json!({"spec": {"tenantID": "tenant-b", "clientPassword": {"name": "rotated", "namespace": "default"}}});
+    ids.patch(
+        "sp",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    c.wait_for("the edit in the object", Duration::from_secs(20), |all| {
+        all.len() == 1
+            && all[0].spec.azure_identity_ref.as_ref().is_some_and(|i| {
+                i.spec.tenant_id == "tenant-b" && i.spec.client_password.name == "rotated"
+            })
+            && all_assigned(1)(all)
+    })
+    .await;
+    assert_eq!(c.patches(), 0, "a service principal needs no ARM write");
+    drop(mic);
+    c.shutdown().await;
+}
+
+/// A rolling migration from the Go MIC never has two active controllers: while the Go MIC holds
+/// its Endpoints lock (client-go's record in the `control-plane.alpha.kubernetes.io/leader`
+/// annotation, renewed), ours stays a candidate and writes nothing; once the Go MIC stops
+/// renewing, ours takes the lock within its lease duration, assigns, and keeps renewing the
+/// Endpoints record, so a Go MIC starting again stays a candidate in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_mic_holding_the_endpoints_lock_keeps_ours_from_leading_until_it_stops_renewing() {
+    use k8s_openapi::api::core::v1::Endpoints;
+    const LOCK: &str = "control-plane.alpha.kubernetes.io/leader";
+    let c = cluster(
+        "endpoints-lock",
+        Topology::sized(1, 1, 0, 1),
+        azure_with_latency(Duration::from_millis(20)),
+    )
+    .await;
+    let endpoints = Api::<Endpoints>::namespaced(c.client.clone(), "default");
+    let go_record = |renew: &str| {
+        serde_json::json!({
+            "holderIdentity": "mic-go-7d9f",
+            "leaseDurationSeconds": 2,
+            "acquireTime": "2024-05-01T10:00:00Z",
+            "renewTime": renew,
+            "leaderTransitions": 3,
+        })
+        .to_string()
+    };
+    let now = || {
+        k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let ep: Endpoints = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "aad-pod-identity-mic", "namespace": "default",
+                     "annotations": {LOCK: go_record(&now())}},
+    }))
+    .unwrap();
+    endpoints.create(&PostParams::default(), &ep).await.unwrap();
+    // The Go MIC renews every half second until told to stop.
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let renewer = {
+        let endpoints = endpoints.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                let mut ep = endpoints.get("aad-pod-identity-mic").await.unwrap();
+                ep.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(LOCK.into(), go_record(&now()));
+                let _ = endpoints
+                    .replace("aad-pod-identity-mic", &PostParams::default(), &ep)
+                    .await;
+            }
+        })
+    };
+
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("demo", "identity-0", &c.node(0)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(http_get(mic.probe, "/healthz").await, "Not Active");
+    assert!(
+        c.assigned().await.is_empty(),
+        "no write while the Go MIC leads"
+    );
+    assert_eq!(c.patches(), 0);
+
+    stop_tx.send(()).unwrap();
+    renewer.await.unwrap();
+    let took = wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    println!("took over {took:?} after the Go MIC stopped renewing (lease 2 s)");
+    c.wait_for("Assigned", Duration::from_secs(20), all_assigned(1))
+        .await;
+
+    let record = || async {
+        let ep = endpoints.get("aad-pod-identity-mic").await.unwrap();
+        let raw = ep.metadata.annotations.unwrap()[LOCK].clone();
+        serde_json::from_str::<serde_json::Value>(&raw).unwrap()
+    };
+    let first = record().await;
+    assert_eq!(first["holderIdentity"], "mic-0");
+    assert_eq!(first["leaseDurationSeconds"], 2);
+    assert_eq!(first["leaderTransitions"], 4);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = record().await;
+    assert_eq!(later["holderIdentity"], "mic-0");
+    assert_ne!(
+        first["renewTime"], later["renewTime"],
+        "renewed, as a Go MIC watching the record must see"
+    );
     drop(mic);
     c.shutdown().await;
 }

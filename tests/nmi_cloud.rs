@@ -383,3 +383,156 @@ async fn a_service_principal_may_use_neither_another_namespaces_secret_nor_a_for
     kube_sim.shutdown().await;
     azure.shutdown().await;
 }
+
+/// NMI names itself as the original does on every call (`aad-pod-identity/NMI/…` with
+/// `--custom-user-agent`): to the metadata service, Azure AD and the API server. And the
+/// original's `kubernetes_api_operations_errors_count` counts what failed there: a Secret that
+/// cannot be read (`get_secret`) and a pod list or watch the API server refused (`get_pod_list`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nmi_names_itself_on_every_call_and_counts_failed_kubernetes_reads() {
+    use aad_pod_identity::actors::nmi::identity::ResolvedIdentity;
+    use aad_pod_identity::actors::nmi::pods::PodIndex;
+    use aad_pod_identity::actors::nmi::source::TokenSource;
+    use aad_pod_identity::kube_client::{ClientOptions, connect};
+    use aad_pod_identity::version::{Component, user_agent};
+
+    let topology = Topology::sized(1, 1, 0, 1);
+    let node = topology.nodes()[0].name.clone();
+    let azure = AzureSim::start(
+        &topology,
+        AzureSimConfig {
+            preassigned: vec!["identity-0".into()],
+            ..AzureSimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let kube_sim = KubeSim::start(KubeSimConfig {
+        topology: topology.clone(),
+        ..KubeSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "nmi-ua-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    kube_sim.write_kubeconfig(&kubeconfig).unwrap();
+    let ua = user_agent(Component::Nmi, Some("team-a"));
+    let client = connect(
+        Some(&kubeconfig),
+        &ClientOptions {
+            user_agent: ua.clone(),
+            qps: None,
+        },
+    )
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let tenant = azure.tenant_id().to_string();
+    let sp = azure.add_service_principal_secret(&[&tenant], "s3cret-value");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "sp-secret", "namespace": "default"},
+        "data": {"clientsecret": "czNjcmV0LXZhbHVl"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let metrics = aad_pod_identity::metrics::Metrics::new();
+    let imds = azure.imds_addr(&node).unwrap();
+    let source = CloudTokenSource::new(
+        &imds.to_string(),
+        client.clone(),
+        azure.aad_endpoint(),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .with_user_agent(&ua)
+    .with_metrics(&metrics);
+    let fetch = |id: &aad_pod_identity::crd::AzureIdentity| {
+        ResolvedIdentity::new(id, "default", AssignedState::Assigned, true)
+            .token_request("https://vault.azure.net")
+    };
+
+    let uami = azure
+        .identities()
+        .into_iter()
+        .find(|i| i.name == "identity-0")
+        .unwrap();
+    let mut msi = identity(
+        "default",
+        "uami",
+        &uami.client_id,
+        IdentityType::UserAssignedMsi,
+    );
+    msi.spec.resource_id = uami.resource_id.clone();
+    assert_eq!(source.fetch(&fetch(&msi)).await.unwrap().status, 200);
+
+    let mut sp_id = identity(
+        "default",
+        "sp",
+        &sp.client_id,
+        IdentityType::ServicePrincipal,
+    );
+    sp_id.spec.tenant_id = tenant.clone();
+    sp_id.spec.ad_endpoint = azure.aad_endpoint();
+    sp_id.spec.client_password = SecretRef {
+        name: "sp-secret".into(),
+        namespace: "default".into(),
+    };
+    assert_eq!(source.fetch(&fetch(&sp_id)).await.unwrap().status, 200);
+
+    let log = azure.request_log();
+    assert!(
+        log.iter().any(|r| r.path.contains("oauth2")),
+        "Azure AD was asked"
+    );
+    assert!(
+        log.iter().any(|r| r.path.contains("metadata")),
+        "the metadata service was asked"
+    );
+    for r in &log {
+        assert_eq!(r.user_agent, ua, "{} {}", r.method, r.path);
+    }
+    let agents = kube_sim.requests_by_user_agent();
+    assert!(agents.contains_key(&ua), "{:?}", agents.keys());
+
+    // A Secret that is not there: counted once under the original's name.
+    sp_id.spec.client_password.name = "no-such-secret".into();
+    assert!(source.fetch(&fetch(&sp_id)).await.is_err());
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"aadpodidentity_kubernetes_api_operations_errors_count{operation_type="get_secret"} 1"#),
+        "{text}"
+    );
+
+    // The pod list refused twice by the API server: counted, and the watch still syncs.
+    kube_sim.fail_next(2, 500);
+    let pods = Arc::new(PodIndex::new(node.clone()));
+    let errors = metrics
+        .kubernetes_api_operations_errors_count
+        .with_label_values(&["get_pod_list"]);
+    let watch = tokio::spawn(aad_pod_identity::actors::nmi::watchers::watch_pods(
+        client,
+        node,
+        Arc::clone(&pods),
+        Arc::new(tokio::sync::Notify::new()),
+        Some(errors.clone()),
+    ));
+    eventually("the pod watch synced after two refused lists", || {
+        pods.is_synced()
+    })
+    .await;
+    assert_eq!(errors.get(), 2);
+    watch.abort();
+    kube_sim.shutdown().await;
+    azure.shutdown().await;
+}

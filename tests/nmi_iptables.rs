@@ -13,7 +13,7 @@
 
 use aad_pod_identity::actors::nmi::gate::{self, GateInputs};
 use aad_pod_identity::actors::nmi::iptables::{
-    CHAIN, Iptables, ROUTE_LOCALNET, ReconcileSettings, Redirect, RulesState, reconcile,
+    Backend, CHAIN, Iptables, ROUTE_LOCALNET, ReconcileSettings, Redirect, RulesState, reconcile,
 };
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
 use aad_pod_identity_sim::topology::Topology;
@@ -821,4 +821,82 @@ async fn the_taint_is_lifted_only_once_the_rules_are_verified_and_put_back_when_
     gate_task.await.unwrap();
     assert!(!chain_exists(&lab.node));
     sim.shutdown().await;
+}
+
+/// On a node whose kubelet (and kube-proxy) use iptables-legacy, rules written with
+/// iptables-nft would sit in tables the packets never pass. NMI finds the backend where the
+/// kubelet created its canary chain and redirects through that one: the pod's request reaches
+/// NMI, and the chain exists in legacy and not in nft.
+#[tokio::test]
+async fn on_a_legacy_node_the_redirect_goes_into_the_legacy_tables() {
+    let Some(lab) = lab_with_listeners("l", NODE_IP) else {
+        return;
+    };
+    for tool in ["iptables-legacy", "iptables-nft"] {
+        if !lab.node_cmd(&[tool, "--version"]).status.success() {
+            skip(&format!("{tool} is not installed"));
+            return;
+        }
+    }
+    // What the kubelet creates at start (Kubernetes 1.17 and later), in the legacy backend.
+    assert!(
+        lab.node_cmd(&[
+            "iptables-legacy",
+            "-t",
+            "mangle",
+            "-N",
+            "KUBE-KUBELET-CANARY"
+        ])
+        .status
+        .success()
+    );
+    let ipt = lab.iptables(NODE_IP, lab.prefix());
+    assert_eq!(ipt.backend().await, Backend::Legacy);
+    ipt.ensure().await.unwrap();
+    assert!(ipt.in_place().await.unwrap());
+    assert_eq!(fetch_from(&lab.pod), "nmi", "the pod's request reaches NMI");
+    let has_chain = |tool: &str| {
+        let out = lab.node_cmd(&[tool, "-t", "nat"]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("\n:{CHAIN} "))
+    };
+    assert!(has_chain("iptables-legacy-save"), "rules in legacy");
+    assert!(!has_chain("iptables-nft-save"), "nothing in nft");
+    ipt.remove().await.unwrap();
+    assert!(!has_chain("iptables-legacy-save"));
+    // The legacy tables are the kernel's, not the namespace's nft state: clean them up.
+    let _ = lab.node_cmd(&[
+        "iptables-legacy",
+        "-t",
+        "mangle",
+        "-X",
+        "KUBE-KUBELET-CANARY",
+    ]);
+}
+
+/// A node with the kubelet's canary chain in nft (today's default) gets its rules in nft.
+#[tokio::test]
+async fn on_an_nft_node_the_redirect_goes_into_the_nft_tables() {
+    let Some(lab) = lab_with_listeners("f", NODE_IP) else {
+        return;
+    };
+    for tool in ["iptables-legacy", "iptables-nft"] {
+        if !lab.node_cmd(&[tool, "--version"]).status.success() {
+            skip(&format!("{tool} is not installed"));
+            return;
+        }
+    }
+    assert!(
+        lab.node_cmd(&["iptables-nft", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"])
+            .status
+            .success()
+    );
+    let ipt = lab
+        .iptables(NODE_IP, lab.prefix())
+        .with_backend(Backend::Auto);
+    assert_eq!(ipt.backend().await, Backend::Nft);
+    ipt.ensure().await.unwrap();
+    assert_eq!(fetch_from(&lab.pod), "nmi");
+    let out = lab.node_cmd(&["iptables-nft-save", "-t", "nat"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("\n:{CHAIN} ")));
+    ipt.remove().await.unwrap();
 }

@@ -114,7 +114,7 @@ async fn tokens_credentials_and_certificates_redact_themselves_in_debug() {
             },
         );
     }
-    let aad = AadSecretCredential::new("http://127.0.0.1:9/", "t", "c", SECRET).unwrap();
+    let aad = AadSecretCredential::new("http://127.0.0.1:9/", "t", "c", SECRET, "test").unwrap();
     check("AadSecretCredential", &aad);
     check(
         "BearerPolicy",
@@ -153,7 +153,8 @@ async fn tokens_credentials_and_certificates_redact_themselves_in_debug() {
     assert!(
         format!(
             "{aad:?}",
-            aad = AadSecretCredential::new("http://127.0.0.1:9/", "t", "c", SECRET).unwrap()
+            aad =
+                AadSecretCredential::new("http://127.0.0.1:9/", "t", "c", SECRET, "test").unwrap()
         )
         .contains("<redacted>")
     );

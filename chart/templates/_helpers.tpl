@@ -93,9 +93,6 @@ one place to change them). Returns the map as YAML; use with fromYaml.
 {{- if and (eq .Values.operationMode "managed") (ne (include "aad-pod-identity.forceNamespaced" .) "true") -}}
 {{- fail "operationMode managed requires forceNamespaced: true (NMI reads bindings per namespace)" -}}
 {{- end -}}
-{{- if and .Values.mic.customCloud (eq (include "aad-pod-identity.bool" .Values.mic.customCloud.enabled) "true") -}}
-{{- fail "mic.customCloud is not supported by this chart; give MIC an azure.json for your cloud through mic.cloudConfig" -}}
-{{- end -}}
 {{- if and .Values.monitoring.podMonitor.enabled .Values.monitoring.serviceMonitor.enabled -}}
 {{- fail "enable monitoring.podMonitor or monitoring.serviceMonitor, not both (each target would be scraped twice)" -}}
 {{- end -}}
@@ -114,13 +111,21 @@ one place to change them). Returns the map as YAML; use with fromYaml.
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- range $key := list "customUserAgent" "installCRDs" -}}
+{{- if eq (include "aad-pod-identity.bool" $.Values.rbac.pspEnabled) "true" -}}
+{{- $set = append $set "rbac.pspEnabled (PodSecurityPolicy was removed in Kubernetes 1.25; none is created)" -}}
+{{- end -}}
+{{- range $key := list "installCRDs" -}}
 {{- $v := index $.Values $key -}}
 {{- if and (not (kindIs "invalid" $v)) (ne (toString $v) "") -}}
 {{- $set = append $set $key -}}
 {{- end -}}
 {{- end -}}
 {{- join ", " $set -}}
+{{- end -}}
+
+{{/* True when mic.customCloud is enabled ("true"/"false"). */}}
+{{- define "aad-pod-identity.customCloud" -}}
+{{- if and .Values.mic.customCloud (eq (include "aad-pod-identity.bool" .Values.mic.customCloud.enabled) "true") -}}true{{- else -}}false{{- end -}}
 {{- end -}}
 
 {{/* Label selector of this release's NMI pods (MIC's --nmi-selector). */}}

@@ -76,10 +76,16 @@ class Failures:
 # Rendering
 
 
+# The Go original's own default values file (v1.8.17's chart), kept as a test fixture: it must
+# install unchanged.
+ORIGINAL_DEFAULTS = HERE.parent.parent / "tests" / "fixtures" / "original" / "values.yaml"
+
+
 def value_sets() -> dict[str, dict]:
     sets = {}
     for path in sorted(VALUE_SETS.glob("*.yaml")):
         sets[path.stem] = yaml.safe_load(path.read_text()) or {}
+    sets["original-defaults"] = yaml.safe_load(ORIGINAL_DEFAULTS.read_text()) or {}
     if not sets:
         raise SystemExit(f"no value sets in {VALUE_SETS}")
     return sets
@@ -328,7 +334,7 @@ def cmd_content(f: Failures) -> None:
             f.check(ds["spec"]["updateStrategy"]["type"] == "RollingUpdate", w, "RollingUpdate")
             f.check(bool(pod.get("tolerations")), w, "tolerations set")
             f.check(f"--operation-mode={merged['operationMode']}" in c["args"], w, "operation mode passed")
-            check_probes(c, merged["nmi"]["probePort"], w, f)
+            check_probes(c, merged["nmi"]["probePort"] or 8080, w, f)
             f.check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", w, "NMI readiness on /readyz")
             # The node gate: flag, toleration of its taint (whatever nmi.tolerations say).
             gate = str(merged["nmi"]["nodeGate"]["enabled"]).lower() == "true"
@@ -372,7 +378,7 @@ def cmd_content(f: Failures) -> None:
             nmi_labels = nmis[0]["spec"]["template"]["metadata"]["labels"] if nmis else {}
             pairs = dict(p.split("=", 1) for p in sel.split(",") if "=" in p)
             f.check(bool(pairs) and all(nmi_labels.get(k) == v for k, v in pairs.items()), w, f"--nmi-selector {sel!r} selects the NMI pods")
-            check_probes(c, merged["mic"]["probePort"], w, f)
+            check_probes(c, merged["mic"]["probePort"] or 8080, w, f)
             f.check(bool(c.get("resources", {}).get("requests")) and bool(c.get("resources", {}).get("limits")), w, "resource requests and limits")
             caps = c.get("securityContext", {}).get("capabilities", {})
             f.check(caps.get("drop") == ["ALL"] and not caps.get("add"), w, "MIC has no capabilities")
@@ -423,6 +429,8 @@ def cmd_content(f: Failures) -> None:
                 lease_rules = [r for role in roles for r in role["rules"]]
                 f.check(grants(lease_rules, "coordination.k8s.io", "leases", "create") and grants(lease_rules, "coordination.k8s.io", "leases", "update"), tag, f"MIC's leader-election Lease RBAC in {le_ns}")
                 f.check(not grants(mic_rules, "coordination.k8s.io", "leases", "update"), tag, "Lease access is namespaced, not cluster-wide")
+                f.check(grants(lease_rules, "", "endpoints", "create") and grants(lease_rules, "", "endpoints", "update"), tag, f"MIC's Endpoints lock (the original's) RBAC in {le_ns}")
+                f.check(not grants(mic_rules, "", "endpoints", "update"), tag, "Endpoints access is namespaced, not cluster-wide")
                 # The Role's binding names MIC's ServiceAccount.
                 sa = find(objects, "ServiceAccount", "mic")[0]["metadata"]["name"]
                 rbs = [b for b in find(objects, "RoleBinding", "mic") if b["metadata"]["namespace"] == le_ns]
@@ -455,10 +463,44 @@ def cmd_content(f: Failures) -> None:
             f.check(e["metadata"]["namespace"] == NAMESPACE, tag, "the exception lives in MIC's namespace")
         ids = merged.get("azureIdentities") or {}
         f.check(len(find(objects, "AzureIdentity")) == len(ids), tag, "one AzureIdentity per azureIdentities entry")
-        for i in find(objects, "AzureIdentity"):
-            want = (ids.get(i["metadata"]["name"]) or {}).get("federated") is True
-            has = (i["metadata"].get("annotations") or {}).get("aadpodidentity.k8s.io/federated") == "true"
-            f.check(has == want, tag, f"AzureIdentity {i['metadata']['name']} annotated federated exactly when asked ({want})")
+        for key, spec in ids.items():
+            want = (spec or {}).get("name") or key
+            got = [i for i in find(objects, "AzureIdentity") if i["metadata"]["name"] == want]
+            f.check(len(got) == 1, tag, f"azureIdentities.{key} is AzureIdentity {want} (name overrides the key)")
+            fed = (spec or {}).get("federated") is True
+            for i in got:
+                has = (i["metadata"].get("annotations") or {}).get("aadpodidentity.k8s.io/federated") == "true"
+                f.check(has == fed, tag, f"AzureIdentity {want} annotated federated exactly when asked ({fed})")
+            ref = (spec or {}).get("clientPassword")
+            if got and ref:
+                want_ref = json.loads(ref) if isinstance(ref, str) else ref
+                have = got[0]["spec"].get("clientPassword", {})
+                f.check(have.get("name") == want_ref["name"], tag, f"clientPassword of {want} names Secret {want_ref['name']} (string or map form)")
+        users = merged["rbac"]["enabled"] and str(merged["rbac"].get("createUserFacingClusterRoles")).lower() == "true"
+        view = [r for r in find(objects, "ClusterRole") if r["metadata"]["name"].endswith("-view")]
+        edit = [r for r in find(objects, "ClusterRole") if r["metadata"]["name"].endswith("-edit")]
+        f.check(len(view) == len(edit) == int(users), tag, f"user-facing ClusterRoles exactly when rbac.createUserFacingClusterRoles (want {users})")
+        for r in view:
+            f.check(r["metadata"]["labels"].get("rbac.authorization.k8s.io/aggregate-to-view") == "true", tag, "the view role aggregates to view")
+            f.check(not grants(r["rules"], "aadpodidentity.k8s.io", "azureidentities", "create"), tag, "the view role only reads")
+        for r in edit:
+            f.check(r["metadata"]["labels"].get("rbac.authorization.k8s.io/aggregate-to-edit") == "true", tag, "the edit role aggregates to edit")
+            f.check(grants(r["rules"], "aadpodidentity.k8s.io", "azureidentitybindings", "create"), tag, "the edit role writes bindings")
+            f.check(not grants(r["rules"], "aadpodidentity.k8s.io", "azureassignedidentities", "create"), tag, "users never write AzureAssignedIdentities")
+        psp = str(merged["rbac"].get("pspEnabled")).lower() == "true"
+        f.check(not find(objects, "PodSecurityPolicy"), tag, "no PodSecurityPolicy (removed in Kubernetes 1.25)")
+        f.check(("rbac.pspEnabled" in notes) == psp, tag, "NOTES say rbac.pspEnabled creates nothing, when it is set")
+        ua = merged.get("customUserAgent") or ""
+        for wl in mics + nmis:
+            args = only_container(wl)["args"]
+            f.check((f"--custom-user-agent={ua}" in args) == bool(ua), f"{tag} {where(wl)}", "--custom-user-agent passed when customUserAgent is set")
+        custom = str((merged["mic"].get("customCloud") or {}).get("enabled")).lower() == "true"
+        for d in mics:
+            c = only_container(d)
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            path = merged["mic"]["customCloud"]["configPath"]
+            mounted = any(m["mountPath"] == path for m in c.get("volumeMounts", []))
+            f.check((env.get("AZURE_ENVIRONMENT_FILEPATH") == path and mounted) == custom, f"{tag} {where(d)}", f"mic.customCloud mounts {path} and names it in AZURE_ENVIRONMENT_FILEPATH (want {custom})")
         for b in find(objects, "AzureIdentityBinding"):
             names = [i["metadata"]["name"] for i in find(objects, "AzureIdentity") if i["metadata"]["namespace"] == b["metadata"]["namespace"]]
             f.check(b["spec"]["azureIdentity"] in names, tag, f"binding {b['metadata']['name']} names an identity in its namespace")
@@ -527,6 +569,7 @@ BAD_RENDERS = [
     ({"operationMode": "managed", "forceNamespaced": False}, "requires forceNamespaced"),
     ({"monitoring": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}}}, "not both"),
     ({"adminsecret": {"cloud": "AzurePublicCloud"}}, "adminsecret.subscriptionID is required"),
+    ({"azureIdentities": {"x": {"type": 1, "clientID": "c", "tenantID": "t", "clientPassword": "{}", "binding": {"selector": "s"}}}}, "must name the Secret"),
 ]
 
 

@@ -19,7 +19,7 @@ use sha1::Digest;
 
 use super::Error;
 use super::token::Token;
-use super::transport::{exchange, parse_url};
+use super::transport::{exchange, parse_url, set_user_agent};
 
 /// Which token endpoint to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -176,6 +176,7 @@ pub struct AadClient {
     http: Arc<dyn HttpClient>,
     authority: url::Url,
     timeout: Duration,
+    user_agent: Option<Arc<str>>,
 }
 
 impl AadClient {
@@ -190,6 +191,7 @@ impl AadClient {
             http: azure_core::http::new_http_client(None),
             authority,
             timeout: Duration::from_secs(30),
+            user_agent: None,
         })
     }
 
@@ -197,6 +199,13 @@ impl AadClient {
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// `User-Agent` of every request ([`crate::version::user_agent`]).
+    #[must_use]
+    pub fn with_user_agent(mut self, user_agent: &str) -> Self {
+        self.user_agent = Some(user_agent.into());
         self
     }
 
@@ -258,6 +267,7 @@ impl AadClient {
             HeaderName::from_static("content-type"),
             "application/x-www-form-urlencoded",
         );
+        set_user_agent(&mut request, self.user_agent.as_deref());
         request.set_body(body);
         let got = exchange(&self.http, &request, self.timeout, "aad_token").await?;
         if got.status != 200 {

@@ -65,6 +65,8 @@ pub struct ArmOptions {
     pub lro_timeout: Duration,
     /// Identities per PATCH (ARM allows 150).
     pub max_per_patch: usize,
+    /// Appended to the Azure SDK's `User-Agent` ([`crate::version::user_agent`]).
+    pub user_agent: Option<String>,
 }
 
 impl Default for ArmOptions {
@@ -79,6 +81,7 @@ impl Default for ArmOptions {
             lro_poll_interval: Duration::from_secs(5),
             lro_timeout: Duration::from_secs(30 * 60),
             max_per_patch: MAX_IDENTITIES_PER_PATCH,
+            user_agent: None,
         }
     }
 }
@@ -192,12 +195,16 @@ impl ArmClient {
             credential,
             super::aad::scope_for(resource),
         ));
+        let mut per_try = vec![auth];
+        if let Some(ua) = &options.user_agent {
+            per_try.push(Arc::new(super::AppendUserAgent(ua.clone())));
+        }
         let pipeline = Pipeline::new(
             Some("aad-pod-identity"),
             Some(env!("CARGO_PKG_VERSION")),
             client_options,
             Vec::new(),
-            vec![auth],
+            per_try,
             None,
         );
         Ok(Self {

@@ -1,15 +1,17 @@
 //! Cloud configuration: the azure.json the original reads with `--cloudconfig`, or the
 //! environment variables it falls back to.
 //!
-//! Custom clouds (and the sandbox) set `resourceManagerEndpoint` and
-//! `activeDirectoryAuthorityHost`; otherwise they follow from `cloud`. The client secret is
-//! kept out of `Debug` output so a config can be logged.
+//! The endpoints follow from `cloud` ([`CloudEnvironment`]: sovereign clouds by name, Azure
+//! Stack from `$AZURE_ENVIRONMENT_FILEPATH`); the sandbox overrides them with
+//! `resourceManagerEndpoint` and `activeDirectoryAuthorityHost`. The client secret is kept out
+//! of `Debug` output so a config can be logged.
 
 use std::fmt;
 
 use serde::Deserialize;
 
 use super::Error;
+use super::environment::CloudEnvironment;
 
 /// MIC's view of the cluster's Azure account.
 #[derive(Clone, Default, Deserialize)]
@@ -38,6 +40,9 @@ pub struct CloudConfig {
     pub resource_manager_endpoint: String,
     /// Custom cloud: Azure AD authority host.
     pub active_directory_authority_host: String,
+    /// The endpoints `cloud` names, resolved when the configuration is validated.
+    #[serde(skip)]
+    pub environment: CloudEnvironment,
 }
 
 impl fmt::Debug for CloudConfig {
@@ -67,6 +72,7 @@ impl fmt::Debug for CloudConfig {
                 "active_directory_authority_host",
                 &self.active_directory_authority_host,
             )
+            .field("environment", &self.environment.name)
             .finish()
     }
 }
@@ -83,9 +89,15 @@ impl CloudConfig {
 
     /// Parses and validates azure.json text.
     pub fn from_json(text: &str) -> Result<Self, Error> {
+        Self::from_json_with(text, |k| std::env::var(k).ok())
+    }
+
+    /// As [`Self::from_json`], reading the environment (`$AZURE_ENVIRONMENT_FILEPATH`) through
+    /// `var`.
+    pub fn from_json_with(text: &str, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let config: CloudConfig = serde_json::from_str(text)
             .map_err(|e| Error::Config(format!("azure.json is not valid: {e}")))?;
-        config.validate()
+        config.validate(var)
     }
 
     /// Reads the original's environment variables through `var` (`std::env::var` in
@@ -98,6 +110,7 @@ impl CloudConfig {
             other => return Err(Error::Config(format!("USE_MSI={other:?} is not a boolean"))),
         };
         Self {
+            cloud: get("CLOUD"),
             tenant_id: get("TENANT_ID"),
             aad_client_id: get("CLIENT_ID"),
             aad_client_secret: get("CLIENT_SECRET"),
@@ -108,7 +121,7 @@ impl CloudConfig {
             user_assigned_identity_id: get("USER_ASSIGNED_MSI_CLIENT_ID"),
             ..Self::default()
         }
-        .validate()
+        .validate(var)
     }
 
     /// `--cloudconfig` when given, else the process environment (the original's order).
@@ -119,7 +132,8 @@ impl CloudConfig {
         }
     }
 
-    fn validate(mut self) -> Result<Self, Error> {
+    fn validate(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        self.environment = CloudEnvironment::from_name(&self.cloud, var)?;
         if self.subscription_id.is_empty() {
             return Err(Error::Config("subscriptionId is required".into()));
         }
@@ -161,43 +175,28 @@ impl CloudConfig {
     /// ARM endpoint: the custom one, else the named cloud's.
     #[must_use]
     pub fn arm_endpoint(&self) -> String {
-        if !self.resource_manager_endpoint.is_empty() {
-            return self.resource_manager_endpoint.clone();
+        if self.resource_manager_endpoint.is_empty() {
+            self.environment.resource_manager_endpoint.clone()
+        } else {
+            self.resource_manager_endpoint.clone()
         }
-        match self.cloud.to_ascii_lowercase().as_str() {
-            "azureusgovernmentcloud" => "https://management.usgovcloudapi.net/",
-            "azurechinacloud" => "https://management.chinacloudapi.cn/",
-            "azuregermancloud" => "https://management.microsoftazure.de/",
-            _ => "https://management.azure.com/",
-        }
-        .to_string()
     }
 
     /// Azure AD authority host: the custom one, else the named cloud's.
     #[must_use]
     pub fn authority_host(&self) -> String {
-        if !self.active_directory_authority_host.is_empty() {
-            return self.active_directory_authority_host.clone();
+        if self.active_directory_authority_host.is_empty() {
+            self.environment.active_directory_endpoint.clone()
+        } else {
+            self.active_directory_authority_host.clone()
         }
-        match self.cloud.to_ascii_lowercase().as_str() {
-            "azureusgovernmentcloud" => "https://login.microsoftonline.us/",
-            "azurechinacloud" => "https://login.chinacloudapi.cn/",
-            "azuregermancloud" => "https://login.microsoftonline.de/",
-            _ => "https://login.microsoftonline.com/",
-        }
-        .to_string()
     }
 
-    /// The token audience for ARM (`<endpoint>/.default` scope base).
+    /// The audience of MIC's ARM tokens: the named cloud's (its ARM endpoint, as the original
+    /// asked for it; the sandbox's custom endpoint keeps the public cloud's audience).
     #[must_use]
     pub fn arm_resource(&self) -> String {
-        match self.cloud.to_ascii_lowercase().as_str() {
-            "azureusgovernmentcloud" => "https://management.core.usgovcloudapi.net/",
-            "azurechinacloud" => "https://management.core.chinacloudapi.cn/",
-            "azuregermancloud" => "https://management.core.cloudapi.de/",
-            _ => "https://management.azure.com/",
-        }
-        .to_string()
+        self.environment.token_audience.clone()
     }
 }
 
@@ -264,11 +263,39 @@ mod tests {
 
     #[test]
     fn sovereign_clouds_have_their_endpoints() {
-        let c = CloudConfig {
-            cloud: "AzureChinaCloud".into(),
-            ..Default::default()
-        };
+        let c = CloudConfig::from_json(
+            r#"{"cloud":"AzureChinaCloud","useManagedIdentityExtension":true,"subscriptionId":"s"}"#,
+        )
+        .unwrap();
         assert_eq!(c.arm_endpoint(), "https://management.chinacloudapi.cn/");
         assert_eq!(c.authority_host(), "https://login.chinacloudapi.cn/");
+        assert_eq!(c.arm_resource(), "https://management.chinacloudapi.cn/");
+    }
+
+    #[test]
+    fn the_cloud_comes_from_cloud_or_the_cloud_variable_and_unknown_names_are_refused() {
+        let env: HashMap<&str, &str> = [
+            ("CLOUD", "AzureUSGovernmentCloud"),
+            ("SUBSCRIPTION_ID", "sub"),
+            ("USE_MSI", "true"),
+        ]
+        .into();
+        let c = CloudConfig::from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.arm_endpoint(), "https://management.usgovcloudapi.net/");
+        assert_eq!(c.authority_host(), "https://login.microsoftonline.us/");
+
+        let e = CloudConfig::from_json(
+            r#"{"cloud":"AzurePrivateCloud","useManagedIdentityExtension":true,"subscriptionId":"s"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown cloud \"AzurePrivateCloud\""), "{e}");
+        let env: HashMap<&str, &str> = [
+            ("CLOUD", "nope"),
+            ("SUBSCRIPTION_ID", "sub"),
+            ("USE_MSI", "true"),
+        ]
+        .into();
+        assert!(CloudConfig::from_env(|k| env.get(k).map(|v| v.to_string())).is_err());
     }
 }

@@ -86,9 +86,10 @@ impl AadSecretCredential {
         tenant_id: &str,
         client_id: &str,
         secret: &str,
+        user_agent: &str,
     ) -> Result<Arc<Self>, Error> {
         Ok(Arc::new(Self {
-            aad: AadClient::new(authority_host)?,
+            aad: AadClient::new(authority_host)?.with_user_agent(user_agent),
             tenant_id: tenant_id.to_string(),
             client_id: client_id.to_string(),
             secret: secret.to_string(),
@@ -142,15 +143,23 @@ impl TokenCredential for AadSecretCredential {
 /// The credential MIC uses for ARM, chosen from the cloud configuration:
 /// managed identity when `useManagedIdentityExtension` (real clusters only), else the
 /// service principal's secret through azure_identity for HTTPS authorities, or through
-/// [`AadSecretCredential`] for a plain-HTTP (simulated) authority.
-pub fn arm_credential(config: &CloudConfig) -> Result<Arc<dyn TokenCredential>, Error> {
+/// [`AadSecretCredential`] for a plain-HTTP (simulated) authority. Every token request
+/// carries `user_agent` (after the SDK's own, where the SDK sets one).
+pub fn arm_credential(
+    config: &CloudConfig,
+    user_agent: &str,
+) -> Result<Arc<dyn TokenCredential>, Error> {
     let authority = config.authority_host();
+    let sdk_options = || azure_core::http::ClientOptions {
+        per_try_policies: vec![Arc::new(super::AppendUserAgent(user_agent.to_string()))],
+        ..Default::default()
+    };
     if config.use_managed_identity_extension {
         let options = azure_identity::ManagedIdentityCredentialOptions {
             user_assigned_id: (!config.user_assigned_identity_id.is_empty()).then(|| {
                 azure_identity::UserAssignedId::ClientId(config.user_assigned_identity_id.clone())
             }),
-            ..Default::default()
+            client_options: sdk_options(),
         };
         let cred = azure_identity::ManagedIdentityCredential::new(Some(options))
             .map_err(Error::Credential)?;
@@ -161,7 +170,7 @@ pub fn arm_credential(config: &CloudConfig) -> Result<Arc<dyn TokenCredential>, 
         custom.authority_host = authority;
         let client_options = azure_core::http::ClientOptions {
             cloud: Some(Arc::new(custom.into())),
-            ..Default::default()
+            ..sdk_options()
         };
         let cred = azure_identity::ClientSecretCredential::new(
             &config.tenant_id,
@@ -177,5 +186,6 @@ pub fn arm_credential(config: &CloudConfig) -> Result<Arc<dyn TokenCredential>, 
         &config.tenant_id,
         &config.aad_client_id,
         &config.aad_client_secret,
+        user_agent,
     )?)
 }

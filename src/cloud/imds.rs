@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::Error;
 use super::token::Token;
-use super::transport::{exchange, parse_url};
+use super::transport::{exchange, parse_url, set_user_agent};
 
 /// The API version every Azure SDK sends.
 pub const API_VERSION: &str = "2018-02-01";
@@ -62,6 +62,7 @@ pub struct ImdsClient {
     http: Arc<dyn HttpClient>,
     base: url::Url,
     timeout: Duration,
+    user_agent: Option<Arc<str>>,
 }
 
 impl ImdsClient {
@@ -73,6 +74,7 @@ impl ImdsClient {
             http: azure_core::http::new_http_client(None),
             base,
             timeout: Duration::from_secs(30),
+            user_agent: None,
         })
     }
 
@@ -80,6 +82,13 @@ impl ImdsClient {
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// `User-Agent` of every request ([`crate::version::user_agent`]).
+    #[must_use]
+    pub fn with_user_agent(mut self, user_agent: &str) -> Self {
+        self.user_agent = Some(user_agent.into());
         self
     }
 
@@ -113,6 +122,7 @@ impl ImdsClient {
         }
         let mut request = Request::new(url, Method::Get);
         request.insert_header(HeaderName::from_static("metadata"), "true");
+        set_user_agent(&mut request, self.user_agent.as_deref());
         let got = exchange(&self.http, &request, self.timeout, "imds_token").await?;
         let content_type = got
             .headers

@@ -3,7 +3,8 @@
 //! Every endpoint is configuration (custom clouds, the sandbox's loopback simulator), so nothing
 //! here has an address that a test could reach by accident except through its configuration.
 //! - [`provider_id`]: a node's `spec.providerID` → the VM or scale set that carries identities.
-//! - [`config`]: azure.json / environment.
+//! - [`config`]: azure.json / environment; [`config_watch`] reloads azure.json on change.
+//! - [`environment`]: the cloud's endpoints by name (sovereign clouds, Azure Stack).
 //! - [`arm`]: identity GET/PATCH on VMs and scale sets (delta bodies, LROs, throttling, refusals).
 //! - [`throttle`]: the per-subscription `Retry-After` gate shared by every ARM caller.
 //! - [`credential`]: bearer tokens for ARM (azure_identity for real clusters, the simulator's
@@ -16,7 +17,9 @@ pub mod aad;
 pub mod arm;
 pub mod authority;
 pub mod config;
+pub mod config_watch;
 pub mod credential;
+pub mod environment;
 mod error;
 pub mod imds;
 pub mod provider_id;
@@ -25,3 +28,4 @@ pub mod token;
 mod transport;
 
 pub use error::{Error, RefusedIdentity};
+pub use transport::AppendUserAgent;

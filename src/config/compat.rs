@@ -4,11 +4,72 @@
 //!
 //! Every one is accepted, so an operator's existing argument list starts both binaries
 //! unchanged; each either works (`--logtostderr`, `--alsologtostderr`, `-v`,
-//! `--enableScaleFeatures`) or is named once at start in a log line saying it was accepted and
+//! `--enableScaleFeatures`, `--custom-user-agent`) or is named once at start in a log line saying it was accepted and
 //! ignored. docs/configuration.md lists which is which. Go's boolean forms are understood:
 //! `--flag`, `--flag=true`, `--flag=false`, and `1`, `t`, `T`, `TRUE`, `True`, `0`, `f`, ….
+//! So is Go's single-dash spelling of a long flag (`-logtostderr`, `-cloudconfig=/etc/azure.json`):
+//! [`go_style_args`] rewrites it before clap parses.
 
 use clap::{ArgAction, Args};
+use std::ffi::OsString;
+
+/// The command line with Go's single-dash long flags (`-logtostderr`, `-v=2` stays as it is)
+/// spelled the way clap reads them (`--logtostderr`).
+///
+/// Go's flag package treats `-name` and `--name` alike, and manifests written for the original
+/// use both. Only an argument whose name (before any `=`) is a long flag of the subcommand being
+/// run, and longer than one letter, is rewritten; values, one-letter short flags and everything
+/// after `--` are left alone.
+#[must_use]
+pub fn go_style_args(
+    args: impl IntoIterator<Item = OsString>,
+    command: &clap::Command,
+) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    let mut longs: Option<Vec<String>> = None;
+    let mut done = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if i == 0 || done {
+            out.push(arg);
+            continue;
+        }
+        if text == "--" {
+            done = true;
+            out.push(arg);
+            continue;
+        }
+        match &longs {
+            None => {
+                // The first word that names a subcommand decides which flags are known.
+                if let Some(sub) = command.find_subcommand(text) {
+                    longs = Some(
+                        sub.get_arguments()
+                            .filter_map(clap::Arg::get_long)
+                            .map(str::to_string)
+                            .collect(),
+                    );
+                }
+                out.push(arg);
+            }
+            Some(known) => {
+                let rewritten = text
+                    .strip_prefix('-')
+                    .filter(|rest| !rest.starts_with('-'))
+                    .filter(|rest| {
+                        let name = rest.split_once('=').map_or(*rest, |(n, _)| n);
+                        name.len() > 1 && known.iter().any(|k| k == name)
+                    })
+                    .map(|rest| OsString::from(format!("--{rest}")));
+                out.push(rewritten.unwrap_or(arg));
+            }
+        }
+    }
+    out
+}
 
 /// Parses a boolean the way Go's `strconv.ParseBool` does (the original's flag parser).
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {
@@ -122,7 +183,8 @@ pub struct CommonCompatArgs {
     #[arg(long = "enableScaleFeatures", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, value_name = "BOOL")]
     pub enable_scale_features: Option<bool>,
 
-    /// Original: text appended to the user agent. Accepted and ignored.
+    /// Text appended to the User-Agent of every Azure and Kubernetes request
+    /// (`aad-pod-identity/<MIC|NMI>/<version>/<commit>/<build date> <TEXT>`, as the original).
     #[arg(long = "custom-user-agent", value_name = "TEXT")]
     pub custom_user_agent: Option<String>,
 }
@@ -134,9 +196,6 @@ impl CommonCompatArgs {
         let mut out = Vec::new();
         if self.enable_profile == Some(true) {
             out.push("--enableProfile");
-        }
-        if self.custom_user_agent.is_some() {
-            out.push("--custom-user-agent");
         }
         out
     }
@@ -222,11 +281,63 @@ mod tests {
         assert_eq!(c.common.enable_scale_features, Some(true));
         assert_eq!(c.common.enable_profile, Some(false));
         assert_eq!(c.klog.ignored(), ["--vmodule", "--log_dir"]);
-        assert_eq!(c.common.ignored(), ["--custom-user-agent"]);
+        assert!(
+            c.common.ignored().is_empty(),
+            "--enableProfile=F asks for nothing"
+        );
+        assert_eq!(c.common.custom_user_agent.as_deref(), Some("me"));
         for form in [["x", "--v=5"], ["x", "-v5"], ["x", "-v=5"]] {
             assert_eq!(Cli::try_parse_from(form).unwrap().klog.verbosity, Some(5));
         }
         assert!(Cli::try_parse_from(["x", "--logtostderr=maybe"]).is_err());
+    }
+
+    #[test]
+    fn go_single_dash_long_flags_are_rewritten_and_nothing_else() {
+        use clap::CommandFactory;
+        let cmd = crate::cli::Cli::command();
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let out = go_style_args(
+            args(&[
+                "aad-pod-identity",
+                "mic",
+                "-logtostderr",
+                "-v=2",
+                "-cloudconfig=/etc/kubernetes/azure.json",
+                "-leader-election-instance",
+                "-x",
+                "-unknown-flag",
+                "--",
+                "-logtostderr",
+            ]),
+            &cmd,
+        );
+        assert_eq!(
+            out,
+            args(&[
+                "aad-pod-identity",
+                "mic",
+                "--logtostderr",
+                "-v=2",
+                "--cloudconfig=/etc/kubernetes/azure.json",
+                "--leader-election-instance",
+                "-x",
+                "-unknown-flag",
+                "--",
+                "-logtostderr",
+            ])
+        );
+        // Flags of another subcommand are not known here.
+        let out = go_style_args(args(&["x", "mic", "-node=n0"]), &cmd);
+        assert_eq!(out, args(&["x", "mic", "-node=n0"]));
+        let out = go_style_args(
+            args(&["x", "nmi", "-node=n0", "-enableScaleFeatures=true"]),
+            &cmd,
+        );
+        assert_eq!(
+            out,
+            args(&["x", "nmi", "--node=n0", "--enableScaleFeatures=true"])
+        );
     }
 
     #[test]

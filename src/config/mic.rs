@@ -65,6 +65,20 @@ pub struct MicArgs {
     #[arg(long = "leader-election-duration", env = "MIC_LEADER_ELECTION_DURATION", default_value = "15s", value_parser = parse_go_duration)]
     pub leader_election_duration: Duration,
 
+    /// New: also hold the original's Endpoints leader lock (same name and namespace), so a Go
+    /// MIC still running during a rolling migration never leads at the same time. Turn off
+    /// once no Go MIC is left.
+    #[arg(
+        long = "leader-election-endpoints-lock",
+        env = "MIC_LEADER_ELECTION_ENDPOINTS_LOCK",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = true,
+        default_missing_value = "true"
+    )]
+    pub leader_election_endpoints_lock: bool,
+
     /// Port of `/healthz` (`Active` on the leader, `Not Active` elsewhere).
     #[arg(long = "http-probe-port", env = "MIC_HTTP_PROBE_PORT", default_value = "8080", value_parser = parse_port)]
     pub http_probe_port: u16,
@@ -77,8 +91,11 @@ pub struct MicArgs {
     #[arg(long = "createDeleteBatch", env = "MIC_CREATE_DELETE_BATCH", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub create_delete_batch: u32,
 
-    /// Kubernetes API queries per second allowed to MIC's client.
-    #[arg(long = "clientQps", env = "MIC_CLIENT_QPS", default_value_t = 5.0, value_parser = parse_positive_f32)]
+    /// Kubernetes API requests per second MIC's client may send (lists, writes, watch starts;
+    /// bursts up to the whole part of the value). 0, the default, sets no client-side limit:
+    /// writes are bounded by --createDeleteBatch in flight and the API server's priority and
+    /// fairness; the original's 5 would hold a burst of new pods back for minutes.
+    #[arg(long = "clientQps", env = "MIC_CLIENT_QPS", default_value_t = 0.0, value_parser = parse_qps)]
     pub client_qps: f32,
 
     /// Comma-separated client ids of user-assigned identities MIC must never remove.
@@ -158,12 +175,20 @@ fn default_instance() -> String {
         .unwrap_or_else(|| "mic".to_string())
 }
 
-fn parse_positive_f32(s: &str) -> Result<f32, String> {
+fn parse_qps(s: &str) -> Result<f32, String> {
     match s.trim().parse::<f32>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!(
-            "expected a positive number such as 5 or 0.5, got {s:?}"
+            "expected a number of requests per second such as 5 or 0.5 (0 for no limit), got {s:?}"
         )),
+    }
+}
+
+impl MicArgs {
+    /// `--clientQps` as a rate, `None` for no client-side limit.
+    #[must_use]
+    pub fn client_rate(&self) -> Option<f32> {
+        (self.client_qps > 0.0).then_some(self.client_qps)
     }
 }
 
@@ -191,7 +216,7 @@ mod tests {
         assert_eq!(a.leader_election_duration, Duration::from_secs(15));
         assert_eq!((a.http_probe_port, a.prometheus_port), (8080, 8888));
         assert_eq!(a.create_delete_batch, 20);
-        assert!((a.client_qps - 5.0).abs() < f32::EPSILON);
+        assert_eq!(a.client_rate(), None, "no client-side limit unless asked");
         assert!(a.immutable_user_msis.items().is_empty());
         assert_eq!(a.update_user_msi_max_retry, 2);
         assert_eq!(a.update_user_msi_retry_interval, Duration::from_secs(1));
@@ -218,6 +243,7 @@ mod tests {
         .unwrap();
         assert!(!a.force_namespaced);
         assert_eq!(a.create_delete_batch, 5);
+        assert_eq!(a.client_rate(), Some(2.5));
         assert_eq!(a.immutable_user_msis.items(), ["a", "b"]);
         assert!(parse(&["--forceNamespaced"]).unwrap().force_namespaced);
     }
@@ -232,7 +258,7 @@ mod tests {
 
         let msg = parse(&["--clientQps=-1"]).unwrap_err().to_string();
         assert!(
-            msg.contains("--clientQps") && msg.contains("positive number"),
+            msg.contains("--clientQps") && msg.contains("requests per second"),
             "{msg}"
         );
 

@@ -3,7 +3,7 @@
 //! Names and defaults are the Go original's (REFERENCE.md). Deliberate changes, recorded in
 //! docs/migration.md: namespaced matching is on by default, the retry flags set the deadline of
 //! an event-driven wait instead of a polling schedule, MIC's pods are recognised by their service
-//! account (`--mic-service-account`), and a few new flags (`--manage-iptables`,
+//! account (`--mic-service-account`), and a few new flags (`--manage-iptables`, `--iptables-backend`,
 //! `--pod-arrival-timeout`, `--token-refresh-margin`, the bounds on what a client can hold, and
 //! `--allowed-ad-endpoints`).
 
@@ -173,6 +173,12 @@ pub struct NmiArgs {
     /// loopback addresses).
     #[arg(long = "manage-iptables", env = "NMI_MANAGE_IPTABLES", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
     pub manage_iptables: bool,
+
+    /// New: which iptables holds the node's rules: `auto` uses the backend (legacy or nft) in
+    /// which the kubelet created its canary chains, as Kubernetes' iptables-wrapper does (the
+    /// original's image ran that wrapper); `path` uses `iptables` as found on the PATH.
+    #[arg(long = "iptables-backend", env = "NMI_IPTABLES_BACKEND", value_enum, default_value_t = crate::actors::nmi::iptables::Backend::Auto)]
+    pub iptables_backend: crate::actors::nmi::iptables::Backend,
 
     /// New: how long a request from an address not yet known waits for its pod to appear in
     /// the watch (the first request can beat the watch event).

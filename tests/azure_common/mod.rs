@@ -37,7 +37,7 @@ pub fn fast_options() -> ArmOptions {
 /// An ARM client configured the way MIC configures it: azure.json → credential → client.
 pub fn arm_client(sim: &AzureSimHandle, options: ArmOptions) -> ArmClient {
     let config = CloudConfig::from_json(&sim.azure_json().to_string()).expect("azure.json parses");
-    let credential = arm_credential(&config).expect("credential");
+    let credential = arm_credential(&config, "test").expect("credential");
     ArmClient::new(
         &config.arm_endpoint(),
         credential,

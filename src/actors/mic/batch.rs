@@ -20,7 +20,14 @@ pub const MAX_IDS_PER_PATCH: usize = 150;
 pub struct BatchSettings {
     /// How long an identity stays on the host after its last pod left.
     pub unassign_grace: Duration,
-    /// First wait before retrying an identity ARM refused; doubles per refusal.
+    /// Refusals of an identity retried after [`Self::refused_retry_interval`] before the
+    /// backoff starts (`--update-user-msi-max-retry`: the original retried this often, then
+    /// left the identity to its next sync).
+    pub refused_retries: u32,
+    /// Wait before each of those retries (`--update-user-msi-retry-interval`).
+    pub refused_retry_interval: Duration,
+    /// First wait before retrying an identity ARM refused once the quick retries are spent;
+    /// doubles per refusal.
     pub refused_backoff: Duration,
     /// Longest wait for a refused identity.
     pub refused_backoff_max: Duration,
@@ -40,6 +47,8 @@ impl Default for BatchSettings {
     fn default() -> Self {
         Self {
             unassign_grace: Duration::from_secs(60),
+            refused_retries: 0,
+            refused_retry_interval: Duration::from_secs(1),
             refused_backoff: Duration::from_secs(10),
             refused_backoff_max: Duration::from_secs(600),
             transient_backoff: Duration::from_secs(1),
@@ -385,11 +394,14 @@ impl HostBatch {
         let mut out = Outcome::default();
         for id in ids {
             let attempts = self.refused.get(&id).map_or(0, |r| r.attempts) + 1;
-            let wait = backoff(
-                self.settings.refused_backoff,
-                self.settings.refused_backoff_max,
-                attempts,
-            );
+            let wait = match attempts.checked_sub(self.settings.refused_retries) {
+                Some(beyond) if beyond > 0 => backoff(
+                    self.settings.refused_backoff,
+                    self.settings.refused_backoff_max,
+                    beyond,
+                ),
+                _ => self.settings.refused_retry_interval,
+            };
             self.refused.insert(
                 id.clone(),
                 Refusal {

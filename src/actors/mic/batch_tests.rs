@@ -431,3 +431,41 @@ fn a_conflict_makes_the_next_step_a_read() {
     let after_hold = t + secs(120);
     assert_eq!(b.next(after_hold), Step::Read);
 }
+
+/// `--update-user-msi-max-retry=2` with `--update-user-msi-retry-interval=1s`, as the original
+/// retried a refused identity: two quick retries a second apart, then the longer backoff.
+#[test]
+fn a_refused_identity_gets_the_configured_quick_retries_before_backing_off() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings {
+        refused_retries: 2,
+        refused_retry_interval: secs(1),
+        ..settings()
+    });
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["bad"]), BTreeSet::new(), t);
+    let mut now = t;
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        assert_eq!(
+            b.next(now),
+            Step::Patch {
+                add: vec![id("bad")],
+                remove: vec![]
+            }
+        );
+        b.on_patch(
+            Err(PortError::Refused {
+                ids: vec![id("bad")],
+                message: "LinkedAuthorizationFailed".into(),
+            }),
+            now,
+        );
+        let Step::WaitUntil(until) = b.next(now) else {
+            panic!("a refused identity waits")
+        };
+        waits.push(until - now);
+        now = until;
+    }
+    assert_eq!(waits, [secs(1), secs(1), secs(10), secs(20)]);
+}

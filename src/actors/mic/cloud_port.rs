@@ -8,31 +8,97 @@ use super::host::{HostId, HostKind, IdentityId};
 use super::port::{ArmPort, HostIdentities, PatchOutcome, PortError};
 use crate::cloud::arm::{ArmClient, ArmOptions, IdentityState};
 use crate::cloud::config::CloudConfig;
+use crate::cloud::config_watch::ConfigWatch;
 use crate::cloud::credential::arm_credential;
 use crate::cloud::provider_id::ComputeRef;
 use async_trait::async_trait;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
-/// [`ArmPort`] over an [`ArmClient`].
+/// [`ArmPort`] over an [`ArmClient`]; the client is replaced when azure.json changes
+/// ([`CloudArm::watching`]).
 #[derive(Clone, Debug)]
 pub struct CloudArm {
-    client: ArmClient,
+    client: Arc<RwLock<ArmClient>>,
+    _watch: Option<Arc<ConfigWatch>>,
 }
 
 impl CloudArm {
     /// Wraps a client.
     #[must_use]
     pub fn new(client: ArmClient) -> Self {
-        Self { client }
+        Self {
+            client: Arc::new(RwLock::new(client)),
+            _watch: None,
+        }
     }
 
-    /// A client for the ARM endpoint and credentials of a cloud configuration (azure.json).
+    /// A client for the azure.json at `path`, rebuilt (credential, endpoints) whenever the file
+    /// changes to another valid configuration, as the original re-initialised its cloud client;
+    /// also returns the configuration read now.
+    ///
+    /// # Errors
+    /// When the file cannot be read or validated now, or its directory cannot be watched.
+    pub fn watching(
+        path: &Path,
+        user_agent: &str,
+    ) -> Result<(Self, CloudConfig), crate::cloud::Error> {
+        let bytes = std::fs::read(path).map_err(|source| crate::cloud::Error::ConfigRead {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = CloudConfig::from_json(&String::from_utf8_lossy(&bytes))?;
+        let mut arm = Self::from_config_as(&config, user_agent)?;
+        let slot = Arc::clone(&arm.client);
+        let ua = user_agent.to_string();
+        let watch = ConfigWatch::start(path, bytes, move |next| {
+            match Self::from_config_as(&next, &ua) {
+                Ok(fresh) => {
+                    let mut current = slot.write().unwrap_or_else(PoisonError::into_inner);
+                    // One throttling gate across the swap: a Retry-After still holds.
+                    let gate = current.gate().clone();
+                    let fresh = fresh.current().with_gate(gate);
+                    *current = fresh;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the new azure.json gives no usable ARM client; keeping the old one")
+                }
+            }
+        })?;
+        arm._watch = Some(Arc::new(watch));
+        Ok((arm, config))
+    }
+
+    fn current(&self) -> ArmClient {
+        self.client
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A client for the ARM endpoint and credentials of a cloud configuration (azure.json),
+    /// with MIC's default User-Agent.
     pub fn from_config(config: &CloudConfig) -> Result<Self, crate::cloud::Error> {
-        let credential = arm_credential(config)?;
+        Self::from_config_as(
+            config,
+            &crate::version::user_agent(crate::version::Component::Mic, None),
+        )
+    }
+
+    /// As [`Self::from_config`], every ARM and Azure AD request carrying `user_agent`.
+    pub fn from_config_as(
+        config: &CloudConfig,
+        user_agent: &str,
+    ) -> Result<Self, crate::cloud::Error> {
+        let credential = arm_credential(config, user_agent)?;
         let client = ArmClient::new(
             &config.arm_endpoint(),
             credential,
             &config.arm_resource(),
-            ArmOptions::default(),
+            ArmOptions {
+                user_agent: Some(user_agent.to_string()),
+                ..ArmOptions::default()
+            },
         )?;
         Ok(Self::new(client))
     }
@@ -81,7 +147,7 @@ fn port_error(e: crate::cloud::Error) -> PortError {
 #[async_trait]
 impl ArmPort for CloudArm {
     async fn get(&self, host: &HostId) -> Result<HostIdentities, PortError> {
-        self.client
+        self.current()
             .get_identities(&compute_ref(host))
             .await
             .map(|s| host_identities(&s))
@@ -97,7 +163,7 @@ impl ArmPort for CloudArm {
         let add: Vec<String> = add.iter().map(|i| i.as_str().to_string()).collect();
         let remove: Vec<String> = remove.iter().map(|i| i.as_str().to_string()).collect();
         let out = self
-            .client
+            .current()
             .update_identities(&compute_ref(host), &add, &remove)
             .await
             .map_err(port_error)?;

@@ -1,4 +1,8 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, so only one MIC replica writes.
+//! Leader election on a `coordination.k8s.io/v1` Lease, so only one MIC replica writes; and,
+//! while a Go MIC may still run (a rolling migration), on the original's Endpoints lock too:
+//! an Endpoints object of the same name whose `control-plane.alpha.kubernetes.io/leader`
+//! annotation holds client-go's record. A replica leads only while it holds both, so neither
+//! implementation takes over while the other renews.
 //!
 //! Expiry is judged on this replica's own clock: a lease whose record (holder, renew time)
 //! has not changed for one lease duration since this replica first saw it is free, whatever
@@ -6,7 +10,8 @@
 //! not renew for the renew deadline (two thirds of the duration), before anyone may take over.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::api::core::v1::Endpoints;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use std::sync::Mutex;
@@ -40,6 +45,9 @@ pub struct LeaderSettings {
     pub instance: String,
     /// Lease duration.
     pub duration: Duration,
+    /// Also hold the original's Endpoints lock of the same name and namespace, so a Go MIC
+    /// still running during a rolling migration never leads at the same time as this one.
+    pub endpoints_lock: bool,
 }
 
 impl LeaderSettings {
@@ -56,15 +64,48 @@ impl LeaderSettings {
     }
 }
 
-/// A lease record (holder, renew time) and when this replica first saw it.
-type Observation = ((String, Option<MicroTime>), Instant);
+/// What both locks record (client-go's `LeaderElectionRecord`, which the original's Endpoints
+/// lock stores as JSON in an annotation).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Record {
+    holder_identity: String,
+    lease_duration_seconds: i32,
+    acquire_time: Option<Time>,
+    renew_time: Option<Time>,
+    leader_transitions: i32,
+}
+
+/// The annotation of the original's Endpoints lock (client-go's `LeaderElectionRecordAnnotationKey`).
+pub const ENDPOINTS_LOCK_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
+
+/// The two locks a replica holds: its own Lease, and (while a Go MIC may still run) the
+/// original's Endpoints lock of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Lease,
+    Endpoints,
+}
+
+/// A lock as read: its record and the object to write back (for its resourceVersion).
+enum Read {
+    Lease(Option<Lease>),
+    Endpoints(Option<Endpoints>),
+}
+
+/// A lock record (holder, renew time) and when this replica first saw it.
+type Observation = ((String, Option<Time>), Instant);
 
 /// A participant in the election.
 pub struct LeaderElector {
-    api: Api<Lease>,
+    leases: Api<Lease>,
+    endpoints: Api<Endpoints>,
     settings: LeaderSettings,
-    /// The last lease record seen (holder, renew time) and when it was first seen.
-    observed: Mutex<Option<Observation>>,
+    /// The last record seen on each lock and when it was first seen.
+    observed: Mutex<[Option<Observation>; 2]>,
+    /// When the last attempt that left this replica holding every lock began: the renew
+    /// deadline counts from there, however long ago [`Self::hold`] was called.
+    renewed: Mutex<Option<Instant>>,
 }
 
 impl LeaderElector {
@@ -72,119 +113,246 @@ impl LeaderElector {
     #[must_use]
     pub fn new(client: Client, settings: LeaderSettings) -> Self {
         Self {
-            api: Api::namespaced(client, &settings.namespace),
+            leases: Api::namespaced(client.clone(), &settings.namespace),
+            endpoints: Api::namespaced(client, &settings.namespace),
             settings,
-            observed: Mutex::new(None),
+            observed: Mutex::new([None, None]),
+            renewed: Mutex::new(None),
         }
     }
 
-    fn lease_body(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
-        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        LeaseSpec {
-            holder_identity: Some(self.settings.instance.clone()),
-            lease_duration_seconds: Some(
-                i32::try_from(self.settings.duration.as_secs().max(1)).unwrap_or(i32::MAX),
-            ),
-            acquire_time: Some(acquired.unwrap_or_else(|| now.clone())),
-            renew_time: Some(now),
-            lease_transitions: Some(transitions),
-            ..LeaseSpec::default()
-        }
-    }
-
-    /// One attempt to become or stay leader; true when this replica holds the lease now.
-    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
-        let existing = self.api.get_opt(&self.settings.name).await?;
-        let Some(mut lease) = existing else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.settings.name.clone()),
-                    namespace: Some(self.settings.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(self.lease_body(0, None)),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            };
-        };
-        let spec = lease.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.clone().unwrap_or_default();
-        let record = (holder.clone(), spec.renew_time.clone());
-        let now = Instant::now();
-        let expired = {
-            let mut obs = self.observed.lock().expect("observed lock");
-            match obs.as_ref() {
-                Some((r, since)) if *r == record => {
-                    let dur = spec
-                        .lease_duration_seconds
-                        .and_then(|s| u64::try_from(s).ok())
-                        .map_or(self.settings.duration, Duration::from_secs);
-                    now.duration_since(*since) >= dur
-                }
-                _ => {
-                    *obs = Some((record, now));
-                    false
-                }
-            }
-        };
-        let mine = holder == self.settings.instance;
-        if !(mine || holder.is_empty() || expired) {
-            return Ok(false);
-        }
-        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
-        let acquired = if mine {
-            spec.acquire_time.clone()
+    fn kinds(&self) -> &'static [Kind] {
+        if self.settings.endpoints_lock {
+            &[Kind::Lease, Kind::Endpoints]
         } else {
-            None
-        };
-        lease.spec = Some(self.lease_body(transitions, acquired));
-        // The resourceVersion in `lease` makes this a compare-and-swap: two candidates taking
-        // over the same expired lease cannot both succeed.
-        match self
-            .api
-            .replace(&self.settings.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => {
-                if !mine {
-                    info!(lease = %self.settings.name, instance = %self.settings.instance, previous = %holder, "became leader");
-                }
-                Ok(true)
+            &[Kind::Lease]
+        }
+    }
+
+    fn meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.settings.name.clone()),
+            namespace: Some(self.settings.namespace.clone()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    async fn read(&self, kind: Kind) -> Result<(Option<Record>, Read), kube::Error> {
+        Ok(match kind {
+            Kind::Lease => {
+                let lease = self.leases.get_opt(&self.settings.name).await?;
+                let record = lease.as_ref().map(|l| {
+                    let spec = l.spec.clone().unwrap_or_default();
+                    Record {
+                        holder_identity: spec.holder_identity.unwrap_or_default(),
+                        lease_duration_seconds: spec.lease_duration_seconds.unwrap_or(0),
+                        acquire_time: spec.acquire_time.map(|t| Time(t.0)),
+                        renew_time: spec.renew_time.map(|t| Time(t.0)),
+                        leader_transitions: spec.lease_transitions.unwrap_or(0),
+                    }
+                });
+                (record, Read::Lease(lease))
             }
+            Kind::Endpoints => {
+                let ep = self.endpoints.get_opt(&self.settings.name).await?;
+                // An Endpoints object without (or with an unreadable) record holds no lock.
+                let record = ep.as_ref().and_then(|e| {
+                    e.metadata
+                        .annotations
+                        .as_ref()?
+                        .get(ENDPOINTS_LOCK_ANNOTATION)
+                        .and_then(|raw| serde_json::from_str::<Record>(raw).ok())
+                });
+                (record, Read::Endpoints(ep))
+            }
+        })
+    }
+
+    /// Writes `record` to the lock read as `read`; false when someone else wrote first.
+    async fn write(&self, read: Read, record: &Record) -> Result<bool, kube::Error> {
+        let pp = PostParams::default();
+        let result = match read {
+            Read::Lease(existing) => {
+                let spec = LeaseSpec {
+                    holder_identity: Some(record.holder_identity.clone()),
+                    lease_duration_seconds: Some(record.lease_duration_seconds),
+                    acquire_time: record.acquire_time.as_ref().map(|t| MicroTime(t.0)),
+                    renew_time: record.renew_time.as_ref().map(|t| MicroTime(t.0)),
+                    lease_transitions: Some(record.leader_transitions),
+                    ..LeaseSpec::default()
+                };
+                match existing {
+                    None => self
+                        .leases
+                        .create(
+                            &pp,
+                            &Lease {
+                                metadata: self.meta(),
+                                spec: Some(spec),
+                            },
+                        )
+                        .await
+                        .map(drop),
+                    // The resourceVersion makes this a compare-and-swap: two candidates taking
+                    // over the same expired lock cannot both succeed.
+                    Some(mut lease) => {
+                        lease.spec = Some(spec);
+                        self.leases
+                            .replace(&self.settings.name, &pp, &lease)
+                            .await
+                            .map(drop)
+                    }
+                }
+            }
+            Read::Endpoints(existing) => {
+                let raw = serde_json::to_string(record).expect("a record serializes");
+                let exists = existing.is_some();
+                let mut ep = existing.unwrap_or_else(|| Endpoints {
+                    metadata: self.meta(),
+                    ..Endpoints::default()
+                });
+                ep.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(ENDPOINTS_LOCK_ANNOTATION.to_string(), raw);
+                if exists {
+                    self.endpoints
+                        .replace(&self.settings.name, &pp, &ep)
+                        .await
+                        .map(drop)
+                } else {
+                    self.endpoints.create(&pp, &ep).await.map(drop)
+                }
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// Waits until this replica is leader.
+    /// Whether `record` on lock `kind` has gone unrenewed for its lease duration, judged on this
+    /// replica's clock from when it first saw the record.
+    fn expired(&self, kind: Kind, record: &Record, now: Instant) -> bool {
+        let key = (record.holder_identity.clone(), record.renew_time.clone());
+        let mut obs = self.observed.lock().expect("observed lock");
+        let slot = &mut obs[kind as usize];
+        match slot.as_ref() {
+            Some((r, since)) if *r == key => {
+                let dur = u64::try_from(record.lease_duration_seconds)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .map_or(self.settings.duration, Duration::from_secs);
+                now.duration_since(*since) >= dur
+            }
+            _ => {
+                *slot = Some((key, now));
+                false
+            }
+        }
+    }
+
+    /// One attempt to become or stay leader; true when this replica holds every lock now.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        // Taken before the first read: the other replicas' expiry clocks start only after our
+        // write lands, so counting from here is on the safe side.
+        let began = Instant::now();
+        let mut reads = Vec::new();
+        for kind in self.kinds() {
+            reads.push((*kind, self.read(*kind).await?));
+        }
+        let now = Instant::now();
+        let me = &self.settings.instance;
+        let mut free = true;
+        let mut was_mine = true;
+        let mut transitions = 0;
+        let mut acquired = None;
+        for (kind, (record, _)) in &reads {
+            let Some(r) = record else {
+                was_mine = false;
+                continue;
+            };
+            let mine = r.holder_identity == *me;
+            // Evaluated for every lock, so each one's observation stays current.
+            let expired = self.expired(*kind, r, now);
+            free &= mine || r.holder_identity.is_empty() || expired;
+            was_mine &= mine;
+            transitions = transitions.max(r.leader_transitions + i32::from(!mine));
+            if mine && acquired.is_none() {
+                acquired.clone_from(&r.acquire_time);
+            }
+        }
+        if !free {
+            return Ok(false);
+        }
+        let stamp = Time(k8s_openapi::jiff::Timestamp::now());
+        let record = Record {
+            holder_identity: me.clone(),
+            lease_duration_seconds: i32::try_from(self.settings.duration.as_secs().max(1))
+                .unwrap_or(i32::MAX),
+            acquire_time: Some(acquired.unwrap_or_else(|| stamp.clone())),
+            renew_time: Some(stamp),
+            leader_transitions: transitions,
+        };
+        for (_, (_, read)) in reads {
+            if !self.write(read, &record).await? {
+                return Ok(false);
+            }
+        }
+        *self.renewed.lock().expect("renewed lock") = Some(began);
+        if !was_mine {
+            info!(lock = %self.settings.name, instance = %me, endpoints_lock = self.settings.endpoints_lock, "became leader");
+        }
+        Ok(true)
+    }
+
+    /// Waits until this replica is leader. An attempt that hangs (a stalled API connection) is
+    /// abandoned after the renew deadline and tried again, so a candidate never waits on a dead
+    /// connection for good.
     pub async fn acquire(&self) {
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "leader election attempt failed"),
+            match tokio::time::timeout(self.settings.renew_deadline(), self.try_acquire_or_renew())
+                .await
+            {
+                Ok(Ok(true)) => return,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => warn!(error = %e, "leader election attempt failed"),
+                Err(_) => warn!(
+                    deadline = ?self.settings.renew_deadline(),
+                    "leader election attempt did not finish in time"
+                ),
             }
             tokio::time::sleep(self.settings.retry_period()).await;
         }
     }
 
     /// Renews the lease until it cannot; returns when leadership is lost.
+    ///
+    /// The renew deadline is a deadline on the clock, not a check after each call returns: a
+    /// renewal still in flight when it passes is abandoned and this replica steps down, because
+    /// from then on another replica may take the lease (it waits a whole lease duration, which
+    /// is longer) and two leaders would write at once.
     pub async fn hold(&self) -> Error {
-        let mut renewed = Instant::now();
         loop {
-            tokio::time::sleep(self.settings.retry_period()).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => renewed = Instant::now(),
-                Ok(false) => {
+            let Some(renewed) = *self.renewed.lock().expect("renewed lock") else {
+                // Never led: nothing to hold.
+                return self.lost();
+            };
+            let deadline = renewed + self.settings.renew_deadline();
+            let next = (Instant::now() + self.settings.retry_period()).min(deadline);
+            tokio::time::sleep_until(next).await;
+            if Instant::now() >= deadline {
+                return self.lost();
+            }
+            match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return self.lost(),
+                Ok(Err(e)) => warn!(error = %e, "renewing the leader lease failed"),
+                Err(_) => {
+                    warn!(deadline = ?self.settings.renew_deadline(), "renewing the leader lease did not finish before the renew deadline");
                     return self.lost();
                 }
-                Err(e) => warn!(error = %e, "renewing the leader lease failed"),
-            }
-            if renewed.elapsed() > self.settings.renew_deadline() {
-                return self.lost();
             }
         }
     }
@@ -197,3 +365,7 @@ impl LeaderElector {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "leader_tests.rs"]
+mod tests;

@@ -12,6 +12,7 @@ use super::port::ArmPort;
 use super::watchers;
 use super::writer::Writer;
 use crate::config::mic::MicArgs;
+use crate::kube_client;
 use crate::metrics::Metrics;
 use actix::prelude::*;
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -26,8 +27,8 @@ use tracing::info;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The kubeconfig could not be read or used.
-    #[error("Kubernetes client configuration failed: {0}")]
-    KubeConfig(String),
+    #[error(transparent)]
+    KubeConfig(#[from] kube_client::Error),
     /// The probe or metrics listener could not bind.
     #[error("binding {what} on {addr}: {source}")]
     Bind {
@@ -76,6 +77,12 @@ pub struct MicSettings {
     pub create_delete_batch: usize,
     /// Periodic ARM reconcile.
     pub reconcile_interval: Duration,
+    /// Requests per second of the actors' Kubernetes client (`--clientQps`), `None` for no
+    /// limit. Leader election has a client of its own, so a burst of writes never delays a
+    /// renewal.
+    pub client_qps: Option<f32>,
+    /// `User-Agent` of every Kubernetes and Azure request (with `--custom-user-agent`).
+    pub user_agent: String,
     /// Where NMI pods are, for reporting nodes without one ([`super::nmi_coverage`]).
     pub nmi_coverage: super::nmi_coverage::CoverageSettings,
 }
@@ -92,12 +99,13 @@ impl From<&MicArgs> for MicSettings {
             leader_election_namespace,
             leader_election_name,
             leader_election_duration,
+            leader_election_endpoints_lock,
             http_probe_port,
             prometheus_port,
             create_delete_batch,
-            client_qps: _, // not applied: writes are bounded by --createDeleteBatch instead
+            client_qps: _, // read through `client_rate`
             immutable_user_msis,
-            update_user_msi_max_retry: _, // superseded: refused identities retry with backoff
+            update_user_msi_max_retry,
             update_user_msi_retry_interval,
             identity_assignment_reconcile_interval,
             unassign_grace_period,
@@ -105,8 +113,8 @@ impl From<&MicArgs> for MicSettings {
             mic_namespace,
             nmi_selector,
             nmi_absence_grace,
-            log: _,        // applied by main before MIC starts
-            compat: _,     // accepted for compatibility; logged by `run_from_args`
+            log: _, // applied by main before MIC starts
+            compat,
             mic_compat: _, // accepted for compatibility; logged by `run_from_args`
         } = args;
         Self {
@@ -118,6 +126,8 @@ impl From<&MicArgs> for MicSettings {
             batch: BatchSettings {
                 unassign_grace: *unassign_grace_period,
                 transient_backoff: *update_user_msi_retry_interval,
+                refused_retries: *update_user_msi_max_retry,
+                refused_retry_interval: *update_user_msi_retry_interval,
                 refused_backoff_max: (*sync_retry_duration).min(Duration::from_secs(600)),
                 ..BatchSettings::default()
             },
@@ -127,12 +137,18 @@ impl From<&MicArgs> for MicSettings {
                 name: leader_election_name.clone(),
                 instance: leader_election_instance.clone(),
                 duration: *leader_election_duration,
+                endpoints_lock: *leader_election_endpoints_lock,
             },
             listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             http_probe_port: *http_probe_port,
             prometheus_port: *prometheus_port,
             create_delete_batch: usize::try_from(*create_delete_batch).unwrap_or(20),
             reconcile_interval: *identity_assignment_reconcile_interval,
+            client_qps: args.client_rate(),
+            user_agent: crate::version::user_agent(
+                crate::version::Component::Mic,
+                compat.custom_user_agent.as_deref(),
+            ),
             nmi_coverage: super::nmi_coverage::CoverageSettings {
                 namespace: mic_namespace.clone(),
                 selector: nmi_selector.clone(),
@@ -154,22 +170,6 @@ pub struct MicDeps {
     pub cluster_identity_client_id: Option<String>,
     /// Told the bound probe and metrics addresses once listening.
     pub bound: Option<tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>>,
-}
-
-async fn make_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, Error> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::KubeConfig(e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
 }
 
 /// Serves `/healthz` (`Active` on the leader, `Not Active` elsewhere; 200 either way, so a
@@ -265,9 +265,19 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         cluster_identity_client_id,
         bound,
     } = deps;
-    let client = match client {
-        Some(c) => c,
-        None => make_client(settings.kubeconfig.as_ref()).await?,
+    let (client, leader_client) = match client {
+        Some(c) => (c.clone(), c),
+        None => {
+            let config = kube_client::config(settings.kubeconfig.as_deref()).await?;
+            let options = |qps| kube_client::ClientOptions {
+                user_agent: settings.user_agent.clone(),
+                qps,
+            };
+            (
+                kube_client::client(config.clone(), &options(settings.client_qps))?,
+                kube_client::client(config, &options(None))?,
+            )
+        }
     };
     let mic_metrics = MicMetrics::register(&metrics)?;
     let coverage_metrics = super::nmi_coverage::CoverageMetrics::new(&metrics)?;
@@ -278,7 +288,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         let _ = tx.send((probe_addr, metrics_addr));
     }
 
-    let elector = LeaderElector::new(client.clone(), settings.leader.clone());
+    let elector = LeaderElector::new(leader_client, settings.leader.clone());
     info!(instance = %settings.leader.instance, lease = %settings.leader.name, "waiting to lead");
     elector.acquire().await;
     leading.store(true, Ordering::SeqCst);
@@ -373,13 +383,22 @@ pub fn run_from_args(args: &MicArgs, metrics: Metrics) -> Result<(), StartError>
         ]
         .concat(),
     );
-    let config = crate::cloud::config::CloudConfig::load(
-        args.cloudconfig
-            .as_ref()
-            .and_then(|p| p.to_str())
-            .filter(|p| !p.is_empty()),
-    )?;
-    let arm = super::cloud_port::CloudArm::from_config(&config)?;
+    let settings = MicSettings::from(args);
+    // azure.json is watched and reloaded on change; the environment cannot change.
+    let (arm, config) = match args
+        .cloudconfig
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        Some(path) => super::cloud_port::CloudArm::watching(path, &settings.user_agent)?,
+        None => {
+            let config = crate::cloud::config::CloudConfig::load(None)?;
+            (
+                super::cloud_port::CloudArm::from_config_as(&config, &settings.user_agent)?,
+                config,
+            )
+        }
+    };
     let deps = MicDeps {
         arm: Arc::new(arm),
         metrics,
@@ -388,7 +407,7 @@ pub fn run_from_args(args: &MicArgs, metrics: Metrics) -> Result<(), StartError>
             .filter(|id| !id.is_empty()),
         bound: None,
     };
-    Ok(run_blocking(MicSettings::from(args), deps)?)
+    Ok(run_blocking(settings, deps)?)
 }
 
 /// A MIC replica running on a thread of its own (sandbox, tests): its endpoints, and a way to

@@ -192,25 +192,34 @@ fn status_of(aai: &AzureAssignedIdentity) -> AssignedState {
         .unwrap_or_default()
 }
 
-/// True when the object records something other than `a` (apart from status).
+/// True when the object records something other than `a` (apart from status): another pod or
+/// node, or an identity or binding that changed since it was embedded. Like the original, an
+/// embedded object is stale when its resourceVersion is not the current one (so an edit to a
+/// service principal's tenant, Secret reference or `adEndpoint`, or to the `Behavior`
+/// annotation, reaches NMI); the specs are compared as well, for objects embedded without one.
 fn spec_differs(aai: &AzureAssignedIdentity, a: &Assignment) -> bool {
     let s = &aai.spec;
-    let ident = s.azure_identity_ref.as_deref();
-    let bind = s.azure_binding_ref.as_deref();
     s.pod != a.pod.name
         || s.pod_namespace != a.pod.namespace
         || s.node_name != a.node
-        || ident.is_none_or(|i| {
-            i.spec.resource_id != a.identity.spec.resource_id
-                || i.spec.client_id != a.identity.spec.client_id
-                || i.spec.type_ != a.identity.spec.type_
-                || i.metadata.name != a.identity.metadata.name
+        || s.azure_identity_ref.as_deref().is_none_or(|i| {
+            embedded_differs(&i.metadata, &a.identity.metadata) || i.spec != a.identity.spec
         })
-        || bind.is_none_or(|b| {
-            b.spec.selector != a.binding.spec.selector
-                || b.spec.azure_identity != a.binding.spec.azure_identity
-                || b.metadata.name != a.binding.metadata.name
+        || s.azure_binding_ref.as_deref().is_none_or(|b| {
+            embedded_differs(&b.metadata, &a.binding.metadata) || b.spec != a.binding.spec
         })
+}
+
+/// Another object, or the same one at another resourceVersion (when both have one).
+fn embedded_differs(
+    embedded: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    current: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    embedded.name != current.name
+        || matches!(
+            (&embedded.resource_version, &current.resource_version),
+            (Some(e), Some(c)) if e != c
+        )
 }
 
 /// Decides the writes that bring `existing` to `desired`.

@@ -247,3 +247,80 @@ fn a_partial_plan_skips_writes_in_flight_and_stops_at_its_limit() {
     let some = plan_some(&BTreeMap::new(), &d, &BTreeMap::new(), &skip, 4);
     assert_eq!(some, all[3..7].to_vec());
 }
+
+/// As the original compared resourceVersions: any edit of the identity or binding an object
+/// embeds (a service principal's tenant, its Secret reference, `adEndpoint`, the `Behavior`
+/// annotation) rewrites the object, keeping its status; an unchanged one is left alone.
+#[test]
+fn an_edited_identity_or_binding_is_written_into_the_object() {
+    let sp = |tenant: &str, rv: &str| {
+        let mut i = identity("id1")
+            .type_(crate::crd::IdentityType::ServicePrincipal)
+            .build();
+        i.spec.tenant_id = tenant.into();
+        i.metadata.resource_version = Some(rv.into());
+        i
+    };
+    let bind = |rv: &str| {
+        let mut b = binding("b1", "id1", "sel").build();
+        b.metadata.resource_version = Some(rv.into());
+        b
+    };
+    let mut ix = index();
+    ix.apply_identity(&sp("tenant-a", "1"));
+    ix.apply_binding(&bind("8"));
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let before = desired(&ix, 1);
+    let existing = existing_from(&before, AssignedState::Assigned);
+    assert!(plan(&existing, &before, &report(&[], &[], 1)).is_empty());
+
+    for edit in [
+        sp("tenant-b", "2"),
+        {
+            let mut i = sp("tenant-a", "3");
+            i.spec.ad_endpoint = "https://login.microsoftonline.us/".into();
+            i
+        },
+        {
+            let mut i = sp("tenant-a", "4");
+            i.spec.client_password.name = "rotated".into();
+            i
+        },
+        {
+            // Only metadata changed: the resourceVersion says so.
+            let mut i = sp("tenant-a", "5");
+            i.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(crate::crd::BEHAVIOR_ANNOTATION.into(), "namespaced".into());
+            i
+        },
+    ] {
+        let mut ix = index();
+        ix.apply_identity(&edit);
+        ix.apply_binding(&bind("8"));
+        ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+        let after = desired(&ix, 1);
+        let ops = plan(&existing, &after, &report(&[], &[], 1));
+        match &ops[..] {
+            [
+                WriteOp::UpdateSpec {
+                    assignment,
+                    status: AssignedState::Assigned,
+                    ..
+                },
+            ] => assert_eq!(assignment.identity, edit),
+            other => panic!("edit {:?} gave {other:?}", edit.spec),
+        }
+    }
+
+    let mut ix = index();
+    ix.apply_identity(&sp("tenant-a", "1"));
+    ix.apply_binding(&bind("9"));
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let ops = plan(&existing, &desired(&ix, 1), &report(&[], &[], 1));
+    assert!(
+        matches!(&ops[..], [WriteOp::UpdateSpec { .. }]),
+        "an edited binding: {ops:?}"
+    );
+}

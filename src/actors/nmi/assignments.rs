@@ -391,6 +391,33 @@ mod tests {
         assert_eq!(&*gone[0], "msi/ca");
     }
 
+    /// An edited service principal (here its tenant and Secret) reaches the pod's identities,
+    /// and the tokens NMI cached for the old values are dropped rather than served.
+    #[test]
+    fn an_edited_service_principal_replaces_its_cached_tokens() {
+        let idx = AssignmentIndex::new("node-1", false);
+        let mut id = identity("ns", "sp", "c-sp");
+        id.spec.type_ = crate::crd::IdentityType::ServicePrincipal;
+        id.spec.tenant_id = "tenant-a".into();
+        assert!(
+            idx.apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned))
+                .is_empty()
+        );
+        let old_key = idx.current("ns/p").unwrap()[0].cache_key.clone();
+        id.spec.tenant_id = "tenant-b".into();
+        id.spec.client_password.name = "rotated".into();
+        let gone = idx.apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned));
+        assert_eq!(gone, std::slice::from_ref(&old_key));
+        let now = idx.current("ns/p").unwrap();
+        assert_eq!(now[0].spec.tenant_id, "tenant-b");
+        assert_ne!(now[0].cache_key, old_key);
+        // The same spec again changes nothing.
+        assert!(
+            idx.apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned))
+                .is_empty()
+        );
+    }
+
     #[test]
     fn a_relist_replaces_everything_and_reports_dropped_identities() {
         let idx = AssignmentIndex::new("node-1", false);

@@ -41,6 +41,8 @@ pub struct CloudTokenSource {
     timeout: Duration,
     aad: DashMap<String, AadClient>,
     federation: Option<Federation>,
+    user_agent: Option<String>,
+    secret_errors: Option<prometheus::IntCounter>,
 }
 
 impl CloudTokenSource {
@@ -73,6 +75,8 @@ impl CloudTokenSource {
             timeout,
             aad: DashMap::new(),
             federation: None,
+            user_agent: None,
+            secret_errors: None,
         })
     }
 
@@ -128,6 +132,26 @@ impl CloudTokenSource {
         })
     }
 
+    /// Counts failed Secret reads in the original's
+    /// `kubernetes_api_operations_errors_count{operation_type="get_secret"}`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.secret_errors = Some(
+            metrics
+                .kubernetes_api_operations_errors_count
+                .with_label_values(&[crate::metrics::K8S_GET_SECRET]),
+        );
+        self
+    }
+
+    /// `User-Agent` of every metadata-service and Azure AD request.
+    #[must_use]
+    pub fn with_user_agent(mut self, user_agent: &str) -> Self {
+        self.imds = self.imds.with_user_agent(user_agent);
+        self.user_agent = Some(user_agent.to_string());
+        self
+    }
+
     /// Also allows these authorities as `adEndpoint` (`--allowed-ad-endpoints`).
     #[must_use]
     pub fn with_allowed_authorities(
@@ -171,9 +195,12 @@ impl CloudTokenSource {
         if let Some(c) = self.aad.get(authority) {
             return Ok(c.clone());
         }
-        let c = AadClient::new(authority)
+        let mut c = AadClient::new(authority)
             .map_err(|e| SourceError::Refused(e.to_string()))?
             .with_timeout(self.timeout);
+        if let Some(ua) = &self.user_agent {
+            c = c.with_user_agent(ua);
+        }
         self.aad.insert(authority.to_string(), c.clone());
         Ok(c)
     }
@@ -193,6 +220,9 @@ impl CloudTokenSource {
             .get(&r.name)
             .await
             .map_err(|e| {
+                if let Some(c) = &self.secret_errors {
+                    c.inc();
+                }
                 SourceError::Refused(format!("cannot read Secret {ns}/{}: {e}", r.name))
             })?;
         let data = secret.data.unwrap_or_default();

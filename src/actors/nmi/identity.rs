@@ -55,8 +55,15 @@ impl ResolvedIdentity {
                 format!("msi-rid/{}", spec.resource_id.to_ascii_lowercase()).into()
             }
             // A service principal's token depends on the Secret the identity points at, so two
-            // AzureIdentities never share tokens even with one client id.
-            _ => format!("sp/{identity_namespace}/{identity_name}/{}", spec.client_id).into(),
+            // AzureIdentities never share tokens even with one client id; and on everything
+            // else in its spec (tenant, Secret reference, adEndpoint, ...), so an edited
+            // identity gets a key of its own and its old tokens are dropped, never served.
+            _ => format!(
+                "sp/{identity_namespace}/{identity_name}/{}/{:016x}",
+                spec.client_id,
+                spec_fingerprint(spec)
+            )
+            .into(),
         };
         Self {
             namespaced: force_namespaced || identity.has_namespaced_annotation(),
@@ -150,6 +157,14 @@ fn federated_key(namespace: &str, name: &str, spec: &AzureIdentitySpec) -> Arc<s
         (&spec.client_id, &spec.tenant_id, &spec.ad_endpoint)
     )
     .into()
+}
+
+/// A hash of everything in a spec (stable within the process, which is all a cache key needs).
+fn spec_fingerprint(spec: &AzureIdentitySpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(spec).unwrap_or_default().hash(&mut h);
+    h.finish()
 }
 
 /// Which identity a request names.

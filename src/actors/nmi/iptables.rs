@@ -16,6 +16,12 @@
 //!
 //! The `iptables`, `sysctl` and `conntrack` binaries are invoked directly; commands can be
 //! prefixed (e.g. `ip netns exec <ns>`) so the tests run inside namespaces they own.
+//!
+//! A node's rules live in one of iptables' two backends, legacy or nft, and rules written with
+//! the other one are invisible to the kernel path kube-proxy set up. NMI runs in a container
+//! whose image carries both, so with [`Backend::Auto`] it looks where the kubelet wrote its
+//! canary chains (`KUBE-IPTABLES-HINT`, `KUBE-KUBELET-CANARY` in the mangle table), as
+//! Kubernetes' own iptables-wrapper does, and uses that backend ([`choose_backend`]).
 
 use std::net::IpAddr;
 use std::process::Output;
@@ -62,6 +68,54 @@ pub enum Error {
     NotInPlace,
 }
 
+/// Which iptables NMI drives (`--iptables-backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The backend the kubelet uses, found from its canary chains; `iptables` as found on the
+    /// PATH when only one backend is installed.
+    #[default]
+    Auto,
+    /// `iptables` as found on the PATH, whatever backend it is.
+    Path,
+    /// `iptables-legacy`.
+    Legacy,
+    /// `iptables-nft`.
+    Nft,
+}
+
+impl Backend {
+    /// The command that manages rules with this backend (`Auto` must be resolved first).
+    fn program(self) -> &'static str {
+        match self {
+            Self::Auto | Self::Path => "iptables",
+            Self::Legacy => "iptables-legacy",
+            Self::Nft => "iptables-nft",
+        }
+    }
+}
+
+/// The kubelet's chains in the mangle table (Kubernetes 1.17 and later create at least one).
+fn has_kubelet_chains(save_output: &str) -> bool {
+    save_output
+        .lines()
+        .any(|l| l.starts_with(":KUBE-IPTABLES-HINT") || l.starts_with(":KUBE-KUBELET-CANARY"))
+}
+
+/// The backend the node uses, from `iptables-nft-save -t mangle`, `ip6tables-nft-save -t mangle`,
+/// `iptables-legacy-save` and `ip6tables-legacy-save` (empty when a command failed), in that order
+/// of preference: the kubelet's chains in nft, then in legacy; nft when neither has them (a
+/// node with no kubelet chains yet is a new one, and new distributions default to nft).
+#[must_use]
+pub fn choose_backend(nft4: &str, nft6: &str, legacy4: &str, legacy6: &str) -> Backend {
+    if has_kubelet_chains(nft4) || has_kubelet_chains(nft6) {
+        Backend::Nft
+    } else if has_kubelet_chains(legacy4) || has_kubelet_chains(legacy6) {
+        Backend::Legacy
+    } else {
+        Backend::Nft
+    }
+}
+
 /// What to redirect where.
 #[derive(Clone, Debug)]
 pub struct Redirect {
@@ -82,6 +136,9 @@ pub struct Iptables {
     prefix: Vec<String>,
     /// The value `route_localnet` had before NMI changed it (restored by [`Iptables::remove`]).
     route_localnet_before: Arc<Mutex<Option<String>>>,
+    backend: Backend,
+    /// `backend` resolved (once) when it is [`Backend::Auto`].
+    resolved: Arc<tokio::sync::OnceCell<Backend>>,
 }
 
 impl Iptables {
@@ -92,7 +149,51 @@ impl Iptables {
             redirect,
             prefix: Vec::new(),
             route_localnet_before: Arc::new(Mutex::new(None)),
+            backend: Backend::Auto,
+            resolved: Arc::new(tokio::sync::OnceCell::new()),
         }
+    }
+
+    /// Drives `backend` (the default is [`Backend::Auto`]).
+    #[must_use]
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The backend in use, detecting it on first use when it is [`Backend::Auto`].
+    pub async fn backend(&self) -> Backend {
+        if self.backend != Backend::Auto {
+            return self.backend;
+        }
+        *self.resolved.get_or_init(|| self.detect_backend()).await
+    }
+
+    async fn detect_backend(&self) -> Backend {
+        let save = |program: &'static str, args: &'static [&'static str]| async move {
+            match self.run(program, args).await {
+                Ok(out) => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+                Err(_) => None,
+            }
+        };
+        // Without both variants installed there is nothing to choose: use what the PATH has.
+        let (Some(nft4), Some(legacy4)) = (
+            save("iptables-nft-save", &["-t", "mangle"]).await,
+            // Not `-t mangle`: asking legacy for a table creates it in the kernel.
+            save("iptables-legacy-save", &[]).await,
+        ) else {
+            tracing::info!(
+                "iptables-nft and iptables-legacy are not both installed; using iptables from the PATH"
+            );
+            return Backend::Path;
+        };
+        let nft6 = save("ip6tables-nft-save", &["-t", "mangle"])
+            .await
+            .unwrap_or_default();
+        let legacy6 = save("ip6tables-legacy-save", &[]).await.unwrap_or_default();
+        let chosen = choose_backend(&nft4, &nft6, &legacy4, &legacy6);
+        tracing::info!(backend = ?chosen, "iptables backend chosen from the kubelet's chains");
+        chosen
     }
 
     /// Runs every command behind `prefix` (e.g. `["ip", "netns", "exec", "ns1"]`).
@@ -126,11 +227,13 @@ impl Iptables {
     }
 
     async fn ok(&self, args: &[&str]) -> Result<bool, Error> {
-        Ok(self.run("iptables", args).await?.status.success())
+        let program = self.backend().await.program();
+        Ok(self.run(program, args).await?.status.success())
     }
 
     async fn must(&self, args: &[&str]) -> Result<(), Error> {
-        self.must_run("iptables", args).await.map(drop)
+        let program = self.backend().await.program();
+        self.must_run(program, args).await.map(drop)
     }
 
     async fn must_run(&self, program: &str, args: &[&str]) -> Result<Output, Error> {
@@ -171,14 +274,15 @@ impl Iptables {
 
     /// `iptables -t nat -S <chain>`: the chain's rules as `-A ...` lines (none when absent).
     async fn rules_of(&self, chain: &str) -> Result<Option<Vec<String>>, Error> {
-        let out = self.run("iptables", &["-t", "nat", "-S", chain]).await?;
+        let program = self.backend().await.program();
+        let out = self.run(program, &["-t", "nat", "-S", chain]).await?;
         if !out.status.success() {
             // Absent chain (exit 1), or iptables cannot read the table: tell them apart.
             if self.ok(&["-t", "nat", "-S", "PREROUTING"]).await? {
                 return Ok(None);
             }
             return Err(Error::Failed {
-                command: format!("iptables -t nat -S {chain}"),
+                command: format!("{program} -t nat -S {chain}"),
                 status: out.status,
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
@@ -435,5 +539,52 @@ async fn pass(ipt: &Iptables, settings: &ReconcileSettings, first: bool) -> Resu
         Ok(())
     } else {
         Err(Error::NotInPlace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NFT_MANGLE_WITH_KUBELET: &str = "# Generated by iptables-nft-save v1.8.9\n*mangle\n:PREROUTING ACCEPT [0:0]\n:KUBE-IPTABLES-HINT - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n";
+    const LEGACY_WITH_KUBELET: &str = "*mangle\n:PREROUTING ACCEPT [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
+    const EMPTY_MANGLE: &str = "*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n";
+
+    #[test]
+    fn the_backend_is_the_one_holding_the_kubelets_chains() {
+        assert_eq!(
+            choose_backend(NFT_MANGLE_WITH_KUBELET, "", LEGACY_WITH_KUBELET, ""),
+            Backend::Nft,
+            "nft is checked first, as Kubernetes' wrapper does"
+        );
+        assert_eq!(
+            choose_backend(EMPTY_MANGLE, "", LEGACY_WITH_KUBELET, ""),
+            Backend::Legacy
+        );
+        assert_eq!(
+            choose_backend("", "", "", LEGACY_WITH_KUBELET),
+            Backend::Legacy,
+            "IPv6-only kubelet chains count too"
+        );
+        assert_eq!(
+            choose_backend("", NFT_MANGLE_WITH_KUBELET, "", ""),
+            Backend::Nft
+        );
+    }
+
+    #[test]
+    fn a_node_without_kubelet_chains_gets_nft() {
+        assert_eq!(
+            choose_backend(EMPTY_MANGLE, "", EMPTY_MANGLE, ""),
+            Backend::Nft
+        );
+        assert_eq!(choose_backend("", "", "", ""), Backend::Nft);
+    }
+
+    #[test]
+    fn a_chain_name_in_a_rule_is_not_a_kubelet_chain() {
+        // Only a chain declaration counts, not a comment or a jump naming it.
+        let rules = "*mangle\n-A PREROUTING -m comment --comment \":KUBE-KUBELET-CANARY\" -j ACCEPT\nCOMMIT\n";
+        assert_eq!(choose_backend("", "", rules, ""), Backend::Nft);
     }
 }

@@ -111,6 +111,8 @@ pub struct NmiSettings {
     pub token_fetch_timeout: Duration,
     /// Install and keep the iptables redirect (off in the sandbox).
     pub manage_iptables: bool,
+    /// `--iptables-backend`.
+    pub iptables_backend: iptables::Backend,
     /// `--ipt-update-interval-sec`.
     pub ipt_update_interval: Duration,
     /// `--enable-conntrack-deletion` (on by default with the node gate).
@@ -169,6 +171,7 @@ impl NmiSettings {
             token_refresh_margin: args.token_refresh_margin,
             token_fetch_timeout: Duration::from_secs(30),
             manage_iptables: args.manage_iptables,
+            iptables_backend: args.iptables_backend,
             ipt_update_interval: args.ipt_update_interval,
             enable_conntrack_deletion: args.conntrack_deletion(),
             node_gate: args.node_gate.then(|| args.node_gate_taint.clone()),
@@ -242,6 +245,7 @@ impl NmiSettings {
             token_refresh_margin: Duration::from_secs(300),
             token_fetch_timeout: Duration::from_secs(30),
             manage_iptables: false,
+            iptables_backend: iptables::Backend::Auto,
             ipt_update_interval: Duration::from_secs(60),
             enable_conntrack_deletion: false,
             node_gate: None,
@@ -532,12 +536,16 @@ pub fn start(
     {
         let (client, node, pods) = (client.clone(), settings.node.clone(), Arc::clone(&nmi.pods));
         let synced = Arc::clone(&nmi.synced_changed);
+        let pod_list_errors = metrics
+            .kubernetes_api_operations_errors_count
+            .with_label_values(&[crate::metrics::K8S_GET_POD_LIST]);
         sup.spawn("watch-pods", move || {
             watchers::watch_pods(
                 client.clone(),
                 node.clone(),
                 Arc::clone(&pods),
                 Arc::clone(&synced),
+                Some(pod_list_errors.clone()),
             )
         });
     }
@@ -671,7 +679,8 @@ pub fn start(
             metadata_port: settings.metadata.port(),
             target_ip,
             target_port: nmi_addr.port(),
-        });
+        })
+        .with_backend(settings.iptables_backend);
         let outcome: IptablesOutcome = Arc::new(Mutex::new(None));
         let (slot, reconcile_settings, ready, token) = (
             Arc::clone(&outcome),
@@ -730,7 +739,7 @@ pub async fn run_with_args(
     );
     kubenet::check(&args.kubelet_config, args.allow_network_plugin_kubenet)?;
     let settings = NmiSettings::from_args(args);
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let client = kube_client(args).await?;
     let authority = std::env::var("AZURE_AUTHORITY_HOST")
         .unwrap_or_else(|_| cloud_source::DEFAULT_AUTHORITY.to_string());
     let source = cloud_source::CloudTokenSource::new(
@@ -740,7 +749,9 @@ pub async fn run_with_args(
         settings.token_fetch_timeout,
     )
     .map_err(|e| Error::Cloud(e.to_string()))?
-    .with_allowed_authorities(args.allowed_ad_endpoints.iter().cloned());
+    .with_allowed_authorities(args.allowed_ad_endpoints.iter().cloned())
+    .with_user_agent(&user_agent(args))
+    .with_metrics(&metrics);
     let source = if args.enable_federation {
         source.with_federation(
             federated::Federation::new(&args.federation_audience, &args.federation_tenant_id)
@@ -752,18 +763,22 @@ pub async fn run_with_args(
     run(settings, client, Arc::new(source), metrics).await
 }
 
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, Error> {
-    let boxed = |e: &dyn std::fmt::Display| Error::Kube(e.to_string());
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| boxed(&e))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| boxed(&e))?
-        }
-        None => kube::Config::infer().await.map_err(|e| boxed(&e))?,
+async fn kube_client(args: &crate::config::nmi::NmiArgs) -> Result<kube::Client, Error> {
+    let options = crate::kube_client::ClientOptions {
+        user_agent: user_agent(args),
+        qps: None,
     };
-    kube::Client::try_from(config).map_err(|e| boxed(&e))
+    crate::kube_client::connect(args.kubeconfig.as_deref(), &options)
+        .await
+        .map_err(|e| Error::Kube(e.to_string()))
+}
+
+/// NMI's `User-Agent` for Kubernetes, the metadata service and Azure AD.
+fn user_agent(args: &crate::config::nmi::NmiArgs) -> String {
+    crate::version::user_agent(
+        crate::version::Component::Nmi,
+        args.compat.custom_user_agent.as_deref(),
+    )
 }
 
 /// The `nmi` subcommand: starts NMI and runs until SIGTERM or SIGINT (or until a supervised

@@ -49,6 +49,7 @@ async fn drive<K, S>(
     sink: S,
     what: &'static str,
     synced: Arc<Notify>,
+    errors: Option<prometheus::IntCounter>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     S: Sink<K>,
@@ -71,6 +72,9 @@ async fn drive<K, S>(
                     synced.notify_waiters();
                 }
                 Err(e) => {
+                    if let Some(c) = &errors {
+                        c.inc();
+                    }
                     sink.lost();
                     synced.notify_waiters();
                     tracing::warn!(watch = what, error = %e, delay = ?backoff, "watch failed; not ready until re-listed");
@@ -213,14 +217,30 @@ pub async fn watch_service_accounts(
         ServiceAccounts(index, cache),
         "serviceaccounts",
         synced,
+        None,
     )
     .await;
 }
 
-/// Watches this node's pods (`spec.nodeName=<node>`) into `index`.
-pub async fn watch_pods(client: Client, node: String, index: Arc<PodIndex>, synced: Arc<Notify>) {
+/// Watches this node's pods (`spec.nodeName=<node>`) into `index`, counting failed lists and
+/// watches in `errors` (the original's `kubernetes_api_operations_errors_count{operation_type="get_pod_list"}`).
+pub async fn watch_pods(
+    client: Client,
+    node: String,
+    index: Arc<PodIndex>,
+    synced: Arc<Notify>,
+    errors: Option<prometheus::IntCounter>,
+) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    drive(Api::<Pod>::all(client), config, Pods(index), "pods", synced).await;
+    drive(
+        Api::<Pod>::all(client),
+        config,
+        Pods(index),
+        "pods",
+        synced,
+        errors,
+    )
+    .await;
 }
 
 /// Watches AzureAssignedIdentities labelled `nodename=<node>` into `index`, dropping cached
@@ -239,6 +259,7 @@ pub async fn watch_assigned(
         Assigned(index, cache),
         "azureassignedidentities",
         synced,
+        None,
     )
     .await;
 }
@@ -251,6 +272,7 @@ pub async fn watch_exceptions(client: Client, index: Arc<ExceptionIndex>, synced
         Exceptions(index),
         "azurepodidentityexceptions",
         synced,
+        None,
     )
     .await;
 }
@@ -268,6 +290,7 @@ pub async fn watch_catalog(
         Identities(Arc::clone(&catalog), cache),
         "azureidentities",
         Arc::clone(&synced),
+        None,
     );
     let bindings = drive(
         Api::<AzureIdentityBinding>::all(client),
@@ -275,6 +298,7 @@ pub async fn watch_catalog(
         Bindings(catalog),
         "azureidentitybindings",
         synced,
+        None,
     );
     futures::join!(identities, bindings);
 }

@@ -145,6 +145,12 @@ fn record(
             subscription,
             node: node.map(str::to_string),
             status: resp.status().as_u16(),
+            user_agent: req
+                .headers()
+                .get(actix_web::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
         });
     }
 }

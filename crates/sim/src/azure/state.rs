@@ -85,6 +85,8 @@ pub struct RequestRecord {
     pub node: Option<String>,
     /// Status answered (0 for a hang).
     pub status: u16,
+    /// The `User-Agent` header as sent (empty when absent).
+    pub user_agent: String,
 }
 
 /// Per-operation counters.

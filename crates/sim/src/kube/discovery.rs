@@ -9,9 +9,9 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::http::json_response;
 use super::meta::ApiError;
 use super::resources::ResourceInfo;
+use super::wire::json_response;
 
 /// Kubernetes version the simulator claims (kube-rs's and kubectl's supported range).
 pub const MINOR: &str = "33";

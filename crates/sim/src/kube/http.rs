@@ -2,7 +2,6 @@
 //! applies injected faults, parses bodies with a size limit, and renders results and errors
 //! as Kubernetes JSON (lists, Tables, Status).
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::store::DeleteOptions;
 use super::table::{self, TableOptions};
 use super::watch::{self, WatchParams};
+use super::wire::{Query, error_response, json_response, parse_query, write_object};
 
 /// Builds the actix-web server on an already bound listener.
 pub fn server(
@@ -44,40 +44,17 @@ pub fn server(
     .run())
 }
 
-/// Query parameters, last value wins.
-pub type Query = HashMap<String, String>;
-
-fn parse_query(q: &str) -> Query {
-    url::form_urlencoded::parse(q.as_bytes())
-        .into_owned()
-        .collect()
-}
-
-/// A JSON response.
-pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("application/json")
-        .body(serde_json::to_vec(body).unwrap_or_default())
-}
-
-/// A Status response for an error.
-pub fn error_response(e: &ApiError) -> HttpResponse {
-    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json_response(code, &e.to_status());
-    if e.code == 429 {
-        r.headers_mut().insert(
-            actix_web::http::header::RETRY_AFTER,
-            actix_web::http::header::HeaderValue::from_static("1"),
-        );
-    }
-    r
-}
-
 async fn dispatch(
     req: HttpRequest,
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
+    shared.clients.record(
+        req.headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+    );
     let latency = shared.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -552,23 +529,6 @@ fn parse_object(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
     Ok(v)
-}
-
-/// Writes the object, fixing `apiVersion` when it is served under another version than stored
-/// and converting objects stored in another group's form.
-pub fn write_object(out: &mut Vec<u8>, info: &ResourceInfo, obj: &Value) {
-    if info.converted() {
-        let _ = serde_json::to_writer(&mut *out, &convert::event_from_core(obj));
-        return;
-    }
-    let av = info.api_version();
-    if obj.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) {
-        let _ = serde_json::to_writer(&mut *out, obj);
-    } else {
-        let mut o = obj.clone();
-        o["apiVersion"] = json!(av);
-        let _ = serde_json::to_writer(&mut *out, &o);
-    }
 }
 
 fn object_response(status: StatusCode, info: &ResourceInfo, obj: &Arc<Value>) -> HttpResponse {

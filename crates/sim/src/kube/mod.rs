@@ -47,6 +47,7 @@ pub mod store;
 pub mod table;
 pub mod taints;
 pub mod watch;
+pub mod wire;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -239,6 +240,49 @@ impl Faults {
     }
 }
 
+/// When each client (by `User-Agent`) sent its requests, so tests can check who called and how
+/// fast. Bounded: the last [`ClientLog::KEEP`] arrivals of at most [`ClientLog::AGENTS`] agents.
+#[derive(Debug, Default)]
+pub struct ClientLog {
+    arrivals: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    >,
+}
+
+impl ClientLog {
+    /// Arrivals kept per agent.
+    pub const KEEP: usize = 10_000;
+    /// Agents tracked.
+    pub const AGENTS: usize = 256;
+
+    fn record(&self, user_agent: &str) {
+        let now = std::time::Instant::now();
+        let mut map = self
+            .arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !map.contains_key(user_agent) && map.len() >= Self::AGENTS {
+            return;
+        }
+        let q = map.entry(user_agent.to_string()).or_default();
+        if q.len() == Self::KEEP {
+            q.pop_front();
+        }
+        q.push_back(now);
+    }
+
+    /// Arrival times by `User-Agent` (empty string: no header).
+    #[must_use]
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, Vec<std::time::Instant>> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().copied().collect()))
+            .collect()
+    }
+}
+
 /// State shared by the HTTP workers and the cluster tasks.
 #[derive(Debug)]
 pub struct Shared {
@@ -254,6 +298,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Signs service-account tokens and publishes their keys.
     pub issuer: sa_token::Issuer,
+    /// Requests by `User-Agent`.
+    pub clients: ClientLog,
 }
 
 /// Starts simulators.
@@ -291,6 +337,7 @@ impl KubeSim {
                     .clone()
                     .unwrap_or_else(|| format!("http://{addr}")),
             ),
+            clients: ClientLog::default(),
         });
         let server = http::server(shared.clone(), listener).map_err(|source| Error::Bind {
             addr: config.bind,
@@ -413,6 +460,14 @@ impl KubeSimHandle {
             .await
             .map_err(|e| Error::Client(Box::new(e)))?;
         kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))
+    }
+
+    /// When each client sent its API requests, by `User-Agent`.
+    #[must_use]
+    pub fn requests_by_user_agent(
+        &self,
+    ) -> std::collections::BTreeMap<String, Vec<std::time::Instant>> {
+        self.shared.clients.snapshot()
     }
 
     /// Ends every open watch now (clients see the stream close and must resume).

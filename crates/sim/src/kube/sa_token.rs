@@ -26,8 +26,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::http::json_response;
 use super::meta::{ApiError, name_of, namespace_of, uid_of};
+use super::wire::json_response;
 
 /// Path of the issuer's OpenID discovery document.
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
@@ -162,7 +162,7 @@ pub fn handle(shared: &Shared, req: &actix_web::HttpRequest, path: &str) -> Opti
             Ok(set) => HttpResponse::Ok()
                 .content_type("application/jwk-set+json")
                 .body(serde_json::to_vec(&set).unwrap_or_default()),
-            Err(e) => super::http::error_response(&e),
+            Err(e) => super::wire::error_response(&e),
         }),
         _ => None,
     }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::http::Query;
 use super::meta::{meta_str, name_of};
 use super::resources::ResourceInfo;
+use super::wire::Query;
 
 /// What the client asked a Table to contain.
 #[derive(Clone, Debug)]

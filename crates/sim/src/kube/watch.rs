@@ -15,12 +15,12 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::http::write_object;
 use super::meta::{ApiError, namespace_of};
 use super::resources::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Event, EventType};
 use super::table::{self, TableOptions};
+use super::wire::write_object;
 
 /// What a watch request asked for.
 #[derive(Debug)]

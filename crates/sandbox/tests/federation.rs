@@ -92,6 +92,24 @@ async fn managed_identity_sdk(nmi: &str, source: &str, client_id: &str) -> Value
     })
 }
 
+/// NMI's own answer to a metadata-service token request for `client_id` from `source` (the
+/// pod's address): status and body, read raw so a refusal is told from any other failure.
+async fn nmi_answer(nmi: &str, source: &str, client_id: &str) -> (u16, String) {
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+        .get(format!(
+            "{nmi}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id={client_id}"
+        ))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 /// A Running pod matching `labels` in `ns` that has an IP, waited for on a watch (60 s at most).
 async fn running_pod(client: &kube::Client, ns: &str, labels: &str) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -251,14 +269,27 @@ fn a_federated_identity_serves_both_sdk_credentials_with_no_arm_write_and_only_i
         )
         .await
         .unwrap();
+        let exchanged = sandbox.azure.counters().aad_federated_tokens;
         let unbound = running_pod(&client, federation::NAMESPACE, "app=unbound").await;
         let (u_ip, u_node) = ip_node(&unbound);
         let refused = managed_identity_sdk(&nmi_of(&u_node), &u_ip, &cid).await;
         assert_eq!(refused["ok"], false, "{refused}");
+        let (status, body) = nmi_answer(&nmi_of(&u_node), &u_ip, &cid).await;
+        assert_eq!(
+            status, 404,
+            "NMI refuses the unbound pod as the original does: {body}"
+        );
         let seed = running_pod(&client, "default", "aadpodidbinding=az-id-combined").await;
         let (s_ip, s_node) = ip_node(&seed);
         let refused = managed_identity_sdk(&nmi_of(&s_node), &s_ip, &cid).await;
         assert_eq!(refused["ok"], false, "{refused}");
+        let (status, body) = nmi_answer(&nmi_of(&s_node), &s_ip, &cid).await;
+        assert_eq!(
+            status, 404,
+            "NMI refuses a pod bound to other identities: {body}"
+        );
+        // Refused before any exchange: Azure AD never saw a request for them.
+        assert_eq!(sandbox.azure.counters().aad_federated_tokens, exchanged);
 
         // 5. Azure saw no write naming the identity (while the seed's identities were written),
         //    and the progress line says so.

@@ -408,5 +408,17 @@ mod tests {
     fn secrets_are_not_in_debug_output() {
         let c = ClientCredential::Secret("hunter2".into());
         assert!(!format!("{c:?}").contains("hunter2"));
+        // A federated request, as a span or error might print it: the service-account token
+        // (the assertion) is a credential too.
+        let r = TokenRequest {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            credential: ClientCredential::Assertion("eyJhbGciOi.sa-token.sig".into()),
+            resource: "https://vault.azure.net".into(),
+            version: EndpointVersion::V2,
+        };
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("sa-token"), "{shown}");
+        assert!(shown.contains("Assertion(<redacted>)"), "{shown}");
     }
 }

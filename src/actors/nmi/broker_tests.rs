@@ -706,6 +706,42 @@ async fn a_federated_identity_is_fetched_per_service_account_and_bound_to_the_ca
 }
 
 #[tokio::test(start_paused = true)]
+async fn many_pods_of_one_service_account_asking_at_once_cost_one_exchange() {
+    let w = world();
+    let id = federated(identity("ns", "fed", "cid"));
+    let n = 40;
+    for i in 0..n {
+        let name = format!("p{i}");
+        w.pods.apply(
+            &pod("ns", &name)
+                .ip(&format!("127.0.1.{}", i + 1))
+                .service_account("app")
+                .build(),
+        );
+        w.assignments.apply(&assigned(
+            "ns",
+            &name,
+            &id,
+            "node-1",
+            AssignedState::Assigned,
+        ));
+    }
+    let asks = (0..n).map(|i| {
+        let broker = Arc::clone(&w.broker);
+        tokio::spawn(async move {
+            broker
+                .token_for_ip(ip(&format!("127.0.1.{}", i + 1)), Wanted::Any, "r")
+                .await
+        })
+    });
+    for a in futures::future::join_all(asks).await {
+        assert_eq!(oid_of(&a.unwrap().unwrap()), "oid-cid-app");
+    }
+    // Single flight per (identity, resource, subject): one TokenRequest and exchange for all.
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_federated_identity_named_for_a_pod_of_another_node_is_refused() {
     let w = world();
     let id = federated(identity("ns", "fed", "cid"));

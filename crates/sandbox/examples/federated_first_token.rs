@@ -88,11 +88,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Prints p50, p95 and max of `v`; NaN entries (not observed) are left out and counted.
 fn summary(name: &str, mut v: Vec<f64>) -> f64 {
+    let all = v.len();
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        println!("{name:<28} none of {all} observed");
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     let p50 = percentile(&v, 0.5);
+    let unseen = if v.len() < all {
+        format!(
+            "  ({} of {all} not seen by the example's watch by then)",
+            all - v.len()
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "{name:<28} n={:<3} p50 {p50:6.2} ms  p95 {:6.2} ms  max {:6.2} ms",
+        "{name:<28} n={:<3} p50 {p50:6.2} ms  p95 {:6.2} ms  max {:6.2} ms{unseen}",
         v.len(),
         percentile(&v, 0.95),
         v.last().copied().unwrap_or(0.0)

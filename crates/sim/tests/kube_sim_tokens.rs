@@ -4,61 +4,22 @@
 //! named), the real claim layout, and the issuer's discovery document and key set, against
 //! which every token verifies.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::kube::KubeSimConfig;
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 const EXCHANGE: &str = "api://AzureADTokenExchange";
 
-struct Env {
-    sim: KubeSimHandle,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
+mod support;
+use support::kubectl::KubectlEnv as Env;
 
-impl Env {
-    async fn start() -> Self {
-        let sim = KubeSim::start(KubeSimConfig::default())
-            .await
-            .expect("simulator starts");
-        let dir = std::env::temp_dir().join(format!("kube-sim-tokens-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = dir.join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig).unwrap();
-        Self {
-            sim,
-            dir,
-            kubeconfig,
-        }
-    }
-
-    async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        c.env("KUBECACHEDIR", self.dir.join("cache"));
-        c.kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(90), c.output())
-            .await
-            .expect("kubectl finishes")
-            .expect("kubectl must be installed");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    }
-
-    async fn stop(self) {
-        self.sim.shutdown().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+async fn start() -> Env {
+    Env::start(KubeSimConfig::default(), "kube-sim-tokens").await
 }
 
 fn claims(token: &str) -> Value {
@@ -128,16 +89,16 @@ async fn running_pod(client: &kube::Client, ns: &str, name: &str, sa: &str) -> P
 
 #[tokio::test]
 async fn kubectl_create_token_gets_a_pod_bound_token_that_verifies_against_the_issuer() {
-    let env = Env::start().await;
+    let env = start().await;
     let client = env.sim.client().await.unwrap();
-    let (ok, _, err) = env.kubectl(&["create", "serviceaccount", "workload"]).await;
+    let (ok, _, err) = env.run(&["create", "serviceaccount", "workload"]).await;
     assert!(ok, "{err}");
     let pod = running_pod(&client, "default", "app", "workload").await;
     let uid = pod.metadata.uid.clone().unwrap();
     let node = pod.spec.unwrap().node_name.unwrap();
 
     let (ok, token, err) = env
-        .kubectl(&[
+        .run(&[
             "create",
             "token",
             "workload",
@@ -180,7 +141,7 @@ async fn kubectl_create_token_gets_a_pod_bound_token_that_verifies_against_the_i
     );
 
     // Without an audience the API server's own (its issuer) is used; the default lifetime is 1h.
-    let (ok, token, err) = env.kubectl(&["create", "token", "workload"]).await;
+    let (ok, token, err) = env.run(&["create", "token", "workload"]).await;
     assert!(ok, "{err}");
     let c = claims(&token);
     assert_eq!(c["aud"], json!([env.sim.issuer()]));
@@ -192,12 +153,12 @@ async fn kubectl_create_token_gets_a_pod_bound_token_that_verifies_against_the_i
 
     // A new namespace has its `default` service account, as the service-account controller
     // makes it, so a token for it can be asked at once.
-    let (ok, _, err) = env.kubectl(&["create", "namespace", "team-b"]).await;
+    let (ok, _, err) = env.run(&["create", "namespace", "team-b"]).await;
     assert!(ok, "{err}");
     let mut token = String::new();
     for _ in 0..100 {
         let (ok, out, _) = env
-            .kubectl(&["create", "token", "default", "-n", "team-b"])
+            .run(&["create", "token", "default", "-n", "team-b"])
             .await;
         if ok {
             token = out;
@@ -214,10 +175,10 @@ async fn kubectl_create_token_gets_a_pod_bound_token_that_verifies_against_the_i
 
 #[tokio::test]
 async fn token_requests_a_real_api_server_refuses_are_refused() {
-    let env = Env::start().await;
+    let env = start().await;
     let client = env.sim.client().await.unwrap();
     for sa in ["workload", "other"] {
-        let (ok, _, err) = env.kubectl(&["create", "serviceaccount", sa]).await;
+        let (ok, _, err) = env.run(&["create", "serviceaccount", sa]).await;
         assert!(ok, "{err}");
     }
     let pod = running_pod(&client, "default", "app", "workload").await;
@@ -225,7 +186,7 @@ async fn token_requests_a_real_api_server_refuses_are_refused() {
 
     // Shorter than ten minutes.
     let (ok, _, err) = env
-        .kubectl(&["create", "token", "workload", "--duration", "5m"])
+        .run(&["create", "token", "workload", "--duration", "5m"])
         .await;
     assert!(!ok);
     assert!(
@@ -233,7 +194,7 @@ async fn token_requests_a_real_api_server_refuses_are_refused() {
         "{err}"
     );
     // No such service account.
-    let (ok, _, err) = env.kubectl(&["create", "token", "nobody"]).await;
+    let (ok, _, err) = env.run(&["create", "token", "nobody"]).await;
     assert!(!ok);
     assert!(
         err.contains(r#"serviceaccounts "nobody" not found"#),
@@ -241,7 +202,7 @@ async fn token_requests_a_real_api_server_refuses_are_refused() {
     );
     // No such pod.
     let (ok, _, err) = env
-        .kubectl(&[
+        .run(&[
             "create",
             "token",
             "workload",
@@ -255,7 +216,7 @@ async fn token_requests_a_real_api_server_refuses_are_refused() {
     assert!(err.contains(r#"pods "ghost" not found"#), "{err}");
     // A pod running as another service account.
     let (ok, _, err) = env
-        .kubectl(&[
+        .run(&[
             "create",
             "token",
             "other",

@@ -375,11 +375,38 @@ impl AzurePodIdentityException {
     }
 }
 
+/// The longest object name the API server accepts (a DNS subdomain).
+pub const MAX_NAME_LEN: usize = 253;
+
 /// Name the original gives the AzureAssignedIdentity of one pod and identity:
-/// `<pod>-<podNamespace>-<identityName>`.
+/// `<pod>-<podNamespace>-<identityName>`, whenever that is a valid object name.
+///
+/// Pod and identity names may each be 253 characters, so the original's name can be too long
+/// for the API server, which refused it for good and left the pod without its identity. Such a
+/// name is cut to fit and ends in a hash of all three parts, so it stays valid, stable across
+/// restarts and distinct for distinct pods.
 #[must_use]
 pub fn assigned_identity_name(pod: &str, pod_namespace: &str, identity: &str) -> String {
-    format!("{pod}-{pod_namespace}-{identity}")
+    let name = format!("{pod}-{pod_namespace}-{identity}");
+    if name.len() <= MAX_NAME_LEN {
+        return name;
+    }
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    for part in [pod, pod_namespace, identity] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let digest = h.finalize();
+    let suffix: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    // Keep room for "-" and the suffix; the cut must not leave a label ending in '-' or '.',
+    // nor a '.' right before the suffix's '-' (each dot-separated label must end alphanumeric).
+    let mut keep = MAX_NAME_LEN - 1 - suffix.len();
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let prefix = name[..keep].trim_end_matches(['-', '.']);
+    format!("{prefix}-{suffix}")
 }
 
 /// A copy of `meta` reduced to what the original embeds in an AzureAssignedIdentity's refs:

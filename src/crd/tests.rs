@@ -306,6 +306,58 @@ fn assigned_identity_names_follow_the_original() {
     );
 }
 
+/// A pod and identity name of up to 253 characters each (valid DNS subdomains), with a
+/// namespace of up to 63: the original's `<pod>-<ns>-<identity>` can reach 571 characters.
+fn subdomain(max: usize) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    proptest::collection::vec("[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", 1..8).prop_map(move |labels| {
+        let mut s = labels.join(".");
+        s.truncate(max);
+        s.trim_end_matches(['-', '.']).to_string()
+    })
+}
+
+proptest::proptest! {
+    /// Every name is one the API server accepts (the Kubernetes simulator's DNS-subdomain rule),
+    /// the original's when that fits, and distinct triples get distinct names.
+    #[test]
+    fn assigned_identity_names_are_always_valid_object_names(
+        pod in subdomain(253),
+        ns in "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
+        identity in subdomain(253),
+        other_pod in subdomain(253),
+    ) {
+        let name = assigned_identity_name(&pod, &ns, &identity);
+        proptest::prop_assert!(
+            aad_pod_identity_sim::kube::meta::is_dns_subdomain(&name),
+            "{} characters: {name}", name.len()
+        );
+        let original = format!("{pod}-{ns}-{identity}");
+        if original.len() <= MAX_NAME_LEN {
+            proptest::prop_assert_eq!(&name, &original);
+        }
+        if other_pod != pod {
+            proptest::prop_assert_ne!(name, assigned_identity_name(&other_pod, &ns, &identity));
+        }
+    }
+}
+
+#[test]
+fn a_name_too_long_for_the_api_server_is_cut_and_hashed_stably() {
+    let pod = "p".repeat(253);
+    let name = assigned_identity_name(&pod, "default", "az-id-1");
+    assert_eq!(name.len(), MAX_NAME_LEN);
+    assert_eq!(name, assigned_identity_name(&pod, "default", "az-id-1"));
+    assert!(name.starts_with("ppp"));
+    // A dot at the cut would end a label with '.', which the API server refuses.
+    let pod = format!("{}.{}", "a".repeat(235), "b".repeat(17));
+    let name = assigned_identity_name(&pod, "default", "az-id-1");
+    assert!(
+        aad_pod_identity_sim::kube::meta::is_dns_subdomain(&name),
+        "{name}"
+    );
+}
+
 #[test]
 fn generated_crds_carry_the_approval_annotation_and_the_originals_subresources() {
     let crds = all_crds();

@@ -69,10 +69,11 @@ pub struct SandboxArgs {
     #[arg(long = "unassign-grace-period", default_value = "60s", value_parser = parse_go_duration)]
     pub unassign_grace_period: Duration,
 
-    /// How long NMI waits for a requested identity to be assigned before answering 404 (the
-    /// original's 16 attempts × 5 s by default).
-    #[arg(long = "nmi-assignment-wait", default_value = "80s", value_parser = parse_go_duration)]
-    pub nmi_assignment_wait: Duration,
+    /// How long NMI waits for a requested identity to be assigned before answering 404.
+    /// Without it, NMI's own flags decide (`--retry-attempts-for-created` ×
+    /// `--find-identity-retry-interval`, 16 × 5 s by default; see --nmi-arg).
+    #[arg(long = "nmi-assignment-wait", value_parser = parse_go_duration)]
+    pub nmi_assignment_wait: Option<Duration>,
 
     /// A scale-out: one more node of the first scale set joins this long after start (repeat
     /// the flag for more). It joins with the node gate's startup taint (see --node-gate), and
@@ -102,6 +103,44 @@ pub struct SandboxArgs {
     /// `--enable-federation`, and Azure AD over HTTPS too (for WorkloadIdentityCredential).
     #[arg(long = "federated", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
     pub federated: bool,
+
+    #[command(flatten)]
+    pub components: ComponentArgs,
+}
+
+/// MIC and NMI as a chart's values would configure them: MIC's replicas, and flags of either.
+/// They appear in MIC's Deployment and NMI's DaemonSet in the simulated cluster, and every
+/// replica and node agent runs with what those workloads say.
+#[derive(Clone, Debug, Args)]
+pub struct ComponentArgs {
+    /// MIC replicas: pods of MIC's Deployment, each running one replica (leader-elected, named
+    /// after its pod). `kubectl delete pod` of one stops its replica at once; the Deployment's
+    /// replacement pod starts a new one.
+    #[arg(long = "mic-replicas", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub mic_replicas: u32,
+
+    /// A flag of `aad-pod-identity mic` for every MIC replica, e.g.
+    /// `--mic-arg=--leader-election-duration=5s` (repeat for more). Addresses, ports, the
+    /// kubeconfig and the cloud configuration are the sandbox's and refused here.
+    #[arg(long = "mic-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub mic_args: Vec<String>,
+
+    /// A flag of `aad-pod-identity nmi` for every node's NMI, e.g.
+    /// `--nmi-arg=--block-instance-metadata` (repeat for more). Addresses, ports and the
+    /// kubeconfig are the sandbox's and refused here.
+    #[arg(long = "nmi-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub nmi_args: Vec<String>,
+}
+
+impl Default for ComponentArgs {
+    /// One MIC replica, every flag at its default: the sandbox as it always ran.
+    fn default() -> Self {
+        Self {
+            mic_replicas: 1,
+            mic_args: Vec::new(),
+            nmi_args: Vec::new(),
+        }
+    }
 }
 
 /// Fault profiles of the simulated Azure.

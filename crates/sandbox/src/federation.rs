@@ -65,6 +65,24 @@ pub fn setup(
 }
 
 impl Demo {
+    /// NMI's flags for the demonstration, added to `nmi_args` (the `--nmi-arg`s) unless they
+    /// are there already: `--enable-federation`, and this tenant as the default one.
+    pub fn add_nmi_args(&self, nmi_args: &mut Vec<String>) {
+        let given = |flag: &str| {
+            nmi_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        let mut add = Vec::new();
+        if !given("--enable-federation") {
+            add.push("--enable-federation".to_string());
+        }
+        if !given("--federation-tenant-id") {
+            add.push(format!("--federation-tenant-id={}", self.tenant_id));
+        }
+        nmi_args.extend(add);
+    }
+
     /// The Kubernetes objects of the demonstration, as YAML.
     #[must_use]
     pub fn scenario(&self) -> String {

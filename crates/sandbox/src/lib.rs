@@ -5,13 +5,19 @@
 //! and the simulators, and none of it is in the `aad-pod-identity` binary the chart ships.
 //!
 //! - [`args`]: the size and weather of the simulated world.
+//! - [`components`]: MIC's and NMI's workloads, and the settings parsed from their arguments.
+//! - [`control`]: faults injected at run time and ARM's request log, for the e2e suite.
 //! - [`federation`]: the `--federated` demonstration (an identity on no scale set).
+//! - [`mic_replicas`]: MIC replicas that follow MIC's pods (leader changes, drains).
 //! - [`scenario`]: the Kubernetes objects a sandbox starts with.
 //! - [`system`]: starting everything, the guide it prints, and its progress line.
 //! - [`loadtest`]: load scenarios with reports.
 
 pub mod args;
+pub mod components;
+pub mod control;
 pub mod federation;
 pub mod loadtest;
+pub mod mic_replicas;
 pub mod scenario;
 pub mod system;

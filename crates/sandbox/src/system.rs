@@ -1,8 +1,10 @@
 //! The whole system on one machine: the Kubernetes and Azure simulators, MIC, and one NMI per
 //! simulated node, all on loopback, plus the scenario, the printed guide and live progress.
 //!
-//! Everything runs in this process on one actix system (MIC's actors need one); the simulators
-//! and NMIs serve HTTP on their own worker threads. Each NMI listens on its node's address
+//! Everything runs in this process: the simulators and NMIs on this actix system (their HTTP
+//! servers on worker threads of their own), each MIC replica on a thread with its own actix
+//! system ([`crate::mic_replicas`]). MIC and NMI run with the arguments of their workloads in
+//! the simulated cluster ([`crate::components`]). Each NMI listens on its node's address
 //! (127.2.x.y), and simulated pods have addresses in 127.1.0.0/16, so a request bound to a pod's
 //! address is that pod's request, as iptables would deliver it on a real node.
 
@@ -20,20 +22,20 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::args::{FaultProfile, SandboxArgs};
+use super::components;
+use super::control::Control;
 use super::federation;
+use super::mic_replicas::{MicReplicas, ReplicaList};
 use super::scenario;
-use aad_pod_identity::actors::mic::cloud_port::CloudArm;
-use aad_pod_identity::actors::mic::run::{MicDeps, MicSettings};
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
-use aad_pod_identity::actors::nmi::federated::{DEFAULT_AUDIENCE, Federation};
+use aad_pod_identity::actors::nmi::federated::DEFAULT_AUDIENCE;
 use aad_pod_identity::actors::nmi::gate;
-use aad_pod_identity::actors::nmi::{NmiSettings, Running};
 use aad_pod_identity::cloud::config::CloudConfig;
-use aad_pod_identity::config::mic::MicArgs;
 use aad_pod_identity::crd::AzureAssignedIdentity;
 use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity::nmi::Running;
 use aad_pod_identity_sim::azure::{
-    AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency,
+    AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency, ServicePrincipal,
 };
 use aad_pod_identity_sim::kube::cluster;
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
@@ -83,6 +85,12 @@ pub enum Error {
     /// MIC could not start.
     #[error("MIC: {0}")]
     Mic(String),
+    /// MIC's replicas could not start.
+    #[error("MIC replicas")]
+    MicReplicas(#[from] super::mic_replicas::Error),
+    /// A flag for MIC or NMI was refused.
+    #[error("component flags")]
+    Components(#[from] components::Error),
     /// A signal handler could not be installed.
     #[error("signal handling")]
     Signal(#[source] std::io::Error),
@@ -113,16 +121,27 @@ pub struct Sandbox {
     pub azure: Arc<AzureSimHandle>,
     /// NMI token endpoint per node.
     pub nmi: BTreeMap<String, SocketAddr>,
-    /// MIC's probe and metrics addresses.
+    /// Probe and metrics addresses of a MIC replica that ran when the sandbox started (the
+    /// first by pod name; the one the load tests scrape, which with one replica is MIC's).
+    /// [`Sandbox::mic_replicas`] has every running replica.
     pub mic_endpoints: (SocketAddr, SocketAddr),
     /// NMI probe and metrics addresses per node.
     pub nmi_endpoints: BTreeMap<String, (SocketAddr, SocketAddr)>,
-    /// MIC's metrics registry (assignment latency for the progress line).
+    /// Metrics registry of that replica.
     pub mic_metrics: Metrics,
+    /// A service principal with a secret for workloads (type-1 AzureIdentities); MIC's own
+    /// is another.
+    pub workload_service_principal: ServicePrincipal,
+    /// The control endpoint (faults injected at run time, ARM's request log).
+    pub control: Control,
     /// The `--federated` demonstration, when on.
     pub federation: Option<federation::Demo>,
     nmis: Vec<Running>,
-    mic: tokio::task::JoinHandle<()>,
+    mic: MicReplicas,
+    /// Holds the kubeconfig MIC's replicas read; removed on stop.
+    work_dir: std::path::PathBuf,
+    /// NMI's container arguments (from its DaemonSet).
+    nmi_args: Vec<String>,
     weather: Option<tokio::task::JoinHandle<()>>,
     /// Scale-set instances that exist in Azure but have not joined the cluster yet.
     spare: std::collections::VecDeque<NodeSpec>,
@@ -130,7 +149,7 @@ pub struct Sandbox {
     node_ips: u32,
     client: kube::Client,
     nmi_port: u16,
-    nmi_assignment_wait: Duration,
+    nmi_assignment_wait: Option<Duration>,
     node_gate: bool,
 }
 
@@ -164,6 +183,7 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
 impl Sandbox {
     /// Starts everything and loads the scenario; returns once every component is serving.
     pub async fn start(args: &SandboxArgs) -> Result<Self, Error> {
+        let epoch = std::time::Instant::now();
         let topology = args.topology();
         // Azure has the instances `--add-node` will bring in already (a scale-out creates the
         // VM before its kubelet registers the node); Kubernetes has only the joined ones.
@@ -187,6 +207,10 @@ impl Sandbox {
         })
         .await?;
         let azure = Arc::new(AzureSim::start(&azure_topology, azure_config(args)).await?);
+        let control = Control::start(&azure, epoch).map_err(|source| Error::File {
+            path: "the control endpoint's listener".into(),
+            source,
+        })?;
         let client = kube.client().await?;
         let federation = if args.federated {
             Some(federation::setup(&azure, kube.issuer())?)
@@ -211,67 +235,85 @@ impl Sandbox {
                 })?;
         }
 
-        // MIC, with the simulator's azure.json.
-        let cloud = CloudConfig::from_json(&azure.azure_json().to_string())?;
-        let arm = CloudArm::from_config(&cloud)?;
-        let mic_args = mic_args(args)?;
-        let mut settings = MicSettings::from(&mic_args);
-        settings.listen_address = IpAddr::from([127, 0, 0, 1]);
-        settings.http_probe_port = 0;
-        settings.prometheus_port = 0;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mic_metrics = Metrics::new();
-        let deps = MicDeps {
-            arm: Arc::new(arm),
-            metrics: mic_metrics.clone(),
-            client: Some(client.clone()),
-            cluster_identity_client_id: None,
-            bound: Some(tx),
-        };
-        let mic = actix::spawn(async move {
-            if let Err(e) = aad_pod_identity::actors::mic::run::run(settings, deps).await {
-                warn!(error = %e, "MIC stopped");
-            }
-        });
-        let mic_endpoints = rx
-            .await
-            .map_err(|_| Error::Mic("MIC stopped before it was listening".into()))?;
+        // MIC's and NMI's workloads as the chart installs them; their arguments are what the
+        // replicas and node agents below run with.
+        let mut nmi_extra = args.components.nmi_args.clone();
+        if let Some(demo) = &federation {
+            demo.add_nmi_args(&mut nmi_extra);
+        }
+        let nmi_args = components::nmi_container_args(&nmi_extra)?;
+        let mic_args =
+            components::mic_container_args(args.unassign_grace_period, &args.components.mic_args)?;
+        let nmi_ds: k8s_openapi::api::apps::v1::DaemonSet =
+            serde_json::from_value(components::nmi_daemonset(&nmi_args))
+                .expect("a valid DaemonSet");
+        Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(
+            client.clone(),
+            components::NAMESPACE,
+        )
+        .create(&PostParams::default(), &nmi_ds)
+        .await
+        .map_err(|source| Error::Api {
+            what: "creating NMI's DaemonSet",
+            source,
+        })?;
+        let mic_deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(
+            components::mic_deployment(args.components.mic_replicas, &mic_args),
+        )
+        .expect("a valid Deployment");
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+            client.clone(),
+            components::NAMESPACE,
+        )
+        .create(&PostParams::default(), &mic_deployment)
+        .await
+        .map_err(|source| Error::Api {
+            what: "creating MIC's Deployment",
+            source,
+        })?;
 
-        // NMI's DaemonSet as the chart installs it (tolerating every taint, so the gate's too),
-        // so its pods show where NMI runs, as MIC's coverage report expects. The simulated
-        // kubelet marks them Ready at once; the NMIs themselves run in this process.
-        let nmi_ds: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(json!({
-            "metadata": {"name": "aad-pod-identity-nmi", "namespace": "default",
-                "labels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
-            "spec": {
-                "selector": {"matchLabels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
-                "template": {
-                    "metadata": {"labels": {"app.kubernetes.io/name": "aad-pod-identity", "app.kubernetes.io/component": "nmi"}},
-                    "spec": {"hostNetwork": true, "tolerations": [{"operator": "Exists"}],
-                        "containers": [{"name": "nmi", "image": "aad-pod-identity:sandbox", "args": ["nmi", "--node=$(NODE_NAME)"]}]},
-                },
-            },
-        }))
-        .expect("a valid DaemonSet");
-        Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &nmi_ds)
-            .await
-            .map_err(|source| Error::Api {
-                what: "creating NMI's DaemonSet",
-                source,
-            })?;
+        // MIC's replicas, one per Running MIC pod, with the simulator's azure.json; they read
+        // the API server through a kubeconfig of their own, as separate pods would.
+        let work_dir = std::env::temp_dir().join(format!(
+            "aadpi-sandbox-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&work_dir).map_err(|source| Error::File {
+            path: work_dir.display().to_string(),
+            source,
+        })?;
+        let mic_kubeconfig = work_dir.join("kubeconfig");
+        kube.write_kubeconfig(&mic_kubeconfig)?;
+        let cloud = CloudConfig::from_json(&azure.azure_json().to_string())?;
+        let mic = MicReplicas::start(client.clone(), mic_kubeconfig, cloud)?;
+        let first = mic
+            .wait_for(
+                args.components.mic_replicas as usize,
+                Duration::from_secs(60),
+            )
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Mic("no MIC replica started".into()))?;
+        let workload_service_principal = azure
+            .add_service_principal_secret(&[azure.tenant_id()], &uuid::Uuid::new_v4().to_string());
 
         // One NMI per node, on the node's own address.
         let mut sandbox = Self {
             kube,
             azure,
             nmi: BTreeMap::new(),
-            mic_endpoints,
+            mic_endpoints: (first.probe, first.metrics_addr),
             nmi_endpoints: BTreeMap::new(),
-            mic_metrics,
+            mic_metrics: first.metrics,
+            workload_service_principal,
+            control,
             federation,
             nmis: Vec::new(),
             mic,
+            work_dir,
+            nmi_args,
             weather: None,
             spare,
             node_ips: u32::try_from(joined.len()).unwrap_or(u32::MAX),
@@ -339,18 +381,11 @@ impl Sandbox {
         };
         let ip = node_ip(&n).ok_or_else(|| failed("the node has no InternalIP".into()))?;
         let imds = self.azure.imds_addr(node)?;
-        let mut s = NmiSettings::new(node.to_string(), imds);
-        s.listen = SocketAddr::new(ip, self.nmi_port);
-        // Probes and metrics on free ports: several sandboxes (tests, load tests) may run at
-        // once, and every one of them has nodes at 127.2.0.1, 127.2.0.2, ….
-        s.probe = SocketAddr::new(ip, 0);
-        s.metrics = SocketAddr::new(ip, 0);
-        // No iptables: a pod's request reaches NMI because it is sent from the pod's address.
-        s.manage_iptables = false;
-        s.assignment_wait = self.nmi_assignment_wait;
-        s.http_workers = 1;
+        let mut s = components::nmi_settings(&self.nmi_args, node, ip, self.nmi_port, imds)?;
+        if let Some(wait) = self.nmi_assignment_wait {
+            s.assignment_wait = wait;
+        }
         s.node_gate = self.node_gate.then(|| gate::DEFAULT_TAINT_KEY.to_string());
-        s.federation = self.federation.is_some();
         let mut source = CloudTokenSource::new(
             &imds.to_string(),
             self.client.clone(),
@@ -358,16 +393,15 @@ impl Sandbox {
             Duration::from_secs(30),
         )
         .map_err(|e| failed(e.to_string()))?;
-        if let Some(demo) = &self.federation {
-            source = source.with_federation(Federation::new(DEFAULT_AUDIENCE, &demo.tenant_id));
+        let metrics = Metrics::new();
+        // `--enable-federation` in NMI's arguments (the `--federated` demonstration puts it
+        // there) also gives the token source its federation, as the `nmi` binary does.
+        if let Some(f) = components::nmi_federation(&self.nmi_args, node)? {
+            source = source.with_federation(f.with_metrics(&metrics));
         }
-        let running = aad_pod_identity::actors::nmi::start(
-            &s,
-            self.client.clone(),
-            Arc::new(source),
-            &Metrics::new(),
-        )
-        .map_err(|e| failed(e.to_string()))?;
+        let running =
+            aad_pod_identity::nmi::start(&s, self.client.clone(), Arc::new(source), &metrics)
+                .map_err(|e| failed(e.to_string()))?;
         let addr = running.nmi_addr;
         self.nmi.insert(node.to_string(), addr);
         self.nmi_endpoints
@@ -411,16 +445,45 @@ impl Sandbox {
         Ok(spec.name)
     }
 
+    /// The running MIC replicas (one per Running MIC pod).
+    #[must_use]
+    pub fn mic_replicas(&self) -> ReplicaList {
+        self.mic.list()
+    }
+
     /// The `--endpoints-out` document: every simulated endpoint and every component's address.
+    /// `mic` is the replica of [`Sandbox::mic_endpoints`] while it runs, else the first running
+    /// one; `micReplicas` names every running replica by its pod.
     #[must_use]
     pub fn endpoints(&self, kubeconfig: Option<&str>) -> serde_json::Value {
+        let replicas = self.mic.views();
+        let endpoints = |probe: SocketAddr, metrics: SocketAddr| {
+            json!({
+                "healthz": format!("http://{probe}/healthz"),
+                "metrics": format!("http://{metrics}/metrics"),
+            })
+        };
+        let mic = replicas
+            .iter()
+            .find(|r| r.probe == self.mic_endpoints.0)
+            .or(replicas.first())
+            .map_or_else(
+                || endpoints(self.mic_endpoints.0, self.mic_endpoints.1),
+                |r| endpoints(r.probe, r.metrics_addr),
+            );
+        let mut azure = self.azure.endpoints();
+        azure["workloadServicePrincipal"] = json!({
+            "clientID": self.workload_service_principal.client_id,
+            "tenantID": self.azure.tenant_id(),
+            "secret": self.workload_service_principal.secret,
+        });
         json!({
             "kubernetes": {"server": self.kube.base_url(), "kubeconfig": kubeconfig},
-            "azure": self.azure.endpoints(),
-            "mic": {
-                "healthz": format!("http://{}/healthz", self.mic_endpoints.0),
-                "metrics": format!("http://{}/metrics", self.mic_endpoints.1),
-            },
+            "control": format!("http://{}", self.control.addr),
+            "azure": azure,
+            "mic": mic,
+            "micReplicas": replicas.iter().map(|r| (r.pod.clone(), endpoints(r.probe, r.metrics_addr)))
+                .collect::<serde_json::Map<_, _>>(),
             "nmi": self.nmi.iter().map(|(node, addr)| {
                 let (probe, metrics) = self.nmi_endpoints[node];
                 (node.clone(), json!({
@@ -439,7 +502,9 @@ impl Sandbox {
                 warn!(error = %e, "NMI stop");
             }
         }
-        self.mic.abort();
+        self.mic.stop().await;
+        self.control.stop().await;
+        let _ = std::fs::remove_dir_all(&self.work_dir);
         if let Some(w) = self.weather {
             w.abort();
             let _ = w.await;
@@ -450,27 +515,6 @@ impl Sandbox {
         }
         self.kube.shutdown().await;
     }
-}
-
-fn mic_args(args: &SandboxArgs) -> Result<MicArgs, Error> {
-    #[derive(clap::Parser)]
-    struct Only {
-        #[command(flatten)]
-        mic: MicArgs,
-    }
-    use clap::Parser as _;
-    let grace = format!(
-        "--unassign-grace-period={}ms",
-        args.unassign_grace_period.as_millis()
-    );
-    Only::try_parse_from([
-        "mic",
-        "--leader-election-instance=sandbox-mic",
-        "--leader-election-namespace=default",
-        grace.as_str(),
-    ])
-    .map(|o| o.mic)
-    .map_err(|e| Error::Mic(e.to_string()))
 }
 
 fn node_ip(node: &Node) -> Option<IpAddr> {
@@ -557,11 +601,11 @@ pub(crate) fn running(pods: &[Pod]) -> usize {
         .count()
 }
 
-/// One line of progress, from the simulators' own state and MIC's metrics.
+/// One line of progress, from the simulators' own state and the leading MIC replica's metrics.
 async fn progress_line(
     client: &kube::Client,
     azure: &AzureSimHandle,
-    mic_metrics: &Metrics,
+    mic: &ReplicaList,
 ) -> Option<String> {
     let pods: Api<Pod> = Api::all(client.clone());
     let aai: Api<AzureAssignedIdentity> = Api::all(client.clone());
@@ -573,9 +617,12 @@ async fn progress_line(
     let c = azure.counters();
     let patches: u64 = c.patches.values().sum();
     let gets: u64 = c.gets.values().sum();
-    let latency = assignment_latency(mic_metrics).map_or_else(String::new, |(n, mean, p95)| {
-        format!(" | assignment latency: mean {mean:.2}s, p95 <= {p95}s over {n}")
-    });
+    let latency = mic
+        .leader()
+        .and_then(|l| assignment_latency(&l.metrics))
+        .map_or_else(String::new, |(n, mean, p95)| {
+            format!(" | assignment latency: mean {mean:.2}s, p95 <= {p95}s over {n}")
+        });
     Some(format!(
         "pods with identities: {} ({} running) | AzureAssignedIdentities: {} ({} Assigned){} | ARM: {} PATCH, {} GET, {} throttled | tokens issued by Azure: {}",
         pods.items.len(),
@@ -603,14 +650,19 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
         }
         None => None,
     };
-    let endpoints = sandbox.endpoints(kubeconfig.as_deref());
-    if let Some(p) = &args.endpoints_out {
-        let text = serde_json::to_string_pretty(&endpoints).unwrap_or_default();
+    // Written again whenever an NMI or a MIC replica starts or stops.
+    let write_endpoints = |sandbox: &Sandbox| -> Result<(), Error> {
+        let Some(p) = &args.endpoints_out else {
+            return Ok(());
+        };
+        let doc = sandbox.endpoints(kubeconfig.as_deref());
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         std::fs::write(p, format!("{text}\n")).map_err(|source| Error::File {
             path: p.display().to_string(),
             source,
-        })?;
-    }
+        })
+    };
+    write_endpoints(&sandbox)?;
     println!("AAD Pod Identity sandbox is running (Ctrl-C stops it).");
     println!("  Kubernetes API: {}", sandbox.kube.base_url());
     match &kubeconfig {
@@ -618,10 +670,9 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
         None => println!("  kubeconfig:     pass --kubeconfig-out PATH to write one"),
     }
     println!("  Azure (ARM):    {}", sandbox.azure.arm_endpoint());
-    println!(
-        "  MIC:            http://{}/healthz",
-        sandbox.mic_endpoints.0
-    );
+    for r in sandbox.mic.views() {
+        println!("  MIC {}: http://{}/healthz", r.pod, r.probe);
+    }
     for (node, addr) in &sandbox.nmi {
         println!("  NMI {node}: http://{addr}");
     }
@@ -633,14 +684,14 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
     let progress = {
         let client = client.clone();
         let azure = sandbox.azure.clone();
-        let mic_metrics = sandbox.mic_metrics.clone();
+        let mic = sandbox.mic.list();
         let demo = sandbox.federation.clone();
         tokio::spawn(async move {
             let (mut last, mut last_federated) = (String::new(), String::new());
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
-                if let Some(line) = progress_line(&client, &azure, &mic_metrics).await
+                if let Some(line) = progress_line(&client, &azure, &mic).await
                     && line != last
                 {
                     println!("[progress] {line}");
@@ -746,10 +797,20 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
             let _ = steps.send(Step::Join);
         });
     }
+    let mut mic_changes = sandbox.mic.changes();
+    mic_changes.mark_unchanged();
     loop {
         tokio::select! {
             r = tokio::signal::ctrl_c() => { r.map_err(Error::Signal)?; break; }
             _ = term.recv() => break,
+            Ok(()) = mic_changes.changed() => {
+                let pods: Vec<String> = sandbox.mic.views().into_iter()
+                    .map(|r| if r.leading() { format!("{} (leading)", r.pod) } else { r.pod }).collect();
+                println!("[mic] replicas: {}", pods.join(", "));
+                if let Err(e) = write_endpoints(&sandbox) {
+                    warn!(error = %e, "cannot update the endpoints document");
+                }
+            }
             Some(step) = next_step.recv() => match step {
                 Step::Join => match sandbox.add_node() {
                     Ok(node) => {
@@ -771,12 +832,8 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
                 Step::StartNmi(node) => match sandbox.start_nmi(&node).await {
                     Ok(addr) => {
                         // The endpoints document names the new NMI too.
-                        if let Some(p) = &args.endpoints_out {
-                            let doc = sandbox.endpoints(kubeconfig.as_deref());
-                            let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-                            if let Err(e) = std::fs::write(p, format!("{text}\n")) {
-                                warn!(error = %e, path = %p.display(), "cannot update the endpoints document");
-                            }
+                        if let Err(e) = write_endpoints(&sandbox) {
+                            warn!(error = %e, "cannot update the endpoints document");
                         }
                         println!("[scale-out] NMI {node}: http://{addr}{}", if args.node_gate { " (it lifts the taint once its caches are synced)" } else { "" })
                     }

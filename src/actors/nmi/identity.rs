@@ -1,6 +1,7 @@
 //! An identity as NMI sees it for one pod, and the pure rule that picks which one a token
 //! request gets.
 
+use super::cache::CacheKey;
 use super::source::{FederatedPod, TokenRequest, TokenTarget};
 use crate::crd::{AssignedState, AzureIdentity, AzureIdentitySpec, IdentityType};
 use kube::ResourceExt;
@@ -23,7 +24,7 @@ pub struct ResolvedIdentity {
     /// True when this identity may only serve pods of its own namespace.
     pub namespaced: bool,
     /// Key of this identity's tokens in the cache.
-    pub cache_key: Arc<str>,
+    pub cache_key: CacheKey,
     /// Client id, as written in the spec.
     pub client_id: Arc<str>,
     /// Tokens come from workload identity federation (the calling pod's service-account token
@@ -44,26 +45,24 @@ impl ResolvedIdentity {
         let identity_name = identity.name_any();
         let spec = &identity.spec;
         let federated = identity.is_federated();
-        let cache_key: Arc<str> = match spec.type_ {
+        let cache_key = match spec.type_ {
             // A federated token depends on who Azure AD issues it to (client id, tenant,
             // authority); the subject it was exchanged for keys the slot (see the broker).
             _ if federated => federated_key(&identity_namespace, &identity_name, spec),
             IdentityType::UserAssignedMsi if !spec.client_id.is_empty() => {
-                format!("msi/{}", spec.client_id.to_ascii_lowercase()).into()
+                CacheKey::user_assigned(&spec.client_id)
             }
-            IdentityType::UserAssignedMsi => {
-                format!("msi-rid/{}", spec.resource_id.to_ascii_lowercase()).into()
-            }
+            IdentityType::UserAssignedMsi => CacheKey::user_assigned_by_resource(&spec.resource_id),
             // A service principal's token depends on the Secret the identity points at, so two
             // AzureIdentities never share tokens even with one client id; and on everything
             // else in its spec (tenant, Secret reference, adEndpoint, ...), so an edited
             // identity gets a key of its own and its old tokens are dropped, never served.
-            _ => format!(
-                "sp/{identity_namespace}/{identity_name}/{}/{:016x}",
-                spec.client_id,
-                spec_fingerprint(spec)
-            )
-            .into(),
+            _ => CacheKey::service_principal(
+                &identity_namespace,
+                &identity_name,
+                &spec.client_id,
+                spec_fingerprint(spec),
+            ),
         };
         Self {
             namespaced: force_namespaced || identity.has_namespaced_annotation(),
@@ -150,13 +149,14 @@ impl ResolvedIdentity {
     }
 }
 
-fn federated_key(namespace: &str, name: &str, spec: &AzureIdentitySpec) -> Arc<str> {
-    // Namespaces and names hold no `/`; the quoted fields cannot run into each other.
-    format!(
-        "fed/{namespace}/{name}/{:?}",
-        (&spec.client_id, &spec.tenant_id, &spec.ad_endpoint)
+fn federated_key(namespace: &str, name: &str, spec: &AzureIdentitySpec) -> CacheKey {
+    CacheKey::federated(
+        namespace,
+        name,
+        &spec.client_id,
+        &spec.tenant_id,
+        &spec.ad_endpoint,
     )
-    .into()
 }
 
 /// A hash of everything in a spec (stable within the process, which is all a cache key needs).

@@ -15,6 +15,7 @@
 //! that cannot be ids (longer than [`MAX_ID_LEN`], or with characters other than letters,
 //! digits, `-` and `.`) are ignored with a warning.
 
+use super::cache::CacheKey;
 use super::identity::ResolvedIdentity;
 use super::pods::PodInfo;
 use dashmap::DashMap;
@@ -78,7 +79,7 @@ impl ServiceAccountIndex {
 
     /// Records a service account added or changed; returns the cache key of the identity it
     /// no longer names (its tokens must be dropped).
-    pub fn apply(&self, sa: &ServiceAccount) -> Option<Arc<str>> {
+    pub fn apply(&self, sa: &ServiceAccount) -> Option<CacheKey> {
         let k = key(&sa.namespace().unwrap_or_default(), &sa.name_any());
         let old = match Self::resolve(sa) {
             Some(id) => self
@@ -87,18 +88,18 @@ impl ServiceAccountIndex {
                 .filter(|o| o.cache_key != id.cache_key),
             None => self.by_key.remove(&k).map(|(_, o)| o),
         };
-        old.map(|o| Arc::clone(&o.cache_key))
+        old.map(|o| o.cache_key.clone())
     }
 
     /// Records a service account's deletion; returns the cache key to drop.
-    pub fn delete(&self, sa: &ServiceAccount) -> Option<Arc<str>> {
+    pub fn delete(&self, sa: &ServiceAccount) -> Option<CacheKey> {
         self.by_key
             .remove(&key(&sa.namespace().unwrap_or_default(), &sa.name_any()))
-            .map(|(_, o)| Arc::clone(&o.cache_key))
+            .map(|(_, o)| o.cache_key.clone())
     }
 
     /// Replaces everything after a (re)list; marks the index synced. Returns cache keys to drop.
-    pub fn replace_all(&self, list: &[ServiceAccount]) -> Vec<Arc<str>> {
+    pub fn replace_all(&self, list: &[ServiceAccount]) -> Vec<CacheKey> {
         let fresh: std::collections::HashMap<String, Arc<ResolvedIdentity>> = list
             .iter()
             .filter_map(|sa| {
@@ -110,7 +111,7 @@ impl ServiceAccountIndex {
         self.by_key.retain(|k, old| match fresh.get(k) {
             Some(new) if new.cache_key == old.cache_key => true,
             _ => {
-                gone.push(Arc::clone(&old.cache_key));
+                gone.push(old.cache_key.clone());
                 false
             }
         });
@@ -247,12 +248,17 @@ mod tests {
         let old = idx
             .apply(&sa("n", "a", &[(CLIENT_ID_ANNOTATION, "c-2")]))
             .unwrap();
-        assert!(old.contains("c-1"));
+        assert!(old.as_str().contains("c-1"));
         let gone = idx.apply(&sa("n", "a", &[])).unwrap();
-        assert!(gone.contains("c-2"));
+        assert!(gone.as_str().contains("c-2"));
         assert!(idx.is_empty());
         idx.apply(&sa("n", "b", &[(CLIENT_ID_ANNOTATION, "c-3")]));
-        assert!(idx.delete(&sa("n", "b", &[])).unwrap().contains("c-3"));
+        assert!(
+            idx.delete(&sa("n", "b", &[]))
+                .unwrap()
+                .as_str()
+                .contains("c-3")
+        );
         idx.apply(&sa("n", "c", &[(CLIENT_ID_ANNOTATION, "c-4")]));
         let dropped = idx.replace_all(&[]);
         assert_eq!(dropped.len(), 1);

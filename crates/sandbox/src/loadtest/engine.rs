@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::prom::{self, Prometheus};
 use super::report::{Chart, RunResult, ms_line, summary};
 use super::{Error, LoadtestArgs, Scenario};
-use crate::args::{FaultProfile, SandboxArgs};
+use crate::args::{ComponentArgs, FaultProfile, SandboxArgs};
 use crate::system::Sandbox;
 use aad_pod_identity::crd::{AzureAssignedIdentity, POD_LABEL};
 use aad_pod_identity_sim::topology::Host;
@@ -519,13 +519,14 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         job_run_time,
         cron_speedup: speedup,
         unassign_grace_period: Duration::from_secs(60),
-        nmi_assignment_wait: p.assignment_wait,
+        nmi_assignment_wait: Some(p.assignment_wait),
         nmi_port: args.nmi_port,
         add_node: Vec::new(),
         nmi_start_delay: Duration::ZERO,
         // The gate is not what load tests measure.
         node_gate: false,
         federated: false,
+        components: ComponentArgs::default(),
     };
     let started = Instant::now();
     let cpu0 = proc_usage().0;

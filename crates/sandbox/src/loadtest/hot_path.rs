@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::prom::{self, Prometheus};
 use super::report::{Chart, RunResult, quantile, summary};
 use super::{Error, LoadtestArgs};
-use crate::args::{FaultProfile, SandboxArgs};
+use crate::args::{ComponentArgs, FaultProfile, SandboxArgs};
 use crate::system::Sandbox;
 use aad_pod_identity::crd::{AzureAssignedIdentity, POD_LABEL};
 
@@ -149,13 +149,14 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         job_run_time: Duration::from_secs(5),
         cron_speedup: 1,
         unassign_grace_period: Duration::from_secs(60),
-        nmi_assignment_wait: Duration::from_secs(5),
+        nmi_assignment_wait: Some(Duration::from_secs(5)),
         nmi_port: args.nmi_port,
         add_node: Vec::new(),
         nmi_start_delay: Duration::ZERO,
         // The gate is not what load tests measure.
         node_gate: false,
         federated: false,
+        components: ComponentArgs::default(),
     };
     let sandbox = Sandbox::start(&sargs).await?;
     let r = drive(args, &sandbox, pods, rounds, seconds, concurrency).await;

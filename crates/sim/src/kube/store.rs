@@ -429,6 +429,40 @@ fn workload_defaults(info: &ResourceInfo, obj: &mut Value) {
     }
 }
 
+/// A Secret's `stringData` is write-only, as on the real API server: its entries are merged
+/// into `data` (base64), replacing entries of the same key, and the field itself is dropped.
+/// Values that are not strings are refused, as the real server's decoding refuses them.
+fn merge_string_data(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    use base64::Engine as _;
+    if (info.group.as_str(), info.plural.as_str()) != ("", "secrets") {
+        return Ok(());
+    }
+    let Some(string_data) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return Ok(());
+    };
+    let entries = match string_data {
+        Value::Null => return Ok(()),
+        Value::Object(m) => m,
+        _ => {
+            return Err(ApiError::bad_request(
+                "json: cannot unmarshal into Go struct field Secret.stringData of type map[string]string",
+            ));
+        }
+    };
+    if !obj.get("data").is_some_and(Value::is_object) {
+        obj["data"] = json!({});
+    }
+    for (k, v) in entries {
+        let Some(text) = v.as_str() else {
+            return Err(ApiError::bad_request(format!(
+                "json: cannot unmarshal {v} into Go struct field Secret.stringData of type string (key {k})"
+            )));
+        };
+        obj["data"][k.as_str()] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+    Ok(())
+}
+
 /// Fields the server fills in on create, per resource.
 fn defaults_on_create(info: &ResourceInfo, obj: &mut Value) {
     workload_defaults(info, obj);
@@ -684,6 +718,7 @@ impl Store {
             admit_crd(info, &obj, None)?;
         }
         check_schema(info, &mut obj)?;
+        merge_string_data(info, &mut obj)?;
         defaults_on_create(info, &mut obj);
         let name = name_of(&obj).to_string();
         let gr = info.gr();
@@ -983,6 +1018,9 @@ impl Store {
             admit_crd(info, &new, Some(&existing))?;
         }
         check_schema(info, &mut new)?;
+        if !status_only {
+            merge_string_data(info, &mut new)?;
+        }
         if new == *existing {
             // A no-op write changes nothing and produces no event, as on a real server.
             return Ok(existing);

@@ -255,3 +255,39 @@ fn dependents_come_from_the_owner_index() {
         .unwrap();
     assert_eq!(store.dependents(uid_of(&owner), &pods.gr()).len(), 1);
 }
+
+/// `kubectl create secret generic --from-literal` and manifests with `stringData` both rely on
+/// the server turning `stringData` into `data`; a reader (NMI) only ever sees `data`.
+#[test]
+fn secret_string_data_is_merged_into_data_and_never_stored() {
+    let (store, _, _) = setup(100);
+    let secrets = store.registry().get("", "v1", "secrets").unwrap();
+    let s = store
+        .create(
+            &secrets,
+            "default",
+            json!({"metadata": {"name": "sp"}, "data": {"keep": "a2VlcA==", "clientSecret": "b2xk"},
+                   "stringData": {"clientSecret": "s3cret"}}),
+        )
+        .unwrap();
+    assert_eq!(s["data"]["clientSecret"], "czNjcmV0");
+    assert_eq!(s["data"]["keep"], "a2VlcA==");
+    assert!(s.get("stringData").is_none());
+    let s = store
+        .update_with(&secrets, "default", "sp", false, |cur| {
+            let mut n = cur.clone();
+            n["stringData"] = json!({"clientSecret": "new"});
+            Ok(n)
+        })
+        .unwrap();
+    assert_eq!(s["data"]["clientSecret"], "bmV3");
+    assert!(s.get("stringData").is_none());
+    let e = store
+        .create(
+            &secrets,
+            "default",
+            json!({"metadata": {"name": "bad"}, "stringData": {"n": 1}}),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, 400);
+}

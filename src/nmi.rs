@@ -9,8 +9,8 @@
 //! imports between those two run one way: the HTTP surface uses the broker and indexes.
 
 use crate::actors::nmi::{
-    assignments, broker, cache, cloud_source, exceptions, gate, iptables, kubenet, managed,
-    metrics, pods, source, upstream_metrics, watchers,
+    assignments, broker, cache, cloud_source, exceptions, federated, gate, iptables, kubenet,
+    managed, metrics, pods, service_accounts, source, upstream_metrics, watchers,
 };
 use crate::actors::supervisor::{Death, RestartPolicy, Supervisor};
 use crate::http::nmi::{HttpSettings, NmiHttp};
@@ -23,6 +23,7 @@ use exceptions::ExceptionIndex;
 use managed::ManagedCatalog;
 use metrics::NmiMetrics;
 use pods::PodIndex;
+use service_accounts::ServiceAccountIndex;
 use source::TokenSource;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +108,10 @@ pub struct NmiSettings {
     pub max_connections_per_source: usize,
     /// How supervised tasks are restarted.
     pub restart_policy: RestartPolicy,
+    /// `--enable-federation`: pods that opted in to workload identity get the identity their
+    /// service account names (a watch on service accounts). Federated AzureIdentities need the
+    /// token source's federation (see `cloud_source`).
+    pub federation: bool,
 }
 
 impl NmiSettings {
@@ -150,6 +155,7 @@ impl NmiSettings {
             pass_through_body_timeout: args.pass_through_body_timeout,
             max_connections_per_source: count(args.max_connections_per_source),
             restart_policy: RestartPolicy::default(),
+            federation: args.enable_federation,
         }
         .sandbox_probes()
     }
@@ -223,6 +229,7 @@ impl NmiSettings {
             pass_through_body_timeout: Duration::from_secs(10),
             max_connections_per_source: 256,
             restart_policy: RestartPolicy::default(),
+            federation: false,
         }
     }
 }
@@ -299,6 +306,8 @@ pub struct Nmi {
     pub catalog: Option<Arc<ManagedCatalog>>,
     /// Exceptions.
     pub exceptions: Arc<ExceptionIndex>,
+    /// Service accounts annotated for workload identity (`--enable-federation`).
+    pub service_accounts: Option<Arc<ServiceAccountIndex>>,
     /// Token cache.
     pub cache: Arc<TokenCache>,
     /// The request flow.
@@ -354,7 +363,7 @@ impl Nmi {
                 (None, Some(Arc::clone(&c)), IdentityFeed::Managed(c))
             }
         };
-        let broker = Arc::new(Broker::new(
+        let mut broker = Broker::new(
             Arc::clone(&pods),
             feed,
             Arc::clone(&exceptions),
@@ -370,7 +379,14 @@ impl Nmi {
                 pod_arrival_timeout: settings.pod_arrival_timeout,
             },
             Some(metrics.clone()),
-        ));
+        );
+        let service_accounts = settings
+            .federation
+            .then(|| Arc::new(ServiceAccountIndex::new()));
+        if let Some(sa) = &service_accounts {
+            broker = broker.with_workload_identities(Arc::clone(sa));
+        }
+        let broker = Arc::new(broker);
         let proxy = Proxy::new(
             &format!("http://{}", settings.metadata),
             settings.token_fetch_timeout,
@@ -400,6 +416,7 @@ impl Nmi {
             assignments,
             catalog,
             exceptions,
+            service_accounts,
             cache,
             broker,
             http,
@@ -524,6 +541,18 @@ pub fn start(
                 client.clone(),
                 node.clone(),
                 Arc::clone(&a),
+                Arc::clone(&cache),
+                Arc::clone(&synced),
+            )
+        });
+    }
+    if let Some(sa) = &nmi.service_accounts {
+        let (client, sa, cache) = (client.clone(), Arc::clone(sa), Arc::clone(&nmi.cache));
+        let synced = Arc::clone(&nmi.synced_changed);
+        sup.spawn("watch-service-accounts", move || {
+            watchers::watch_service_accounts(
+                client.clone(),
+                Arc::clone(&sa),
                 Arc::clone(&cache),
                 Arc::clone(&synced),
             )
@@ -695,6 +724,14 @@ pub async fn run_with_args(
     .with_allowed_authorities(args.allowed_ad_endpoints.iter().cloned())
     .with_user_agent(&user_agent(args))
     .with_metrics(&metrics);
+    let source = if args.enable_federation {
+        source.with_federation(
+            federated::Federation::new(&args.federation_audience, &args.federation_tenant_id)
+                .with_metrics(&metrics),
+        )
+    } else {
+        source
+    };
     run(settings, client, Arc::new(source), metrics).await
 }
 

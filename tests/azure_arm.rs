@@ -237,6 +237,11 @@ async fn more_than_150_identities_are_split_into_patches_of_at_most_150() {
     assert_eq!(out.patches, 3);
     assert_eq!(out.added.len(), 320);
     assert_eq!(sim.counters().total_patches(), 3);
+    // Each identity was named by exactly one PATCH; identities of no PATCH by none.
+    let c = sim.counters();
+    assert!(all.iter().all(|id| c.writes_naming(id) == 1));
+    assert_eq!(c.writes_naming(&all[0].to_uppercase()), 1);
+    assert_eq!(c.writes_naming("/subscriptions/x/nothing"), 0);
     assert_eq!(
         sim.assigned_identities(&t.scale_sets[0].name)
             .unwrap()

@@ -850,6 +850,70 @@ async fn an_identity_used_by_another_pod_on_the_same_scale_set_is_not_removed() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_identity_is_assigned_without_an_arm_write_and_migrating_one_releases_it() {
+    let c = cluster(
+        "federated",
+        Topology::sized(1, 2, 0, 2),
+        azure_with_latency(Duration::from_millis(100)),
+    )
+    .await;
+    let mic = start_mic(&c, settings(&c, "mic-0")).await;
+    wait_health(mic.probe, "Active", Duration::from_secs(10)).await;
+    let federate = |name: &str| {
+        let api = Api::<AzureIdentity>::namespaced(c.client.clone(), "default");
+        let name = name.to_string();
+        async move {
+            api.patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                    crd::FEDERATED_ANNOTATION: "true"
+                }}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    // Federated from the start: Assigned without any ARM call naming it.
+    c.identity("identity-1", &c.identity_rid(1)).await;
+    federate("identity-1").await;
+    c.pod("fed", "identity-1", &c.node(0)).await;
+    c.wait_for(
+        "the federated pod Assigned",
+        Duration::from_secs(20),
+        all_assigned(1),
+    )
+    .await;
+    assert_eq!(c.azure.counters().writes_naming(&c.identity_rid(1)), 0);
+    assert!(c.on_scale_set(0).is_empty());
+
+    // An assigned identity migrated to federation: its pod stays Assigned, and MIC releases the
+    // identity it had put on the scale set (after the 1 s grace period).
+    c.identity("identity-0", &c.identity_rid(0)).await;
+    c.pod("plain", "identity-0", &c.node(1)).await;
+    c.wait_for("both Assigned", Duration::from_secs(20), all_assigned(2))
+        .await;
+    assert_eq!(c.on_scale_set(0).len(), 1);
+    federate("identity-0").await;
+    wait_scale_set(&c, "identity-0 released", Duration::from_secs(20), |on| {
+        on.is_empty()
+    })
+    .await;
+    assert!(
+        all_assigned(2)(&c.assigned().await),
+        "the pods keep their assignment"
+    );
+    let counters = c.azure.counters();
+    assert_eq!(
+        counters.writes_naming(&c.identity_rid(0)),
+        2,
+        "one add, one removal"
+    );
+    assert_eq!(counters.writes_naming(&c.identity_rid(1)), 0);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_periodic_reconcile_re_adds_an_identity_removed_by_hand() {
     let c = cluster(
         "reconcile",

@@ -99,7 +99,10 @@ async fn tokens_credentials_and_certificates_redact_themselves_in_debug() {
     check("CertificateCredential", &cert);
     let by_cert = ClientCredential::Certificate(Arc::clone(&cert));
     check("ClientCredential::Certificate", &by_cert);
-    for credential in [secret, by_cert] {
+    // A pod's service-account token presented for workload identity federation.
+    let assertion = ClientCredential::Assertion(ACCESS.into());
+    check("ClientCredential::Assertion", &assertion);
+    for credential in [secret, by_cert, assertion] {
         check(
             "aad::TokenRequest",
             &AadRequest {

@@ -354,6 +354,10 @@ def cmd_content(f: Failures) -> None:
                 vol = vols.get(mounts.get(kubelet, ""), {})
                 f.check(vol.get("hostPath", {}).get("path") == kubelet, w, f"{kubelet} mounted from the node")
                 f.check(any(m["mountPath"] == kubelet and m.get("readOnly") for m in c.get("volumeMounts", [])), w, "kubelet file mounted read-only")
+            fed = str(merged["nmi"]["federation"]["enabled"]).lower() == "true"
+            f.check(("--enable-federation=true" in c["args"]) == fed, w, f"--enable-federation passed exactly when nmi.federation.enabled ({fed})")
+            if fed and merged["nmi"]["federation"]["tenantID"]:
+                f.check(f"--federation-tenant-id={merged['nmi']['federation']['tenantID']}" in c["args"], w, "--federation-tenant-id passed")
             allow = str(merged["nmi"]["allowNetworkPluginKubenet"]).lower()
             f.check(f"--allow-network-plugin-kubenet={allow}" in c["args"], w, "--allow-network-plugin-kubenet passed")
             f.check(bool(c.get("resources", {}).get("requests")) and bool(c.get("resources", {}).get("limits")), w, "resource requests and limits")
@@ -401,6 +405,10 @@ def cmd_content(f: Failures) -> None:
             want_secrets = merged["rbac"]["allowAccessToSecrets"] or sp_in_values
             f.check(grants(nmi_rules, "", "secrets", "get") == bool(want_secrets), tag, f"NMI reads Secrets only when needed (want {want_secrets})")
             f.check(not grants(nmi_rules, "", "secrets", "list"), tag, "NMI never lists Secrets")
+            fed = str(merged["nmi"]["federation"]["enabled"]).lower() == "true"
+            f.check(grants(nmi_rules, "", "serviceaccounts/token", "create") == fed, tag, f"NMI asks for service-account tokens exactly when federation is on ({fed})")
+            f.check(grants(nmi_rules, "", "serviceaccounts", "watch") == fed, tag, f"NMI watches service accounts exactly when federation is on ({fed})")
+            f.check(not grants(nmi_rules, "", "serviceaccounts", "update") and not grants(nmi_rules, "", "serviceaccounts", "create"), tag, "NMI never writes service accounts")
             gate = str(merged["nmi"]["nodeGate"]["enabled"]).lower() == "true"
             f.check(grants(nmi_rules, "", "nodes", "patch") == gate, tag, f"NMI patches nodes exactly when the node gate is on ({gate})")
             if gate:
@@ -459,6 +467,10 @@ def cmd_content(f: Failures) -> None:
             want = (spec or {}).get("name") or key
             got = [i for i in find(objects, "AzureIdentity") if i["metadata"]["name"] == want]
             f.check(len(got) == 1, tag, f"azureIdentities.{key} is AzureIdentity {want} (name overrides the key)")
+            fed = (spec or {}).get("federated") is True
+            for i in got:
+                has = (i["metadata"].get("annotations") or {}).get("aadpodidentity.k8s.io/federated") == "true"
+                f.check(has == fed, tag, f"AzureIdentity {want} annotated federated exactly when asked ({fed})")
             ref = (spec or {}).get("clientPassword")
             if got and ref:
                 want_ref = json.loads(ref) if isinstance(ref, str) else ref
@@ -541,6 +553,8 @@ BAD_VALUES = [
     ({"nmi": {"metadataHeaderRequired": "yes"}}, "/nmi/metadataHeaderRequired"),
     ({"nmi": {"nodeGate": {"taintKey": "not a key"}}}, "/nmi/nodeGate/taintKey"),
     ({"nmi": {"nodeGate": {"enabled": "yes"}}}, "/nmi/nodeGate/enabled"),
+    ({"nmi": {"federation": {"tenantID": "a/b"}}}, "/nmi/federation/tenantID"),
+    ({"nmi": {"federation": {"enabled": "on"}}}, "/nmi/federation/enabled"),
     ({"nmi": {"allowNetworkPluginKubenet": "maybe"}}, "/nmi/allowNetworkPluginKubenet"),
     ({"nmi": {"ipTableUpdateTimeIntervalInSeconds": "-1"}}, "/nmi/ipTableUpdateTimeIntervalInSeconds"),
     ({"forceNamespaced": "maybe"}, "/forceNamespaced"),

@@ -4,7 +4,9 @@
 //! [`Token`] (all strings) whichever endpoint produced it: v1 (`/{tenant}/oauth2/token`,
 //! `resource=`) or v2 (`/{tenant}/oauth2/v2.0/token`, `scope=<resource>/.default`).
 //! Type 2 signs a client assertion (RS256, `x5t` = SHA-1 thumbprint) with the key from a
-//! PKCS#12 bundle. Secrets, keys and tokens never reach a log line or a `Debug` string.
+//! PKCS#12 bundle. Workload identity federation presents another issuer's token (a pod's
+//! service-account token) as the assertion instead. Secrets, keys and tokens never reach a log
+//! line or a `Debug` string.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -118,6 +120,9 @@ pub enum ClientCredential {
     Secret(String),
     /// Type 2: a certificate.
     Certificate(Arc<CertificateCredential>),
+    /// Workload identity federation: a token of another issuer (a pod's service-account
+    /// token) that Azure AD accepts through a federated identity credential.
+    Assertion(String),
 }
 
 impl std::fmt::Debug for ClientCredential {
@@ -125,6 +130,7 @@ impl std::fmt::Debug for ClientCredential {
         match self {
             ClientCredential::Secret(_) => f.write_str("Secret(<redacted>)"),
             ClientCredential::Certificate(c) => c.fmt(f),
+            ClientCredential::Assertion(_) => f.write_str("Assertion(<redacted>)"),
         }
     }
 }
@@ -234,6 +240,13 @@ impl AadClient {
                         "client_assertion",
                         &c.assertion(&req.client_id, endpoint.as_str())?,
                     );
+                }
+                ClientCredential::Assertion(a) => {
+                    form.append_pair(
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    )
+                    .append_pair("client_assertion", a);
                 }
             }
             form.finish()
@@ -384,5 +397,17 @@ mod tests {
     fn secrets_are_not_in_debug_output() {
         let c = ClientCredential::Secret("hunter2".into());
         assert!(!format!("{c:?}").contains("hunter2"));
+        // A federated request, as a span or error might print it: the service-account token
+        // (the assertion) is a credential too.
+        let r = TokenRequest {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            credential: ClientCredential::Assertion("eyJhbGciOi.sa-token.sig".into()),
+            resource: "https://vault.azure.net".into(),
+            version: EndpointVersion::V2,
+        };
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("sa-token"), "{shown}");
+        assert!(shown.contains("Assertion(<redacted>)"), "{shown}");
     }
 }

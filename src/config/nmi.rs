@@ -223,6 +223,28 @@ pub struct NmiArgs {
     #[arg(long = "allowed-ad-endpoints", env = "NMI_ALLOWED_AD_ENDPOINTS", value_delimiter = ',', value_parser = AllowedAuthority::parse)]
     pub allowed_ad_endpoints: Vec<AllowedAuthority>,
 
+    /// New: serve federated identities (an AzureIdentity annotated
+    /// `aadpodidentity.k8s.io/federated: "true"`, and pods labelled
+    /// `azure.workload.identity/use: "true"` whose service account names a client id) with the
+    /// calling pod's service-account token exchanged at Azure AD; needs `create` on
+    /// `serviceaccounts/token` and list/watch on `serviceaccounts` (docs/federation.md).
+    #[arg(long = "enable-federation", env = "NMI_ENABLE_FEDERATION", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub enable_federation: bool,
+
+    /// New: tenant of federated identities that name none (no `tenantID`, no
+    /// `azure.workload.identity/tenant-id` annotation).
+    #[arg(
+        long = "federation-tenant-id",
+        env = "NMI_FEDERATION_TENANT_ID",
+        default_value = ""
+    )]
+    pub federation_tenant_id: String,
+
+    /// New: audience of the service-account tokens exchanged at Azure AD (the federated
+    /// credentials' audience; sovereign clouds use their own).
+    #[arg(long = "federation-audience", env = "NMI_FEDERATION_AUDIENCE", default_value = crate::actors::nmi::federated::DEFAULT_AUDIENCE)]
+    pub federation_audience: String,
+
     #[command(flatten)]
     pub log: LogArgs,
 
@@ -348,6 +370,11 @@ mod tests {
         assert_eq!(a.mic_service_account, "");
         assert_eq!((a.max_waiters_per_pod, a.max_waiters), (100, 10_000));
         assert!(a.allowed_ad_endpoints.is_empty());
+        assert!(!a.enable_federation);
+        assert_eq!(a.federation_audience, "api://AzureADTokenExchange");
+        assert_eq!(a.federation_tenant_id, "");
+        let f = parse(&["--enable-federation", "--federation-tenant-id=t"]).unwrap();
+        assert!(f.enable_federation && f.federation_tenant_id == "t");
     }
 
     #[test]

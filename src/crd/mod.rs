@@ -33,6 +33,13 @@ pub const POD_LABEL: &str = "aadpodidbinding";
 pub const BEHAVIOR_ANNOTATION: &str = "aadpodidentity.k8s.io/Behavior";
 /// Value of [`BEHAVIOR_ANNOTATION`] that turns namespaced matching on for the identity.
 pub const BEHAVIOR_NAMESPACED: &str = "namespaced";
+/// Annotation that makes an AzureIdentity federated when its value is `true`: NMI gets its
+/// tokens through workload identity federation (the calling pod's service-account token
+/// exchanged at Azure AD) and MIC assigns it to no VM or scale set. An annotation rather than a
+/// new `type`: the original's controllers and CRD schema ignore it, so after a rollback a
+/// federated type-0 identity is assigned to the scale set again and keeps working
+/// (docs/federation.md).
+pub const FEDERATED_ANNOTATION: &str = "aadpodidentity.k8s.io/federated";
 /// Finalizer MIC puts on every AzureAssignedIdentity it creates.
 pub const ASSIGNED_IDENTITY_FINALIZER: &str =
     "azureassignedidentity.finalizers.aadpodidentity.k8s.io";
@@ -316,6 +323,14 @@ fn is_zero(v: &i64) -> bool {
 }
 
 impl AzureAssignedIdentity {
+    /// True when its status is `Assigned` (NMI may hand out the identity's tokens).
+    #[must_use]
+    pub fn is_assigned(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.status == AssignedState::Assigned)
+    }
+
     /// True when the object records that its identity was on the host without MIC's write.
     #[must_use]
     pub fn identity_is_external(&self) -> bool {
@@ -332,6 +347,19 @@ impl AzureIdentity {
         self.annotations()
             .get(BEHAVIOR_ANNOTATION)
             .is_some_and(|v| v.eq_ignore_ascii_case(BEHAVIOR_NAMESPACED))
+    }
+}
+
+impl AzureIdentity {
+    /// True when [`FEDERATED_ANNOTATION`] is `true` (case-insensitive) on an identity of a
+    /// known type: its tokens come from federation, and nothing is assigned on Azure for it.
+    #[must_use]
+    pub fn is_federated(&self) -> bool {
+        !matches!(self.spec.type_, IdentityType::Unknown(_))
+            && self
+                .annotations()
+                .get(FEDERATED_ANNOTATION)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     }
 }
 

@@ -264,6 +264,41 @@ fn namespaced_annotation_is_read_case_insensitively() {
 }
 
 #[test]
+fn federation_is_an_annotation_that_survives_a_round_trip_through_the_originals_shape() {
+    let yaml = r"
+apiVersion: aadpodidentity.k8s.io/v1
+kind: AzureIdentity
+metadata:
+  name: fed
+  annotations:
+    aadpodidentity.k8s.io/federated: 'True'
+spec:
+  type: 0
+  resourceID: /subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fed
+  clientID: 00000000-0000-0000-0000-000000000001
+  tenantID: 00000000-0000-0000-0000-00000000000b
+";
+    let id: AzureIdentity = serde_yaml::from_str(yaml).unwrap();
+    assert!(id.is_federated());
+    // The spec is the original's type 0: a rolled-back controller assigns it as before.
+    let v = serde_json::to_value(&id).unwrap();
+    assert_eq!(v["spec"]["type"], 0);
+    let mut plain = id.clone();
+    plain.metadata.annotations = None;
+    assert!(!plain.is_federated());
+    let mut off = id.clone();
+    off.metadata.annotations =
+        Some([(FEDERATED_ANNOTATION.to_string(), "false".to_string())].into());
+    assert!(!off.is_federated());
+    let mut unknown = id;
+    unknown.spec.type_ = IdentityType::Unknown(7);
+    assert!(
+        !unknown.is_federated(),
+        "an unknown type is refused, not federated"
+    );
+}
+
+#[test]
 fn assigned_identity_names_follow_the_original() {
     assert_eq!(
         assigned_identity_name("demo", "default", "az-id-1"),

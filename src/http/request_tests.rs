@@ -165,14 +165,31 @@ fn piece() -> impl Strategy<Value = &'static str> {
 }
 
 /// What an HTTP client building a URL from `raw` would send and a server decoding it would
-/// see: WHATWG URL parsing (reqwest's), then percent-decoding.
+/// see: WHATWG URL parsing (reqwest's), then percent-decoding, then the dot segments the
+/// decoding revealed resolved (`/metadata%2finstance/..%2f` is `/metadata/`, not an instance
+/// path).
 fn as_a_client_resolves(raw: &str) -> Option<String> {
     let url = url::Url::parse(&format!("http://h{raw}")).ok()?;
-    Some(
-        percent_encoding::percent_decode_str(url.path())
-            .decode_utf8_lossy()
-            .into_owned(),
-    )
+    let decoded = percent_encoding::percent_decode_str(url.path())
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut kept: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => {}
+            ".." => {
+                kept.pop();
+            }
+            s => kept.push(s),
+        }
+        // A trailing dot segment leaves the directory it names: `/a/b/..` is `/a/`.
+        if last && matches!(*seg, "." | "..") {
+            kept.push("");
+        }
+    }
+    Some(format!("/{}", kept.join("/")))
 }
 
 proptest! {

@@ -63,6 +63,7 @@ impl TokenSource for FakeSource {
             TokenTarget::Node { client_id } => client_id.clone().unwrap_or_else(|| "node".into()),
             TokenTarget::UserAssigned { client_id, .. } => client_id.clone(),
             TokenTarget::ServicePrincipal { identity, .. } => identity.client_id.clone(),
+            TokenTarget::Federated { client_id, .. } => client_id.clone(),
         };
         match who.as_str() {
             "down" => return Err(SourceError::Unreachable("connection refused".into())),

@@ -96,6 +96,14 @@ pub struct SandboxArgs {
     #[arg(long = "nmi-port", default_value_t = 2579)]
     pub nmi_port: u16,
 
+    /// Also show workload identity federation: an identity never put on any scale set (its
+    /// federated credential trusts the simulated cluster's issuer), pods in namespace
+    /// `federated` using it through NMI (bound by an AzureIdentity annotated
+    /// `aadpodidentity.k8s.io/federated`, and by workload identity's own labels), NMIs with
+    /// `--enable-federation`, and Azure AD over HTTPS too (for WorkloadIdentityCredential).
+    #[arg(long = "federated", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub federated: bool,
+
     #[command(flatten)]
     pub components: ComponentArgs,
 }

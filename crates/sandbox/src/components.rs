@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use aad_pod_identity::actors::mic::run::MicSettings;
+use aad_pod_identity::actors::nmi::federated::Federation;
 use aad_pod_identity::config::mic::MicArgs;
 use aad_pod_identity::config::nmi::NmiArgs;
 use aad_pod_identity::nmi::NmiSettings;
@@ -203,6 +204,16 @@ pub fn nmi_settings(
     s.manage_iptables = false;
     s.http_workers = 1;
     Ok(s)
+}
+
+/// The token source's federation for `node`'s NMI when its container arguments enable it
+/// (`--enable-federation`, with `--federation-audience` and `--federation-tenant-id`), as the
+/// `nmi` binary builds it.
+pub fn nmi_federation(container_args: &[String], node: &str) -> Result<Option<Federation>, Error> {
+    let args = parse_nmi(container_args, node)?;
+    Ok(args
+        .enable_federation
+        .then(|| Federation::new(&args.federation_audience, &args.federation_tenant_id)))
 }
 
 fn labels(component: &str) -> Value {

@@ -7,6 +7,7 @@
 //! - [`args`]: the size and weather of the simulated world.
 //! - [`components`]: MIC's and NMI's workloads, and the settings parsed from their arguments.
 //! - [`control`]: faults injected at run time and ARM's request log, for the e2e suite.
+//! - [`federation`]: the `--federated` demonstration (an identity on no scale set).
 //! - [`mic_replicas`]: MIC replicas that follow MIC's pods (leader changes, drains).
 //! - [`scenario`]: the Kubernetes objects a sandbox starts with.
 //! - [`system`]: starting everything, the guide it prints, and its progress line.
@@ -16,6 +17,7 @@
 pub mod args;
 pub mod components;
 pub mod control;
+pub mod federation;
 pub mod loadtest;
 pub mod mic_replicas;
 pub mod processes;

@@ -27,13 +27,15 @@ use tracing::{info, warn};
 use super::args::{FaultProfile, SandboxArgs};
 use super::components;
 use super::control::Control;
+use super::federation;
 use super::mic_replicas::{MicReplicas, ReplicaList};
 use super::scenario;
 use crate::processes::{Component, Usage};
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
+use aad_pod_identity::actors::nmi::federated::DEFAULT_AUDIENCE;
 use aad_pod_identity::actors::nmi::gate;
 use aad_pod_identity::cloud::config::CloudConfig;
-use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
+use aad_pod_identity::crd::AzureAssignedIdentity;
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity::nmi::Running;
 use aad_pod_identity_sim::azure::{
@@ -166,6 +168,8 @@ pub struct Sandbox {
     pub workload_service_principal: ServicePrincipal,
     /// The control endpoint (faults injected at run time, ARM's request log).
     pub control: Control,
+    /// The `--federated` demonstration, when on.
+    pub federation: Option<federation::Demo>,
     nmis: Vec<Running>,
     nmi_processes: Vec<Component>,
     mic: MicReplicas,
@@ -195,6 +199,8 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
                 max: d.mul_f64(1.2),
             },
         },
+        // WorkloadIdentityCredential (like every Azure SDK) insists on HTTPS for Azure AD.
+        tls: args.federated,
         ..AzureSimConfig::default()
     };
     match args.faults {
@@ -250,6 +256,11 @@ impl Sandbox {
             source,
         })?;
         let client = kube.client().await?;
+        let federation = if args.federated {
+            Some(federation::setup(&azure, kube.issuer())?)
+        } else {
+            None
+        };
 
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         let manifests: Vec<CustomResourceDefinition> = match &args.crds {
@@ -270,7 +281,11 @@ impl Sandbox {
 
         // MIC's and NMI's workloads as the chart installs them; their arguments are what the
         // replicas and node agents below run with.
-        let nmi_args = components::nmi_container_args(&args.components.nmi_args)?;
+        let mut nmi_extra = args.components.nmi_args.clone();
+        if let Some(demo) = &federation {
+            demo.add_nmi_args(&mut nmi_extra);
+        }
+        let nmi_args = components::nmi_container_args(&nmi_extra)?;
         let mic_args =
             components::mic_container_args(args.unassign_grace_period, &args.components.mic_args)?;
         let nmi_ds: k8s_openapi::api::apps::v1::DaemonSet =
@@ -373,6 +388,7 @@ impl Sandbox {
             mic_metrics,
             workload_service_principal,
             control,
+            federation,
             nmis: Vec::new(),
             nmi_processes: Vec::new(),
             mic,
@@ -395,6 +411,8 @@ impl Sandbox {
 
         // The scenario last, so every component sees it arrive.
         let mut identities = azure.identities();
+        // The federated demonstration's identity is its own, never the scenario's.
+        identities.retain(|i| i.name != federation::IDENTITY);
         identities.sort_by(|a, b| a.name.cmp(&b.name));
         let text = match &args.scenario {
             Some(path) => {
@@ -408,6 +426,11 @@ impl Sandbox {
         };
         let created = scenario::apply(&client, scenario::parse_documents(&text)?).await?;
         info!(objects = created.len(), "scenario loaded");
+        if let Some(demo) = &sandbox.federation {
+            let created =
+                scenario::apply(&client, scenario::parse_documents(&demo.scenario())?).await?;
+            info!(objects = created.len(), "federation scenario loaded");
+        }
 
         sandbox.weather = (args.faults == FaultProfile::Flaky).then(|| {
             let azure = azure.clone();
@@ -465,20 +488,22 @@ impl Sandbox {
             s.assignment_wait = wait;
         }
         s.node_gate = self.node_gate.then(|| gate::DEFAULT_TAINT_KEY.to_string());
-        let source = CloudTokenSource::new(
+        let mut source = CloudTokenSource::new(
             &imds.to_string(),
             self.client.clone(),
             self.azure.aad_endpoint(),
             Duration::from_secs(30),
         )
         .map_err(|e| failed(e.to_string()))?;
-        let running = aad_pod_identity::nmi::start(
-            &s,
-            self.client.clone(),
-            Arc::new(source),
-            &Metrics::new(),
-        )
-        .map_err(|e| failed(e.to_string()))?;
+        let metrics = Metrics::new();
+        // `--enable-federation` in NMI's arguments (the `--federated` demonstration puts it
+        // there) also gives the token source its federation, as the `nmi` binary does.
+        if let Some(f) = components::nmi_federation(&self.nmi_args, node)? {
+            source = source.with_federation(f.with_metrics(&metrics));
+        }
+        let running =
+            aad_pod_identity::nmi::start(&s, self.client.clone(), Arc::new(source), &metrics)
+                .map_err(|e| failed(e.to_string()))?;
         let addr = running.nmi_addr;
         self.nmi.insert(node.to_string(), addr);
         self.nmi_endpoints
@@ -624,11 +649,19 @@ fn node_ip(node: &Node) -> Option<IpAddr> {
         .ok()
 }
 
-/// Waits (on the pod watch, no polling) for a Running pod carrying `aadpodidbinding` that is
-/// not a Job's (those finish within seconds), and returns (namespace, name, node, ip).
-async fn first_bound_pod(client: &kube::Client) -> Option<(String, String, String, String)> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let cfg = watcher::Config::default().labels(aad_pod_identity::crd::POD_LABEL);
+/// Waits (on the pod watch, no polling) for a Running pod matching `labels` (in `namespace`,
+/// else anywhere) that is not a Job's (those finish within seconds), and returns (namespace,
+/// name, node, ip).
+async fn first_running_pod(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    labels: &str,
+) -> Option<(String, String, String, String)> {
+    let pods: Api<Pod> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let cfg = watcher::Config::default().labels(labels);
     let mut stream = watcher::watcher(pods, cfg).boxed();
     while let Some(event) = stream.next().await {
         let pods = match event {
@@ -681,6 +714,13 @@ fn assignment_latency(metrics: &Metrics) -> Option<(u64, f64, f64)> {
     Some((count, h.get_sample_sum() / count as f64, p95))
 }
 
+/// How many of `pods` are Running.
+pub(crate) fn running(pods: &[Pod]) -> usize {
+    pods.iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count()
+}
+
 /// One line of progress, from the simulators' own state and the leading MIC replica's metrics.
 async fn progress_line(
     client: &kube::Client,
@@ -691,21 +731,9 @@ async fn progress_line(
     let aai: Api<AzureAssignedIdentity> = Api::all(client.clone());
     let lp = ListParams::default().labels(aad_pod_identity::crd::POD_LABEL);
     let pods = pods.list(&lp).await.ok()?;
-    let running = pods
-        .items
-        .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .count();
+    let running = running(&pods.items);
     let list = aai.list(&ListParams::default()).await.ok()?;
-    let assigned = list
-        .items
-        .iter()
-        .filter(|a| {
-            a.status
-                .as_ref()
-                .is_some_and(|s| s.status == AssignedState::Assigned)
-        })
-        .count();
+    let assigned = list.items.iter().filter(|a| a.is_assigned()).count();
     let c = azure.counters();
     let patches: u64 = c.patches.values().sum();
     let gets: u64 = c.gets.values().sum();
@@ -777,8 +805,9 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
         let client = client.clone();
         let azure = sandbox.azure.clone();
         let mic = sandbox.mic.list();
+        let demo = sandbox.federation.clone();
         tokio::spawn(async move {
-            let mut last = String::new();
+            let (mut last, mut last_federated) = (String::new(), String::new());
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
@@ -788,20 +817,73 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
                     println!("[progress] {line}");
                     last = line;
                 }
+                if let Some(demo) = &demo
+                    && let Some(line) = demo.progress(&client, &azure).await
+                    && line != last_federated
+                {
+                    println!("[federation] {line}");
+                    last_federated = line;
+                }
             }
         })
     };
+    let federated_guide = sandbox.federation.clone().map(|demo| {
+        let client = client.clone();
+        let nmi = sandbox.nmi.clone();
+        let aad_tls = sandbox.azure.arm_endpoint_tls().unwrap_or_default();
+        let ca = sandbox
+            .azure
+            .ca_cert_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let Some((ns, name, node, ip)) = first_running_pod(
+                &client,
+                Some(federation::NAMESPACE),
+                "app=federated-app",
+            )
+            .await
+            else {
+                return;
+            };
+            let Some(addr) = nmi.get(&node) else { return };
+            let cid = &demo.identity.client_id;
+            println!();
+            println!(
+                "A token of a federated identity (on no scale set) as pod {ns}/{name} (address {ip}, node {node}), with the unmodified SDK:"
+            );
+            println!(
+                "  AZURE_POD_IDENTITY_AUTHORITY_HOST=http://{addr} python3 tests/nmi_sdk.py {ip} {cid} https://management.azure.com/.default"
+            );
+            println!(
+                "The same identity through WorkloadIdentityCredential (service-account token file, Azure AD at the simulator):"
+            );
+            println!(
+                "  kubectl create token {sa} -n {ns} --audience {DEFAULT_AUDIENCE} --duration 10m > /tmp/federated-token",
+                sa = federation::SERVICE_ACCOUNT
+            );
+            println!(
+                "  AZURE_CLIENT_ID={cid} AZURE_TENANT_ID={tenant} AZURE_FEDERATED_TOKEN_FILE=/tmp/federated-token AZURE_AUTHORITY_HOST={aad_tls} REQUESTS_CA_BUNDLE={ca} SCOPE=https://management.azure.com/.default python3 tests/judges/workload_identity.py",
+                tenant = demo.tenant_id
+            );
+            println!();
+        })
+    });
     let guide = {
         let client = client.clone();
         let nmi = sandbox.nmi.clone();
         let mut identities = sandbox.azure.identities();
+        // The federated demonstration's identity is its own, never the scenario's.
+        identities.retain(|i| i.name != federation::IDENTITY);
         identities.sort_by(|a, b| a.name.cmp(&b.name));
         let client_id = identities
             .first()
             .map(|i| i.client_id.clone())
             .unwrap_or_default();
         tokio::spawn(async move {
-            let Some((ns, name, node, ip)) = first_bound_pod(&client).await else {
+            // The federated demonstration's pods have a guide of their own.
+            let labels = format!("{0},{0}!=federated", aad_pod_identity::crd::POD_LABEL);
+            let Some((ns, name, node, ip)) = first_running_pod(&client, None, &labels).await else {
                 return;
             };
             let Some(addr) = nmi.get(&node) else { return };
@@ -885,6 +967,10 @@ pub async fn run(args: SandboxArgs) -> Result<(), Error> {
     guide.abort();
     let _ = progress.await;
     let _ = guide.await;
+    if let Some(g) = federated_guide {
+        g.abort();
+        let _ = g.await;
+    }
     sandbox.stop().await;
     Ok(())
 }

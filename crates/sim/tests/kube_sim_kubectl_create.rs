@@ -9,73 +9,53 @@
 //! bodies. `kubectl drain --disable-eviction` sends its DELETE bodies in protobuf, and CronJob
 //! schedules a real API server refuses are refused.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::kube::KubeSimConfig;
 use base64::Engine;
 use serde_json::Value;
-use tokio::process::Command;
 
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 
-struct Env {
-    sim: KubeSimHandle,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
+mod support;
+use support::kubectl::KubectlEnv;
+
+/// The simulator with its cluster running, and kubectl helpers for these tests.
+struct Env(KubectlEnv);
+
+impl std::ops::Deref for Env {
+    type Target = KubectlEnv;
+    fn deref(&self) -> &KubectlEnv {
+        &self.0
+    }
 }
 
 impl Env {
     async fn start() -> Self {
-        let sim = KubeSim::start(KubeSimConfig {
-            job_pod_run_time: Duration::from_millis(300),
-            run_cluster: true,
-            ..KubeSimConfig::default()
-        })
-        .await
-        .expect("simulator starts");
-        let dir = std::env::temp_dir().join(format!("kube-sim-create-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = dir.join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig).unwrap();
-        Self {
-            sim,
-            dir,
-            kubeconfig,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        c.env("KUBECACHEDIR", self.dir.join("cache"));
-        c.kill_on_drop(true);
-        c
+        Self(
+            KubectlEnv::start(
+                KubeSimConfig {
+                    job_pod_run_time: Duration::from_millis(300),
+                    run_cluster: true,
+                    ..KubeSimConfig::default()
+                },
+                "kube-sim-create",
+            )
+            .await,
+        )
     }
 
     /// Runs kubectl; panics with its output unless it succeeds.
     async fn ok(&self, args: &[&str]) -> String {
-        let out = tokio::time::timeout(Duration::from_secs(90), self.cmd(args).output())
-            .await
-            .expect("kubectl finishes")
-            .expect("kubectl runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed:\n{stdout}\n{stderr}"
-        );
+        let (ok, stdout, stderr) = self.run(args).await;
+        assert!(ok, "kubectl {args:?} failed:\n{stdout}\n{stderr}");
         stdout
     }
 
     /// Runs kubectl; panics unless it fails, and returns its stderr.
     async fn fails(&self, args: &[&str]) -> String {
-        let out = tokio::time::timeout(Duration::from_secs(90), self.cmd(args).output())
-            .await
-            .expect("kubectl finishes")
-            .expect("kubectl runs");
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!out.status.success(), "kubectl {args:?} succeeded");
+        let (ok, _, stderr) = self.run(args).await;
+        assert!(!ok, "kubectl {args:?} succeeded");
         stderr
     }
 
@@ -123,8 +103,7 @@ impl Env {
     }
 
     async fn stop(self) {
-        self.sim.shutdown().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.0.stop().await;
     }
 }
 

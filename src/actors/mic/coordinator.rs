@@ -174,12 +174,17 @@ impl Coordinator {
 /// identity not marked external. A `Created` object counts too, so a leader that died in the
 /// middle of its PATCH leaves nothing behind; the one window this leaves is a leader dying
 /// after finding an identity already on the host and before marking the object, which
-/// docs/migration.md names.
+/// docs/migration.md names. A federated identity's object records no write at all (it is
+/// Assigned without one), so it never makes MIC adopt, and later remove, an identity someone
+/// else put on the host.
 fn msi_of(aai: &AzureAssignedIdentity) -> Option<(String, IdentityId)> {
     if aai.identity_is_external() {
         return None;
     }
     let i = aai.spec.azure_identity_ref.as_ref()?;
+    if i.is_federated() {
+        return None;
+    }
     (i.spec.type_ == IdentityType::UserAssignedMsi && !i.spec.resource_id.is_empty()).then(|| {
         (
             aai.spec.node_name.clone(),

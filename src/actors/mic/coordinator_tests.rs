@@ -1,7 +1,7 @@
 use super::*;
 use crate::actors::mic::fixtures::*;
 use crate::actors::mic::writer::object_for;
-use crate::crd::AssignedState;
+use crate::crd::{AssignedState, AzureIdentity};
 use std::sync::{Arc, Mutex};
 use tokio::task::LocalSet;
 
@@ -108,29 +108,39 @@ async fn nothing_is_sent_before_every_watch_has_listed_then_one_pass_covers_the_
         .await;
 }
 
+/// A restarted MIC's first lists: one node, no identity, binding or pod left, and the Assigned
+/// objects that a pod (`gone`, bound to `identity` through selector `sel`) left behind; returns
+/// how many.
+fn restart_with_objects_of(c: &Addr<Coordinator>, identity: AzureIdentity) -> usize {
+    let mut ix = BindingIndex::new(MatchSettings::default());
+    ix.apply_node(&vmss_node("ss0", 0));
+    let name = identity.name_any();
+    ix.apply_identity(&identity);
+    ix.apply_binding(&binding("b1", &name, "sel").build());
+    ix.apply_pod(&pod("gone").label("sel").on_node("ss0-0").build());
+    let before: Vec<_> = ix
+        .desired()
+        .assignments
+        .values()
+        .map(|a| object_for(a, AssignedState::Assigned, false))
+        .collect();
+    let n = before.len();
+    c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
+        "ss0", 0,
+    )])));
+    c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![])));
+    c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![])));
+    c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![])));
+    c.do_send(CatalogEvent::Assigned(Observed::Relisted(before)));
+    n
+}
+
 #[tokio::test(start_paused = true)]
 async fn assigned_identities_present_at_start_are_adopted_by_their_host() {
     LocalSet::new()
         .run_until(async {
             let (c, seen) = start();
-            let mut ix = BindingIndex::new(MatchSettings::default());
-            ix.apply_node(&vmss_node("ss0", 0));
-            ix.apply_identity(&identity("old").build());
-            ix.apply_binding(&binding("b1", "old", "sel").build());
-            ix.apply_pod(&pod("gone").label("sel").on_node("ss0-0").build());
-            let before: Vec<_> = ix
-                .desired()
-                .assignments
-                .values()
-                .map(|a| object_for(a, AssignedState::Assigned, false))
-                .collect();
-            c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
-                "ss0", 0,
-            )])));
-            c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![])));
-            c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![])));
-            c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![])));
-            c.do_send(CatalogEvent::Assigned(Observed::Relisted(before)));
+            restart_with_objects_of(&c, identity("old").build());
             pause().await;
             let s = seen.lock().unwrap();
             assert_eq!(s.adopted.len(), 1);
@@ -138,6 +148,25 @@ async fn assigned_identities_present_at_start_are_adopted_by_their_host() {
             assert!(
                 s.desired[0].desired.is_empty(),
                 "and released: nothing needs it"
+            );
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_federated_identitys_objects_never_make_a_restarted_mic_adopt_it() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            assert_eq!(
+                restart_with_objects_of(&c, identity("fed").federated().build()),
+                1
+            );
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert!(
+                s.adopted.is_empty(),
+                "an Assigned object of a federated identity records no ARM write"
             );
         })
         .await;

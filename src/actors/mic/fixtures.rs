@@ -67,6 +67,14 @@ impl IdB {
             .insert(BEHAVIOR_ANNOTATION.into(), "namespaced".into());
         self
     }
+    pub fn federated(mut self) -> Self {
+        self.0
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(crate::crd::FEDERATED_ANNOTATION.into(), "true".into());
+        self
+    }
     pub fn build(self) -> AzureIdentity {
         self.0
     }

@@ -86,6 +86,10 @@ pub enum Target {
     },
     /// A service principal: nothing to assign, the object is Assigned at once.
     ServicePrincipal,
+    /// A federated identity (`aadpodidentity.k8s.io/federated: "true"`): NMI exchanges the
+    /// pod's service-account token at Azure AD, so nothing is assigned to any VM or scale set
+    /// and the object is Assigned at once. It never reaches an assigner.
+    Federated,
 }
 
 /// One AzureAssignedIdentity that should exist.
@@ -482,6 +486,9 @@ impl BindingIndex {
             }));
         }
         let target = match identity.spec.type_ {
+            // Checked first: a federated type-0 identity needs no host and no valid resource id
+            // (docs/federation.md says why it should keep one anyway: rollback).
+            _ if identity.is_federated() => Target::Federated,
             IdentityType::UserAssignedMsi => {
                 if let Err(error) = parse_identity_resource_id(&identity.spec.resource_id) {
                     return Err(Some(RejectReason::InvalidResourceId {

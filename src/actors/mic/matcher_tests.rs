@@ -266,6 +266,33 @@ fn service_principal_identities_need_no_host() {
 }
 
 #[test]
+fn a_federated_identity_never_reaches_a_host() {
+    let mut ix = seeded(MatchSettings::default());
+    ix.apply_identity(&identity("id1").build());
+    ix.apply_binding(&binding("b1", "id1", "sel").build());
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    assert_eq!(ix.desired().hosts[&ss("ss0")].len(), 1);
+    // Migrating it to federation: the same pod keeps its assignment, the scale set no longer
+    // needs the identity (its assigner releases what it added).
+    ix.apply_identity(&identity("id1").federated().build());
+    let d = ix.desired();
+    let a = d.assignments.values().next().unwrap();
+    assert_eq!(a.target, Target::Federated);
+    assert!(d.hosts.values().all(BTreeSet::is_empty), "{:?}", d.hosts);
+    // Nor does it need a usable resource id, or a node MIC has seen.
+    ix.apply_identity(&identity("id1").federated().resource_id("").build());
+    ix.apply_pod(&pod("p2").label("sel").on_node("unknown-node").build());
+    let d = ix.desired();
+    assert_eq!(d.assignments.len(), 2);
+    assert!(
+        d.assignments
+            .values()
+            .all(|a| a.target == Target::Federated)
+    );
+    assert!(d.rejections.is_empty(), "{:?}", d.rejections);
+}
+
+#[test]
 fn an_unknown_identity_type_is_refused_visibly() {
     let mut ix = seeded(MatchSettings::default());
     ix.apply_identity(&identity("weird").type_(IdentityType::Unknown(7)).build());

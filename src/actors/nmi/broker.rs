@@ -5,6 +5,13 @@
 //! (waiting, event-driven, for the one asked for to become `Assigned`) → authorization
 //! (namespace rules, named identity) → token cache. Authorization always happens before the
 //! cache is consulted, and every wait holds a place in a bounded [`WaitGate`].
+//!
+//! A federated identity's token is the calling pod's service-account token exchanged at Azure
+//! AD, so it is cached per subject: the slot is (resource, the pod's service account), and a
+//! pod of another service account bound to the same identity never gets a token Azure AD
+//! issued for a subject its own federated credentials may not name. With
+//! `--enable-federation`, a pod that opted in to workload identity also has the identity its
+//! service account names ([`ServiceAccountIndex`]), after those bound to it.
 
 use super::assignments::AssignmentIndex;
 use super::cache::{CacheKey, CachedToken, FetchError, Lookup, TokenCache};
@@ -13,7 +20,8 @@ use super::identity::{ResolvedIdentity, Wanted, candidates};
 use super::managed::ManagedCatalog;
 use super::metrics::{NmiMetrics, Rejection};
 use super::pods::{IpLookup, PodIndex, PodInfo, pod_key};
-use super::source::{SourceError, TokenRequest, TokenTarget};
+use super::service_accounts::ServiceAccountIndex;
+use super::source::{FederatedPod, SourceError, TokenRequest, TokenTarget};
 use super::waiters::{Full, WaitGate, WaitKey, WaitPermit};
 use crate::crd::AssignedState;
 use std::net::IpAddr;
@@ -185,6 +193,8 @@ pub struct Broker {
     pub cache: Arc<TokenCache>,
     /// Places of waiting requests.
     pub waiters: WaitGate,
+    /// Service accounts annotated for workload identity (`--enable-federation`).
+    pub workload_identities: Option<Arc<ServiceAccountIndex>>,
     settings: BrokerSettings,
     metrics: Option<NmiMetrics>,
 }
@@ -206,9 +216,18 @@ impl Broker {
             feed,
             exceptions,
             cache,
+            workload_identities: None,
             settings,
             metrics,
         }
+    }
+
+    /// The same broker also serving pods that opted in to workload identity with the identity
+    /// their service account names (`--enable-federation`).
+    #[must_use]
+    pub fn with_workload_identities(mut self, index: Arc<ServiceAccountIndex>) -> Self {
+        self.workload_identities = Some(index);
+        self
     }
 
     /// A place for a request about to wait on `key`, or the error that refuses it.
@@ -239,6 +258,10 @@ impl Broker {
                 IdentityFeed::Standard(a) => a.is_synced(),
                 IdentityFeed::Managed(m) => m.is_synced(),
             }
+            && self
+                .workload_identities
+                .as_ref()
+                .is_none_or(|w| w.is_synced())
     }
 
     fn observe_wait(&self, kind: &str, since: Instant) {
@@ -389,10 +412,22 @@ impl Broker {
                     Arc::new(pod.map(|p| cat.resolve(p)).unwrap_or_default())
                 }
             };
+            let ids = match (pod, &self.workload_identities) {
+                (Some(p), Some(wi)) => match wi.identity_for(p) {
+                    Some(own) => {
+                        let mut all = Vec::with_capacity(ids.len() + 1);
+                        all.extend(ids.iter().cloned());
+                        all.push(own);
+                        Arc::new(all)
+                    }
+                    None => ids,
+                },
+                _ => ids,
+            };
             match wanted {
                 Wanted::ObjectId(oid) => {
                     for id in candidates(&ids, namespace, wanted) {
-                        match self.fetch(key, namespace, id, resource).await {
+                        match self.fetch(key, namespace, pod, id, resource).await {
                             Ok(a) if a.token.token.object_id.as_deref() == Some(oid) => {
                                 if waited {
                                     self.observe_wait("assignment", started);
@@ -410,7 +445,7 @@ impl Broker {
                         if waited {
                             self.observe_wait("assignment", started);
                         }
-                        return self.fetch(key, namespace, id, resource).await;
+                        return self.fetch(key, namespace, pod, id, resource).await;
                     }
                 }
             }
@@ -468,17 +503,44 @@ impl Broker {
         &self,
         key: &str,
         namespace: &Arc<str>,
+        pod: Option<&PodInfo>,
         id: &Arc<ResolvedIdentity>,
         resource: &str,
     ) -> Result<Answer, BrokerError> {
-        let (token, lookup) = self
-            .cache
-            .get(&id.cache_key, resource, || id.token_request(resource))
-            .await
-            .map_err(|source| BrokerError::Token {
-                pod: key.to_string(),
-                source,
-            })?;
+        let got = match (id.federated, pod) {
+            (false, _) => {
+                self.cache
+                    .get(&id.cache_key, resource, || id.token_request(resource))
+                    .await
+            }
+            (true, Some(p)) => {
+                let caller = FederatedPod {
+                    namespace: p.namespace.to_string(),
+                    name: p.name.to_string(),
+                    uid: p.uid.to_string(),
+                    service_account: p
+                        .service_account
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                };
+                let slot = federated_slot(resource, &caller);
+                self.cache
+                    .get(&id.cache_key, &slot, || {
+                        id.federated_request(resource, caller)
+                    })
+                    .await
+            }
+            // `/host/token` naming a pod this node does not run: there is no pod to bind a
+            // service-account token to.
+            (true, None) => Err(FetchError::Source(SourceError::Refused(format!(
+                "identity {}/{} is federated and pod {key} is not running on node {}",
+                id.identity_namespace, id.identity_name, self.settings.node
+            )))),
+        };
+        let (token, lookup) = got.map_err(|source| BrokerError::Token {
+            pod: key.to_string(),
+            source,
+        })?;
         Ok(Answer {
             token,
             client_id: Arc::clone(&id.client_id),
@@ -486,6 +548,13 @@ impl Broker {
             lookup,
         })
     }
+}
+
+/// The cache slot of a federated token: the resource and the subject the token was exchanged
+/// for. The resource is length-prefixed, so no resource a caller chooses can spell another
+/// subject's slot.
+fn federated_slot(resource: &str, caller: &FederatedPod) -> String {
+    format!("{}:{resource} as {}", resource.len(), caller.subject())
 }
 
 /// A request's subscription to a pod's identities; on drop, a channel the request created for a

@@ -30,6 +30,10 @@ impl crate::actors::nmi::source::TokenSource for FakeSource {
             TokenTarget::Node { client_id } => client_id.clone().unwrap_or_else(|| "node".into()),
             TokenTarget::UserAssigned { client_id, .. } => client_id.clone(),
             TokenTarget::ServicePrincipal { identity, .. } => identity.client_id.clone(),
+            // A federated token names the subject it was exchanged for.
+            TokenTarget::Federated { client_id, pod, .. } => {
+                format!("{client_id}-{}", pod.service_account)
+            }
         };
         match who.as_str() {
             "down" => return Err(SourceError::Unreachable("connection refused".into())),
@@ -622,4 +626,205 @@ async fn waiting_requests_beyond_the_bounds_are_answered_at_once() {
             .await
             .is_ok()
     );
+}
+
+fn federated(mut id: crate::crd::AzureIdentity) -> crate::crd::AzureIdentity {
+    id.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(crate::crd::FEDERATED_ANNOTATION.into(), "true".into());
+    id
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_federated_identity_is_fetched_per_service_account_and_bound_to_the_calling_pod() {
+    let w = world();
+    let id = federated(identity("ns", "fed", "cid"));
+    for (name, addr, sa) in [
+        ("a", "127.0.0.2", "app"),
+        ("b", "127.0.0.3", "app"),
+        ("c", "127.0.0.4", "other"),
+    ] {
+        w.pods
+            .apply(&pod("ns", name).ip(addr).service_account(sa).build());
+        w.assignments.apply(&assigned(
+            "ns",
+            name,
+            &id,
+            "node-1",
+            AssignedState::Assigned,
+        ));
+    }
+    let a = w
+        .broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&a), "oid-cid-app");
+    let seen = w.source.seen.lock().unwrap().clone();
+    match &seen[0].target {
+        TokenTarget::Federated { client_id, pod, .. } => {
+            assert_eq!(client_id, "cid");
+            assert_eq!(
+                (pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()),
+                ("ns", "a", "uid-ns-a")
+            );
+            assert_eq!(pod.subject(), "system:serviceaccount:ns:app");
+        }
+        other => panic!("expected a federated fetch, got {other:?}"),
+    }
+    // Same service account: the token Azure AD issued for that subject is shared.
+    let b = w
+        .broker
+        .token_for_ip(ip("127.0.0.3"), Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(b.lookup, Lookup::Hit);
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 1);
+    // Another service account bound to the same identity gets its own exchange, never the
+    // token issued for `app`.
+    let c = w
+        .broker
+        .token_for_ip(ip("127.0.0.4"), Wanted::Any, "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&c), "oid-cid-other");
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 2);
+    // A resource spelling another subject's slot is just another resource.
+    let tricky = "r as system:serviceaccount:ns:app";
+    let d = w
+        .broker
+        .token_for_ip(ip("127.0.0.4"), Wanted::Any, tricky)
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&d), "oid-cid-other");
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_pods_of_one_service_account_asking_at_once_cost_one_exchange() {
+    let w = world();
+    let id = federated(identity("ns", "fed", "cid"));
+    let n = 40;
+    for i in 0..n {
+        let name = format!("p{i}");
+        w.pods.apply(
+            &pod("ns", &name)
+                .ip(&format!("127.0.1.{}", i + 1))
+                .service_account("app")
+                .build(),
+        );
+        w.assignments.apply(&assigned(
+            "ns",
+            &name,
+            &id,
+            "node-1",
+            AssignedState::Assigned,
+        ));
+    }
+    let asks = (0..n).map(|i| {
+        let broker = Arc::clone(&w.broker);
+        tokio::spawn(async move {
+            broker
+                .token_for_ip(ip(&format!("127.0.1.{}", i + 1)), Wanted::Any, "r")
+                .await
+        })
+    });
+    for a in futures::future::join_all(asks).await {
+        assert_eq!(oid_of(&a.unwrap().unwrap()), "oid-cid-app");
+    }
+    // Single flight per (identity, resource, subject): one TokenRequest and exchange for all.
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_federated_identity_named_for_a_pod_of_another_node_is_refused() {
+    let w = world();
+    let id = federated(identity("ns", "fed", "cid"));
+    w.assignments.apply(&assigned(
+        "ns",
+        "elsewhere",
+        &id,
+        "node-1",
+        AssignedState::Assigned,
+    ));
+    let e = w
+        .broker
+        .token_for_named_pod("ns", "elsewhere", Wanted::Any, "r")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 403, "{e}");
+    assert!(e.to_string().contains("is federated"), "{e}");
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_opted_in_pod_gets_the_identity_its_service_account_names_and_no_other_pod_does() {
+    use crate::actors::nmi::service_accounts::{CLIENT_ID_ANNOTATION, USE_LABEL};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let w = world();
+    let index = Arc::new(ServiceAccountIndex::new());
+    let mut sa = ServiceAccount::default();
+    sa.metadata.name = Some("app".into());
+    sa.metadata.namespace = Some("ns".into());
+    sa.metadata.annotations =
+        Some([(CLIENT_ID_ANNOTATION.to_string(), "wi-client".to_string())].into());
+    index.replace_all(&[sa]);
+    let broker = Arc::new(
+        Broker::new(
+            Arc::clone(&w.pods),
+            IdentityFeed::Standard(Arc::clone(&w.assignments)),
+            Arc::clone(&w.exceptions),
+            Arc::clone(&w.cache),
+            BrokerSettings {
+                node: "node-1".into(),
+                mic_namespace: "default".into(),
+                mic_service_account: String::new(),
+                max_waiters_per_pod: 100,
+                max_waiters: 10_000,
+                assignment_wait: Duration::from_secs(3),
+                assigned_grace: Duration::ZERO,
+                pod_arrival_timeout: Duration::from_secs(1),
+            },
+            None,
+        )
+        .with_workload_identities(Arc::clone(&index)),
+    );
+    w.pods.apply(
+        &pod("ns", "opted")
+            .ip("127.0.0.2")
+            .service_account("app")
+            .with_label(USE_LABEL, "true")
+            .build(),
+    );
+    w.pods.apply(
+        &pod("ns", "plain")
+            .ip("127.0.0.3")
+            .service_account("app")
+            .build(),
+    );
+    w.pods.apply(
+        &pod("ns", "stranger")
+            .ip("127.0.0.4")
+            .service_account("other")
+            .with_label(USE_LABEL, "true")
+            .build(),
+    );
+    let got = broker
+        .token_for_ip(ip("127.0.0.2"), Wanted::ClientId("wi-client"), "r")
+        .await
+        .unwrap();
+    assert_eq!(oid_of(&got), "oid-wi-client-app");
+    assert_eq!(&*got.client_id, "wi-client");
+    for caller in ["127.0.0.3", "127.0.0.4"] {
+        let e = broker
+            .token_for_ip(ip(caller), Wanted::Any, "r")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 404, "{caller}: {e}");
+    }
+    assert_eq!(w.source.calls.load(Ordering::SeqCst), 1);
+    // Readiness waits for the service-account list too.
+    index.mark_unsynced();
+    assert!(!broker.caches_synced());
 }

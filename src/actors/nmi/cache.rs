@@ -54,6 +54,31 @@ impl CacheKey {
         Self(format!("sp/{namespace}/{name}/{client_id}/{fingerprint:016x}").into())
     }
 
+    /// A federated identity (its tokens are the calling pod's service-account token exchanged
+    /// at Azure AD): per identity (`namespace`/`name`: an AzureIdentity, or
+    /// `serviceaccount/<sa>` for workload identity's own opt-in) and per what Azure AD issues
+    /// to (client id, tenant, authority), so an edited identity never gets its old tokens. The
+    /// subject a token was exchanged for is part of the slot, not the key (the broker's
+    /// `federated_slot`), so one identity's tokens for every subject go together when it goes.
+    #[must_use]
+    pub fn federated(
+        namespace: &str,
+        name: &str,
+        client_id: &str,
+        tenant_id: &str,
+        ad_endpoint: &str,
+    ) -> Self {
+        // Namespaces and names hold no `/` past the `serviceaccount/` prefix; the quoted fields
+        // cannot run into each other.
+        Self(
+            format!(
+                "fed/{namespace}/{name}/{:?}",
+                (client_id, tenant_id, ad_endpoint)
+            )
+            .into(),
+        )
+    }
+
     /// The node's own identity (excepted pods), or the one its `client_id` names.
     #[must_use]
     pub fn node(client_id: Option<&str>) -> Self {

@@ -11,7 +11,12 @@
 //! [`AuthorityPolicy`] (known clouds, `$AZURE_AUTHORITY_HOST`, `--allowed-ad-endpoints`).
 //! Otherwise whoever may write an AzureIdentity could have NMI read another namespace's Secret
 //! or send a credential to a host of their choosing.
+//!
+//! Federated identities (with [`CloudTokenSource::with_federation`]) take the calling pod's
+//! service-account token from the TokenRequest API ([`super::federated`]) and exchange it at
+//! Azure AD (v2 endpoint, `jwt-bearer` client assertion); the same authority policy applies.
 
+use super::federated::Federation;
 use super::source::{SourceError, TokenRequest, TokenSource, TokenTarget, UpstreamToken};
 use crate::cloud::aad::{AadClient, CertificateCredential, ClientCredential, EndpointVersion};
 use crate::cloud::authority::{AllowedAuthority, AuthorityPolicy};
@@ -35,6 +40,7 @@ pub struct CloudTokenSource {
     policy: AuthorityPolicy,
     timeout: Duration,
     aad: DashMap<String, AadClient>,
+    federation: Option<Federation>,
     user_agent: Option<String>,
     secret_errors: Option<prometheus::IntCounter>,
 }
@@ -68,8 +74,61 @@ impl CloudTokenSource {
             policy,
             timeout,
             aad: DashMap::new(),
+            federation: None,
             user_agent: None,
             secret_errors: None,
+        })
+    }
+
+    /// Serves federated identities (`--enable-federation`); without it they are refused.
+    #[must_use]
+    pub fn with_federation(mut self, federation: Federation) -> Self {
+        self.federation = Some(federation);
+        self
+    }
+
+    /// A federated identity's token: the pod's service-account token exchanged at Azure AD.
+    async fn federated(
+        &self,
+        request: &TokenRequest,
+        client_id: &str,
+        tenant_id: &str,
+        ad_endpoint: &str,
+        pod: &super::source::FederatedPod,
+    ) -> Result<UpstreamToken, SourceError> {
+        let federation = self.federation.as_ref().ok_or_else(|| {
+            SourceError::Refused(
+                "the identity is federated and federation is not enabled on this NMI (--enable-federation)".into(),
+            )
+        })?;
+        if client_id.is_empty() {
+            return Err(SourceError::Refused(
+                "the federated identity has no client id".into(),
+            ));
+        }
+        let tenant = federation.tenant(tenant_id)?;
+        if !ad_endpoint.is_empty() {
+            self.policy
+                .check(ad_endpoint)
+                .map_err(|e| SourceError::Refused(e.to_string()))?;
+        }
+        let aad = self.aad_for(ad_endpoint)?;
+        let assertion = federation.service_account_token(&self.kube, pod).await?;
+        let token = aad
+            .token(&crate::cloud::aad::TokenRequest {
+                tenant_id: tenant.to_string(),
+                client_id: client_id.to_string(),
+                credential: ClientCredential::Assertion(assertion),
+                resource: request.resource.clone(),
+                version: EndpointVersion::V2,
+            })
+            .await
+            .map_err(|e| cloud_error(&e))?;
+        let body = serde_json::to_vec(&token)
+            .map_err(|e| SourceError::Refused(format!("cannot encode token: {e}")))?;
+        Ok(UpstreamToken {
+            status: 200,
+            body: body.into(),
         })
     }
 
@@ -249,6 +308,16 @@ impl TokenSource for CloudTokenSource {
                     status: 200,
                     body: body.into(),
                 });
+            }
+            TokenTarget::Federated {
+                client_id,
+                tenant_id,
+                ad_endpoint,
+                pod,
+            } => {
+                return self
+                    .federated(request, client_id, tenant_id, ad_endpoint, pod)
+                    .await;
             }
         };
         let resp = self

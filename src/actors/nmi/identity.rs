@@ -2,7 +2,7 @@
 //! request gets.
 
 use super::cache::CacheKey;
-use super::source::{TokenRequest, TokenTarget};
+use super::source::{FederatedPod, TokenRequest, TokenTarget};
 use crate::crd::{AssignedState, AzureIdentity, AzureIdentitySpec, IdentityType};
 use kube::ResourceExt;
 use std::sync::Arc;
@@ -27,6 +27,9 @@ pub struct ResolvedIdentity {
     pub cache_key: CacheKey,
     /// Client id, as written in the spec.
     pub client_id: Arc<str>,
+    /// Tokens come from workload identity federation (the calling pod's service-account token
+    /// exchanged at Azure AD), not from the node or a Secret.
+    pub federated: bool,
 }
 
 impl ResolvedIdentity {
@@ -41,7 +44,11 @@ impl ResolvedIdentity {
         let identity_namespace = identity.namespace().unwrap_or_default();
         let identity_name = identity.name_any();
         let spec = &identity.spec;
+        let federated = identity.is_federated();
         let cache_key = match spec.type_ {
+            // A federated token depends on who Azure AD issues it to (client id, tenant,
+            // authority); the subject it was exchanged for keys the slot (see the broker).
+            _ if federated => federated_key(&identity_namespace, &identity_name, spec),
             IdentityType::UserAssignedMsi if !spec.client_id.is_empty() => {
                 CacheKey::user_assigned(&spec.client_id)
             }
@@ -66,6 +73,36 @@ impl ResolvedIdentity {
             client_id: spec.client_id.as_str().into(),
             spec: Arc::new(spec.clone()),
             cache_key,
+            federated,
+        }
+    }
+
+    /// A federated identity that is no AzureIdentity: workload identity's own opt-in (the
+    /// pod's service account names `client_id`). It serves only its own namespace.
+    #[must_use]
+    pub fn from_service_account(
+        namespace: &str,
+        service_account: &str,
+        client_id: &str,
+        tenant_id: &str,
+    ) -> Self {
+        let spec = AzureIdentitySpec {
+            type_: IdentityType::UserAssignedMsi,
+            client_id: client_id.to_string(),
+            tenant_id: tenant_id.to_string(),
+            ..AzureIdentitySpec::default()
+        };
+        let identity_name = format!("serviceaccount/{service_account}");
+        Self {
+            cache_key: federated_key(namespace, &identity_name, &spec),
+            identity_name,
+            identity_namespace: namespace.to_string(),
+            binding_namespace: namespace.to_string(),
+            state: AssignedState::Assigned,
+            namespaced: true,
+            client_id: client_id.into(),
+            spec: Arc::new(spec),
+            federated: true,
         }
     }
 
@@ -76,7 +113,22 @@ impl ResolvedIdentity {
             || (self.identity_namespace == pod_namespace && self.binding_namespace == pod_namespace)
     }
 
-    /// The upstream request for this identity's token for `resource`.
+    /// The upstream request for `resource` of a federated identity, for the calling `pod`.
+    #[must_use]
+    pub fn federated_request(&self, resource: &str, pod: FederatedPod) -> TokenRequest {
+        TokenRequest {
+            target: TokenTarget::Federated {
+                client_id: self.spec.client_id.clone(),
+                tenant_id: self.spec.tenant_id.clone(),
+                ad_endpoint: self.spec.ad_endpoint.clone(),
+                pod,
+            },
+            resource: resource.to_string(),
+        }
+    }
+
+    /// The upstream request for this identity's token for `resource` (for an identity that is
+    /// not federated; see [`Self::federated_request`]).
     #[must_use]
     pub fn token_request(&self, resource: &str) -> TokenRequest {
         let target = match self.spec.type_ {
@@ -95,6 +147,16 @@ impl ResolvedIdentity {
             resource: resource.to_string(),
         }
     }
+}
+
+fn federated_key(namespace: &str, name: &str, spec: &AzureIdentitySpec) -> CacheKey {
+    CacheKey::federated(
+        namespace,
+        name,
+        &spec.client_id,
+        &spec.tenant_id,
+        &spec.ad_endpoint,
+    )
 }
 
 /// A hash of everything in a spec (stable within the process, which is all a cache key needs).

@@ -2,7 +2,8 @@
 //!
 //! The token broker never talks HTTP to Azure itself: it asks a [`TokenSource`] (the metadata
 //! service client for type-0 identities and the node's own identity, the Azure AD client for
-//! service principals). Keeping this a trait lets the broker and its cache be tested with a fake,
+//! service principals, and for federated identities the calling pod's service-account token
+//! exchanged at Azure AD). Keeping this a trait lets the broker and its cache be tested with a fake,
 //! and lets the binary plug in the real clients from `cloud`.
 
 use crate::crd::AzureIdentitySpec;
@@ -39,6 +40,43 @@ pub enum TokenTarget {
         /// The identity is namespaced: its Secret must be in `identity_namespace`.
         namespaced: bool,
     },
+    /// A federated identity: the calling pod's service-account token (TokenRequest, audience
+    /// `api://AzureADTokenExchange`, bound to the pod) exchanged at Azure AD.
+    Federated {
+        /// Client id of the identity (`clientID`, or the service account's annotation).
+        client_id: String,
+        /// Tenant of the identity (empty: NMI's `--federation-tenant-id`).
+        tenant_id: String,
+        /// Azure AD authority (`adEndpoint`; empty: the default authority).
+        ad_endpoint: String,
+        /// The calling pod.
+        pod: FederatedPod,
+    },
+}
+
+/// The pod a federated token is fetched for: its service-account token, bound to it, is what
+/// Azure AD exchanges (so it names the pod's service account as the subject).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederatedPod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID (the token is bound to exactly this pod).
+    pub uid: String,
+    /// `spec.serviceAccountName` (`default` when unset, as the API server fills it in).
+    pub service_account: String,
+}
+
+impl FederatedPod {
+    /// The subject Azure AD sees: `system:serviceaccount:<namespace>:<service account>`.
+    #[must_use]
+    pub fn subject(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
 }
 
 /// One upstream token request.

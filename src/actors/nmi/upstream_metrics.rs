@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 /// The original's operation name for a fetch: the node's own identity (`adal_token_msi`), a
 /// user-assigned identity from the metadata service (`adal_token_msi_userassignedid`), or a
-/// service principal from Azure AD (`adal_token`).
+/// service principal from Azure AD (`adal_token`); new here, a federated identity's exchange
+/// (`federated_token`).
 #[must_use]
 pub fn operation(target: &TokenTarget) -> &'static str {
     match target {
@@ -21,6 +22,8 @@ pub fn operation(target: &TokenTarget) -> &'static str {
             "adal_token_msi_userassignedid"
         }
         TokenTarget::ServicePrincipal { .. } => "adal_token",
+        // New: no counterpart in the original.
+        TokenTarget::Federated { .. } => "federated_token",
     }
 }
 

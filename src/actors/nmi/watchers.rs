@@ -1,5 +1,6 @@
 //! The watch loops that feed NMI's indexes: pods of this node, AzureAssignedIdentities labelled
-//! with this node, AzurePodIdentityExceptions, and (managed mode) bindings and identities.
+//! with this node, AzurePodIdentityExceptions, (managed mode) bindings and identities, and
+//! (`--enable-federation`) service accounts.
 //!
 //! Each loop is the only writer of its index. A (re)list is buffered and swapped in whole at
 //! [`Event::Listed`], so a restart or a lost watch leaves nothing stale. A lost watch marks the
@@ -13,13 +14,14 @@ use super::cache::{CacheKey, TokenCache};
 use super::exceptions::ExceptionIndex;
 use super::managed::ManagedCatalog;
 use super::pods::PodIndex;
+use super::service_accounts::ServiceAccountIndex;
 use crate::crd::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
     NODENAME_LABEL,
 };
 use crate::kube_watch::{self, Event};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -159,6 +161,47 @@ impl Sink<AzureIdentityBinding> for Bindings {
     fn lost(&self) {
         self.0.mark_bindings_unsynced();
     }
+}
+
+struct ServiceAccounts(Arc<ServiceAccountIndex>, Arc<TokenCache>);
+impl Sink<ServiceAccount> for ServiceAccounts {
+    fn apply(&self, o: &ServiceAccount) {
+        if let Some(k) = self.0.apply(o) {
+            self.1.drop_identity(&k);
+        }
+    }
+    fn delete(&self, o: &ServiceAccount) {
+        if let Some(k) = self.0.delete(o) {
+            self.1.drop_identity(&k);
+        }
+    }
+    fn replace(&self, l: &[ServiceAccount]) {
+        for k in self.0.replace_all(l) {
+            self.1.drop_identity(&k);
+        }
+    }
+    fn lost(&self) {
+        self.0.mark_unsynced();
+    }
+}
+
+/// Watches service accounts of every namespace (`--enable-federation`) into `index`, dropping
+/// cached tokens of identities a service account no longer names.
+pub async fn watch_service_accounts(
+    client: Client,
+    index: Arc<ServiceAccountIndex>,
+    cache: Arc<TokenCache>,
+    synced: Arc<Notify>,
+) {
+    drive(
+        Api::<ServiceAccount>::all(client),
+        kube_watch::Config::default(),
+        ServiceAccounts(index, cache),
+        "serviceaccounts",
+        synced,
+        None,
+    )
+    .await;
 }
 
 /// Watches this node's pods (`spec.nodeName=<node>`) into `index`, counting failed lists and

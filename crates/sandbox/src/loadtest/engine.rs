@@ -77,6 +77,7 @@ fn sandbox_args(args: &LoadtestArgs, p: &Params, scenario: std::path::PathBuf) -
         nmi_start_delay: Duration::ZERO,
         // The gate is not what load tests measure.
         node_gate: false,
+        federated: false,
         components: ComponentArgs::default(),
     }
 }

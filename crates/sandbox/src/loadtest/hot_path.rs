@@ -19,7 +19,7 @@ use super::report::{Chart, RunResult, quantile, summary};
 use super::{Error, LoadtestArgs};
 use crate::args::{ComponentArgs, FaultProfile, SandboxArgs};
 use crate::system::Sandbox;
-use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity, POD_LABEL};
+use aad_pod_identity::crd::{AzureAssignedIdentity, POD_LABEL};
 
 /// The most requests one round may send, whatever its duration.
 const MAX_REQUESTS_PER_ROUND: usize = 300_000;
@@ -155,6 +155,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         nmi_start_delay: Duration::ZERO,
         // The gate is not what load tests measure.
         node_gate: false,
+        federated: false,
         components: ComponentArgs::default(),
     };
     let sandbox = Sandbox::start(&sargs).await?;
@@ -236,15 +237,7 @@ async fn drive(
                 what: "listing assignments",
                 source,
             })?;
-        let assigned = list
-            .items
-            .iter()
-            .filter(|a| {
-                a.status
-                    .as_ref()
-                    .is_some_and(|s| s.status == AssignedState::Assigned)
-            })
-            .count();
+        let assigned = list.items.iter().filter(|a| a.is_assigned()).count();
         if assigned >= pods as usize {
             break;
         }

@@ -34,8 +34,8 @@ use super::report::{Chart, RunResult};
 use super::{Error, LoadtestArgs};
 use crate::processes::{self, Component, Usage};
 use aad_pod_identity::crd::{
-    self, AssignedState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
-    AzureIdentityBindingSpec, AzureIdentitySpec, POD_LABEL,
+    self, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec,
+    AzureIdentitySpec, POD_LABEL,
 };
 use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency};
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
@@ -228,9 +228,7 @@ fn watch_assigned(
         let mut s = watcher::watcher(api, watcher::Config::default()).boxed();
         while let Some(ev) = s.next().await {
             if let Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) = ev
-                && a.status
-                    .as_ref()
-                    .is_some_and(|s| s.status == AssignedState::Assigned)
+                && a.is_assigned()
                 && assigned.insert(a.metadata.name.clone().unwrap_or_default())
             {
                 let mut o = seen

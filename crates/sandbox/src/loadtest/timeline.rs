@@ -16,7 +16,7 @@ use super::Scenario;
 use super::params::{Params, selector_index};
 use super::tokens::spawn_requests;
 use crate::system::Sandbox;
-use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity, POD_LABEL};
+use aad_pod_identity::crd::{AzureAssignedIdentity, POD_LABEL};
 
 /// One token request as the driver saw it.
 #[derive(Clone, Debug)]
@@ -126,11 +126,7 @@ pub(super) fn pod_event(ctx: &Arc<Ctx>, pod: &Pod, deleted: bool) {
 }
 
 pub(super) fn aai_event(ctx: &Arc<Ctx>, aai: &AzureAssignedIdentity) {
-    let assigned = aai
-        .status
-        .as_ref()
-        .is_some_and(|s| s.status == AssignedState::Assigned);
-    if !assigned {
+    if !aai.is_assigned() {
         return;
     }
     let now = ctx.now();

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use super::federation::Refusal;
 use super::state::{FaultKind, FaultTarget, Operation, PatchError, RequestRecord};
 use super::{ARM_RESOURCE, LroMode, Shared};
 
@@ -476,6 +477,18 @@ fn patch_compute(
         }
     };
     let mut inner = shared.lock();
+    let named: Vec<String> = value
+        .pointer("/identity/userAssignedIdentities")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().map(|k| k.to_ascii_lowercase()).collect())
+        .unwrap_or_default();
+    for id in &named {
+        *inner
+            .counters
+            .identity_writes
+            .entry(id.clone())
+            .or_default() += 1;
+    }
     let Some(c) = inner.compute.get(key) else {
         return not_found(segs);
     };
@@ -515,6 +528,14 @@ fn patch_compute(
     let now = Instant::now();
     let c = inner.compute.get_mut(key).expect("checked above");
     let rollback = (c.system_assigned, c.user_assigned.clone());
+    // A write that drops identities without naming them (`"type": "None"` or
+    // `"SystemAssigned"`) is a write of each of them too.
+    let dropped: Vec<String> = c
+        .user_assigned
+        .iter()
+        .map(|(id, _)| id.to_ascii_lowercase())
+        .filter(|id| !named.contains(id) && !after.iter().any(|a| a.eq_ignore_ascii_case(id)))
+        .collect();
     let kept: Vec<(String, Instant)> = after
         .iter()
         .map(|id| {
@@ -529,6 +550,9 @@ fn patch_compute(
     c.user_assigned = kept;
     c.etag += 1;
     let sub = c.subscription.clone();
+    for id in dropped {
+        *inner.counters.identity_writes.entry(id).or_default() += 1;
+    }
     inner.counters.patches_applied += 1;
     let mode = match (cfg.lro, &lro_failure) {
         (LroMode::Sync, Some(_)) => LroMode::AsyncOperation { polls: 0 },
@@ -871,7 +895,15 @@ async fn aad(
         _ => {}
     }
     let resp = match read_body(payload, cfg.max_body_bytes).await {
-        Ok(body) => aad_answer(req, shared, &cfg, tenant, v2, &body),
+        Ok(body) => match parse_grant(req, v2, &body) {
+            Err(refusal) => refusal.response(),
+            Ok(grant) => match federated_identity(shared, &grant) {
+                Some(identity) => {
+                    federated_answer(shared, &cfg, tenant, v2, &grant, identity).await
+                }
+                None => aad_answer(req, shared, &cfg, tenant, v2, &grant),
+            },
+        },
         Err(_) => oauth_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request",
@@ -890,20 +922,26 @@ async fn aad(
     resp
 }
 
-fn aad_answer(
-    req: &HttpRequest,
-    shared: &Shared,
-    cfg: &super::AzureSimConfig,
-    tenant: &str,
-    v2: bool,
-    body: &[u8],
-) -> HttpResponse {
-    let bad = |e: &str, d: String| oauth_error(StatusCode::BAD_REQUEST, e, &d);
+/// A client-credentials request as every credential type carries it.
+struct Grant {
+    form: HashMap<String, String>,
+    client_id: String,
+    /// The resource asked for (v2: the scope without `/.default`).
+    resource: String,
+}
+
+/// Checks what every client-credentials request must carry, before any credential.
+fn parse_grant(req: &HttpRequest, v2: bool, body: &[u8]) -> Result<Grant, Refusal> {
+    let bad = |error: &'static str, description: String| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        error,
+        description,
+    };
     if req.method() != Method::POST {
-        return bad(
+        return Err(bad(
             "invalid_request",
             "AADSTS900561: The endpoint only accepts POST requests.".into(),
-        );
+        ));
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -911,47 +949,171 @@ fn aad_answer(
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}
         Some(other) => {
-            return bad(
+            return Err(bad(
                 "unsupported_grant_type",
                 format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
-            );
+            ));
         }
         None => {
-            return bad("invalid_request", "AADSTS900144: The request body must contain the following parameter: 'grant_type'.".into());
+            return Err(bad("invalid_request", "AADSTS900144: The request body must contain the following parameter: 'grant_type'.".into()));
         }
     }
-    let Some(client_id) = form.get("client_id") else {
-        return bad(
+    let Some(client_id) = form.get("client_id").cloned() else {
+        return Err(bad(
             "invalid_request",
             "AADSTS900144: The request body must contain the following parameter: 'client_id'."
                 .into(),
-        );
+        ));
     };
     let resource = if v2 {
         let Some(scope) = form.get("scope") else {
-            return bad(
+            return Err(bad(
                 "invalid_request",
                 "AADSTS900144: The request body must contain the following parameter: 'scope'."
                     .into(),
-            );
+            ));
         };
         let Some(r) = scope.strip_suffix("/.default") else {
-            return bad(
+            return Err(bad(
                 "invalid_scope",
                 format!(
                     "AADSTS1002012: The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
                 ),
-            );
+            ));
         };
         r.to_string()
     } else {
         match form.get("resource") {
             Some(r) if !r.is_empty() => r.clone(),
             _ => {
-                return bad("invalid_request", "AADSTS900144: The request body must contain the following parameter: 'resource'.".into());
+                return Err(bad("invalid_request", "AADSTS900144: The request body must contain the following parameter: 'resource'.".into()));
             }
         }
     };
+    Ok(Grant {
+        form,
+        client_id,
+        resource,
+    })
+}
+
+/// The token answer, in the v1 or v2 shape.
+#[allow(clippy::too_many_arguments)]
+fn issue_token(
+    shared: &Shared,
+    cfg: &super::AzureSimConfig,
+    v2: bool,
+    resource: &str,
+    tenant: &str,
+    appid: &str,
+    oid: &str,
+    mirid: &str,
+) -> HttpResponse {
+    let lifetime = cfg
+        .token_lifetime
+        .min(Duration::from_secs(3599))
+        .max(Duration::from_secs(60));
+    let (token, exp) = shared
+        .signer
+        .issue(resource, tenant, appid, oid, mirid, lifetime);
+    let secs = lifetime.as_secs();
+    let now = super::tokens::unix_now();
+    let body = if v2 {
+        json!({ "token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": token })
+    } else {
+        json!({
+            "token_type": "Bearer", "expires_in": secs.to_string(), "ext_expires_in": secs.to_string(),
+            "expires_on": exp.to_string(), "not_before": now.to_string(), "resource": resource, "access_token": token,
+        })
+    };
+    HttpResponse::Ok()
+        .content_type("application/json; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store, no-cache"))
+        .json(body)
+}
+
+/// The user-assigned identity a federated request is for: a `client_assertion` presented for
+/// an identity's client id.
+fn federated_identity(shared: &Shared, grant: &Grant) -> Option<super::IdentityRecord> {
+    grant.form.get("client_assertion")?;
+    shared
+        .lock()
+        .identities
+        .values()
+        .find(|r| r.client_id.eq_ignore_ascii_case(&grant.client_id))
+        .cloned()
+}
+
+/// A federated exchange: the assertion checked against the identity's federated credentials
+/// (see `federation`), then a token of the identity.
+async fn federated_answer(
+    shared: &Shared,
+    cfg: &super::AzureSimConfig,
+    tenant: &str,
+    v2: bool,
+    grant: &Grant,
+    identity: super::IdentityRecord,
+) -> HttpResponse {
+    if grant.form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS50027: Invalid client_assertion_type.",
+        );
+    }
+    let credentials = {
+        let inner = shared.lock();
+        if !tenant.eq_ignore_ascii_case(&inner.tenant_id) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                &format!(
+                    "AADSTS700016: Application with identifier '{}' was not found in the directory '{tenant}'.",
+                    grant.client_id
+                ),
+            );
+        }
+        inner
+            .federated
+            .get(&identity.resource_id.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let assertion = grant
+        .form
+        .get("client_assertion")
+        .map_or("", String::as_str);
+    let now = i64::try_from(super::tokens::unix_now()).unwrap_or(i64::MAX);
+    if let Err(refusal) = super::federation::check(assertion, &credentials, now, &shared.http).await
+    {
+        return refusal.response();
+    }
+    shared.lock().counters.aad_federated_tokens += 1;
+    issue_token(
+        shared,
+        cfg,
+        v2,
+        &grant.resource,
+        tenant,
+        &identity.client_id,
+        &identity.principal_id,
+        &identity.resource_id,
+    )
+}
+
+/// Service principals: a client secret or a certificate's signed assertion.
+fn aad_answer(
+    req: &HttpRequest,
+    shared: &Shared,
+    cfg: &super::AzureSimConfig,
+    tenant: &str,
+    v2: bool,
+    grant: &Grant,
+) -> HttpResponse {
+    let bad = |e: &str, d: String| oauth_error(StatusCode::BAD_REQUEST, e, &d);
+    let (form, client_id, resource) = (&grant.form, &grant.client_id, &grant.resource);
     let inner = shared.lock();
     let known_tenant = tenant.eq_ignore_ascii_case(&inner.tenant_id)
         || inner
@@ -1031,30 +1193,14 @@ fn aad_answer(
     } else {
         return invalid_client("AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into());
     }
-    let lifetime = cfg
-        .token_lifetime
-        .min(Duration::from_secs(3599))
-        .max(Duration::from_secs(60));
-    let (token, exp) = shared.signer.issue(
-        &resource,
+    issue_token(
+        shared,
+        cfg,
+        v2,
+        resource,
         tenant,
         &sp.client_id,
         &sp.principal_id,
         "",
-        lifetime,
-    );
-    let secs = lifetime.as_secs();
-    let now = super::tokens::unix_now();
-    let body = if v2 {
-        json!({ "token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": token })
-    } else {
-        json!({
-            "token_type": "Bearer", "expires_in": secs.to_string(), "ext_expires_in": secs.to_string(),
-            "expires_on": exp.to_string(), "not_before": now.to_string(), "resource": resource, "access_token": token,
-        })
-    };
-    HttpResponse::Ok()
-        .content_type("application/json; charset=utf-8")
-        .insert_header(("Cache-Control", "no-store, no-cache"))
-        .json(body)
+    )
 }

@@ -11,6 +11,7 @@
 //! arrival times, injected faults, latency, a per-subscription write budget, and the registry
 //! of identities and service principals.
 
+mod federation;
 mod http;
 mod state;
 mod tls;
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 
 use crate::topology::{Host, Topology};
 
+pub use federation::FederatedCredential;
 pub use state::{
     Counters, Fault, FaultKind, FaultTarget, IdentityRecord, RequestRecord, ServicePrincipal,
 };
@@ -181,6 +183,8 @@ pub(crate) struct Shared {
     pub nodes_by_addr: HashMap<SocketAddr, (String, String)>,
     /// Cancelled on shutdown so hung answers end.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Fetches federated issuers' discovery documents and keys (loopback only).
+    pub http: reqwest::Client,
 }
 
 impl Shared {
@@ -312,6 +316,7 @@ impl AzureSim {
                 throttle_windows: HashMap::new(),
                 counters: Counters::default(),
                 log: Vec::new(),
+                federated: std::collections::BTreeMap::new(),
             }),
             config: Mutex::new(config),
             signer,
@@ -319,6 +324,12 @@ impl AzureSim {
             mgmt_tls_addr: tls.as_ref().map(|t| t.1),
             nodes_by_addr,
             stopping: tokio_util::sync::CancellationToken::new(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(federation::FETCH_TIMEOUT)
+                .build()
+                .map_err(|e| Error::Tls(format!("HTTP client for federated issuers: {e}")))?,
         });
         let (tls_listener, ca_path) = match tls {
             Some((l, _, cfg, path)) => (Some((l, cfg)), Some(path)),
@@ -515,6 +526,48 @@ impl AzureSimHandle {
             .ok_or_else(|| Error::UnknownIdentity(resource_id.to_string()))?;
         rec.assignable = assignable;
         Ok(())
+    }
+
+    /// Adds (or replaces, by name) a federated identity credential on the identity with this
+    /// resource id, as `az identity federated-credential create` does.
+    pub fn add_federated_credential(
+        &self,
+        resource_id: &str,
+        credential: FederatedCredential,
+    ) -> Result<(), Error> {
+        let mut inner = self.shared.lock();
+        let key = resource_id.to_ascii_lowercase();
+        if !inner.identities.contains_key(&key) {
+            return Err(Error::UnknownIdentity(resource_id.to_string()));
+        }
+        let list = inner.federated.entry(key).or_default();
+        list.retain(|c| c.name != credential.name);
+        list.push(credential);
+        Ok(())
+    }
+
+    /// Removes a federated identity credential by name; true when it existed.
+    pub fn remove_federated_credential(&self, resource_id: &str, name: &str) -> bool {
+        let mut inner = self.shared.lock();
+        inner
+            .federated
+            .get_mut(&resource_id.to_ascii_lowercase())
+            .is_some_and(|list| {
+                let before = list.len();
+                list.retain(|c| c.name != name);
+                list.len() != before
+            })
+    }
+
+    /// The federated identity credentials of an identity.
+    #[must_use]
+    pub fn federated_credentials(&self, resource_id: &str) -> Vec<FederatedCredential> {
+        self.shared
+            .lock()
+            .federated
+            .get(&resource_id.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Registers a service principal with a client secret in `tenants` (home first).

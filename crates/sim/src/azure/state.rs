@@ -116,6 +116,12 @@ pub struct Counters {
     pub aad_tokens: u64,
     /// Azure AD errors answered.
     pub aad_errors: u64,
+    /// Azure AD tokens issued for a federated assertion (also counted in `aad_tokens`).
+    pub aad_federated_tokens: u64,
+    /// ARM PATCHes that write an identity, by lower-cased identity resource id: every PATCH
+    /// received whose body names it (adding or removing it, accepted or not), and every applied
+    /// PATCH that removes it without naming it (`"type": "None"`).
+    pub identity_writes: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -123,6 +129,15 @@ impl Counters {
     #[must_use]
     pub fn total_patches(&self) -> u64 {
         self.patches.values().sum()
+    }
+
+    /// ARM PATCHes that named `resource_id` (case-insensitive).
+    #[must_use]
+    pub fn writes_naming(&self, resource_id: &str) -> u64 {
+        self.identity_writes
+            .get(&resource_id.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Total ARM GETs of compute resources.
@@ -250,6 +265,8 @@ pub(crate) struct Inner {
     pub throttle_windows: HashMap<String, (Instant, Instant)>,
     pub counters: Counters,
     pub log: Vec<RequestRecord>,
+    /// Federated identity credentials by lower-cased identity resource id.
+    pub federated: BTreeMap<String, Vec<super::FederatedCredential>>,
 }
 
 /// Result of checking an identity PATCH body.
@@ -562,6 +579,7 @@ mod tests {
             throttle_windows: HashMap::new(),
             counters: Counters::default(),
             log: Vec::new(),
+            federated: BTreeMap::new(),
         }
     }
 

@@ -72,6 +72,17 @@ fn resource_list(group_version: &str, infos: &[Arc<ResourceInfo>]) -> Value {
                 "verbs": ["create"],
             }));
         }
+        if i.has_token() {
+            resources.push(json!({
+                "name": format!("{}/token", i.plural),
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if i.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", i.plural),

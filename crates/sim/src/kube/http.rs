@@ -140,6 +140,9 @@ async fn route(
     if let Some(r) = discovery::handle(shared, req, path)? {
         return Ok(r);
     }
+    if let Some(r) = super::sa_token::handle(shared, req, path) {
+        return Ok(r);
+    }
     let Some(target) = parse_resource_path(shared, path)? else {
         return Err(ApiError::no_route(path));
     };
@@ -147,6 +150,7 @@ async fn route(
         && !(sub == "status" && target.info.status_subresource)
         && !(sub == "scale" && target.info.has_scale())
         && !(sub == "eviction" && target.info.has_eviction())
+        && !(sub == "token" && target.info.has_token())
     {
         return Err(ApiError::no_route(path));
     }
@@ -200,6 +204,19 @@ async fn route(
         let eviction = parse_object(&body, &content_type)?;
         let status = super::eviction::evict(shared, &ns, name, &eviction)?;
         return Ok(json_response(StatusCode::CREATED, &status));
+    }
+    if target.subresource.as_deref() == Some("token")
+        && let Some(name) = target.name.as_deref()
+    {
+        if method != Method::POST {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method ({method}) on the token subresource"
+            )));
+        }
+        let body = read_body(payload, shared.config.max_body_bytes).await?;
+        let request = parse_object(&body, &content_type)?;
+        let answer = super::sa_token::create(shared, &ns, name, &request)?;
+        return Ok(json_response(StatusCode::CREATED, &answer));
     }
     let is_watch =
         target.watch_prefix || matches!(query.get("watch").map(String::as_str), Some("true" | "1"));

@@ -7,7 +7,9 @@
 //! discovery and OpenAPI in [`discovery`], taints and tolerations in [`taints`], and a small
 //! cluster in [`cluster`] (scheduler, kubelet, workload controllers, taint eviction) so the
 //! seed's Deployments, DaemonSets, Jobs and CronJobs turn into running pods with loopback IPs;
-//! CronJob schedules are read (and refused) as the API server reads them in [`schedule`]. Tests
+//! CronJob schedules are read (and refused) as the API server reads them in [`schedule`];
+//! service-account tokens (TokenRequest) are signed, and their issuer's OpenID discovery and
+//! key set published, in [`sa_token`]. Tests
 //! and the sandbox start it with [`KubeSim::start`] and get a [`KubeSimHandle`].
 //!
 //! ```no_run
@@ -37,6 +39,7 @@ pub mod meta;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
+pub mod sa_token;
 pub mod schedule;
 pub mod schema;
 pub mod selector;
@@ -166,6 +169,9 @@ pub struct KubeSimConfig {
     pub run_cluster: bool,
     /// HTTP worker threads.
     pub workers: usize,
+    /// The service-account token issuer (`iss` of tokens, `issuer` of the discovery document);
+    /// `None` is the simulator's own URL, so relying parties fetch discovery from it.
+    pub service_account_issuer: Option<String>,
 }
 
 impl Default for KubeSimConfig {
@@ -190,6 +196,7 @@ impl Default for KubeSimConfig {
             max_body_bytes: 3 * 1024 * 1024,
             run_cluster: true,
             workers: 2,
+            service_account_issuer: None,
         }
     }
 }
@@ -290,6 +297,8 @@ pub struct Shared {
     pub config: KubeSimConfig,
     /// Cancelled on shutdown; ends watches and cluster tasks.
     pub shutdown: CancellationToken,
+    /// Signs service-account tokens and publishes their keys.
+    pub issuer: sa_token::Issuer,
     /// Requests by `User-Agent`.
     pub clients: ClientLog,
     /// Write requests by object.
@@ -325,6 +334,12 @@ impl KubeSim {
             faults: Faults::default(),
             config: config.clone(),
             shutdown: CancellationToken::new(),
+            issuer: sa_token::Issuer::new(
+                config
+                    .service_account_issuer
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}")),
+            ),
             clients: ClientLog::default(),
             writes: writes::WriteLog::default(),
         });
@@ -404,6 +419,24 @@ impl KubeSimHandle {
     #[must_use]
     pub fn store(&self) -> &Arc<Store> {
         &self.shared.store
+    }
+
+    /// The service-account token issuer URL (the `iss` of every token from TokenRequest).
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        self.shared.issuer.url()
+    }
+
+    /// Signs `claims` as they are with the issuer's key. Tests use it to make tokens a real
+    /// issuer could have made but TokenRequest refuses to (expired, another audience).
+    ///
+    /// # Errors
+    /// When the issuer's key cannot be made.
+    pub fn sign_service_account_token(
+        &self,
+        claims: &serde_json::Value,
+    ) -> Result<String, ApiError> {
+        self.shared.issuer.sign(claims)
     }
 
     /// A kubeconfig pointing kubectl and kube-rs at this simulator (no credentials, plain HTTP).

@@ -6,6 +6,7 @@
 //! Described kinds: v1 Namespace, ConfigMap, Secret, ServiceAccount, Pod, Service, Event,
 //! Node; apps/v1 Deployment, DaemonSet, ReplicaSet; batch/v1 Job and CronJob (and
 //! batch/v1beta1 CronJob); coordination.k8s.io/v1 Lease; policy/v1 (and v1beta1) Eviction;
+//! authentication.k8s.io/v1 TokenRequest (`kubectl create token`);
 //! DeleteOptions under any version. An envelope whose `contentType` is JSON is accepted too.
 //!
 //! The decoder is driven by the static message descriptors in `schema` (field number →

@@ -95,6 +95,13 @@ impl ResourceInfo {
         !self.custom && self.group.is_empty() && self.plural == "pods"
     }
 
+    /// Whether a `/token` subresource exists (serviceaccounts: authentication.k8s.io/v1
+    /// TokenRequest).
+    #[must_use]
+    pub fn has_token(&self) -> bool {
+        !self.custom && self.group.is_empty() && self.plural == "serviceaccounts"
+    }
+
     /// Whether objects are converted on the way in and out (stored in another group's form).
     #[must_use]
     pub fn converted(&self) -> bool {

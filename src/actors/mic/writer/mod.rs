@@ -102,7 +102,7 @@ pub struct Writer {
 fn host_of(a: &Assignment) -> Option<&HostId> {
     match &a.target {
         Target::Msi { host, .. } => Some(host),
-        Target::ServicePrincipal => None,
+        Target::ServicePrincipal | Target::Federated => None,
     }
 }
 

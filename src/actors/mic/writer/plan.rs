@@ -148,11 +148,11 @@ pub fn plan_key(
         return plan_release(key, existing.get(key)?, desired, hosts);
     };
     let confirmed = match &a.target {
-        Target::ServicePrincipal => true,
+        Target::ServicePrincipal | Target::Federated => true,
         Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
     };
     let external = match &a.target {
-        Target::ServicePrincipal => false,
+        Target::ServicePrincipal | Target::Federated => false,
         Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
     };
     let first = if confirmed {

@@ -1,11 +1,13 @@
 //! A small cluster behind the API: a scheduler and kubelet ([`kubelet`]), controllers for
 //! Deployments, DaemonSets and Jobs ([`workloads`]) and for CronJobs ([`cron`]), and the
-//! taint-eviction controller ([`noexecute`]). They act on the store directly and are woken by
+//! taint-eviction controller ([`noexecute`]), and the service-account controller's `default`
+//! account in every namespace ([`serviceaccounts`]). They act on the store directly and are woken by
 //! its change notifications, never by polling.
 
 pub mod cron;
 pub mod kubelet;
 pub mod noexecute;
+pub mod serviceaccounts;
 pub mod workloads;
 
 use std::net::Ipv4Addr;
@@ -171,6 +173,7 @@ pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(workloads::run(shared.clone())),
         tokio::spawn(cron::run(shared.clone())),
         tokio::spawn(noexecute::run(shared.clone())),
+        tokio::spawn(serviceaccounts::run(shared.clone())),
     ];
     tokio::spawn(async move {
         for t in tasks {

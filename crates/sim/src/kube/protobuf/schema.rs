@@ -1458,6 +1458,36 @@ static EVICTION: Message = m(
     ],
 );
 
+// ---- k8s.io/api authentication/v1 ----
+
+static BOUND_OBJECT_REFERENCE: Message = m(
+    "BoundObjectReference",
+    &[
+        f(1, "kind", Str),
+        f(2, "apiVersion", Str),
+        f(3, "name", Str),
+        f(4, "uid", Str),
+    ],
+);
+
+static TOKEN_REQUEST_SPEC: Message = m(
+    "TokenRequestSpec",
+    &[
+        r(1, "audiences", Str),
+        f(4, "expirationSeconds", OptI64),
+        f(3, "boundObjectRef", Msg(&BOUND_OBJECT_REFERENCE)),
+    ],
+);
+
+/// A service-account token request (`POST .../serviceaccounts/<name>/token`).
+static TOKEN_REQUEST: Message = m(
+    "TokenRequest",
+    &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&TOKEN_REQUEST_SPEC)),
+    ],
+);
+
 static LEASE_SPEC: Message = m(
     "LeaseSpec",
     &[
@@ -1511,6 +1541,7 @@ pub static KINDS: &[(&str, &str, &Message)] = &[
     ("v1", "Node", &NODE),
     ("policy/v1", "Eviction", &EVICTION),
     ("policy/v1beta1", "Eviction", &EVICTION),
+    ("authentication.k8s.io/v1", "TokenRequest", &TOKEN_REQUEST),
     ("coordination.k8s.io/v1", "Lease", &LEASE),
     ("apps/v1", "Deployment", &DEPLOYMENT),
     ("apps/v1", "DaemonSet", &DAEMON_SET),

@@ -10,6 +10,7 @@
 //! - [`mic_replicas`]: MIC replicas that follow MIC's pods (leader changes, drains).
 //! - [`scenario`]: the Kubernetes objects a sandbox starts with.
 //! - [`system`]: starting everything, the guide it prints, and its progress line.
+//! - [`weather`]: faults injected on a schedule (`--faults`).
 //! - [`loadtest`]: load scenarios with reports.
 
 pub mod args;
@@ -19,3 +20,4 @@ pub mod loadtest;
 pub mod mic_replicas;
 pub mod scenario;
 pub mod system;
+pub mod weather;

@@ -33,7 +33,7 @@ use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity_sim::azure::{
-    AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency, ServicePrincipal,
+    AzureSim, AzureSimConfig, AzureSimHandle, Latency, ServicePrincipal,
 };
 use aad_pod_identity_sim::kube::cluster;
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
@@ -161,7 +161,6 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
         ..AzureSimConfig::default()
     };
     match args.faults {
-        FaultProfile::None | FaultProfile::Flaky => {}
         // A small write budget: bursts of PATCHes are answered 429 with Retry-After.
         FaultProfile::Throttling => c.write_budget = Some((4, Duration::from_secs(10))),
         FaultProfile::SlowArm => {
@@ -170,6 +169,8 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
                 max: Duration::from_secs(6),
             };
         }
+        // The others are injected on a schedule (crate::weather).
+        _ => {}
     }
     c
 }
@@ -201,10 +202,11 @@ impl Sandbox {
         })
         .await?;
         let azure = Arc::new(AzureSim::start(&azure_topology, azure_config(args)).await?);
-        let control = Control::start(&azure, epoch).map_err(|source| Error::File {
-            path: "the control endpoint's listener".into(),
-            source,
-        })?;
+        let control =
+            Control::start(&azure, kube.fault_handle(), epoch).map_err(|source| Error::File {
+                path: "the control endpoint's listener".into(),
+                source,
+            })?;
         let client = kube.client().await?;
 
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -327,17 +329,7 @@ impl Sandbox {
         let created = scenario::apply(&client, scenario::parse_documents(&text)?).await?;
         info!(objects = created.len(), "scenario loaded");
 
-        sandbox.weather = (args.faults == FaultProfile::Flaky).then(|| {
-            let azure = azure.clone();
-            // Flaky ARM: one PATCH in every few seconds fails with 503.
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tick.tick().await;
-                    azure.inject(FaultTarget::ArmPatch, 1, FaultKind::Status(503));
-                }
-            })
-        });
+        sandbox.weather = crate::weather::spawn(args.faults, azure, sandbox.kube.fault_handle());
         Ok(sandbox)
     }
 

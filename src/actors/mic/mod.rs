@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod nmi_coverage;
 pub mod port;
 pub mod run;
+pub mod supervised;
 pub mod watchers;
 pub mod writer;
 

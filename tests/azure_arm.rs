@@ -617,3 +617,41 @@ async fn server_error_bursts_carry_the_codes_arm_answers_with() {
     arm.get_identities(&vmss(&t, 0)).await.unwrap();
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_retry_of_a_patch_whose_answer_was_lost_is_refused_by_its_precondition() {
+    let t = Topology::sized(1, 1, 0, 2);
+    let sim = sim(&t, AzureSimConfig::default()).await;
+    let calls: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
+    let seen = calls.clone();
+    let arm = arm_client(&sim, fast_options()).with_observer(Arc::new(move |r: &CallRecord| {
+        seen.lock().unwrap().push(r.clone())
+    }));
+    sim.inject(FaultTarget::ArmPatch, 1, FaultKind::AnswerLost);
+    let out = arm
+        .update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])
+        .await
+        .unwrap();
+    let ops: Vec<(&str, Option<u16>)> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.operation, c.status))
+        .collect();
+    // The retry names the etag the lost PATCH already moved past: 412, read again.
+    assert_eq!(
+        ops,
+        vec![
+            ("vmss_get", Some(200)),
+            ("vmss_update", None),
+            ("vmss_update", Some(412)),
+            ("vmss_get", Some(200)),
+        ]
+    );
+    assert_eq!(sim.counters().patches_applied, 1, "nothing written twice");
+    // The client cannot tell its own lost write from someone else's: the identity comes back
+    // as found already there (what MIC must treat as "maybe ours", issue 15).
+    assert!(out.added.is_empty());
+    assert_eq!(out.unchanged.len(), 1);
+    sim.shutdown().await;
+}

@@ -15,11 +15,11 @@
 use aad_pod_identity::actors::nmi::source::{
     SourceError, TokenRequest, TokenSource, UpstreamToken, unix_now,
 };
-use aad_pod_identity::actors::nmi::{self, Nmi, NmiSettings};
 use aad_pod_identity::crd::{
     self, AssignedState, AzureAssignedIdentity, AzureAssignedIdentitySpec,
     AzureAssignedIdentityStatus, AzureIdentity, AzureIdentitySpec, IdentityType, NODENAME_LABEL,
 };
+use aad_pod_identity::nmi::{self, Nmi, NmiSettings};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};

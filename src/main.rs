@@ -1,9 +1,10 @@
 //! The `aad-pod-identity` binary: parses the command line, sets up logging, hands over to the
 //! library, and turns errors into exit codes (2 for bad flags, from clap; 1 for failures).
 
-use aad_pod_identity::actors::{mic, nmi};
+use aad_pod_identity::actors::mic;
 use aad_pod_identity::cli::{Cli, Command};
 use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity::nmi;
 use aad_pod_identity::{crd, logging};
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};

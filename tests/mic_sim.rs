@@ -288,14 +288,29 @@ async fn start_mic(c: &Cluster, settings: MicSettings) -> MicHandle {
     .unwrap()
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> String {
+/// Status and body of `GET path`.
+async fn http(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    http(addr, path).await.1
+}
+
+async fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    http(addr, path).await.0
 }
 
 async fn wait_health(addr: SocketAddr, want: &str, timeout: Duration) -> Duration {
@@ -406,6 +421,10 @@ async fn only_the_leader_writes_and_a_new_leader_converges_after_the_old_one_die
     wait_health(a.probe, "Active", Duration::from_secs(10)).await;
     let b = start_mic(&c, settings(&c, "mic-b")).await;
     assert_eq!(http_get(b.probe, "/healthz").await, "Not Active");
+    // A follower is alive (200) but not ready; the leader is both.
+    assert_eq!(http_status(b.probe, "/healthz").await, 200);
+    assert_eq!(http_status(b.probe, "/readyz").await, 503);
+    assert_eq!(http_status(a.probe, "/readyz").await, 200);
 
     for i in 0..3 {
         let name = format!("identity-{i}");

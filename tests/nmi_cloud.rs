@@ -7,8 +7,8 @@
 mod nmi_support;
 
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
-use aad_pod_identity::actors::nmi::{Nmi, NmiSettings};
 use aad_pod_identity::crd::{AssignedState, IdentityType, SecretRef};
+use aad_pod_identity::nmi::{Nmi, NmiSettings};
 use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig};
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
 use aad_pod_identity_sim::topology::Topology;

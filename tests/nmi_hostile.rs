@@ -17,10 +17,10 @@
 mod nmi_support;
 
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
-use aad_pod_identity::actors::nmi::{Nmi, NmiSettings};
 use aad_pod_identity::crd::{AssignedState, IdentityType};
 use aad_pod_identity::http::request::{Route, classify, normalize};
 use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity::nmi::{Nmi, NmiSettings};
 use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency};
 use aad_pod_identity_sim::topology::Topology;
 use nmi_support::{assigned, client_from, eventually, identity, pod};

@@ -13,7 +13,7 @@ const METADATA_400: &str = "{\"error\":\"invalid_request\",\"error_description\"
 
 /// NMI with pod `ns/p` at 127.0.0.2 bound to identities `id-a` (client `ca`) and `id-b` (`cb`),
 /// pod `ns/q` at 127.0.0.3 bound to `id-q` (`cq`), both Assigned.
-fn world(settings_fn: impl FnOnce(&mut aad_pod_identity::actors::nmi::NmiSettings)) -> Served {
+fn world(settings_fn: impl FnOnce(&mut aad_pod_identity::nmi::NmiSettings)) -> Served {
     let meta = start_metadata_standin();
     let mut s = settings(meta);
     settings_fn(&mut s);

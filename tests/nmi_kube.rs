@@ -5,10 +5,10 @@
 
 mod nmi_support;
 
-use aad_pod_identity::actors::nmi;
 use aad_pod_identity::crd::{
     self, AssignedState, AzureAssignedIdentity, IdentityType, NODENAME_LABEL,
 };
+use aad_pod_identity::nmi;
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
 use aad_pod_identity_sim::topology::Topology;
 use k8s_openapi::api::core::v1::Pod;

@@ -2,7 +2,7 @@
 //! formatted with `{:?}` and `{:#?}` and must not show it (a `tracing` field or a panic message
 //! prints exactly this).
 
-use aad_pod_identity::actors::nmi::cache::TokenCache;
+use aad_pod_identity::actors::nmi::cache::{CacheKey, TokenCache};
 use aad_pod_identity::actors::nmi::source::{
     RenderedToken, SourceError, TokenRequest, TokenSource, TokenTarget, UpstreamToken, unix_now,
 };
@@ -138,7 +138,7 @@ async fn tokens_credentials_and_certificates_redact_themselves_in_debug() {
         None,
     );
     let (cached, _) = cache
-        .get(&Arc::from("id"), "r", || TokenRequest {
+        .get(&CacheKey::node(None), "r", || TokenRequest {
             target: TokenTarget::Node { client_id: None },
             resource: "r".into(),
         })

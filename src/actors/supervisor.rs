@@ -6,6 +6,7 @@
 //! Nothing here knows about NMI or MIC: a component names its tasks and hands over a factory
 //! for each run; the supervisor owns the restart policy and the verdict.
 
+use crate::backoff::Backoff;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -153,7 +154,7 @@ impl Supervisor {
         let policy = self.inner.policy;
         let handle = tokio::spawn(async move {
             let mut failures: VecDeque<Instant> = VecDeque::new();
-            let mut backoff = policy.backoff;
+            let mut backoff = Backoff::new(policy.backoff, policy.max_backoff);
             loop {
                 let started = Instant::now();
                 let mut run = AbortOnDrop(tokio::spawn(make()));
@@ -166,7 +167,7 @@ impl Supervisor {
                 if now.duration_since(started) >= policy.window {
                     // It ran well for a whole window: start counting afresh.
                     failures.clear();
-                    backoff = policy.backoff;
+                    backoff.reset();
                 }
                 failures.retain(|t| now.duration_since(*t) < policy.window);
                 failures.push_back(now);
@@ -174,12 +175,12 @@ impl Supervisor {
                     me.die(name, reason);
                     return;
                 }
-                tracing::warn!(task = name, %reason, delay = ?backoff, "task ended; restarting");
+                let delay = backoff.next_delay();
+                tracing::warn!(task = name, %reason, ?delay, "task ended; restarting");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                     () = me.inner.shutdown.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(policy.max_backoff);
             }
         });
         self.push(name, handle);

@@ -49,20 +49,9 @@ impl CertificateCredential {
     /// Reads the first private key and its certificate from a PKCS#12 bundle (the Secret's
     /// `certificate` key) protected by `password`.
     pub fn from_pkcs12(data: &[u8], password: &str) -> Result<Self, Error> {
-        let store = p12_keystore::KeyStore::from_pkcs12(
-            data,
-            password,
-            p12_keystore::Pkcs12ImportPolicy::Relaxed,
-        )
-        .map_err(|e| Error::Certificate(format!("cannot open PKCS#12 bundle: {e}")))?;
-        let (_, chain) = store
-            .private_key_chain()
-            .ok_or_else(|| Error::Certificate("PKCS#12 bundle holds no private key".into()))?;
-        let cert = chain
-            .certs()
-            .first()
-            .ok_or_else(|| Error::Certificate("PKCS#12 bundle holds no certificate".into()))?;
-        Self::from_der(chain.key().as_der(), cert.as_der())
+        let bundle =
+            super::pfx::read(data, password).map_err(|e| Error::Certificate(e.to_string()))?;
+        Self::from_der(&bundle.key_pkcs8, &bundle.certificate)
     }
 
     /// From a PKCS#8 RSA private key and a certificate, both DER.

@@ -22,6 +22,7 @@ pub mod credential;
 pub mod environment;
 mod error;
 pub mod imds;
+pub mod pfx;
 pub mod provider_id;
 pub mod throttle;
 pub mod token;

@@ -134,55 +134,66 @@ impl fmt::Display for ComputeRef {
 
 /// Parses `azure:///subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachineScaleSets/<vmss>/virtualMachines/<i>`
 /// or `azure:///subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<vm>`.
+///
+/// # Errors
+/// [`Error::InvalidProviderId`] naming the node, the id and what is wrong with it.
 pub fn parse_provider_id(node_name: &str, provider_id: &str) -> Result<ComputeRef, Error> {
-    let bad = |problem| Error::InvalidProviderId {
+    parse(provider_id).map_err(|problem| Error::InvalidProviderId {
         node: node_name.to_string(),
         provider_id: provider_id.to_string(),
         problem,
-    };
+    })
+}
+
+/// The one providerID parser (MIC's matcher keys its assigners by its answer): the compute
+/// resource, or what is wrong with the id.
+///
+/// # Errors
+/// A sentence saying what is wrong (an empty id means the node has no providerID yet).
+pub fn parse(provider_id: &str) -> Result<ComputeRef, &'static str> {
     if provider_id.trim().is_empty() {
-        return Err(bad("it is empty (the node has no providerID yet)"));
+        return Err(EMPTY);
     }
-    let rest = strip_prefix_ci(provider_id, "azure://")
-        .ok_or_else(|| bad("it does not start with azure://"))?;
+    let rest = strip_prefix_ci(provider_id, "azure://").ok_or("it does not start with azure://")?;
     let rest = rest
         .strip_prefix('/')
-        .ok_or_else(|| bad("the resource path must start with '/'"))?;
+        .ok_or("the resource path must start with '/'")?;
     let parts: Vec<&str> = rest.split('/').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(bad("it has an empty path segment"));
+        return Err("it has an empty path segment");
     }
     let kw = |i: usize, word: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(word));
     if parts.len() < 8 {
-        return Err(bad("it has too few path segments"));
+        return Err("it has too few path segments");
     }
     if !kw(0, "subscriptions") || !kw(2, "resourceGroups") || !kw(4, "providers") {
-        return Err(bad(
+        return Err(
             "expected /subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.Compute/...",
-        ));
+        );
     }
     if !kw(5, "Microsoft.Compute") {
-        return Err(bad("the provider is not Microsoft.Compute"));
+        return Err("the provider is not Microsoft.Compute");
     }
     let (sub, rg) = (parts[1], parts[3]);
     if kw(6, "virtualMachineScaleSets") {
         if parts.len() != 10 || !kw(8, "virtualMachines") {
-            return Err(bad(
+            return Err(
                 "a scale-set id must end with virtualMachineScaleSets/<name>/virtualMachines/<instance>",
-            ));
+            );
         }
         return Ok(ComputeRef::scale_set(sub, rg, parts[7]));
     }
     if kw(6, "virtualMachines") {
         if parts.len() != 8 {
-            return Err(bad("a VM id must end with virtualMachines/<name>"));
+            return Err("a VM id must end with virtualMachines/<name>");
         }
         return Ok(ComputeRef::vm(sub, rg, parts[7]));
     }
-    Err(bad(
-        "the resource type is neither virtualMachineScaleSets nor virtualMachines",
-    ))
+    Err("the resource type is neither virtualMachineScaleSets nor virtualMachines")
 }
+
+/// [`parse`]'s answer for an empty providerID.
+pub const EMPTY: &str = "it is empty (the node has no providerID yet)";
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {

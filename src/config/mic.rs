@@ -79,7 +79,8 @@ pub struct MicArgs {
     )]
     pub leader_election_endpoints_lock: bool,
 
-    /// Port of `/healthz` (`Active` on the leader, `Not Active` elsewhere).
+    /// Port of `/healthz` (`Active` on the leader, `Not Active` elsewhere; 200 either way) and
+    /// `/readyz` (503 unless leading).
     #[arg(long = "http-probe-port", env = "MIC_HTTP_PROBE_PORT", default_value = "8080", value_parser = parse_port)]
     pub http_probe_port: u16,
 

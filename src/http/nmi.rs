@@ -12,22 +12,22 @@
 //! closed), relayed requests in flight (503), the time to send a relayed body (408), and waiting
 //! token requests (in the broker). Metric labels come from fixed sets only.
 
+use super::error::NmiError;
 use super::proxy::Proxy;
 use super::request::{NormalPath, Route, TokenQuery, normalize};
-use crate::actors::nmi::broker::{Answer, Broker, BrokerError};
+use crate::actors::nmi::broker::{Answer, Broker};
 use crate::actors::nmi::metrics::{NmiMetrics, Rejection, resource_label};
 use crate::actors::nmi::source::unix_now;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError as _, web};
 use dashmap::DashMap;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// Body of the 400 for a missing `Metadata: true` header (the original's JSON plus newline).
-pub const METADATA_HEADER_ERROR: &str = "{\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"}\n";
+pub use super::error::METADATA_HEADER_ERROR;
 
 /// How the HTTP surface behaves (from the NMI flags).
 #[derive(Clone, Debug)]
@@ -164,74 +164,34 @@ pub fn serve(
 const MAX_BODY: usize = 1 << 20;
 
 async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<NmiHttp>) -> HttpResponse {
+    route(&req, body, &state)
+        .await
+        .unwrap_or_else(|e| e.error_response())
+}
+
+async fn route(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &NmiHttp,
+) -> Result<HttpResponse, NmiError> {
     if req.conn_data::<Connection>().is_some_and(|c| c.over_limit) {
         state.reject(Rejection::ConnectionsPerSource);
-        let mut r = text(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from this address",
-        );
-        r.head_mut()
-            .set_connection_type(actix_web::http::ConnectionType::Close);
-        return r;
+        return Err(NmiError::TooManyConnections);
     }
-    let Ok(path) = normalize(req.path()) else {
-        return invalid_request();
-    };
+    let path = normalize(req.path()).map_err(|_| NmiError::InvalidRequest)?;
     match path.route() {
-        Route::Token => token(&req, &state).await,
-        Route::Invalid => invalid_request(),
-        Route::HostToken => host_token(&req, &state).await,
-        Route::Instance if state.settings.block_instance_metadata => text(
-            StatusCode::FORBIDDEN,
-            "Request blocked by AAD Pod Identity NMI",
-        ),
-        Route::Instance | Route::Other => pass_through(&req, &path, body, &state).await,
+        Route::Token => token(req, state).await,
+        Route::Invalid => Err(NmiError::InvalidRequest),
+        Route::HostToken => host_token(req, state).await,
+        Route::Instance if state.settings.block_instance_metadata => Err(NmiError::InstanceBlocked),
+        Route::Instance | Route::Other => pass_through(req, &path, body, state).await,
     }
-}
-
-/// The original's answer to a malformed token path.
-fn invalid_request() -> HttpResponse {
-    text(StatusCode::BAD_REQUEST, "Invalid request")
-}
-
-/// A plain-text error as Go's `http.Error` writes it.
-fn text(status: StatusCode, msg: &str) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header(("Content-Type", "text/plain; charset=utf-8"))
-        .insert_header(("X-Content-Type-Options", "nosniff"))
-        .body(format!("{msg}\n"))
-}
-
-fn metadata_header_error() -> HttpResponse {
-    HttpResponse::BadRequest()
-        .insert_header(("Content-Type", "application/json; charset=utf-8"))
-        .body(METADATA_HEADER_ERROR)
 }
 
 fn has_metadata_header(req: &HttpRequest) -> bool {
     req.headers()
         .get("Metadata")
         .is_some_and(|v| v.as_bytes() == b"true")
-}
-
-fn broker_error(e: &BrokerError, retry_after: bool) -> HttpResponse {
-    if retry_after && e.is_not_found() {
-        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-        r.headers_mut().insert(
-            HeaderName::from_static("retry-after"),
-            HeaderValue::from_static("20"),
-        );
-        return r;
-    }
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = text(status, &e.to_string());
-    if matches!(e, BrokerError::Busy { .. }) {
-        r.headers_mut().insert(
-            HeaderName::from_static("retry-after"),
-            HeaderValue::from_static("1"),
-        );
-    }
-    r
 }
 
 fn json(body: bytes::Bytes) -> HttpResponse {
@@ -276,45 +236,30 @@ fn status_digits(status: StatusCode, buf: &mut [u8; 3]) -> &str {
     std::str::from_utf8(buf).unwrap_or("000")
 }
 
-async fn token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
+async fn token(req: &HttpRequest, state: &NmiHttp) -> Result<HttpResponse, NmiError> {
     let started = Instant::now();
+    let bad_request = |e: NmiError| {
+        record(
+            state,
+            started,
+            Route::Token,
+            e.status_code(),
+            "",
+            "",
+            "bad_request",
+        );
+        e
+    };
     if state.settings.metadata_header_required && !has_metadata_header(req) {
         tracing::warn!(path = req.path(), "metadata header is not specified");
-        let r = metadata_header_error();
-        record(
-            state,
-            started,
-            Route::Token,
-            r.status(),
-            "",
-            "",
-            "bad_request",
-        );
-        return r;
+        return Err(bad_request(NmiError::MetadataHeaderMissing));
     }
-    let Some(peer) = req.peer_addr() else {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "request remote address is empty",
-        );
-    };
+    let peer = req.peer_addr().ok_or(NmiError::NoRemoteAddress)?;
     let query = TokenQuery::parse(req.query_string());
-    let Some(resource) = query.resource.as_deref() else {
-        let r = text(
-            StatusCode::BAD_REQUEST,
-            "parameter resource cannot be empty",
-        );
-        record(
-            state,
-            started,
-            Route::Token,
-            r.status(),
-            "",
-            "",
-            "bad_request",
-        );
-        return r;
-    };
+    let resource = query
+        .resource
+        .as_deref()
+        .ok_or_else(|| bad_request(NmiError::ResourceMissing))?;
     match state
         .broker
         .token_for_ip(peer.ip(), query.wanted(), resource)
@@ -333,27 +278,31 @@ async fn token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
                 resource,
                 "ok",
             );
-            r
+            Ok(r)
         }
-        Err(e) => {
-            tracing::warn!(ip = %peer.ip(), error = %e, "token request failed");
-            let r = broker_error(&e, state.settings.set_retry_after_header);
+        Err(error) => {
+            tracing::warn!(ip = %peer.ip(), error = %error, "token request failed");
+            let label = error.metric_label();
+            let e = NmiError::Broker {
+                error,
+                retry_after: state.settings.set_retry_after_header,
+            };
             let ns = state.broker.namespace_of(peer.ip());
             record(
                 state,
                 started,
                 Route::Token,
-                r.status(),
+                e.status_code(),
                 ns.as_deref().unwrap_or(""),
                 resource,
-                e.metric_label(),
+                label,
             );
-            r
+            Err(e)
         }
     }
 }
 
-async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
+async fn host_token(req: &HttpRequest, state: &NmiHttp) -> Result<HttpResponse, NmiError> {
     let started = Instant::now();
     let header = |n: &str| {
         req.headers()
@@ -363,27 +312,16 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
     };
     let (podns, podname) = (header("podns"), header("podname"));
     if podns.is_empty() || podname.is_empty() {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "missing 'podname' and 'podns' from request header",
-        );
+        return Err(NmiError::PodHeadersMissing);
     }
     let from_host = req
         .peer_addr()
         .is_some_and(|p| p.ip().to_canonical() == IpAddr::V4(Ipv4Addr::LOCALHOST));
     if !from_host {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "request remote address is not from a host",
-        );
+        return Err(NmiError::NotFromHost);
     }
     let query = TokenQuery::parse(req.query_string());
-    let Some(resource) = query.resource.as_deref() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "parameter resource cannot be empty",
-        );
-    };
+    let resource = query.resource.as_deref().ok_or(NmiError::ResourceMissing)?;
     match state
         .broker
         .token_for_named_pod(podns, podname, query.wanted(), resource)
@@ -400,12 +338,16 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
                 resource,
                 "ok",
             );
-            r
+            Ok(r)
         }
-        Err(e) => {
-            tracing::warn!(pod = %format_args!("{podns}/{podname}"), error = %e, "host token request failed");
+        Err(error) => {
+            tracing::warn!(pod = %format_args!("{podns}/{podname}"), error = %error, "host token request failed");
+            let label = error.metric_label();
             // The original answers 404 for every identity lookup failure here, without Retry-After.
-            let r = broker_error(&e, false);
+            let e = NmiError::Broker {
+                error,
+                retry_after: false,
+            };
             // The namespace label only ever names a pod NMI knows, never a header's value.
             let ns = state
                 .broker
@@ -416,12 +358,12 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> HttpResponse {
                 state,
                 started,
                 Route::HostToken,
-                r.status(),
+                e.status_code(),
                 ns.as_deref().unwrap_or(""),
                 resource,
-                e.metric_label(),
+                label,
             );
-            r
+            Err(e)
         }
     }
 }
@@ -431,50 +373,26 @@ async fn pass_through(
     path: &NormalPath<'_>,
     body: web::Payload,
     state: &NmiHttp,
-) -> HttpResponse {
+) -> Result<HttpResponse, NmiError> {
     if state.settings.metadata_header_required && !has_metadata_header(req) {
-        return metadata_header_error();
+        return Err(NmiError::MetadataHeaderMissing);
     }
     // Only the pass-through reads the body, so the token hot path never touches it.
     let read = body.to_bytes_limited(MAX_BODY);
     let body = match tokio::time::timeout(state.settings.pass_through_body_timeout, read).await {
         Ok(Ok(Ok(b))) => b,
-        Ok(Ok(Err(e))) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read request body: {e}"),
-            );
-        }
-        Ok(Err(_)) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body larger than 1 MiB",
-            );
-        }
+        Ok(Ok(Err(e))) => return Err(NmiError::BodyUnreadable(e.to_string())),
+        Ok(Err(_)) => return Err(NmiError::BodyTooLarge),
         Err(_) => {
             state.reject(Rejection::BodyTimeout);
-            let mut r = text(
-                StatusCode::REQUEST_TIMEOUT,
-                "request body not received in time",
-            );
-            r.head_mut()
-                .set_connection_type(actix_web::http::ConnectionType::Close);
-            return r;
+            return Err(NmiError::BodyTimeout);
         }
     };
     // The body is read before a relay place is taken, so a slow sender holds only its own
     // connection, never one of the places every pod's relayed requests share.
     let Ok(_place) = state.pass_through_slots.try_acquire() else {
         state.reject(Rejection::PassThroughBusy);
-        let mut r = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests are being relayed to the metadata service",
-        );
-        r.headers_mut().insert(
-            HeaderName::from_static("retry-after"),
-            HeaderValue::from_static("1"),
-        );
-        return r;
+        return Err(NmiError::PassThroughBusy);
     };
     let headers = req
         .headers()
@@ -502,11 +420,11 @@ async fn pass_through(
                     resp.append_header((n, v));
                 }
             }
-            resp.body(relayed.body)
+            Ok(resp.body(relayed.body))
         }
         Err(e) => {
             tracing::warn!(error = %e, "metadata pass-through failed");
-            text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            Err(NmiError::PassThroughFailed(e.to_string()))
         }
     }
 }

@@ -6,11 +6,11 @@
 use aad_pod_identity::actors::nmi::source::{
     SourceError, TokenRequest, TokenSource, TokenTarget, UpstreamToken, unix_now,
 };
-use aad_pod_identity::actors::nmi::{Nmi, NmiSettings};
 use aad_pod_identity::crd::{
     AssignedState, AzureAssignedIdentity, AzureAssignedIdentitySpec, AzureAssignedIdentityStatus,
     AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec, AzureIdentitySpec, IdentityType,
 };
+use aad_pod_identity::nmi::{Nmi, NmiSettings};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use async_trait::async_trait;
 use base64::Engine as _;

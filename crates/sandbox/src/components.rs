@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use aad_pod_identity::actors::mic::run::MicSettings;
-use aad_pod_identity::actors::nmi::NmiSettings;
 use aad_pod_identity::config::mic::MicArgs;
 use aad_pod_identity::config::nmi::NmiArgs;
+use aad_pod_identity::nmi::NmiSettings;
 
 /// Namespace of MIC's and NMI's workloads (and of MIC's leader-election Lease).
 pub const NAMESPACE: &str = "default";

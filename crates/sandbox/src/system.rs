@@ -26,12 +26,12 @@ use super::components;
 use super::control::Control;
 use super::mic_replicas::{MicReplicas, ReplicaList};
 use super::scenario;
-use aad_pod_identity::actors::nmi::Running;
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
 use aad_pod_identity::actors::nmi::gate;
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity};
 use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity::nmi::Running;
 use aad_pod_identity_sim::azure::{
     AzureSim, AzureSimConfig, AzureSimHandle, Latency, ServicePrincipal,
 };
@@ -362,7 +362,7 @@ impl Sandbox {
             Duration::from_secs(30),
         )
         .map_err(|e| failed(e.to_string()))?;
-        let running = aad_pod_identity::actors::nmi::start(
+        let running = aad_pod_identity::nmi::start(
             &s,
             self.client.clone(),
             Arc::new(source),

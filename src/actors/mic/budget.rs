@@ -1,8 +1,11 @@
 //! The per-subscription ARM write budget shared by every assigner of that subscription.
 //!
-//! A token bucket (`--arm-writes-per-minute`, full at start) plus a "blocked until" instant set
-//! by any 429's `Retry-After`, so one throttled assigner holds back all of them.
+//! A token bucket (`--arm-writes-per-minute`, full at start) per subscription, behind the
+//! Azure layer's Retry-After gate ([`SubscriptionGate`], the one owner of "closed until" per
+//! subscription): any 429's `Retry-After` closes it, so one throttled assigner holds back all of
+//! them.
 
+use crate::cloud::throttle::SubscriptionGate;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +15,6 @@ use tokio::time::Instant;
 struct Bucket {
     tokens: f64,
     refilled: Instant,
-    blocked_until: Option<Instant>,
 }
 
 /// Write budgets by subscription.
@@ -20,6 +22,7 @@ struct Bucket {
 pub struct WriteBudget {
     per_minute: u32,
     buckets: Mutex<HashMap<String, Bucket>>,
+    gate: SubscriptionGate,
 }
 
 impl WriteBudget {
@@ -29,12 +32,14 @@ impl WriteBudget {
         Arc::new(Self {
             per_minute,
             buckets: Mutex::new(HashMap::new()),
+            gate: SubscriptionGate::new(),
         })
     }
 
     /// Waits until a write to `subscription` is allowed and takes it.
     pub async fn acquire(&self, subscription: &str) {
         loop {
+            self.gate.wait_open(subscription).await;
             let wait = self.try_take(subscription, Instant::now());
             match wait {
                 None => return,
@@ -43,20 +48,19 @@ impl WriteBudget {
         }
     }
 
-    /// Every caller waits until `until` before writing to `subscription` (a 429's Retry-After).
+    /// Every caller waits until `until` before writing to `subscription` (a 429's Retry-After,
+    /// at most [`crate::cloud::throttle::MAX_RETRY_AFTER`] from now).
     pub fn block_until(&self, subscription: &str, until: Instant) {
-        let mut b = self.buckets.lock().expect("budget lock");
-        let bucket = b
-            .entry(subscription.to_string())
-            .or_insert_with(|| self.full(until));
-        bucket.blocked_until = Some(bucket.blocked_until.map_or(until, |u| u.max(until)));
+        self.gate.close_for(
+            subscription,
+            until.saturating_duration_since(Instant::now()),
+        );
     }
 
     fn full(&self, now: Instant) -> Bucket {
         Bucket {
             tokens: f64::from(self.per_minute),
             refilled: now,
-            blocked_until: None,
         }
     }
 
@@ -66,12 +70,6 @@ impl WriteBudget {
         let bucket = b
             .entry(subscription.to_string())
             .or_insert_with(|| self.full(now));
-        if let Some(u) = bucket.blocked_until {
-            if u > now {
-                return Some(u - now);
-            }
-            bucket.blocked_until = None;
-        }
         if self.per_minute == 0 {
             return None;
         }
@@ -116,5 +114,18 @@ mod tests {
         assert_eq!(Instant::now() - t0, Duration::from_secs(7));
         b.acquire("s").await;
         assert_eq!(Instant::now() - t0, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_is_the_azure_layers_gate_capped_and_without_case() {
+        let b = WriteBudget::new(0);
+        let t0 = Instant::now();
+        b.block_until("SUB", t0 + Duration::from_secs(3 * 24 * 3600));
+        b.acquire("sub").await;
+        assert_eq!(
+            Instant::now() - t0,
+            crate::cloud::throttle::MAX_RETRY_AFTER,
+            "an absurd Retry-After is capped, and ARM's subscription ids compare without case"
+        );
     }
 }

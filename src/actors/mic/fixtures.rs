@@ -2,9 +2,9 @@
 
 use crate::crd::{
     AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec, AzureIdentitySpec,
-    BEHAVIOR_ANNOTATION, IdentityType, POD_LABEL,
+    BEHAVIOR_ANNOTATION, IdentityType,
 };
-use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Node, NodeSpec};
 use kube::api::ObjectMeta;
 
 pub const SUB: &str = "sub";
@@ -25,43 +25,11 @@ fn meta(ns: &str, name: &str) -> ObjectMeta {
     }
 }
 
-pub struct PodB(pub Pod);
+pub use crate::actors::fixtures::PodBuilder as PodB;
+
+/// A Running, unscheduled pod in `default` (the one builder is `crate::actors::fixtures`).
 pub fn pod(name: &str) -> PodB {
-    PodB(Pod {
-        metadata: meta("default", name),
-        spec: Some(PodSpec::default()),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            ..PodStatus::default()
-        }),
-    })
-}
-impl PodB {
-    pub fn ns(mut self, ns: &str) -> Self {
-        let name = self.0.metadata.name.clone().unwrap_or_default();
-        self.0.metadata.uid = Some(format!("uid-{ns}-{name}"));
-        self.0.metadata.namespace = Some(ns.into());
-        self
-    }
-    pub fn label(mut self, sel: &str) -> Self {
-        self.0
-            .metadata
-            .labels
-            .get_or_insert_default()
-            .insert(POD_LABEL.into(), sel.into());
-        self
-    }
-    pub fn on_node(mut self, node: &str) -> Self {
-        self.0.spec.as_mut().unwrap().node_name = Some(node.into());
-        self
-    }
-    pub fn phase(mut self, phase: &str) -> Self {
-        self.0.status.as_mut().unwrap().phase = Some(phase.into());
-        self
-    }
-    pub fn build(self) -> Pod {
-        self.0
-    }
+    crate::actors::fixtures::pod("default", name)
 }
 
 pub struct IdB(pub AzureIdentity);

@@ -1,10 +1,10 @@
 //! Identifiers MIC's assigners are keyed by: the VM or scale set under a node, and a
 //! user-assigned identity's resource id compared the way ARM compares it (case-insensitively).
 //!
-//! The Azure layer owns the full providerID parser (`cloud::provider_id`); the small one here
-//! only lets the matcher be tested without it and is replaced by an adapter at merge time
-//! if the two ever disagree.
+//! The providerID parser is the Azure layer's ([`crate::cloud::provider_id::parse`]);
+//! [`host_of_provider_id`] only turns its answer into the assigners' key.
 
+use crate::cloud::provider_id::{self, ComputeRef};
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -93,34 +93,31 @@ pub enum ProviderIdError {
 }
 
 /// The VM or scale set of a node, from its `spec.providerID`.
+///
+/// # Errors
+/// [`ProviderIdError::Missing`] for an empty id, else [`ProviderIdError::Malformed`].
 pub fn host_of_provider_id(provider_id: &str) -> Result<HostId, ProviderIdError> {
-    if provider_id.is_empty() {
-        return Err(ProviderIdError::Missing);
+    match provider_id::parse(provider_id) {
+        Ok(r) => Ok(HostId::from(&r)),
+        Err(provider_id::EMPTY) => Err(ProviderIdError::Missing),
+        Err(_) => Err(ProviderIdError::Malformed(provider_id.to_string())),
     }
-    let bad = || ProviderIdError::Malformed(provider_id.to_string());
-    let rest = provider_id
-        .strip_prefix("azure://")
-        .ok_or_else(bad)?
-        .trim_start_matches('/');
-    let p: Vec<&str> = rest.split('/').collect();
-    let kw = |i: usize, w: &str| p.get(i).is_some_and(|s| s.eq_ignore_ascii_case(w));
-    if p.len() < 8
-        || !kw(0, "subscriptions")
-        || !kw(2, "resourcegroups")
-        || !kw(4, "providers")
-        || !kw(5, "microsoft.compute")
-        || p[1].is_empty()
-        || p[3].is_empty()
-        || p[7].is_empty()
-    {
-        return Err(bad());
-    }
-    match p.len() {
-        8 if kw(6, "virtualmachines") => Ok(HostId::vm(p[1], p[3], p[7])),
-        10 if kw(6, "virtualmachinescalesets") && kw(8, "virtualmachines") => {
-            Ok(HostId::scale_set(p[1], p[3], p[7]))
+}
+
+impl From<&ComputeRef> for HostId {
+    fn from(r: &ComputeRef) -> Self {
+        match r {
+            ComputeRef::ScaleSet {
+                subscription,
+                resource_group,
+                name,
+            } => Self::scale_set(subscription, resource_group, name),
+            ComputeRef::Vm {
+                subscription,
+                resource_group,
+                name,
+            } => Self::vm(subscription, resource_group, name),
         }
-        _ => Err(bad()),
     }
 }
 

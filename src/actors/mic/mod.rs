@@ -2,9 +2,17 @@
 //! identities to the VM or scale set under each pod's node, and records each assignment as an
 //! AzureAssignedIdentity.
 //!
-//! - [`matcher`]: the pure index pods × bindings × identities → desired assignments.
-//! - [`host`]: ids of VMs/scale sets and of identities.
-//! - [`nmi_coverage`]: nodes that run pod-identity pods without a ready NMI (metric, Events).
+//! Actix actors (messages only, `Recipient<M>` between them):
+//! - [`coordinator`]: owns the [`matcher`] index (pure data: pods × bindings × identities →
+//!   desired assignments), fed by the watchers, telling assigners and the writer what is desired;
+//! - [`assigner`]: one per VM or scale set, around the [`batch`] state machine (group commit,
+//!   one ARM write in flight), sharing the per-subscription [`budget`];
+//! - [`writer`]: AzureAssignedIdentity objects, their status and Events.
+//!
+//! Tasks: [`watchers`] (the [`crate::kube_watch`] streams turned into messages), [`leader`]
+//! election, and [`nmi_coverage`] (nodes that run pod-identity pods without a ready NMI).
+//! [`host`] holds the assigners' keys; [`port`] and [`cloud_port`] are the ARM port; [`mod@run`]
+//! wires it all together, with the probe and metrics servers of [`crate::http::probes`].
 
 pub mod host;
 pub mod matcher;

@@ -14,12 +14,11 @@
 //! from two watches and sleeps until the next grace period ends (no polling).
 
 use crate::crd::POD_LABEL;
+use crate::kube_watch::{self, Event as WatchEvent};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{Api, PostParams};
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::watcher::{self, Event as WatchEvent};
 use prometheus::IntGauge;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -257,21 +256,18 @@ pub async fn run(
     metrics: CoverageMetrics,
     errors: prometheus::IntCounterVec,
 ) {
-    let identity_pods = watcher::watcher(
+    let identity_pods = kube_watch::watch(
         Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(POD_LABEL),
+        kube_watch::Config::default().labels(POD_LABEL),
     )
-    .default_backoff()
     .map(|e| (false, e));
-    let nmi_pods = watcher::watcher(
+    let nmi_pods = kube_watch::watch(
         Api::<Pod>::namespaced(client.clone(), &settings.namespace),
-        watcher::Config::default().labels(&settings.selector),
+        kube_watch::Config::default().labels(&settings.selector),
     )
-    .default_backoff()
     .map(|e| (true, e));
     let mut events = futures::stream::select(identity_pods.boxed(), nmi_pods.boxed());
     let mut index = Coverage::new();
-    let (mut pod_buf, mut nmi_buf): (Vec<Pod>, Vec<Pod>) = (Vec::new(), Vec::new());
     // Pods and nodes already told about in the current episode.
     let mut told_nodes: BTreeSet<String> = BTreeSet::new();
     let mut told_pods: BTreeSet<String> = BTreeSet::new();
@@ -322,23 +318,14 @@ pub async fn run(
         };
         let Some((is_nmi, ev)) = ev else { return };
         let now = Instant::now();
-        let buf = if is_nmi { &mut nmi_buf } else { &mut pod_buf };
         match ev {
-            Ok(WatchEvent::Apply(p)) if is_nmi => index.apply_nmi(&p, now),
-            Ok(WatchEvent::Apply(p)) => index.apply_pod(&p, now),
-            Ok(WatchEvent::Delete(p)) if is_nmi => index.delete_nmi(&p, now),
-            Ok(WatchEvent::Delete(p)) => index.delete_pod(&p, now),
-            Ok(WatchEvent::Init) => buf.clear(),
-            Ok(WatchEvent::InitApply(p)) => buf.push(p),
-            Ok(WatchEvent::InitDone) => {
-                let list = std::mem::take(buf);
-                if is_nmi {
-                    index.replace_nmis(&list, now);
-                } else {
-                    index.replace_pods(&list, now);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying with backoff"),
+            WatchEvent::Applied(p) if is_nmi => index.apply_nmi(&p, now),
+            WatchEvent::Applied(p) => index.apply_pod(&p, now),
+            WatchEvent::Deleted(p) if is_nmi => index.delete_nmi(&p, now),
+            WatchEvent::Deleted(p) => index.delete_pod(&p, now),
+            WatchEvent::Listed(list) if is_nmi => index.replace_nmis(&list, now),
+            WatchEvent::Listed(list) => index.replace_pods(&list, now),
+            WatchEvent::Lost(e) => tracing::warn!(error = %e, "pod watch failed; relisting"),
         }
     }
 }

@@ -14,10 +14,10 @@ use super::watchers;
 use super::writer::Writer;
 use crate::actors::supervisor::{RestartPolicy, Supervisor};
 use crate::config::mic::MicArgs;
+use crate::http::probes::{self, Readiness};
 use crate::kube_client;
 use crate::metrics::Metrics;
-use actix_web::{App, HttpResponse, HttpServer, web};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,67 +176,51 @@ pub struct MicDeps {
     pub bound: Option<tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>>,
 }
 
-/// Serves `/healthz` (`Active` on the leader, `Not Active` elsewhere; 200 either way, so a
-/// follower is not restarted by its liveness probe) and `/metrics`.
+/// MIC's readiness for the shared probe server: `Active` on the leader, `Not Active`
+/// elsewhere; `/healthz` answers 200 either way, so a follower is not restarted by its
+/// liveness probe.
+struct Leading(Arc<AtomicBool>);
+
+impl Readiness for Leading {
+    fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves `/healthz` and `/metrics` with the servers NMI uses too ([`crate::http::probes`]).
 fn serve(
     settings: &MicSettings,
     leading: Arc<AtomicBool>,
     metrics: Metrics,
 ) -> Result<(SocketAddr, SocketAddr, Servers), Error> {
-    let leading_flag = leading.clone();
-    let probe_addr = SocketAddr::new(settings.listen_address, settings.http_probe_port);
-    let probe = HttpServer::new(move || {
-        let leading = leading.clone();
-        App::new().route(
-            "/healthz",
-            web::get().to(move || {
-                let active = leading.load(Ordering::SeqCst);
-                async move {
-                    HttpResponse::Ok()
-                        .content_type("text/plain")
-                        .body(if active { "Active" } else { "Not Active" })
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(probe_addr)
-    .map_err(|source| Error::Bind {
-        what: "the probe endpoint",
-        addr: probe_addr,
-        source,
-    })?;
-    let probe_bound = probe.addrs()[0];
-    let metrics_addr = SocketAddr::new(settings.listen_address, settings.prometheus_port);
-    let prom = HttpServer::new(move || {
-        let metrics = metrics.clone();
-        App::new().route(
-            "/metrics",
-            web::get().to(move || {
-                let body = metrics.encode();
-                async move {
-                    HttpResponse::Ok()
-                        .content_type("text/plain; version=0.0.4")
-                        .body(body)
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(metrics_addr)
-    .map_err(|source| Error::Bind {
-        what: "the metrics endpoint",
-        addr: metrics_addr,
-        source,
-    })?;
-    let metrics_bound = prom.addrs()[0];
-    let probe = probe.run();
-    let prom = prom.run();
+    let listen = |what: &'static str, port: u16| {
+        let addr = SocketAddr::new(settings.listen_address, port);
+        let bind_error = |source| Error::Bind { what, addr, source };
+        let listener = TcpListener::bind(addr).map_err(bind_error)?;
+        let bound = listener.local_addr().map_err(bind_error)?;
+        Ok::<_, Error>((listener, bound, addr))
+    };
+    let (probe_listener, probe_bound, probe_addr) =
+        listen("the probe endpoint", settings.http_probe_port)?;
+    let (metrics_listener, metrics_bound, metrics_addr) =
+        listen("the metrics endpoint", settings.prometheus_port)?;
+    let probe = probes::serve_health(probe_listener, Arc::new(Leading(Arc::clone(&leading))))
+        .map_err(|source| Error::Bind {
+            what: "the probe endpoint",
+            addr: probe_addr,
+            source,
+        })?;
+    let prom =
+        probes::serve_metrics(metrics_listener, metrics.registry().clone()).map_err(|source| {
+            Error::Bind {
+                what: "the metrics endpoint",
+                addr: metrics_addr,
+                source,
+            }
+        })?;
     let servers = Servers {
         handles: vec![probe.handle(), prom.handle()],
-        leading: leading_flag,
+        leading,
     };
     actix::spawn(probe);
     actix::spawn(prom);

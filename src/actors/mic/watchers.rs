@@ -1,14 +1,14 @@
-//! The pod watcher and the catalog watcher: kube-runtime watches turned into messages.
+//! The pod watcher and the catalog watcher: [`kube_watch`] streams turned into messages.
 //!
 //! A relist (start-up, or after a lost watch / 410 Gone) is delivered as one
 //! [`Observed::Relisted`] holding every object, so receivers replace their copy and nothing
 //! deleted while the watch was down survives.
 
 use crate::crd::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, POD_LABEL};
+use crate::kube_watch;
 use actix::prelude::*;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -41,29 +41,19 @@ pub enum CatalogEvent {
     Assigned(Observed<AzureAssignedIdentity>),
 }
 
-/// Turns a watcher stream into [`Observed`] values, buffering a relist until it is complete.
+/// Turns a [`kube_watch`] stream into [`Observed`] values; losses are only logged (the next
+/// [`Observed::Relisted`] repairs whatever they missed).
 pub fn observe<K, S>(stream: S) -> impl Stream<Item = Observed<K>>
 where
-    K: Clone + Send + 'static,
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    S: Stream<Item = kube_watch::Event<K>>,
 {
-    let mut buffer: Vec<K> = Vec::new();
-    stream.filter_map(move |ev| {
+    stream.filter_map(|ev| {
         let out = match ev {
-            Ok(watcher::Event::Apply(o)) => Some(Observed::Applied(Box::new(o))),
-            Ok(watcher::Event::Delete(o)) => Some(Observed::Deleted(Box::new(o))),
-            Ok(watcher::Event::Init) => {
-                buffer.clear();
-                None
-            }
-            Ok(watcher::Event::InitApply(o)) => {
-                buffer.push(o);
-                None
-            }
-            Ok(watcher::Event::InitDone) => Some(Observed::Relisted(std::mem::take(&mut buffer))),
-            Err(e) => {
-                // The watcher retries with backoff and relists; we only say so.
-                warn!(error = %e, "watch failed; retrying");
+            kube_watch::Event::Applied(o) => Some(Observed::Applied(Box::new(o))),
+            kube_watch::Event::Deleted(o) => Some(Observed::Deleted(Box::new(o))),
+            kube_watch::Event::Listed(list) => Some(Observed::Relisted(list)),
+            kube_watch::Event::Lost(e) => {
+                warn!(error = %e, "watch failed; relisting");
                 None
             }
         };
@@ -71,36 +61,38 @@ where
     })
 }
 
-fn watch<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = Observed<K>>
+fn watch<K>(api: Api<K>, config: kube_watch::Config) -> impl Stream<Item = Observed<K>>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    observe(watcher(api, config).default_backoff())
+    observe(kube_watch::watch(api, config))
 }
 
 /// Runs every watch MIC needs until the receivers are gone, forwarding to `to`.
 pub async fn run(client: Client, to: Recipient<CatalogEvent>) {
     let pods = watch(
         Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(POD_LABEL),
+        kube_watch::Config::default().labels(POD_LABEL),
     )
     .map(CatalogEvent::Pod);
     let identities = watch(
         Api::<AzureIdentity>::all(client.clone()),
-        watcher::Config::default(),
+        kube_watch::Config::default(),
     )
     .map(CatalogEvent::Identity);
     let bindings = watch(
         Api::<AzureIdentityBinding>::all(client.clone()),
-        watcher::Config::default(),
+        kube_watch::Config::default(),
     )
     .map(CatalogEvent::Binding);
-    let nodes =
-        watch(Api::<Node>::all(client.clone()), watcher::Config::default()).map(CatalogEvent::Node);
+    let nodes = watch(
+        Api::<Node>::all(client.clone()),
+        kube_watch::Config::default(),
+    )
+    .map(CatalogEvent::Node);
     let assigned = watch(
         Api::<AzureAssignedIdentity>::all(client),
-        watcher::Config::default(),
+        kube_watch::Config::default(),
     )
     .map(CatalogEvent::Assigned);
     let all = futures::stream::select_all([

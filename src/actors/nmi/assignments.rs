@@ -5,6 +5,7 @@
 //! and is woken by the very update that flips the status: no polling, and the wake-up costs one
 //! channel send. Only the assignment watcher writes here.
 
+use super::cache::CacheKey;
 use super::identity::{ResolvedIdentity, sort_identities};
 use crate::crd::{AssignedState, AzureAssignedIdentity};
 use dashmap::DashMap;
@@ -24,7 +25,7 @@ struct Records {
     /// AzureAssignedIdentity `namespace/name` → pod key.
     pod_of: HashMap<String, Arc<str>>,
     /// identity cache key → number of `Assigned` records using it on this node.
-    assigned: HashMap<Arc<str>, usize>,
+    assigned: HashMap<CacheKey, usize>,
 }
 
 /// Per-pod identities of this node, readable without locks held across awaits.
@@ -57,7 +58,7 @@ impl AssignmentIndex {
 
     /// Records an AzureAssignedIdentity added or changed. Returns the cache keys of identities
     /// no longer `Assigned` to any pod of this node (their tokens must be dropped).
-    pub fn apply(&self, aai: &AzureAssignedIdentity) -> Vec<Arc<str>> {
+    pub fn apply(&self, aai: &AzureAssignedIdentity) -> Vec<CacheKey> {
         let mut gone = Vec::new();
         let mut touched = Vec::new();
         {
@@ -66,7 +67,7 @@ impl AssignmentIndex {
             Self::remove_record(&mut rec, &aai_key, &mut gone, &mut touched);
             if let Some((pod, id)) = self.resolve(aai) {
                 if id.state == AssignedState::Assigned {
-                    *rec.assigned.entry(Arc::clone(&id.cache_key)).or_default() += 1;
+                    *rec.assigned.entry(id.cache_key.clone()).or_default() += 1;
                     gone.retain(|k| *k != id.cache_key);
                 }
                 rec.pod_of.insert(aai_key.clone(), Arc::clone(&pod));
@@ -84,7 +85,7 @@ impl AssignmentIndex {
     }
 
     /// Records an AzureAssignedIdentity's deletion; returns cache keys to drop as [`Self::apply`].
-    pub fn delete(&self, aai: &AzureAssignedIdentity) -> Vec<Arc<str>> {
+    pub fn delete(&self, aai: &AzureAssignedIdentity) -> Vec<CacheKey> {
         let mut gone = Vec::new();
         let mut touched = Vec::new();
         let mut rec = self.lock();
@@ -96,13 +97,13 @@ impl AssignmentIndex {
     }
 
     /// Replaces everything after a (re)list; marks the index synced. Returns cache keys to drop.
-    pub fn replace_all(&self, list: &[AzureAssignedIdentity]) -> Vec<Arc<str>> {
-        let before: Vec<Arc<str>> = self.lock().assigned.keys().cloned().collect();
+    pub fn replace_all(&self, list: &[AzureAssignedIdentity]) -> Vec<CacheKey> {
+        let before: Vec<CacheKey> = self.lock().assigned.keys().cloned().collect();
         let mut fresh = Records::default();
         for aai in list {
             if let Some((pod, id)) = self.resolve(aai) {
                 if id.state == AssignedState::Assigned {
-                    *fresh.assigned.entry(Arc::clone(&id.cache_key)).or_default() += 1;
+                    *fresh.assigned.entry(id.cache_key.clone()).or_default() += 1;
                 }
                 let key = object_key(aai);
                 fresh.pod_of.insert(key.clone(), Arc::clone(&pod));
@@ -130,7 +131,7 @@ impl AssignmentIndex {
     fn remove_record(
         rec: &mut Records,
         aai_key: &str,
-        gone: &mut Vec<Arc<str>>,
+        gone: &mut Vec<CacheKey>,
         touched: &mut Vec<Arc<str>>,
     ) {
         let Some(pod) = rec.pod_of.remove(aai_key) else {
@@ -147,7 +148,7 @@ impl AssignmentIndex {
             *n -= 1;
             if *n == 0 {
                 rec.assigned.remove(&old.cache_key);
-                gone.push(Arc::clone(&old.cache_key));
+                gone.push(old.cache_key.clone());
             }
         }
         touched.push(pod);
@@ -388,7 +389,7 @@ mod tests {
             AssignedState::Unassigned,
         ));
         assert_eq!(gone.len(), 1);
-        assert_eq!(&*gone[0], "msi/ca");
+        assert_eq!(gone[0].as_str(), "msi/ca");
     }
 
     /// An edited service principal (here its tenant and Secret) reaches the pod's identities,
@@ -437,7 +438,10 @@ mod tests {
             AssignedState::Assigned,
         )]);
         assert!(idx.is_synced());
-        assert_eq!(gone.iter().map(|k| &**k).collect::<Vec<_>>(), ["msi/ca"]);
+        assert_eq!(
+            gone.iter().map(CacheKey::as_str).collect::<Vec<_>>(),
+            ["msi/ca"]
+        );
         assert!(idx.current("ns/p1").is_none());
         assert_eq!(idx.current("ns/p2").unwrap().len(), 1);
     }

@@ -7,7 +7,7 @@
 //! cache is consulted, and every wait holds a place in a bounded [`WaitGate`].
 
 use super::assignments::AssignmentIndex;
-use super::cache::{CachedToken, FetchError, Lookup, TokenCache};
+use super::cache::{CacheKey, CachedToken, FetchError, Lookup, TokenCache};
 use super::exceptions::ExceptionIndex;
 use super::identity::{ResolvedIdentity, Wanted, candidates};
 use super::managed::ManagedCatalog;
@@ -338,7 +338,7 @@ impl Broker {
             Wanted::ClientId(c) => Some(c.to_string()),
             _ => None,
         };
-        let key: Arc<str> = format!("node/{}", client_id.as_deref().unwrap_or("")).into();
+        let key = CacheKey::node(client_id.as_deref());
         let (token, lookup) = self
             .cache
             .get(&key, resource, || TokenRequest {

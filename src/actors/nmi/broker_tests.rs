@@ -266,7 +266,7 @@ async fn exception_and_mic_pods_get_the_nodes_own_token() {
     w.pods.apply(
         &pod("kube-system", "dns")
             .ip("127.0.0.2")
-            .label("app", "dns")
+            .with_label("app", "dns")
             .build(),
     );
     w.pods.apply(
@@ -446,7 +446,7 @@ async fn token_failures_map_to_403_when_refused_and_503_when_unreachable() {
 
 #[tokio::test(start_paused = true)]
 async fn managed_mode_serves_bound_identities_and_wakes_when_a_binding_appears() {
-    use crate::crd::{AzureIdentityBinding, AzureIdentityBindingSpec, POD_LABEL};
+    use crate::crd::{AzureIdentityBinding, AzureIdentityBindingSpec};
     let w = world();
     let catalog = Arc::new(ManagedCatalog::new());
     let broker = Arc::new(Broker::new(
@@ -466,12 +466,8 @@ async fn managed_mode_serves_bound_identities_and_wakes_when_a_binding_appears()
         },
         None,
     ));
-    w.pods.apply(
-        &pod("ns", "p")
-            .ip("127.0.0.2")
-            .label(POD_LABEL, "web")
-            .build(),
-    );
+    w.pods
+        .apply(&pod("ns", "p").ip("127.0.0.2").label("web").build());
     catalog.apply_identity(&identity("ns", "id", "cid"));
     let b2 = Arc::clone(&broker);
     let req = tokio::spawn(async move { b2.token_for_ip(ip("127.0.0.2"), Wanted::Any, "r").await });

@@ -23,6 +23,69 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Key of one identity's tokens. Built only by the named constructors, so a user-assigned
+/// identity, a service principal and the node's own identity never share (or are mistaken for)
+/// one another's tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(Arc<str>);
+
+impl CacheKey {
+    /// A user-assigned identity by client id (compared without case, as Azure does).
+    #[must_use]
+    pub fn user_assigned(client_id: &str) -> Self {
+        Self(format!("msi/{}", client_id.to_ascii_lowercase()).into())
+    }
+
+    /// A user-assigned identity named only by its resource id.
+    #[must_use]
+    pub fn user_assigned_by_resource(resource_id: &str) -> Self {
+        Self(format!("msi-rid/{}", resource_id.to_ascii_lowercase()).into())
+    }
+
+    /// A service principal: per AzureIdentity and per version of its spec (`fingerprint`), so
+    /// an edited identity never gets the tokens of its previous Secret or tenant.
+    #[must_use]
+    pub fn service_principal(
+        namespace: &str,
+        name: &str,
+        client_id: &str,
+        fingerprint: u64,
+    ) -> Self {
+        Self(format!("sp/{namespace}/{name}/{client_id}/{fingerprint:016x}").into())
+    }
+
+    /// The node's own identity (excepted pods), or the one its `client_id` names.
+    #[must_use]
+    pub fn node(client_id: Option<&str>) -> Self {
+        Self(format!("node/{}", client_id.unwrap_or("")).into())
+    }
+
+    /// The key as text (for logs and tests).
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for CacheKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+impl From<&str> for CacheKey {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
 /// Longest a token is kept, whatever its `expires_on` says.
 pub const MAX_TOKEN_LIFE: Duration = crate::cloud::token::MAX_LIFETIME;
 
@@ -113,7 +176,7 @@ struct IdentitySlots {
 
 /// Token cache keyed by identity cache key, then resource.
 pub struct TokenCache {
-    identities: DashMap<Arc<str>, Arc<IdentitySlots>>,
+    identities: DashMap<CacheKey, Arc<IdentitySlots>>,
     /// Slots in all identities: incremented by each insert, decremented by each removal.
     slots: AtomicUsize,
     max_slots: usize,
@@ -155,7 +218,7 @@ impl TokenCache {
     /// The slot for `resource` in `slots`, created (and the bound enforced) when missing.
     fn slot(
         &self,
-        identity_key: &Arc<str>,
+        identity_key: &CacheKey,
         slots: &Arc<IdentitySlots>,
         resource: &str,
     ) -> Arc<Slot> {
@@ -196,7 +259,7 @@ impl TokenCache {
 
     /// Evicts one idle slot other than `keep`, looking in `prefer`'s identity first. Another
     /// creator may evict the same victim at the same moment; then this one picks again.
-    fn evict_one(&self, prefer: &Arc<str>, keep: &Arc<Slot>) {
+    fn evict_one(&self, prefer: &CacheKey, keep: &Arc<Slot>) {
         let idle = |s: &Arc<Slot>| {
             !Arc::ptr_eq(s, keep) && s.state.try_lock().is_ok_and(|st| st.inflight.is_none())
         };
@@ -209,12 +272,12 @@ impl TokenCache {
         for _ in 0..16 {
             let mut victim = self
                 .identities
-                .get(prefer.as_ref())
+                .get(prefer)
                 .map(|ids| Arc::clone(&ids))
-                .and_then(|ids| pick(&ids).map(|v| (Arc::clone(prefer), ids, v)));
+                .and_then(|ids| pick(&ids).map(|v| (prefer.clone(), ids, v)));
             if victim.is_none() {
                 victim = self.identities.iter().find_map(|e| {
-                    pick(e.value()).map(|v| (Arc::clone(e.key()), Arc::clone(e.value()), v))
+                    pick(e.value()).map(|v| (e.key().clone(), Arc::clone(e.value()), v))
                 });
             }
             let Some((key, ids, (resource, slot))) = victim else {
@@ -224,7 +287,7 @@ impl TokenCache {
                 if let Some(m) = &self.metrics {
                     m.cache_evictions.inc();
                 }
-                if let Some((_, gone)) = self.identities.remove_if(key.as_ref(), |_, v| {
+                if let Some((_, gone)) = self.identities.remove_if(&key, |_, v| {
                     Arc::ptr_eq(v, &ids) && v.by_resource.is_empty()
                 }) {
                     self.retire(&gone);
@@ -241,13 +304,13 @@ impl TokenCache {
     /// [`FetchError`] when no valid token is cached and the upstream fetch fails.
     pub async fn get(
         &self,
-        identity_key: &Arc<str>,
+        identity_key: &CacheKey,
         resource: &str,
         request: impl FnOnce() -> TokenRequest,
     ) -> Result<(Arc<CachedToken>, Lookup), FetchError> {
-        let slots = match self.identities.get(identity_key.as_ref()) {
+        let slots = match self.identities.get(identity_key) {
             Some(s) => Arc::clone(&s),
-            None => Arc::clone(&self.identities.entry(Arc::clone(identity_key)).or_default()),
+            None => Arc::clone(&self.identities.entry(identity_key.clone()).or_default()),
         };
         let slot = self.slot(identity_key, &slots, resource);
         let now = Instant::now();
@@ -352,7 +415,7 @@ impl TokenCache {
     }
 
     /// Forgets every token of an identity (it is no longer assigned to any pod on this node).
-    pub fn drop_identity(&self, identity_key: &str) {
+    pub fn drop_identity(&self, identity_key: &CacheKey) {
         if let Some((_, ids)) = self.identities.remove(identity_key) {
             self.retire(&ids);
         }
@@ -448,11 +511,11 @@ mod tests {
             Duration::from_secs(30),
             None,
         ));
-        let key: Arc<str> = Arc::from("id");
+        let key = CacheKey::from("id");
         let mut tasks = Vec::new();
         for _ in 0..1000 {
             let cache = Arc::clone(&cache);
-            let key = Arc::clone(&key);
+            let key = key.clone();
             tasks.push(tokio::spawn(async move {
                 cache
                     .get(&key, "r", req)
@@ -478,7 +541,7 @@ mod tests {
             Duration::from_secs(30),
             None,
         );
-        let key: Arc<str> = Arc::from("id");
+        let key = CacheKey::from("id");
         let (first, how) = cache.get(&key, "r", req).await.unwrap();
         assert_eq!(how, Lookup::Miss);
         tokio::time::advance(Duration::from_secs(301)).await;
@@ -503,7 +566,7 @@ mod tests {
             Duration::from_secs(30),
             None,
         );
-        let key: Arc<str> = Arc::from("id");
+        let key = CacheKey::from("id");
         cache.get(&key, "r", req).await.unwrap();
         tokio::time::advance(Duration::from_secs(601)).await;
         let (t, how) = cache.get(&key, "r", req).await.unwrap();
@@ -520,9 +583,9 @@ mod tests {
             Duration::from_secs(30),
             None,
         ));
-        let key: Arc<str> = Arc::from("id");
+        let key = CacheKey::from("id");
         let a = {
-            let (c, k) = (Arc::clone(&cache), Arc::clone(&key));
+            let (c, k) = (Arc::clone(&cache), key.clone());
             tokio::spawn(async move { c.get(&k, "r", req).await.map(|_| ()) })
         };
         let b = cache.get(&key, "r", req).await.map(|_| ());
@@ -545,9 +608,9 @@ mod tests {
             Duration::from_secs(30),
             None,
         );
-        let key: Arc<str> = Arc::from("id");
+        let key = CacheKey::from("id");
         cache.get(&key, "r", req).await.unwrap();
-        cache.drop_identity("id");
+        cache.drop_identity(&key);
         assert_eq!(cache.identity_count(), 0);
         let (_, how) = cache.get(&key, "r", req).await.unwrap();
         assert_eq!(how, Lookup::Miss);
@@ -564,16 +627,16 @@ mod tests {
             None,
         )
         .with_max_slots(8);
-        let key: Arc<str> = Arc::from("id");
+        let key = CacheKey::from("id");
         for i in 0..1000 {
             cache.get(&key, &format!("r{i}"), req).await.unwrap();
             assert!(cache.slot_count() <= 8, "{} slots", cache.slot_count());
         }
-        let other: Arc<str> = Arc::from("other");
+        let other = CacheKey::from("other");
         cache.get(&other, "r", req).await.unwrap();
         assert!(cache.slot_count() <= 8);
-        cache.drop_identity("id");
-        cache.drop_identity("other");
+        cache.drop_identity(&key);
+        cache.drop_identity(&other);
         assert_eq!((cache.slot_count(), cache.identity_count()), (0, 0));
     }
 
@@ -599,7 +662,7 @@ mod tests {
             Duration::from_secs(30),
             None,
         );
-        let key: Arc<str> = Arc::from("id");
+        let key = CacheKey::from("id");
         let (_, how) = cache.get(&key, "r", req).await.unwrap();
         assert_eq!(how, Lookup::Miss);
         tokio::time::advance(MAX_TOKEN_LIFE + Duration::from_secs(1)).await;
@@ -626,7 +689,7 @@ mod tests {
             Duration::from_secs(5),
             None,
         );
-        let r = cache.get(&Arc::from("id"), "r", req).await;
+        let r = cache.get(&CacheKey::from("id"), "r", req).await;
         assert!(matches!(r, Err(FetchError::Timeout(_))));
     }
 }

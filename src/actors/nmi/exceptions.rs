@@ -91,7 +91,7 @@ mod tests {
         let sys = PodInfo::from_pod(
             &pod("kube-system", "d")
                 .ip("127.0.0.2")
-                .label("app", "dns")
+                .with_label("app", "dns")
                 .build(),
             "node-1",
         )
@@ -99,7 +99,7 @@ mod tests {
         let other = PodInfo::from_pod(
             &pod("default", "d")
                 .ip("127.0.0.3")
-                .label("app", "dns")
+                .with_label("app", "dns")
                 .build(),
             "node-1",
         )

@@ -13,11 +13,11 @@
 //! overwritten; the next watch event brings it and the decision is made again).
 
 use super::iptables::RulesState;
+use crate::backoff::Backoff;
+use crate::kube_watch::{self, Event};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::watcher::{self, Event};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,14 +154,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<Node> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut nodes = watcher::watcher(api.clone(), config)
-        .default_backoff()
-        .boxed();
+    let config = kube_watch::Config::default().fields(&format!("metadata.name={node}"));
+    let mut nodes = kube_watch::watch(api.clone(), config).boxed();
     let mut current: Option<Node> = None;
     let mut phase = Phase::Starting;
     let mut retry: Option<Instant> = None;
-    let mut backoff = FIRST_RETRY;
+    let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
     let mut rules_open = true;
     loop {
         // Armed before the check, so a sync finishing in between still wakes us.
@@ -204,7 +202,7 @@ pub async fn run(
                         }
                         current = Some(updated);
                         retry = None;
-                        backoff = FIRST_RETRY;
+                        backoff.reset();
                         continue;
                     }
                     Err(e) => {
@@ -213,8 +211,7 @@ pub async fn run(
                         if let Some(m) = &metrics {
                             m.writes.with_label_values(&[action, "error"]).inc();
                         }
-                        retry = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(MAX_RETRY);
+                        retry = Some(Instant::now() + backoff.next_delay());
                     }
                 }
             }
@@ -226,10 +223,10 @@ pub async fn run(
             r = inputs.rules.changed(), if rules_open => rules_open = r.is_ok(),
             () = async { if let Some(at) = retry_at { tokio::time::sleep_until(at).await } else { std::future::pending().await } } => {}
             ev = nodes.next() => match ev {
-                Some(Ok(Event::Apply(n) | Event::InitApply(n))) => current = Some(n),
-                Some(Ok(Event::Delete(_))) => current = None,
-                Some(Ok(Event::Init | Event::InitDone)) => {}
-                Some(Err(e)) => tracing::warn!(%node, error = %e, "node watch failed; retrying with backoff"),
+                Some(Event::Listed(list)) => current = list.into_iter().next(),
+                Some(Event::Applied(n)) => current = Some(n),
+                Some(Event::Deleted(_)) => current = None,
+                Some(Event::Lost(e)) => tracing::warn!(%node, error = %e, "node watch failed; relisting"),
                 None => return,
             },
         }

@@ -1,6 +1,7 @@
 //! An identity as NMI sees it for one pod, and the pure rule that picks which one a token
 //! request gets.
 
+use super::cache::CacheKey;
 use super::source::{TokenRequest, TokenTarget};
 use crate::crd::{AssignedState, AzureIdentity, AzureIdentitySpec, IdentityType};
 use kube::ResourceExt;
@@ -23,7 +24,7 @@ pub struct ResolvedIdentity {
     /// True when this identity may only serve pods of its own namespace.
     pub namespaced: bool,
     /// Key of this identity's tokens in the cache.
-    pub cache_key: Arc<str>,
+    pub cache_key: CacheKey,
     /// Client id, as written in the spec.
     pub client_id: Arc<str>,
 }
@@ -40,23 +41,21 @@ impl ResolvedIdentity {
         let identity_namespace = identity.namespace().unwrap_or_default();
         let identity_name = identity.name_any();
         let spec = &identity.spec;
-        let cache_key: Arc<str> = match spec.type_ {
+        let cache_key = match spec.type_ {
             IdentityType::UserAssignedMsi if !spec.client_id.is_empty() => {
-                format!("msi/{}", spec.client_id.to_ascii_lowercase()).into()
+                CacheKey::user_assigned(&spec.client_id)
             }
-            IdentityType::UserAssignedMsi => {
-                format!("msi-rid/{}", spec.resource_id.to_ascii_lowercase()).into()
-            }
+            IdentityType::UserAssignedMsi => CacheKey::user_assigned_by_resource(&spec.resource_id),
             // A service principal's token depends on the Secret the identity points at, so two
             // AzureIdentities never share tokens even with one client id; and on everything
             // else in its spec (tenant, Secret reference, adEndpoint, ...), so an edited
             // identity gets a key of its own and its old tokens are dropped, never served.
-            _ => format!(
-                "sp/{identity_namespace}/{identity_name}/{}/{:016x}",
-                spec.client_id,
-                spec_fingerprint(spec)
-            )
-            .into(),
+            _ => CacheKey::service_principal(
+                &identity_namespace,
+                &identity_name,
+                &spec.client_id,
+                spec_fingerprint(spec),
+            ),
         };
         Self {
             namespaced: force_namespaced || identity.has_namespaced_annotation(),

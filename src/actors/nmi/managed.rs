@@ -4,6 +4,7 @@
 //! Written only by the catalog watcher; every change bumps a `watch` version so waiting requests
 //! re-check the moment a binding or identity appears.
 
+use super::cache::CacheKey;
 use super::identity::{ResolvedIdentity, sort_identities};
 use super::pods::PodInfo;
 use crate::crd::{AssignedState, AzureIdentity, AzureIdentityBinding};
@@ -74,7 +75,7 @@ impl ManagedCatalog {
 
     /// Records an identity added or changed; returns the cache key of a replaced version whose
     /// tokens must be dropped.
-    pub fn apply_identity(&self, id: &AzureIdentity) -> Option<Arc<str>> {
+    pub fn apply_identity(&self, id: &AzureIdentity) -> Option<CacheKey> {
         let new = Self::resolved(id);
         let old = self
             .write()
@@ -82,18 +83,18 @@ impl ManagedCatalog {
             .insert(ns_name(id), Arc::clone(&new));
         self.bump();
         old.filter(|o| o.cache_key != new.cache_key || o.spec != new.spec)
-            .map(|o| Arc::clone(&o.cache_key))
+            .map(|o| o.cache_key.clone())
     }
 
     /// Records an identity's deletion; returns its cache key.
-    pub fn delete_identity(&self, id: &AzureIdentity) -> Option<Arc<str>> {
+    pub fn delete_identity(&self, id: &AzureIdentity) -> Option<CacheKey> {
         let old = self.write().identities.remove(&ns_name(id));
         self.bump();
-        old.map(|o| Arc::clone(&o.cache_key))
+        old.map(|o| o.cache_key.clone())
     }
 
     /// Replaces all identities after a (re)list; returns cache keys of identities gone.
-    pub fn replace_identities(&self, list: &[AzureIdentity]) -> Vec<Arc<str>> {
+    pub fn replace_identities(&self, list: &[AzureIdentity]) -> Vec<CacheKey> {
         let fresh: HashMap<NsName, Arc<ResolvedIdentity>> = list
             .iter()
             .map(|i| (ns_name(i), Self::resolved(i)))
@@ -107,7 +108,7 @@ impl ManagedCatalog {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         old.into_iter()
             .filter(|(k, v)| inner.identities.get(k).is_none_or(|n| n.spec != v.spec))
-            .map(|(_, v)| Arc::clone(&v.cache_key))
+            .map(|(_, v)| v.cache_key.clone())
             .collect()
     }
 
@@ -204,7 +205,7 @@ mod tests {
     use super::*;
     use crate::actors::nmi::identity::fixtures::identity;
     use crate::actors::nmi::pods::fixtures::pod;
-    use crate::crd::{AzureIdentityBindingSpec, POD_LABEL};
+    use crate::crd::AzureIdentityBindingSpec;
 
     fn binding(ns: &str, name: &str, identity: &str, selector: &str) -> AzureIdentityBinding {
         let mut b = AzureIdentityBinding::new(
@@ -220,11 +221,7 @@ mod tests {
     }
 
     fn info(ns: &str, name: &str, sel: &str) -> PodInfo {
-        PodInfo::from_pod(
-            &pod(ns, name).ip("127.0.0.2").label(POD_LABEL, sel).build(),
-            "node-1",
-        )
-        .unwrap()
+        PodInfo::from_pod(&pod(ns, name).ip("127.0.0.2").label(sel).build(), "node-1").unwrap()
     }
 
     #[test]
@@ -250,7 +247,9 @@ mod tests {
         cat.apply_identity(&identity("a", "id1", "c1"));
         assert!(*rx.borrow() > v0);
         assert_eq!(
-            cat.delete_identity(&identity("a", "id1", "c1")).as_deref(),
+            cat.delete_identity(&identity("a", "id1", "c1"))
+                .as_ref()
+                .map(CacheKey::as_str),
             Some("msi/c1")
         );
         assert!(!cat.is_synced());

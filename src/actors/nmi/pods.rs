@@ -297,86 +297,11 @@ impl PodIndex {
 
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    pub use crate::actors::fixtures::PodBuilder;
 
-    /// Builder for test pods: `pod("ns", "name").ip("127.0.0.2").on_node("n1")`.
-    pub struct PodBuilder(Pod);
-
+    /// A Running pod of NMI's node (`node-1`): `pod("ns", "name").ip("127.0.0.2")`.
     pub fn pod(ns: &str, name: &str) -> PodBuilder {
-        PodBuilder(Pod {
-            metadata: ObjectMeta {
-                namespace: Some(ns.into()),
-                name: Some(name.into()),
-                uid: Some(format!("uid-{ns}-{name}")),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some("node-1".into()),
-                ..PodSpec::default()
-            }),
-            status: Some(PodStatus {
-                phase: Some("Running".into()),
-                ..PodStatus::default()
-            }),
-        })
-    }
-
-    impl PodBuilder {
-        pub fn ip(mut self, ip: &str) -> Self {
-            let st = self.0.status.as_mut().unwrap();
-            st.pod_ip = Some(ip.into());
-            st.pod_ips = Some(vec![PodIP { ip: ip.into() }]);
-            self
-        }
-        pub fn on_node(mut self, node: &str) -> Self {
-            self.0.spec.as_mut().unwrap().node_name = Some(node.into());
-            self
-        }
-        pub fn phase(mut self, phase: &str) -> Self {
-            self.0.status.as_mut().unwrap().phase = Some(phase.into());
-            self
-        }
-        pub fn label(mut self, k: &str, v: &str) -> Self {
-            self.0
-                .metadata
-                .labels
-                .get_or_insert_with(Default::default)
-                .insert(k.into(), v.into());
-            self
-        }
-        pub fn owned_by_replicaset(mut self, rs: &str) -> Self {
-            self.0.metadata.owner_references = Some(vec![OwnerReference {
-                kind: "ReplicaSet".into(),
-                name: rs.into(),
-                api_version: "apps/v1".into(),
-                uid: "rs".into(),
-                ..OwnerReference::default()
-            }]);
-            self
-        }
-        pub fn service_account(mut self, sa: &str) -> Self {
-            self.0.spec.as_mut().unwrap().service_account_name = Some(sa.into());
-            self
-        }
-        pub fn host_network(mut self) -> Self {
-            self.0.spec.as_mut().unwrap().host_network = Some(true);
-            self
-        }
-        pub fn uid(mut self, uid: &str) -> Self {
-            self.0.metadata.uid = Some(uid.into());
-            self
-        }
-        pub fn terminating(mut self) -> Self {
-            self.0.metadata.deletion_timestamp =
-                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                ));
-            self
-        }
-        pub fn build(self) -> Pod {
-            self.0
-        }
+        crate::actors::fixtures::pod(ns, name).on_node("node-1")
     }
 }
 

@@ -2,14 +2,14 @@
 //! with this node, AzurePodIdentityExceptions, and (managed mode) bindings and identities.
 //!
 //! Each loop is the only writer of its index. A (re)list is buffered and swapped in whole at
-//! `InitDone`, so a restart or a lost watch leaves nothing stale. A watch error marks the index
-//! out of sync (NMI is not ready) and restarts the watch with a fresh list after a backoff, so
-//! readiness returns only once the index holds the API's current state again.
+//! [`Event::Listed`], so a restart or a lost watch leaves nothing stale. A lost watch marks the
+//! index out of sync (NMI is not ready) until [`crate::kube_watch`] has listed again (after its
+//! backoff), so readiness returns only once the index holds the API's current state again.
 //! Every finished (re)list and every lost watch wakes the `synced` [`Notify`], so whoever waits for the caches to be
 //! synced (the node gate) is told without polling.
 
 use super::assignments::AssignmentIndex;
-use super::cache::TokenCache;
+use super::cache::{CacheKey, TokenCache};
 use super::exceptions::ExceptionIndex;
 use super::managed::ManagedCatalog;
 use super::pods::PodIndex;
@@ -17,14 +17,13 @@ use crate::crd::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
     NODENAME_LABEL,
 };
+use crate::kube_watch::{self, Event};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Notify;
 
 /// What a watch loop does with its events.
@@ -36,14 +35,9 @@ pub(crate) trait Sink<K> {
     fn lost(&self);
 }
 
-/// Delay before re-listing after the first failure; doubled per failure in a row.
-const RELIST_BACKOFF: Duration = Duration::from_millis(250);
-/// Longest delay before re-listing.
-const RELIST_BACKOFF_MAX: Duration = Duration::from_secs(30);
-
 async fn drive<K, S>(
     api: Api<K>,
-    config: watcher::Config,
+    config: kube_watch::Config,
     sink: S,
     what: &'static str,
     synced: Arc<Notify>,
@@ -52,37 +46,25 @@ async fn drive<K, S>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     S: Sink<K>,
 {
-    let mut backoff = RELIST_BACKOFF;
-    loop {
-        let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
-        let mut buffer: Vec<K> = Vec::new();
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(Event::Apply(o)) => sink.apply(&o),
-                Ok(Event::Delete(o)) => sink.delete(&o),
-                Ok(Event::Init) => buffer.clear(),
-                Ok(Event::InitApply(o)) => buffer.push(o),
-                Ok(Event::InitDone) => {
-                    sink.replace(&buffer);
-                    tracing::debug!(watch = what, objects = buffer.len(), "list synced");
-                    buffer = Vec::new();
-                    backoff = RELIST_BACKOFF;
-                    synced.notify_waiters();
+    let mut events = std::pin::pin!(kube_watch::watch(api, config));
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Applied(o) => sink.apply(&o),
+            Event::Deleted(o) => sink.delete(&o),
+            Event::Listed(list) => {
+                sink.replace(&list);
+                tracing::debug!(watch = what, objects = list.len(), "list synced");
+                synced.notify_waiters();
+            }
+            Event::Lost(e) => {
+                if let Some(c) = &errors {
+                    c.inc();
                 }
-                Err(e) => {
-                    if let Some(c) = &errors {
-                        c.inc();
-                    }
-                    sink.lost();
-                    synced.notify_waiters();
-                    tracing::warn!(watch = what, error = %e, delay = ?backoff, "watch failed; not ready until re-listed");
-                    break;
-                }
+                sink.lost();
+                synced.notify_waiters();
+                tracing::warn!(watch = what, error = %e, "watch failed; not ready until re-listed");
             }
         }
-        // A failed (or, never expected, ended) watch starts over with a full list.
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RELIST_BACKOFF_MAX);
     }
 }
 
@@ -104,7 +86,7 @@ impl Sink<Pod> for Pods {
 
 pub(crate) struct Assigned(pub(crate) Arc<AssignmentIndex>, pub(crate) Arc<TokenCache>);
 impl Assigned {
-    fn forget(&self, gone: Vec<Arc<str>>) {
+    fn forget(&self, gone: Vec<CacheKey>) {
         for key in gone {
             self.1.drop_identity(&key);
         }
@@ -188,7 +170,7 @@ pub async fn watch_pods(
     synced: Arc<Notify>,
     errors: Option<prometheus::IntCounter>,
 ) {
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let config = kube_watch::Config::default().fields(&format!("spec.nodeName={node}"));
     drive(
         Api::<Pod>::all(client),
         config,
@@ -209,7 +191,7 @@ pub async fn watch_assigned(
     cache: Arc<TokenCache>,
     synced: Arc<Notify>,
 ) {
-    let config = watcher::Config::default().labels(&format!("{NODENAME_LABEL}={node}"));
+    let config = kube_watch::Config::default().labels(&format!("{NODENAME_LABEL}={node}"));
     drive(
         Api::<AzureAssignedIdentity>::all(client),
         config,
@@ -225,7 +207,7 @@ pub async fn watch_assigned(
 pub async fn watch_exceptions(client: Client, index: Arc<ExceptionIndex>, synced: Arc<Notify>) {
     drive(
         Api::<AzurePodIdentityException>::all(client),
-        watcher::Config::default(),
+        kube_watch::Config::default(),
         Exceptions(index),
         "azurepodidentityexceptions",
         synced,
@@ -243,7 +225,7 @@ pub async fn watch_catalog(
 ) {
     let identities = drive(
         Api::<AzureIdentity>::all(client.clone()),
-        watcher::Config::default(),
+        kube_watch::Config::default(),
         Identities(Arc::clone(&catalog), cache),
         "azureidentities",
         Arc::clone(&synced),
@@ -251,7 +233,7 @@ pub async fn watch_catalog(
     );
     let bindings = drive(
         Api::<AzureIdentityBinding>::all(client),
-        watcher::Config::default(),
+        kube_watch::Config::default(),
         Bindings(catalog),
         "azureidentitybindings",
         synced,

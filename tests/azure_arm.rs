@@ -4,11 +4,10 @@
 
 mod azure_common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aad_pod_identity::cloud::Error;
-use aad_pod_identity::cloud::arm::{ArmOptions, CallRecord};
+use aad_pod_identity::cloud::arm::ArmOptions;
 use aad_pod_identity_sim::azure::{AzureSimConfig, FaultKind, FaultTarget, Latency, LroMode};
 use aad_pod_identity_sim::topology::Topology;
 use azure_common::*;
@@ -360,11 +359,7 @@ async fn the_violation_counter_catches_a_client_that_ignores_retry_after() {
 async fn server_errors_and_hung_requests_are_retried_with_backoff() {
     let t = Topology::sized(1, 1, 0, 1);
     let sim = sim(&t, AzureSimConfig::default()).await;
-    let calls: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
-    let seen = calls.clone();
-    let arm = arm_client(&sim, fast_options()).with_observer(Arc::new(move |r: &CallRecord| {
-        seen.lock().unwrap().push(r.clone())
-    }));
+    let (arm, calls) = observed_arm_client(&sim, fast_options());
     sim.inject(FaultTarget::ArmGet, 1, FaultKind::Hang);
     sim.inject(FaultTarget::ArmPatch, 2, FaultKind::Status(503));
     let out = arm
@@ -546,18 +541,13 @@ async fn bad_input_gets_arm_errors_and_leaves_state_unchanged() {
 async fn a_patch_whose_answer_is_lost_is_applied_though_the_client_never_hears_so() {
     let t = Topology::sized(1, 1, 0, 2);
     let sim = sim(&t, AzureSimConfig::default()).await;
-    let calls: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
-    let seen = calls.clone();
-    let arm = arm_client(
+    let (arm, calls) = observed_arm_client(
         &sim,
         ArmOptions {
             max_attempts: 1,
             ..fast_options()
         },
-    )
-    .with_observer(Arc::new(move |r: &CallRecord| {
-        seen.lock().unwrap().push(r.clone())
-    }));
+    );
     sim.inject(FaultTarget::ArmPatch, 1, FaultKind::AnswerLost);
     let result = arm
         .update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])
@@ -622,11 +612,7 @@ async fn server_error_bursts_carry_the_codes_arm_answers_with() {
 async fn the_retry_of_a_patch_whose_answer_was_lost_is_refused_by_its_precondition() {
     let t = Topology::sized(1, 1, 0, 2);
     let sim = sim(&t, AzureSimConfig::default()).await;
-    let calls: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
-    let seen = calls.clone();
-    let arm = arm_client(&sim, fast_options()).with_observer(Arc::new(move |r: &CallRecord| {
-        seen.lock().unwrap().push(r.clone())
-    }));
+    let (arm, calls) = observed_arm_client(&sim, fast_options());
     sim.inject(FaultTarget::ArmPatch, 1, FaultKind::AnswerLost);
     let out = arm
         .update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])

@@ -192,15 +192,7 @@ impl Supervisor {
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let me = self.clone();
-        let handle = tokio::spawn(async move {
-            let mut run = AbortOnDrop(tokio::spawn(fut));
-            let outcome = (&mut run.0).await;
-            if !me.inner.shutdown.is_cancelled() {
-                me.die(name, describe(outcome));
-            }
-        });
-        self.push(name, handle);
+        self.watch(name, fut, true);
     }
 
     /// Watches `fut` as task `name`, which may end by itself (e.g. an actor its owner retired):
@@ -210,11 +202,20 @@ impl Supervisor {
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.watch(name, fut, false);
+    }
+
+    /// Runs `fut` once; a panic (or, when `ending_is_fatal`, any end) before shutdown makes the
+    /// process dead.
+    fn watch<Fut>(&self, name: &'static str, fut: Fut, ending_is_fatal: bool)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let me = self.clone();
         let handle = tokio::spawn(async move {
             let mut run = AbortOnDrop(tokio::spawn(fut));
             let outcome = (&mut run.0).await;
-            if outcome.is_err() && !me.inner.shutdown.is_cancelled() {
+            if (ending_is_fatal || outcome.is_err()) && !me.inner.shutdown.is_cancelled() {
                 me.die(name, describe(outcome));
             }
         });

@@ -25,10 +25,8 @@ pub fn start_vital<A>(supervisor: &Supervisor, name: &'static str, actor: A) -> 
 where
     A: Actor<Context = Context<A>>,
 {
-    let ctx = Context::new();
-    let addr = ctx.address();
-    let handle = actix::spawn(ctx.into_future(actor));
-    supervisor.spawn_once(name, watch(handle));
+    let (addr, ended) = start(actor);
+    supervisor.spawn_once(name, ended);
     addr
 }
 
@@ -38,9 +36,23 @@ pub fn start_retirable<A>(supervisor: &Supervisor, name: &'static str, actor: A)
 where
     A: Actor<Context = Context<A>>,
 {
+    let (addr, ended) = start(actor);
+    supervisor.spawn_retirable(name, ended);
+    addr
+}
+
+/// Starts `actor` as [`Actor::start`] does, and returns with its address a future that ends
+/// when the actor does (re-raising its panic).
+fn start<A>(
+    actor: A,
+) -> (
+    Addr<A>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    A: Actor<Context = Context<A>>,
+{
     let ctx = Context::new();
     let addr = ctx.address();
-    let handle = actix::spawn(ctx.into_future(actor));
-    supervisor.spawn_retirable(name, watch(handle));
-    addr
+    (addr, watch(actix::spawn(ctx.into_future(actor))))
 }

@@ -387,3 +387,38 @@ async fn a_restart_longer_than_the_lease_makes_the_leader_step_down_and_never_tw
     drop(second);
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_lose_it() {
+    use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
+    let w = World::start("arm-weather").await;
+    let mic = w.mic("mic-0", None).await;
+    wait_health(mic.probe, "Active").await;
+    for code in [503, 500, 502, 504, 503, 500] {
+        w.azure
+            .inject(FaultTarget::AnyArm, 1, FaultKind::Status(code));
+    }
+    w.azure.inject(
+        FaultTarget::AnyArm,
+        3,
+        FaultKind::Throttle {
+            retry_after_secs: 1,
+            as_http_date: false,
+        },
+    );
+    w.identity("id-0", 0).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(60)).await;
+    assert!(
+        w.on_scale_set()
+            .contains(&IdentityId::new(&w.identity_rid(0)))
+    );
+    let counters = w.azure.counters();
+    assert_eq!(counters.faults, 9, "every injected fault was met");
+    assert_eq!(
+        counters.throttle_violations, 0,
+        "no request inside a Retry-After window"
+    );
+    drop(mic);
+    w.stop().await;
+}

@@ -5,10 +5,9 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::start_sandbox;
+use support::{kubectl_raw, start_sandbox};
 
 const KINDS: [&str; 9] = [
     "patch_answer_lost",
@@ -22,55 +21,23 @@ const KINDS: [&str; 9] = [
     "api_restart",
 ];
 
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl must be installed");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// Pods (in every namespace) whose AzureAssignedIdentity is Assigned.
-fn assigned_pods(kubeconfig: &Path) -> Vec<String> {
-    let (ok, out) = kubectl(
-        kubeconfig,
-        &["get", "azureassignedidentities", "-A", "-o", "json"],
-        None,
-    );
+/// The `items` of `kubectl get <what> -A -o json` (empty while the API does not answer).
+fn items(kubeconfig: &Path, what: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-A", "-o", "json"]);
+    let (ok, out, _) = kubectl_raw(kubeconfig, &args);
     if !ok {
         return Vec::new();
     }
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Pods (in every namespace) whose AzureAssignedIdentity is Assigned.
+fn assigned_pods(kubeconfig: &Path) -> Vec<String> {
+    items(kubeconfig, &["azureassignedidentities"])
+        .iter()
         .filter(|a| a["status"]["status"] == "Assigned")
         .filter_map(|a| a["spec"]["pod"].as_str().map(str::to_string))
         .collect()
@@ -78,19 +45,8 @@ fn assigned_pods(kubeconfig: &Path) -> Vec<String> {
 
 /// Running pods labelled `aadpodidbinding` (in every namespace).
 fn running_bound_pods(kubeconfig: &Path) -> Vec<String> {
-    let (ok, out) = kubectl(
-        kubeconfig,
-        &["get", "pods", "-A", "-l", "aadpodidbinding", "-o", "json"],
-        None,
-    );
-    if !ok {
-        return Vec::new();
-    }
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    items(kubeconfig, &["pods", "-l", "aadpodidbinding"])
+        .iter()
         .filter(|p| {
             p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
         })
@@ -179,16 +135,18 @@ spec: {{containers: [{{name: app, image: demo}}]}}
         identity["resourceID"].as_str().unwrap(),
         identity["clientID"].as_str().unwrap()
     );
+    let file = kubeconfig.with_file_name("weathered.yaml");
+    std::fs::write(&file, manifest).unwrap();
     // The API may be down (restart) when kubectl runs: apply until it is accepted.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&manifest));
+        let (ok, _, err) = kubectl_raw(&kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
         if ok {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "kubectl apply kept failing: {out}"
+            "kubectl apply kept failing: {err}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -38,6 +38,11 @@ pub fn server(
     })
     .workers(workers)
     .h1_write_buffer_size(super::watch::CHUNK)
+    // The API server keeps idle HTTP/1.1 connections open (Go's server has no idle timeout
+    // unless one is set); actix's default of 5 s closed them under clients whose pools keep
+    // them for 90 s (hyper's default), and a request racing the close failed with an
+    // incomplete message, which a real API server never causes.
+    .keep_alive(std::time::Duration::from_secs(300))
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)?

@@ -246,6 +246,7 @@ impl ArmPort for PanickingArm {
     async fn patch(
         &self,
         _host: &HostId,
+        _base: &HostIdentities,
         _add: &[IdentityId],
         _remove: &[IdentityId],
     ) -> Result<PatchOutcome, PortError> {

@@ -280,6 +280,21 @@ impl ArmClient {
         add: &[String],
         remove: &[String],
     ) -> Result<UpdateOutcome, Error> {
+        self.update_identities_from(target, None, add, remove).await
+    }
+
+    /// [`Self::update_identities`] on top of a state the caller already holds (the answer of
+    /// its last GET or PATCH): with an etag, the first PATCH goes out at once, conditional on
+    /// that state, so a caller that keeps the last answer spends one round trip per write. A
+    /// stale `known` costs a 412 and a read, never a wrong write; without an etag the resource
+    /// is read first, as with `None`.
+    pub async fn update_identities_from(
+        &self,
+        target: &ComputeRef,
+        known: Option<IdentityState>,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<UpdateOutcome, Error> {
         let mut outcome = UpdateOutcome::default();
         // Still to classify against the state the next PATCH is based on.
         let mut add: Vec<String> = add.to_vec();
@@ -289,7 +304,10 @@ impl ArmClient {
             .filter(|r| !add.iter().any(|a| a.eq_ignore_ascii_case(r)))
             .cloned()
             .collect();
-        let mut state = self.get_identities(target).await?;
+        let mut state = match known {
+            Some(k) if k.etag.is_some() => k,
+            _ => self.get_identities(target).await?,
+        };
         let per_patch = self
             .options
             .max_per_patch
@@ -398,7 +416,8 @@ impl ArmClient {
         Ok(outcome)
     }
 
-    /// One PATCH for `chunk` on top of `state`, followed to completion; returns the new state.
+    /// One PATCH for `chunk` on top of `state`, followed to completion; returns the new state,
+    /// with the etag ARM gave the changed resource when its answer carried one.
     async fn patch(
         &self,
         target: &ComputeRef,
@@ -469,15 +488,27 @@ impl ArmClient {
             }
             return Ok(s);
         }
+        // Once the operation has succeeded, the resource is the one the PATCH answer described
+        // (its etag names the model this write produced), if that answer shows exactly the
+        // identities this write leads to; otherwise the state computed here, with no etag, so
+        // the next write reads first.
+        let settled = |s: Option<IdentityState>| match s {
+            Some(mut s) if s.etag.is_some() && same_ids(&s.user_assigned, &local.user_assigned) => {
+                s.provisioning_state = "Succeeded".into();
+                s
+            }
+            _ => local.clone(),
+        };
         if let Some(url) = async_op {
             self.poll_async_operation(target, &url, &got.headers, &requested)
                 .await?;
-            return Ok(local);
+            return Ok(settled(body_state));
         }
         if let Some(url) = location {
-            self.poll_location(target, &url, &got.headers, &requested)
+            let last = self
+                .poll_location(target, &url, &got.headers, &requested)
                 .await?;
-            return Ok(local);
+            return Ok(settled(last.or(body_state)));
         }
         if got.status == 200 {
             // 200 with a non-terminal state and nothing to poll: trust the body.
@@ -549,13 +580,14 @@ impl ArmClient {
         }
     }
 
+    /// Follows a `Location` operation; the resource when the final answer carries it.
     async fn poll_location(
         &self,
         target: &ComputeRef,
         url: &str,
         first: &Headers,
         requested: &[String],
-    ) -> Result<(), Error> {
+    ) -> Result<Option<IdentityState>, Error> {
         let url = url::Url::parse(url).map_err(|e| Error::MalformedResponse {
             operation: "lro_poll",
             problem: format!("Location is not a URL: {e}"),
@@ -581,7 +613,8 @@ impl ArmClient {
                 .await?;
             match got.status {
                 202 => wait = self.poll_delay(&got.headers),
-                200 | 204 => return Ok(()),
+                200 => return Ok(parse_state("lro_poll", &got.body).ok()),
+                204 => return Ok(None),
                 s => {
                     let e = parse_error_body(&got.body);
                     let err = lro_failure(target, "Failed", e, requested);
@@ -740,6 +773,13 @@ fn retry_after(headers: &Headers) -> Option<Duration> {
         }
     }
     header(headers, "retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()))
+}
+
+/// The same identities, ids compared case-insensitively.
+fn same_ids(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|x| b.iter().any(|y| x.eq_ignore_ascii_case(y)))
 }
 
 /// `None`, `SystemAssigned`, `UserAssigned` or `SystemAssigned, UserAssigned`.

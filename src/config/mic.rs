@@ -88,7 +88,9 @@ pub struct MicArgs {
     #[arg(long = "prometheus-port", env = "MIC_PROMETHEUS_PORT", default_value = "8888", value_parser = parse_port)]
     pub prometheus_port: u16,
 
-    /// Most AzureAssignedIdentity creates or deletes issued concurrently.
+    /// Most AzureAssignedIdentity writes (creates, status changes, deletes) in flight at once.
+    /// Writes are pipelined, not batched: each answer starts the next pending write at once,
+    /// one write per object at a time. Events have their own two in flight.
     #[arg(long = "createDeleteBatch", env = "MIC_CREATE_DELETE_BATCH", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub create_delete_batch: u32,
 

@@ -1,7 +1,9 @@
 //! The whole system on one machine: the Kubernetes and Azure simulators, MIC, and one NMI per
 //! simulated node, all on loopback, plus the scenario, the printed guide and live progress.
 //!
-//! Everything runs in this process: the simulators and NMIs on this actix system (their HTTP
+//! With [`Placement::Processes`] (load tests) MIC and every NMI are processes of the product
+//! binary instead ([`crate::processes`]). Otherwise everything runs in this process: the
+//! simulators and NMIs on this actix system (their HTTP
 //! servers on worker threads of their own), each MIC replica on a thread with its own actix
 //! system ([`crate::mic_replicas`]). MIC and NMI run with the arguments of their workloads in
 //! the simulated cluster ([`crate::components`]). Each NMI listens on its node's address
@@ -10,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +29,7 @@ use super::components;
 use super::control::Control;
 use super::mic_replicas::{MicReplicas, ReplicaList};
 use super::scenario;
+use crate::processes::{Component, Usage};
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
 use aad_pod_identity::actors::nmi::gate;
 use aad_pod_identity::cloud::config::CloudConfig;
@@ -89,6 +93,9 @@ pub enum Error {
     /// A flag for MIC or NMI was refused.
     #[error("component flags")]
     Components(#[from] components::Error),
+    /// A component process could not start.
+    #[error("component process")]
+    Process(#[from] crate::processes::Error),
     /// A signal handler could not be installed.
     #[error("signal handling")]
     Signal(#[source] std::io::Error),
@@ -109,6 +116,33 @@ impl From<aad_pod_identity_sim::kube::Error> for Error {
     fn from(e: aad_pod_identity_sim::kube::Error) -> Self {
         Self::Kube(Box::new(e))
     }
+}
+
+/// Where MIC and the NMIs run.
+#[derive(Clone, Debug, Default)]
+pub enum Placement {
+    /// In this process (the sandbox command, tests).
+    #[default]
+    InProcess,
+    /// As processes of the product binary `bin`, with their files and logs in `dir`; MIC's
+    /// Deployment then has no replica in this process.
+    Processes {
+        /// The `aad-pod-identity` binary.
+        bin: PathBuf,
+        /// azure.json and one log per component.
+        dir: PathBuf,
+        /// Extra flags for `mic`.
+        mic_flags: Vec<String>,
+    },
+}
+
+/// CPU time and memory of each component process.
+#[derive(Clone, Debug, Default)]
+pub struct ComponentUsage {
+    /// MIC's, when it runs as a process.
+    pub mic: Option<Usage>,
+    /// Each NMI's that runs as a process, by node.
+    pub nmis: BTreeMap<String, Usage>,
 }
 
 /// The running world, for tests and for the command.
@@ -133,7 +167,10 @@ pub struct Sandbox {
     /// The control endpoint (faults injected at run time, ARM's request log).
     pub control: Control,
     nmis: Vec<Running>,
+    nmi_processes: Vec<Component>,
     mic: MicReplicas,
+    mic_process: Option<Box<Component>>,
+    placement: Placement,
     /// Holds the kubeconfig MIC's replicas read; removed on stop.
     work_dir: std::path::PathBuf,
     /// NMI's container arguments (from its DaemonSet).
@@ -176,8 +213,15 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
 }
 
 impl Sandbox {
-    /// Starts everything and loads the scenario; returns once every component is serving.
+    /// Starts everything in this process and loads the scenario; returns once every component
+    /// is serving.
     pub async fn start(args: &SandboxArgs) -> Result<Self, Error> {
+        Self::start_with(args, Placement::InProcess).await
+    }
+
+    /// Starts everything, MIC and NMIs where `placement` says, and loads the scenario; returns
+    /// once every component is serving.
+    pub async fn start_with(args: &SandboxArgs, placement: Placement) -> Result<Self, Error> {
         let epoch = std::time::Instant::now();
         let topology = args.topology();
         // Azure has the instances `--add-node` will bring in already (a scale-out creates the
@@ -244,10 +288,13 @@ impl Sandbox {
             what: "creating NMI's DaemonSet",
             source,
         })?;
-        let mic_deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(
-            components::mic_deployment(args.components.mic_replicas, &mic_args),
-        )
-        .expect("a valid Deployment");
+        let in_process_replicas = match placement {
+            Placement::InProcess => args.components.mic_replicas,
+            Placement::Processes { .. } => 0,
+        };
+        let mic_deployment: k8s_openapi::api::apps::v1::Deployment =
+            serde_json::from_value(components::mic_deployment(in_process_replicas, &mic_args))
+                .expect("a valid Deployment");
         Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
             client.clone(),
             components::NAMESPACE,
@@ -273,16 +320,48 @@ impl Sandbox {
         let mic_kubeconfig = work_dir.join("kubeconfig");
         kube.write_kubeconfig(&mic_kubeconfig)?;
         let cloud = CloudConfig::from_json(&azure.azure_json().to_string())?;
-        let mic = MicReplicas::start(client.clone(), mic_kubeconfig, cloud)?;
-        let first = mic
-            .wait_for(
-                args.components.mic_replicas as usize,
-                Duration::from_secs(60),
-            )
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Mic("no MIC replica started".into()))?;
+        let mic = MicReplicas::start(client.clone(), mic_kubeconfig.clone(), cloud)?;
+        let (mic_process, mic_endpoints, mic_metrics) = match &placement {
+            Placement::InProcess => {
+                let first = mic
+                    .wait_for(
+                        args.components.mic_replicas as usize,
+                        Duration::from_secs(60),
+                    )
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::Mic("no MIC replica started".into()))?;
+                (None, (first.probe, first.metrics_addr), first.metrics)
+            }
+            Placement::Processes {
+                bin,
+                dir,
+                mic_flags,
+            } => {
+                let cloudconfig = dir.join("azure.json");
+                std::fs::write(&cloudconfig, azure.azure_json().to_string()).map_err(|source| {
+                    Error::File {
+                        path: cloudconfig.display().to_string(),
+                        source,
+                    }
+                })?;
+                let mut flags = vec![
+                    format!("--leader-election-namespace={}", components::NAMESPACE),
+                    format!(
+                        "--unassign-grace-period={}ms",
+                        args.unassign_grace_period.as_millis()
+                    ),
+                ];
+                flags.extend(args.components.mic_args.iter().cloned());
+                flags.extend(mic_flags.iter().cloned());
+                let c =
+                    crate::processes::start_mic(bin, dir, &mic_kubeconfig, &cloudconfig, &flags)
+                        .await?;
+                let endpoints = (c.probe, c.metrics);
+                (Some(Box::new(c)), endpoints, Metrics::new())
+            }
+        };
         let workload_service_principal = azure
             .add_service_principal_secret(&[azure.tenant_id()], &uuid::Uuid::new_v4().to_string());
 
@@ -291,13 +370,16 @@ impl Sandbox {
             kube,
             azure,
             nmi: BTreeMap::new(),
-            mic_endpoints: (first.probe, first.metrics_addr),
+            mic_endpoints,
             nmi_endpoints: BTreeMap::new(),
-            mic_metrics: first.metrics,
+            mic_metrics,
             workload_service_principal,
             control,
             nmis: Vec::new(),
+            nmi_processes: Vec::new(),
             mic,
+            mic_process,
+            placement,
             work_dir,
             nmi_args,
             weather: None,
@@ -350,6 +432,26 @@ impl Sandbox {
         };
         let ip = node_ip(&n).ok_or_else(|| failed("the node has no InternalIP".into()))?;
         let imds = self.azure.imds_addr(node)?;
+        if let Placement::Processes { bin, dir, .. } = &self.placement {
+            let (c, addr) = crate::processes::start_nmi(
+                bin,
+                dir,
+                &self.work_dir.join("kubeconfig"),
+                &crate::processes::NmiNode {
+                    node,
+                    ip,
+                    imds,
+                    assignment_wait: self.nmi_assignment_wait.unwrap_or(Duration::from_secs(80)),
+                    port: self.nmi_port,
+                },
+            )
+            .await?;
+            self.nmi.insert(node.to_string(), addr);
+            self.nmi_endpoints
+                .insert(node.to_string(), (c.probe, c.metrics));
+            self.nmi_processes.push(c);
+            return Ok(addr);
+        }
         let mut s = components::nmi_settings(&self.nmi_args, node, ip, self.nmi_port, imds)?;
         if let Some(wait) = self.nmi_assignment_wait {
             s.assignment_wait = wait;
@@ -462,12 +564,30 @@ impl Sandbox {
         })
     }
 
+    /// CPU time and memory of each component that runs as a process.
+    pub fn usage(&mut self) -> ComponentUsage {
+        ComponentUsage {
+            mic: self.mic_process.as_mut().map(|c| c.usage()),
+            nmis: self
+                .nmi_processes
+                .iter_mut()
+                .map(|c| (c.name.trim_start_matches("nmi-").to_string(), c.usage()))
+                .collect(),
+        }
+    }
+
     /// Stops every component, NMIs first.
     pub async fn stop(self) {
         for n in self.nmis {
             if let Err(e) = n.stop().await {
                 warn!(error = %e, "NMI stop");
             }
+        }
+        for c in self.nmi_processes {
+            c.stop().await;
+        }
+        if let Some(c) = self.mic_process {
+            c.stop().await;
         }
         self.mic.stop().await;
         self.control.stop().await;

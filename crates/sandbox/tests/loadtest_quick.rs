@@ -5,6 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+fn product_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_aad-pod-identity-sandbox"))
+        .with_file_name("aad-pod-identity");
+    assert!(
+        bin.is_file(),
+        "{} missing: build the workspace's binaries",
+        bin.display()
+    );
+    bin
+}
+
 fn run(scenario: &str, out: &Path) -> serde_json::Value {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let output = Command::new(root.join("loadtest/run"))
@@ -14,6 +25,9 @@ fn run(scenario: &str, out: &Path) -> serde_json::Value {
             "AAD_POD_IDENTITY_SANDBOX_BIN",
             env!("CARGO_BIN_EXE_aad-pod-identity-sandbox"),
         )
+        // The product binary of the same build (the workspace's test build makes both), so
+        // the script builds nothing.
+        .env("AAD_POD_IDENTITY_BIN", product_bin())
         .env("RUST_LOG", "error")
         .output()
         .expect("loadtest/run starts");
@@ -86,6 +100,20 @@ fn every_scenario_runs_quick_with_prometheus_and_reports_its_figures() {
         "{f}"
     );
 
+    // MIC and the NMIs ran as processes of their own, each measured.
+    assert_eq!(f["process"]["separate_processes"], true, "{f}");
+    assert!(
+        f["process"]["mic"]["peak_rss_kb"].as_u64().unwrap() > 0,
+        "{f}"
+    );
+    assert!(
+        f["process"]["nmi"]["largest_peak_rss"]["peak_rss_kb"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{f}"
+    );
+
     let storm = run("token-storm", &out);
     let f = &storm["figures"];
     assert_eq!(f["tokens"]["lost"], 0);
@@ -115,6 +143,27 @@ fn every_scenario_runs_quick_with_prometheus_and_reports_its_figures() {
     let churn = run("churn", &out);
     let f = &churn["figures"];
     assert!(f["churn"]["job_pods"].as_u64().unwrap() > 0, "{f}");
+
+    // MIC alone on 1000 pods, then restarted: its invariants (every pod Assigned, at most two
+    // writes per AzureAssignedIdentity and two PATCHes per scale set, nothing written after
+    // the restart) are checked by the run itself; here, that the figures are there.
+    let scale = run("scale", &out);
+    let f = &scale["figures"];
+    assert_eq!(f["pods_assigned"], 1000, "{f}");
+    assert!(f["converged_s"].as_f64().unwrap() > 0.0, "{f}");
+    assert!(
+        f["process"]["mic"]["peak_rss_kb"].as_u64().unwrap() > 0,
+        "{f}"
+    );
+    assert!(f["process"]["mic"]["cpu_s"].as_f64().unwrap() > 0.0, "{f}");
+    assert_eq!(f["restart"]["assigned_identity_writes"], 0, "{f}");
+    assert!(
+        f["kubernetes_writes"]["writes_per_assigned_identity"]["max"]
+            .as_f64()
+            .unwrap()
+            <= 2.0,
+        "{f}"
+    );
 
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -173,7 +173,7 @@ impl Assigner {
                     act.drive(ctx);
                 }));
             }
-            Step::Patch { add, remove } => {
+            Step::Patch { add, remove, base } => {
                 let port = self.port.clone();
                 let host = self.host.clone();
                 let budget = self.budget.clone();
@@ -189,7 +189,7 @@ impl Assigner {
                         m.cloud_provider_operations_duration_seconds
                             .with_label_values(&[host.operation("update")]),
                     );
-                    let r = port.patch(&host, &add, &remove).await;
+                    let r = port.patch(&host, &base, &add, &remove).await;
                     if r.is_err() {
                         m.cloud_provider_operations_errors_count
                             .with_label_values(&[host.operation("update")])

@@ -5,6 +5,12 @@
 //! Group commit falls out of the shape: at most one call is in flight ([`HostBatch::next`]
 //! answers [`Step::Busy`] meanwhile), and whatever changed while it was out is folded into
 //! the next single PATCH.
+//!
+//! One round trip per write: the last answer (a read's, or a PATCH's with the etag ARM gave
+//! the result) is the host's state, and the next PATCH is computed from it and conditional on
+//! it. The host is read only on first contact, after a call whose outcome is unknown (a
+//! failure mid-write), after ARM said the host changed under a write, and for the periodic
+//! reconcile.
 
 use super::host::IdentityId;
 use super::port::{HostIdentities, PatchOutcome, PortError};
@@ -39,7 +45,9 @@ pub struct BatchSettings {
     /// burst (a Deployment scaling up) starts with one PATCH instead of one for the first pod
     /// and one for the rest. Changes arriving while a PATCH is in flight never wait.
     pub linger: Duration,
-    /// The longest an idle host waits for a burst to pause.
+    /// The longest an idle host waits for a burst to pause; no longer than the host's last ARM
+    /// call took (but at least `linger`), since waiting longer than a write costs more than
+    /// sending what is there and the rest in the next PATCH.
     pub linger_max: Duration,
 }
 
@@ -64,12 +72,14 @@ impl Default for BatchSettings {
 pub enum Step {
     /// Read the host's identities (first contact, or a reconcile).
     Read,
-    /// One PATCH with these changes.
+    /// One PATCH with these changes, on top of the host's last known state.
     Patch {
         /// Identities to add.
         add: Vec<IdentityId>,
         /// Identities to remove.
         remove: Vec<IdentityId>,
+        /// The state the changes were computed from (the write is conditional on it).
+        base: HostIdentities,
     },
     /// Nothing to do before this instant (a grace period, a backoff, a Retry-After ends).
     WaitUntil(Instant),
@@ -129,8 +139,8 @@ pub struct HostBatch {
     desired: BTreeSet<IdentityId>,
     /// Identities never to remove.
     immutable: BTreeSet<IdentityId>,
-    /// The host's identities as last read or patched; `None` until the first read.
-    known: Option<BTreeSet<IdentityId>>,
+    /// The host as last read or patched; `None` until the first read.
+    known: Option<HostIdentities>,
     /// The host is being deleted: hands off.
     deleting: bool,
     /// Identities MIC put on the host (the only ones it may remove).
@@ -147,6 +157,10 @@ pub struct HostBatch {
     /// Changes since the last PATCH went out: first and last, and whether a call was in
     /// flight at the first (such changes go out as soon as it returns).
     changes: Option<Changes>,
+    /// When the call in flight went out.
+    call_started: Option<Instant>,
+    /// How long the host's last answered ARM call took (bounds the linger).
+    last_call: Option<Duration>,
 }
 
 impl HostBatch {
@@ -167,6 +181,20 @@ impl HostBatch {
             flight: Flight::Idle,
             reconcile_requested: false,
             changes: None,
+            call_started: None,
+            last_call: None,
+        }
+    }
+
+    /// Notes that a call goes out at `now`.
+    fn call_out(&mut self, now: Instant) {
+        self.call_started = Some(now);
+    }
+
+    /// Notes that the call in flight was answered at `now`.
+    fn call_back(&mut self, now: Instant) {
+        if let Some(t) = self.call_started.take() {
+            self.last_call = Some(now.saturating_duration_since(t));
         }
     }
 
@@ -233,18 +261,20 @@ impl HostBatch {
             }
             self.hold_until = None;
         }
-        let Some(known) = (if self.reconcile_requested {
+        let Some(host) = (if self.reconcile_requested {
             None
         } else {
             self.known.as_ref()
         }) else {
             self.reconcile_requested = false;
             self.flight = Flight::Reading;
+            self.call_out(now);
             return Step::Read;
         };
         if self.deleting {
             return Step::Idle;
         }
+        let known = &host.user_assigned;
         let mut wake: Option<Instant> = None;
         let mut add = Vec::new();
         for id in self.desired.difference(known) {
@@ -274,11 +304,16 @@ impl HostBatch {
         if let Some(c) = &self.changes
             && !c.queued_behind_call
         {
-            let go = (c.last + self.settings.linger).min(c.first + self.settings.linger_max);
+            let (quiet, most) = (self.settings.linger, self.settings.linger_max);
+            let longest = self
+                .last_call
+                .map_or(most, |d| d.clamp(quiet.min(most), most));
+            let go = (c.last + quiet).min(c.first + longest);
             if go > now {
                 return Step::WaitUntil(go);
             }
         }
+        let base = host.clone();
         self.changes = None;
         add.truncate(MAX_IDS_PER_PATCH);
         remove.truncate(MAX_IDS_PER_PATCH - add.len());
@@ -286,12 +321,14 @@ impl HostBatch {
             add: add.clone(),
             remove: remove.clone(),
         };
-        Step::Patch { add, remove }
+        self.call_out(now);
+        Step::Patch { add, remove, base }
     }
 
     /// Folds in the answer to a read.
     pub fn on_read(&mut self, result: Result<HostIdentities, PortError>, now: Instant) -> Outcome {
         self.flight = Flight::Idle;
+        self.call_back(now);
         match result {
             Ok(state) => {
                 self.accept_state(state);
@@ -311,11 +348,11 @@ impl HostBatch {
     fn accept_state(&mut self, state: HostIdentities) {
         self.deleting = state.deleting;
         // Owned identities someone removed by hand are owned again only if re-added.
-        let present = state.user_assigned;
+        let present = &state.user_assigned;
         self.owned
             .retain(|id| present.contains(id) || self.desired.contains(id));
         self.released.retain(|id, _| present.contains(id));
-        self.known = Some(present);
+        self.known = Some(state);
     }
 
     /// Folds in the answer to a PATCH.
@@ -324,6 +361,7 @@ impl HostBatch {
         else {
             return Outcome::default();
         };
+        self.call_back(now);
         match result {
             Ok(PatchOutcome {
                 state,
@@ -358,6 +396,8 @@ impl HostBatch {
                 out
             }
             Err(PortError::Refused { ids, message }) => {
+                // Nothing was applied: a step never holds more than one request's worth of
+                // changes, so the port's call was a single PATCH, refused whole.
                 let in_request: Vec<IdentityId> = ids
                     .into_iter()
                     .filter(|id| add.contains(id) || remove.contains(id))
@@ -381,6 +421,11 @@ impl HostBatch {
                 self.refuse(in_request, message, now)
             }
             Err(e) => {
+                // Whether the write was applied is unknown (a timeout, a 5xx, a failed
+                // operation): read before the next decision. A 429 applied nothing.
+                if !matches!(e, PortError::Throttled { .. }) {
+                    self.reconcile_requested = true;
+                }
                 self.host_failure(&e, now);
                 Outcome {
                     failed: Some(e),
@@ -438,11 +483,21 @@ impl HostBatch {
         self.hold_until = Some(now + wait);
     }
 
-    /// Desired identities confirmed on the host.
+    /// Desired identities confirmed on the host: an identity already there is assigned at
+    /// once, whatever other write is in flight, unless that write is removing it.
     #[must_use]
     pub fn assigned(&self) -> BTreeSet<IdentityId> {
+        let leaving: &[IdentityId] = match &self.flight {
+            Flight::Patching { remove, .. } => remove,
+            _ => &[],
+        };
         match &self.known {
-            Some(k) => self.desired.intersection(k).cloned().collect(),
+            Some(k) => self
+                .desired
+                .intersection(&k.user_assigned)
+                .filter(|id| !leaving.contains(id))
+                .cloned()
+                .collect(),
             None => BTreeSet::new(),
         }
     }
@@ -482,9 +537,10 @@ impl HostBatch {
     /// Adds and removes not yet on ARM (queue depth).
     #[must_use]
     pub fn pending(&self) -> usize {
-        let Some(known) = &self.known else {
+        let Some(host) = &self.known else {
             return self.desired.len();
         };
+        let known = &host.user_assigned;
         self.desired.difference(known).count()
             + self
                 .released

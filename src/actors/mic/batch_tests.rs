@@ -13,8 +13,16 @@ fn ids(ns: &[&str]) -> BTreeSet<IdentityId> {
 fn state(ns: &[&str]) -> Result<HostIdentities, PortError> {
     Ok(HostIdentities {
         user_assigned: ids(ns),
-        deleting: false,
+        ..HostIdentities::default()
     })
+}
+
+/// The changes of a PATCH step (its base is checked where it matters).
+fn changes(step: Step) -> Option<(Vec<IdentityId>, Vec<IdentityId>)> {
+    match step {
+        Step::Patch { add, remove, .. } => Some((add, remove)),
+        _ => None,
+    }
 }
 
 fn patched(ns: &[&str]) -> Result<PatchOutcome, PortError> {
@@ -38,6 +46,12 @@ fn read_empty(b: &mut HostBatch, now: Instant) {
     b.on_read(state(&[]), now);
 }
 
+/// A read that took as long as a real scale set's (longer than the longest linger).
+fn read_empty_slowly(b: &mut HostBatch, answered: Instant) {
+    assert_eq!(b.next(answered - secs(40)), Step::Read);
+    b.on_read(state(&[]), answered);
+}
+
 #[test]
 fn the_first_step_on_a_host_is_a_read() {
     let mut b = HostBatch::new(settings());
@@ -46,13 +60,7 @@ fn the_first_step_on_a_host_is_a_read() {
     assert_eq!(b.next(t), Step::Read);
     assert_eq!(b.next(t), Step::Busy);
     b.on_read(state(&[]), t);
-    assert_eq!(
-        b.next(t),
-        Step::Patch {
-            add: vec![id("a")],
-            remove: vec![]
-        }
-    );
+    assert_eq!(changes(b.next(t)), Some((vec![id("a")], vec![])));
 }
 
 #[test]
@@ -66,13 +74,7 @@ fn everything_that_arrives_during_a_patch_goes_into_the_next_one() {
     b.set_desired(ids(&["a", "b", "c"]), BTreeSet::new(), t);
     assert_eq!(b.next(t), Step::Busy);
     b.on_patch(patched(&["a"]), t);
-    assert_eq!(
-        b.next(t),
-        Step::Patch {
-            add: vec![id("b"), id("c")],
-            remove: vec![]
-        }
-    );
+    assert_eq!(changes(b.next(t)), Some((vec![id("b"), id("c")], vec![])));
     b.on_patch(patched(&["a", "b", "c"]), t);
     assert_eq!(b.next(t), Step::Idle);
     assert_eq!(b.assigned(), ids(&["a", "b", "c"]));
@@ -81,39 +83,27 @@ fn everything_that_arrives_during_a_patch_goes_into_the_next_one() {
 #[test]
 fn a_burst_to_an_idle_host_goes_out_once_it_pauses_but_a_change_queued_behind_a_patch_does_not_wait()
  {
-    let t = Instant::now();
+    let t = Instant::now() + secs(60);
     let ms = Duration::from_millis;
     let mut b = HostBatch::new(BatchSettings::default());
-    read_empty(&mut b, t);
+    read_empty_slowly(&mut b, t);
     b.set_desired(ids(&["a"]), BTreeSet::new(), t);
     assert_eq!(b.next(t), Step::WaitUntil(t + ms(300)));
     b.set_desired(ids(&["a", "b"]), BTreeSet::new(), t + ms(200));
     assert_eq!(b.next(t + ms(300)), Step::WaitUntil(t + ms(500)));
     let go = t + ms(500);
-    assert_eq!(
-        b.next(go),
-        Step::Patch {
-            add: vec![id("a"), id("b")],
-            remove: vec![]
-        }
-    );
+    assert_eq!(changes(b.next(go)), Some((vec![id("a"), id("b")], vec![])));
     let back = go + secs(2);
     b.set_desired(ids(&["a", "b", "c"]), BTreeSet::new(), back - ms(1));
     b.on_patch(patched(&["a", "b"]), back);
-    assert_eq!(
-        b.next(back),
-        Step::Patch {
-            add: vec![id("c")],
-            remove: vec![]
-        }
-    );
+    assert_eq!(changes(b.next(back)), Some((vec![id("c")], vec![])));
 }
 
 #[test]
 fn a_burst_that_never_pauses_waits_at_most_the_longest_linger() {
-    let t = Instant::now();
+    let t = Instant::now() + secs(60);
     let mut b = HostBatch::new(BatchSettings::default());
-    read_empty(&mut b, t);
+    read_empty_slowly(&mut b, t);
     let mut want = BTreeSet::new();
     for i in 0..40u64 {
         let now = t + Duration::from_millis(100 * i);
@@ -124,6 +114,29 @@ fn a_burst_that_never_pauses_waits_at_most_the_longest_linger() {
             return;
         }
         assert!(matches!(b.next(now), Step::WaitUntil(_)));
+    }
+    panic!("never sent");
+}
+
+#[test]
+fn a_burst_waits_no_longer_than_the_hosts_last_arm_call_took() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings::default());
+    // The first read took 400 ms: a burst that never pauses waits at most that long, not the
+    // longest linger (1.5 s), since the rest can ride the next PATCH within another 400 ms.
+    assert_eq!(b.next(t), Step::Read);
+    b.on_read(state(&[]), t + Duration::from_millis(400));
+    let t = t + Duration::from_millis(400);
+    let mut want = BTreeSet::new();
+    for i in 0..40u64 {
+        let now = t + Duration::from_millis(100 * i);
+        want.insert(id(&format!("i{i}")));
+        b.set_desired(want.clone(), BTreeSet::new(), now);
+        if now >= t + Duration::from_millis(400) {
+            assert!(matches!(b.next(now), Step::Patch { .. }), "at {i}");
+            return;
+        }
+        assert!(matches!(b.next(now), Step::WaitUntil(_)), "at {i}");
     }
     panic!("never sent");
 }
@@ -146,25 +159,13 @@ fn a_refused_identity_is_isolated_and_the_rest_is_retried_at_once() {
         out.refused.keys().cloned().collect::<Vec<_>>(),
         vec![id("bad")]
     );
-    assert_eq!(
-        b.next(t),
-        Step::Patch {
-            add: vec![id("a"), id("c")],
-            remove: vec![]
-        }
-    );
+    assert_eq!(changes(b.next(t)), Some((vec![id("a"), id("c")], vec![])));
     b.on_patch(patched(&["a", "c"]), t);
     // the refused one waits for its backoff, then is tried alone
     assert_eq!(b.next(t), Step::WaitUntil(t + secs(10)));
     assert_eq!(b.refusals(t)[&id("bad")], "identity not found");
     let t2 = t + secs(10);
-    assert_eq!(
-        b.next(t2),
-        Step::Patch {
-            add: vec![id("bad")],
-            remove: vec![]
-        }
-    );
+    assert_eq!(changes(b.next(t2)), Some((vec![id("bad")], vec![])));
     b.on_patch(
         Err(PortError::Refused {
             ids: vec![],
@@ -187,7 +188,7 @@ fn a_patch_that_applied_all_but_a_refused_identity_backs_off_only_that_one() {
         Ok(PatchOutcome {
             state: HostIdentities {
                 user_assigned: ids(&["a"]),
-                deleting: false,
+                ..HostIdentities::default()
             },
             refused: vec![(id("bad"), "LinkedAuthorizationFailed".into())],
             preexisting: Vec::new(),
@@ -212,13 +213,7 @@ fn an_unused_identity_is_removed_only_after_the_grace_period() {
     assert_eq!(b.releasing(), ids(&["a"]));
     assert_eq!(b.next(t1), Step::WaitUntil(t1 + secs(60)));
     let t2 = t1 + secs(60);
-    assert_eq!(
-        b.next(t2),
-        Step::Patch {
-            add: vec![],
-            remove: vec![id("a")]
-        }
-    );
+    assert_eq!(changes(b.next(t2)), Some((vec![], vec![id("a")])));
     b.on_patch(patched(&[]), t2);
     assert!(b.releasing().is_empty());
     assert!(b.owned().is_empty());
@@ -248,23 +243,11 @@ fn identities_mic_did_not_add_are_never_removed() {
     b.next(t);
     b.on_read(state(&["theirs"]), t);
     b.set_desired(ids(&["theirs", "ours"]), BTreeSet::new(), t);
-    assert_eq!(
-        b.next(t),
-        Step::Patch {
-            add: vec![id("ours")],
-            remove: vec![]
-        }
-    );
+    assert_eq!(changes(b.next(t)), Some((vec![id("ours")], vec![])));
     b.on_patch(patched(&["theirs", "ours"]), t);
     b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
     let later = t + secs(3600);
-    assert_eq!(
-        b.next(later),
-        Step::Patch {
-            add: vec![],
-            remove: vec![id("ours")]
-        }
-    );
+    assert_eq!(changes(b.next(later)), Some((vec![], vec![id("ours")])));
 }
 
 #[test]
@@ -291,11 +274,8 @@ fn adopted_identities_from_before_a_restart_are_released_when_unused() {
     // `kept` is already there: no write at all for it
     assert_eq!(b.next(t), Step::WaitUntil(t + secs(60)));
     assert_eq!(
-        b.next(t + secs(60)),
-        Step::Patch {
-            add: vec![],
-            remove: vec![id("old")]
-        }
+        changes(b.next(t + secs(60))),
+        Some((vec![], vec![id("old")]))
     );
 }
 
@@ -311,13 +291,7 @@ fn a_reconcile_re_adds_an_identity_removed_by_hand() {
     b.request_reconcile();
     assert_eq!(b.next(t), Step::Read);
     b.on_read(state(&[]), t);
-    assert_eq!(
-        b.next(t),
-        Step::Patch {
-            add: vec![id("a")],
-            remove: vec![]
-        }
-    );
+    assert_eq!(changes(b.next(t)), Some((vec![id("a")], vec![])));
 }
 
 #[test]
@@ -347,9 +321,109 @@ fn transient_failures_back_off_exponentially() {
     b.next(t);
     b.on_patch(Err(PortError::Transient("503".into())), t);
     assert_eq!(b.next(t), Step::WaitUntil(t + secs(1)));
-    b.next(t + secs(1));
-    b.on_patch(Err(PortError::Transient("503".into())), t + secs(1));
+    assert_eq!(b.next(t + secs(1)), Step::Read);
+    b.on_read(Err(PortError::Transient("503".into())), t + secs(1));
     assert_eq!(b.next(t + secs(1)), Step::WaitUntil(t + secs(3)));
+}
+
+fn versioned(ns: &[&str], etag: &str) -> HostIdentities {
+    HostIdentities {
+        user_assigned: ids(ns),
+        etag: Some(etag.into()),
+        ..HostIdentities::default()
+    }
+}
+
+#[test]
+fn a_patch_is_computed_from_the_last_answer_without_reading_again() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    assert_eq!(b.next(t), Step::Read);
+    b.on_read(Ok(versioned(&["x"], "1")), t);
+    let Step::Patch { add, base, .. } = b.next(t) else {
+        panic!("expected a patch")
+    };
+    assert_eq!((add, base), (vec![id("a")], versioned(&["x"], "1")));
+    b.set_desired(ids(&["a", "b"]), BTreeSet::new(), t);
+    b.on_patch(Ok(versioned(&["a", "x"], "2").into()), t);
+    // The second write goes out on the first one's answer, with its etag: no read between.
+    let Step::Patch { add, base, .. } = b.next(t) else {
+        panic!("expected a patch, not a read")
+    };
+    assert_eq!((add, base), (vec![id("b")], versioned(&["a", "x"], "2")));
+}
+
+#[test]
+fn after_a_write_with_an_unknown_outcome_the_host_is_read_before_the_next_decision() {
+    for unknown in [
+        PortError::Transient("timeout".into()),
+        PortError::Conflict("412 three times".into()),
+        PortError::Fatal("400".into()),
+    ] {
+        let t = Instant::now();
+        let mut b = HostBatch::new(settings());
+        b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+        b.next(t);
+        b.on_read(Ok(versioned(&[], "1")), t);
+        assert!(changes(b.next(t)).is_some());
+        b.on_patch(Err(unknown.clone()), t);
+        let later = t + secs(600);
+        assert_eq!(b.next(later), Step::Read, "after {unknown:?}");
+    }
+}
+
+#[test]
+fn a_refused_or_throttled_write_changed_nothing_so_the_next_one_needs_no_read() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    b.set_desired(ids(&["a", "bad"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_read(Ok(versioned(&[], "1")), t);
+    b.next(t);
+    b.on_patch(
+        Err(PortError::Refused {
+            ids: vec![id("bad")],
+            message: "gone".into(),
+        }),
+        t,
+    );
+    let Step::Patch { add, base, .. } = b.next(t) else {
+        panic!("expected a patch, not a read")
+    };
+    assert_eq!((add, base.etag), (vec![id("a")], Some("1".into())));
+    b.on_patch(
+        Err(PortError::Throttled {
+            retry_after: secs(5),
+        }),
+        t,
+    );
+    assert_eq!(b.next(t), Step::WaitUntil(t + secs(5)));
+    assert_eq!(changes(b.next(t + secs(5))), Some((vec![id("a")], vec![])));
+}
+
+#[test]
+fn an_identity_already_on_the_host_is_assigned_while_another_write_is_out_unless_it_is_leaving() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(BatchSettings {
+        unassign_grace: Duration::ZERO,
+        ..settings()
+    });
+    b.set_desired(ids(&["mine"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_read(Ok(versioned(&["there"], "1")), t);
+    b.next(t);
+    b.on_patch(Ok(versioned(&["mine", "there"], "2").into()), t);
+    // "mine" is no longer needed; its removal goes out.
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    assert_eq!(changes(b.next(t)), Some((vec![], vec![id("mine")])));
+    // While that PATCH is out, pods arrive for an identity already there and for the one
+    // being removed: the first is assigned at once, the second only after its re-add.
+    b.set_desired(ids(&["there", "mine"]), BTreeSet::new(), t);
+    assert_eq!(b.next(t), Step::Busy);
+    assert_eq!(b.assigned(), ids(&["there"]));
+    b.on_patch(Ok(versioned(&["there"], "3").into()), t);
+    assert_eq!(changes(b.next(t)), Some((vec![id("mine")], vec![])));
 }
 
 #[test]
@@ -360,8 +434,8 @@ fn a_host_being_deleted_is_left_alone() {
     b.next(t);
     b.on_read(
         Ok(HostIdentities {
-            user_assigned: BTreeSet::new(),
             deleting: true,
+            ..HostIdentities::default()
         }),
         t,
     );
@@ -391,11 +465,8 @@ fn an_identity_the_patch_found_already_there_is_never_owned_nor_removed() {
     read_empty(&mut b, t);
     b.set_desired(ids(&["five", "mine"]), BTreeSet::new(), t);
     assert_eq!(
-        b.next(t),
-        Step::Patch {
-            add: vec![id("five"), id("mine")],
-            remove: vec![]
-        }
+        changes(b.next(t)),
+        Some((vec![id("five"), id("mine")], vec![]))
     );
     b.on_patch(
         Ok(PatchOutcome {
@@ -411,13 +482,7 @@ fn an_identity_the_patch_found_already_there_is_never_owned_nor_removed() {
     b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
     assert_eq!(b.releasing(), ids(&["mine"]));
     let later = t + secs(61);
-    assert_eq!(
-        b.next(later),
-        Step::Patch {
-            add: vec![],
-            remove: vec![id("mine")]
-        }
-    );
+    assert_eq!(changes(b.next(later)), Some((vec![], vec![id("mine")])));
 }
 
 #[test]
@@ -447,13 +512,7 @@ fn a_refused_identity_gets_the_configured_quick_retries_before_backing_off() {
     let mut now = t;
     let mut waits = Vec::new();
     for _ in 0..4 {
-        assert_eq!(
-            b.next(now),
-            Step::Patch {
-                add: vec![id("bad")],
-                remove: vec![]
-            }
-        );
+        assert_eq!(changes(b.next(now)), Some((vec![id("bad")], vec![])));
         b.on_patch(
             Err(PortError::Refused {
                 ids: vec![id("bad")],

@@ -121,6 +121,29 @@ fn host_identities(state: &IdentityState) -> HostIdentities {
             .map(|id| IdentityId::new(id))
             .collect(),
         deleting: state.provisioning_state.eq_ignore_ascii_case("deleting"),
+        system_assigned: state.has_system_assigned(),
+        etag: state.etag.clone(),
+    }
+}
+
+/// The client's view of a state the assigner holds: what a conditional PATCH is computed from.
+fn identity_state(known: &HostIdentities) -> IdentityState {
+    IdentityState {
+        identity_type: crate::cloud::arm::identity_type_for(
+            known.system_assigned,
+            !known.user_assigned.is_empty(),
+        ),
+        user_assigned: known
+            .user_assigned
+            .iter()
+            .map(|id| id.as_str().to_string())
+            .collect(),
+        provisioning_state: if known.deleting {
+            "Deleting".into()
+        } else {
+            "Succeeded".into()
+        },
+        etag: known.etag.clone(),
     }
 }
 
@@ -157,6 +180,7 @@ impl ArmPort for CloudArm {
     async fn patch(
         &self,
         host: &HostId,
+        base: &HostIdentities,
         add: &[IdentityId],
         remove: &[IdentityId],
     ) -> Result<PatchOutcome, PortError> {
@@ -164,7 +188,12 @@ impl ArmPort for CloudArm {
         let remove: Vec<String> = remove.iter().map(|i| i.as_str().to_string()).collect();
         let out = self
             .current()
-            .update_identities(&compute_ref(host), &add, &remove)
+            .update_identities_from(
+                &compute_ref(host),
+                Some(identity_state(base)),
+                &add,
+                &remove,
+            )
             .await
             .map_err(port_error)?;
         let preexisting = out

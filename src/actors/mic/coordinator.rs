@@ -235,9 +235,18 @@ impl Handler<CatalogEvent> for Coordinator {
                 BindingIndex::clear_nodes,
             ),
             CatalogEvent::Assigned(ev) => {
+                // The writer's own objects change nothing the matcher computes: only the first
+                // list (start-up adoption, and the last kind to list) calls for a pass.
                 let fwd = match ev {
-                    Observed::Applied(o) => AssignedEvent::Applied(o),
-                    Observed::Deleted(o) => AssignedEvent::Deleted(ObjectKey::of(o.as_ref())),
+                    Observed::Applied(o) => {
+                        self.writer_assigned.do_send(AssignedEvent::Applied(o));
+                        return;
+                    }
+                    Observed::Deleted(o) => {
+                        self.writer_assigned
+                            .do_send(AssignedEvent::Deleted(ObjectKey::of(o.as_ref())));
+                        return;
+                    }
                     Observed::Relisted(all) => {
                         if self.startup.is_none() {
                             self.startup = Some(all.iter().filter_map(msi_of).collect());

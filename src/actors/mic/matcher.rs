@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 /// Namespace and name of a namespaced object (pod, binding, identity, assigned identity).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,10 +99,11 @@ pub struct Assignment {
     pub pod_uid: String,
     /// The pod's node.
     pub node: String,
-    /// The identity, embedded in the object as the original does.
-    pub identity: AzureIdentity,
-    /// The binding that matched.
-    pub binding: AzureIdentityBinding,
+    /// The identity, embedded in the object as the original does (shared by every assignment
+    /// of it: a cluster's worth of assignments costs one copy per identity).
+    pub identity: Arc<AzureIdentity>,
+    /// The binding that matched (shared likewise).
+    pub binding: Arc<AzureIdentityBinding>,
     /// What it needs on Azure.
     pub target: Target,
 }
@@ -202,6 +204,21 @@ pub struct Desired {
     pub rejections: Vec<Rejection>,
 }
 
+impl Assignment {
+    /// The same assignment: equal fields, the shared identity and binding compared by address
+    /// first (a recomputation shares them with the last one unless they changed).
+    #[must_use]
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.pod == other.pod
+            && self.pod_uid == other.pod_uid
+            && self.node == other.node
+            && self.target == other.target
+            && (Arc::ptr_eq(&self.identity, &other.identity) || self.identity == other.identity)
+            && (Arc::ptr_eq(&self.binding, &other.binding) || self.binding == other.binding)
+    }
+}
+
 impl Desired {
     /// The assignments of one pod.
     pub fn for_pod<'a>(&'a self, pod: &'a ObjectKey) -> impl Iterator<Item = &'a Assignment> + 'a {
@@ -224,8 +241,8 @@ struct PodEntry {
 pub struct BindingIndex {
     settings: MatchSettings,
     pods: HashMap<ObjectKey, PodEntry>,
-    identities: BTreeMap<ObjectKey, AzureIdentity>,
-    bindings: BTreeMap<ObjectKey, AzureIdentityBinding>,
+    identities: BTreeMap<ObjectKey, Arc<AzureIdentity>>,
+    bindings: BTreeMap<ObjectKey, Arc<AzureIdentityBinding>>,
     nodes: BTreeMap<String, Result<HostId, ProviderIdError>>,
 }
 
@@ -268,7 +285,7 @@ impl BindingIndex {
     /// Adds or replaces an identity.
     pub fn apply_identity(&mut self, identity: &AzureIdentity) {
         self.identities
-            .insert(ObjectKey::of(identity), identity.clone());
+            .insert(ObjectKey::of(identity), Arc::new(identity.clone()));
     }
 
     /// Forgets an identity.
@@ -279,7 +296,7 @@ impl BindingIndex {
     /// Adds or replaces a binding.
     pub fn apply_binding(&mut self, binding: &AzureIdentityBinding) {
         self.bindings
-            .insert(ObjectKey::of(binding), binding.clone());
+            .insert(ObjectKey::of(binding), Arc::new(binding.clone()));
     }
 
     /// Forgets a binding.
@@ -361,7 +378,7 @@ impl BindingIndex {
                     .insert(IdentityId::new(&identity.spec.resource_id));
             }
         }
-        let mut by_selector: HashMap<&str, Vec<(&ObjectKey, &AzureIdentityBinding)>> =
+        let mut by_selector: HashMap<&str, Vec<(&ObjectKey, &Arc<AzureIdentityBinding>)>> =
             HashMap::new();
         for (k, b) in &self.bindings {
             by_selector
@@ -416,7 +433,11 @@ impl BindingIndex {
         out
     }
 
-    fn find_identity(&self, binding_ns: &str, name: &str) -> Option<(&ObjectKey, &AzureIdentity)> {
+    fn find_identity(
+        &self,
+        binding_ns: &str,
+        name: &str,
+    ) -> Option<(&ObjectKey, &Arc<AzureIdentity>)> {
         // The identity beside the binding wins; in cluster-wide mode any namespace will do.
         let home = ObjectKey::new(binding_ns, name);
         if let Some(i) = self.identities.get_key_value(&home) {
@@ -431,7 +452,7 @@ impl BindingIndex {
         pod: &PodEntry,
         node: &str,
         bkey: &ObjectKey,
-        binding: &AzureIdentityBinding,
+        binding: &Arc<AzureIdentityBinding>,
     ) -> Result<Assignment, Option<RejectReason>> {
         let found = if self.settings.force_namespaced {
             self.identities.get_key_value(&ObjectKey::new(

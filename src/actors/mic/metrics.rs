@@ -1,5 +1,5 @@
 //! MIC's own metrics, beyond the original's names (which the shared `metrics` module owns):
-//! assignment latency, ARM writes by outcome, batch sizes and queue depth.
+//! assignment latency, ARM writes by outcome, batch sizes, queue depth and Events recorded.
 //!
 //! Registered once into the process registry by [`MicMetrics::register`].
 
@@ -19,6 +19,9 @@ pub struct MicMetrics {
     pub batch_size: Histogram,
     /// Adds and removes waiting for ARM, by host.
     pub queue_depth: IntGaugeVec,
+    /// Recorded Events by what became of them: `created`, `updated`, `merged` (into a queued
+    /// write), `spam_filtered`, `queue_full`, `failed`.
+    pub events: IntCounterVec,
 }
 
 impl MicMetrics {
@@ -30,6 +33,7 @@ impl MicMetrics {
         registry.register(Box::new(m.arm_writes.clone()))?;
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.queue_depth.clone()))?;
+        registry.register(Box::new(m.events.clone()))?;
         Ok(m)
     }
 
@@ -70,6 +74,13 @@ impl MicMetrics {
                     "Identity additions and removals waiting for ARM, by VM or scale set",
                 ),
                 &["host"],
+            )?,
+            events: IntCounterVec::new(
+                Opts::new(
+                    "aadpodidentity_mic_events_total",
+                    "Kubernetes Events MIC recorded, by what became of them (created, updated, merged into a queued write, spam_filtered, queue_full, failed)",
+                ),
+                &["outcome"],
             )?,
         })
     }

@@ -27,6 +27,7 @@ pub mod leader;
 pub mod metrics;
 pub mod nmi_coverage;
 pub mod port;
+pub mod recorder;
 pub mod run;
 pub mod supervised;
 pub mod watchers;

@@ -9,13 +9,18 @@ use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// A host's identity list as ARM reports it.
+/// A host's identity list as ARM reports it, with what a conditional write on top of it needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostIdentities {
     /// User-assigned identities on the host.
     pub user_assigned: BTreeSet<IdentityId>,
     /// The host is being deleted (provisioning state `Deleting`): MIC must not touch it.
     pub deleting: bool,
+    /// The host also has its system-assigned identity (kept by every write).
+    pub system_assigned: bool,
+    /// The version of the host this state describes (ARM's etag), when ARM gave one: a write
+    /// based on this state is applied to exactly this version or refused.
+    pub etag: Option<String>,
 }
 
 /// What a PATCH achieved: the host's identities afterwards, the identities ARM refused while
@@ -98,11 +103,14 @@ impl PortError {
 pub trait ArmPort: Send + Sync + 'static {
     /// The host's identities now.
     async fn get(&self, host: &HostId) -> Result<HostIdentities, PortError>;
-    /// One PATCH adding `add` and removing `remove`, waited to completion; the host's
-    /// identities afterwards.
+    /// One PATCH adding `add` and removing `remove` on top of `base` (the caller's last answer
+    /// for this host), waited to completion; the host's identities afterwards. A port reads
+    /// the host first only when `base` cannot be written on (no etag, or the host changed
+    /// since: ARM's 412), so a caller that passes its last answer spends one round trip.
     async fn patch(
         &self,
         host: &HostId,
+        base: &HostIdentities,
         add: &[IdentityId],
         remove: &[IdentityId],
     ) -> Result<PatchOutcome, PortError>;

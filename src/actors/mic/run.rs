@@ -9,6 +9,7 @@ use super::leader::{self, LeaderElector, LeaderSettings};
 use super::matcher::MatchSettings;
 use super::metrics::MicMetrics;
 use super::port::ArmPort;
+use super::recorder::Recorder;
 use super::supervised;
 use super::watchers;
 use super::writer::Writer;
@@ -284,11 +285,17 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     info!(instance = %settings.leader.instance, "leading");
 
     let supervisor = Supervisor::new(RestartPolicy::default());
+    let recorder = supervised::start_vital(
+        &supervisor,
+        "recorder",
+        Recorder::new(client.clone(), mic_metrics.clone()),
+    );
     let writer = supervised::start_vital(
         &supervisor,
         "writer",
         Writer::new(
             client.clone(),
+            recorder.recipient(),
             mic_metrics.clone(),
             settings.create_delete_batch,
         ),

@@ -2,16 +2,23 @@
 //! sandbox, checks the invariants users rely on, and writes a report (JSON, HTML with SVG
 //! charts, a one-screen text table).
 //!
-//! The driver runs in the sandbox's process because the Azure simulator's counters (PATCHes,
-//! GETs, 429s, tokens issued) are only reachable there. Assignment latency is read back from a
+//! The driver runs in the simulators' process because their counters (PATCHes, GETs, 429s,
+//! tokens issued, Kubernetes writes per object) are only reachable there; MIC and each NMI
+//! run as processes of the product binary (`--product-bin`), as in a cluster, so the report
+//! gives each one's CPU time and peak RSS (`--in-process` runs them in the driver's process). Assignment latency is read back from a
 //! real Prometheus server (started by `loadtest/run`) that scrapes MIC's and every NMI's
 //! `/metrics`; the driver writes Prometheus' file-based target list and queries its HTTP API.
 //! All traffic stays on loopback, and every loop is bounded in count and time.
 
 pub mod engine;
+mod figures;
 pub mod hot_path;
+mod params;
 pub mod prom;
 pub mod report;
+pub mod scale;
+mod timeline;
+mod tokens;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,6 +71,8 @@ pub enum Scenario {
     HotPath,
     /// Jobs and CronJobs starting and finishing continuously.
     Churn,
+    /// MIC alone converging a large cluster (10k pods by default), then restarting on it.
+    Scale,
 }
 
 impl Scenario {
@@ -75,6 +84,7 @@ impl Scenario {
             Self::TokenStorm => "token-storm",
             Self::HotPath => "hot-path",
             Self::Churn => "churn",
+            Self::Scale => "scale",
         }
     }
 }
@@ -130,6 +140,52 @@ pub struct LoadtestArgs {
     /// Upper bound on the whole scenario (after the sandbox is up).
     #[arg(long = "time-limit", value_parser = parse_go_duration)]
     pub time_limit: Option<Duration>,
+
+    /// The product binary (`aad-pod-identity`) whose `mic` and `nmi` subcommands run as
+    /// processes of their own; by default the one beside this binary.
+    #[arg(long = "product-bin", env = "AAD_POD_IDENTITY_BIN")]
+    pub product_bin: Option<PathBuf>,
+
+    /// Runs MIC and the NMIs in this process instead (no per-component figures).
+    #[arg(long = "in-process")]
+    pub in_process: bool,
+}
+
+/// Where MIC and the NMIs of a run go: processes of the product binary (logs in
+/// `<report>/components/`), unless `--in-process`.
+///
+/// # Errors
+/// [`Error::Load`] when no product binary is given or found beside this one.
+pub fn components(
+    args: &LoadtestArgs,
+    dir: &std::path::Path,
+    mic_flags: &[String],
+) -> Result<crate::system::Placement, Error> {
+    if args.in_process {
+        return Ok(crate::system::Placement::InProcess);
+    }
+    let bin = match &args.product_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| Error::Load(format!("locating this binary: {e}")))?
+            .with_file_name("aad-pod-identity"),
+    };
+    if !bin.is_file() {
+        return Err(Error::Load(format!(
+            "{} is not the product binary (build it, pass --product-bin or AAD_POD_IDENTITY_BIN, or run --in-process)",
+            bin.display()
+        )));
+    }
+    let dir = dir.join("components");
+    std::fs::create_dir_all(&dir).map_err(|source| Error::File {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    Ok(crate::system::Placement::Processes {
+        bin,
+        dir,
+        mic_flags: mic_flags.to_vec(),
+    })
 }
 
 /// What a run concluded.
@@ -154,6 +210,7 @@ pub async fn run(args: LoadtestArgs) -> Result<Outcome, Error> {
     })?;
     let result = match args.scenario {
         Scenario::HotPath => hot_path::run(&args, &dir).await?,
+        Scenario::Scale => scale::run(&args, &dir).await?,
         Scenario::Burst | Scenario::TokenStorm | Scenario::Churn => {
             engine::run(&args, &dir).await?
         }

@@ -282,10 +282,22 @@ async fn route(
             if dry_run(&query) {
                 return Ok(object_response(StatusCode::CREATED, &info, &Arc::new(obj)));
             }
+            let named = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if let Some(n) = &named {
+                shared.writes.record(&info.plural, &ns, n);
+            }
             let created = store.create(&info, &ns, obj)?;
+            if named.is_none() {
+                // generateName: the object is known by the name the store gave it.
+                shared.writes.record(&info.plural, &ns, name_of(&created));
+            }
             Ok(object_response(StatusCode::CREATED, &info, &created))
         }
         (Method::PUT, Some(name)) => {
+            shared.writes.record(&info.plural, &ns, name);
             let body = read_body(payload, shared.config.max_body_bytes).await?;
             let obj = to_storage(parse_object(&body, &content_type)?);
             let status_only = target.subresource.is_some();
@@ -293,6 +305,7 @@ async fn route(
             Ok(object_response(StatusCode::OK, &info, &updated))
         }
         (Method::PATCH, Some(name)) => {
+            shared.writes.record(&info.plural, &ns, name);
             let kind = PatchKind::from_content_type(&content_type)
                 .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
             let body = read_body(payload, shared.config.max_body_bytes).await?;
@@ -324,6 +337,7 @@ async fn route(
             }
         }
         (Method::DELETE, Some(name)) => {
+            shared.writes.record(&info.plural, &ns, name);
             let body = read_body(payload, shared.config.max_body_bytes).await?;
             let opts = delete_options(&body, &query, &content_type)?;
             let obj = store.delete(&info, &ns, name, &opts)?;

@@ -46,6 +46,7 @@ pub mod table;
 pub mod taints;
 pub mod watch;
 pub mod wire;
+pub mod writes;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -252,6 +253,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Requests by `User-Agent`.
     pub clients: ClientLog,
+    /// Write requests by object.
+    pub writes: writes::WriteLog,
 }
 
 /// Starts simulators.
@@ -284,6 +287,7 @@ impl KubeSim {
             config: config.clone(),
             shutdown: CancellationToken::new(),
             clients: ClientLog::default(),
+            writes: writes::WriteLog::default(),
         });
         let server = http::server(shared.clone(), listener).map_err(|source| Error::Bind {
             addr: config.bind,
@@ -407,6 +411,12 @@ impl KubeSimHandle {
             shared: self.shared.clone(),
             server: self.server.clone(),
         }
+    }
+
+    /// Write requests received, by object and in total.
+    #[must_use]
+    pub fn writes(&self) -> &writes::WriteLog {
+        &self.shared.writes
     }
 
     /// Ends every open watch now (clients see the stream close and must resume).

@@ -1,6 +1,8 @@
 use super::*;
 use crate::actors::mic::fixtures::*;
+use crate::actors::mic::host::IdentityId;
 use crate::actors::mic::matcher::{BindingIndex, MatchSettings};
+use crate::crd::{ASSIGNED_IDENTITY_FINALIZER, IdentityType};
 
 fn ss0() -> HostId {
     HostId::scale_set(SUB, RG, "ss0")
@@ -309,7 +311,7 @@ fn an_edited_identity_or_binding_is_written_into_the_object() {
                     status: AssignedState::Assigned,
                     ..
                 },
-            ] => assert_eq!(assignment.identity, edit),
+            ] => assert_eq!(*assignment.identity, edit),
             other => panic!("edit {:?} gave {other:?}", edit.spec),
         }
     }

@@ -1,0 +1,246 @@
+//! The run's log: what the driver saw of every pod and AzureAssignedIdentity (from watches,
+//! with times since the run's start), the token requests each pod made, the time series
+//! sampled every 250 ms, and the invariant checked at each sample.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher;
+
+use super::Scenario;
+use super::params::{Params, selector_index};
+use super::tokens::spawn_requests;
+use crate::system::Sandbox;
+use aad_pod_identity::crd::{AssignedState, AzureAssignedIdentity, POD_LABEL};
+
+/// One token request as the driver saw it.
+#[derive(Clone, Debug)]
+pub(super) struct Request {
+    pub(super) sent: f64,
+    pub(super) answered: Option<f64>,
+    pub(super) status: u16,
+    pub(super) error: Option<String>,
+}
+
+/// What the driver knows of one pod (times in seconds since the run's start).
+#[derive(Clone, Debug, Default)]
+pub(super) struct PodLog {
+    pub(super) identity: Option<usize>,
+    pub(super) created: Option<f64>,
+    pub(super) running: Option<f64>,
+    pub(super) assigned: Option<f64>,
+    pub(super) finished: Option<f64>,
+    pub(super) node: Option<String>,
+    pub(super) ip: Option<IpAddr>,
+    pub(super) requested: bool,
+    pub(super) requests: Vec<Request>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) pods: BTreeMap<String, PodLog>,
+    pub(super) series: Vec<(f64, usize, usize, usize, u64)>,
+    pub(super) violations: Vec<String>,
+}
+
+pub(super) struct Ctx {
+    pub(super) t0: Instant,
+    pub(super) state: Mutex<State>,
+    pub(super) nmi: BTreeMap<String, SocketAddr>,
+    pub(super) client_ids: Vec<String>,
+    pub(super) params: Params,
+    pub(super) scenario: Scenario,
+}
+
+impl Ctx {
+    pub(super) fn now(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+pub(super) fn pod_event(ctx: &Arc<Ctx>, pod: &Pod, deleted: bool) {
+    let Some(name) = pod.metadata.name.clone() else {
+        return;
+    };
+    let label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(POD_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    let unbound = name.starts_with("unbound-");
+    let identity = if unbound {
+        Some(0)
+    } else {
+        selector_index(&label)
+    };
+    let Some(identity) = identity else { return };
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or_default();
+    let ip = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|s| s.parse::<IpAddr>().ok());
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let now = ctx.now();
+    let mut send = None;
+    {
+        let mut st = ctx.lock();
+        let p = st.pods.entry(name.clone()).or_default();
+        p.identity = Some(identity);
+        if p.created.is_none() {
+            // Pods created by CronJobs: first seen is as close to creation as the driver gets.
+            p.created = Some(now);
+        }
+        if deleted || matches!(phase, "Succeeded" | "Failed") {
+            p.finished.get_or_insert(now);
+        } else if phase == "Running"
+            && let (Some(ip), Some(node)) = (ip, node)
+        {
+            p.running.get_or_insert(now);
+            p.ip = Some(ip);
+            p.node = Some(node.clone());
+            // token-storm: half the pods ask before assignment, half once it is seen.
+            let late =
+                ctx.scenario == Scenario::TokenStorm && name.ends_with(['1', '3', '5', '7', '9']);
+            if !p.requested && (!late || p.assigned.is_some() || unbound) {
+                p.requested = true;
+                send = Some((ip, node));
+            }
+        }
+    }
+    if let Some((ip, node)) = send {
+        spawn_requests(ctx, &name, ip, &node, identity);
+    }
+}
+
+pub(super) fn aai_event(ctx: &Arc<Ctx>, aai: &AzureAssignedIdentity) {
+    let assigned = aai
+        .status
+        .as_ref()
+        .is_some_and(|s| s.status == AssignedState::Assigned);
+    if !assigned {
+        return;
+    }
+    let now = ctx.now();
+    let pod = aai.spec.pod.clone();
+    let mut send = None;
+    {
+        let mut st = ctx.lock();
+        let Some(p) = st.pods.get_mut(&pod) else {
+            return;
+        };
+        if p.assigned.is_none() {
+            p.assigned = Some(now);
+        }
+        // The token-storm's late askers go now.
+        if !p.requested
+            && p.finished.is_none()
+            && let (Some(ip), Some(node), Some(id)) = (p.ip, p.node.clone(), p.identity)
+        {
+            p.requested = true;
+            send = Some((ip, node, id));
+        }
+    }
+    if let Some((ip, node, id)) = send {
+        spawn_requests(ctx, &pod, ip, &node, id);
+    }
+}
+
+pub(super) async fn watch_pods(ctx: Arc<Ctx>, client: kube::Client) {
+    let api: Api<Pod> = Api::all(client);
+    let mut s = watcher::watcher(api, watcher::Config::default().labels(POD_LABEL)).boxed();
+    while let Some(ev) = s.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                pod_event(&ctx, &p, false)
+            }
+            Ok(watcher::Event::Delete(p)) => pod_event(&ctx, &p, true),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "load test pod watch"),
+        }
+    }
+}
+
+pub(super) async fn watch_assignments(ctx: Arc<Ctx>, client: kube::Client) {
+    let api: Api<AzureAssignedIdentity> = Api::all(client);
+    let mut s = watcher::watcher(api, watcher::Config::default()).boxed();
+    while let Some(ev) = s.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) => aai_event(&ctx, &a),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "load test assignment watch"),
+        }
+    }
+}
+
+/// Samples counts for the time series and checks that every pod that is Running with its
+/// identity Assigned has that identity on its scale set in Azure.
+pub(super) fn sample(
+    ctx: &Ctx,
+    sandbox: &Sandbox,
+    vmss_of: &HashMap<String, String>,
+    resource_ids: &[String],
+) {
+    let now = ctx.now();
+    let patches = sandbox.azure.counters().total_patches();
+    let mut st = ctx.lock();
+    let mut on_vmss: HashMap<String, Vec<String>> = HashMap::new();
+    let mut broken = Vec::new();
+    let (mut running, mut assigned, mut answered) = (0, 0, 0);
+    for (name, p) in &st.pods {
+        answered += p.requests.iter().filter(|r| r.status == 200).count();
+        if p.running.is_some() && p.finished.is_none() {
+            running += 1;
+        }
+        if p.assigned.is_some() {
+            assigned += 1;
+        }
+        let (Some(_), None, Some(node), Some(id)) = (p.assigned, p.finished, &p.node, p.identity)
+        else {
+            continue;
+        };
+        let Some(vmss) = vmss_of.get(node) else {
+            continue;
+        };
+        let ids = on_vmss.entry(vmss.clone()).or_insert_with(|| {
+            sandbox
+                .azure
+                .assigned_identities(vmss)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect()
+        });
+        if !ids.contains(&resource_ids[id].to_ascii_lowercase()) {
+            broken.push(format!(
+                "at {now:.2}s pod {name} is Running with identity-{id} Assigned, but {vmss} does not carry it"
+            ));
+        }
+    }
+    st.series.push((now, running, assigned, answered, patches));
+    st.violations.extend(broken);
+}
+
+pub(super) fn done(ctx: &Ctx) -> bool {
+    let st = ctx.lock();
+    let bound = st.pods.iter().filter(|(n, _)| !n.starts_with("unbound-"));
+    let all_assigned = bound.clone().count() as u32 >= ctx.params.pods
+        && bound.clone().all(|(_, p)| p.assigned.is_some());
+    let all_answered = st.pods.values().all(|p| {
+        p.requests.iter().all(|r| r.answered.is_some())
+            && (p.requested || p.finished.is_some() || p.running.is_none())
+    });
+    all_assigned && all_answered
+}

@@ -1,0 +1,81 @@
+//! The Warning Events the writer's state calls for (ARM refusals, rejected matches), on pods
+//! and bindings; the writer sends each to the [`crate::actors::mic::recorder`] once for as
+//! long as it holds.
+
+use super::DesiredAssignments;
+use crate::actors::mic::assigner::HostReport;
+use crate::actors::mic::host::HostId;
+use crate::actors::mic::matcher::{ObjectKey, RejectReason, Target};
+use crate::actors::mic::recorder::{REASON_APPLY_ERROR, UserEvent};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Warning Events the current state calls for: each ARM refusal on the pod and once on its
+/// binding, each rejected match on the pod and (for namespace and missing-identity problems)
+/// once on the binding. The writer writes each once for as long as it holds.
+#[must_use]
+pub fn error_events(
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+) -> BTreeSet<UserEvent> {
+    let mut out = BTreeSet::new();
+    for a in desired.assignments.values() {
+        if let Target::Msi { host, id } = &a.target
+            && let Some(why) = hosts.get(host).and_then(|r| r.refused.get(id))
+        {
+            let binding = ObjectKey::of(a.binding.as_ref());
+            out.insert(UserEvent::on_pod(
+                &a.pod,
+                &a.pod_uid,
+                "Warning",
+                REASON_APPLY_ERROR,
+                format!(
+                    "Applying binding {binding} for pod {} on node {} failed: ARM refused identity {id}: {why}; retrying with backoff",
+                    a.pod, a.node
+                ),
+            ));
+            out.insert(UserEvent::on_binding(
+                binding,
+                a.binding.metadata.uid.as_deref().unwrap_or_default(),
+                "Warning",
+                REASON_APPLY_ERROR,
+                format!(
+                    "ARM refused identity {id} on {}: {why}; retrying with backoff",
+                    host.name
+                ),
+            ));
+        }
+    }
+    for r in &desired.rejections {
+        out.insert(UserEvent::on_pod(
+            &r.pod,
+            &r.pod_uid,
+            "Warning",
+            REASON_APPLY_ERROR,
+            r.reason.to_string(),
+        ));
+        match &r.reason {
+            RejectReason::CrossNamespace { binding, .. } => {
+                out.insert(UserEvent::on_binding(
+                    binding.clone(),
+                    "",
+                    "Warning",
+                    REASON_APPLY_ERROR,
+                    format!(
+                        "binding {binding} matches pods in other namespaces, which namespaced matching does not apply it to (set --forceNamespaced=false for cluster-wide matching)"
+                    ),
+                ));
+            }
+            RejectReason::IdentityMissing { binding, .. } => {
+                out.insert(UserEvent::on_binding(
+                    binding.clone(),
+                    "",
+                    "Warning",
+                    REASON_APPLY_ERROR,
+                    r.reason.to_string(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,359 @@
+//! The AzureAssignedIdentity writer: owns the objects, their status and finalizer, and
+//! decides the Events users read on their pods and bindings (the [`super::recorder`] writes
+//! them).
+//!
+//! Decisions are the pure [`plan`] ([`plan`] module): existing objects × desired assignments ×
+//! host reports → operations. The actor (here) executes them through [`io`] (a bounded number
+//! at a time, one per object), folds the answers back into its copy of the objects, and plans
+//! again; [`object`] builds what it sends, [`events`] the Warning Events the state calls for. Lifecycle of one object:
+//! created with the finalizer and status `Created`; `Assigned` once its host reports the
+//! identity on ARM (at once for service principals); when no longer desired, `Unassigned`,
+//! and deleted (finalizer removed) once its host no longer holds the identity for it, so an
+//! identity in its grace period stays owned across a restart.
+
+mod events;
+mod io;
+mod object;
+mod plan;
+
+pub use super::recorder::{EVENT_SOURCE, REASON_APPLIED, REASON_APPLY_ERROR, UserEvent};
+pub use events::error_events;
+pub use io::Error;
+pub use object::object_for;
+pub use plan::{WriteOp, plan, plan_key, plan_some};
+
+use super::assigner::HostReport;
+use super::host::HostId;
+use super::matcher::{Assignment, ObjectKey, Rejection, Target};
+use super::metrics::MicMetrics;
+use super::recorder::Record;
+use crate::crd::{AssignedState, AzureAssignedIdentity};
+use actix::prelude::*;
+use kube::{Client, ResourceExt};
+use plan::status_of;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// What the matcher says should exist (sent after every change).
+#[derive(Message, Debug, Clone, Default)]
+#[rtype(result = "()")]
+pub struct DesiredAssignments {
+    /// Assignments by AzureAssignedIdentity key.
+    pub assignments: BTreeMap<ObjectKey, Assignment>,
+    /// Host of every known node.
+    pub nodes: BTreeMap<String, HostId>,
+    /// Refused matches (each becomes one Event).
+    pub rejections: Vec<Rejection>,
+    /// Sequence number of the host updates sent with this state; a host's report at or past
+    /// it reflects this state.
+    pub seq: u64,
+}
+
+/// An AzureAssignedIdentity watch event.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum AssignedEvent {
+    /// Added or modified.
+    Applied(Box<AzureAssignedIdentity>),
+    /// Deleted.
+    Deleted(ObjectKey),
+    /// A relist finished: these are all objects that exist.
+    Relisted(Vec<AzureAssignedIdentity>),
+}
+
+/// The writer actor.
+///
+/// Work is driven by a set of dirty keys: whatever changes for an object (its desired
+/// assignment, its host's report, its copy from the watch, the answer to its last write)
+/// marks it, and only marked objects are planned again, so a write costs the same in a
+/// cluster of ten pods and of a hundred thousand. At most `max_in_flight` writes are out (one
+/// per object); each answer starts the next at once, so writes are pipelined, never batched
+/// behind their slowest member.
+pub struct Writer {
+    client: Client,
+    events: Recipient<Record>,
+    metrics: MicMetrics,
+    max_in_flight: usize,
+    existing: BTreeMap<ObjectKey, AzureAssignedIdentity>,
+    desired: DesiredAssignments,
+    /// Desired objects by the host their identity goes on.
+    by_host: HashMap<HostId, BTreeSet<ObjectKey>>,
+    /// Existing objects no longer desired (being released).
+    orphans: BTreeSet<ObjectKey>,
+    hosts: BTreeMap<HostId, HostReport>,
+    in_flight: BTreeSet<ObjectKey>,
+    /// Objects to plan again.
+    dirty: BTreeSet<ObjectKey>,
+    /// Warning Events written and still true (each is written once while it holds).
+    events_sent: BTreeSet<UserEvent>,
+    /// The desired state or a host report changed since the Warning Events were computed.
+    events_stale: bool,
+    /// When each assignment was first seen (for the latency histogram).
+    first_seen: HashMap<ObjectKey, Instant>,
+    /// The AzureAssignedIdentity watch has listed once.
+    synced: bool,
+    /// The matcher has said what should exist at least once; planning before that would
+    /// take every existing object for stale.
+    told: bool,
+}
+
+fn host_of(a: &Assignment) -> Option<&HostId> {
+    match &a.target {
+        Target::Msi { host, .. } => Some(host),
+        Target::ServicePrincipal => None,
+    }
+}
+
+impl Writer {
+    /// A writer using `client`, at most `max_in_flight` writes at a time, recording Events
+    /// through `events`.
+    #[must_use]
+    pub fn new(
+        client: Client,
+        events: Recipient<Record>,
+        metrics: MicMetrics,
+        max_in_flight: usize,
+    ) -> Self {
+        Self {
+            client,
+            events,
+            metrics,
+            max_in_flight: max_in_flight.max(1),
+            existing: BTreeMap::new(),
+            desired: DesiredAssignments::default(),
+            by_host: HashMap::new(),
+            orphans: BTreeSet::new(),
+            hosts: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            events_sent: BTreeSet::new(),
+            events_stale: false,
+            first_seen: HashMap::new(),
+            synced: false,
+            told: false,
+        }
+    }
+
+    /// Takes in a new desired state: marks what changed.
+    fn set_desired(&mut self, next: DesiredAssignments) {
+        let now = Instant::now();
+        let mut old = std::mem::replace(&mut self.desired, next);
+        for (key, a) in &self.desired.assignments {
+            match old.assignments.remove(key) {
+                Some(was) if was.same_as(a) => continue,
+                Some(was) => {
+                    if let Some(h) = host_of(&was)
+                        && let Some(keys) = self.by_host.get_mut(h)
+                    {
+                        keys.remove(key);
+                    }
+                }
+                None => {
+                    self.first_seen.insert(key.clone(), now);
+                    self.orphans.remove(key);
+                }
+            }
+            if let Some(h) = host_of(a) {
+                self.by_host
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            self.dirty.insert(key.clone());
+        }
+        // What is left of the old state is no longer desired.
+        for (key, was) in old.assignments {
+            if let Some(h) = host_of(&was)
+                && let Some(keys) = self.by_host.get_mut(h)
+            {
+                keys.remove(&key);
+            }
+            self.first_seen.remove(&key);
+            if self.existing.contains_key(&key) {
+                self.orphans.insert(key.clone());
+            }
+            self.dirty.insert(key);
+        }
+        // Releases wait for reports at the new sequence number.
+        self.dirty.extend(self.orphans.iter().cloned());
+        self.events_stale = true;
+    }
+
+    fn set_existing(&mut self, key: &ObjectKey, obj: Option<AzureAssignedIdentity>) {
+        match obj {
+            Some(o) => {
+                self.existing.insert(key.clone(), o);
+                if !self.desired.assignments.contains_key(key) {
+                    self.orphans.insert(key.clone());
+                }
+            }
+            None => {
+                self.existing.remove(key);
+                self.orphans.remove(key);
+            }
+        }
+        self.dirty.insert(key.clone());
+    }
+
+    /// Starts writes for marked objects while there is room.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if !self.synced || !self.told {
+            return;
+        }
+        if self.events_stale {
+            self.events_stale = false;
+            let events = error_events(&self.desired, &self.hosts);
+            for ev in events.difference(&self.events_sent) {
+                self.events.do_send(Record(ev.clone()));
+            }
+            self.events_sent = events;
+        }
+        while self.in_flight.len() < self.max_in_flight {
+            let Some(key) = self.dirty.pop_first() else {
+                break;
+            };
+            // An object with a write out is planned again when that write answers.
+            if self.in_flight.contains(&key) {
+                continue;
+            }
+            if let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) {
+                self.in_flight.insert(key);
+                self.spawn_op(op, ctx);
+            }
+        }
+    }
+
+    fn spawn_op(&self, op: WriteOp, ctx: &mut Context<Self>) {
+        let client = self.client.clone();
+        let key = op.key().clone();
+        let existing = self.existing.get(&key).cloned();
+        let f = io::execute_counted(client, op, existing, self.metrics.clone());
+        ctx.spawn(f.into_actor(self).map(move |res, act, ctx| {
+            act.in_flight.remove(&key);
+            match res {
+                Ok((op, obj)) => act.applied(op, obj),
+                Err(e) => {
+                    warn!(error = %e, "AzureAssignedIdentity write failed");
+                    // Retry after a pause: the watch may also bring a newer copy meanwhile.
+                    ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                        act.dirty.insert(key);
+                        act.pump(ctx);
+                    });
+                }
+            }
+            act.pump(ctx);
+        }));
+    }
+
+    fn applied(&mut self, op: WriteOp, obj: Option<AzureAssignedIdentity>) {
+        let key = op.key().clone();
+        let became_assigned = match &op {
+            WriteOp::Create { status, .. }
+            | WriteOp::UpdateSpec { status, .. }
+            | WriteOp::SetStatus { status, .. } => {
+                *status == AssignedState::Assigned
+                    && self
+                        .existing
+                        .get(&key)
+                        .is_none_or(|e| status_of(e) != AssignedState::Assigned)
+            }
+            WriteOp::Delete { .. } => false,
+        };
+        self.set_existing(&key, obj);
+        if became_assigned && let Some(a) = self.desired.assignments.get(&key) {
+            if let Some(t0) = self.first_seen.get(&key) {
+                self.metrics
+                    .assignment_latency
+                    .observe(t0.elapsed().as_secs_f64());
+            }
+            info!(pod = %a.pod, identity = %a.identity.name_any(), node = %a.node, "identity assigned");
+            // On the binding, as the original records it: a burst of pods on one binding
+            // then costs a few Event writes (see the recorder), not one per pod.
+            let ev = UserEvent::on_binding(
+                ObjectKey::of(a.binding.as_ref()),
+                a.binding.metadata.uid.as_deref().unwrap_or_default(),
+                "Normal",
+                REASON_APPLIED,
+                format!(
+                    "Binding {} applied on node {} for pod {}",
+                    a.binding.name_any(),
+                    a.node,
+                    a.pod
+                ),
+            );
+            self.events.do_send(Record(ev));
+        }
+    }
+
+    fn newer(old: Option<&AzureAssignedIdentity>, new: &AzureAssignedIdentity) -> bool {
+        let rv = |o: &AzureAssignedIdentity| {
+            o.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        match (old.and_then(rv), rv(new)) {
+            (Some(a), Some(b)) => b >= a,
+            _ => true,
+        }
+    }
+}
+
+impl Actor for Writer {
+    type Context = Context<Self>;
+}
+
+impl Handler<DesiredAssignments> for Writer {
+    type Result = ();
+    fn handle(&mut self, msg: DesiredAssignments, ctx: &mut Context<Self>) {
+        self.set_desired(msg);
+        self.told = true;
+        self.pump(ctx);
+    }
+}
+
+impl Handler<HostReport> for Writer {
+    type Result = ();
+    fn handle(&mut self, msg: HostReport, ctx: &mut Context<Self>) {
+        if let Some(keys) = self.by_host.get(&msg.host) {
+            self.dirty.extend(keys.iter().cloned());
+        }
+        self.dirty.extend(self.orphans.iter().cloned());
+        self.hosts.insert(msg.host.clone(), msg);
+        self.events_stale = true;
+        self.pump(ctx);
+    }
+}
+
+impl Handler<AssignedEvent> for Writer {
+    type Result = ();
+    fn handle(&mut self, msg: AssignedEvent, ctx: &mut Context<Self>) {
+        match msg {
+            AssignedEvent::Applied(o) => {
+                let key = ObjectKey::of(o.as_ref());
+                if Self::newer(self.existing.get(&key), &o) {
+                    self.set_existing(&key, Some(*o));
+                }
+            }
+            AssignedEvent::Deleted(key) => self.set_existing(&key, None),
+            AssignedEvent::Relisted(all) => {
+                self.existing = all.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
+                self.orphans = self
+                    .existing
+                    .keys()
+                    .filter(|k| !self.desired.assignments.contains_key(*k))
+                    .cloned()
+                    .collect();
+                self.dirty.extend(self.existing.keys().cloned());
+                self.dirty.extend(self.desired.assignments.keys().cloned());
+                self.synced = true;
+            }
+        }
+        self.pump(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests;

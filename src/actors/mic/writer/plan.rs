@@ -1,0 +1,227 @@
+//! The writer's decisions, plain data with no I/O: existing objects × desired assignments ×
+//! host reports → the one write each object needs next ([`plan_key`]), and the whole plan
+//! ([`plan`]) for tests and start-up.
+
+use super::DesiredAssignments;
+use crate::actors::mic::assigner::HostReport;
+use crate::actors::mic::host::{HostId, IdentityId};
+use crate::actors::mic::matcher::{Assignment, ObjectKey, Target};
+use crate::crd::{ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity, IdentityType};
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One write the writer should make.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOp {
+    /// Create the object (with finalizer, label and its first status, in one write).
+    Create {
+        /// What it records.
+        assignment: Box<Assignment>,
+        /// Its first status.
+        status: AssignedState,
+        /// The identity is on the host without MIC's write (see `IDENTITY_OWNER_ANNOTATION`).
+        external: bool,
+    },
+    /// Replace the spec (pod moved node, binding or identity changed) and the status, in one write.
+    UpdateSpec {
+        /// What it records now.
+        assignment: Box<Assignment>,
+        /// The status to set.
+        status: AssignedState,
+        /// The identity is on the host without MIC's write.
+        external: bool,
+    },
+    /// Set the status only.
+    SetStatus {
+        /// The object.
+        key: ObjectKey,
+        /// The new status.
+        status: AssignedState,
+        /// The identity is on the host without MIC's write.
+        external: bool,
+    },
+    /// Remove the finalizer and delete.
+    Delete {
+        /// The object.
+        key: ObjectKey,
+    },
+}
+
+impl WriteOp {
+    /// The object the operation touches.
+    #[must_use]
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Self::Create { assignment, .. } | Self::UpdateSpec { assignment, .. } => {
+                &assignment.key
+            }
+            Self::SetStatus { key, .. } | Self::Delete { key } => key,
+        }
+    }
+}
+
+fn identity_id_of(aai: &AzureAssignedIdentity) -> Option<(IdentityType, IdentityId)> {
+    let i = aai.spec.azure_identity_ref.as_ref()?;
+    Some((i.spec.type_, IdentityId::new(&i.spec.resource_id)))
+}
+
+pub(super) fn status_of(aai: &AzureAssignedIdentity) -> AssignedState {
+    aai.status
+        .as_ref()
+        .map(|s| s.status.clone())
+        .unwrap_or_default()
+}
+
+/// True when the object records something other than `a` (apart from status): another pod or
+/// node, or an identity or binding that changed since it was embedded. Like the original, an
+/// embedded object is stale when its resourceVersion is not the current one (so an edit to a
+/// service principal's tenant, Secret reference or `adEndpoint`, or to the `Behavior`
+/// annotation, reaches NMI); the specs are compared as well, for objects embedded without one.
+fn spec_differs(aai: &AzureAssignedIdentity, a: &Assignment) -> bool {
+    let s = &aai.spec;
+    s.pod != a.pod.name
+        || s.pod_namespace != a.pod.namespace
+        || s.node_name != a.node
+        || s.azure_identity_ref.as_deref().is_none_or(|i| {
+            embedded_differs(&i.metadata, &a.identity.metadata) || i.spec != a.identity.spec
+        })
+        || s.azure_binding_ref.as_deref().is_none_or(|b| {
+            embedded_differs(&b.metadata, &a.binding.metadata) || b.spec != a.binding.spec
+        })
+}
+
+/// Another object, or the same one at another resourceVersion (when both have one).
+fn embedded_differs(
+    embedded: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    current: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    embedded.name != current.name
+        || matches!(
+            (&embedded.resource_version, &current.resource_version),
+            (Some(e), Some(c)) if e != c
+        )
+}
+
+/// Decides the writes that bring `existing` to `desired`.
+#[must_use]
+pub fn plan(
+    existing: &BTreeMap<ObjectKey, AzureAssignedIdentity>,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+) -> Vec<WriteOp> {
+    plan_some(existing, desired, hosts, &BTreeSet::new(), usize::MAX)
+}
+
+/// The first `limit` writes of [`plan`], leaving out objects in `skip` (writes in flight).
+#[must_use]
+pub fn plan_some(
+    existing: &BTreeMap<ObjectKey, AzureAssignedIdentity>,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+    skip: &BTreeSet<ObjectKey>,
+    limit: usize,
+) -> Vec<WriteOp> {
+    desired
+        .assignments
+        .keys()
+        .chain(
+            existing
+                .keys()
+                .filter(|k| !desired.assignments.contains_key(*k)),
+        )
+        .filter(|k| !skip.contains(*k))
+        .filter_map(|k| plan_key(k, existing, desired, hosts))
+        .take(limit)
+        .collect()
+}
+
+/// The write one object needs now, if any: what [`plan`] decides for `key` alone. The writer
+/// calls it for the objects something changed for, so a large cluster costs nothing per pass.
+#[must_use]
+pub fn plan_key(
+    key: &ObjectKey,
+    existing: &BTreeMap<ObjectKey, AzureAssignedIdentity>,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+) -> Option<WriteOp> {
+    let Some(a) = desired.assignments.get(key) else {
+        return plan_release(key, existing.get(key)?, desired, hosts);
+    };
+    let confirmed = match &a.target {
+        Target::ServicePrincipal => true,
+        Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
+    };
+    let external = match &a.target {
+        Target::ServicePrincipal => false,
+        Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
+    };
+    let first = if confirmed {
+        AssignedState::Assigned
+    } else {
+        AssignedState::Created
+    };
+    match existing.get(key) {
+        // Being deleted (by someone else): let it go; it is recreated afterwards.
+        Some(e) if e.metadata.deletion_timestamp.is_some() => e
+            .finalizers()
+            .iter()
+            .any(|f| f == ASSIGNED_IDENTITY_FINALIZER)
+            .then(|| WriteOp::Delete { key: key.clone() }),
+        None => Some(WriteOp::Create {
+            assignment: Box::new(a.clone()),
+            status: first,
+            external,
+        }),
+        Some(e) if spec_differs(e, a) => Some(WriteOp::UpdateSpec {
+            assignment: Box::new(a.clone()),
+            status: first,
+            external,
+        }),
+        Some(e) => {
+            let now = status_of(e);
+            // Assigned stays Assigned: a hand-removed identity is re-added by the reconcile
+            // and NMI's token fetch fails meanwhile anyway.
+            let want = if confirmed || now == AssignedState::Assigned {
+                AssignedState::Assigned
+            } else {
+                AssignedState::Created
+            };
+            // The mark follows what the host reports once it has been read (a restarted
+            // MIC learns it again from ARM and the objects).
+            let mark_differs = confirmed && e.identity_is_external() != external;
+            (now != want || mark_differs).then(|| WriteOp::SetStatus {
+                key: key.clone(),
+                status: want,
+                external,
+            })
+        }
+    }
+}
+
+/// An object no longer desired: `Unassigned` first, then deleted once its host no longer
+/// holds the identity for it.
+fn plan_release(
+    key: &ObjectKey,
+    e: &AzureAssignedIdentity,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+) -> Option<WriteOp> {
+    if e.metadata.deletion_timestamp.is_none() && status_of(e) != AssignedState::Unassigned {
+        return Some(WriteOp::SetStatus {
+            key: key.clone(),
+            status: AssignedState::Unassigned,
+            external: e.identity_is_external(),
+        });
+    }
+    let still_held = match identity_id_of(e) {
+        Some((IdentityType::UserAssignedMsi, id)) => match desired.nodes.get(&e.spec.node_name) {
+            // The node is gone; the host's assigner still releases the identity.
+            None => false,
+            Some(host) => hosts
+                .get(host)
+                .is_none_or(|r| r.seq < desired.seq || !r.synced || r.releasing.contains(&id)),
+        },
+        _ => false,
+    };
+    (!still_held).then(|| WriteOp::Delete { key: key.clone() })
+}

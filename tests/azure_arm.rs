@@ -4,11 +4,10 @@
 
 mod azure_common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aad_pod_identity::cloud::Error;
-use aad_pod_identity::cloud::arm::CallRecord;
+use aad_pod_identity::cloud::arm::ArmOptions;
 use aad_pod_identity_sim::azure::{AzureSimConfig, FaultKind, FaultTarget, Latency, LroMode};
 use aad_pod_identity_sim::topology::Topology;
 use azure_common::*;
@@ -365,11 +364,7 @@ async fn the_violation_counter_catches_a_client_that_ignores_retry_after() {
 async fn server_errors_and_hung_requests_are_retried_with_backoff() {
     let t = Topology::sized(1, 1, 0, 1);
     let sim = sim(&t, AzureSimConfig::default()).await;
-    let calls: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
-    let seen = calls.clone();
-    let arm = arm_client(&sim, fast_options()).with_observer(Arc::new(move |r: &CallRecord| {
-        seen.lock().unwrap().push(r.clone())
-    }));
+    let (arm, calls) = observed_arm_client(&sim, fast_options());
     sim.inject(FaultTarget::ArmGet, 1, FaultKind::Hang);
     sim.inject(FaultTarget::ArmPatch, 2, FaultKind::Status(503));
     let out = arm
@@ -544,6 +539,111 @@ async fn bad_input_gets_arm_errors_and_leaves_state_unchanged() {
     )
     .await;
     assert_eq!(r.status, 401);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_patch_whose_answer_is_lost_is_applied_though_the_client_never_hears_so() {
+    let t = Topology::sized(1, 1, 0, 2);
+    let sim = sim(&t, AzureSimConfig::default()).await;
+    let (arm, calls) = observed_arm_client(
+        &sim,
+        ArmOptions {
+            max_attempts: 1,
+            ..fast_options()
+        },
+    );
+    sim.inject(FaultTarget::ArmPatch, 1, FaultKind::AnswerLost);
+    let result = arm
+        .update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])
+        .await;
+    // The client saw its connection end without an answer (a transport error, no status) ...
+    assert!(result.is_err(), "{result:?}");
+    let updates: Vec<Option<u16>> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.operation == "vmss_update")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(updates, vec![None]);
+    // ... yet the change was stored: a fresh read shows the identity on the scale set.
+    let state = arm.get_identities(&vmss(&t, 0)).await.unwrap();
+    assert!(
+        state
+            .user_assigned
+            .iter()
+            .any(|id| id.eq_ignore_ascii_case(&identity_id(&t, 0))),
+        "{state:?}"
+    );
+    assert_eq!(sim.counters().patches_applied, 1);
+    let lost: Vec<u16> = sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(lost, vec![0], "the log says the answer never went out");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_error_bursts_carry_the_codes_arm_answers_with() {
+    let t = Topology::sized(1, 1, 0, 1);
+    let sim = sim(&t, AzureSimConfig::default()).await;
+    let arm = arm_client(&sim, fast_options());
+    for (status, code) in [
+        (500, "InternalServerError"),
+        (502, "BadGateway"),
+        (503, "ServiceUnavailable"),
+        (504, "GatewayTimeout"),
+    ] {
+        // A burst longer than the client's attempts: the error surfaces, typed.
+        sim.inject(FaultTarget::ArmGet, 4, FaultKind::Status(status));
+        let err = arm.get_identities(&vmss(&t, 0)).await.unwrap_err();
+        match err {
+            Error::Arm {
+                status: s, code: c, ..
+            } => assert_eq!((s, c.as_str()), (status, code)),
+            other => panic!("{other:?}"),
+        }
+    }
+    // After the burst, the next call goes through.
+    arm.get_identities(&vmss(&t, 0)).await.unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_retry_of_a_patch_whose_answer_was_lost_is_refused_by_its_precondition() {
+    let t = Topology::sized(1, 1, 0, 2);
+    let sim = sim(&t, AzureSimConfig::default()).await;
+    let (arm, calls) = observed_arm_client(&sim, fast_options());
+    sim.inject(FaultTarget::ArmPatch, 1, FaultKind::AnswerLost);
+    let out = arm
+        .update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])
+        .await
+        .unwrap();
+    let ops: Vec<(&str, Option<u16>)> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.operation, c.status))
+        .collect();
+    // The retry names the etag the lost PATCH already moved past: 412, read again.
+    assert_eq!(
+        ops,
+        vec![
+            ("vmss_get", Some(200)),
+            ("vmss_update", None),
+            ("vmss_update", Some(412)),
+            ("vmss_get", Some(200)),
+        ]
+    );
+    assert_eq!(sim.counters().patches_applied, 1, "nothing written twice");
+    // The client cannot tell its own lost write from someone else's: the identity comes back
+    // as found already there (what MIC must treat as "maybe ours", issue 15).
+    assert!(out.added.is_empty());
+    assert_eq!(out.unchanged.len(), 1);
     sim.shutdown().await;
 }
 

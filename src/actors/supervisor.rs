@@ -119,11 +119,15 @@ impl Supervisor {
     }
 
     fn push(&self, name: &'static str, handle: JoinHandle<()>) {
-        self.inner
+        let mut tasks = self
+            .inner
             .tasks
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((name, handle));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Tasks that ended on their own (retired ones) are forgotten, so a component that
+        // starts and retires tasks for as long as it runs holds only the live ones.
+        tasks.retain(|(_, h)| !h.is_finished());
+        tasks.push((name, handle));
     }
 
     fn die(&self, task: &'static str, reason: String) {
@@ -188,11 +192,30 @@ impl Supervisor {
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.watch(name, fut, true);
+    }
+
+    /// Watches `fut` as task `name`, which may end by itself (e.g. an actor its owner retired):
+    /// its return is no failure, but a panic before shutdown makes the process dead, as the
+    /// panic may have left shared state half-changed.
+    pub fn spawn_retirable<Fut>(&self, name: &'static str, fut: Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.watch(name, fut, false);
+    }
+
+    /// Runs `fut` once; a panic (or, when `ending_is_fatal`, any end) before shutdown makes the
+    /// process dead.
+    fn watch<Fut>(&self, name: &'static str, fut: Fut, ending_is_fatal: bool)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let me = self.clone();
         let handle = tokio::spawn(async move {
             let mut run = AbortOnDrop(tokio::spawn(fut));
             let outcome = (&mut run.0).await;
-            if !me.inner.shutdown.is_cancelled() {
+            if (ending_is_fatal || outcome.is_err()) && !me.inner.shutdown.is_cancelled() {
                 me.die(name, describe(outcome));
             }
         });
@@ -344,6 +367,24 @@ mod tests {
         assert_eq!(
             death.to_string(),
             "task http-token died: it panicked: listener lost"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retirable_task_may_end_but_not_panic() {
+        let sup = Supervisor::new(policy());
+        sup.spawn_retirable("assigner", async {});
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(sup.health().is_ok(), "a retired task is no failure");
+        sup.spawn_retirable("assigner", async { panic!("half-done batch") });
+        let death = tokio::time::timeout(Duration::from_secs(1), sup.died())
+            .await
+            .expect("a panic is fatal at once");
+        assert_eq!(death.reason, "it panicked: half-done batch");
+        assert_eq!(
+            sup.task_names(),
+            ["assigner"],
+            "the retired one is forgotten"
         );
     }
 

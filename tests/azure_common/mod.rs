@@ -47,6 +47,22 @@ pub fn arm_client(sim: &AzureSimHandle, options: ArmOptions) -> ArmClient {
     .expect("client")
 }
 
+/// [`arm_client`] with every HTTP call it makes recorded, in order.
+pub fn observed_arm_client(
+    sim: &AzureSimHandle,
+    options: ArmOptions,
+) -> (
+    ArmClient,
+    Arc<std::sync::Mutex<Vec<aad_pod_identity::cloud::arm::CallRecord>>>,
+) {
+    let calls: Arc<std::sync::Mutex<Vec<_>>> = Arc::default();
+    let seen = calls.clone();
+    let arm = arm_client(sim, options).with_observer(Arc::new(
+        move |r: &aad_pod_identity::cloud::arm::CallRecord| seen.lock().unwrap().push(r.clone()),
+    ));
+    (arm, calls)
+}
+
 pub fn vmss(t: &Topology, i: usize) -> ComputeRef {
     ComputeRef::scale_set(&t.subscription_id, &t.resource_group, &t.scale_sets[i].name)
 }

@@ -52,8 +52,11 @@ pub struct SandboxArgs {
     #[arg(long = "arm-latency", default_value = "500ms", value_parser = parse_go_duration)]
     pub arm_latency: Duration,
 
-    /// The weather in Azure: none, throttling (a small ARM write budget answering 429),
-    /// flaky (a PATCH fails with 503 every few seconds), slow-arm (4 to 6 s per ARM answer).
+    /// The weather: none; in Azure throttling (a small ARM write budget answering 429), flaky
+    /// (a PATCH fails with 503 every 5 s), slow-arm (4 to 6 s per ARM answer),
+    /// patch-answer-lost, arm-error-bursts, throttle-storm, arm-hangs; in the Kubernetes API
+    /// watch-drops, watch-expiry (410 on resume), api-restart, slow-writes, kube-write-errors;
+    /// or chaos (all scheduled ones in turn). See docs/operations.md.
     #[arg(long = "faults", value_enum, default_value_t = FaultProfile::None)]
     pub faults: FaultProfile,
 
@@ -143,18 +146,39 @@ impl Default for ComponentArgs {
     }
 }
 
-/// Fault profiles of the simulated Azure.
+/// Fault profiles of the simulated Azure and Kubernetes API (the schedules are in
+/// [`crate::weather`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum FaultProfile {
-    /// A well-behaved Azure.
+    /// A well-behaved Azure and API server.
     #[default]
     None,
     /// A small per-subscription write budget: bursts get 429 with Retry-After.
     Throttling,
-    /// Every few seconds one PATCH fails with 503.
+    /// Every 5 s one PATCH fails with 503.
     Flaky,
     /// Every ARM answer takes 4 to 6 seconds.
     SlowArm,
+    /// Every 10 s one PATCH is applied but its answer is lost (the connection closes).
+    PatchAnswerLost,
+    /// Every 20 s six ARM answers in a row are 500, 502, 503 or 504.
+    ArmErrorBursts,
+    /// Every 30 s the next ten ARM requests get 429 with `Retry-After: 3`.
+    ThrottleStorm,
+    /// Every 30 s one PATCH never answers.
+    ArmHangs,
+    /// Every 15 s every Kubernetes watch is cut.
+    WatchDrops,
+    /// Every 30 s the watch history is compacted and every watch cut (resumes get 410).
+    WatchExpiry,
+    /// Every 60 s the API server restarts (connections cut, refused for 3 s).
+    ApiRestart,
+    /// Every 20 s, Kubernetes writes take 1 s more for 10 s.
+    SlowWrites,
+    /// Every 20 s the next three AzureAssignedIdentity writes are refused (409, 422, 500).
+    KubeWriteErrors,
+    /// Every 10 s the next of all the scheduled faults above, in turn (except `flaky`).
+    Chaos,
 }
 
 impl SandboxArgs {

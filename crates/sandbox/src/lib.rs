@@ -11,6 +11,7 @@
 //! - [`mic_replicas`]: MIC replicas that follow MIC's pods (leader changes, drains).
 //! - [`scenario`]: the Kubernetes objects a sandbox starts with.
 //! - [`system`]: starting everything, the guide it prints, and its progress line.
+//! - [`weather`]: faults injected on a schedule (`--faults`).
 //! - [`processes`]: MIC and NMIs as processes of the product binary, with their CPU and memory.
 //! - [`loadtest`]: load scenarios with reports.
 
@@ -23,3 +24,4 @@ pub mod mic_replicas;
 pub mod processes;
 pub mod scenario;
 pub mod system;
+pub mod weather;

@@ -39,7 +39,7 @@ use aad_pod_identity::crd::AzureAssignedIdentity;
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity::nmi::Running;
 use aad_pod_identity_sim::azure::{
-    AzureSim, AzureSimConfig, AzureSimHandle, FaultKind, FaultTarget, Latency, ServicePrincipal,
+    AzureSim, AzureSimConfig, AzureSimHandle, Latency, ServicePrincipal,
 };
 use aad_pod_identity_sim::kube::cluster;
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
@@ -204,7 +204,6 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
         ..AzureSimConfig::default()
     };
     match args.faults {
-        FaultProfile::None | FaultProfile::Flaky => {}
         // A small write budget: bursts of PATCHes are answered 429 with Retry-After.
         FaultProfile::Throttling => c.write_budget = Some((4, Duration::from_secs(10))),
         FaultProfile::SlowArm => {
@@ -213,6 +212,8 @@ fn azure_config(args: &SandboxArgs) -> AzureSimConfig {
                 max: Duration::from_secs(6),
             };
         }
+        // The others are injected on a schedule (crate::weather).
+        _ => {}
     }
     c
 }
@@ -251,10 +252,11 @@ impl Sandbox {
         })
         .await?;
         let azure = Arc::new(AzureSim::start(&azure_topology, azure_config(args)).await?);
-        let control = Control::start(&azure, epoch).map_err(|source| Error::File {
-            path: "the control endpoint's listener".into(),
-            source,
-        })?;
+        let control =
+            Control::start(&azure, kube.fault_handle(), epoch).map_err(|source| Error::File {
+                path: "the control endpoint's listener".into(),
+                source,
+            })?;
         let client = kube.client().await?;
         let federation = if args.federated {
             Some(federation::setup(&azure, kube.issuer())?)
@@ -432,17 +434,7 @@ impl Sandbox {
             info!(objects = created.len(), "federation scenario loaded");
         }
 
-        sandbox.weather = (args.faults == FaultProfile::Flaky).then(|| {
-            let azure = azure.clone();
-            // Flaky ARM: one PATCH in every few seconds fails with 503.
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tick.tick().await;
-                    azure.inject(FaultTarget::ArmPatch, 1, FaultKind::Status(503));
-                }
-            })
-        });
+        sandbox.weather = crate::weather::spawn(args.faults, azure, sandbox.kube.fault_handle());
         Ok(sandbox)
     }
 

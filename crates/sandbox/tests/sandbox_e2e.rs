@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use support::start_sandbox;
+use support::{kubectl_raw, start_sandbox};
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let mut cmd = Command::new("kubectl");
@@ -238,21 +238,6 @@ spec:
 }
 
 /// `kubectl` with its stderr, whatever its exit status.
-fn kubectl_raw(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("kubectl must be installed");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The (pod, node, status) of every AzureAssignedIdentity in `ns`.
 fn assignments(kubeconfig: &Path, ns: &str) -> Vec<(String, String, String)> {
     let (_, out, _) = kubectl_raw(

@@ -29,6 +29,7 @@ pub mod nmi_coverage;
 pub mod port;
 pub mod recorder;
 pub mod run;
+pub mod supervised;
 pub mod watchers;
 pub mod writer;
 

@@ -10,13 +10,14 @@ use super::matcher::MatchSettings;
 use super::metrics::MicMetrics;
 use super::port::ArmPort;
 use super::recorder::Recorder;
+use super::supervised;
 use super::watchers;
 use super::writer::Writer;
+use crate::actors::supervisor::{RestartPolicy, Supervisor};
 use crate::config::mic::MicArgs;
 use crate::http::probes::{self, Readiness};
 use crate::kube_client;
 use crate::metrics::Metrics;
-use actix::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub enum Error {
     /// MIC's metrics could not be registered.
     #[error("registering MIC metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// One of MIC's actors or tasks died; the process exits non-zero and is restarted.
+    #[error("MIC cannot go on: {0}")]
+    Died(#[from] crate::actors::supervisor::Death),
     /// This replica lost leadership; the process exits and restarts as a candidate.
     #[error(transparent)]
     Leadership(#[from] leader::Error),
@@ -280,28 +284,40 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     metrics.mic_new_leader_election_count.inc();
     info!(instance = %settings.leader.instance, "leading");
 
-    let recorder = Recorder::new(client.clone(), mic_metrics.clone()).start();
-    let writer = Writer::new(
-        client.clone(),
-        recorder.recipient(),
-        mic_metrics.clone(),
-        settings.create_delete_batch,
-    )
-    .start();
+    let supervisor = Supervisor::new(RestartPolicy::default());
+    let recorder = supervised::start_vital(
+        &supervisor,
+        "recorder",
+        Recorder::new(client.clone(), mic_metrics.clone()),
+    );
+    let writer = supervised::start_vital(
+        &supervisor,
+        "writer",
+        Writer::new(
+            client.clone(),
+            recorder.recipient(),
+            mic_metrics.clone(),
+            settings.create_delete_batch,
+        ),
+    );
     let budget = WriteBudget::new(settings.arm_writes_per_minute);
     let report_to = writer.clone().recipient();
     let mic_metrics_c = mic_metrics.clone();
     let batch = settings.batch.clone();
+    let sup = supervisor.clone();
     let factory = Box::new(move |host: &super::host::HostId| {
-        let a = Assigner::new(
-            host.clone(),
-            batch.clone(),
-            arm.clone(),
-            budget.clone(),
-            report_to.clone(),
-            mic_metrics.clone(),
-        )
-        .start();
+        let a = supervised::start_retirable(
+            &sup,
+            "assigner",
+            Assigner::new(
+                host.clone(),
+                batch.clone(),
+                arm.clone(),
+                budget.clone(),
+                report_to.clone(),
+                mic_metrics.clone(),
+            ),
+        );
         AssignerHandle {
             desired: a.clone().recipient(),
             adopt: a.clone().recipient(),
@@ -312,15 +328,18 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     matching
         .immutable_client_ids
         .extend(cluster_identity_client_id);
-    let coordinator = Coordinator::new(
-        matching,
-        writer.clone().recipient(),
-        writer.recipient(),
-        factory,
-        settings.reconcile_interval,
-        mic_metrics_c,
-    )
-    .start();
+    let coordinator = supervised::start_vital(
+        &supervisor,
+        "coordinator",
+        Coordinator::new(
+            matching,
+            writer.clone().recipient(),
+            writer.recipient(),
+            factory,
+            settings.reconcile_interval,
+            mic_metrics_c,
+        ),
+    );
 
     let coverage = super::nmi_coverage::run(
         client.clone(),
@@ -331,10 +350,13 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     let result = tokio::select! {
         lost = elector.hold() => Err(Error::Leadership(lost)),
         () = watchers::run(client, coordinator.recipient()) => Err(Error::WatchesEnded),
+        death = supervisor.died() => Err(Error::Died(death)),
         // Reporting only: if its watches end, the main ones will too.
         () = async { coverage.await; std::future::pending::<()>().await } => unreachable!(),
     };
     leading.store(false, Ordering::SeqCst);
+    // What ends now (actors dropped with the System) is MIC stopping, not dying.
+    supervisor.shutdown(Duration::ZERO).await;
     result
 }
 

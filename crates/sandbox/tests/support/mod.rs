@@ -3,7 +3,7 @@
 //! the directory when dropped.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -67,4 +67,21 @@ pub fn start_sandbox(name: &str, extra: &[&str]) -> (SandboxProcess, serde_json:
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
     (proc, doc)
+}
+
+/// Runs kubectl with `kubeconfig`; returns (success, stdout, stderr).
+#[allow(dead_code)]
+pub fn kubectl_raw(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl must be installed");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

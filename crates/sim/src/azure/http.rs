@@ -144,7 +144,11 @@ fn record(
             query: req.uri().query().unwrap_or("").to_string(),
             subscription,
             node: node.map(str::to_string),
-            status: resp.status().as_u16(),
+            status: if resp.extensions().contains::<AnswerLost>() {
+                0
+            } else {
+                resp.status().as_u16()
+            },
             user_agent: req
                 .headers()
                 .get(actix_web::http::header::USER_AGENT)
@@ -280,12 +284,14 @@ async fn arm(
     let mut delay = cfg.arm_latency.sample();
     let mut lro_failure = None;
     let mut assign_after_read = None;
+    let mut answer_lost = false;
     let fault = shared.lock().take_fault(target);
     match fault {
         Some(FaultKind::Status(s)) => {
             tokio::time::sleep(delay).await;
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return arm_error(status, "InternalServerError", "Injected fault.");
+            let (code, message) = arm_status_error(status);
+            return arm_error(status, code, message);
         }
         Some(FaultKind::Throttle {
             retry_after_secs,
@@ -306,6 +312,7 @@ async fn arm(
         Some(FaultKind::Slow(d)) => delay += d,
         Some(FaultKind::LroFailure { code, message }) => lro_failure = Some((code, message)),
         Some(FaultKind::AssignAfterRead(id)) => assign_after_read = Some(id),
+        Some(FaultKind::AnswerLost) => answer_lost = true,
         None => {}
     }
     if method == Method::PATCH {
@@ -413,6 +420,49 @@ async fn arm(
         ),
     };
     tokio::time::sleep(delay).await;
+    if answer_lost {
+        return connection_lost();
+    }
+    resp
+}
+
+/// ARM's error code and message for a server-side failure, as ARM words them.
+fn arm_status_error(status: StatusCode) -> (&'static str, &'static str) {
+    match status.as_u16() {
+        500 => (
+            "InternalServerError",
+            "Encountered internal server error. Please try again later.",
+        ),
+        502 => (
+            "BadGateway",
+            "The gateway received an invalid response from 'Microsoft.Compute'.",
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "The server is currently unable to handle the request. Please retry.",
+        ),
+        504 => (
+            "GatewayTimeout",
+            "The gateway did not receive a response from 'Microsoft.Compute' within the specified time period.",
+        ),
+        _ => ("InternalServerError", "Injected fault."),
+    }
+}
+
+/// Marks a response that is never delivered (logged with status 0).
+struct AnswerLost;
+
+/// A response that is never written: its body fails before the first byte, so the server
+/// closes the connection and the client sees it end without an answer.
+fn connection_lost() -> HttpResponse {
+    let body = futures::stream::once(async {
+        Err::<bytes::Bytes, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "injected: answer lost",
+        ))
+    });
+    let mut resp = HttpResponse::Ok().streaming(body);
+    resp.extensions_mut().insert(AnswerLost);
     resp
 }
 

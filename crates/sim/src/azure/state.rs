@@ -47,6 +47,10 @@ pub enum FaultKind {
     AssignAfterRead(String),
     /// Answer normally after this extra delay.
     Slow(Duration),
+    /// (PATCH only) apply the change as usual, then close the connection without answering:
+    /// the caller cannot tell whether its write happened (a timeout or a dropped connection
+    /// after the change was stored).
+    AnswerLost,
     /// (PATCH only) accept, then let the long-running operation end `Failed` with this error;
     /// the change is rolled back.
     LroFailure {
@@ -83,7 +87,7 @@ pub struct RequestRecord {
     pub subscription: Option<String>,
     /// The node whose metadata service received the request (`None` for ARM and Azure AD).
     pub node: Option<String>,
-    /// Status answered (0 for a hang).
+    /// Status answered (0 when the answer was lost: the connection closed without one).
     pub status: u16,
     /// The `User-Agent` header as sent (empty when absent).
     pub user_agent: String,
@@ -288,7 +292,11 @@ impl Inner {
         })?;
         let fault = &mut self.faults[idx];
         // An LRO failure only makes sense for a PATCH.
-        if matches!(fault.kind, FaultKind::LroFailure { .. }) && target != FaultTarget::ArmPatch {
+        if matches!(
+            fault.kind,
+            FaultKind::LroFailure { .. } | FaultKind::AnswerLost
+        ) && target != FaultTarget::ArmPatch
+        {
             return None;
         }
         fault.remaining = fault.remaining.saturating_sub(1);

@@ -64,6 +64,14 @@ async fn dispatch(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let write = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let write_latency = shared.faults.write_latency();
+    if write && !write_latency.is_zero() {
+        tokio::time::sleep(write_latency).await;
+    }
     if let Some(code) = shared.faults.take_failure() {
         return error_response(&ApiError::injected(code));
     }
@@ -220,6 +228,12 @@ async fn route(
     }
     let is_watch =
         target.watch_prefix || matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if matches!(method, Method::PUT | Method::PATCH | Method::DELETE)
+        && let Some(name) = target.name.as_deref()
+        && let Some(e) = shared.faults.refusal(&info, &ns, name)
+    {
+        return Err(e);
+    }
     match (method, target.name.as_deref()) {
         (Method::GET, _) if is_watch => {
             let mut q = query.clone();
@@ -274,6 +288,14 @@ async fn route(
         (Method::POST, None) => {
             let body = read_body(payload, shared.config.max_body_bytes).await?;
             let obj = to_storage(parse_object(&body, &content_type)?);
+            let name = obj
+                .pointer("/metadata/name")
+                .or_else(|| obj.pointer("/metadata/generateName"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if let Some(e) = shared.faults.refusal(&info, &ns, name) {
+                return Err(e);
+            }
             if dry_run(&query) {
                 return Ok(object_response(StatusCode::CREATED, &info, &Arc::new(obj)));
             }

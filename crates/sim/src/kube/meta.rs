@@ -178,6 +178,18 @@ impl ApiError {
         )
     }
 
+    /// 500 `InternalError` for one object, worded as the API server's own
+    /// ("Internal error occurred: …").
+    #[must_use]
+    pub fn internal(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {why}"),
+        )
+        .about(group, plural, name)
+    }
+
     /// An injected failure (fault hooks) with the reason a real server would give that code.
     #[must_use]
     pub fn injected(code: u16) -> Self {

@@ -18,7 +18,7 @@
 //! let sim = KubeSim::start(KubeSimConfig::default()).await?; // 127.0.0.1:<free port>
 //! let client = sim.client().await?; // kube-rs, from the same kubeconfig kubectl gets
 //! sim.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"))?;
-//! sim.fail_next(1, 429); // fault hooks: also drop_watches(), set_latency()
+//! sim.fail_next(1, 429); // fault hooks: also drop_watches(), set_latency(), fault_handle()
 //! # drop(client);
 //! sim.shutdown().await;
 //! # Ok(()) }
@@ -34,6 +34,7 @@ pub mod cluster;
 pub mod convert;
 pub mod discovery;
 pub mod eviction;
+pub mod faults;
 pub mod http;
 pub mod meta;
 pub mod patch;
@@ -53,13 +54,13 @@ pub mod writes;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::topology::Topology;
+pub use faults::{Faults, Refusal, WriteRefusal};
 pub use meta::ApiError;
 use resources::Registry;
 use store::Store;
@@ -201,46 +202,6 @@ impl Default for KubeSimConfig {
     }
 }
 
-/// Injected faults, shared by every HTTP worker.
-#[derive(Debug)]
-pub struct Faults {
-    fail_remaining: AtomicU32,
-    fail_status: AtomicU16,
-    latency_micros: AtomicU64,
-    drop_watches: tokio::sync::watch::Sender<u64>,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Self {
-            fail_remaining: AtomicU32::new(0),
-            fail_status: AtomicU16::new(500),
-            latency_micros: AtomicU64::new(0),
-            drop_watches: tokio::sync::watch::Sender::new(0),
-        }
-    }
-}
-
-impl Faults {
-    /// The status to answer this request with, if a failure is still owed.
-    pub fn take_failure(&self) -> Option<u16> {
-        self.fail_remaining
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .ok()
-            .map(|_| self.fail_status.load(Ordering::SeqCst))
-    }
-
-    /// Latency to add to every request.
-    pub fn latency(&self) -> Duration {
-        Duration::from_micros(self.latency_micros.load(Ordering::Relaxed))
-    }
-
-    /// Receiver that changes whenever every open watch must be dropped.
-    pub fn drop_signal(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.drop_watches.subscribe()
-    }
-}
-
 /// When each client (by `User-Agent`) sent its requests, so tests can check who called and how
 /// fast. Bounded: the last [`ClientLog::KEEP`] arrivals of at most [`ClientLog::AGENTS`] agents.
 #[derive(Debug, Default)]
@@ -347,8 +308,10 @@ impl KubeSim {
             addr: config.bind,
             source,
         })?;
-        let server_handle = server.handle();
-        let server_task = tokio::spawn(server);
+        let serving = Serving {
+            handle: server.handle(),
+            task: tokio::spawn(server),
+        };
         let cluster_task = if config.run_cluster {
             Some(cluster::spawn(shared.clone()))
         } else {
@@ -358,8 +321,7 @@ impl KubeSim {
         Ok(KubeSimHandle {
             addr,
             shared,
-            server_handle,
-            server_task,
+            server: Arc::new(tokio::sync::Mutex::new(Some(serving))),
             cluster_task,
         })
     }
@@ -391,8 +353,7 @@ fn seed(store: &Store, registry: &Registry, config: &KubeSimConfig) -> Result<()
 pub struct KubeSimHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server_handle: actix_web::dev::ServerHandle,
-    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: Arc<tokio::sync::Mutex<Option<Serving>>>,
     cluster_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -474,6 +435,17 @@ impl KubeSimHandle {
         self.shared.clients.snapshot()
     }
 
+    /// A handle on the faults of this simulator that tasks can hold (and clone) while the
+    /// simulator runs, e.g. a schedule of faults in the sandbox.
+    #[must_use]
+    pub fn fault_handle(&self) -> KubeFaultHandle {
+        KubeFaultHandle {
+            addr: self.addr,
+            shared: self.shared.clone(),
+            server: self.server.clone(),
+        }
+    }
+
     /// Write requests received, by object and in total.
     #[must_use]
     pub fn writes(&self) -> &writes::WriteLog {
@@ -482,24 +454,17 @@ impl KubeSimHandle {
 
     /// Ends every open watch now (clients see the stream close and must resume).
     pub fn drop_watches(&self) {
-        self.shared.faults.drop_watches.send_modify(|g| *g += 1);
+        self.shared.faults.drop_watches();
     }
 
     /// Answers the next `n` API requests with `status` (e.g. 410, 429, 500) as a Status object.
     pub fn fail_next(&self, n: u32, status: u16) {
-        self.shared
-            .faults
-            .fail_status
-            .store(status, Ordering::SeqCst);
-        self.shared.faults.fail_remaining.store(n, Ordering::SeqCst);
+        self.shared.faults.fail_next(n, status);
     }
 
     /// Adds `latency` to every API request (zero removes it).
     pub fn set_latency(&self, latency: Duration) {
-        self.shared
-            .faults
-            .latency_micros
-            .store(latency.as_micros() as u64, Ordering::Relaxed);
+        self.shared.faults.set_latency(latency);
     }
 
     /// Stops serving: ends watches and cluster tasks, then the HTTP server.
@@ -508,10 +473,89 @@ impl KubeSimHandle {
         if let Some(t) = self.cluster_task {
             let _ = t.await;
         }
+        if let Some(serving) = self.server.lock().await.take() {
+            serving.stop().await;
+        }
+    }
+}
+
+/// The HTTP server while it serves.
+#[derive(Debug)]
+struct Serving {
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Serving {
+    async fn stop(self) {
         // Not graceful: idle keep-alive connections would otherwise hold the workers for the
         // whole shutdown timeout, and nothing is in flight worth waiting for once watches end.
-        self.server_handle.stop(false).await;
-        let _ = self.server_task.await;
+        self.handle.stop(false).await;
+        let _ = self.task.await;
+    }
+}
+
+/// Faults of a running simulator, for tasks that inject them on a schedule. Cloning is cheap;
+/// a clone outliving [`KubeSimHandle::shutdown`] injects into a stopped server, harmlessly.
+#[derive(Clone, Debug)]
+pub struct KubeFaultHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Arc<tokio::sync::Mutex<Option<Serving>>>,
+}
+
+impl KubeFaultHandle {
+    /// The request-level faults (failures, latency, refusals, watch drops).
+    #[must_use]
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Forgets the watch history, as an etcd compaction does: every watch resumed from an
+    /// earlier resourceVersion gets a 410 `Expired` ERROR event ("too old resource version")
+    /// and its client must list again. Combine with [`Faults::drop_watches`] to make every
+    /// watcher resume now.
+    pub fn compact_history(&self) {
+        self.shared.store.compact();
+    }
+
+    /// An API server restart: every connection (watches, keep-alive) is cut at once, new
+    /// connections are refused for `down`, then the server serves again on the same address
+    /// with everything it stored. Returns once it serves again.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when the address cannot be bound again (the simulator then stays down).
+    pub async fn restart(&self, down: Duration) -> Result<(), Error> {
+        let mut slot = self.server.lock().await;
+        if self.shared.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        self.shared.faults.drop_watches();
+        if let Some(serving) = slot.take() {
+            serving.stop().await;
+        }
+        tracing::info!(addr = %self.addr, ?down, "Kubernetes simulator restarting");
+        tokio::time::sleep(down).await;
+        let bind_err = |source| Error::Bind {
+            addr: self.addr,
+            source,
+        };
+        // SO_REUSEADDR: the connections just cut linger in TIME_WAIT on this port.
+        let socket = tokio::net::TcpSocket::new_v4().map_err(bind_err)?;
+        socket.set_reuseaddr(true).map_err(bind_err)?;
+        socket.bind(self.addr).map_err(bind_err)?;
+        let listener = socket
+            .listen(1024)
+            .map_err(bind_err)?
+            .into_std()
+            .map_err(bind_err)?;
+        let server = http::server(self.shared.clone(), listener).map_err(bind_err)?;
+        *slot = Some(Serving {
+            handle: server.handle(),
+            task: tokio::spawn(server),
+        });
+        tracing::info!(addr = %self.addr, "Kubernetes simulator serving again");
+        Ok(())
     }
 }
 

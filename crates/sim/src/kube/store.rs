@@ -1304,6 +1304,20 @@ impl Store {
         inner.dependents.remove(&uid);
     }
 
+    /// Forgets every event kept for watches, as an etcd compaction (or a restarted API server's
+    /// fresh watch cache) does: from now on a watch resumed from any resourceVersion handed out
+    /// so far gets 410 `Expired` ("too old resource version") and its client must list again.
+    /// The resourceVersion moves on by one (as the cluster's steady lease writes move it), so
+    /// a list taken afterwards is a valid place to resume from. Objects are untouched.
+    pub fn compact(&self) {
+        let mut inner = self.write();
+        let rv = Self::next_rv(&mut inner);
+        for shard in inner.shards.values_mut() {
+            shard.history.clear();
+            shard.compacted = rv;
+        }
+    }
+
     /// Events of `gr` after resourceVersion `after`, and the resourceVersion up to which the
     /// answer is complete (for bookmarks). 410 when `after` is older than the kept history.
     pub fn events_since(

@@ -1,0 +1,425 @@
+//! MIC driven through faults end to end, against the Kubernetes and Azure simulators over real
+//! HTTP: an actor that dies takes MIC down instead of leaving it `Active`; watches cut, resumed
+//! into 410 `Expired`, or lost in an API server restart lose nothing; and a leader cut off by an
+//! API restart longer than its lease steps down, so there are never two active leaders.
+
+use aad_pod_identity::actors::mic::cloud_port::CloudArm;
+use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
+use aad_pod_identity::actors::mic::port::{ArmPort, HostIdentities, PatchOutcome, PortError};
+use aad_pod_identity::actors::mic::{Error, MicHandle, MicSettings};
+use aad_pod_identity::cloud::config::CloudConfig;
+use aad_pod_identity::crd::{
+    self, AssignedState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
+    AzureIdentityBindingSpec, AzureIdentitySpec,
+};
+use aad_pod_identity::metrics::Metrics;
+use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
+use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity_sim::topology::Topology;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct World {
+    kube: KubeSimHandle,
+    azure: AzureSimHandle,
+    client: Client,
+    dir: PathBuf,
+    topology: Topology,
+}
+
+impl World {
+    async fn start(tag: &str) -> Self {
+        let topology = Topology::sized(1, 2, 0, 3);
+        let azure = AzureSim::start(
+            &topology,
+            AzureSimConfig {
+                arm_latency: Latency::Fixed(Duration::from_millis(50)),
+                lro: LroMode::Sync,
+                ..AzureSimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let kube = KubeSim::start(KubeSimConfig {
+            topology: topology.clone(),
+            run_cluster: false,
+            ..KubeSimConfig::default()
+        })
+        .await
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "mic-faults-{tag}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+        let client = kube.client().await.unwrap();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for c in crd::all_crds() {
+            crds.create(&PostParams::default(), &c.crd).await.unwrap();
+        }
+        Self {
+            kube,
+            azure,
+            client,
+            dir,
+            topology,
+        }
+    }
+
+    async fn stop(self) {
+        self.kube.shutdown().await;
+        self.azure.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn settings(&self, instance: &str) -> MicSettings {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            mic: aad_pod_identity::config::mic::MicArgs,
+        }
+        let mut s = MicSettings::from(&Cli::parse_from(["mic"]).mic);
+        s.kubeconfig = Some(self.dir.join("kubeconfig"));
+        s.listen_address = [127, 0, 0, 1].into();
+        s.http_probe_port = 0;
+        s.prometheus_port = 0;
+        s.leader.instance = instance.into();
+        s.leader.duration = Duration::from_secs(2);
+        s.batch.unassign_grace = Duration::from_millis(500);
+        s
+    }
+
+    async fn mic(&self, instance: &str, arm: Option<Arc<dyn ArmPort>>) -> MicHandle {
+        let config = CloudConfig::from_json(&self.azure.azure_json().to_string()).unwrap();
+        aad_pod_identity::actors::mic::spawn(
+            self.settings(instance),
+            Metrics::new(),
+            None,
+            move || arm.unwrap_or_else(|| Arc::new(CloudArm::from_config(&config).unwrap())),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn node(&self, i: usize) -> String {
+        self.topology.nodes()[i].name.clone()
+    }
+
+    fn identity_rid(&self, i: usize) -> String {
+        self.topology
+            .identity_resource_id(&self.topology.identities[i])
+    }
+
+    /// An AzureIdentity `name` for identity `i` and a binding selecting pods labelled `name`.
+    async fn identity(&self, name: &str, i: usize) {
+        let mut id = AzureIdentity::new(
+            name,
+            AzureIdentitySpec {
+                resource_id: self.identity_rid(i),
+                client_id: format!("client-{name}"),
+                ..AzureIdentitySpec::default()
+            },
+        );
+        id.metadata.namespace = Some("default".into());
+        Api::<AzureIdentity>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &id)
+            .await
+            .unwrap();
+        let mut b = AzureIdentityBinding::new(
+            &format!("{name}-binding"),
+            AzureIdentityBindingSpec {
+                azure_identity: name.into(),
+                selector: name.into(),
+                weight: 0,
+            },
+        );
+        b.metadata.namespace = Some("default".into());
+        Api::<AzureIdentityBinding>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &b)
+            .await
+            .unwrap();
+    }
+
+    async fn pod(&self, name: &str, selector: &str, node: &str) {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"aadpodidbinding": selector}},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "demo"}]},
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &p)
+            .await
+            .unwrap();
+    }
+
+    async fn delete_pod(&self, name: &str) {
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    /// Pod names whose AzureAssignedIdentity is Assigned (polled, as a user would), once
+    /// they are exactly `want`.
+    async fn wait_assigned(&self, want: &[&str], timeout: Duration) {
+        let t0 = Instant::now();
+        let mut want: Vec<String> = want.iter().map(|s| (*s).to_string()).collect();
+        want.sort();
+        loop {
+            let have = match Api::<AzureAssignedIdentity>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await
+            {
+                Ok(l) => {
+                    let mut v: Vec<String> = l
+                        .items
+                        .iter()
+                        .filter(|a| {
+                            a.status.as_ref().map(|s| &s.status) == Some(&AssignedState::Assigned)
+                        })
+                        .map(|a| a.spec.pod.clone())
+                        .collect();
+                    v.sort();
+                    v
+                }
+                Err(_) => Vec::new(),
+            };
+            if have == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "wanted {want:?} Assigned, have {have:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn on_scale_set(&self) -> Vec<IdentityId> {
+        self.azure
+            .assigned_identities(&self.topology.scale_sets[0].name)
+            .unwrap()
+            .iter()
+            .map(|id| IdentityId::new(id))
+            .collect()
+    }
+}
+
+/// The body of `/healthz`, or `None` when nothing answers.
+async fn health(addr: SocketAddr) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.split("\r\n\r\n").nth(1).map(str::to_string)
+}
+
+async fn wait_health(addr: SocketAddr, want: &str) {
+    let t0 = Instant::now();
+    while health(addr).await.as_deref() != Some(want) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An ARM whose PATCH hits a bug: the assigner running it panics.
+struct PanickingArm;
+
+#[async_trait::async_trait]
+impl ArmPort for PanickingArm {
+    async fn get(&self, _host: &HostId) -> Result<HostIdentities, PortError> {
+        Ok(HostIdentities::default())
+    }
+    async fn patch(
+        &self,
+        _host: &HostId,
+        _base: &HostIdentities,
+        _add: &[IdentityId],
+        _remove: &[IdentityId],
+    ) -> Result<PatchOutcome, PortError> {
+        panic!("bug in the ARM port")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigner_that_panics_takes_mic_down_instead_of_leaving_it_active() {
+    let w = World::start("panic").await;
+    let mut mic = w.mic("mic-0", Some(Arc::new(PanickingArm))).await;
+    wait_health(mic.probe, "Active").await;
+    let exited = mic.take_exit_signal().unwrap();
+    w.identity("id-0", 0).await;
+    w.pod("demo", "id-0", &w.node(0)).await;
+    // The assigner panics on its first PATCH; MIC must not go on leading without it.
+    tokio::time::timeout(Duration::from_secs(20), exited)
+        .await
+        .expect("MIC exits once an assigner died")
+        .ok();
+    assert_ne!(health(mic.probe).await.as_deref(), Some("Active"));
+    match mic.stop() {
+        Some(Err(Error::Died(death))) => {
+            assert_eq!(death.task, "assigner");
+            assert_eq!(death.reason, "it panicked: bug in the ARM port");
+        }
+        other => panic!("expected MIC to die of its assigner, got {other:?}"),
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_watches_are_cut_or_expired_are_all_applied() {
+    let w = World::start("watch").await;
+    let mic = w.mic("mic-0", None).await;
+    wait_health(mic.probe, "Active").await;
+    w.identity("id-0", 0).await;
+    w.identity("id-1", 1).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(20)).await;
+
+    let faults = w.kube.fault_handle();
+    // Cut: MIC resumes its watches from where they were.
+    faults.faults().drop_watches();
+    w.pod("b", "id-1", &w.node(1)).await;
+    w.wait_assigned(&["a", "b"], Duration::from_secs(20)).await;
+
+    // Expired: the history MIC would resume from is gone; it must list again, and a pod
+    // deleted meanwhile must not survive in its view.
+    faults.compact_history();
+    faults.faults().drop_watches();
+    w.delete_pod("a").await;
+    w.pod("c", "id-0", &w.node(1)).await;
+    faults.compact_history();
+    w.wait_assigned(&["b", "c"], Duration::from_secs(20)).await;
+    assert!(
+        w.on_scale_set()
+            .contains(&IdentityId::new(&w.identity_rid(1)))
+    );
+    drop(mic);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_created_across_an_api_restart_are_assigned_and_mic_keeps_leading() {
+    let w = World::start("restart").await;
+    let mut mic = w.mic("mic-0", None).await;
+    wait_health(mic.probe, "Active").await;
+    let mut exited = mic.take_exit_signal().unwrap();
+    w.identity("id-0", 0).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(20)).await;
+
+    // Down for less than the lease (2 s): the leader's renewals fail but its deadline holds.
+    w.kube
+        .fault_handle()
+        .restart(Duration::from_millis(500))
+        .await
+        .unwrap();
+    w.pod("b", "id-0", &w.node(1)).await;
+    w.wait_assigned(&["a", "b"], Duration::from_secs(30)).await;
+    assert!(
+        exited.try_recv().is_err(),
+        "MIC kept running through a short restart"
+    );
+    drop(mic);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_longer_than_the_lease_makes_the_leader_step_down_and_never_two_lead() {
+    let w = World::start("leader").await;
+    let mut first = w.mic("mic-0", None).await;
+    wait_health(first.probe, "Active").await;
+    let second = w.mic("mic-1", None).await;
+    let mut first_exit = first.take_exit_signal().unwrap();
+
+    // Watch both probes for the whole fault: never both Active.
+    let (p0, p1) = (first.probe, second.probe);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut samples = 0u32;
+            while !stop.is_cancelled() {
+                let (a, b) = tokio::join!(health(p0), health(p1));
+                assert!(
+                    !(a.as_deref() == Some("Active") && b.as_deref() == Some("Active")),
+                    "two active leaders"
+                );
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            samples
+        }
+    });
+
+    // Down for longer than the lease: the leader cannot renew, so it must stop leading
+    // before the lease could be taken.
+    w.kube
+        .fault_handle()
+        .restart(Duration::from_secs(4))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut first_exit)
+        .await
+        .expect("the cut-off leader stepped down")
+        .ok();
+    wait_health(second.probe, "Active").await;
+    w.identity("id-0", 0).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(20)).await;
+    stop.cancel();
+    assert!(sampler.await.unwrap() > 10);
+    match first.stop() {
+        Some(Err(Error::Leadership(_))) => {}
+        other => panic!("expected the first leader to lose its lease, got {other:?}"),
+    }
+    drop(second);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_lose_it() {
+    use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
+    let w = World::start("arm-weather").await;
+    let mic = w.mic("mic-0", None).await;
+    wait_health(mic.probe, "Active").await;
+    for code in [503, 500, 502, 504, 503, 500] {
+        w.azure
+            .inject(FaultTarget::AnyArm, 1, FaultKind::Status(code));
+    }
+    w.azure.inject(
+        FaultTarget::AnyArm,
+        3,
+        FaultKind::Throttle {
+            retry_after_secs: 1,
+            as_http_date: false,
+        },
+    );
+    w.identity("id-0", 0).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(60)).await;
+    assert!(
+        w.on_scale_set()
+            .contains(&IdentityId::new(&w.identity_rid(0)))
+    );
+    let counters = w.azure.counters();
+    assert_eq!(counters.faults, 9, "every injected fault was met");
+    assert_eq!(
+        counters.throttle_violations, 0,
+        "no request inside a Retry-After window"
+    );
+    drop(mic);
+    w.stop().await;
+}

@@ -9,6 +9,10 @@
 //! [`Event::Listed`]), so an index replaced at `Listed` never keeps an object deleted while the
 //! watch was down.
 //!
+//! A consumer that needs a few fields of large objects passes a trim ([`watch_trimmed`]): each
+//! object is trimmed as its page or event arrives, so a relist of 100 000 pods holds 100 000
+//! trimmed pods and one page of whole ones, never 100 000 whole ones.
+//!
 //! Built on kube-client's `Api::list` and `Api::watch` only. The decisions are [`Machine`], plain
 //! data with no I/O (what to ask the API next, what a page or a watch event means); [`watch`]
 //! only performs them. This is client-go's reflector in the shape of kube-runtime's watcher,
@@ -351,10 +355,26 @@ pub fn watch<K>(api: Api<K>, config: Config) -> impl Stream<Item = Event<K>> + S
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    drive(api, config)
+    drive(api, config, keep_whole::<K>)
 }
 
-fn drive<K, L>(lister: L, config: Config) -> impl Stream<Item = Event<K>> + Send
+/// [`watch`], with `trim` applied to every object as it arrives (each item of a list page
+/// before the next page is asked for, each watched object before it is delivered). `trim` must
+/// keep the metadata's resourceVersion (the watch resumes from it).
+pub fn watch_trimmed<K>(
+    api: Api<K>,
+    config: Config,
+    trim: fn(&mut K),
+) -> impl Stream<Item = Event<K>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    drive(api, config, trim)
+}
+
+fn keep_whole<K>(_: &mut K) {}
+
+fn drive<K, L>(lister: L, config: Config, trim: fn(&mut K)) -> impl Stream<Item = Event<K>> + Send
 where
     K: Resource + Clone + Send + 'static,
     L: Lister<K>,
@@ -364,6 +384,7 @@ where
         config,
         machine: Machine::default(),
         stream: None,
+        trim,
     };
     futures::stream::unfold(driver, |mut d| async move {
         let ev = d.next().await;
@@ -377,6 +398,7 @@ struct Driver<K, L> {
     config: Config,
     machine: Machine<K>,
     stream: Option<WatchStream<K>>,
+    trim: fn(&mut K),
 }
 
 impl<K, L> Driver<K, L>
@@ -389,7 +411,15 @@ where
             if let Some(stream) = &mut self.stream {
                 let item = stream.next().await;
                 let out = match item {
-                    Some(Ok(ev)) => self.machine.watched(ev, rand::random()),
+                    Some(Ok(mut ev)) => {
+                        if let WatchEvent::Added(o)
+                        | WatchEvent::Modified(o)
+                        | WatchEvent::Deleted(o) = &mut ev
+                        {
+                            (self.trim)(o);
+                        }
+                        self.machine.watched(ev, rand::random())
+                    }
                     Some(Err(e)) => {
                         Some(self.machine.failed(Error::WatchStream(e), rand::random()))
                     }
@@ -412,7 +442,8 @@ where
                 Action::List { continue_token } => {
                     let lp = self.config.list_params(continue_token.as_deref());
                     match self.lister.list(&lp).await {
-                        Ok(page) => {
+                        Ok(mut page) => {
+                            page.items.iter_mut().for_each(self.trim);
                             if let Some(ev) = self.machine.page(page, rand::random()) {
                                 return ev;
                             }

@@ -55,10 +55,7 @@ async fn round(
             let mut clients = Vec::new();
             for ip in &ips {
                 clients.push(
-                    reqwest::Client::builder()
-                        .local_address(Some(*ip))
-                        .timeout(Duration::from_secs(10))
-                        .build()
+                    super::tokens::pod_client(*ip, Duration::from_secs(10))
                         .map_err(|e| Error::Load(e.to_string()))?,
                 );
             }
@@ -401,9 +398,7 @@ async fn drive(
     // Warm the cache from every pod address (and learn the body size).
     let mut body_len = 0;
     for ip in &ips {
-        let c = reqwest::Client::builder()
-            .local_address(Some(*ip))
-            .build()
+        let c = super::tokens::pod_client(*ip, Duration::from_secs(30))
             .map_err(|e| Error::Load(e.to_string()))?;
         let r = c
             .get(&url)
@@ -433,11 +428,7 @@ async fn drive(
                 .unwrap_or_default()
         );
         tokio::spawn(async move {
-            let c = reqwest::Client::builder()
-                .local_address(Some(ip))
-                .timeout(Duration::from_secs(30))
-                .build()
-                .ok()?;
+            let c = super::tokens::pod_client(ip, Duration::from_secs(30)).ok()?;
             let r = c.get(&url).header("Metadata", "true").send().await.ok()?;
             Some(r.status().as_u16())
         })

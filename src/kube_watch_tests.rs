@@ -240,7 +240,11 @@ async fn an_unreachable_api_is_retried_after_growing_jittered_delays() {
         }
         lists.push_back(Ok(page(vec![cm("a", "5")], "5", None)));
     }
-    let mut s = std::pin::pin!(drive(script.clone(), Config::default(), keep_whole));
+    let mut s = std::pin::pin!(drive(
+        script.clone(),
+        Config::default(),
+        std::convert::identity
+    ));
     let start = tokio::time::Instant::now();
     for _ in 0..3 {
         assert!(matches!(next(&mut s).await, Event::Lost(Error::List(_))));
@@ -267,7 +271,11 @@ async fn a_watch_the_server_ends_is_resumed_from_the_last_resource_version_witho
         Ok(vec![Ok(WatchEvent::Added(cm("a", "6")))]),
         Ok(vec![Ok(WatchEvent::Modified(cm("a", "8")))]),
     ]);
-    let mut s = std::pin::pin!(drive(script.clone(), Config::default().labels("x=y"), keep_whole));
+    let mut s = std::pin::pin!(drive(
+        script.clone(),
+        Config::default().labels("x=y"),
+        std::convert::identity
+    ));
     assert!(matches!(next(&mut s).await, Event::Listed(l) if l.is_empty()));
     assert!(matches!(next(&mut s).await, Event::Applied(_)));
     assert!(matches!(next(&mut s).await, Event::Applied(_)));
@@ -278,8 +286,9 @@ async fn a_watch_the_server_ends_is_resumed_from_the_last_resource_version_witho
 }
 
 /// Drops a ConfigMap's data, keeping its name and resourceVersion.
-fn drop_data(c: &mut ConfigMap) {
+fn drop_data(mut c: ConfigMap) -> ConfigMap {
     c.data = None;
+    c
 }
 
 fn with_data(name: &str, rv: &str) -> ConfigMap {
@@ -289,7 +298,7 @@ fn with_data(name: &str, rv: &str) -> ConfigMap {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_trim_applies_to_every_listed_page_and_every_watched_object() {
+async fn a_map_applies_to_every_listed_page_and_every_watched_object() {
     let script = Script::default();
     script.lists.lock().unwrap().extend([
         Ok(page(vec![with_data("a", "3")], "", Some("t1"))),
@@ -316,11 +325,16 @@ async fn a_trim_applies_to_every_listed_page_and_every_watched_object() {
             other => panic!("expected a change, got {other:?}"),
         }
     }
-    // The trimmed objects kept their resourceVersions: the watch resumes from the last one.
+    // The mapped objects kept their resourceVersions: the watch resumes from the last one.
     let _ = tokio::time::timeout(Duration::from_millis(10), s.next()).await;
     assert_eq!(
         *script.calls.lock().unwrap(),
-        ["list continue=", "list continue=t1", "watch from 5", "watch from 7"]
+        [
+            "list continue=",
+            "list continue=t1",
+            "watch from 5",
+            "watch from 7"
+        ]
     );
 }
 
@@ -362,7 +376,7 @@ async fn against_the_simulator_pages_are_joined_and_a_dropped_watch_resumes_with
             page_size: Some(2),
             ..Config::default()
         },
-        keep_whole
+        std::convert::identity
     ));
     match next_live(&mut s).await {
         Event::Listed(l) => assert_eq!(names(&l), ["a", "b", "c"]),

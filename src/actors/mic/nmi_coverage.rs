@@ -13,6 +13,7 @@
 //! [`Coverage`] is the bookkeeping as plain data with the clock passed in; [`run`] feeds it
 //! from two watches and sleeps until the next grace period ends (no polling).
 
+use super::pod_facts::{PodFacts, PodView};
 use crate::crd::POD_LABEL;
 use crate::kube_watch::{self, Event as WatchEvent};
 use futures::StreamExt as _;
@@ -68,15 +69,14 @@ pub struct Coverage {
 }
 
 /// The node a pod is bound to, if it is active (bound, not finished, not terminating).
-fn active_node(p: &Pod) -> Option<String> {
-    if p.metadata.deletion_timestamp.is_some() {
+fn active_node(p: &impl PodView) -> Option<String> {
+    if p.meta().deletion_timestamp.is_some() {
         return None;
     }
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
+    if matches!(p.phase(), Some("Succeeded" | "Failed")) {
         return None;
     }
-    p.spec.as_ref()?.node_name.clone()
+    p.node_name().map(str::to_string)
 }
 
 fn ready(p: &Pod) -> bool {
@@ -86,15 +86,15 @@ fn ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn uid(p: &Pod) -> String {
-    p.metadata.uid.clone().unwrap_or_default()
+fn uid(p: &impl PodView) -> String {
+    p.meta().uid.clone().unwrap_or_default()
 }
 
 impl PodRef {
-    fn of(p: &Pod) -> Self {
+    fn of(p: &impl PodView) -> Self {
         Self {
-            namespace: p.metadata.namespace.clone().unwrap_or_default(),
-            name: p.metadata.name.clone().unwrap_or_default(),
+            namespace: p.meta().namespace.clone().unwrap_or_default(),
+            name: p.meta().name.clone().unwrap_or_default(),
             uid: uid(p),
         }
     }
@@ -108,7 +108,7 @@ impl Coverage {
     }
 
     /// A pod labelled `aadpodidbinding` was added or changed.
-    pub fn apply_pod(&mut self, p: &Pod, now: Instant) {
+    pub fn apply_pod(&mut self, p: &impl PodView, now: Instant) {
         match active_node(p) {
             Some(node) => {
                 self.pods.insert(uid(p), (node, PodRef::of(p)));
@@ -121,13 +121,13 @@ impl Coverage {
     }
 
     /// A pod labelled `aadpodidbinding` is gone.
-    pub fn delete_pod(&mut self, p: &Pod, now: Instant) {
+    pub fn delete_pod(&mut self, p: &impl PodView, now: Instant) {
         self.pods.remove(&uid(p));
         self.refresh(now);
     }
 
     /// The full list of pod-identity pods (after a relist).
-    pub fn replace_pods(&mut self, list: &[Pod], now: Instant) {
+    pub fn replace_pods<P: PodView>(&mut self, list: &[P], now: Instant) {
         self.pods.clear();
         for p in list {
             if let Some(node) = active_node(p) {
@@ -248,6 +248,12 @@ pub const REASON_NODE: &str = "NodeWithoutNMI";
 /// Reason of the Warning Event on each pod of such a node.
 pub const REASON_POD: &str = "PodWithoutNMI";
 
+/// An event of one of the two watches.
+enum Seen {
+    Identity(WatchEvent<PodFacts>),
+    Nmi(WatchEvent<Pod>),
+}
+
 /// Watches pod-identity pods and NMI pods and reports nodes without a ready NMI until the
 /// watches end (MIC runs it while it leads).
 pub async fn run(
@@ -256,16 +262,19 @@ pub async fn run(
     metrics: CoverageMetrics,
     errors: prometheus::IntCounterVec,
 ) {
-    let identity_pods = kube_watch::watch(
+    // Only a pod's facts are kept of the (possibly 100 000) pod-identity pods; NMI pods are
+    // read whole (their readiness is in their conditions).
+    let identity_pods = kube_watch::watch_mapped(
         Api::<Pod>::all(client.clone()),
         kube_watch::Config::default().labels(POD_LABEL),
+        PodFacts::from,
     )
-    .map(|e| (false, e));
+    .map(Seen::Identity);
     let nmi_pods = kube_watch::watch(
         Api::<Pod>::namespaced(client.clone(), &settings.namespace),
         kube_watch::Config::default().labels(&settings.selector),
     )
-    .map(|e| (true, e));
+    .map(Seen::Nmi);
     let mut events = futures::stream::select(identity_pods.boxed(), nmi_pods.boxed());
     let mut index = Coverage::new();
     // Pods and nodes already told about in the current episode.
@@ -316,16 +325,18 @@ pub async fn run(
             ev = events.next() => ev,
             () = async { match next { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => continue,
         };
-        let Some((is_nmi, ev)) = ev else { return };
+        let Some(ev) = ev else { return };
         let now = Instant::now();
         match ev {
-            WatchEvent::Applied(p) if is_nmi => index.apply_nmi(&p, now),
-            WatchEvent::Applied(p) => index.apply_pod(&p, now),
-            WatchEvent::Deleted(p) if is_nmi => index.delete_nmi(&p, now),
-            WatchEvent::Deleted(p) => index.delete_pod(&p, now),
-            WatchEvent::Listed(list) if is_nmi => index.replace_nmis(&list, now),
-            WatchEvent::Listed(list) => index.replace_pods(&list, now),
-            WatchEvent::Lost(e) => tracing::warn!(error = %e, "pod watch failed; relisting"),
+            Seen::Nmi(WatchEvent::Applied(p)) => index.apply_nmi(&p, now),
+            Seen::Identity(WatchEvent::Applied(p)) => index.apply_pod(&p, now),
+            Seen::Nmi(WatchEvent::Deleted(p)) => index.delete_nmi(&p, now),
+            Seen::Identity(WatchEvent::Deleted(p)) => index.delete_pod(&p, now),
+            Seen::Nmi(WatchEvent::Listed(list)) => index.replace_nmis(&list, now),
+            Seen::Identity(WatchEvent::Listed(list)) => index.replace_pods(&list, now),
+            Seen::Nmi(WatchEvent::Lost(e)) | Seen::Identity(WatchEvent::Lost(e)) => {
+                tracing::warn!(error = %e, "pod watch failed; relisting");
+            }
         }
     }
 }

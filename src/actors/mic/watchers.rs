@@ -4,15 +4,16 @@
 //! [`Observed::Relisted`] holding every object, so receivers replace their copy and nothing
 //! deleted while the watch was down survives.
 //!
-//! Pods and nodes are trimmed to what the matcher reads ([`trim_pod`], [`trim_node`]) as each
+//! Pods become [`PodFacts`] and nodes are trimmed to their providerID ([`trim_node`]) as each
 //! list page and watch event arrives: a relist of a 100 000-pod cluster then holds 100 000
-//! small pods rather than 100 000 whole ones (their containers, volumes, conditions, ...).
+//! small values rather than 100 000 whole pods (about 2 KiB each before their strings).
 
+use super::pod_facts::PodFacts;
 use crate::crd::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, POD_LABEL};
 use crate::kube_watch;
 use actix::prelude::*;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -34,8 +35,8 @@ pub enum Observed<K> {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub enum CatalogEvent {
-    /// Pods labelled `aadpodidbinding`.
-    Pod(Observed<Pod>),
+    /// Pods labelled `aadpodidbinding` (what the matcher reads of them).
+    Pod(Observed<PodFacts>),
     /// AzureIdentity objects.
     Identity(Observed<AzureIdentity>),
     /// AzureIdentityBinding objects.
@@ -66,61 +67,32 @@ where
     })
 }
 
-fn watch<K>(
+fn watch<K, T>(
     api: Api<K>,
     config: kube_watch::Config,
-    trim: fn(&mut K),
-) -> impl Stream<Item = Observed<K>>
+    map: fn(K) -> T,
+) -> impl Stream<Item = Observed<T>>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: Resource + Clone + Send + 'static,
 {
-    observe(kube_watch::watch_trimmed(api, config, trim))
-}
-
-fn keep_whole<K>(_: &mut K) {}
-
-/// Keeps of a pod what the matcher reads: namespace, name, uid, resourceVersion, deletion
-/// timestamp, the `aadpodidbinding` label, the node and the phase.
-pub fn trim_pod(pod: &mut Pod) {
-    let m = std::mem::take(&mut pod.metadata);
-    pod.metadata = ObjectMeta {
-        name: m.name,
-        namespace: m.namespace,
-        uid: m.uid,
-        resource_version: m.resource_version,
-        deletion_timestamp: m.deletion_timestamp,
-        labels: m
-            .labels
-            .and_then(|mut l| l.remove_entry(POD_LABEL))
-            .map(|(k, v)| [(k, v)].into()),
-        ..ObjectMeta::default()
-    };
-    let node_name = pod.spec.take().and_then(|s| s.node_name);
-    pod.spec = node_name.map(|n| PodSpec {
-        node_name: Some(n),
-        ..PodSpec::default()
-    });
-    let phase = pod.status.take().and_then(|s| s.phase);
-    pod.status = phase.map(|p| PodStatus {
-        phase: Some(p),
-        ..PodStatus::default()
-    });
+    observe(kube_watch::watch_mapped(api, config, map))
 }
 
 /// Keeps of a node its name, resourceVersion and providerID (the matcher's host of its pods).
-pub fn trim_node(node: &mut Node) {
-    let m = std::mem::take(&mut node.metadata);
-    node.metadata = ObjectMeta {
-        name: m.name,
-        resource_version: m.resource_version,
-        ..ObjectMeta::default()
-    };
-    let provider_id = node.spec.take().and_then(|s| s.provider_id);
-    node.spec = Some(NodeSpec {
-        provider_id,
-        ..NodeSpec::default()
-    });
-    node.status = None;
+pub fn trim_node(node: Node) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: node.metadata.name,
+            resource_version: node.metadata.resource_version,
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            provider_id: node.spec.and_then(|s| s.provider_id),
+            ..NodeSpec::default()
+        }),
+        status: None,
+    }
 }
 
 /// Runs every watch MIC needs until the receivers are gone, forwarding to `to`.
@@ -128,19 +100,19 @@ pub async fn run(client: Client, to: Recipient<CatalogEvent>) {
     let pods = watch(
         Api::<Pod>::all(client.clone()),
         kube_watch::Config::default().labels(POD_LABEL),
-        trim_pod,
+        PodFacts::from,
     )
     .map(CatalogEvent::Pod);
     let identities = watch(
         Api::<AzureIdentity>::all(client.clone()),
         kube_watch::Config::default(),
-        keep_whole,
+        std::convert::identity,
     )
     .map(CatalogEvent::Identity);
     let bindings = watch(
         Api::<AzureIdentityBinding>::all(client.clone()),
         kube_watch::Config::default(),
-        keep_whole,
+        std::convert::identity,
     )
     .map(CatalogEvent::Binding);
     let nodes = watch(
@@ -152,7 +124,7 @@ pub async fn run(client: Client, to: Recipient<CatalogEvent>) {
     let assigned = watch(
         Api::<AzureAssignedIdentity>::all(client),
         kube_watch::Config::default(),
-        keep_whole,
+        std::convert::identity,
     )
     .map(CatalogEvent::Assigned);
     let all = futures::stream::select_all([
@@ -204,56 +176,31 @@ mod tests {
     }
 
     #[test]
-    fn a_trimmed_pod_keeps_what_the_matcher_reads_and_drops_the_rest() {
-        let p = whole("p1", "sel", "ss0-0", "Running");
-        let mut t = p.clone();
-        trim_pod(&mut t);
-        assert_eq!(t.metadata.name, p.metadata.name);
-        assert_eq!(t.metadata.uid, p.metadata.uid);
-        assert_eq!(t.metadata.resource_version.as_deref(), Some("42"));
-        assert_eq!(
-            t.metadata.labels,
-            Some([(POD_LABEL.to_string(), "sel".to_string())].into())
-        );
-        assert!(t.metadata.annotations.is_none());
-        let spec = t.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("ss0-0"));
-        assert!(spec.containers.is_empty());
-        let status = t.status.as_ref().unwrap();
-        assert_eq!(status.phase.as_deref(), Some("Running"));
-        assert!(status.conditions.is_none());
-
-        // The matcher decides the same for whole and trimmed pods, finished or not.
+    fn the_matcher_decides_the_same_from_a_pods_facts_as_from_the_pod() {
         for (name, phase) in [("p1", "Running"), ("p2", "Succeeded"), ("p3", "Pending")] {
-            let ix = |trim: bool| {
+            let seeded = || {
                 let mut ix = BindingIndex::new(MatchSettings::default());
-                ix.apply_node(&vmss_node("ss0", 0));
+                ix.apply_node(&trim_node(vmss_node("ss0", 0)));
                 ix.apply_identity(&identity("id1").build());
                 ix.apply_binding(&binding("b1", "id1", "sel").build());
-                let mut p = whole(name, "sel", "ss0-0", phase);
-                if trim {
-                    trim_pod(&mut p);
-                }
-                ix.apply_pod(&p);
-                ix.desired()
+                ix
             };
-            let (a, b) = (ix(false), ix(true));
+            let (mut a, mut b) = (seeded(), seeded());
+            let p = whole(name, "sel", "ss0-0", phase);
+            a.apply_pod(&p);
+            b.apply_pod(&PodFacts::from(p));
+            let (a, b) = (a.desired(), b.desired());
             assert_eq!(a.assignments, b.assignments, "{phase}");
             assert_eq!(a.hosts, b.hosts, "{phase}");
         }
     }
 
     #[test]
-    fn an_unscheduled_pod_stays_unscheduled_and_a_trimmed_node_keeps_its_host() {
-        let mut p = pod("p1").label("sel").build();
-        p.spec.get_or_insert_default().node_name = None;
-        trim_pod(&mut p);
-        assert!(p.spec.and_then(|s| s.node_name).is_none());
-
+    fn a_trim_node_keeps_its_name_and_provider_id() {
         let n = vmss_node("ss0", 3);
         let mut t = n.clone();
         t.metadata.labels = Some([("kubernetes.io/os".to_string(), "linux".to_string())].into());
-        trim_node(&mut t);
+        let t = trim_node(t);
         assert_eq!(t.metadata.name, n.metadata.name);
         assert!(t.metadata.labels.is_none());
         assert_eq!(

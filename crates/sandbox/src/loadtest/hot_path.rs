@@ -565,7 +565,11 @@ async fn drive(
             format!(
                 "{} / {concurrency} / {rounds} x {seconds} s per server ({}, {workers} HTTP worker(s) each)",
                 ips.len(),
-                if args.in_process { "both in the driver's process" } else { "each its own process" }
+                if args.in_process {
+                    "both in the driver's process"
+                } else {
+                    "each its own process"
+                }
             ),
         ),
         (

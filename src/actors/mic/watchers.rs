@@ -196,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn a_trim_node_keeps_its_name_and_provider_id() {
+    fn a_trimmed_node_keeps_its_name_and_provider_id() {
         let n = vmss_node("ss0", 3);
         let mut t = n.clone();
         t.metadata.labels = Some([("kubernetes.io/os".to_string(), "linux".to_string())].into());

@@ -260,8 +260,12 @@ pub const REASON_POD: &str = "PodWithoutNMI";
 
 /// An event of one of the two watches.
 enum Seen {
-    Identity(WatchEvent<PodFacts>),
-    Nmi(WatchEvent<Pod>),
+    Identity(Box<WatchEvent<PodFacts>>),
+    Nmi(Box<WatchEvent<Pod>>),
+}
+
+fn watch_lost(e: &kube_watch::Error) {
+    tracing::warn!(error = %e, "pod watch failed; relisting");
 }
 
 /// How many newly reported nodes a warning names; the rest are counted (every one is in the
@@ -298,12 +302,12 @@ pub async fn run(
         kube_watch::Config::default().labels(POD_LABEL),
         PodFacts::from,
     )
-    .map(Seen::Identity);
+    .map(|e| Seen::Identity(Box::new(e)));
     let nmi_pods = kube_watch::watch(
         Api::<Pod>::namespaced(client.clone(), &settings.namespace),
         kube_watch::Config::default().labels(&settings.selector),
     )
-    .map(Seen::Nmi);
+    .map(|e| Seen::Nmi(Box::new(e)));
     let mut events = futures::stream::select(identity_pods.boxed(), nmi_pods.boxed());
     let mut index = Coverage::new();
     // Pods and nodes already told about in the current episode.
@@ -360,15 +364,18 @@ pub async fn run(
         let Some(ev) = ev else { return };
         let now = Instant::now();
         match ev {
-            Seen::Nmi(WatchEvent::Applied(p)) => index.apply_nmi(&p, now),
-            Seen::Identity(WatchEvent::Applied(p)) => index.apply_pod(&p, now),
-            Seen::Nmi(WatchEvent::Deleted(p)) => index.delete_nmi(&p, now),
-            Seen::Identity(WatchEvent::Deleted(p)) => index.delete_pod(&p, now),
-            Seen::Nmi(WatchEvent::Listed(list)) => index.replace_nmis(&list, now),
-            Seen::Identity(WatchEvent::Listed(list)) => index.replace_pods(&list, now),
-            Seen::Nmi(WatchEvent::Lost(e)) | Seen::Identity(WatchEvent::Lost(e)) => {
-                tracing::warn!(error = %e, "pod watch failed; relisting");
-            }
+            Seen::Nmi(ev) => match *ev {
+                WatchEvent::Applied(p) => index.apply_nmi(&p, now),
+                WatchEvent::Deleted(p) => index.delete_nmi(&p, now),
+                WatchEvent::Listed(list) => index.replace_nmis(&list, now),
+                WatchEvent::Lost(e) => watch_lost(&e),
+            },
+            Seen::Identity(ev) => match *ev {
+                WatchEvent::Applied(p) => index.apply_pod(&p, now),
+                WatchEvent::Deleted(p) => index.delete_pod(&p, now),
+                WatchEvent::Listed(list) => index.replace_pods(&list, now),
+                WatchEvent::Lost(e) => watch_lost(&e),
+            },
         }
     }
 }

@@ -240,7 +240,11 @@ async fn an_unreachable_api_is_retried_after_growing_jittered_delays() {
         }
         lists.push_back(Ok(page(vec![cm("a", "5")], "5", None)));
     }
-    let mut s = std::pin::pin!(drive(script.clone(), Config::default()));
+    let mut s = std::pin::pin!(drive(
+        script.clone(),
+        Config::default(),
+        std::convert::identity
+    ));
     let start = tokio::time::Instant::now();
     for _ in 0..3 {
         assert!(matches!(next(&mut s).await, Event::Lost(Error::List(_))));
@@ -267,13 +271,70 @@ async fn a_watch_the_server_ends_is_resumed_from_the_last_resource_version_witho
         Ok(vec![Ok(WatchEvent::Added(cm("a", "6")))]),
         Ok(vec![Ok(WatchEvent::Modified(cm("a", "8")))]),
     ]);
-    let mut s = std::pin::pin!(drive(script.clone(), Config::default().labels("x=y")));
+    let mut s = std::pin::pin!(drive(
+        script.clone(),
+        Config::default().labels("x=y"),
+        std::convert::identity
+    ));
     assert!(matches!(next(&mut s).await, Event::Listed(l) if l.is_empty()));
     assert!(matches!(next(&mut s).await, Event::Applied(_)));
     assert!(matches!(next(&mut s).await, Event::Applied(_)));
     assert_eq!(
         *script.calls.lock().unwrap(),
         ["list continue=", "watch from 5", "watch from 6"]
+    );
+}
+
+/// Drops a ConfigMap's data, keeping its name and resourceVersion.
+fn drop_data(mut c: ConfigMap) -> ConfigMap {
+    c.data = None;
+    c
+}
+
+fn with_data(name: &str, rv: &str) -> ConfigMap {
+    let mut c = cm(name, rv);
+    c.data = Some([("big".to_string(), "x".repeat(1000))].into());
+    c
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_map_applies_to_every_listed_page_and_every_watched_object() {
+    let script = Script::default();
+    script.lists.lock().unwrap().extend([
+        Ok(page(vec![with_data("a", "3")], "", Some("t1"))),
+        Ok(page(vec![with_data("b", "4")], "5", None)),
+    ]);
+    script.watches.lock().unwrap().push_back(Ok(vec![
+        Ok(WatchEvent::Added(with_data("c", "6"))),
+        Ok(WatchEvent::Deleted(with_data("a", "7"))),
+    ]));
+    let mut s = std::pin::pin!(drive(script.clone(), Config::default(), drop_data));
+    match next(&mut s).await {
+        Event::Listed(l) => {
+            assert_eq!(names(&l), ["a", "b"]);
+            assert!(l.iter().all(|c| c.data.is_none()), "{l:?}");
+        }
+        other => panic!("expected the list, got {other:?}"),
+    }
+    for want in ["c", "a"] {
+        match next(&mut s).await {
+            Event::Applied(c) | Event::Deleted(c) => {
+                assert_eq!(c.metadata.name.as_deref(), Some(want));
+                assert!(c.data.is_none());
+            }
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+    // The mapped objects kept their resourceVersions: the watch resumes from the last one.
+    let _ = tokio::time::timeout(Duration::from_millis(10), s.next()).await;
+    assert_eq!(
+        *script.calls.lock().unwrap(),
+        [
+            "list continue=",
+            "list continue=t1",
+            "watch from 5",
+            "watch from 7"
+        ]
     );
 }
 
@@ -314,7 +375,8 @@ async fn against_the_simulator_pages_are_joined_and_a_dropped_watch_resumes_with
         Config {
             page_size: Some(2),
             ..Config::default()
-        }
+        },
+        std::convert::identity
     ));
     match next_live(&mut s).await {
         Event::Listed(l) => assert_eq!(names(&l), ["a", "b", "c"]),

@@ -30,6 +30,17 @@ struct Cli {
 enum Command {
     /// Run a load scenario against the sandbox and write its report.
     Loadtest(Box<LoadtestArgs>),
+    /// The hot-path scenario's baseline: a bare actix-web handler answering every request
+    /// with a body of `--body-len` bytes, as a process of its own (prints its address).
+    #[command(hide = true)]
+    BareTokenServer {
+        /// Bytes of the answer's body.
+        #[arg(long = "body-len")]
+        body_len: usize,
+        /// actix-web workers.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +59,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     ))?;
     match cli.command {
+        Some(Command::BareTokenServer { body_len, workers }) => {
+            aad_pod_identity_sandbox::loadtest::hot_path::serve_bare(body_len, workers)?;
+        }
         // MIC's actors need an actix system; everything else runs on it too.
         None => {
             actix::System::new().block_on(aad_pod_identity_sandbox::system::run(*cli.sandbox))?

@@ -139,6 +139,17 @@ fn every_scenario_runs_quick_with_prometheus_and_reports_its_figures() {
         f["prometheus"]["nmi_cache_hit_rate"].as_f64().unwrap() > 0.9,
         "{f}"
     );
+    // NMI and the bare baseline each ran as a process of its own, and each was measured.
+    assert_eq!(f["process"]["separate_processes"], true, "{f}");
+    for server in ["nmi", "bare_actix_web"] {
+        assert!(
+            f["process"][server]["cpu_s_during_rounds"]
+                .as_f64()
+                .unwrap()
+                > 0.0,
+            "{f}"
+        );
+    }
 
     let churn = run("churn", &out);
     let f = &churn["figures"];

@@ -86,14 +86,18 @@ async fn nothing_is_sent_before_every_watch_has_listed_then_one_pass_covers_the_
                 binding("b1", "id1", "sel").build(),
             ])));
             c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![
-                pod("p1").label("sel").on_node("ss0-0").build(),
+                pod("p1").label("sel").on_node("ss0-0").build().into(),
             ])));
             pause().await;
             assert!(seen.lock().unwrap().desired.is_empty());
             c.do_send(CatalogEvent::Assigned(Observed::Relisted(vec![])));
             for i in 2..50 {
                 c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
-                    pod(&format!("p{i}")).label("sel").on_node("ss0-0").build(),
+                    pod(&format!("p{i}"))
+                        .label("sel")
+                        .on_node("ss0-0")
+                        .build()
+                        .into(),
                 ))));
             }
             pause().await;

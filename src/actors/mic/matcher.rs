@@ -7,12 +7,13 @@
 //! to feed the index again.
 
 use super::host::{HostId, IdentityId, ProviderIdError, host_of_provider_id};
+use super::pod_facts::PodView;
 use crate::crd::{
     AzureIdentity, AzureIdentityBinding, IdentityType, POD_LABEL, ResourceIdError,
     assigned_identity_name, parse_identity_resource_id,
 };
 use crate::object_key::ObjectKey;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -222,23 +223,22 @@ impl BindingIndex {
         }
     }
 
-    /// Adds or replaces a pod. A pod without the label is forgotten.
-    pub fn apply_pod(&mut self, pod: &Pod) {
+    /// Adds or replaces a pod (a `Pod`, or the [`PodFacts`](super::pod_facts::PodFacts) MIC's
+    /// watch keeps of one). A pod without the label is forgotten.
+    pub fn apply_pod(&mut self, pod: &impl PodView) {
         let key = ObjectKey::of(pod);
         let Some(selector) = pod.labels().get(POD_LABEL).cloned() else {
             self.pods.remove(&key);
             return;
         };
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         let entry = PodEntry {
             uid: pod.uid().unwrap_or_default(),
             node: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .filter(|n| !n.is_empty()),
+                .node_name()
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
             selector,
-            active: !matches!(phase, Some("Succeeded" | "Failed")),
+            active: !matches!(pod.phase(), Some("Succeeded" | "Failed")),
         };
         self.pods.insert(key, entry);
     }

@@ -11,7 +11,7 @@
 //!
 //! Tasks: [`watchers`] (the [`crate::kube_watch`] streams turned into messages), [`leader`]
 //! election, and [`nmi_coverage`] (nodes that run pod-identity pods without a ready NMI).
-//! [`host`] holds the assigners' keys; [`port`] and [`cloud_port`] are the ARM port; [`mod@run`]
+//! [`pod_facts`] is what MIC keeps of a pod; [`host`] holds the assigners' keys; [`port`] and [`cloud_port`] are the ARM port; [`mod@run`]
 //! wires it all together, with the probe and metrics servers of [`crate::http::probes`].
 
 pub mod host;
@@ -26,6 +26,7 @@ mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod nmi_coverage;
+pub mod pod_facts;
 pub mod port;
 pub mod recorder;
 pub mod run;

@@ -50,9 +50,32 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         dir.join("endpoints.json"),
         serde_json::to_string_pretty(&endpoints).unwrap_or_default(),
     );
-    let result = drive(args, &p, &mut sandbox, startup_s, self0).await;
+    let result = drive(args, &p, &mut sandbox, startup_s, self0, dir).await;
     sandbox.stop().await;
     result
+}
+
+/// Every pod's times (seconds since the run's start) as the driver saw them, one line each, for
+/// whoever wants to see where a slow pod's time went.
+fn write_pods_csv(dir: &Path, st: &State) {
+    let f = |t: Option<f64>| t.map_or(String::new(), |t| format!("{t:.4}"));
+    let mut out = String::from("pod,node,created_s,running_s,assigned_s,first_answer_s\n");
+    for (name, p) in &st.pods {
+        let answered = p
+            .requests
+            .iter()
+            .filter_map(|r| r.answered)
+            .reduce(f64::min);
+        out.push_str(&format!(
+            "{name},{},{},{},{},{}\n",
+            p.node.as_deref().unwrap_or(""),
+            f(p.created),
+            f(p.running),
+            f(p.assigned),
+            f(answered)
+        ));
+    }
+    let _ = std::fs::write(dir.join("pods.csv"), out);
 }
 
 fn sandbox_args(args: &LoadtestArgs, p: &Params, scenario: std::path::PathBuf) -> SandboxArgs {
@@ -219,6 +242,7 @@ async fn drive(
     sandbox: &mut Sandbox,
     startup_s: f64,
     self0: Usage,
+    dir: &Path,
 ) -> Result<RunResult, Error> {
     let client = sandbox
         .kube
@@ -311,5 +335,6 @@ async fn drive(
         patch_series,
     };
     let st = ctx.lock();
+    write_pods_csv(dir, &st);
     Ok(figures::result(args, p, &st, measured))
 }

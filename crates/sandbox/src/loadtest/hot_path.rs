@@ -2,8 +2,12 @@
 //! from many pod addresses, against a bare actix-web handler answering a body of the same size
 //! measured in the same run (rounds alternate which goes first, since the machine is shared).
 //!
-//! The sandbox has one node, so one NMI (one HTTP worker) serves everything, and the bare
-//! handler gets one worker too. Every round is bounded in time and in request count.
+//! The sandbox has one node, so one NMI serves everything. Unless `--in-process`, NMI is a
+//! process of the product binary (`aad-pod-identity nmi`, its default HTTP workers: one per
+//! core) and the bare handler is a process of this binary ([`serve_bare`], behind the hidden
+//! `bare-token-server` subcommand) with as many workers, so both pay the same process and
+//! scheduling costs; `--in-process` runs both in this process with one worker each. Every
+//! round is bounded in time and in request count.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -18,6 +22,7 @@ use super::prom::{self, Prometheus};
 use super::report::{Chart, RunResult, quantile, summary};
 use super::{Error, LoadtestArgs};
 use crate::args::{ComponentArgs, FaultProfile, SandboxArgs};
+use crate::processes::Usage;
 use crate::system::Sandbox;
 use aad_pod_identity::crd::{AzureAssignedIdentity, POD_LABEL};
 
@@ -50,10 +55,7 @@ async fn round(
             let mut clients = Vec::new();
             for ip in &ips {
                 clients.push(
-                    reqwest::Client::builder()
-                        .local_address(Some(*ip))
-                        .timeout(Duration::from_secs(10))
-                        .build()
+                    super::tokens::pod_client(*ip, Duration::from_secs(10))
                         .map_err(|e| Error::Load(e.to_string()))?,
                 );
             }
@@ -158,16 +160,136 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         federated: false,
         components: ComponentArgs::default(),
     };
-    let sandbox = Sandbox::start(&sargs).await?;
-    let r = drive(args, &sandbox, pods, rounds, seconds, concurrency).await;
+    let mut sandbox = Sandbox::start_with(&sargs, super::components(args, dir, &[])?).await?;
+    let r = drive(args, &mut sandbox, pods, rounds, seconds, concurrency).await;
     sandbox.stop().await;
     r
+}
+
+/// HTTP workers of NMI's token endpoint when it runs as a process: the product's default.
+fn nmi_process_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+/// The bare handler: `GET` anything, answered 200 with a JSON body of `body_len` bytes, on
+/// `workers` actix-web workers, bound to 127.0.0.1 on a port the system picks. Prints the
+/// address as its first line on standard output and serves until the process is killed.
+///
+/// # Errors
+/// When the listener cannot be bound or the server fails.
+pub fn serve_bare(body_len: usize, workers: usize) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!("{}", listener.local_addr()?);
+    actix_web::rt::System::new().block_on(bare_server(listener, body_len, workers)?)
+}
+
+fn bare_server(
+    listener: std::net::TcpListener,
+    body_len: usize,
+    workers: usize,
+) -> std::io::Result<actix_web::dev::Server> {
+    let body = actix_web::web::Bytes::from(vec![b'x'; body_len]);
+    Ok(actix_web::HttpServer::new(move || {
+        let b = body.clone();
+        actix_web::App::new().default_service(actix_web::web::to(move || {
+            let b = b.clone();
+            async move {
+                actix_web::HttpResponse::Ok()
+                    .insert_header(("Content-Type", "application/json"))
+                    .body(b)
+            }
+        }))
+    })
+    .workers(workers.max(1))
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
+/// The bare handler, where it runs.
+enum Bare {
+    /// In this process (`--in-process`).
+    InProcess {
+        handle: actix_web::dev::ServerHandle,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+    /// A process of this binary.
+    Process(tokio::process::Child),
+}
+
+impl Bare {
+    async fn start(
+        in_process: bool,
+        body_len: usize,
+        workers: usize,
+    ) -> Result<(Self, SocketAddr), Error> {
+        let load = |e: std::io::Error| Error::Load(format!("the bare handler: {e}"));
+        if in_process {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(load)?;
+            let addr = listener.local_addr().map_err(load)?;
+            let server = bare_server(listener, body_len, workers).map_err(load)?;
+            let handle = server.handle();
+            return Ok((
+                Self::InProcess {
+                    handle,
+                    task: tokio::spawn(server),
+                },
+                addr,
+            ));
+        }
+        let exe = std::env::current_exe().map_err(load)?;
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "bare-token-server",
+                &format!("--body-len={body_len}"),
+                &format!("--workers={workers}"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(load)?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Load("the bare handler has no stdout".into()))?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .map_err(|_| Error::Load("the bare handler did not start within 10 s".into()))?
+            .map_err(load)?
+            .ok_or_else(|| Error::Load("the bare handler exited before listening".into()))?;
+        let addr = line
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| Error::Load(format!("the bare handler printed {line:?}: {e}")))?;
+        Ok((Self::Process(child), addr))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::InProcess { .. } => None,
+            Self::Process(c) => c.id(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::InProcess { handle, task } => {
+                handle.stop(true).await;
+                let _ = task.await;
+            }
+            Self::Process(mut c) => {
+                let _ = c.kill().await;
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_lines)]
 async fn drive(
     args: &LoadtestArgs,
-    sandbox: &Sandbox,
+    sandbox: &mut Sandbox,
     pods: u32,
     rounds: usize,
     seconds: f64,
@@ -276,9 +398,7 @@ async fn drive(
     // Warm the cache from every pod address (and learn the body size).
     let mut body_len = 0;
     for ip in &ips {
-        let c = reqwest::Client::builder()
-            .local_address(Some(*ip))
-            .build()
+        let c = super::tokens::pod_client(*ip, Duration::from_secs(30))
             .map_err(|e| Error::Load(e.to_string()))?;
         let r = c
             .get(&url)
@@ -308,41 +428,24 @@ async fn drive(
                 .unwrap_or_default()
         );
         tokio::spawn(async move {
-            let c = reqwest::Client::builder()
-                .local_address(Some(ip))
-                .timeout(Duration::from_secs(30))
-                .build()
-                .ok()?;
+            let c = super::tokens::pod_client(ip, Duration::from_secs(30)).ok()?;
             let r = c.get(&url).header("Metadata", "true").send().await.ok()?;
             Some(r.status().as_u16())
         })
     });
 
-    // The bare handler: a body of the same size, one worker.
-    let body = actix_web::web::Bytes::from(vec![b'x'; body_len]);
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Load(e.to_string()))?;
-    let bare_addr = listener
-        .local_addr()
-        .map_err(|e| Error::Load(e.to_string()))?;
-    let server = actix_web::HttpServer::new(move || {
-        let b = body.clone();
-        actix_web::App::new().default_service(actix_web::web::to(move || {
-            let b = b.clone();
-            async move {
-                actix_web::HttpResponse::Ok()
-                    .insert_header(("Content-Type", "application/json"))
-                    .body(b)
-            }
-        }))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .map_err(|e| Error::Load(e.to_string()))?
-    .run();
-    let handle = server.handle();
-    let server_task = tokio::spawn(server);
+    // The bare handler: a body of the same size, as many workers as NMI, placed as NMI is.
+    let workers = if args.in_process {
+        1
+    } else {
+        nmi_process_workers()
+    };
+    let (bare, bare_addr) = Bare::start(args.in_process, body_len, workers).await?;
+    let bare_pid = bare.pid();
+    // CPU of each server process over the rounds (none in process).
+    let nmi_usage = |s: &mut Sandbox| s.usage().nmis.into_values().next();
+    let bare_usage = || bare_pid.map(|p| Usage::of(Some(p)));
+    let (nmi0, bare0) = (nmi_usage(sandbox), bare_usage());
     let bare_url = token_url(bare_addr);
 
     let (mut nmi_lat, mut bare_lat) = (Vec::new(), Vec::new());
@@ -406,8 +509,14 @@ async fn drive(
         nmi_lat.extend(n.latencies_ms);
         bare_lat.extend(b.latencies_ms);
     }
-    handle.stop(true).await;
-    let _ = server_task.await;
+    let (nmi1, bare1) = (nmi_usage(sandbox), bare_usage());
+    bare.stop().await;
+    let cpu = |a: Option<Usage>, b: Option<Usage>| a.zip(b).map(|(a, b)| b.cpu_s - a.cpu_s);
+    let processes = json!({
+        "separate_processes": !args.in_process,
+        "nmi": nmi1.map(|u| json!({"cpu_s_during_rounds": cpu(nmi0, nmi1), "peak_rss_kb": u.peak_rss_kb})),
+        "bare_actix_web": bare1.map(|u| json!({"cpu_s_during_rounds": cpu(bare0, bare1), "peak_rss_kb": u.peak_rss_kb})),
+    });
     match probe {
         Some(p) => match p.await.ok().flatten() {
             Some(200) => violations.push("a token was served to unbound pod unbound-0".into()),
@@ -446,6 +555,7 @@ async fn drive(
         "throughput_ratio_nmi_over_bare_median": median_ratio,
         "p99_ratio_nmi_over_bare": match (nmi_p99, bare_p99) { (Some(a), Some(b)) if b > 0.0 => Some(a / b), _ => None },
         "upstream_tokens_issued": azure.imds_tokens,
+        "process": processes,
         "prometheus": prom_fig,
     });
     let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
@@ -453,8 +563,13 @@ async fn drive(
         (
             "pods / concurrency / rounds".to_string(),
             format!(
-                "{} / {concurrency} / {rounds} x {seconds} s per server",
-                ips.len()
+                "{} / {concurrency} / {rounds} x {seconds} s per server ({}, {workers} HTTP worker(s) each)",
+                ips.len(),
+                if args.in_process {
+                    "both in the driver's process"
+                } else {
+                    "each its own process"
+                }
             ),
         ),
         (
@@ -510,7 +625,8 @@ async fn drive(
         quick: args.quick,
         parameters: json!({
             "pods": pods, "concurrency": concurrency, "rounds": rounds, "seconds_per_round": seconds,
-            "nmi_http_workers": 1, "bare_http_workers": 1, "max_requests_per_round": MAX_REQUESTS_PER_ROUND,
+            "nmi_http_workers": workers, "bare_http_workers": workers,
+            "nmi_in_own_process": !args.in_process, "max_requests_per_round": MAX_REQUESTS_PER_ROUND,
         }),
         figures,
         table,

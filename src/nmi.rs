@@ -391,21 +391,25 @@ impl Nmi {
             &format!("http://{}", settings.metadata),
             settings.token_fetch_timeout,
         )?;
-        let http = Arc::new(NmiHttp::new(
-            Arc::clone(&broker),
-            proxy,
-            HttpSettings {
-                block_instance_metadata: settings.block_instance_metadata,
-                metadata_header_required: settings.metadata_header_required,
-                set_retry_after_header: settings.set_retry_after_header,
-                max_pass_through: settings.max_pass_through,
-                pass_through_body_timeout: settings.pass_through_body_timeout,
-                max_connections_per_source: settings.max_connections_per_source,
-            },
-            Some(metrics),
-        ));
-        let iptables_ready = Arc::new(AtomicBool::new(!settings.manage_iptables));
         let supervisor = Supervisor::new(settings.restart_policy);
+        let http = Arc::new(
+            NmiHttp::new(
+                Arc::clone(&broker),
+                proxy,
+                HttpSettings {
+                    block_instance_metadata: settings.block_instance_metadata,
+                    metadata_header_required: settings.metadata_header_required,
+                    set_retry_after_header: settings.set_retry_after_header,
+                    max_pass_through: settings.max_pass_through,
+                    pass_through_body_timeout: settings.pass_through_body_timeout,
+                    max_connections_per_source: settings.max_connections_per_source,
+                },
+                Some(metrics),
+            )
+            // Shutdown starts by cancelling this token, so requests in flight are answered first.
+            .with_stopping(supervisor.shutdown_token()),
+        );
+        let iptables_ready = Arc::new(AtomicBool::new(!settings.manage_iptables));
         let readiness = Arc::new(NmiReadiness {
             broker: Arc::clone(&broker),
             iptables_ready: Arc::clone(&iptables_ready),
@@ -456,7 +460,8 @@ impl Running {
     /// [`Error::Iptables`] when the rules could not be removed.
     pub async fn stop(self) -> Result<(), Error> {
         let sup = &self.nmi.supervisor;
-        // Cancel first: nothing that ends from here on counts as a failure.
+        // Cancel first: nothing that ends from here on counts as a failure, and requests still
+        // waiting are answered 503 `Retry-After: 1` before the servers drain (2 s).
         sup.shutdown_token().cancel();
         for s in &self.servers {
             s.stop(true).await;

@@ -402,6 +402,51 @@ async fn a_waiting_request_is_answered_as_soon_as_the_identity_is_assigned() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_when_nmi_stops_is_answered_503_and_cached_tokens_still_served() {
+    let w = world(|s| s.assignment_wait = Duration::from_secs(30));
+    let n = &w.nmi;
+    // A cached token for ns/p: the first request fetches it, the second is a hit.
+    let cached = format!("{}{TOKEN_PATH}?resource=r&client_id=ca", w.base);
+    let p = client_from("127.0.0.2");
+    for _ in 0..2 {
+        let (status, _, body) = get(&p, &cached, true).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // ns/new waits for an identity that stays Created.
+    n.pods.apply(&pod("ns", "new", "127.0.0.4"));
+    let id = identity("ns", "id-new", "cnew", IdentityType::UserAssignedMsi);
+    let a = n.assignments.as_ref().unwrap();
+    a.apply(&assigned("ns", "new", &id, AssignedState::Created));
+    let url = format!("{}{TOKEN_PATH}?resource=r", w.base);
+    let req = tokio::spawn(async move { get(&client_from("127.0.0.4"), &url, true).await });
+    while a.waiters(&ObjectKey::new("ns", "new")) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let stopped = Instant::now();
+    n.supervisor.shutdown_token().cancel();
+    let (status, headers, body) = req.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body, "NMI is shutting down; retry\n");
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "answered at once, not after the wait"
+    );
+    let (status, _, body) = get(&p, &cached, true).await;
+    assert_eq!(
+        status, 200,
+        "a cached token is served while stopping: {body}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", w.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("reason=\"shutting_down\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_requests_from_a_hundred_pods_cause_one_upstream_fetch() {
     let meta = start_metadata_standin();
     let s = settings(meta);

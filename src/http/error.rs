@@ -62,6 +62,11 @@ pub enum NmiError {
     /// The metadata service could not be reached.
     #[error("{0}")]
     PassThroughFailed(String),
+    /// NMI is stopping (SIGTERM, a node drained, a rollout) while the request was in flight
+    /// (waiting for its pod or its assignment): answered at once, to be retried against the
+    /// NMI that replaces this one, rather than cut without an answer.
+    #[error("NMI is shutting down; retry")]
+    ShuttingDown,
 }
 
 impl NmiError {
@@ -79,7 +84,8 @@ impl NmiError {
                 error: BrokerError::Busy { .. },
                 ..
             }
-            | Self::PassThroughBusy => Some("1"),
+            | Self::PassThroughBusy
+            | Self::ShuttingDown => Some("1"),
             _ => None,
         }
     }
@@ -106,7 +112,7 @@ impl ResponseError for NmiError {
             }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::PassThroughBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PassThroughBusy | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -26,6 +26,7 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 pub use super::error::METADATA_HEADER_ERROR;
 
@@ -61,6 +62,9 @@ pub struct NmiHttp {
     pass_through_slots: Semaphore,
     /// Open connections per source address.
     connections: Arc<DashMap<IpAddr, usize>>,
+    /// Cancelled when NMI begins to stop: requests still in flight are answered
+    /// [`NmiError::ShuttingDown`] instead of being cut when the server closes.
+    stopping: CancellationToken,
 }
 
 impl NmiHttp {
@@ -75,11 +79,20 @@ impl NmiHttp {
         Self {
             pass_through_slots: Semaphore::new(settings.max_pass_through.max(1)),
             connections: Arc::new(DashMap::new()),
+            stopping: CancellationToken::new(),
             broker,
             proxy,
             settings,
             metrics,
         }
+    }
+
+    /// The same state, answering requests in flight [`NmiError::ShuttingDown`] once `stopping`
+    /// is cancelled.
+    #[must_use]
+    pub fn with_stopping(mut self, stopping: CancellationToken) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     fn reject(&self, why: Rejection) {
@@ -164,9 +177,18 @@ pub fn serve(
 const MAX_BODY: usize = 1 << 20;
 
 async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<NmiHttp>) -> HttpResponse {
-    route(&req, body, &state)
-        .await
-        .unwrap_or_else(|e| e.error_response())
+    // A request that completes at once (a cached token) is answered even while stopping;
+    // one that waits (for its pod, its assignment, a fetch) is answered 503 as soon as NMI
+    // begins to stop, before the server's short drain would cut it without an answer.
+    let answer = tokio::select! {
+        biased;
+        r = route(&req, body, &state) => r,
+        () = state.stopping.cancelled() => {
+            state.reject(Rejection::ShuttingDown);
+            Err(NmiError::ShuttingDown)
+        }
+    };
+    answer.unwrap_or_else(|e| e.error_response())
 }
 
 async fn route(

@@ -74,6 +74,8 @@ pub enum Rejection {
     BodyTimeout,
     /// The source address already holds `--max-connections-per-source` connections (429).
     ConnectionsPerSource,
+    /// NMI began stopping while the request was in flight (503, `Retry-After: 1`).
+    ShuttingDown,
 }
 
 impl Rejection {
@@ -86,6 +88,7 @@ impl Rejection {
             Self::PassThroughBusy => "pass_through_busy",
             Self::BodyTimeout => "body_timeout",
             Self::ConnectionsPerSource => "connections_per_source",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 }

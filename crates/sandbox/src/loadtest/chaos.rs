@@ -148,15 +148,17 @@ impl Plan {
             arm_latency: s(50) / args.clock_factor.max(1),
             assignment_wait: s(10),
             grace: s(if q { 3 } else { 10 }),
-            lease: s(if q { 4 } else { 15 }),
+            // Quick: shorter than the original's 15 s so a takeover fits the run, long enough
+            // (renew deadline 4 s) to ride out the API's 3 s restart.
+            lease: s(if q { 6 } else { 15 }),
             warmup_limit: s(if q { 20 } else { 60 }),
             fault_period: Duration::from_millis(if q { 2500 } else { 8000 }),
             faults: schedule(q),
             assign_within: s(if q { 20 } else { 60 }),
             leak_margin: s(if q { 8 } else { 30 }),
             job_run_time: s(2),
-            // A Job every 6 s (quick) or 15 s: longer than a Job pod plus the grace period.
-            cron_speedup: if q { 10 } else { 4 },
+            // A Job every 10 s (quick) or 20 s: much longer than a Job pod plus the grace period.
+            cron_speedup: if q { 6 } else { 3 },
             scale_period: s(if q { 3 } else { 5 }),
             token_interval: s(1),
         }
@@ -1237,6 +1239,22 @@ async fn restart_nmi(ctx: &Ctx, sandbox: &mut Sandbox) -> Result<(f64, String, S
             "no node with pods: nothing restarted".into(),
         ));
     };
+    // SIGTERM while a probe's request is waiting with at least 4 s of its wait left (an
+    // unbound probe waits the whole assignment wait for its 404), so that every restart has a
+    // request in flight that cannot be answered before the process must stop.
+    let left = ctx.plan.assignment_wait.as_secs_f64() - 4.0;
+    let limit = Instant::now() + ctx.plan.assignment_wait + Duration::from_secs(5);
+    while Instant::now() < limit {
+        let now = ctx.now();
+        let waiting =
+            ctx.lock().reqs.iter().any(|r| {
+                r.node == node && !r.bound && r.answered.is_none() && now - r.sent <= left
+            });
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let in_flight = {
         let mut st = ctx.lock();
         let n = st.nodes.entry(node.clone()).or_default();
@@ -1494,8 +1512,9 @@ fn report(
     let mut per_kind: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
     let mut markers = Vec::new();
     let mut windows = Vec::new();
-    for f in &st.faults {
+    for (i, f) in st.faults.iter().enumerate() {
         let end = f.end.unwrap_or(m.end_s);
+        let next = st.faults.get(i + 1).map_or(m.calm_from, |n| n.start);
         let running_at_end = st.pods.values().filter(|p| {
             p.identity.is_some()
                 && p.running.is_some_and(|r| r <= end)
@@ -1511,7 +1530,9 @@ fn report(
             .filter(|r| node_filter.is_none_or(|n| r.node == n))
             .filter_map(|r| r.answered)
             .fold(f64::INFINITY, f64::min);
-        let window_end = end + after;
+        // An ARM strike waits for the next ARM request: its writes are those until the next
+        // fault (or until the pods were whole again, if later).
+        let window_end = (end + after).max(next);
         let arm = patches_in(f.start, window_end);
         windows.push((f.start, window_end));
         let v = json!({

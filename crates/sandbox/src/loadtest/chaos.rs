@@ -102,10 +102,12 @@ struct Plan {
 /// The schedule: every kind once in `--quick` (less the ARM hang, which holds a scale set's
 /// writer for MIC's 60 s ARM timeout, longer than the quick run), every kind twice otherwise.
 fn schedule(quick: bool) -> Vec<Fault> {
-    // The long ones (a throttle storm's Retry-After waits, ten seconds of slow writes) early,
-    // so that they are over well before the faults stop.
+    // The long ones (a hung PATCH held for MIC's ARM timeout, a throttle storm's Retry-After
+    // waits, ten seconds of slow writes) early, so that they are over well before the faults
+    // stop.
     let one = [
         Fault::KillLeadingMic,
+        Fault::Strike(Strike::ArmHang),
         Fault::Strike(Strike::ThrottleStorm),
         Fault::Strike(Strike::SlowWrites),
         Fault::Strike(Strike::PatchAnswerLost),
@@ -116,7 +118,6 @@ fn schedule(quick: bool) -> Vec<Fault> {
         Fault::Strike(Strike::WriteRefusals),
         Fault::DeleteNode,
         Fault::Strike(Strike::ApiRestart),
-        Fault::Strike(Strike::ArmHang),
     ];
     if quick {
         one.into_iter()

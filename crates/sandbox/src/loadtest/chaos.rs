@@ -108,13 +108,14 @@ struct Plan {
 /// writer for MIC's 60 s ARM timeout, longer than the quick run), every kind twice otherwise.
 fn schedule(quick: bool) -> Vec<Fault> {
     // The long ones (a hung PATCH held for MIC's ARM timeout, a throttle storm's Retry-After
-    // waits, ten seconds of slow writes) early, so that they are over well before the faults
+    // waits, ten seconds of slow writes, an API restart that may cost the leader its lease) early, so that they are over well before the faults
     // stop.
     let one = [
         Fault::KillLeadingMic,
         Fault::Strike(Strike::ArmHang),
         Fault::Strike(Strike::ThrottleStorm),
         Fault::Strike(Strike::SlowWrites),
+        Fault::Strike(Strike::ApiRestart),
         Fault::Strike(Strike::PatchAnswerLost),
         Fault::Strike(Strike::WatchDrop),
         Fault::Strike(Strike::ArmErrorBurst),
@@ -122,7 +123,6 @@ fn schedule(quick: bool) -> Vec<Fault> {
         Fault::Strike(Strike::WatchExpiry),
         Fault::Strike(Strike::WriteRefusals),
         Fault::DeleteNode,
-        Fault::Strike(Strike::ApiRestart),
     ];
     if quick {
         one.into_iter()
@@ -155,8 +155,8 @@ impl Plan {
             assignment_wait: s(10),
             grace: s(if q { 3 } else { 10 }),
             // Quick: shorter than the original's 15 s so a takeover fits the run, long enough
-            // (renew deadline 4 s) to ride out the API's 3 s restart.
-            lease: s(if q { 6 } else { 15 }),
+            // (renew deadline 5.3 s) to ride out the API's 3 s restart most of the time.
+            lease: s(if q { 8 } else { 15 }),
             warmup_limit: s(if q { 20 } else { 60 }),
             fault_period: Duration::from_millis(if q { 2500 } else { 8000 }),
             faults: schedule(q),

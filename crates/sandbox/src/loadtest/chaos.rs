@@ -108,8 +108,8 @@ struct Plan {
 /// writer for MIC's 60 s ARM timeout, longer than the quick run), every kind twice otherwise.
 fn schedule(quick: bool) -> Vec<Fault> {
     // The long ones (a hung PATCH held for MIC's ARM timeout, a throttle storm's Retry-After
-    // waits, ten seconds of slow writes, an API restart that may cost the leader its lease) early, so that they are over well before the faults
-    // stop.
+    // waits, ten seconds of slow writes, an API restart that may cost the leader its lease)
+    // early, so that they are over well before the faults stop.
     let one = [
         Fault::KillLeadingMic,
         Fault::Strike(Strike::ArmHang),

@@ -633,98 +633,114 @@ async fn sample_loop(
             );
         }
         st.max_leaders = st.max_leaders.max(active.len());
-        let calm = st.calm_from;
-        let mut s = Sample {
-            t: now,
-            leaders: active.len(),
-            identities_on_scale_sets: on.values().map(BTreeSet::len).sum(),
-            patches,
-            ..Sample::default()
-        };
-        let mut found = Vec::new();
-        let mut needed = Vec::new();
-        for (name, p) in &st.pods {
-            let (Some(id), true) = (p.identity, p.alive()) else {
-                continue;
-            };
-            let Some(vmss) = p
-                .node
-                .as_ref()
-                .and_then(|n| st.nodes.get(n))
-                .map(|n| &n.vmss)
-            else {
-                continue;
-            };
-            needed.push((vmss.clone(), id));
-            if p.running.is_none() {
-                continue;
-            }
-            s.running += 1;
-            if p.assigned_now() {
-                s.assigned += 1;
-                // Never removed while a running pod has it Assigned.
-                if !p.removal_reported && !on.get(vmss).is_some_and(|ids| ids.contains(&id)) {
-                    found.push((
-                        "identity_removed_while_needed",
-                        name.clone(),
-                        format!(
-                            "at {now:.2}s pod {name} runs with id-{id} Assigned, but scale set {vmss} does not carry it"
-                        ),
-                    ));
-                }
-            } else if let (Some(c), Some(r), false) = (calm, p.running, p.late_reported) {
-                // Every running bound pod Assigned within the stated time after the faults.
-                if now > r.max(c) + within {
-                    found.push((
-                        "not_assigned_in_time",
-                        name.clone(),
-                        format!(
-                            "pod {name} (id-{id}, node {}) Running since {r:.1}s is not Assigned {within:.0}s after the faults stopped (at {now:.1}s)",
-                            p.node.as_deref().unwrap_or("?")
-                        ),
-                    ));
-                }
-            }
-        }
-        for (kind, pod, text) in found {
-            if let Some(p) = st.pods.get_mut(&pod) {
-                match kind {
-                    "identity_removed_while_needed" => p.removal_reported = true,
-                    _ => p.late_reported = true,
-                }
-            }
-            st.violate(kind, text);
-        }
-        for key in needed {
-            st.last_needed.insert(key, now);
-        }
-        // No identity left on a scale set without a pod, once the faults have stopped.
-        if let Some(c) = calm {
-            for (vmss, ids) in &on {
-                for id in ids {
-                    let key = (vmss.clone(), *id);
-                    let deadline =
-                        chaos_check::leak_deadline(st.last_needed.get(&key).copied(), c, allowance);
-                    if now > deadline && !st.leaked.contains(&key) {
-                        st.leaked.insert(key);
-                        st.violate(
-                            "identity_left_without_pod",
-                            format!(
-                                "at {now:.1}s id-{id} is still on {vmss}, with no pod needing it for more than {allowance:.0}s (grace period + margin) after the faults stopped"
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-        s.tokens_ok = st.reqs.iter().filter(|r| r.status == 200).count();
-        s.token_errors = st
-            .reqs
-            .iter()
-            .filter(|r| r.answered.is_some() && r.status != 200)
-            .count();
+        let mut s = check_sample(&mut st, &on, now, within, allowance);
+        s.leaders = active.len();
+        s.patches = patches;
         st.samples.push(s);
     }
+}
+
+/// One sample's judgements, from the driver's log `st` and the identities `on` each scale set
+/// (by the Azure simulator): an identity missing under a running pod that has it Assigned;
+/// once the faults have stopped, a running pod not Assigned `within` seconds, and an identity
+/// no live pod has needed for `allowance` seconds. Violations go into `st`; the counts into the
+/// returned sample.
+fn check_sample(
+    st: &mut St,
+    on: &BTreeMap<String, BTreeSet<usize>>,
+    now: f64,
+    within: f64,
+    allowance: f64,
+) -> Sample {
+    let calm = st.calm_from;
+    let mut s = Sample {
+        t: now,
+        identities_on_scale_sets: on.values().map(BTreeSet::len).sum(),
+        ..Sample::default()
+    };
+    let mut found = Vec::new();
+    let mut needed = Vec::new();
+    for (name, p) in &st.pods {
+        let (Some(id), true) = (p.identity, p.alive()) else {
+            continue;
+        };
+        let Some(vmss) = p
+            .node
+            .as_ref()
+            .and_then(|n| st.nodes.get(n))
+            .map(|n| &n.vmss)
+        else {
+            continue;
+        };
+        needed.push((vmss.clone(), id));
+        if p.running.is_none() {
+            continue;
+        }
+        s.running += 1;
+        if p.assigned_now() {
+            s.assigned += 1;
+            // Never removed while a running pod has it Assigned.
+            if !p.removal_reported && !on.get(vmss).is_some_and(|ids| ids.contains(&id)) {
+                found.push((
+                    "identity_removed_while_needed",
+                    name.clone(),
+                    format!(
+                        "at {now:.2}s pod {name} runs with id-{id} Assigned, but scale set {vmss} does not carry it"
+                    ),
+                ));
+            }
+        } else if let (Some(c), Some(r), false) = (calm, p.running, p.late_reported) {
+            // Every running bound pod Assigned within the stated time after the faults.
+            if now > r.max(c) + within {
+                found.push((
+                    "not_assigned_in_time",
+                    name.clone(),
+                    format!(
+                        "pod {name} (id-{id}, node {}) Running since {r:.1}s is not Assigned {within:.0}s after the faults stopped (at {now:.1}s)",
+                        p.node.as_deref().unwrap_or("?")
+                    ),
+                ));
+            }
+        }
+    }
+    for (kind, pod, text) in found {
+        if let Some(p) = st.pods.get_mut(&pod) {
+            match kind {
+                "identity_removed_while_needed" => p.removal_reported = true,
+                _ => p.late_reported = true,
+            }
+        }
+        st.violate(kind, text);
+    }
+    for key in needed {
+        st.last_needed.insert(key, now);
+    }
+    // No identity left on a scale set without a pod, once the faults have stopped.
+    if let Some(c) = calm {
+        for (vmss, ids) in on {
+            for id in ids {
+                let key = (vmss.clone(), *id);
+                let deadline =
+                    chaos_check::leak_deadline(st.last_needed.get(&key).copied(), c, allowance);
+                if now > deadline && !st.leaked.contains(&key) {
+                    st.leaked.insert(key);
+                    st.violate(
+                        "identity_left_without_pod",
+                        format!(
+                            "at {now:.1}s id-{id} is still on {vmss}, with no pod needing it for more than {allowance:.0}s (grace period + margin) after the faults stopped"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    s.tokens_ok = st.reqs.iter().filter(|r| r.status == 200).count();
+    s.token_errors = st
+        .reqs
+        .iter()
+        .filter(|r| r.answered.is_some() && r.status != 200)
+        .count();
+    s
 }
 
 /// MIC's processes: the sandbox's and a standby, each restarted as a standby after its kill.
@@ -1375,6 +1391,94 @@ mod tests {
         let kinds: BTreeSet<_> = full.iter().map(|f| f.label()).collect();
         assert_eq!(full.len(), 2 * kinds.len());
         assert!(kinds.contains("arm_hang"));
+    }
+
+    /// A log with one node on scale set `ss` and one pod of identity 1 on it.
+    fn world(running: Option<f64>, assigned: &[(f64, bool)]) -> St {
+        let mut st = St::default();
+        st.nodes.insert(
+            "n".into(),
+            NodeRec {
+                up: true,
+                vmss: "ss".into(),
+                ..NodeRec::default()
+            },
+        );
+        st.pods.insert(
+            "p".into(),
+            PodRec {
+                identity: Some(1),
+                node: Some("n".into()),
+                running,
+                assigned: assigned.to_vec(),
+                ..PodRec::default()
+            },
+        );
+        st
+    }
+
+    fn on(ids: &[usize]) -> BTreeMap<String, BTreeSet<usize>> {
+        BTreeMap::from([("ss".to_string(), ids.iter().copied().collect())])
+    }
+
+    #[test]
+    fn an_identity_missing_under_a_running_assigned_pod_is_a_violation_once() {
+        let mut st = world(Some(1.0), &[(2.0, true)]);
+        let s = check_sample(&mut st, &on(&[1]), 3.0, 20.0, 11.0);
+        assert_eq!((s.running, s.assigned), (1, 1));
+        assert!(st.violations.is_empty());
+        check_sample(&mut st, &on(&[0]), 3.5, 20.0, 11.0);
+        check_sample(&mut st, &on(&[0]), 4.0, 20.0, 11.0);
+        assert_eq!(st.violations.len(), 1, "{:?}", st.violations);
+        assert!(
+            st.violations[0].contains("does not carry id-1") || st.violations[0].contains("id-1")
+        );
+        // Not yet Assigned: not the removal rule's business.
+        let mut st = world(Some(1.0), &[]);
+        check_sample(&mut st, &on(&[]), 3.0, 20.0, 11.0);
+        assert!(st.violations.is_empty());
+    }
+
+    #[test]
+    fn after_the_faults_a_running_pod_must_be_assigned_within_the_stated_time() {
+        let mut st = world(Some(1.0), &[]);
+        // During the faults: no deadline.
+        check_sample(&mut st, &on(&[]), 100.0, 20.0, 11.0);
+        assert!(st.violations.is_empty());
+        st.calm_from = Some(100.0);
+        check_sample(&mut st, &on(&[]), 119.0, 20.0, 11.0);
+        assert!(st.violations.is_empty());
+        check_sample(&mut st, &on(&[]), 121.0, 20.0, 11.0);
+        assert_eq!(st.violation_counts.get("not_assigned_in_time"), Some(&1));
+        // A pod that started after the faults has its own 20 s.
+        let mut st = world(Some(110.0), &[]);
+        st.calm_from = Some(100.0);
+        check_sample(&mut st, &on(&[]), 125.0, 20.0, 11.0);
+        assert!(st.violations.is_empty());
+    }
+
+    #[test]
+    fn an_identity_nobody_needs_is_a_leak_only_after_the_allowance_past_the_faults() {
+        let mut st = world(Some(1.0), &[(2.0, true)]);
+        check_sample(&mut st, &on(&[1]), 50.0, 20.0, 11.0);
+        // The pod ends; its identity stays on the scale set.
+        st.pods.get_mut("p").unwrap().finished = Some(51.0);
+        st.calm_from = Some(40.0);
+        check_sample(&mut st, &on(&[1]), 60.0, 20.0, 11.0);
+        assert!(st.violations.is_empty(), "{:?}", st.violations);
+        check_sample(&mut st, &on(&[1]), 61.5, 20.0, 11.0);
+        check_sample(&mut st, &on(&[1]), 62.0, 20.0, 11.0);
+        assert_eq!(
+            st.violation_counts.get("identity_left_without_pod"),
+            Some(&1)
+        );
+        // Removed in time: nothing.
+        let mut st = world(Some(1.0), &[(2.0, true)]);
+        check_sample(&mut st, &on(&[1]), 50.0, 20.0, 11.0);
+        st.pods.get_mut("p").unwrap().finished = Some(51.0);
+        st.calm_from = Some(40.0);
+        check_sample(&mut st, &on(&[]), 70.0, 20.0, 11.0);
+        assert!(st.violations.is_empty());
     }
 
     #[test]

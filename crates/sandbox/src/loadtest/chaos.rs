@@ -1431,7 +1431,10 @@ mod tests {
         check_sample(&mut st, &on(&[0]), 4.0, 20.0, 11.0);
         assert_eq!(st.violations.len(), 1, "{:?}", st.violations);
         assert!(
-            st.violations[0].contains("does not carry id-1") || st.violations[0].contains("id-1")
+            st.violations[0]
+                .contains("runs with id-1 Assigned, but scale set ss does not carry it"),
+            "{:?}",
+            st.violations
         );
         // Not yet Assigned: not the removal rule's business.
         let mut st = world(Some(1.0), &[]);

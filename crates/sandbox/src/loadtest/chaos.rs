@@ -908,7 +908,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         starts: 1,
     };
     let result = match mics.start_standby("sandbox-mic-standby").await {
-        Ok(()) => drive(args, &plan, &mut sandbox, &mut mics, startup_s, self0).await,
+        Ok(()) => drive(args, dir, &plan, &mut sandbox, &mut mics, startup_s, self0).await,
         Err(e) => Err(e),
     };
     for (_, c) in mics.procs.drain(..) {
@@ -920,6 +920,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
 
 async fn drive(
     args: &LoadtestArgs,
+    dir: &Path,
     plan: &Plan,
     sandbox: &mut Sandbox,
     mics: &mut Mics,
@@ -1107,6 +1108,25 @@ async fn drive(
     }
     let azure = sandbox.azure.counters();
     let arm_log = sandbox.azure.request_log();
+    // Every ARM request with its answer, for reading a violation against what MIC asked.
+    let signed = |at: Instant| match at.checked_duration_since(ctx.t0) {
+        Some(d) => d.as_secs_f64(),
+        None => -ctx.t0.duration_since(at).as_secs_f64(),
+    };
+    let arm_json: Vec<Value> = arm_log
+        .iter()
+        .filter(|r| r.subscription.is_some())
+        .map(|r| json!({"t_s": signed(r.at), "method": r.method, "path": r.path, "status": r.status}))
+        .collect();
+    let arm_path = dir.join("arm-requests.json");
+    std::fs::write(
+        &arm_path,
+        serde_json::to_string_pretty(&arm_json).unwrap_or_default(),
+    )
+    .map_err(|source| Error::File {
+        path: arm_path.display().to_string(),
+        source,
+    })?;
     let components = sandbox.usage();
     let mic_usage = mics.usage();
     let self1 = Usage::of(None);
@@ -1125,7 +1145,7 @@ async fn drive(
         throttled: azure.throttled - azure0.throttled,
         arm_patches: arm_log
             .iter()
-            .filter(|r| r.method == "PATCH" && r.subscription.is_some())
+            .filter(|r| r.method == "PATCH" && r.subscription.is_some() && r.at >= ctx.t0)
             .map(|r| {
                 (
                     r.at.saturating_duration_since(ctx.t0).as_secs_f64(),

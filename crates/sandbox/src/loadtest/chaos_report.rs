@@ -276,7 +276,8 @@ pub(super) fn report(
             "exited_by_themselves": st.mic_exits.iter().map(|(t, n)| json!({"at_s": t, "replica": n})).collect::<Vec<_>>(),
         },
         "arm": {
-            "patches": m.patches,
+            "patch_requests": m.arm_patches.len(),
+            "patches_applied": m.patches,
             "patches_during_faults": in_faults,
             "gets": m.gets,
             "throttled_429": m.throttled,
@@ -323,8 +324,14 @@ pub(super) fn report(
             ),
         ),
         (
-            "ARM PATCH / during faults / GET / 429".into(),
-            format!("{} / {in_faults} / {} / {}", m.patches, m.gets, m.throttled),
+            "ARM PATCH requests (applied) / during faults / GET / 429".into(),
+            format!(
+                "{} ({}) / {in_faults} / {} / {}",
+                m.arm_patches.len(),
+                m.patches,
+                m.gets,
+                m.throttled
+            ),
         ),
         (
             "MIC leaders at once (max); exits after a lost lease".into(),

@@ -320,6 +320,10 @@ struct St {
     last_needed: HashMap<(String, usize), f64>,
     leaked: BTreeSet<(String, usize)>,
     max_leaders: usize,
+    /// The identities on each scale set at the last sample, and every change seen:
+    /// (time, scale set, identities added, identities removed).
+    on_last: BTreeMap<String, BTreeSet<usize>>,
+    on_changes: Vec<(f64, String, Vec<usize>, Vec<usize>)>,
     /// MIC processes that exited by themselves (lost their lease) and were started again.
     mic_exits: Vec<(f64, String)>,
     not_sent_nmi_down: usize,
@@ -633,6 +637,15 @@ async fn sample_loop(
             );
         }
         st.max_leaders = st.max_leaders.max(active.len());
+        for (vmss, ids) in &on {
+            let before = st.on_last.get(vmss).cloned().unwrap_or_default();
+            if *ids != before {
+                let added = ids.difference(&before).copied().collect();
+                let removed = before.difference(ids).copied().collect();
+                st.on_changes.push((now, vmss.clone(), added, removed));
+            }
+        }
+        st.on_last.clone_from(&on);
         let mut s = check_sample(&mut st, &on, now, within, allowance);
         s.leaders = active.len();
         s.patches = patches;

@@ -283,6 +283,11 @@ pub(super) fn report(
             "throttled_429": m.throttled,
         },
         "invariant_violations": st.violation_counts,
+        "scale_set_identity_changes": st.on_changes.iter().map(|(t, v, a, r)| json!({
+            "at_s": t, "scale_set": v,
+            "added": a.iter().map(|k| format!("id-{k}")).collect::<Vec<_>>(),
+            "removed": r.iter().map(|k| format!("id-{k}")).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "deployment_scale_errors": st.scale_errors,
         "prometheus": m.prom,
         "process": {

@@ -828,26 +828,11 @@ impl Mics {
     }
 }
 
-/// Writes Prometheus' target file: every MIC and NMI process.
-fn write_targets(path: &Path, mics: &[SocketAddr], nmis: &[SocketAddr]) -> Result<(), Error> {
-    let doc = json!([
-        {"targets": mics.iter().map(ToString::to_string).collect::<Vec<_>>(), "labels": {"component": "mic"}},
-        {"targets": nmis.iter().map(ToString::to_string).collect::<Vec<_>>(), "labels": {"component": "nmi"}},
-    ]);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, doc.to_string())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|source| Error::File {
-            path: path.display().to_string(),
-            source,
-        })
-}
-
 fn retarget(args: &LoadtestArgs, sandbox: &Sandbox, mics: &Mics) {
     if let Some(path) = &args.prometheus_targets {
         let m: Vec<SocketAddr> = mics.procs.iter().map(|(_, c)| c.metrics).collect();
         let n: Vec<SocketAddr> = sandbox.nmi_endpoints.values().map(|e| e.1).collect();
-        if let Err(e) = write_targets(path, &m, &n) {
+        if let Err(e) = super::prom::write_all_targets(path, &m, &n) {
             tracing::warn!(error = %e, "Prometheus targets");
         }
     }

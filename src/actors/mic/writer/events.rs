@@ -5,8 +5,9 @@
 use super::DesiredAssignments;
 use crate::actors::mic::assigner::HostReport;
 use crate::actors::mic::host::HostId;
-use crate::actors::mic::matcher::{ObjectKey, RejectReason, Target};
+use crate::actors::mic::matcher::{RejectReason, Target};
 use crate::actors::mic::recorder::{REASON_APPLY_ERROR, UserEvent};
+use crate::object_key::ObjectKey;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Warning Events the current state calls for: each ARM refusal on the pod and once on its

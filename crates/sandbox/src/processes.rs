@@ -96,7 +96,8 @@ impl Component {
     /// CPU and memory now (the last figures read once it has exited).
     pub fn usage(&mut self) -> Usage {
         let u = Usage::of(Some(self.pid));
-        if u.cpu_s > 0.0 || u.peak_rss_kb > 0 {
+        // An exited, unreaped process still has a `stat` but no memory figures: keep the last.
+        if u.peak_rss_kb > 0 {
             self.last = u;
         }
         self.last
@@ -107,6 +108,36 @@ impl Component {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+
+    /// Stops the process as the kubelet stops a container: SIGTERM, then SIGKILL if it has
+    /// not exited within `grace`. Returns its exit status when it exited by itself.
+    pub async fn terminate(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        // `kill -TERM <pid>` of this child only (tokio's Child can only SIGKILL).
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if sent && let Ok(Ok(status)) = tokio::time::timeout(grace, self.child.wait()).await {
+            return Some(status);
+        }
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        None
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+/// What [`start_mic_as`] waits for before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MicReady {
+    /// `/healthz` says `Active`: this replica leads.
+    Leading,
+    /// `/healthz` answers at all (`Not Active` on a standby).
+    Serving,
 }
 
 /// `n` distinct ports free on `ip` right now (all bound at once while picking, so no two
@@ -158,7 +189,12 @@ async fn spawn(
     args: &[String],
 ) -> Result<tokio::process::Child, Error> {
     let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+    // Appended to: a restarted component (chaos) keeps its predecessor's log above its own.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(io(format!("creating {}", log.display())))?;
     let err = out.try_clone().map_err(io("duplicating a log file"))?;
     tokio::process::Command::new(bin)
         .args(args)
@@ -181,6 +217,17 @@ async fn wait_active(
     probe: SocketAddr,
     log: &Path,
 ) -> Result<(), Error> {
+    wait_probe(name, child, probe, log, MicReady::Leading).await
+}
+
+/// Waits until `/healthz` at `probe` answers as `ready` asks (bounded), or the child exits.
+async fn wait_probe(
+    name: &str,
+    child: &mut tokio::process::Child,
+    probe: SocketAddr,
+    log: &Path,
+    ready: MicReady,
+) -> Result<(), Error> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -196,7 +243,9 @@ async fn wait_active(
             return Err(not_ready(format!("exited with {status}")));
         }
         if let Ok(r) = client.get(format!("http://{probe}/healthz")).send().await
-            && r.text().await.is_ok_and(|t| t.trim() == "Active")
+            && r.text()
+                .await
+                .is_ok_and(|t| ready == MicReady::Serving || t.trim() == "Active")
         {
             return Ok(());
         }
@@ -222,6 +271,35 @@ pub async fn start_mic(
     start_with_ports(async || start_mic_once(bin, dir, kubeconfig, cloudconfig, extra).await).await
 }
 
+/// MIC's files and flags, for [`start_mic_as`].
+pub struct MicLaunch<'a> {
+    /// The product binary.
+    pub bin: &'a Path,
+    /// Where its log goes.
+    pub dir: &'a Path,
+    /// The simulated API server's kubeconfig.
+    pub kubeconfig: &'a Path,
+    /// The Azure simulator's azure.json.
+    pub cloudconfig: &'a Path,
+    /// More flags.
+    pub extra: &'a [String],
+}
+
+/// Starts `bin mic` as replica `instance` (its leader-election identity, as a pod's name is),
+/// logging to `<dir>/<log_name>.log`, and waits as `ready` says: a standby never leads while
+/// another replica holds the lease.
+///
+/// # Errors
+/// [`Error`] when it cannot start or does not become ready.
+pub async fn start_mic_as(
+    m: &MicLaunch<'_>,
+    instance: &str,
+    log_name: &str,
+    ready: MicReady,
+) -> Result<Component, Error> {
+    start_with_ports(async || start_mic_named(m, instance, log_name, ready).await).await
+}
+
 async fn start_mic_once(
     bin: &Path,
     dir: &Path,
@@ -229,6 +307,29 @@ async fn start_mic_once(
     cloudconfig: &Path,
     extra: &[String],
 ) -> Result<Component, Error> {
+    let m = MicLaunch {
+        bin,
+        dir,
+        kubeconfig,
+        cloudconfig,
+        extra,
+    };
+    start_mic_named(&m, "sandbox-mic", "mic", MicReady::Leading).await
+}
+
+async fn start_mic_named(
+    m: &MicLaunch<'_>,
+    instance: &str,
+    log_name: &str,
+    ready: MicReady,
+) -> Result<Component, Error> {
+    let MicLaunch {
+        bin,
+        dir,
+        kubeconfig,
+        cloudconfig,
+        extra,
+    } = *m;
     let lo = IpAddr::from([127, 0, 0, 1]);
     // MIC listens on every interface: ports free there.
     let ports = free_ports(IpAddr::from([0, 0, 0, 0]), 2).map_err(io("picking ports"))?;
@@ -239,15 +340,15 @@ async fn start_mic_once(
         format!("--cloudconfig={}", cloudconfig.display()),
         format!("--http-probe-port={probe_port}"),
         format!("--prometheus-port={metrics_port}"),
-        "--leader-election-instance=sandbox-mic".into(),
+        format!("--leader-election-instance={instance}"),
     ];
     args.extend(extra.iter().cloned());
-    let mut child = spawn(bin, "mic", dir, &args).await?;
+    let mut child = spawn(bin, log_name, dir, &args).await?;
     let probe = SocketAddr::new(lo, probe_port);
-    let log = dir.join("mic.log");
-    wait_active("mic", &mut child, probe, &log).await?;
+    let log = dir.join(format!("{log_name}.log"));
+    wait_probe(log_name, &mut child, probe, &log, ready).await?;
     Ok(Component {
-        name: "mic".into(),
+        name: log_name.into(),
         pid: child.id().unwrap_or_default(),
         probe,
         metrics: SocketAddr::new(lo, metrics_port),

@@ -444,6 +444,10 @@ impl Sandbox {
     /// # Errors
     /// [`Error::Nmi`] or [`Error::Api`] when the node cannot be read or NMI cannot start.
     pub async fn start_nmi(&mut self, node: &str) -> Result<SocketAddr, Error> {
+        self.start_nmi_on(node, self.nmi_port).await
+    }
+
+    async fn start_nmi_on(&mut self, node: &str, port: u16) -> Result<SocketAddr, Error> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let n = nodes.get(node).await.map_err(|source| Error::Api {
             what: "reading a node",
@@ -465,7 +469,7 @@ impl Sandbox {
                     ip,
                     imds,
                     assignment_wait: self.nmi_assignment_wait.unwrap_or(Duration::from_secs(80)),
-                    port: self.nmi_port,
+                    port,
                 },
             )
             .await?;
@@ -475,7 +479,7 @@ impl Sandbox {
             self.nmi_processes.push(c);
             return Ok(addr);
         }
-        let mut s = components::nmi_settings(&self.nmi_args, node, ip, self.nmi_port, imds)?;
+        let mut s = components::nmi_settings(&self.nmi_args, node, ip, port, imds)?;
         if let Some(wait) = self.nmi_assignment_wait {
             s.assignment_wait = wait;
         }
@@ -537,6 +541,56 @@ impl Sandbox {
             })?;
         info!(node = %spec.name, %ip, gated = self.node_gate, "node joined");
         Ok(spec.name)
+    }
+
+    /// Hands over the MIC process of [`Placement::Processes`] (the chaos scenario kills and
+    /// restarts it itself); `None` in process, or once taken. [`Sandbox::usage`] no longer
+    /// reports it.
+    pub fn take_mic_process(&mut self) -> Option<Component> {
+        self.mic_process.take().map(|c| *c)
+    }
+
+    /// Stops the NMI process of `node` (SIGTERM and up to `grace` to finish, as the kubelet
+    /// stops a pod; SIGKILL at once with `grace` zero, as when its node vanishes) and forgets
+    /// its endpoints. Returns its token endpoint, or `None` when no NMI process serves `node`.
+    pub async fn stop_nmi_process(&mut self, node: &str, grace: Duration) -> Option<SocketAddr> {
+        let name = format!("nmi-{node}");
+        let i = self.nmi_processes.iter().position(|c| c.name == name)?;
+        let c = self.nmi_processes.swap_remove(i);
+        if grace.is_zero() {
+            c.stop().await;
+        } else {
+            c.terminate(grace).await;
+        }
+        self.nmi_endpoints.remove(node);
+        self.nmi.remove(node)
+    }
+
+    /// Restarts the NMI process of `node` on the same token endpoint (pods reach it through
+    /// iptables at a fixed port): SIGTERM with `grace`, then a new process, ready when this
+    /// returns.
+    ///
+    /// # Errors
+    /// [`Error::Nmi`] when no NMI process served `node`; the errors of [`Sandbox::start_nmi`].
+    pub async fn restart_nmi_process(
+        &mut self,
+        node: &str,
+        grace: Duration,
+    ) -> Result<SocketAddr, Error> {
+        let old = self
+            .stop_nmi_process(node, grace)
+            .await
+            .ok_or_else(|| Error::Nmi {
+                node: node.to_string(),
+                message: "no NMI process runs there".into(),
+            })?;
+        self.start_nmi_on(node, old.port()).await
+    }
+
+    /// The kubeconfig MIC and the NMIs read (the simulated API server's).
+    #[must_use]
+    pub fn component_kubeconfig(&self) -> PathBuf {
+        self.work_dir.join("kubeconfig")
     }
 
     /// The running MIC replicas (one per Running MIC pod).

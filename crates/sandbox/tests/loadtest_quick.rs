@@ -1,6 +1,7 @@
 //! CI's load test: `loadtest/run <scenario> --quick` for every scenario, with the real
 //! Prometheus the script starts. Each run must exit 0 (no invariant broken, no request lost),
-//! print its report directory last, and write a report whose figures are present.
+//! print its report directory last, and write a report whose figures are present. The chaos
+//! scenario runs as a test of its own (it needs no other scenario's result).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +15,16 @@ fn product_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+fn require_prometheus() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("the Debian package `prometheus` is required (CI installs it)");
+    }
 }
 
 fn run(scenario: &str, out: &Path) -> serde_json::Value {
@@ -61,13 +72,7 @@ fn run(scenario: &str, out: &Path) -> serde_json::Value {
 
 #[test]
 fn every_scenario_runs_quick_with_prometheus_and_reports_its_figures() {
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        panic!("the Debian package `prometheus` is required (CI installs it)");
-    }
+    require_prometheus();
     let out = std::env::temp_dir().join(format!("loadtest-quick-{}", std::process::id()));
 
     let burst = run("burst", &out);
@@ -176,5 +181,58 @@ fn every_scenario_runs_quick_with_prometheus_and_reports_its_figures() {
         "{f}"
     );
 
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `loadtest/run chaos --quick`: the run itself fails (and so does this test) when an invariant
+/// broke: a token to an unbound pod, an identity removed while a running pod needed it or left
+/// behind after the grace period, a running pod not Assigned in time after the faults, an answer
+/// that is neither a token nor a documented error, two MIC processes leading at once. Here: that
+/// the faults really struck, counted from the report.
+#[test]
+fn chaos_quick_strikes_at_least_six_kinds_of_fault_and_every_invariant_holds() {
+    require_prometheus();
+    let out = std::env::temp_dir().join(format!("loadtest-chaos-{}", std::process::id()));
+    let report = run("chaos", &out);
+    let f = &report["figures"];
+    let kinds = f["faults_by_kind"].as_object().expect("faults by kind");
+    assert!(kinds.len() >= 6, "{f}");
+    assert_eq!(f["fault_kinds_injected"].as_u64(), Some(kinds.len() as u64));
+    for (kind, v) in kinds {
+        assert!(v["count"].as_u64().unwrap() >= 1, "{kind}: {v}");
+    }
+    // The process faults hit something: a leader killed and replaced, an NMI restarted with
+    // requests in flight, a node deleted with its pods.
+    let faults = f["faults"].as_array().unwrap();
+    let find = |k: &str| {
+        faults
+            .iter()
+            .find(|x| x["kind"] == k)
+            .unwrap_or_else(|| panic!("{k} missing: {f}"))
+    };
+    assert!(
+        find("mic_leader_kill_9")["note"]
+            .as_str()
+            .unwrap()
+            .contains("took over"),
+        "{f}"
+    );
+    assert!(
+        !find("nmi_restart")["target"].as_str().unwrap().is_empty(),
+        "{f}"
+    );
+    assert!(
+        !find("node_delete")["target"].as_str().unwrap().is_empty(),
+        "{f}"
+    );
+    assert_eq!(f["leaders"]["max_active_at_once"], 1, "{f}");
+    assert!(
+        f["tokens"]["answers"]["200 token"].as_u64().unwrap() > 0,
+        "{f}"
+    );
+    assert!(
+        f["arm"]["patches_during_faults"].as_u64().unwrap() > 0,
+        "{f}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -10,6 +10,8 @@
 //! `/metrics`; the driver writes Prometheus' file-based target list and queries its HTTP API.
 //! All traffic stays on loopback, and every loop is bounded in count and time.
 
+mod chaos;
+mod chaos_check;
 pub mod engine;
 mod figures;
 pub mod hot_path;
@@ -73,6 +75,9 @@ pub enum Scenario {
     Churn,
     /// MIC alone converging a large cluster (10k pods by default), then restarting on it.
     Scale,
+    /// A steady workload while faults strike (simulator faults, MIC leader killed, NMI
+    /// restarted, node deleted), with the invariants checked throughout.
+    Chaos,
 }
 
 impl Scenario {
@@ -85,6 +90,7 @@ impl Scenario {
             Self::HotPath => "hot-path",
             Self::Churn => "churn",
             Self::Scale => "scale",
+            Self::Chaos => "chaos",
         }
     }
 }
@@ -211,6 +217,7 @@ pub async fn run(args: LoadtestArgs) -> Result<Outcome, Error> {
     let result = match args.scenario {
         Scenario::HotPath => hot_path::run(&args, &dir).await?,
         Scenario::Scale => scale::run(&args, &dir).await?,
+        Scenario::Chaos => chaos::run(&args, &dir).await?,
         Scenario::Burst | Scenario::TokenStorm | Scenario::Churn => {
             engine::run(&args, &dir).await?
         }

@@ -22,8 +22,20 @@ pub struct Prometheus {
 /// # Errors
 /// [`Error::File`] when the file cannot be written.
 pub fn write_targets(path: &Path, mic: SocketAddr, nmis: &[SocketAddr]) -> Result<(), Error> {
+    write_all_targets(path, &[mic], nmis)
+}
+
+/// [`write_targets`] for several MIC processes (the chaos scenario's leader and standby).
+///
+/// # Errors
+/// [`Error::File`] when the file cannot be written.
+pub fn write_all_targets(
+    path: &Path,
+    mics: &[SocketAddr],
+    nmis: &[SocketAddr],
+) -> Result<(), Error> {
     let doc = json!([
-        {"targets": [mic.to_string()], "labels": {"component": "mic"}},
+        {"targets": mics.iter().map(ToString::to_string).collect::<Vec<_>>(), "labels": {"component": "mic"}},
         {"targets": nmis.iter().map(ToString::to_string).collect::<Vec<_>>(), "labels": {"component": "nmi"}},
     ]);
     // Written next to the target and renamed, so Prometheus never reads half a file.

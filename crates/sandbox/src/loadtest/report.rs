@@ -27,6 +27,21 @@ pub enum Chart {
         /// The series.
         series: Vec<(String, Vec<(f64, f64)>)>,
     },
+    /// Time series with labelled vertical markers at chosen times (faults on a timeline).
+    Timeline {
+        /// File stem and anchor.
+        id: String,
+        /// Title above the chart.
+        title: String,
+        /// X axis label.
+        x_label: String,
+        /// Y axis label.
+        y_label: String,
+        /// The series.
+        series: Vec<(String, Vec<(f64, f64)>)>,
+        /// (x, label) of each marker.
+        markers: Vec<(f64, String)>,
+    },
     /// Distributions of samples (milliseconds) on a logarithmic axis.
     Histogram {
         /// File stem and anchor.
@@ -147,7 +162,7 @@ pub fn table(r: &RunResult) -> String {
 
 fn chart_id(c: &Chart) -> &str {
     match c {
-        Chart::Lines { id, .. } | Chart::Histogram { id, .. } => id,
+        Chart::Lines { id, .. } | Chart::Histogram { id, .. } | Chart::Timeline { id, .. } => id,
     }
 }
 
@@ -228,6 +243,45 @@ pub fn svg(c: &Chart) -> String {
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
     match c {
+        Chart::Timeline {
+            id,
+            title,
+            x_label,
+            y_label,
+            series,
+            markers,
+        } => {
+            let lines = svg(&Chart::Lines {
+                id: id.clone(),
+                title: title.clone(),
+                x_label: x_label.clone(),
+                y_label: y_label.clone(),
+                series: series.clone(),
+            });
+            // The same x scale as the lines: markers past the last point are clipped.
+            let max_x = series
+                .iter()
+                .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+                .fold(0.0_f64, f64::max);
+            let max_x = if max_x > 0.0 { max_x } else { 1.0 };
+            out.push_str(lines.trim_end().trim_end_matches("</svg>"));
+            for (i, (t, label)) in markers.iter().enumerate() {
+                if *t < 0.0 || *t > max_x {
+                    continue;
+                }
+                let x = LEFT + t / max_x * pw;
+                // Labels alternate between two heights so neighbours stay readable.
+                let y = TOP + 10.0 + 12.0 * (i % 2) as f64;
+                let _ = write!(
+                    out,
+                    "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#888\" stroke-dasharray=\"3,3\"/>\
+                     <text x=\"{:.1}\" y=\"{y:.1}\" font-size=\"9\" fill=\"#555\">{}</text>",
+                    H - BOTTOM,
+                    x + 2.0,
+                    esc(label)
+                );
+            }
+        }
         Chart::Lines {
             title,
             x_label,
@@ -448,5 +502,18 @@ mod tests {
         let s = svg(&hist);
         // Three distinct bins hold the four samples of the first series.
         assert_eq!(s.matches("<rect x=").count() - 2, 3, "{s}");
+        let timeline = Chart::Timeline {
+            id: "f".into(),
+            title: "faults".into(),
+            x_label: "s".into(),
+            y_label: "n".into(),
+            series: vec![("one".into(), vec![(0.0, 0.0), (10.0, 2.0)])],
+            markers: vec![(5.0, "kill <mic>".into()), (20.0, "past the end".into())],
+        };
+        let s = svg(&timeline);
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        assert_eq!(s.matches("</svg>").count(), 1, "{s}");
+        assert_eq!(s.matches("stroke-dasharray").count(), 1, "{s}");
+        assert!(s.contains("kill &lt;mic&gt;"));
     }
 }

@@ -15,7 +15,7 @@ pub(super) enum Answer {
 
 /// NMI's documented error answers: status, the start of the plain-text body, and a label
 /// (`docs/troubleshooting.md` describes each; `docs/operations.md` lists them for chaos).
-pub(super) const DOCUMENTED: [(u16, &str, &str); 8] = [
+pub(super) const DOCUMENTED: [(u16, &str, &str); 9] = [
     (
         404,
         "getting assigned identities for pod ",
@@ -55,6 +55,11 @@ pub(super) const DOCUMENTED: [(u16, &str, &str); 8] = [
         503,
         "failed to get service principal token for pod ",
         "503 upstream unreachable",
+    ),
+    (
+        503,
+        "NMI is shutting down; retry",
+        "503 NMI stopping while the request waited",
     ),
 ];
 

@@ -26,6 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "azure_common/mod.rs"]
+mod azure_common;
+
 struct World {
     kube: KubeSimHandle,
     azure: AzureSimHandle,
@@ -420,6 +423,127 @@ async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_los
         counters.throttle_violations, 0,
         "no request inside a Retry-After window"
     );
+    drop(mic);
+    w.stop().await;
+}
+
+/// Adds identity `i` to scale set 0 through ARM, as someone other than MIC would.
+async fn add_by_hand(w: &World, i: usize) {
+    let config = CloudConfig::from_json(&w.azure.azure_json().to_string()).unwrap();
+    let by_hand = CloudArm::from_config(&config).unwrap();
+    let host = HostId::scale_set(
+        &w.topology.subscription_id,
+        &w.topology.resource_group,
+        &w.topology.scale_sets[0].name,
+    );
+    by_hand
+        .patch(
+            &host,
+            &HostIdentities::default(),
+            &[IdentityId::new(&w.identity_rid(i))],
+            &[],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_added_by_a_patch_whose_answer_was_lost_is_removed_once_its_pod_goes() {
+    use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
+    let w = World::start("answer-lost").await;
+    // Identity 1 is someone else's: on the scale set before MIC, in none of MIC's writes.
+    add_by_hand(&w, 1).await;
+    let mic = w.mic("mic-0", None).await;
+    wait_health(mic.probe, "Active").await;
+    // MIC's PATCH adding identity 0 is applied, but its answer never arrives: the client's
+    // retry is refused by its precondition and finds identity 0 already there.
+    w.azure
+        .inject(FaultTarget::ArmPatch, 1, FaultKind::AnswerLost);
+    w.identity("id-0", 0).await;
+    w.identity("id-1", 1).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.pod("b", "id-1", &w.node(1)).await;
+    w.wait_assigned(&["a", "b"], Duration::from_secs(30)).await;
+    assert_eq!(w.azure.counters().faults, 1, "the answer was lost");
+    w.delete_pod("a").await;
+    w.delete_pod("b").await;
+    // Identity 0 was MIC's (its own lost write put it there): it goes after the grace period.
+    let t0 = Instant::now();
+    let zero = IdentityId::new(&w.identity_rid(0));
+    while w.on_scale_set().contains(&zero) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "identity 0 leaked on the scale set: {:?}",
+            w.on_scale_set()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Identity 1 was never MIC's: well past the 500 ms grace period, it is still there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.on_scale_set(),
+        vec![IdentityId::new(&w.identity_rid(1))],
+        "only the identity someone else added stays"
+    );
+    drop(mic);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_assigned_identity_enabled_behind_mics_back_survives_its_next_write() {
+    let w = World::start("system-assigned").await;
+    let mic = w.mic("mic-0", None).await;
+    wait_health(mic.probe, "Active").await;
+    w.identity("id-0", 0).await;
+    w.identity("id-1", 1).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(20)).await;
+    // MIC now holds the scale set as its PATCH left it (user-assigned only). Someone enables
+    // the system-assigned identity through ARM, keeping identity 0.
+    let url = format!(
+        "{}subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}?api-version={}",
+        w.azure.arm_endpoint(),
+        w.topology.subscription_id,
+        w.topology.resource_group,
+        w.topology.scale_sets[0].name,
+        aad_pod_identity::cloud::arm::API_VERSION,
+    );
+    let token = azure_common::arm_token(&w.azure).await;
+    let body = serde_json::json!({"identity": {
+        "type": "SystemAssigned, UserAssigned",
+        "userAssignedIdentities": {w.identity_rid(0): {}},
+    }});
+    let r = azure_common::raw(
+        azure_core::http::Method::Patch,
+        &url,
+        &[
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".into()),
+        ],
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 202, "{}", r.text);
+    // MIC's next write, computed from its older state (type UserAssigned), must not switch
+    // the system-assigned identity off.
+    w.pod("b", "id-1", &w.node(1)).await;
+    w.wait_assigned(&["a", "b"], Duration::from_secs(20)).await;
+    assert!(
+        w.azure
+            .request_log()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.status == 412),
+        "MIC's write on its older state was refused by its If-Match precondition"
+    );
+    let arm = azure_common::arm_client(&w.azure, azure_common::fast_options());
+    let target = aad_pod_identity::cloud::provider_id::ComputeRef::scale_set(
+        &w.topology.subscription_id,
+        &w.topology.resource_group,
+        &w.topology.scale_sets[0].name,
+    );
+    let state = arm.get_identities(&target).await.unwrap();
+    assert_eq!(state.identity_type, "SystemAssigned, UserAssigned");
+    assert_eq!(state.user_assigned.len(), 2, "{state:?}");
     drop(mic);
     w.stop().await;
 }

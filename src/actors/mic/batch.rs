@@ -147,6 +147,11 @@ pub struct HostBatch {
     owned: BTreeSet<IdentityId>,
     /// Owned identities no longer desired, and since when.
     released: BTreeMap<IdentityId, Instant>,
+    /// Identities a PATCH with an unknown outcome (timeout, lost answer, 5xx) tried to add:
+    /// possibly on the host by MIC's own write. The next answer that shows the host settles
+    /// them: present, they are owned (so they go once unused: no leak); absent, they are not.
+    /// Identities outside MIC's writes never get here, so none is ever wrongly removed.
+    maybe_owned: BTreeSet<IdentityId>,
     /// Identities ARM refused, waiting.
     refused: BTreeMap<IdentityId, Refusal>,
     /// Host-wide wait after a failure or a 429.
@@ -175,6 +180,7 @@ impl HostBatch {
             deleting: false,
             owned: BTreeSet::new(),
             released: BTreeMap::new(),
+            maybe_owned: BTreeSet::new(),
             refused: BTreeMap::new(),
             hold_until: None,
             transient_failures: 0,
@@ -331,7 +337,7 @@ impl HostBatch {
         self.call_back(now);
         match result {
             Ok(state) => {
-                self.accept_state(state);
+                self.accept_state(state, now);
                 self.transient_failures = 0;
                 Outcome::default()
             }
@@ -345,14 +351,28 @@ impl HostBatch {
         }
     }
 
-    fn accept_state(&mut self, state: HostIdentities) {
+    fn accept_state(&mut self, state: HostIdentities, now: Instant) {
         self.deleting = state.deleting;
-        // Owned identities someone removed by hand are owned again only if re-added.
         let present = &state.user_assigned;
+        // A write whose outcome was unknown is settled by what the host shows now.
+        for id in std::mem::take(&mut self.maybe_owned) {
+            if present.contains(&id) {
+                self.owned.insert(id);
+            }
+        }
+        // Owned identities someone removed by hand are owned again only if re-added.
         self.owned
             .retain(|id| present.contains(id) || self.desired.contains(id));
         self.released.retain(|id, _| present.contains(id));
         self.known = Some(state);
+        self.refresh_released(now);
+    }
+
+    /// Identities possibly on the host by a write of MIC's whose outcome is unknown (until
+    /// the next read or PATCH answer settles them).
+    #[must_use]
+    pub fn maybe_owned(&self) -> &BTreeSet<IdentityId> {
+        &self.maybe_owned
     }
 
     /// Folds in the answer to a PATCH.
@@ -392,7 +412,7 @@ impl HostBatch {
                         self.refused.remove(id);
                     }
                 }
-                self.accept_state(state);
+                self.accept_state(state, now);
                 out
             }
             Err(PortError::Refused { ids, message }) => {
@@ -422,7 +442,10 @@ impl HostBatch {
             }
             Err(e) => {
                 // Whether the write was applied is unknown (a timeout, a 5xx, a failed
-                // operation): read before the next decision. A 429 applied nothing.
+                // operation): read before the next decision. A 429 applied nothing itself,
+                // but may end the retries of an attempt that went unanswered; either way its
+                // additions are possibly MIC's until the host is seen again.
+                self.maybe_owned.extend(add.iter().cloned());
                 if !matches!(e, PortError::Throttled { .. }) {
                     self.reconcile_requested = true;
                 }

@@ -29,7 +29,8 @@ pub struct HostIdentities {
 ///
 /// Ownership rests on the last: an identity to add that the port found on the host, judged
 /// against the very state its write was applied to (an ARM precondition), was put there by
-/// someone else, and MIC never removes it.
+/// someone else, and MIC never removes it. A port whose write went unanswered (and was
+/// retried) cannot tell its own change from someone else's, and reports none as preexisting.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PatchOutcome {
     /// The host's identities after the call.

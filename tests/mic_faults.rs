@@ -103,9 +103,13 @@ impl World {
     }
 
     async fn mic(&self, instance: &str, arm: Option<Arc<dyn ArmPort>>) -> MicHandle {
+        self.mic_with(self.settings(instance), arm).await
+    }
+
+    async fn mic_with(&self, settings: MicSettings, arm: Option<Arc<dyn ArmPort>>) -> MicHandle {
         let config = CloudConfig::from_json(&self.azure.azure_json().to_string()).unwrap();
         aad_pod_identity::actors::mic::spawn(
-            self.settings(instance),
+            settings,
             Metrics::new(),
             None,
             move || arm.unwrap_or_else(|| Arc::new(CloudArm::from_config(&config).unwrap())),
@@ -544,6 +548,95 @@ async fn a_system_assigned_identity_enabled_behind_mics_back_survives_its_next_w
     let state = arm.get_identities(&target).await.unwrap();
     assert_eq!(state.identity_type, "SystemAssigned, UserAssigned");
     assert_eq!(state.user_assigned.len(), 2, "{state:?}");
+    drop(mic);
+    w.stop().await;
+}
+
+async fn http_text(addr: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_the_api_always_refuses_never_keep_new_pods_from_being_assigned() {
+    use aad_pod_identity_sim::kube::faults::{Refusal, WriteRefusal};
+    use k8s_openapi::api::core::v1::Event;
+    let w = World::start("starve").await;
+    // Two write slots, writes that take 1 s each (a loaded API server), and six objects that
+    // a policy refuses with 422 every time: retried at once, they would take every slot.
+    let mut settings = w.settings("mic-0");
+    settings.create_delete_batch = 2;
+    settings.leader.duration = Duration::from_secs(15);
+    let faults = w.kube.fault_handle();
+    faults.faults().refuse_writes(WriteRefusal {
+        plural: "azureassignedidentities".into(),
+        namespace: None,
+        name_prefix: "bad-".into(),
+        refusal: Refusal::Invalid,
+        remaining: None,
+    });
+    let mic = w.mic_with(settings, None).await;
+    wait_health(mic.probe, "Active").await;
+    w.identity("id-0", 0).await;
+    faults.faults().set_write_latency(Duration::from_secs(1));
+    for i in 0..6 {
+        w.pod(&format!("bad-{i}"), "id-0", &w.node(0)).await;
+    }
+    let t0 = Instant::now();
+    while faults.faults().refused() < 6 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the refusals began");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // New pods arrive while the six keep failing.
+    w.pod("good-0", "id-0", &w.node(0)).await;
+    w.pod("good-1", "id-0", &w.node(1)).await;
+    w.wait_assigned(&["good-0", "good-1"], Duration::from_secs(20))
+        .await;
+    // The failing objects back off instead of hammering the API server: well under one
+    // attempt per second each.
+    let refused = faults.faults().refused();
+    let elapsed = t0.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = refused as f64 / elapsed / 6.0;
+    assert!(rate < 0.8, "{refused} refusals in {elapsed:.1}s");
+    faults.faults().set_write_latency(Duration::ZERO);
+    // The failure is on the pod, where `kubectl describe pod` shows it ...
+    let t1 = Instant::now();
+    loop {
+        let events = Api::<Event>::namespaced(w.client.clone(), "default")
+            .list(&ListParams::default().fields("involvedObject.name=bad-0"))
+            .await
+            .unwrap();
+        if events.items.iter().any(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("bad-0-default-id-0") && m.contains("retrying"))
+        }) {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(20), "no Warning Event on pod bad-0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... and in the metrics, by operation and the API server's answer.
+    let metrics = http_text(mic.metrics, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "aadpodidentity_mic_assigned_identity_write_failures_total{operation_type=\"assigned_identity_addition\",reason=\"invalid\"}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "aadpodidentity_mic_assigned_identity_writes_backing_off 6"),
+        "{metrics}"
+    );
     drop(mic);
     w.stop().await;
 }

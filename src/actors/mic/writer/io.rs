@@ -31,6 +31,36 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The original's `operation_type` of the call that failed.
+    #[must_use]
+    pub fn operation_type(&self) -> &'static str {
+        match self {
+            Self::Kube { op, .. } => original_operation(op),
+        }
+    }
+
+    /// What the API server said, for counting failures by kind (a bounded set).
+    #[must_use]
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube {
+                source: kube::Error::Api(s),
+                ..
+            } => match s.code {
+                409 => "conflict",
+                422 => "invalid",
+                401 | 403 => "forbidden",
+                404 => "not_found",
+                429 => "throttled",
+                500.. => "server_error",
+                _ => "refused",
+            },
+            Self::Kube { .. } => "transport",
+        }
+    }
+}
+
 /// The original's `operation_type` for a failed AzureAssignedIdentity call, as its dashboards
 /// query `kubernetes_api_operations_errors_count`.
 fn original_operation(op: &str) -> &'static str {
@@ -209,10 +239,14 @@ pub(super) async fn execute_counted(
     let r = execute(client, op.clone(), existing).await;
     match &r {
         Ok(_) => count.inc(),
-        Err(Error::Kube { op, .. }) => {
+        Err(e) => {
             drop(timer);
             m.kubernetes_api_operations_errors_count
-                .with_label_values(&[original_operation(op)])
+                .with_label_values(&[e.operation_type()])
+                .inc();
+            metrics
+                .write_failures
+                .with_label_values(&[e.operation_type(), e.metric_label()])
                 .inc();
         }
     }

@@ -9,18 +9,21 @@
 //! created with the finalizer and status `Created`; `Assigned` once its host reports the
 //! identity on ARM (at once for service principals); when no longer desired, `Unassigned`,
 //! and deleted (finalizer removed) once its host no longer holds the identity for it, so an
-//! identity in its grace period stays owned across a restart.
+//! identity in its grace period stays owned across a restart. An object whose write fails
+//! waits out its own backoff ([`retry`]) while the others go on.
 
 mod events;
 mod io;
 mod object;
 mod plan;
+mod retry;
 
 pub use super::recorder::{EVENT_SOURCE, REASON_APPLIED, REASON_APPLY_ERROR, UserEvent};
 pub use events::error_events;
 pub use io::Error;
 pub use object::object_for;
 pub use plan::{WriteOp, plan, plan_key, plan_some};
+use retry::{Admit, WriteRetries};
 
 use super::assigner::HostReport;
 use super::host::HostId;
@@ -32,7 +35,6 @@ use actix::prelude::*;
 use kube::{Client, ResourceExt};
 use plan::status_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -84,6 +86,8 @@ pub struct Writer {
     orphans: BTreeSet<ObjectKey>,
     hosts: BTreeMap<HostId, HostReport>,
     in_flight: BTreeSet<ObjectKey>,
+    /// Objects whose last write failed, each on its own backoff.
+    retries: WriteRetries,
     /// Objects to plan again.
     dirty: BTreeSet<ObjectKey>,
     /// Warning Events written and still true (each is written once while it holds).
@@ -127,6 +131,7 @@ impl Writer {
             orphans: BTreeSet::new(),
             hosts: BTreeMap::new(),
             in_flight: BTreeSet::new(),
+            retries: WriteRetries::default(),
             dirty: BTreeSet::new(),
             events_sent: BTreeSet::new(),
             events_stale: false,
@@ -210,6 +215,9 @@ impl Writer {
             }
             self.events_sent = events;
         }
+        let now = Instant::now();
+        // Retries with no slot left to them: planned again when a slot frees.
+        let mut no_room = Vec::new();
         while self.in_flight.len() < self.max_in_flight {
             let Some(key) = self.dirty.pop_first() else {
                 break;
@@ -218,11 +226,56 @@ impl Writer {
             if self.in_flight.contains(&key) {
                 continue;
             }
-            if let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) {
-                self.in_flight.insert(key);
-                self.spawn_op(op, ctx);
+            let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) else {
+                // Nothing to write: whatever failed before no longer matters.
+                if self.retries.settled(&key) {
+                    self.backing_off_changed();
+                }
+                continue;
+            };
+            match self.retries.admit(&key, now, self.max_in_flight) {
+                Admit::Go => {
+                    self.in_flight.insert(key);
+                    self.spawn_op(op, ctx);
+                }
+                // Its backoff timer marks it again.
+                Admit::Backoff(_) => {}
+                Admit::NoRoom => no_room.push(key),
             }
         }
+        self.dirty.extend(no_room);
+    }
+
+    fn backing_off_changed(&self) {
+        self.metrics
+            .writes_backing_off
+            .set(i64::try_from(self.retries.backing_off()).unwrap_or(i64::MAX));
+    }
+
+    /// A write of `key` failed: the object waits out its backoff (the first failure in a row
+    /// is reported on its pod and binding), and the others go on meanwhile.
+    fn write_failed(&mut self, key: ObjectKey, e: &Error, ctx: &mut Context<Self>) {
+        let f = self
+            .retries
+            .failed(&key, Instant::now(), rand::random::<f64>());
+        self.backing_off_changed();
+        warn!(key = %key, error = %e, retry_in = ?f.retry_in, "AzureAssignedIdentity write failed");
+        if f.first {
+            for ev in events::write_failure_events(
+                &key,
+                self.desired.assignments.get(&key),
+                self.existing.get(&key),
+                e,
+                f.retry_in,
+            ) {
+                self.events.do_send(Record(ev));
+            }
+        }
+        // The watch may bring a newer copy meanwhile; the retry plans from whatever is known.
+        ctx.run_later(f.retry_in, move |act, ctx| {
+            act.dirty.insert(key);
+            act.pump(ctx);
+        });
     }
 
     fn spawn_op(&self, op: WriteOp, ctx: &mut Context<Self>) {
@@ -233,15 +286,14 @@ impl Writer {
         ctx.spawn(f.into_actor(self).map(move |res, act, ctx| {
             act.in_flight.remove(&key);
             match res {
-                Ok((op, obj)) => act.applied(op, obj),
-                Err(e) => {
-                    warn!(error = %e, "AzureAssignedIdentity write failed");
-                    // Retry after a pause: the watch may also bring a newer copy meanwhile.
-                    ctx.run_later(Duration::from_secs(1), move |act, ctx| {
-                        act.dirty.insert(key);
-                        act.pump(ctx);
-                    });
+                Ok((op, obj)) => {
+                    if act.retries.settled(&key) {
+                        info!(key = %key, "AzureAssignedIdentity write went through after failures");
+                        act.backing_off_changed();
+                    }
+                    act.applied(op, obj);
                 }
+                Err(e) => act.write_failed(key, &e, ctx),
             }
             act.pump(ctx);
         }));

@@ -640,3 +640,50 @@ async fn objects_the_api_always_refuses_never_keep_new_pods_from_being_assigned(
     drop(mic);
     w.stop().await;
 }
+
+/// The value of an unlabelled gauge in MIC's `/metrics`.
+async fn gauge(mic: &MicHandle, name: &str) -> Option<i64> {
+    http_text(mic.metrics, "/metrics")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assigner_of_a_deleted_scale_set_stops_calling_arm_and_is_retired() {
+    let w = World::start("host-gone").await;
+    let mic = w.mic("mic-0", None).await;
+    wait_health(mic.probe, "Active").await;
+    w.identity("id-0", 0).await;
+    w.identity("id-1", 1).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(20)).await;
+    assert_eq!(gauge(&mic, "aadpodidentity_mic_assigners").await, Some(1));
+    // A new pod's write is pending when the scale set is deleted under it.
+    w.pod("b", "id-1", &w.node(1)).await;
+    w.azure
+        .delete_compute(&w.topology.scale_sets[0].name)
+        .unwrap();
+    let t0 = Instant::now();
+    while !w.azure.request_log().iter().any(|r| r.status == 404) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "ARM answered 404");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing more is sent for it: no retry, however long the pod waits.
+    let calls = w.azure.request_log().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = w.azure.request_log();
+    assert_eq!(
+        log.len(),
+        calls,
+        "ARM calls after the 404: {:?}",
+        log[calls..]
+            .iter()
+            .map(|r| (&r.method, r.status))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(gauge(&mic, "aadpodidentity_mic_assigners").await, Some(0));
+    drop(mic);
+    w.stop().await;
+}

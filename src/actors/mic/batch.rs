@@ -143,6 +143,8 @@ pub struct HostBatch {
     known: Option<HostIdentities>,
     /// The host is being deleted: hands off.
     deleting: bool,
+    /// ARM says the host does not exist: nothing more is sent (its assigner is retired).
+    gone: bool,
     /// Identities MIC put on the host (the only ones it may remove).
     owned: BTreeSet<IdentityId>,
     /// Owned identities no longer desired, and since when.
@@ -178,6 +180,7 @@ impl HostBatch {
             immutable: BTreeSet::new(),
             known: None,
             deleting: false,
+            gone: false,
             owned: BTreeSet::new(),
             released: BTreeMap::new(),
             maybe_owned: BTreeSet::new(),
@@ -260,6 +263,9 @@ impl HostBatch {
     pub fn next(&mut self, now: Instant) -> Step {
         if self.flight != Flight::Idle {
             return Step::Busy;
+        }
+        if self.gone {
+            return Step::Idle;
         }
         if let Some(h) = self.hold_until {
             if h > now {
@@ -484,6 +490,12 @@ impl HostBatch {
     }
 
     fn host_failure(&mut self, e: &PortError, now: Instant) {
+        if matches!(e, PortError::NotFound(_)) {
+            // Retrying a host that is not there would go on for ever: its owner retires the
+            // assigner, and a host re-created under the name gets a fresh one.
+            self.gone = true;
+            return;
+        }
         let wait = match e {
             PortError::Throttled { retry_after } => *retry_after,
             PortError::Deleting => {
@@ -549,6 +561,25 @@ impl HostBatch {
             .filter(|(id, _)| self.refused_now(id, now))
             .map(|(id, r)| (id.clone(), r.reason.clone()))
             .collect()
+    }
+
+    /// ARM said the host does not exist; nothing more is sent to it.
+    #[must_use]
+    pub fn gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Nothing is left to do on the host, for now or ever: it does not exist, or no pod wants
+    /// an identity on it and MIC holds none there (none owned, releasing, or possibly put
+    /// there by a write whose outcome is unknown). The assigner may then be retired.
+    #[must_use]
+    pub fn retirable(&self) -> bool {
+        self.flight == Flight::Idle
+            && (self.gone
+                || (self.desired.is_empty()
+                    && self.owned.is_empty()
+                    && self.released.is_empty()
+                    && self.maybe_owned.is_empty()))
     }
 
     /// Identities MIC put on the host.

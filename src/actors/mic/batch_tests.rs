@@ -603,3 +603,44 @@ fn a_throttled_write_leaves_its_additions_maybe_owned_until_the_next_answer() {
     );
     assert_eq!(b.owned(), &ids(&["a"]));
 }
+
+#[test]
+fn a_host_arm_says_does_not_exist_gets_nothing_more_and_may_be_retired() {
+    for on_patch in [false, true] {
+        let t = Instant::now();
+        let mut b = HostBatch::new(settings());
+        b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+        assert_eq!(b.next(t), Step::Read);
+        let gone = PortError::NotFound("ResourceNotFound".into());
+        if on_patch {
+            b.on_read(state(&[]), t);
+            assert!(changes(b.next(t)).is_some());
+            b.on_patch(Err(gone), t);
+        } else {
+            b.on_read(Err(gone), t);
+        }
+        assert!(b.gone());
+        assert!(b.retirable(), "pods still want it, but it is not there");
+        // No retry, however long the pods wait.
+        assert_eq!(b.next(t + secs(3600)), Step::Idle);
+    }
+}
+
+#[test]
+fn a_host_is_retirable_once_no_pod_wants_an_identity_and_mic_holds_none_there() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    assert!(b.retirable(), "a host nothing was asked of");
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    assert!(!b.retirable());
+    b.next(t);
+    assert!(!b.retirable(), "a write is out");
+    b.on_patch(patched(&["a"]), t);
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    assert!(!b.retirable(), "its identity is still on the host, in its grace period");
+    let later = t + secs(61);
+    assert_eq!(changes(b.next(later)), Some((vec![], vec![id("a")])));
+    b.on_patch(patched(&[]), later);
+    assert!(b.retirable());
+}

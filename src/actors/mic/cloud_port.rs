@@ -171,6 +171,7 @@ fn port_error(e: crate::cloud::Error) -> PortError {
     match e {
         E::Throttled { retry_after, .. } => PortError::Throttled { retry_after },
         E::Deleting { .. } => PortError::Deleting,
+        E::NotFound { .. } => PortError::NotFound(e.to_string()),
         E::Conflict { .. } => PortError::Conflict(e.to_string()),
         E::IdentitiesRefused { ids, code, message } => PortError::Refused {
             ids: ids.iter().map(|id| IdentityId::new(id)).collect(),
@@ -287,7 +288,7 @@ mod tests {
                 code: "ResourceNotFound".into(),
                 message: "y".into()
             }),
-            PortError::Fatal(_)
+            PortError::NotFound(_)
         ));
     }
 }

@@ -29,6 +29,8 @@ pub struct MicMetrics {
     pub write_failures: IntCounterVec,
     /// AzureAssignedIdentity objects whose last write failed, waiting out their backoff.
     pub writes_backing_off: IntGauge,
+    /// Live assigners (one per VM or scale set with work on it).
+    pub assigners: IntGauge,
 }
 
 impl MicMetrics {
@@ -43,6 +45,7 @@ impl MicMetrics {
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.write_failures.clone()))?;
         registry.register(Box::new(m.writes_backing_off.clone()))?;
+        registry.register(Box::new(m.assigners.clone()))?;
         Ok(m)
     }
 
@@ -101,6 +104,10 @@ impl MicMetrics {
             writes_backing_off: IntGauge::new(
                 "aadpodidentity_mic_assigned_identity_writes_backing_off",
                 "AzureAssignedIdentity objects whose last write failed, waiting out their backoff before the next attempt",
+            )?,
+            assigners: IntGauge::new(
+                "aadpodidentity_mic_assigners",
+                "Live assigners: one per VM or scale set with identities wanted or held on it (retired when idle or when ARM says the host does not exist)",
             )?,
         })
     }

@@ -76,6 +76,9 @@ pub enum PortError {
     /// The host is being deleted.
     #[error("the VM or scale set is being deleted")]
     Deleting,
+    /// The host does not exist (ARM 404 `ResourceNotFound`): deleted, or never there.
+    #[error("the VM or scale set does not exist: {0}")]
+    NotFound(String),
     /// Worth retrying soon (timeouts, 5xx, connection errors).
     #[error("transient ARM failure: {0}")]
     Transient(String),
@@ -93,6 +96,7 @@ impl PortError {
             Self::Throttled { .. } => "throttled",
             Self::Conflict(_) => "conflict",
             Self::Deleting => "deleting",
+            Self::NotFound(_) => "not_found",
             Self::Transient(_) => "transient",
             Self::Fatal(_) => "fatal",
         }

@@ -267,6 +267,15 @@ impl HostBatch {
         if self.gone {
             return Step::Idle;
         }
+        // The first read of a host nothing is wanted on or held at failed: it is not worth
+        // retrying until a pod needs the host.
+        if self.known.is_none()
+            && self.transient_failures > 0
+            && self.desired.is_empty()
+            && self.owned.is_empty()
+        {
+            return Step::Idle;
+        }
         if let Some(h) = self.hold_until {
             if h > now {
                 return Step::WaitUntil(h);

@@ -644,3 +644,15 @@ fn a_host_is_retirable_once_no_pod_wants_an_identity_and_mic_holds_none_there() 
     b.on_patch(patched(&[]), later);
     assert!(b.retirable());
 }
+
+#[test]
+fn a_failed_first_read_of_a_host_nothing_is_wanted_on_is_not_retried_until_a_pod_needs_it() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    assert_eq!(b.next(t), Step::Read);
+    b.on_read(Err(PortError::Fatal("403".into())), t);
+    assert_eq!(b.next(t + secs(3600)), Step::Idle);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t + secs(3600));
+    assert_eq!(b.next(t + secs(3600)), Step::Read);
+}

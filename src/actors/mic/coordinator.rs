@@ -55,6 +55,8 @@ pub struct Coordinator {
     /// Hosts ARM said do not exist, and when: no assigner is made for them again until a node
     /// on them appears or the reconcile interval has passed.
     gone: BTreeMap<HostId, Instant>,
+    /// Hosts with a node, as of the last pass.
+    with_nodes: BTreeSet<HostId>,
     listed: [bool; KINDS],
     /// AzureAssignedIdentity objects of the first list: (node, identity) MIC assigned before.
     startup: Option<Vec<(String, IdentityId)>>,
@@ -84,6 +86,7 @@ impl Coordinator {
             make_assigner,
             assigners: BTreeMap::new(),
             gone: BTreeMap::new(),
+            with_nodes: BTreeSet::new(),
             listed: [false; KINDS],
             startup: None,
             adopted: BTreeSet::new(),
@@ -137,17 +140,16 @@ impl Coordinator {
         let now = Instant::now();
         let forget_after = self.reconcile_interval.max(MIN_GONE_HOLD);
         self.gone.retain(|_, at| now < *at + forget_after);
-        // Every live assigner hears the new state; a host gets a new one only when a pod
-        // needs an identity there or MIC held some there before it started.
-        let mut hosts: BTreeSet<HostId> = self.assigners.keys().cloned().collect();
-        for (host, ids) in &d.hosts {
-            if self.assigners.contains_key(host) || self.gone.contains_key(host) {
-                continue;
-            }
-            if !ids.is_empty() || !self.startup_ids(host).is_empty() {
-                hosts.insert(host.clone());
-            }
-        }
+        // Every host with a node gets an assigner (it reads the host once, so the first pod's
+        // write needs no read), except one ARM said is gone; live ones hear the new state.
+        let mut hosts: BTreeSet<HostId> = d
+            .hosts
+            .keys()
+            .filter(|h| !self.gone.contains_key(*h))
+            .cloned()
+            .collect();
+        hosts.extend(self.assigners.keys().cloned());
+        self.with_nodes = d.hosts.keys().cloned().collect();
         for host in hosts {
             let handle = match self.assigners.get(&host) {
                 Some(h) => h.clone(),
@@ -245,9 +247,11 @@ impl Actor for Coordinator {
 impl Handler<RetirementRequest> for Coordinator {
     type Result = ();
     fn handle(&mut self, msg: RetirementRequest, _: &mut Context<Self>) {
-        // A newer desired state is on its way to the assigner: it asks again if still idle.
-        // A host that does not exist is retired whatever its pods want.
-        if !msg.gone && msg.seq != self.seq {
+        // A host that does not exist is retired whatever its pods want. An idle one only once
+        // no node is on it (an idle assigner costs nothing, and keeps the host's last state
+        // for the next pod's write), and not while a newer desired state is on its way to it
+        // (it asks again if still idle).
+        if !msg.gone && (msg.seq != self.seq || self.with_nodes.contains(&msg.host)) {
             return;
         }
         if let Some(h) = self.assigners.remove(&msg.host) {

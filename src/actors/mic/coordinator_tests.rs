@@ -214,7 +214,7 @@ fn retirement(seq: u64, gone: bool) -> RetirementRequest {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_idle_assigner_is_retired_unless_newer_work_is_on_its_way_and_a_later_pod_gets_a_fresh_one()
+async fn an_idle_assigner_is_retired_once_its_host_has_no_node_and_a_later_pod_gets_a_fresh_one()
  {
     LocalSet::new()
         .run_until(async {
@@ -222,10 +222,19 @@ async fn an_idle_assigner_is_retired_unless_newer_work_is_on_its_way_and_a_later
             listed_with_pod_on_ss0(&c);
             pause().await;
             assert_eq!(seen.lock().unwrap().made, vec![ss0()]);
-            // The pod goes: its assigner hears an empty desired set.
+            // The pod goes: its assigner is idle, but a node is still on the host.
             c.do_send(CatalogEvent::Pod(Observed::Deleted(Box::new(
                 pod("p1").label("sel").on_node("ss0-0").build(),
             ))));
+            pause().await;
+            let seq = seen.lock().unwrap().desired.last().unwrap().seq;
+            c.do_send(retirement(seq, false));
+            pause().await;
+            assert_eq!(seen.lock().unwrap().retired, 0, "kept while a node is there");
+            // The node goes too.
+            c.do_send(CatalogEvent::Node(Observed::Deleted(Box::new(vmss_node(
+                "ss0", 0,
+            )))));
             pause().await;
             let seq = seen.lock().unwrap().desired.last().unwrap().seq;
             // A request from before that state is stale: a newer SetDesired is on its way.
@@ -237,6 +246,14 @@ async fn an_idle_assigner_is_retired_unless_newer_work_is_on_its_way_and_a_later
             assert_eq!(seen.lock().unwrap().retired, 1);
             // Nothing more goes to a retired assigner; a new pod on the host gets a fresh one.
             let sent = seen.lock().unwrap().desired.len();
+            c.do_send(CatalogEvent::Pod(Observed::Deleted(Box::new(
+                pod("p0").label("sel").on_node("ss0-0").build(),
+            ))));
+            pause().await;
+            assert_eq!(seen.lock().unwrap().desired.len(), sent);
+            c.do_send(CatalogEvent::Node(Observed::Applied(Box::new(vmss_node(
+                "ss0", 0,
+            )))));
             c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
                 pod("p2").label("sel").on_node("ss0-0").build(),
             ))));

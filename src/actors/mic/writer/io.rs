@@ -29,6 +29,15 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The name is another pod's: its object exists, recording that pod (created meanwhile,
+    /// or left by another controller). Taking it over would steal that pod's assignment.
+    #[error("AzureAssignedIdentity {key} exists for another pod, {owner}")]
+    NameTaken {
+        /// The object.
+        key: ObjectKey,
+        /// `namespace/name` of the pod it records.
+        owner: String,
+    },
 }
 
 impl Error {
@@ -37,6 +46,7 @@ impl Error {
     pub fn operation_type(&self) -> &'static str {
         match self {
             Self::Kube { op, .. } => original_operation(op),
+            Self::NameTaken { .. } => original_operation("create"),
         }
     }
 
@@ -57,6 +67,7 @@ impl Error {
                 _ => "refused",
             },
             Self::Kube { .. } => "transport",
+            Self::NameTaken { .. } => "name_taken",
         }
     }
 }
@@ -127,15 +138,24 @@ pub(super) async fn execute(
             debug!(key = %key, "creating AzureAssignedIdentity");
             let created = match api.create(&PostParams::default(), &obj).await {
                 Ok(o) => o,
-                // Created by a previous leader an instant ago: take it over.
-                Err(kube::Error::Api(s)) if s.code == 409 => api
-                    .patch(
+                // Created by a previous leader an instant ago: take it over, unless it is
+                // another pod's (the original's names can read the same for two pods).
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    let found = api.get(&key.name).await.map_err(kerr("create", &key))?;
+                    if super::plan::records_other_pod(&found, &assignment) {
+                        return Err(Error::NameTaken {
+                            owner: format!("{}/{}", found.spec.pod_namespace, found.spec.pod),
+                            key,
+                        });
+                    }
+                    api.patch(
                         &key.name,
                         &PatchParams::default(),
                         &Patch::Merge(status_patch(&status, external)),
                     )
                     .await
-                    .map_err(kerr("status update", &key))?,
+                    .map_err(kerr("status update", &key))?
+                }
                 Err(e) => return Err(kerr("create", &key)(e)),
             };
             let o = status_fallback(&api, &key, created, &status)
@@ -239,6 +259,8 @@ pub(super) async fn execute_counted(
     let r = execute(client, op.clone(), existing).await;
     match &r {
         Ok(_) => count.inc(),
+        // Not a failed call: the writer moves the assignment to a name of its own.
+        Err(Error::NameTaken { .. }) => {}
         Err(e) => {
             drop(timer);
             m.kubernetes_api_operations_errors_count

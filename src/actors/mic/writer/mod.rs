@@ -88,6 +88,9 @@ pub struct Writer {
     in_flight: BTreeSet<ObjectKey>,
     /// Objects whose last write failed, each on its own backoff.
     retries: WriteRetries,
+    /// Assignments moved off a name another pod's object holds: the matcher's name, the pod,
+    /// and the name used instead ([`crate::crd::unique_assigned_identity_name`]).
+    renamed: BTreeMap<ObjectKey, (ObjectKey, ObjectKey)>,
     /// Objects to plan again.
     dirty: BTreeSet<ObjectKey>,
     /// Warning Events written and still true (each is written once while it holds).
@@ -132,6 +135,7 @@ impl Writer {
             hosts: BTreeMap::new(),
             in_flight: BTreeSet::new(),
             retries: WriteRetries::default(),
+            renamed: BTreeMap::new(),
             dirty: BTreeSet::new(),
             events_sent: BTreeSet::new(),
             events_stale: false,
@@ -141,8 +145,52 @@ impl Writer {
         }
     }
 
+    /// Applies the renames still true (same name, same pod) to a new desired state.
+    fn with_renames(&mut self, mut next: DesiredAssignments) -> DesiredAssignments {
+        self.renamed
+            .retain(|k, (pod, _)| next.assignments.get(k).is_some_and(|a| &a.pod == pod));
+        for (k, (_, new)) in &self.renamed {
+            if let Some(mut a) = next.assignments.remove(k) {
+                a.key = new.clone();
+                next.assignments.insert(new.clone(), a);
+            }
+        }
+        next
+    }
+
+    /// Moves the assignment at `key` to a name no other pod's object can hold: the object
+    /// there is another pod's. The object there is released like any other not desired.
+    fn rename(&mut self, key: &ObjectKey) {
+        let Some(a) = self.desired.assignments.remove(key) else {
+            return;
+        };
+        let a = a.with_unique_name();
+        if a.key == *key {
+            self.desired.assignments.insert(key.clone(), a);
+            return;
+        }
+        warn!(key = %key, pod = %a.pod, name = %a.key.name, "AzureAssignedIdentity name is another pod's; using a name of its own");
+        self.renamed
+            .insert(key.clone(), (a.pod.clone(), a.key.clone()));
+        if let Some(h) = host_of(&a) {
+            let keys = self.by_host.entry(h.clone()).or_default();
+            keys.remove(key);
+            keys.insert(a.key.clone());
+        }
+        if let Some(t) = self.first_seen.remove(key) {
+            self.first_seen.insert(a.key.clone(), t);
+        }
+        if self.existing.contains_key(key) {
+            self.orphans.insert(key.clone());
+        }
+        self.dirty.insert(key.clone());
+        self.dirty.insert(a.key.clone());
+        self.desired.assignments.insert(a.key.clone(), a);
+    }
+
     /// Takes in a new desired state: marks what changed.
     fn set_desired(&mut self, next: DesiredAssignments) {
+        let next = self.with_renames(next);
         let now = Instant::now();
         let mut old = std::mem::replace(&mut self.desired, next);
         for (key, a) in &self.desired.assignments {
@@ -226,6 +274,12 @@ impl Writer {
             if self.in_flight.contains(&key) {
                 continue;
             }
+            if let (Some(a), Some(e)) = (self.desired.assignments.get(&key), self.existing.get(&key))
+                && plan::records_other_pod(e, a)
+            {
+                self.rename(&key);
+                continue;
+            }
             let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) else {
                 // Nothing to write: whatever failed before no longer matters.
                 if self.retries.settled(&key) {
@@ -293,6 +347,7 @@ impl Writer {
                     }
                     act.applied(op, obj);
                 }
+                Err(Error::NameTaken { .. }) => act.rename(&key),
                 Err(e) => act.write_failed(key, &e, ctx),
             }
             act.pump(ctx);

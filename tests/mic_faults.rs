@@ -689,3 +689,105 @@ async fn the_assigner_of_a_deleted_scale_set_stops_calling_arm_and_is_retired() 
     drop(mic);
     w.stop().await;
 }
+
+async fn namespace(w: &World, name: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(w.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+async fn pod_in(w: &World, ns: &str, name: &str, selector: &str, node: &str) {
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"aadpodidbinding": selector}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "demo"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+}
+
+/// (pod namespace, pod) of every Assigned object, and the object names.
+async fn assigned_pods(w: &World) -> (Vec<(String, String)>, Vec<String>) {
+    let l = Api::<AzureAssignedIdentity>::all(w.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut pods: Vec<(String, String)> = l
+        .items
+        .iter()
+        .filter(|a| a.status.as_ref().map(|s| &s.status) == Some(&AssignedState::Assigned))
+        .map(|a| (a.spec.pod_namespace.clone(), a.spec.pod.clone()))
+        .collect();
+    pods.sort();
+    let names = l.items.iter().map(kube::ResourceExt::name_any).collect();
+    (pods, names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_whose_original_names_read_the_same_each_get_an_object_of_their_own() {
+    let w = World::start("collide").await;
+    // Cluster-wide mode: every object lives in `default`.
+    let mut settings = w.settings("mic-0");
+    settings.matching.force_namespaced = false;
+    // An object left by another controller under the name pod `x` in `default` would get,
+    // recording another pod: it is never taken over.
+    let mut foreign = AzureAssignedIdentity::new(
+        &crd::assigned_identity_name("x", "default", "id-0"),
+        crd::AzureAssignedIdentitySpec {
+            pod: "someone-else".into(),
+            pod_namespace: "elsewhere".into(),
+            node_name: w.node(0),
+            ..Default::default()
+        },
+    );
+    foreign.metadata.namespace = Some("default".into());
+    Api::<AzureAssignedIdentity>::namespaced(w.client.clone(), "default")
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    w.identity("id-0", 0).await;
+    namespace(&w, "c").await;
+    namespace(&w, "b-c").await;
+    // `a-b` in `c` and `a` in `b-c`: the original's name is `a-b-c-id-0` for both.
+    pod_in(&w, "c", "a-b", "id-0", &w.node(0)).await;
+    pod_in(&w, "b-c", "a", "id-0", &w.node(1)).await;
+    w.pod("x", "id-0", &w.node(0)).await;
+    // MIC starts (or takes over) with all of it there.
+    let mic = w.mic_with(settings, None).await;
+    wait_health(mic.probe, "Active").await;
+    let want = vec![
+        ("b-c".to_string(), "a".to_string()),
+        ("c".to_string(), "a-b".to_string()),
+        ("default".to_string(), "x".to_string()),
+    ];
+    let t0 = Instant::now();
+    loop {
+        let (pods, names) = assigned_pods(&w).await;
+        if pods == want && names.len() == 3 {
+            assert!(names.contains(&"a-b-c-id-0".to_string()), "{names:?}");
+            assert!(
+                !names.contains(&"x-default-id-0".to_string()),
+                "the other controller's object was released, not taken over: {names:?}"
+            );
+            assert!(
+                names.iter().any(|n| n.starts_with("x-default-id-0-")),
+                "{names:?}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "wanted {want:?} Assigned in three objects, have {pods:?} in {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(mic);
+    w.stop().await;
+}

@@ -14,7 +14,8 @@ pub struct MicMetrics {
     pub original: Metrics,
     /// Seconds from MIC seeing a pod's assignment to its AzureAssignedIdentity turning Assigned.
     pub assignment_latency: Histogram,
-    /// ARM writes (PATCHes) by outcome: `ok`, `refused`, `throttled`, `transient`, `fatal`, `deleting`.
+    /// ARM writes (PATCHes) by outcome: `ok`, `refused`, `throttled`, `conflict`, `transient`,
+    /// `fatal`, `deleting`, `not_found`.
     pub arm_writes: IntCounterVec,
     /// Identity changes carried by one PATCH.
     pub batch_size: Histogram,

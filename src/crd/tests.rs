@@ -448,7 +448,10 @@ fn names_that_read_the_same_across_namespaces_get_distinct_unique_names() {
         unique_assigned_identity_name("p", "n", "y", "id")
     );
     assert!(one.starts_with("a-b-c-id-"), "{one}");
-    assert_eq!(one, unique_assigned_identity_name("a-b", "c", "default", "id"));
+    assert_eq!(
+        one,
+        unique_assigned_identity_name("a-b", "c", "default", "id")
+    );
     let long = unique_assigned_identity_name(&"p".repeat(253), "default", "default", "id");
     assert_eq!(long.len(), MAX_NAME_LEN);
     assert!(aad_pod_identity_sim::kube::meta::is_dns_subdomain(&long));

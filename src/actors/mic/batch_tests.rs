@@ -638,7 +638,10 @@ fn a_host_is_retirable_once_no_pod_wants_an_identity_and_mic_holds_none_there() 
     assert!(!b.retirable(), "a write is out");
     b.on_patch(patched(&["a"]), t);
     b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
-    assert!(!b.retirable(), "its identity is still on the host, in its grace period");
+    assert!(
+        !b.retirable(),
+        "its identity is still on the host, in its grace period"
+    );
     let later = t + secs(61);
     assert_eq!(changes(b.next(later)), Some((vec![], vec![id("a")])));
     b.on_patch(patched(&[]), later);

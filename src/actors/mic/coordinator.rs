@@ -36,8 +36,7 @@ pub struct AssignerHandle {
 }
 
 /// Makes the assigner of a host on first need; it asks for retirement through the recipient.
-pub type AssignerFactory =
-    Box<dyn FnMut(&HostId, Recipient<RetirementRequest>) -> AssignerHandle>;
+pub type AssignerFactory = Box<dyn FnMut(&HostId, Recipient<RetirementRequest>) -> AssignerHandle>;
 
 const KINDS: usize = 5;
 

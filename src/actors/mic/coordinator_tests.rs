@@ -214,8 +214,7 @@ fn retirement(seq: u64, gone: bool) -> RetirementRequest {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_idle_assigner_is_retired_once_its_host_has_no_node_and_a_later_pod_gets_a_fresh_one()
- {
+async fn an_idle_assigner_is_retired_once_its_host_has_no_node_and_a_later_pod_gets_a_fresh_one() {
     LocalSet::new()
         .run_until(async {
             let (c, seen) = start();
@@ -230,7 +229,11 @@ async fn an_idle_assigner_is_retired_once_its_host_has_no_node_and_a_later_pod_g
             let seq = seen.lock().unwrap().desired.last().unwrap().seq;
             c.do_send(retirement(seq, false));
             pause().await;
-            assert_eq!(seen.lock().unwrap().retired, 0, "kept while a node is there");
+            assert_eq!(
+                seen.lock().unwrap().retired,
+                0,
+                "kept while a node is there"
+            );
             // The node goes too.
             c.do_send(CatalogEvent::Node(Observed::Deleted(Box::new(vmss_node(
                 "ss0", 0,
@@ -283,7 +286,11 @@ async fn a_host_arm_says_is_gone_gets_no_assigner_until_a_node_appears_on_it_or_
                 ))));
                 pause().await;
             }
-            assert_eq!(seen.lock().unwrap().made.len(), 1, "no assigner for a host not there");
+            assert_eq!(
+                seen.lock().unwrap().made.len(),
+                1,
+                "no assigner for a host not there"
+            );
             // A node registers on it: the scale set was re-created.
             c.do_send(CatalogEvent::Node(Observed::Applied(Box::new(vmss_node(
                 "ss0", 1,

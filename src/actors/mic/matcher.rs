@@ -213,7 +213,8 @@ impl Assignment {
     /// different object).
     #[must_use]
     pub fn is_other_object(&self, other: &Self) -> bool {
-        self.pod != other.pod || ObjectKey::of(self.identity.as_ref()) != ObjectKey::of(other.identity.as_ref())
+        self.pod != other.pod
+            || ObjectKey::of(self.identity.as_ref()) != ObjectKey::of(other.identity.as_ref())
     }
 
     /// The assignment under a name no other pod and identity can have

@@ -22,7 +22,10 @@ pub fn write_failure_events(
     error: &super::Error,
     retry_in: Duration,
 ) -> Vec<UserEvent> {
-    let retry = format!("retrying in {:.1}s, then with backoff", retry_in.as_secs_f64());
+    let retry = format!(
+        "retrying in {:.1}s, then with backoff",
+        retry_in.as_secs_f64()
+    );
     match (desired, existing) {
         (Some(a), _) => {
             let binding = ObjectKey::of(a.binding.as_ref());

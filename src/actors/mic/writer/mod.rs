@@ -274,7 +274,8 @@ impl Writer {
             if self.in_flight.contains(&key) {
                 continue;
             }
-            if let (Some(a), Some(e)) = (self.desired.assignments.get(&key), self.existing.get(&key))
+            if let (Some(a), Some(e)) =
+                (self.desired.assignments.get(&key), self.existing.get(&key))
                 && plan::records_other_pod(e, a)
             {
                 self.rename(&key);

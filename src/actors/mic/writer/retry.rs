@@ -166,7 +166,11 @@ mod tests {
         assert_eq!(r.backing_off(), 0);
         let f = r.failed(&k, Instant::now(), 0.0);
         assert!(f.first);
-        assert_eq!(f.retry_in, Duration::from_millis(500), "jitter: half of the step");
+        assert_eq!(
+            f.retry_in,
+            Duration::from_millis(500),
+            "jitter: half of the step"
+        );
     }
 
     #[tokio::test(start_paused = true)]

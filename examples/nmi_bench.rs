@@ -368,7 +368,7 @@ async fn main() {
             r.bytes().await.unwrap();
             Instant::now()
         });
-        let key = format!("default/{name}");
+        let key = aad_pod_identity::object_key::ObjectKey::new("default", &name);
         while index.waiters(&key) == 0 {
             tokio::task::yield_now().await;
         }
@@ -439,7 +439,7 @@ async fn wake_through_kube(iterations: usize) {
         )
         .await
         .unwrap();
-        let key = format!("default/{name}");
+        let key = aad_pod_identity::object_key::ObjectKey::new("default", &name);
         while running.nmi.pods.by_ip(ip.parse().unwrap()).is_none() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -1,9 +1,11 @@
 //! Exponential backoff: the one helper for "wait longer after each failure in a row, up to a
 //! cap", so every retry in the product grows the same way and is tested once.
 //!
-//! [`exponential`] is the delay of the n-th attempt as a pure function; [`Backoff`] keeps the
-//! count for loops that retry until something works, with optional jitter (the caller supplies
-//! the randomness, so tests stay deterministic under a paused clock).
+//! [`exponential`] is the delay of the n-th attempt as a pure function and [`jittered`] spreads
+//! it; [`Backoff`] keeps the count for loops that retry until something works, with optional
+//! jitter (the caller supplies the randomness, so tests stay deterministic under a paused
+//! clock). Jitter only ever shortens a step (to between half and all of it), so a delay never
+//! exceeds its cap.
 
 use std::time::Duration;
 
@@ -14,6 +16,13 @@ pub fn exponential(first: Duration, max: Duration, attempt: u32) -> Duration {
     first
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
         .min(max)
+}
+
+/// `step` jittered into `[half, all]` of itself by `jitter` in `[0, 1)` (clamped), so many
+/// clients that failed together do not retry in lockstep.
+#[must_use]
+pub fn jittered(step: Duration, jitter: f64) -> Duration {
+    step.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
 }
 
 /// Failures in a row and the delays they earn.
@@ -41,11 +50,9 @@ impl Backoff {
         exponential(self.first, self.max, self.failures)
     }
 
-    /// As [`Self::next_delay`], jittered into `[half, all]` of the step by `jitter` in `[0, 1)`,
-    /// so many clients that failed together do not retry in lockstep.
+    /// As [`Self::next_delay`], [`jittered`] by `jitter` in `[0, 1)`.
     pub fn next_jittered(&mut self, jitter: f64) -> Duration {
-        self.next_delay()
-            .mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+        jittered(self.next_delay(), jitter)
     }
 
     /// It worked: the next failure waits `first` again.

@@ -12,6 +12,7 @@
 //! - [`http`]: NMI's HTTP surface, probes and the metrics endpoint.
 //! - [`metrics`]: the one Prometheus registry and every metric the system records.
 //! - [`nmi`]: the `nmi` process, wiring NMI's owners to its HTTP surface.
+//! - [`object_key`]: `namespace/name` of a Kubernetes object, the key MIC and NMI index by.
 //! - [`logging`]: tracing-subscriber setup (text or JSON).
 //! - [`version`]: version, commit and build date; the User-Agent.
 //!
@@ -30,4 +31,5 @@ pub mod kube_watch;
 pub mod logging;
 pub mod metrics;
 pub mod nmi;
+pub mod object_key;
 pub mod version;

@@ -511,7 +511,7 @@ pub fn start(
         let pod_list_errors = metrics
             .kubernetes_api_operations_errors_count
             .with_label_values(&[crate::metrics::K8S_GET_POD_LIST]);
-        sup.spawn("watch-pods", move || {
+        sup.spawn_until_shutdown("watch-pods", move || {
             watchers::watch_pods(
                 client.clone(),
                 node.clone(),
@@ -524,7 +524,7 @@ pub fn start(
     {
         let (client, exceptions) = (client.clone(), Arc::clone(&nmi.exceptions));
         let synced = Arc::clone(&nmi.synced_changed);
-        sup.spawn("watch-exceptions", move || {
+        sup.spawn_until_shutdown("watch-exceptions", move || {
             watchers::watch_exceptions(client.clone(), Arc::clone(&exceptions), Arc::clone(&synced))
         });
     }
@@ -536,7 +536,7 @@ pub fn start(
             Arc::clone(&nmi.cache),
         );
         let synced = Arc::clone(&nmi.synced_changed);
-        sup.spawn("watch-assigned-identities", move || {
+        sup.spawn_until_shutdown("watch-assigned-identities", move || {
             watchers::watch_assigned(
                 client.clone(),
                 node.clone(),
@@ -549,7 +549,7 @@ pub fn start(
     if let Some(sa) = &nmi.service_accounts {
         let (client, sa, cache) = (client.clone(), Arc::clone(sa), Arc::clone(&nmi.cache));
         let synced = Arc::clone(&nmi.synced_changed);
-        sup.spawn("watch-service-accounts", move || {
+        sup.spawn_until_shutdown("watch-service-accounts", move || {
             watchers::watch_service_accounts(
                 client.clone(),
                 Arc::clone(&sa),
@@ -561,7 +561,7 @@ pub fn start(
     if let Some(c) = &nmi.catalog {
         let (client, c, cache) = (client.clone(), Arc::clone(c), Arc::clone(&nmi.cache));
         let synced = Arc::clone(&nmi.synced_changed);
-        sup.spawn("watch-catalog", move || {
+        sup.spawn_until_shutdown("watch-catalog", move || {
             watchers::watch_catalog(
                 client.clone(),
                 Arc::clone(&c),

@@ -721,3 +721,104 @@ async fn a_write_on_a_stale_answer_is_refused_by_its_precondition_then_read_and_
     assert_eq!(sim.counters().gets.values().sum::<u64>(), gets + 1);
     sim.shutdown().await;
 }
+
+/// MIC's port and write budget built as `mic::run` builds them, on one Retry-After gate.
+fn mic_port_and_budget(
+    sim: &aad_pod_identity_sim::azure::AzureSimHandle,
+) -> (
+    std::sync::Arc<dyn aad_pod_identity::actors::mic::port::ArmPort>,
+    std::sync::Arc<aad_pod_identity::actors::mic::budget::WriteBudget>,
+) {
+    use aad_pod_identity::actors::mic::budget::WriteBudget;
+    use aad_pod_identity::actors::mic::cloud_port::CloudArm;
+    use aad_pod_identity::actors::mic::port::ArmPort;
+    let config =
+        aad_pod_identity::cloud::config::CloudConfig::from_json(&sim.azure_json().to_string())
+            .expect("azure.json parses");
+    let port = CloudArm::from_config(&config).expect("client");
+    let gate = port.throttle_gate().expect("the ARM port has a gate");
+    (std::sync::Arc::new(port), WriteBudget::sharing(0, gate))
+}
+
+#[tokio::test]
+async fn a_retry_after_on_a_read_holds_the_next_write_and_one_on_a_write_holds_reads() {
+    use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
+    use std::time::Instant;
+    let t = Topology::sized(2, 1, 0, 1);
+    let sim = sim(
+        &t,
+        AzureSimConfig {
+            lro: LroMode::Sync,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (port, budget) = mic_port_and_budget(&sim);
+    let sub = t.subscription_id.clone();
+    let host = |i: usize| HostId::scale_set(&sub, &t.resource_group, &t.scale_sets[i].name);
+    let window = Duration::from_secs(2);
+
+    // A read of scale set 0 is throttled; the client waits out the window and reads again.
+    sim.inject(
+        FaultTarget::ArmGet,
+        1,
+        FaultKind::Throttle {
+            retry_after_secs: window.as_secs(),
+            as_http_date: false,
+        },
+    );
+    let reader = {
+        let (port, host) = (port.clone(), host(0));
+        tokio::spawn(async move { port.get(&host).await })
+    };
+    let throttled_at = loop {
+        if let Some(r) = sim.request_log().iter().find(|r| r.status == 429) {
+            break r.at;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Meanwhile an assigner of scale set 1 (same subscription) asks the budget for a write.
+    budget.acquire(&sub).await;
+    let allowed_at = Instant::now();
+    assert!(
+        allowed_at >= throttled_at + window,
+        "the write budget let a PATCH go {:?} after a 429 announcing {window:?}",
+        allowed_at - throttled_at
+    );
+    let base = port.get(&host(1)).await.expect("read");
+    port.patch(
+        &host(1),
+        &base,
+        &[IdentityId::new(&identity_id(&t, 0))],
+        &[],
+    )
+    .await
+    .expect("the write goes through once the window has passed");
+    reader
+        .await
+        .unwrap()
+        .expect("the throttled read succeeds on its retry");
+    let log = sim.request_log();
+    let patch = log
+        .iter()
+        .find(|r| r.method == "PATCH")
+        .expect("one PATCH sent");
+    assert!(patch.at >= throttled_at + window, "{patch:?}");
+
+    // The other way: a Retry-After an assigner reports to the budget holds the client's reads.
+    let reported_at = Instant::now();
+    budget.block_until(&sub, tokio::time::Instant::now() + window);
+    port.get(&host(0)).await.expect("read");
+    let read = sim
+        .request_log()
+        .into_iter()
+        .rfind(|r| r.method == "GET")
+        .expect("the read arrived");
+    assert!(
+        read.at >= reported_at + window,
+        "a read went out {:?} into the window",
+        read.at - reported_at
+    );
+    assert_eq!(sim.counters().throttle_violations, 0);
+    sim.shutdown().await;
+}

@@ -4,6 +4,7 @@
 mod nmi_support;
 
 use aad_pod_identity::crd::{AssignedState, IdentityType};
+use aad_pod_identity::object_key::ObjectKey;
 use nmi_support::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -390,7 +391,7 @@ async fn a_waiting_request_is_answered_as_soon_as_the_identity_is_assigned() {
     a.apply(&assigned("ns", "new", &id, AssignedState::Created));
     let url = format!("{}{TOKEN_PATH}?resource=r", w.base);
     let req = tokio::spawn(async move { get(&client_from("127.0.0.4"), &url, true).await });
-    while a.waiters("ns/new") == 0 {
+    while a.waiters(&ObjectKey::new("ns", "new")) == 0 {
         tokio::task::yield_now().await;
     }
     let flipped = Instant::now();

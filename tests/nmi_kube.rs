@@ -9,6 +9,7 @@ use aad_pod_identity::crd::{
     self, AssignedState, AzureAssignedIdentity, IdentityType, NODENAME_LABEL,
 };
 use aad_pod_identity::nmi;
+use aad_pod_identity::object_key::ObjectKey;
 use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
 use aad_pod_identity_sim::topology::Topology;
 use k8s_openapi::api::core::v1::Pod;
@@ -80,7 +81,7 @@ async fn nmi_follows_the_api_from_created_to_assigned_to_deleted() {
                 state
                     .pods
                     .by_ip(ip.parse().unwrap())
-                    .is_some_and(|p| &*p.key == "default/web")
+                    .is_some_and(|p| *p.key == ObjectKey::new("default", "web"))
             })
         {
             pod_ip = ip;
@@ -136,7 +137,12 @@ async fn nmi_follows_the_api_from_created_to_assigned_to_deleted() {
         })
     };
     eventually("the request to wait on its assignment", || {
-        state.assignments.as_ref().unwrap().waiters("default/web") > 0
+        state
+            .assignments
+            .as_ref()
+            .unwrap()
+            .waiters(&ObjectKey::new("default", "web"))
+            > 0
     })
     .await;
     assert_eq!(
@@ -292,7 +298,7 @@ async fn a_reused_address_never_lets_one_pod_act_as_another() {
             .assignments
             .as_ref()
             .unwrap()
-            .current("default/old")
+            .current(&ObjectKey::new("default", "old"))
             .is_some_and(|ids| !ids.is_empty())
             && state.pods.by_ip(shared_ip.parse().unwrap()).is_some()
     })
@@ -323,7 +329,7 @@ async fn a_reused_address_never_lets_one_pod_act_as_another() {
     eventually("old to be seen terminating", || {
         state
             .pods
-            .by_key("default/old")
+            .by_key(&ObjectKey::new("default", "old"))
             .is_some_and(|p| p.terminating)
     })
     .await;
@@ -344,12 +350,15 @@ async fn a_reused_address_never_lets_one_pod_act_as_another() {
     .await;
     assign(&client, "agent", &node, "cid-agent").await;
     eventually("the agent to be indexed", || {
-        state.pods.by_key("default/agent").is_some()
+        state
+            .pods
+            .by_key(&ObjectKey::new("default", "agent"))
+            .is_some()
             && state
                 .assignments
                 .as_ref()
                 .unwrap()
-                .current("default/agent")
+                .current(&ObjectKey::new("default", "agent"))
                 .is_some_and(|ids| !ids.is_empty())
     })
     .await;
@@ -413,7 +422,13 @@ async fn a_broken_pod_watch_makes_nmi_not_ready_until_it_has_listed_again() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     running_pod(&pods, "late", &node, "127.1.202.3", serde_json::json!({})).await;
     eventually_status(&readyz, 200).await;
-    assert!(running.nmi.pods.by_key("default/late").is_some());
+    assert!(
+        running
+            .nmi
+            .pods
+            .by_key(&ObjectKey::new("default", "late"))
+            .is_some()
+    );
     assert!(running.nmi.supervisor.health().is_ok());
     running.stop().await.unwrap();
     sim.shutdown().await;

@@ -142,6 +142,26 @@ impl Supervisor {
         });
     }
 
+    /// As [`Supervisor::spawn`], for a task with nothing to clean up (a watch filling an index):
+    /// it ends as soon as shutdown starts instead of holding the process for the whole grace
+    /// period, which is for tasks that do clean up (iptables rules, the node taint).
+    pub fn spawn_until_shutdown<F, Fut>(&self, name: &'static str, mut make: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.shutdown_token();
+        self.spawn(name, move || {
+            let (run, token) = (make(), token.clone());
+            async move {
+                tokio::select! {
+                    () = run => {}
+                    () = token.cancelled() => {}
+                }
+            }
+        });
+    }
+
     /// Runs `make()` as task `name`, restarting it with backoff whenever a run ends or panics
     /// before shutdown; more than [`RestartPolicy::max_restarts`] failures within the window
     /// make the process dead.
@@ -386,6 +406,17 @@ mod tests {
             ["assigner"],
             "the retired one is forgotten"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_without_cleanup_ends_when_shutdown_starts_not_after_the_grace() {
+        let sup = Supervisor::new(policy());
+        sup.spawn_until_shutdown("watch", std::future::pending::<()>);
+        let started = Instant::now();
+        sup.shutdown(Duration::from_secs(5)).await;
+        // On the paused clock, waiting out the grace would advance time by the full 5 s.
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(sup.health().is_ok());
     }
 
     #[tokio::test(start_paused = true)]

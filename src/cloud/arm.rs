@@ -5,7 +5,8 @@
 //! [`MAX_IDENTITIES_PER_PATCH`] entries per request. Long-running operations are followed
 //! through `Azure-AsyncOperation` or `Location`. A 429 closes the per-subscription
 //! [`SubscriptionGate`] for its `Retry-After`, so no caller sharing the gate sends anything for
-//! that subscription inside the window; 5xx and timeouts are retried with exponential backoff.
+//! that subscription inside the window; 5xx and timeouts are retried with [`crate::backoff`]'s
+//! jittered exponential backoff (never longer than `backoff_max`).
 //! When ARM refuses some identities of a batch (`LinkedAuthorizationFailed`,
 //! `FailedIdentityOperation`, an unknown identity), the ids its message names are set aside and
 //! the rest of the batch is sent again, so one bad identity never blocks the others.
@@ -34,6 +35,7 @@ use super::credential::BearerPolicy;
 use super::provider_id::ComputeRef;
 use super::throttle::{SubscriptionGate, parse_retry_after};
 use super::{Error, RefusedIdentity};
+use crate::backoff;
 
 /// Compute API version used for VM and scale-set GET/PATCH.
 pub const API_VERSION: &str = "2024-07-01";
@@ -51,9 +53,9 @@ pub struct ArmOptions {
     pub request_timeout: Duration,
     /// Tries per request for 5xx and timeouts (1 = no retry).
     pub max_attempts: u32,
-    /// First backoff delay; doubled per retry.
+    /// First backoff delay; doubled per retry, then jittered down to between half and all of it.
     pub backoff_base: Duration,
-    /// Longest backoff delay.
+    /// Longest backoff delay (jitter never exceeds it).
     pub backoff_max: Duration,
     /// 429 answers tolerated per request before giving up with [`Error::Throttled`].
     pub max_throttled: u32,
@@ -725,7 +727,8 @@ impl ArmClient {
                 }
                 Ok(r) if r.status >= 500 && failures + 1 < self.options.max_attempts => {
                     failures += 1;
-                    let delay = retry_after(&r.headers).unwrap_or_else(|| self.backoff(failures));
+                    let delay = retry_after(&r.headers)
+                        .unwrap_or_else(|| retry_delay(&self.options, failures, rand::random()));
                     tracing::debug!(
                         operation,
                         status = r.status,
@@ -738,7 +741,7 @@ impl ArmClient {
                     if failures + 1 < self.options.max_attempts =>
                 {
                     failures += 1;
-                    let delay = self.backoff(failures);
+                    let delay = retry_delay(&self.options, failures, rand::random());
                     tracing::debug!(operation, ?delay, "ARM call failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -746,17 +749,16 @@ impl ArmClient {
             }
         }
     }
+}
 
-    /// Exponential backoff with up to 25 % jitter so many assigners do not retry in lockstep.
-    fn backoff(&self, failures: u32) -> Duration {
-        let base = self
-            .options
-            .backoff_base
-            .saturating_mul(1u32 << (failures - 1).min(16))
-            .min(self.options.backoff_max);
-        let jitter = base.mul_f64(rand::random::<f64>() * 0.25);
-        base + jitter
-    }
+/// The wait before retry `failures` (1 is the first) of a 5xx or timeout without a
+/// `Retry-After`: [`crate::backoff`]'s doubling from `backoff_base` up to `backoff_max`,
+/// jittered by `jitter` in `[0, 1)` so many assigners do not retry in lockstep.
+fn retry_delay(options: &ArmOptions, failures: u32, jitter: f64) -> Duration {
+    backoff::jittered(
+        backoff::exponential(options.backoff_base, options.backoff_max, failures),
+        jitter,
+    )
 }
 
 fn header(headers: &Headers, name: &'static str) -> Option<String> {
@@ -964,6 +966,30 @@ fn lro_failure(target: &ComputeRef, status: &str, e: ArmErrorBody, requested: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_double_from_the_base_jitter_down_and_never_pass_the_cap() {
+        let options = ArmOptions::default(); // 1 s doubling, at most 30 s
+        let s = Duration::from_secs(1);
+        let steps: Vec<Duration> = (1..=7)
+            .map(|n| retry_delay(&options, n, 0.999_999))
+            .collect();
+        for (n, (got, full)) in steps.iter().zip([1u64, 2, 4, 8, 16, 30, 30]).enumerate() {
+            let full = Duration::from_secs(full);
+            assert!(
+                *got <= full && *got > full.mul_f64(0.99),
+                "retry {}: {got:?}",
+                n + 1
+            );
+        }
+        assert_eq!(retry_delay(&options, 1, 0.0), s / 2);
+        assert_eq!(retry_delay(&options, 3, 0.5), Duration::from_secs(3));
+        assert_eq!(
+            retry_delay(&options, u32::MAX, 1.0),
+            options.backoff_max,
+            "however many failures, the cap holds"
+        );
+    }
 
     fn id(n: &str) -> String {
         format!(

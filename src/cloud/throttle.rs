@@ -3,7 +3,8 @@
 //!
 //! ARM throttles per subscription (and per client identity), so one assigner ignoring another's
 //! 429 would only lengthen the window for everyone. Every [`super::arm::ArmClient`] clone shares
-//! one gate; separate clients can share one explicitly.
+//! one gate; separate clients can share one explicitly, and MIC's write budget
+//! (`actors::mic::budget`) waits on its ARM client's gate, so reads and writes hold each other.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

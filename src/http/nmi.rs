@@ -352,7 +352,7 @@ async fn host_token(req: &HttpRequest, state: &NmiHttp) -> Result<HttpResponse, 
             let ns = state
                 .broker
                 .pods
-                .by_key(&crate::actors::nmi::pods::pod_key(podns, podname))
+                .by_key(&crate::object_key::ObjectKey::new(podns, podname))
                 .map(|p| Arc::clone(&p.namespace));
             record(
                 state,

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::actors::mic::fixtures::*;
-use crate::actors::mic::matcher::{BindingIndex, MatchSettings, ObjectKey};
+use crate::actors::mic::matcher::{BindingIndex, MatchSettings};
+use crate::object_key::ObjectKey;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::task::LocalSet;

@@ -14,6 +14,7 @@
 
 use super::host::IdentityId;
 use super::port::{HostIdentities, PatchOutcome, PortError};
+use crate::backoff::exponential;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -478,7 +479,7 @@ impl HostBatch {
         for id in ids {
             let attempts = self.refused.get(&id).map_or(0, |r| r.attempts) + 1;
             let wait = match attempts.checked_sub(self.settings.refused_retries) {
-                Some(beyond) if beyond > 0 => backoff(
+                Some(beyond) if beyond > 0 => exponential(
                     self.settings.refused_backoff,
                     self.settings.refused_backoff_max,
                     beyond,
@@ -513,7 +514,7 @@ impl HostBatch {
             }
             _ => {
                 self.transient_failures += 1;
-                backoff(
+                exponential(
                     self.settings.transient_backoff,
                     self.settings.transient_backoff_max,
                     self.transient_failures,
@@ -611,11 +612,6 @@ impl HostBatch {
                 .filter(|id| known.contains(*id))
                 .count()
     }
-}
-
-fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
-    base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
-        .min(max)
 }
 
 #[cfg(test)]

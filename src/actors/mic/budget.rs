@@ -3,7 +3,8 @@
 //! A token bucket (`--arm-writes-per-minute`, full at start) per subscription, behind the
 //! Azure layer's Retry-After gate ([`SubscriptionGate`], the one owner of "closed until" per
 //! subscription): any 429's `Retry-After` closes it, so one throttled assigner holds back all of
-//! them.
+//! them. MIC builds it [`WriteBudget::sharing`] the ARM client's gate, so a 429 the client saw
+//! (on a read too) holds back the next write, and one an assigner reports holds the client.
 
 use crate::cloud::throttle::SubscriptionGate;
 use std::collections::HashMap;
@@ -26,13 +27,21 @@ pub struct WriteBudget {
 }
 
 impl WriteBudget {
-    /// A budget of `per_minute` writes per subscription (0 means unlimited).
+    /// A budget of `per_minute` writes per subscription (0 means unlimited), with a gate of
+    /// its own.
     #[must_use]
     pub fn new(per_minute: u32) -> Arc<Self> {
+        Self::sharing(per_minute, SubscriptionGate::new())
+    }
+
+    /// As [`Self::new`], behind `gate`: the ARM client's, so a `Retry-After` the client saw
+    /// holds back writes here and one reported here holds back the client's reads.
+    #[must_use]
+    pub fn sharing(per_minute: u32, gate: SubscriptionGate) -> Arc<Self> {
         Arc::new(Self {
             per_minute,
             buckets: Mutex::new(HashMap::new()),
-            gate: SubscriptionGate::new(),
+            gate,
         })
     }
 

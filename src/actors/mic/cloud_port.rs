@@ -2,7 +2,8 @@
 //!
 //! The client does the wire work (delta bodies, long-running operations, `Retry-After`,
 //! refusing a host in `Deleting`, naming refused identities); this adapter only translates
-//! ids and sorts `cloud::Error` into what the assigner decides on.
+//! ids and sorts `cloud::Error` into what the assigner decides on. Its client's throttling gate
+//! is the one MIC's write budget waits on ([`ArmPort::throttle_gate`]).
 
 use super::host::{HostId, HostKind, IdentityId};
 use super::port::{ArmPort, HostIdentities, PatchOutcome, PortError};
@@ -11,6 +12,7 @@ use crate::cloud::config::CloudConfig;
 use crate::cloud::config_watch::ConfigWatch;
 use crate::cloud::credential::arm_credential;
 use crate::cloud::provider_id::ComputeRef;
+use crate::cloud::throttle::SubscriptionGate;
 use async_trait::async_trait;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -239,6 +241,17 @@ impl ArmPort for CloudArm {
                 .map(|r| (IdentityId::new(&r.id), format!("{}: {}", r.code, r.message)))
                 .collect(),
         })
+    }
+
+    fn throttle_gate(&self) -> Option<SubscriptionGate> {
+        // Kept across azure.json reloads (see `watching`), so one gate for MIC's lifetime.
+        Some(
+            self.client
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .gate()
+                .clone(),
+        )
     }
 }
 

@@ -9,12 +9,13 @@
 
 use super::assigner::{Adopt, Reconcile, Retire, RetirementRequest, SetDesired};
 use super::host::{HostId, IdentityId};
-use super::matcher::{BindingIndex, MatchSettings, ObjectKey};
+use super::matcher::{BindingIndex, MatchSettings};
 use super::metrics::MicMetrics;
 use super::watchers::{CatalogEvent, Observed};
 use super::writer::{AssignedEvent, DesiredAssignments};
 use crate::crd::{AzureAssignedIdentity, IdentityType};
 use crate::metrics::DropTimer;
+use crate::object_key::ObjectKey;
 use actix::prelude::*;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};

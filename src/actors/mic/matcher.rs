@@ -11,50 +11,12 @@ use crate::crd::{
     AzureIdentity, AzureIdentityBinding, IdentityType, POD_LABEL, ResourceIdError,
     assigned_identity_name, parse_identity_resource_id,
 };
+use crate::object_key::ObjectKey;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
-
-/// Namespace and name of a namespaced object (pod, binding, identity, assigned identity).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl ObjectKey {
-    /// A key from its parts.
-    #[must_use]
-    pub fn new(namespace: &str, name: &str) -> Self {
-        Self {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
-    }
-
-    /// The key of any namespaced object (an absent namespace reads as `default`).
-    #[must_use]
-    pub fn of<K: kube::Resource>(obj: &K) -> Self {
-        Self {
-            namespace: obj
-                .meta()
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            name: obj.meta().name.clone().unwrap_or_default(),
-        }
-    }
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// Matching rules that come from flags.
 #[derive(Clone, Debug, PartialEq, Eq)]

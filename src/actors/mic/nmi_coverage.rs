@@ -248,6 +248,25 @@ pub const REASON_NODE: &str = "NodeWithoutNMI";
 /// Reason of the Warning Event on each pod of such a node.
 pub const REASON_POD: &str = "PodWithoutNMI";
 
+/// How many newly reported nodes a warning names; the rest are counted (every one is in the
+/// debug log, and each has its Event), so a node pool without NMI costs one line, not one per node.
+const NODES_NAMED: usize = 5;
+
+/// Logs the nodes reported in one pass as a single warning.
+fn log_newly_told(nodes: &[&str]) {
+    if nodes.is_empty() {
+        return;
+    }
+    let named = nodes[..nodes.len().min(NODES_NAMED)].join(", ");
+    let more = nodes.len().saturating_sub(NODES_NAMED);
+    tracing::warn!(
+        nodes = nodes.len(),
+        first = %named,
+        more,
+        "pod-identity pods run on nodes without a ready NMI (Events NodeWithoutNMI on each)"
+    );
+}
+
 /// Watches pod-identity pods and NMI pods and reports nodes without a ready NMI until the
 /// watches end (MIC runs it while it leads).
 pub async fn run(
@@ -286,9 +305,11 @@ pub async fn run(
             .iter()
             .flat_map(|u| u.pods.iter().map(|p| p.uid.clone()))
             .collect();
+        let mut newly_told: Vec<&str> = Vec::new();
         for u in &unguarded {
             if told_nodes.insert(u.node.clone()) {
-                tracing::warn!(node = %u.node, pods = u.pods.len(), "pod-identity pods run on a node without a ready NMI");
+                newly_told.push(&u.node);
+                tracing::debug!(node = %u.node, pods = u.pods.len(), "pod-identity pods run on a node without a ready NMI");
                 let message = format!(
                     "{} pod(s) using AAD Pod Identity run on node {} without a ready NMI for more than {:?}: their requests to the metadata service are not intercepted (is the node pool tainted for the node gate, and does the NMI DaemonSet cover the node?)",
                     u.pods.len(),
@@ -307,6 +328,7 @@ pub async fn run(
                 }
             }
         }
+        log_newly_told(&newly_told);
         // A node that gets its NMI (or loses its pods) ends the episode.
         told_nodes.retain(|n| nodes_now.contains(n));
         told_pods.retain(|p| pods_now.contains(p));

@@ -5,6 +5,7 @@
 //! one onto the other.
 
 use super::host::{HostId, IdentityId};
+use crate::cloud::throttle::SubscriptionGate;
 use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -119,4 +120,10 @@ pub trait ArmPort: Send + Sync + 'static {
         add: &[IdentityId],
         remove: &[IdentityId],
     ) -> Result<PatchOutcome, PortError>;
+
+    /// The Retry-After gate this port's ARM client honours, so MIC's write budget shares it
+    /// (a 429 seen by either holds both); `None` for ports without one (fakes).
+    fn throttle_gate(&self) -> Option<SubscriptionGate> {
+        None
+    }
 }

@@ -22,8 +22,8 @@
 //! (client-go drops Events past 1000 queued, so does this), [`WRITES_IN_FLIGHT`] at a time,
 //! on the same client (and so under the same `--clientQps`) as every other MIC request.
 
-use super::matcher::ObjectKey;
 use super::metrics::MicMetrics;
+use crate::object_key::ObjectKey;
 use actix::prelude::*;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};

@@ -300,7 +300,11 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
             settings.create_delete_batch,
         ),
     );
-    let budget = WriteBudget::new(settings.arm_writes_per_minute);
+    // One Retry-After gate per subscription for the ARM client and the write budget.
+    let budget = match arm.throttle_gate() {
+        Some(gate) => WriteBudget::sharing(settings.arm_writes_per_minute, gate),
+        None => WriteBudget::new(settings.arm_writes_per_minute),
+    };
     let report_to = writer.clone().recipient();
     let mic_metrics_c = mic_metrics.clone();
     let batch = settings.batch.clone();

@@ -8,6 +8,7 @@
 use super::cache::CacheKey;
 use super::identity::{ResolvedIdentity, sort_identities};
 use crate::crd::{AssignedState, AzureAssignedIdentity};
+use crate::object_key::ObjectKey;
 use dashmap::DashMap;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
@@ -21,9 +22,9 @@ pub type PodIdentities = Arc<Vec<Arc<ResolvedIdentity>>>;
 #[derive(Default)]
 struct Records {
     /// pod key → AzureAssignedIdentity `namespace/name` → identity.
-    by_pod: HashMap<Arc<str>, BTreeMap<String, Arc<ResolvedIdentity>>>,
+    by_pod: HashMap<Arc<ObjectKey>, BTreeMap<ObjectKey, Arc<ResolvedIdentity>>>,
     /// AzureAssignedIdentity `namespace/name` → pod key.
-    pod_of: HashMap<String, Arc<str>>,
+    pod_of: HashMap<ObjectKey, Arc<ObjectKey>>,
     /// identity cache key → number of `Assigned` records using it on this node.
     assigned: HashMap<CacheKey, usize>,
 }
@@ -32,7 +33,7 @@ struct Records {
 pub struct AssignmentIndex {
     node: String,
     force_namespaced: bool,
-    channels: DashMap<Arc<str>, watch::Sender<PodIdentities>>,
+    channels: DashMap<Arc<ObjectKey>, watch::Sender<PodIdentities>>,
     records: Mutex<Records>,
     synced: AtomicBool,
 }
@@ -63,7 +64,7 @@ impl AssignmentIndex {
         let mut touched = Vec::new();
         {
             let mut rec = self.lock();
-            let aai_key = object_key(aai);
+            let aai_key = ObjectKey::of(aai);
             Self::remove_record(&mut rec, &aai_key, &mut gone, &mut touched);
             if let Some((pod, id)) = self.resolve(aai) {
                 if id.state == AssignedState::Assigned {
@@ -89,7 +90,7 @@ impl AssignmentIndex {
         let mut gone = Vec::new();
         let mut touched = Vec::new();
         let mut rec = self.lock();
-        Self::remove_record(&mut rec, &object_key(aai), &mut gone, &mut touched);
+        Self::remove_record(&mut rec, &ObjectKey::of(aai), &mut gone, &mut touched);
         for pod in &touched {
             self.publish(&rec, pod);
         }
@@ -105,7 +106,7 @@ impl AssignmentIndex {
                 if id.state == AssignedState::Assigned {
                     *fresh.assigned.entry(id.cache_key.clone()).or_default() += 1;
                 }
-                let key = object_key(aai);
+                let key = ObjectKey::of(aai);
                 fresh.pod_of.insert(key.clone(), Arc::clone(&pod));
                 fresh
                     .by_pod
@@ -115,7 +116,7 @@ impl AssignmentIndex {
             }
         }
         let mut rec = self.lock();
-        let mut pods: Vec<Arc<str>> = rec.by_pod.keys().cloned().collect();
+        let mut pods: Vec<Arc<ObjectKey>> = rec.by_pod.keys().cloned().collect();
         pods.extend(fresh.by_pod.keys().cloned());
         *rec = fresh;
         for pod in &pods {
@@ -130,9 +131,9 @@ impl AssignmentIndex {
 
     fn remove_record(
         rec: &mut Records,
-        aai_key: &str,
+        aai_key: &ObjectKey,
         gone: &mut Vec<CacheKey>,
-        touched: &mut Vec<Arc<str>>,
+        touched: &mut Vec<Arc<ObjectKey>>,
     ) {
         let Some(pod) = rec.pod_of.remove(aai_key) else {
             return;
@@ -154,7 +155,7 @@ impl AssignmentIndex {
         touched.push(pod);
     }
 
-    fn resolve(&self, aai: &AzureAssignedIdentity) -> Option<(Arc<str>, ResolvedIdentity)> {
+    fn resolve(&self, aai: &AzureAssignedIdentity) -> Option<(Arc<ObjectKey>, ResolvedIdentity)> {
         let spec = &aai.spec;
         if spec.node_name != self.node || spec.pod.is_empty() {
             return None;
@@ -171,7 +172,7 @@ impl AssignmentIndex {
             .as_ref()
             .map(|s| s.status.clone())
             .unwrap_or_default();
-        let pod: Arc<str> = format!("{}/{}", spec.pod_namespace, spec.pod).into();
+        let pod = Arc::new(ObjectKey::new(&spec.pod_namespace, &spec.pod));
         Some((
             pod,
             ResolvedIdentity::new(identity, &binding_ns, state, self.force_namespaced),
@@ -180,7 +181,7 @@ impl AssignmentIndex {
 
     /// Sends a pod's current identities to its channel (creating it when needed); drops the
     /// channel of a pod with no identities and nobody waiting.
-    fn publish(&self, rec: &Records, pod: &Arc<str>) {
+    fn publish(&self, rec: &Records, pod: &Arc<ObjectKey>) {
         let mut ids: Vec<Arc<ResolvedIdentity>> = rec
             .by_pod
             .get(pod)
@@ -208,7 +209,7 @@ impl AssignmentIndex {
 
     /// A pod's identities, now.
     #[must_use]
-    pub fn current(&self, pod_key: &str) -> Option<PodIdentities> {
+    pub fn current(&self, pod_key: &ObjectKey) -> Option<PodIdentities> {
         self.channels
             .get(pod_key)
             .map(|tx| Arc::clone(&tx.borrow()))
@@ -216,19 +217,19 @@ impl AssignmentIndex {
 
     /// A receiver of a pod's identities, woken on every change.
     #[must_use]
-    pub fn subscribe(&self, pod_key: &str) -> watch::Receiver<PodIdentities> {
+    pub fn subscribe(&self, pod_key: &ObjectKey) -> watch::Receiver<PodIdentities> {
         if let Some(tx) = self.channels.get(pod_key) {
             return tx.subscribe();
         }
         self.channels
-            .entry(pod_key.into())
+            .entry(Arc::new(pod_key.clone()))
             .or_insert_with(|| watch::channel(Arc::new(Vec::new())).0)
             .subscribe()
     }
 
     /// Drops a pod's channel when it holds no identities and nobody waits on it (called by a
     /// request that subscribed for a pod the watch never reported, so such pods leave nothing).
-    pub fn forget_if_idle(&self, pod_key: &str) {
+    pub fn forget_if_idle(&self, pod_key: &ObjectKey) {
         self.channels.remove_if(pod_key, |_, tx| {
             tx.receiver_count() == 0 && tx.borrow().is_empty()
         });
@@ -242,7 +243,7 @@ impl AssignmentIndex {
 
     /// Number of requests subscribed to a pod's identities (for tests and benchmarks).
     #[must_use]
-    pub fn waiters(&self, pod_key: &str) -> usize {
+    pub fn waiters(&self, pod_key: &ObjectKey) -> usize {
         self.channels
             .get(pod_key)
             .map_or(0, |tx| tx.receiver_count())
@@ -258,10 +259,6 @@ impl AssignmentIndex {
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
-}
-
-fn object_key(aai: &AzureAssignedIdentity) -> String {
-    format!("{}/{}", aai.namespace().unwrap_or_default(), aai.name_any())
 }
 
 #[cfg(test)]
@@ -341,10 +338,10 @@ mod tests {
             "node-2",
             AssignedState::Assigned,
         ));
-        let ids = idx.current("ns/p").unwrap();
+        let ids = idx.current(&ObjectKey::new("ns", "p")).unwrap();
         let names: Vec<_> = ids.iter().map(|i| i.identity_name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert!(idx.current("ns/q").is_none());
+        assert!(idx.current(&ObjectKey::new("ns", "q")).is_none());
     }
 
     #[test]
@@ -404,12 +401,14 @@ mod tests {
             idx.apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned))
                 .is_empty()
         );
-        let old_key = idx.current("ns/p").unwrap()[0].cache_key.clone();
+        let old_key = idx.current(&ObjectKey::new("ns", "p")).unwrap()[0]
+            .cache_key
+            .clone();
         id.spec.tenant_id = "tenant-b".into();
         id.spec.client_password.name = "rotated".into();
         let gone = idx.apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned));
         assert_eq!(gone, std::slice::from_ref(&old_key));
-        let now = idx.current("ns/p").unwrap();
+        let now = idx.current(&ObjectKey::new("ns", "p")).unwrap();
         assert_eq!(now[0].spec.tenant_id, "tenant-b");
         assert_ne!(now[0].cache_key, old_key);
         // The same spec again changes nothing.
@@ -442,8 +441,8 @@ mod tests {
             gone.iter().map(CacheKey::as_str).collect::<Vec<_>>(),
             ["msi/ca"]
         );
-        assert!(idx.current("ns/p1").is_none());
-        assert_eq!(idx.current("ns/p2").unwrap().len(), 1);
+        assert!(idx.current(&ObjectKey::new("ns", "p1")).is_none());
+        assert_eq!(idx.current(&ObjectKey::new("ns", "p2")).unwrap().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -451,8 +450,8 @@ mod tests {
         let idx = Arc::new(AssignmentIndex::new("node-1", false));
         let id = identity("ns", "a", "ca");
         idx.apply(&assigned("ns", "p", &id, "node-1", AssignedState::Created));
-        let mut rx = idx.subscribe("ns/p");
-        assert_eq!(idx.waiters("ns/p"), 1);
+        let mut rx = idx.subscribe(&ObjectKey::new("ns", "p"));
+        assert_eq!(idx.waiters(&ObjectKey::new("ns", "p")), 1);
         let waiter = tokio::spawn(async move {
             rx.wait_for(|ids| ids.iter().any(|i| i.state == AssignedState::Assigned))
                 .await

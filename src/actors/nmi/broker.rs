@@ -19,11 +19,12 @@ use super::exceptions::ExceptionIndex;
 use super::identity::{ResolvedIdentity, Wanted, candidates};
 use super::managed::ManagedCatalog;
 use super::metrics::{NmiMetrics, Rejection};
-use super::pods::{IpLookup, PodIndex, PodInfo, pod_key};
+use super::pods::{IpLookup, PodIndex, PodInfo};
 use super::service_accounts::ServiceAccountIndex;
 use super::source::{FederatedPod, SourceError, TokenRequest, TokenTarget};
 use super::waiters::{Full, WaitGate, WaitKey, WaitPermit};
 use crate::crd::AssignedState;
+use crate::object_key::ObjectKey;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,12 +90,12 @@ pub enum BrokerError {
         detail: String,
     },
     /// Several pods hold the caller's address and not exactly one of them is live.
-    #[error("failed to match pod IP {ip} with {} pods: {}", pods.len(), pods.join(", "))]
+    #[error("failed to match pod IP {ip} with {} pods: {}", pods.len(), pods.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
     AmbiguousIp {
         /// Caller IP.
         ip: IpAddr,
         /// `namespace/name` of every pod holding it.
-        pods: Arc<[Arc<str>]>,
+        pods: Arc<[Arc<ObjectKey>]>,
     },
     /// A bound on waiting requests is reached; answered at once.
     #[error("{}", match scope {
@@ -329,7 +330,7 @@ impl Broker {
         wanted: Wanted<'_>,
         resource: &str,
     ) -> Result<Answer, BrokerError> {
-        let key = pod_key(namespace, name);
+        let key = ObjectKey::new(namespace, name);
         let pod = self.pods.by_key(&key);
         let ns: Arc<str> = pod
             .as_ref()
@@ -385,7 +386,7 @@ impl Broker {
 
     async fn token_for_pod(
         &self,
-        key: &str,
+        key: &ObjectKey,
         namespace: &Arc<str>,
         pod: Option<&PodInfo>,
         wanted: Wanted<'_>,
@@ -452,7 +453,7 @@ impl Broker {
             // Not (yet) there: subscribe, then re-check before sleeping so no update is missed.
             if !waited {
                 waited = true;
-                _place = Some(self.park(WaitKey::Pod(Arc::from(key)))?);
+                _place = Some(self.park(WaitKey::Pod(Arc::new(key.clone())))?);
                 match &self.feed {
                     IdentityFeed::Standard(idx) => {
                         standard_rx = Some(Subscription {
@@ -501,7 +502,7 @@ impl Broker {
 
     async fn fetch(
         &self,
-        key: &str,
+        key: &ObjectKey,
         namespace: &Arc<str>,
         pod: Option<&PodInfo>,
         id: &Arc<ResolvedIdentity>,
@@ -561,7 +562,7 @@ fn federated_slot(resource: &str, caller: &FederatedPod) -> String {
 /// pod nobody reported is removed again.
 struct Subscription<'a> {
     index: &'a AssignmentIndex,
-    key: &'a str,
+    key: &'a ObjectKey,
     rx: Option<tokio::sync::watch::Receiver<super::assignments::PodIdentities>>,
 }
 

@@ -135,7 +135,7 @@ async fn a_waiting_request_is_answered_the_moment_its_identity_flips_to_assigned
             .map(|a| (oid_of(&a), Instant::now()))
     });
     tokio::time::sleep(Duration::from_millis(3_333)).await;
-    assert_eq!(w.assignments.waiters("ns/p"), 1);
+    assert_eq!(w.assignments.waiters(&ObjectKey::new("ns", "p")), 1);
     let flipped = Instant::now();
     w.assignments
         .apply(&assigned("ns", "p", &id, "node-1", AssignedState::Assigned));
@@ -168,7 +168,7 @@ async fn without_assignment_a_request_gives_up_at_the_deadline_with_404() {
     assert_eq!(err.status(), 404);
     assert!(err.to_string().contains("ns/id=Created"), "{err}");
     assert_eq!(w.source.calls.load(Ordering::SeqCst), 0);
-    assert_eq!(w.assignments.waiters("ns/p"), 0);
+    assert_eq!(w.assignments.waiters(&ObjectKey::new("ns", "p")), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@
 //! every insert wakes, bounded by a short deadline. No polling.
 
 use crate::crd::POD_LABEL;
+use crate::object_key::ObjectKey;
 use dashmap::DashMap;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -27,7 +28,7 @@ use tokio::sync::Notify;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
     /// `namespace/name`: the key of the pod's assignments.
-    pub key: Arc<str>,
+    pub key: Arc<ObjectKey>,
     /// Namespace.
     pub namespace: Arc<str>,
     /// Name.
@@ -81,7 +82,7 @@ impl PodInfo {
         let namespace = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         Some(Self {
-            key: pod_key(&namespace, &name).into(),
+            key: Arc::new(ObjectKey::new(&namespace, &name)),
             namespace: namespace.into(),
             name: name.into(),
             uid: pod.uid().unwrap_or_default().into(),
@@ -107,7 +108,7 @@ pub enum IpLookup {
     /// Exactly one pod holds it, or exactly one of those holding it is live.
     Pod(Arc<PodInfo>),
     /// Several pods hold it and not exactly one is live: nobody may act through it.
-    Ambiguous(Arc<[Arc<str>]>),
+    Ambiguous(Arc<[Arc<ObjectKey>]>),
 }
 
 /// Every pod holding one address, and what that makes the address.
@@ -132,17 +133,11 @@ impl IpEntry {
     }
 }
 
-/// `namespace/name`.
-#[must_use]
-pub fn pod_key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
-}
-
 /// Pods of this node by IP and by key. Written only by the pod watcher.
 pub struct PodIndex {
     node: String,
     by_ip: DashMap<IpAddr, IpEntry>,
-    by_key: DashMap<Arc<str>, Arc<PodInfo>>,
+    by_key: DashMap<Arc<ObjectKey>, Arc<PodInfo>>,
     arrivals: Notify,
     synced: AtomicBool,
 }
@@ -170,8 +165,8 @@ impl PodIndex {
 
     /// Records a pod's deletion.
     pub fn delete(&self, pod: &Pod) {
-        let key = pod_key(&pod.namespace().unwrap_or_default(), &pod.name_any());
-        if let Some((_, old)) = self.by_key.remove(key.as_str()) {
+        let key = ObjectKey::new(&pod.namespace().unwrap_or_default(), &pod.name_any());
+        if let Some((_, old)) = self.by_key.remove(&key) {
             self.unlink(&old, &[]);
         }
     }
@@ -212,8 +207,8 @@ impl PodIndex {
             .iter()
             .filter_map(|p| PodInfo::from_pod(p, &self.node))
             .collect();
-        let keep: std::collections::HashSet<&str> = fresh.iter().map(|p| &*p.key).collect();
-        let gone: Vec<Arc<str>> = self
+        let keep: std::collections::HashSet<&ObjectKey> = fresh.iter().map(|p| &*p.key).collect();
+        let gone: Vec<Arc<ObjectKey>> = self
             .by_key
             .iter()
             .filter(|e| !keep.contains(&**e.key()))
@@ -254,7 +249,7 @@ impl PodIndex {
 
     /// The pod `namespace/name`, now.
     #[must_use]
-    pub fn by_key(&self, key: &str) -> Option<Arc<PodInfo>> {
+    pub fn by_key(&self, key: &ObjectKey) -> Option<Arc<PodInfo>> {
         self.by_key.get(key).map(|p| Arc::clone(&p))
     }
 
@@ -320,7 +315,7 @@ mod tests {
         idx.apply(&pod("ns", "a").ip("127.0.0.2").build());
         idx.apply(&pod("ns", "b").ip("127.0.0.3").on_node("node-2").build());
         idx.apply(&pod("ns", "c").ip("127.0.0.4").phase("Succeeded").build());
-        assert_eq!(&*idx.by_ip(ip("127.0.0.2")).unwrap().key, "ns/a");
+        assert_eq!(idx.by_ip(ip("127.0.0.2")).unwrap().key.to_string(), "ns/a");
         assert!(idx.by_ip(ip("127.0.0.3")).is_none());
         assert!(idx.by_ip(ip("127.0.0.4")).is_none());
         assert_eq!(idx.len(), 1);
@@ -366,7 +361,7 @@ mod tests {
         assert!(idx.by_ip(ip("127.0.0.2")).is_none());
         match idx.lookup_ip(ip("127.0.0.2")) {
             IpLookup::Ambiguous(keys) => {
-                let mut k: Vec<&str> = keys.iter().map(|k| &**k).collect();
+                let mut k: Vec<String> = keys.iter().map(ToString::to_string).collect();
                 k.sort_unstable();
                 assert_eq!(k, ["ns/a", "ns/b"]);
             }
@@ -404,7 +399,10 @@ mod tests {
                 .build(),
         );
         assert!(matches!(idx.lookup_ip(ip("127.0.0.1")), IpLookup::Unknown));
-        assert!(idx.by_key("kube-system/agent").is_some());
+        assert!(
+            idx.by_key(&ObjectKey::new("kube-system", "agent"))
+                .is_some()
+        );
         idx.apply(
             &pod("ns", "other-agent")
                 .ip("127.0.0.1")

@@ -18,6 +18,7 @@
 use super::cache::CacheKey;
 use super::identity::ResolvedIdentity;
 use super::pods::PodInfo;
+use crate::object_key::ObjectKey;
 use dashmap::DashMap;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
@@ -36,12 +37,12 @@ pub const MAX_ID_LEN: usize = 128;
 /// Service accounts annotated for workload identity, by `namespace/name`.
 #[derive(Default)]
 pub struct ServiceAccountIndex {
-    by_key: DashMap<String, Arc<ResolvedIdentity>>,
+    by_key: DashMap<ObjectKey, Arc<ResolvedIdentity>>,
     synced: AtomicBool,
 }
 
-fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+fn key(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(namespace, name)
 }
 
 fn usable_id(v: &str) -> bool {
@@ -100,7 +101,7 @@ impl ServiceAccountIndex {
 
     /// Replaces everything after a (re)list; marks the index synced. Returns cache keys to drop.
     pub fn replace_all(&self, list: &[ServiceAccount]) -> Vec<CacheKey> {
-        let fresh: std::collections::HashMap<String, Arc<ResolvedIdentity>> = list
+        let fresh: std::collections::HashMap<ObjectKey, Arc<ResolvedIdentity>> = list
             .iter()
             .filter_map(|sa| {
                 Self::resolve(sa)
@@ -179,7 +180,7 @@ mod tests {
 
     fn pod(ns: &str, sa: Option<&str>, labels: &[(&str, &str)]) -> PodInfo {
         PodInfo {
-            key: format!("{ns}/p").into(),
+            key: Arc::new(ObjectKey::new(ns, "p")),
             namespace: ns.into(),
             name: "p".into(),
             uid: "u".into(),

@@ -4,6 +4,7 @@
 //! `--max-waiters` on the whole node; a request over either bound is answered at once (429 or
 //! 503) instead of parking, so a flood from one pod cannot hold memory or starve others.
 
+use crate::object_key::ObjectKey;
 use dashmap::DashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum WaitKey {
     /// A known pod's identity (`namespace/name`).
-    Pod(Arc<str>),
+    Pod(Arc<ObjectKey>),
     /// The pod behind an address the watch has not announced yet.
     Address(IpAddr),
 }
@@ -106,7 +107,7 @@ mod tests {
     use super::*;
 
     fn pod(k: &str) -> WaitKey {
-        WaitKey::Pod(Arc::from(k))
+        WaitKey::Pod(Arc::new(ObjectKey::new("ns", k)))
     }
 
     #[test]

@@ -7,15 +7,24 @@
 //! SDKs reach a metadata service over HTTP anyway. With `tls`, ARM and Azure AD are also served
 //! over HTTPS (a per-run CA, PEM on disk) for Azure's own SDKs, which insist on it.
 //!
+//! Who owns what: `http` routes each request by listener and path and logs it; `arm_http`
+//! serves ARM, `imds_http` the metadata service, `aad_http` Azure AD (with `federation` for
+//! federated assertions); `wire` holds the answer shapes and body reading they share; `state`
+//! owns the simulated resources, faults and budgets; `tokens` signs and checks tokens.
+//!
 //! Tests and load tests steer it through [`AzureSimHandle`]: counters, a request log with
 //! arrival times, injected faults, latency, a per-subscription write budget, and the registry
 //! of identities and service principals.
 
+mod aad_http;
+mod arm_http;
 mod federation;
 mod http;
+mod imds_http;
 mod state;
 mod tls;
 mod tokens;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

@@ -5,9 +5,10 @@
 use super::DesiredAssignments;
 use crate::actors::mic::assigner::HostReport;
 use crate::actors::mic::host::HostId;
-use crate::actors::mic::matcher::{Assignment, ObjectKey, RejectReason, Target};
+use crate::actors::mic::matcher::{Assignment, RejectReason, Target};
 use crate::actors::mic::recorder::{REASON_APPLY_ERROR, UserEvent};
 use crate::crd::AzureAssignedIdentity;
+use crate::object_key::ObjectKey;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

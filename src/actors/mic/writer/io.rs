@@ -3,13 +3,13 @@
 
 use super::object::{object_for, status_patch};
 use super::plan::WriteOp;
-use crate::actors::mic::matcher::ObjectKey;
 use crate::actors::mic::metrics::MicMetrics;
 use crate::crd::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity, IDENTITY_OWNER_ANNOTATION,
     IDENTITY_OWNER_EXTERNAL,
 };
 use crate::metrics::DropTimer;
+use crate::object_key::ObjectKey;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};

@@ -27,10 +27,11 @@ use retry::{Admit, WriteRetries};
 
 use super::assigner::HostReport;
 use super::host::HostId;
-use super::matcher::{Assignment, ObjectKey, Rejection, Target};
+use super::matcher::{Assignment, Rejection, Target};
 use super::metrics::MicMetrics;
 use super::recorder::Record;
 use crate::crd::{AssignedState, AzureAssignedIdentity};
+use crate::object_key::ObjectKey;
 use actix::prelude::*;
 use kube::{Client, ResourceExt};
 use plan::status_of;

@@ -5,8 +5,9 @@
 use super::DesiredAssignments;
 use crate::actors::mic::assigner::HostReport;
 use crate::actors::mic::host::{HostId, IdentityId};
-use crate::actors::mic::matcher::{Assignment, ObjectKey, Target};
+use crate::actors::mic::matcher::{Assignment, Target};
 use crate::crd::{ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity, IdentityType};
+use crate::object_key::ObjectKey;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 

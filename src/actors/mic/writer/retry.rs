@@ -7,8 +7,8 @@
 //! No clock of its own and no randomness: every method takes `now`, the jitter is passed in,
 //! and tests drive it under a paused clock.
 
-use crate::actors::mic::matcher::ObjectKey;
 use crate::backoff::Backoff;
+use crate::object_key::ObjectKey;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;

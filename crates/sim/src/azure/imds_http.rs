@@ -1,0 +1,215 @@
+//! The metadata service as the simulator serves it, one listener per simulated node: the
+//! token endpoint with the real service's header, api-version and identity-selection rules,
+//! issuing tokens only for identities assigned (and propagated) to that node's VM or scale set.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::Shared;
+use super::state::{FaultKind, FaultTarget};
+use super::wire::{hang, oauth_error};
+
+fn query_map(req: &HttpRequest) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned()))
+        .collect()
+}
+
+const IMDS_API_VERSIONS: &[&str] = &[
+    "2017-09-01",
+    "2018-02-01",
+    "2019-03-11",
+    "2019-06-01",
+    "2019-08-01",
+    "2019-11-01",
+    "2020-06-01",
+    "2021-02-01",
+    "2023-07-01",
+];
+
+pub(super) async fn imds(
+    req: &HttpRequest,
+    shared: &Shared,
+    node: &str,
+    key: &str,
+) -> HttpResponse {
+    let cfg = shared.config();
+    let mut delay = cfg.imds_latency.sample();
+    let fault = shared.lock().take_fault(FaultTarget::Imds);
+    match fault {
+        Some(FaultKind::Status(s)) => {
+            shared.lock().counters.imds_errors += 1;
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return oauth_error(status, "unknown_error", "Injected fault.");
+        }
+        Some(FaultKind::Throttle {
+            retry_after_secs, ..
+        }) => {
+            shared.lock().counters.imds_errors += 1;
+            let mut r = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "Too many requests.",
+            );
+            r.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from(retry_after_secs),
+            );
+            return r;
+        }
+        Some(FaultKind::Hang) => {
+            hang(shared).await;
+            return HttpResponse::GatewayTimeout().finish();
+        }
+        Some(FaultKind::Slow(d)) => delay += d,
+        _ => {}
+    }
+    let resp = imds_answer(req, shared, &cfg, node, key);
+    {
+        let mut inner = shared.lock();
+        if resp.status() == StatusCode::OK {
+            inner.counters.imds_tokens += 1;
+        } else {
+            inner.counters.imds_errors += 1;
+        }
+    }
+    tokio::time::sleep(delay).await;
+    resp
+}
+
+fn imds_answer(
+    req: &HttpRequest,
+    shared: &Shared,
+    cfg: &super::AzureSimConfig,
+    node: &str,
+    key: &str,
+) -> HttpResponse {
+    let bad = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", d);
+    let metadata = req
+        .headers()
+        .get("metadata")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let path = req.path();
+    let is_token = path.eq_ignore_ascii_case("/metadata/identity/oauth2/token");
+    let is_instance = path.eq_ignore_ascii_case("/metadata/instance");
+    if !is_token && !is_instance {
+        return HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body("Not found");
+    }
+    if req.method() != Method::GET {
+        return oauth_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "Only GET is supported.",
+        );
+    }
+    if !metadata {
+        return bad("Required metadata header not specified");
+    }
+    let q = query_map(req);
+    let Some(version) = q.get("api-version") else {
+        return bad("Required query variable 'api-version' is missing");
+    };
+    if !IMDS_API_VERSIONS.contains(&version.as_str()) {
+        return bad("Invalid version");
+    }
+    let inner = shared.lock();
+    let Some(c) = inner.compute.get(key) else {
+        return oauth_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unknown_error",
+            "Compute resource is gone.",
+        );
+    };
+    if is_instance {
+        return HttpResponse::Ok().json(json!({ "compute": {
+            "name": node, "subscriptionId": c.subscription, "resourceGroupName": c.resource_group,
+            "vmScaleSetName": if c.kind == "vmss" { c.name.clone() } else { String::new() },
+            "location": cfg.location,
+        }}));
+    }
+    let Some(resource) = q.get("resource").filter(|r| !r.is_empty()) else {
+        return bad("Required audience parameter not specified");
+    };
+    let now = Instant::now();
+    let usable: Vec<&(String, Instant)> = c
+        .user_assigned
+        .iter()
+        .filter(|(_, at)| *at + cfg.propagation_delay <= now)
+        .collect();
+    let find_assigned = |id: &str| {
+        usable
+            .iter()
+            .find(|(x, _)| x.eq_ignore_ascii_case(id))
+            .map(|(x, _)| x.clone())
+    };
+    let chosen: Option<(String, String, String)> = if let Some(cid) = q.get("client_id") {
+        inner
+            .identities
+            .values()
+            .find(|r| r.client_id.eq_ignore_ascii_case(cid))
+            .and_then(|r| {
+                find_assigned(&r.resource_id)
+                    .map(|id| (r.client_id.clone(), r.principal_id.clone(), id))
+            })
+    } else if let Some(rid) = q.get("msi_res_id").or_else(|| q.get("mi_res_id")) {
+        find_assigned(rid).and_then(|id| {
+            inner
+                .identity(&id)
+                .map(|r| (r.client_id.clone(), r.principal_id.clone(), id.clone()))
+        })
+    } else if let Some(oid) = q.get("object_id").or_else(|| q.get("principal_id")) {
+        inner
+            .identities
+            .values()
+            .find(|r| r.principal_id.eq_ignore_ascii_case(oid))
+            .and_then(|r| {
+                find_assigned(&r.resource_id)
+                    .map(|id| (r.client_id.clone(), r.principal_id.clone(), id))
+            })
+    } else if c.system_assigned {
+        let pid = c.system_principal_id();
+        Some((pid.clone(), pid, c.id()))
+    } else if usable.len() > 1 {
+        return bad(
+            "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request",
+        );
+    } else {
+        usable.first().and_then(|(id, _)| {
+            inner
+                .identity(id)
+                .map(|r| (r.client_id.clone(), r.principal_id.clone(), id.clone()))
+        })
+    };
+    let Some((client_id, principal_id, mirid)) = chosen else {
+        return bad("Identity not found");
+    };
+    let lifetime = cfg.token_lifetime;
+    let (token, exp) = shared.signer.issue(
+        resource,
+        &inner.tenant_id,
+        &client_id,
+        &principal_id,
+        &mirid,
+        lifetime,
+    );
+    let now_unix = super::tokens::unix_now();
+    HttpResponse::Ok()
+        .content_type("application/json; charset=utf-8")
+        .json(json!({
+            "access_token": token,
+            "client_id": client_id,
+            "expires_in": lifetime.as_secs().to_string(),
+            "expires_on": exp.to_string(),
+            "ext_expires_in": lifetime.as_secs().to_string(),
+            "not_before": now_unix.to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+        }))
+}

@@ -686,19 +686,3 @@ mod tests {
         assert_eq!(i.counters.faults, 3);
     }
 }
-
-impl super::AzureSimHandle {
-    /// Deletes a VM or scale set (by name), as `az vmss delete` would: every later read or
-    /// write of it answers 404 `ResourceNotFound`. (Kept here while `http.rs` is being split.)
-    pub fn delete_compute(&self, compute_name: &str) -> Result<(), super::Error> {
-        let mut inner = self.shared.lock();
-        let before = inner.compute.len();
-        inner
-            .compute
-            .retain(|_, c| !c.name.eq_ignore_ascii_case(compute_name));
-        if inner.compute.len() == before {
-            return Err(super::Error::UnknownCompute(compute_name.to_string()));
-        }
-        Ok(())
-    }
-}

@@ -8,7 +8,6 @@ use aad_pod_identity::actors::mic::port::{ArmPort, HostIdentities, PatchOutcome,
 use aad_pod_identity::actors::mic::{Error, MicHandle};
 use aad_pod_identity::crd::{self, AssignedState, AzureAssignedIdentity};
 use aad_pod_identity_sim::topology::Topology;
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use std::net::SocketAddr;
@@ -470,19 +469,6 @@ async fn namespace(w: &Cluster, name: &str) {
         .unwrap();
 }
 
-async fn pod_in(w: &Cluster, ns: &str, name: &str, selector: &str, node: &str) {
-    let p: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": {"aadpodidbinding": selector}},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "demo"}]},
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(w.client.clone(), ns)
-        .create(&PostParams::default(), &p)
-        .await
-        .unwrap();
-}
-
 /// (pod namespace, pod) of every Assigned object, and the object names.
 async fn assigned_pods(w: &Cluster) -> (Vec<(String, String)>, Vec<String>) {
     let l = Api::<AzureAssignedIdentity>::all(w.client.clone())
@@ -526,8 +512,8 @@ async fn pods_whose_original_names_read_the_same_each_get_an_object_of_their_own
     namespace(&w, "c").await;
     namespace(&w, "b-c").await;
     // `a-b` in `c` and `a` in `b-c`: the original's name is `a-b-c-id-0` for both.
-    pod_in(&w, "c", "a-b", "id-0", &w.node(0)).await;
-    pod_in(&w, "b-c", "a", "id-0", &w.node(1)).await;
+    w.pod_in("c", "a-b", "id-0", &w.node(0)).await;
+    w.pod_in("b-c", "a", "id-0", &w.node(1)).await;
     w.pod("x", "id-0", &w.node(0)).await;
     // MIC starts (or takes over) with all of it there.
     let mic = start_mic_with(&w, settings, None).await;

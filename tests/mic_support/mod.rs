@@ -218,13 +218,18 @@ impl Cluster {
     }
 
     pub async fn pod(&self, name: &str, selector: &str, node: &str) {
+        self.pod_in("default", name, selector, node).await;
+    }
+
+    /// A pod labelled `aadpodidbinding: <selector>` on `node`, in namespace `ns`.
+    pub async fn pod_in(&self, ns: &str, name: &str, selector: &str, node: &str) {
         let p: Pod = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"aadpodidbinding": selector}},
+            "metadata": {"name": name, "namespace": ns, "labels": {"aadpodidbinding": selector}},
             "spec": {"nodeName": node, "containers": [{"name": "app", "image": "demo"}]},
         }))
         .unwrap();
-        Api::<Pod>::namespaced(self.client.clone(), "default")
+        Api::<Pod>::namespaced(self.client.clone(), ns)
             .create(&PostParams::default(), &p)
             .await
             .unwrap();

@@ -1,7 +1,12 @@
 //! MIC driven through faults end to end, against the Kubernetes and Azure simulators over real
 //! HTTP: an actor that dies takes MIC down instead of leaving it `Active`; watches cut, resumed
-//! into 410 `Expired`, or lost in an API server restart lose nothing; and a leader cut off by an
-//! API restart longer than its lease steps down, so there are never two active leaders.
+//! into 410 `Expired`, or lost in an API server restart lose nothing; a leader cut off by an
+//! API restart longer than its lease steps down, so there are never two active leaders; ARM
+//! errors and throttling delay but never lose an assignment; a PATCH whose answer is lost leaks
+//! nothing and takes nothing of someone else's; a system-assigned identity enabled behind MIC's
+//! back survives its writes; objects the API always refuses never starve new pods; the assigner
+//! of a deleted scale set stops calling ARM; and pods whose original object names read the same
+//! each get an object of their own.
 
 use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
 use aad_pod_identity::actors::mic::port::{ArmPort, HostIdentities, PatchOutcome, PortError};

@@ -1,238 +1,51 @@
 //! MIC driven through faults end to end, against the Kubernetes and Azure simulators over real
 //! HTTP: an actor that dies takes MIC down instead of leaving it `Active`; watches cut, resumed
-//! into 410 `Expired`, or lost in an API server restart lose nothing; and a leader cut off by an
-//! API restart longer than its lease steps down, so there are never two active leaders.
+//! into 410 `Expired`, or lost in an API server restart lose nothing; a leader cut off by an
+//! API restart longer than its lease steps down, so there are never two active leaders; ARM
+//! errors and throttling delay but never lose an assignment; a PATCH whose answer is lost leaks
+//! nothing and takes nothing of someone else's; a system-assigned identity enabled behind MIC's
+//! back survives its writes; objects the API always refuses never starve new pods; the assigner
+//! of a deleted scale set stops calling ARM; and pods whose original object names read the same
+//! each get an object of their own.
 
-use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
 use aad_pod_identity::actors::mic::port::{ArmPort, HostIdentities, PatchOutcome, PortError};
-use aad_pod_identity::actors::mic::{Error, MicHandle, MicSettings};
-use aad_pod_identity::cloud::config::CloudConfig;
-use aad_pod_identity::crd::{
-    self, AssignedState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
-    AzureIdentityBindingSpec, AzureIdentitySpec,
-};
-use aad_pod_identity::metrics::Metrics;
-use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
-use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
+use aad_pod_identity::actors::mic::{Error, MicHandle};
+use aad_pod_identity::crd::{self, AssignedState, AzureAssignedIdentity};
 use aad_pod_identity_sim::topology::Topology;
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct World {
-    kube: KubeSimHandle,
-    azure: AzureSimHandle,
-    client: Client,
-    dir: PathBuf,
-    topology: Topology,
+mod mic_support;
+use mic_support::*;
+
+#[path = "azure_common/mod.rs"]
+mod azure_common;
+
+/// One scale set of two nodes, three identities, ARM answering in 50 ms.
+async fn world(tag: &str) -> Cluster {
+    cluster(
+        tag,
+        Topology::sized(1, 2, 0, 3),
+        azure_with_latency(Duration::from_millis(50)),
+    )
+    .await
 }
 
-impl World {
-    async fn start(tag: &str) -> Self {
-        let topology = Topology::sized(1, 2, 0, 3);
-        let azure = AzureSim::start(
-            &topology,
-            AzureSimConfig {
-                arm_latency: Latency::Fixed(Duration::from_millis(50)),
-                lro: LroMode::Sync,
-                ..AzureSimConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-        let kube = KubeSim::start(KubeSimConfig {
-            topology: topology.clone(),
-            run_cluster: false,
-            ..KubeSimConfig::default()
-        })
-        .await
-        .unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "mic-faults-{tag}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
-        let client = kube.client().await.unwrap();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for c in crd::all_crds() {
-            crds.create(&PostParams::default(), &c.crd).await.unwrap();
-        }
-        Self {
-            kube,
-            azure,
-            client,
-            dir,
-            topology,
-        }
-    }
-
-    async fn stop(self) {
-        self.kube.shutdown().await;
-        self.azure.shutdown().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-
-    fn settings(&self, instance: &str) -> MicSettings {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            mic: aad_pod_identity::config::mic::MicArgs,
-        }
-        let mut s = MicSettings::from(&Cli::parse_from(["mic"]).mic);
-        s.kubeconfig = Some(self.dir.join("kubeconfig"));
-        s.listen_address = [127, 0, 0, 1].into();
-        s.http_probe_port = 0;
-        s.prometheus_port = 0;
-        s.leader.instance = instance.into();
-        s.leader.duration = Duration::from_secs(2);
-        s.batch.unassign_grace = Duration::from_millis(500);
-        s
-    }
-
-    async fn mic(&self, instance: &str, arm: Option<Arc<dyn ArmPort>>) -> MicHandle {
-        let config = CloudConfig::from_json(&self.azure.azure_json().to_string()).unwrap();
-        aad_pod_identity::actors::mic::spawn(
-            self.settings(instance),
-            Metrics::new(),
-            None,
-            move || arm.unwrap_or_else(|| Arc::new(CloudArm::from_config(&config).unwrap())),
-        )
-        .await
-        .unwrap()
-    }
-
-    fn node(&self, i: usize) -> String {
-        self.topology.nodes()[i].name.clone()
-    }
-
-    fn identity_rid(&self, i: usize) -> String {
-        self.topology
-            .identity_resource_id(&self.topology.identities[i])
-    }
-
-    /// An AzureIdentity `name` for identity `i` and a binding selecting pods labelled `name`.
-    async fn identity(&self, name: &str, i: usize) {
-        let mut id = AzureIdentity::new(
-            name,
-            AzureIdentitySpec {
-                resource_id: self.identity_rid(i),
-                client_id: format!("client-{name}"),
-                ..AzureIdentitySpec::default()
-            },
-        );
-        id.metadata.namespace = Some("default".into());
-        Api::<AzureIdentity>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &id)
-            .await
-            .unwrap();
-        let mut b = AzureIdentityBinding::new(
-            &format!("{name}-binding"),
-            AzureIdentityBindingSpec {
-                azure_identity: name.into(),
-                selector: name.into(),
-                weight: 0,
-            },
-        );
-        b.metadata.namespace = Some("default".into());
-        Api::<AzureIdentityBinding>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &b)
-            .await
-            .unwrap();
-    }
-
-    async fn pod(&self, name: &str, selector: &str, node: &str) {
-        let p: Pod = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"aadpodidbinding": selector}},
-            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "demo"}]},
-        }))
-        .unwrap();
-        Api::<Pod>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &p)
-            .await
-            .unwrap();
-    }
-
-    async fn delete_pod(&self, name: &str) {
-        Api::<Pod>::namespaced(self.client.clone(), "default")
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
-
-    /// Pod names whose AzureAssignedIdentity is Assigned (polled, as a user would), once
-    /// they are exactly `want`.
-    async fn wait_assigned(&self, want: &[&str], timeout: Duration) {
-        let t0 = Instant::now();
-        let mut want: Vec<String> = want.iter().map(|s| (*s).to_string()).collect();
-        want.sort();
-        loop {
-            let have = match Api::<AzureAssignedIdentity>::all(self.client.clone())
-                .list(&ListParams::default())
-                .await
-            {
-                Ok(l) => {
-                    let mut v: Vec<String> = l
-                        .items
-                        .iter()
-                        .filter(|a| {
-                            a.status.as_ref().map(|s| &s.status) == Some(&AssignedState::Assigned)
-                        })
-                        .map(|a| a.spec.pod.clone())
-                        .collect();
-                    v.sort();
-                    v
-                }
-                Err(_) => Vec::new(),
-            };
-            if have == want {
-                return;
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "wanted {want:?} Assigned, have {have:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn on_scale_set(&self) -> Vec<IdentityId> {
-        self.azure
-            .assigned_identities(&self.topology.scale_sets[0].name)
-            .unwrap()
-            .iter()
-            .map(|id| IdentityId::new(id))
-            .collect()
-    }
+/// Identity `i` as an AzureIdentity `name`, with a binding selecting pods labelled `name`.
+async fn identity(w: &Cluster, name: &str, i: usize) {
+    w.identity(name, &w.identity_rid(i)).await;
 }
 
-/// The body of `/healthz`, or `None` when nothing answers.
-async fn health(addr: SocketAddr) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    out.split("\r\n\r\n").nth(1).map(str::to_string)
+async fn mic(w: &Cluster, instance: &str, arm: Option<Arc<dyn ArmPort>>) -> MicHandle {
+    start_mic_with(w, settings(w, instance), arm).await
 }
 
-async fn wait_health(addr: SocketAddr, want: &str) {
-    let t0 = Instant::now();
-    while health(addr).await.as_deref() != Some(want) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "never {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_active(addr: SocketAddr) {
+    wait_health(addr, "Active", Duration::from_secs(20)).await;
 }
 
 /// An ARM whose PATCH hits a bug: the assigner running it panics.
@@ -256,11 +69,11 @@ impl ArmPort for PanickingArm {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assigner_that_panics_takes_mic_down_instead_of_leaving_it_active() {
-    let w = World::start("panic").await;
-    let mut mic = w.mic("mic-0", Some(Arc::new(PanickingArm))).await;
-    wait_health(mic.probe, "Active").await;
+    let w = world("panic").await;
+    let mut mic = mic(&w, "mic-0", Some(Arc::new(PanickingArm))).await;
+    wait_active(mic.probe).await;
     let exited = mic.take_exit_signal().unwrap();
-    w.identity("id-0", 0).await;
+    identity(&w, "id-0", 0).await;
     w.pod("demo", "id-0", &w.node(0)).await;
     // The assigner panics on its first PATCH; MIC must not go on leading without it.
     tokio::time::timeout(Duration::from_secs(20), exited)
@@ -275,20 +88,20 @@ async fn an_assigner_that_panics_takes_mic_down_instead_of_leaving_it_active() {
         }
         other => panic!("expected MIC to die of its assigner, got {other:?}"),
     }
-    w.stop().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_while_watches_are_cut_or_expired_are_all_applied() {
-    let w = World::start("watch").await;
-    let mic = w.mic("mic-0", None).await;
-    wait_health(mic.probe, "Active").await;
-    w.identity("id-0", 0).await;
-    w.identity("id-1", 1).await;
+    let w = world("watch").await;
+    let mic = mic(&w, "mic-0", None).await;
+    wait_active(mic.probe).await;
+    identity(&w, "id-0", 0).await;
+    identity(&w, "id-1", 1).await;
     w.pod("a", "id-0", &w.node(0)).await;
     w.wait_assigned(&["a"], Duration::from_secs(20)).await;
 
-    let faults = w.kube.fault_handle();
+    let faults = w.sim.fault_handle();
     // Cut: MIC resumes its watches from where they were.
     faults.faults().drop_watches();
     w.pod("b", "id-1", &w.node(1)).await;
@@ -303,25 +116,25 @@ async fn changes_made_while_watches_are_cut_or_expired_are_all_applied() {
     faults.compact_history();
     w.wait_assigned(&["b", "c"], Duration::from_secs(20)).await;
     assert!(
-        w.on_scale_set()
+        w.on_scale_set(0)
             .contains(&IdentityId::new(&w.identity_rid(1)))
     );
     drop(mic);
-    w.stop().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_created_across_an_api_restart_are_assigned_and_mic_keeps_leading() {
-    let w = World::start("restart").await;
-    let mut mic = w.mic("mic-0", None).await;
-    wait_health(mic.probe, "Active").await;
+    let w = world("restart").await;
+    let mut mic = mic(&w, "mic-0", None).await;
+    wait_active(mic.probe).await;
     let mut exited = mic.take_exit_signal().unwrap();
-    w.identity("id-0", 0).await;
+    identity(&w, "id-0", 0).await;
     w.pod("a", "id-0", &w.node(0)).await;
     w.wait_assigned(&["a"], Duration::from_secs(20)).await;
 
     // Down for less than the lease (2 s): the leader's renewals fail but its deadline holds.
-    w.kube
+    w.sim
         .fault_handle()
         .restart(Duration::from_millis(500))
         .await
@@ -333,15 +146,15 @@ async fn pods_created_across_an_api_restart_are_assigned_and_mic_keeps_leading()
         "MIC kept running through a short restart"
     );
     drop(mic);
-    w.stop().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_longer_than_the_lease_makes_the_leader_step_down_and_never_two_lead() {
-    let w = World::start("leader").await;
-    let mut first = w.mic("mic-0", None).await;
-    wait_health(first.probe, "Active").await;
-    let second = w.mic("mic-1", None).await;
+    let w = world("leader").await;
+    let mut first = mic(&w, "mic-0", None).await;
+    wait_active(first.probe).await;
+    let second = mic(&w, "mic-1", None).await;
     let mut first_exit = first.take_exit_signal().unwrap();
 
     // Watch both probes for the whole fault: never both Active.
@@ -366,7 +179,7 @@ async fn a_restart_longer_than_the_lease_makes_the_leader_step_down_and_never_tw
 
     // Down for longer than the lease: the leader cannot renew, so it must stop leading
     // before the lease could be taken.
-    w.kube
+    w.sim
         .fault_handle()
         .restart(Duration::from_secs(4))
         .await
@@ -375,8 +188,8 @@ async fn a_restart_longer_than_the_lease_makes_the_leader_step_down_and_never_tw
         .await
         .expect("the cut-off leader stepped down")
         .ok();
-    wait_health(second.probe, "Active").await;
-    w.identity("id-0", 0).await;
+    wait_active(second.probe).await;
+    identity(&w, "id-0", 0).await;
     w.pod("a", "id-0", &w.node(0)).await;
     w.wait_assigned(&["a"], Duration::from_secs(20)).await;
     stop.cancel();
@@ -386,15 +199,15 @@ async fn a_restart_longer_than_the_lease_makes_the_leader_step_down_and_never_tw
         other => panic!("expected the first leader to lose its lease, got {other:?}"),
     }
     drop(second);
-    w.stop().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_lose_it() {
     use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
-    let w = World::start("arm-weather").await;
-    let mic = w.mic("mic-0", None).await;
-    wait_health(mic.probe, "Active").await;
+    let w = world("arm-weather").await;
+    let mic = mic(&w, "mic-0", None).await;
+    wait_active(mic.probe).await;
     for code in [503, 500, 502, 504, 503, 500] {
         w.azure
             .inject(FaultTarget::AnyArm, 1, FaultKind::Status(code));
@@ -407,11 +220,11 @@ async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_los
             as_http_date: false,
         },
     );
-    w.identity("id-0", 0).await;
+    identity(&w, "id-0", 0).await;
     w.pod("a", "id-0", &w.node(0)).await;
     w.wait_assigned(&["a"], Duration::from_secs(60)).await;
     assert!(
-        w.on_scale_set()
+        w.on_scale_set(0)
             .contains(&IdentityId::new(&w.identity_rid(0)))
     );
     let counters = w.azure.counters();
@@ -421,5 +234,321 @@ async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_los
         "no request inside a Retry-After window"
     );
     drop(mic);
-    w.stop().await;
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_added_by_a_patch_whose_answer_was_lost_is_removed_once_its_pod_goes() {
+    use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
+    let w = world("answer-lost").await;
+    // Identity 1 is someone else's: on the scale set before MIC, in none of MIC's writes.
+    w.add_by_hand(0, 1).await;
+    let mic = mic(&w, "mic-0", None).await;
+    wait_active(mic.probe).await;
+    // MIC's PATCH adding identity 0 is applied, but its answer never arrives: the client's
+    // retry is refused by its precondition and finds identity 0 already there.
+    w.azure
+        .inject(FaultTarget::ArmPatch, 1, FaultKind::AnswerLost);
+    identity(&w, "id-0", 0).await;
+    identity(&w, "id-1", 1).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.pod("b", "id-1", &w.node(1)).await;
+    w.wait_assigned(&["a", "b"], Duration::from_secs(30)).await;
+    assert_eq!(w.azure.counters().faults, 1, "the answer was lost");
+    w.delete_pod("a").await;
+    w.delete_pod("b").await;
+    // Identity 0 was MIC's (its own lost write put it there): it goes after the grace period.
+    let t0 = Instant::now();
+    let zero = IdentityId::new(&w.identity_rid(0));
+    while w.on_scale_set(0).contains(&zero) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "identity 0 leaked on the scale set: {:?}",
+            w.on_scale_set(0)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Identity 1 was never MIC's: well past the 1 s grace period, it is still there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.on_scale_set(0),
+        [IdentityId::new(&w.identity_rid(1))].into(),
+        "only the identity someone else added stays"
+    );
+    drop(mic);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_assigned_identity_enabled_behind_mics_back_survives_its_next_write() {
+    let w = world("system-assigned").await;
+    let mic = mic(&w, "mic-0", None).await;
+    wait_active(mic.probe).await;
+    identity(&w, "id-0", 0).await;
+    identity(&w, "id-1", 1).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(20)).await;
+    // MIC now holds the scale set as its PATCH left it (user-assigned only). Someone enables
+    // the system-assigned identity through ARM, keeping identity 0.
+    let url = format!(
+        "{}subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}?api-version={}",
+        w.azure.arm_endpoint(),
+        w.topology.subscription_id,
+        w.topology.resource_group,
+        w.topology.scale_sets[0].name,
+        aad_pod_identity::cloud::arm::API_VERSION,
+    );
+    let token = azure_common::arm_token(&w.azure).await;
+    let body = serde_json::json!({"identity": {
+        "type": "SystemAssigned, UserAssigned",
+        "userAssignedIdentities": {w.identity_rid(0): {}},
+    }});
+    let r = azure_common::raw(
+        azure_core::http::Method::Patch,
+        &url,
+        &[
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".into()),
+        ],
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 202, "{}", r.text);
+    // MIC's next write, computed from its older state (type UserAssigned), must not switch
+    // the system-assigned identity off.
+    w.pod("b", "id-1", &w.node(1)).await;
+    w.wait_assigned(&["a", "b"], Duration::from_secs(20)).await;
+    assert!(
+        w.azure
+            .request_log()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.status == 412),
+        "MIC's write on its older state was refused by its If-Match precondition"
+    );
+    let arm = azure_common::arm_client(&w.azure, azure_common::fast_options());
+    let target = aad_pod_identity::cloud::provider_id::ComputeRef::scale_set(
+        &w.topology.subscription_id,
+        &w.topology.resource_group,
+        &w.topology.scale_sets[0].name,
+    );
+    let state = arm.get_identities(&target).await.unwrap();
+    assert_eq!(state.identity_type, "SystemAssigned, UserAssigned");
+    assert_eq!(state.user_assigned.len(), 2, "{state:?}");
+    drop(mic);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_the_api_always_refuses_never_keep_new_pods_from_being_assigned() {
+    use aad_pod_identity_sim::kube::faults::{Refusal, WriteRefusal};
+    use k8s_openapi::api::core::v1::Event;
+    let w = world("starve").await;
+    // Two write slots, writes that take 1 s each (a loaded API server), and six objects that
+    // a policy refuses with 422 every time: retried at once, they would take every slot.
+    let mut settings = settings(&w, "mic-0");
+    settings.create_delete_batch = 2;
+    settings.leader.duration = Duration::from_secs(15);
+    let faults = w.sim.fault_handle();
+    faults.faults().refuse_writes(WriteRefusal {
+        plural: "azureassignedidentities".into(),
+        namespace: None,
+        name_prefix: "bad-".into(),
+        refusal: Refusal::Invalid,
+        remaining: None,
+    });
+    let mic = start_mic_with(&w, settings, None).await;
+    wait_active(mic.probe).await;
+    identity(&w, "id-0", 0).await;
+    faults.faults().set_write_latency(Duration::from_secs(1));
+    for i in 0..6 {
+        w.pod(&format!("bad-{i}"), "id-0", &w.node(0)).await;
+    }
+    let t0 = Instant::now();
+    while faults.faults().refused() < 6 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the refusals began");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // New pods arrive while the six keep failing.
+    w.pod("good-0", "id-0", &w.node(0)).await;
+    w.pod("good-1", "id-0", &w.node(1)).await;
+    w.wait_assigned(&["good-0", "good-1"], Duration::from_secs(20))
+        .await;
+    // The failing objects back off instead of hammering the API server: well under one
+    // attempt per second each.
+    let refused = faults.faults().refused();
+    let elapsed = t0.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = refused as f64 / elapsed / 6.0;
+    assert!(rate < 0.8, "{refused} refusals in {elapsed:.1}s");
+    faults.faults().set_write_latency(Duration::ZERO);
+    // The failure is on the pod, where `kubectl describe pod` shows it ...
+    let t1 = Instant::now();
+    loop {
+        let events = Api::<Event>::namespaced(w.client.clone(), "default")
+            .list(&ListParams::default().fields("involvedObject.name=bad-0"))
+            .await
+            .unwrap();
+        if events.items.iter().any(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("bad-0-default-id-0") && m.contains("retrying"))
+        }) {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(20),
+            "no Warning Event on pod bad-0"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... and in the metrics, by operation and the API server's answer.
+    let metrics = http_get(mic.metrics, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "aadpodidentity_mic_assigned_identity_write_failures_total{operation_type=\"assigned_identity_addition\",reason=\"invalid\"}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "aadpodidentity_mic_assigned_identity_writes_backing_off 6"),
+        "{metrics}"
+    );
+    drop(mic);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assigner_of_a_deleted_scale_set_stops_calling_arm_and_is_retired() {
+    let w = world("host-gone").await;
+    let mic = mic(&w, "mic-0", None).await;
+    wait_active(mic.probe).await;
+    identity(&w, "id-0", 0).await;
+    identity(&w, "id-1", 1).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(20)).await;
+    let live = gauge(mic.metrics, "aadpodidentity_mic_assigners").await;
+    // A new pod's write is pending when the scale set is deleted under it.
+    w.pod("b", "id-1", &w.node(1)).await;
+    w.azure
+        .delete_compute(&w.topology.scale_sets[0].name)
+        .unwrap();
+    let t0 = Instant::now();
+    while !w.azure.request_log().iter().any(|r| r.status == 404) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "ARM answered 404");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing more is sent for it: no retry, however long the pod waits.
+    let calls = w.azure.request_log().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = w.azure.request_log();
+    assert_eq!(
+        log.len(),
+        calls,
+        "ARM calls after the 404: {:?}",
+        log[calls..]
+            .iter()
+            .map(|r| (&r.method, r.status))
+            .collect::<Vec<_>>()
+    );
+    // The coordinator dropped the host's assigner.
+    assert_eq!(live, Some(1));
+    assert_eq!(
+        gauge(mic.metrics, "aadpodidentity_mic_assigners").await,
+        Some(0)
+    );
+    drop(mic);
+    w.shutdown().await;
+}
+
+async fn namespace(w: &Cluster, name: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(w.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+/// (pod namespace, pod) of every Assigned object, and the object names.
+async fn assigned_pods(w: &Cluster) -> (Vec<(String, String)>, Vec<String>) {
+    let l = Api::<AzureAssignedIdentity>::all(w.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut pods: Vec<(String, String)> = l
+        .items
+        .iter()
+        .filter(|a| a.status.as_ref().map(|s| &s.status) == Some(&AssignedState::Assigned))
+        .map(|a| (a.spec.pod_namespace.clone(), a.spec.pod.clone()))
+        .collect();
+    pods.sort();
+    let names = l.items.iter().map(kube::ResourceExt::name_any).collect();
+    (pods, names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_whose_original_names_read_the_same_each_get_an_object_of_their_own() {
+    let w = world("collide").await;
+    // Cluster-wide mode: every object lives in `default`.
+    let mut settings = settings(&w, "mic-0");
+    settings.matching.force_namespaced = false;
+    // An object left by another controller under the name pod `x` in `default` would get,
+    // recording another pod: it is never taken over.
+    let mut foreign = AzureAssignedIdentity::new(
+        &crd::assigned_identity_name("x", "default", "id-0"),
+        crd::AzureAssignedIdentitySpec {
+            pod: "someone-else".into(),
+            pod_namespace: "elsewhere".into(),
+            node_name: w.node(0),
+            ..Default::default()
+        },
+    );
+    foreign.metadata.namespace = Some("default".into());
+    Api::<AzureAssignedIdentity>::namespaced(w.client.clone(), "default")
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    identity(&w, "id-0", 0).await;
+    namespace(&w, "c").await;
+    namespace(&w, "b-c").await;
+    // `a-b` in `c` and `a` in `b-c`: the original's name is `a-b-c-id-0` for both.
+    w.pod_in("c", "a-b", "id-0", &w.node(0)).await;
+    w.pod_in("b-c", "a", "id-0", &w.node(1)).await;
+    w.pod("x", "id-0", &w.node(0)).await;
+    // MIC starts (or takes over) with all of it there.
+    let mic = start_mic_with(&w, settings, None).await;
+    wait_active(mic.probe).await;
+    let want = vec![
+        ("b-c".to_string(), "a".to_string()),
+        ("c".to_string(), "a-b".to_string()),
+        ("default".to_string(), "x".to_string()),
+    ];
+    let t0 = Instant::now();
+    loop {
+        let (pods, names) = assigned_pods(&w).await;
+        if pods == want && names.len() == 3 {
+            assert!(names.contains(&"a-b-c-id-0".to_string()), "{names:?}");
+            assert!(
+                !names.contains(&"x-default-id-0".to_string()),
+                "the other controller's object was released, not taken over: {names:?}"
+            );
+            assert!(
+                names.iter().any(|n| n.starts_with("x-default-id-0-")),
+                "{names:?}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "wanted {want:?} Assigned in three objects, have {pods:?} in {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(mic);
+    w.shutdown().await;
 }

@@ -5,75 +5,29 @@
 //! Each MIC replica runs in its own thread and actix System, as the binary does; "killing" a
 //! replica drops its System mid-flight.
 
+use aad_pod_identity::actors::mic::MicSettings;
 use aad_pod_identity::actors::mic::cloud_port::CloudArm;
-use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
+use aad_pod_identity::actors::mic::host::IdentityId;
 use aad_pod_identity::actors::mic::port::{ArmPort, HostIdentities};
-use aad_pod_identity::actors::mic::{MicHandle, MicSettings};
 use aad_pod_identity::cloud::config::CloudConfig;
 use aad_pod_identity::crd::{
     self, AssignedState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
     AzureIdentityBindingSpec, AzureIdentitySpec,
 };
 use aad_pod_identity::metrics::Metrics;
-use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, Latency, LroMode};
-use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig, KubeSimHandle};
 use aad_pod_identity_sim::topology::Topology;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod mic_support;
 mod promtool_support;
 
-struct Cluster {
-    sim: KubeSimHandle,
-    azure: AzureSimHandle,
-    client: Client,
-    kubeconfig: PathBuf,
-    topology: Topology,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "mic-test-{tag}-{}-{}",
-                std::process::id(),
-                uuid::Uuid::new_v4()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// Azure with a fixed latency per ARM request and PATCHes that complete synchronously.
-fn azure_with_latency(latency: Duration) -> AzureSimConfig {
-    AzureSimConfig {
-        arm_latency: Latency::Fixed(latency),
-        lro: LroMode::Sync,
-        ..AzureSimConfig::default()
-    }
-}
-
-async fn cluster(tag: &str, topology: Topology, azure: AzureSimConfig) -> Cluster {
-    let ours = crd::all_crds().into_iter().map(|f| f.crd).collect();
-    cluster_with(tag, topology, azure, ours).await
-}
+use mic_support::*;
 
 /// The original v1.8.17's CRD manifests, as its chart ships them (a test fixture).
 fn original_crds() -> Vec<CustomResourceDefinition> {
@@ -84,281 +38,6 @@ fn original_crds() -> Vec<CustomResourceDefinition> {
             serde_json::from_value(v).unwrap()
         })
         .collect()
-}
-
-async fn cluster_with(
-    tag: &str,
-    topology: Topology,
-    azure: AzureSimConfig,
-    crds: Vec<CustomResourceDefinition>,
-) -> Cluster {
-    let azure = AzureSim::start(&topology, azure).await.unwrap();
-    let sim = KubeSim::start(KubeSimConfig {
-        topology: topology.clone(),
-        run_cluster: false,
-        ..KubeSimConfig::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempdir::Dir::new(tag);
-    let kubeconfig = dir.0.join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
-    let client = sim.client().await.unwrap();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for c in crds {
-        api.create(&PostParams::default(), &c).await.unwrap();
-    }
-    Cluster {
-        sim,
-        azure,
-        client,
-        kubeconfig,
-        topology,
-        _dir: dir,
-    }
-}
-
-impl Cluster {
-    fn cloud_config(&self) -> CloudConfig {
-        CloudConfig::from_json(&self.azure.azure_json().to_string()).unwrap()
-    }
-
-    /// PATCHes the Azure simulator received.
-    fn patches(&self) -> u64 {
-        self.azure.counters().total_patches()
-    }
-
-    /// VM and scale-set GETs the Azure simulator received.
-    fn gets(&self) -> u64 {
-        self.azure.counters().gets.values().sum()
-    }
-
-    /// Records when each AzureAssignedIdentity is first seen Assigned, from a watch (so the
-    /// test's own polling under load does not count).
-    fn watch_assigned(
-        &self,
-    ) -> (
-        Arc<std::sync::Mutex<BTreeMap<String, Instant>>>,
-        tokio::task::JoinHandle<()>,
-    ) {
-        use futures::StreamExt as _;
-        let seen = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-        let out = seen.clone();
-        let api = Api::<AzureAssignedIdentity>::all(self.client.clone());
-        let task = tokio::spawn(async move {
-            let mut s =
-                kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).boxed();
-            while let Some(ev) = s.next().await {
-                if let Ok(
-                    kube::runtime::watcher::Event::Apply(a)
-                    | kube::runtime::watcher::Event::InitApply(a),
-                ) = ev
-                    && a.status.as_ref().map(|s| &s.status) == Some(&AssignedState::Assigned)
-                {
-                    out.lock()
-                        .unwrap()
-                        .entry(a.metadata.name.clone().unwrap_or_default())
-                        .or_insert_with(Instant::now);
-                }
-            }
-        });
-        (seen, task)
-    }
-
-    /// Identities on scale set `i`, as the Azure simulator stores them.
-    fn on_scale_set(&self, i: usize) -> BTreeSet<IdentityId> {
-        self.azure
-            .assigned_identities(&self.topology.scale_sets[i].name)
-            .unwrap()
-            .iter()
-            .map(|id| IdentityId::new(id))
-            .collect()
-    }
-
-    async fn shutdown(self) {
-        self.sim.shutdown().await;
-        self.azure.shutdown().await;
-    }
-
-    fn node(&self, i: usize) -> String {
-        self.topology.nodes()[i].name.clone()
-    }
-
-    fn scale_set(&self, i: usize) -> HostId {
-        HostId::scale_set(
-            &self.topology.subscription_id,
-            &self.topology.resource_group,
-            &self.topology.scale_sets[i].name,
-        )
-    }
-
-    fn identity_rid(&self, i: usize) -> String {
-        self.topology
-            .identity_resource_id(&self.topology.identities[i])
-    }
-
-    async fn identity(&self, name: &str, resource_id: &str) {
-        let mut i = AzureIdentity::new(
-            name,
-            AzureIdentitySpec {
-                resource_id: resource_id.into(),
-                client_id: format!("client-{name}"),
-                ..AzureIdentitySpec::default()
-            },
-        );
-        i.metadata.namespace = Some("default".into());
-        Api::<AzureIdentity>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &i)
-            .await
-            .unwrap();
-        let mut b = AzureIdentityBinding::new(
-            &format!("{name}-binding"),
-            AzureIdentityBindingSpec {
-                azure_identity: name.into(),
-                selector: name.into(),
-                weight: 0,
-            },
-        );
-        b.metadata.namespace = Some("default".into());
-        Api::<AzureIdentityBinding>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &b)
-            .await
-            .unwrap();
-    }
-
-    async fn pod(&self, name: &str, selector: &str, node: &str) {
-        let p: Pod = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"aadpodidbinding": selector}},
-            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "demo"}]},
-        }))
-        .unwrap();
-        Api::<Pod>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &p)
-            .await
-            .unwrap();
-    }
-
-    async fn delete_pod(&self, name: &str) {
-        Api::<Pod>::namespaced(self.client.clone(), "default")
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
-
-    async fn assigned(&self) -> Vec<AzureAssignedIdentity> {
-        Api::<AzureAssignedIdentity>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-    }
-
-    /// Waits (polling the API, as a user would) until `pred` holds of the assigned identities.
-    async fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&[AzureAssignedIdentity]) -> bool,
-    ) -> Duration {
-        let t0 = Instant::now();
-        loop {
-            let all = self.assigned().await;
-            if pred(&all) {
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "timed out waiting for {what}; have {:?}",
-                all.iter()
-                    .map(|a| (a.metadata.name.clone(), a.status.clone()))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn all_assigned(n: usize) -> impl Fn(&[AzureAssignedIdentity]) -> bool {
-    move |all| {
-        all.len() == n
-            && all
-                .iter()
-                .all(|a| a.status.as_ref().map(|s| &s.status) == Some(&AssignedState::Assigned))
-    }
-}
-
-fn settings(c: &Cluster, instance: &str) -> MicSettings {
-    let mut s = MicSettings::from(&mic_args());
-    s.kubeconfig = Some(c.kubeconfig.clone());
-    s.listen_address = [127, 0, 0, 1].into();
-    s.http_probe_port = 0;
-    s.prometheus_port = 0;
-    s.leader.instance = instance.into();
-    s.leader.duration = Duration::from_secs(2);
-    s.batch.unassign_grace = Duration::from_secs(1);
-    s
-}
-
-fn mic_args() -> aad_pod_identity::config::mic::MicArgs {
-    mic_args_from(&[])
-}
-
-/// MIC's flags as the binary parses them.
-fn mic_args_from(flags: &[&str]) -> aad_pod_identity::config::mic::MicArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        mic: aad_pod_identity::config::mic::MicArgs,
-    }
-    Cli::parse_from(std::iter::once("mic").chain(flags.iter().copied())).mic
-}
-
-/// Starts a MIC replica talking to the cluster's Azure simulator through the real ARM client.
-async fn start_mic(c: &Cluster, settings: MicSettings) -> MicHandle {
-    let config = c.cloud_config();
-    aad_pod_identity::actors::mic::spawn(settings, Metrics::new(), None, move || {
-        Arc::new(CloudArm::from_config(&config).unwrap()) as Arc<dyn ArmPort>
-    })
-    .await
-    .unwrap()
-}
-
-/// Status and body of `GET path`.
-async fn http(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (status, body)
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    http(addr, path).await.1
-}
-
-async fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    http(addr, path).await.0
-}
-
-async fn wait_health(addr: SocketAddr, want: &str, timeout: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if http_get(addr, "/healthz").await == want {
-            return t0.elapsed();
-        }
-        assert!(t0.elapsed() < timeout, "healthz never said {want:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1103,16 +782,7 @@ async fn pod_a_then_identity_5_added_by_hand_then_pod_b(c: &Cluster) -> Identity
     c.wait_for("a Assigned", Duration::from_secs(20), all_assigned(1))
         .await;
     let five = IdentityId::new(&c.identity_rid(5));
-    let by_hand = CloudArm::from_config(&c.cloud_config()).unwrap();
-    by_hand
-        .patch(
-            &c.scale_set(0),
-            &HostIdentities::default(),
-            std::slice::from_ref(&five),
-            &[],
-        )
-        .await
-        .unwrap();
+    c.add_by_hand(0, 5).await;
     c.identity("identity-5", &c.identity_rid(5)).await;
     c.pod("b", "identity-5", &c.node(0)).await;
     c.wait_for("b Assigned", Duration::from_secs(20), all_assigned(2))
@@ -1456,7 +1126,7 @@ async fn a_rotated_secret_in_azure_json_is_picked_up_without_a_restart() {
         azure_with_latency(Duration::from_millis(20)),
     )
     .await;
-    let path = c._dir.0.join("azure.json");
+    let path = c.dir().join("azure.json");
     let mut json = c.azure.azure_json();
     let good = json.clone();
     json["aadClientSecret"] = "an-old-secret".into();
@@ -1505,7 +1175,7 @@ async fn an_azure_stack_cloud_is_reached_through_its_environment_file() {
         azure_with_latency(Duration::ZERO),
     )
     .await;
-    let env_file = c._dir.0.join("akscustom.json");
+    let env_file = c.dir().join("akscustom.json");
     std::fs::write(
         &env_file,
         serde_json::json!({

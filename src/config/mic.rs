@@ -90,7 +90,8 @@ pub struct MicArgs {
 
     /// Most AzureAssignedIdentity writes (creates, status changes, deletes) in flight at once.
     /// Writes are pipelined, not batched: each answer starts the next pending write at once,
-    /// one write per object at a time. Events have their own two in flight.
+    /// one write per object at a time; retries of failed writes (each object on its own
+    /// backoff) hold at most half of them. Events have their own two in flight.
     #[arg(long = "createDeleteBatch", env = "MIC_CREATE_DELETE_BATCH", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub create_delete_batch: u32,
 

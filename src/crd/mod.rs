@@ -391,9 +391,32 @@ pub fn assigned_identity_name(pod: &str, pod_namespace: &str, identity: &str) ->
     if name.len() <= MAX_NAME_LEN {
         return name;
     }
+    hashed_name(&name, &[pod, pod_namespace, identity])
+}
+
+/// A name for the AzureAssignedIdentity of one pod and identity that no other pod and identity
+/// can have: the original's name (cut to fit) ending in a hash of pod, pod namespace, identity
+/// namespace and identity. For when the original's name is taken: `<pod>-<namespace>-<identity>`
+/// reads the same for pod `a-b` in `c` and pod `a` in `b-c`, and in cluster-wide mode every
+/// object lives in one namespace.
+#[must_use]
+pub fn unique_assigned_identity_name(
+    pod: &str,
+    pod_namespace: &str,
+    identity_namespace: &str,
+    identity: &str,
+) -> String {
+    hashed_name(
+        &format!("{pod}-{pod_namespace}-{identity}"),
+        &[pod, pod_namespace, identity_namespace, identity],
+    )
+}
+
+/// `name` cut to leave room for `-<hash of parts>` within [`MAX_NAME_LEN`], then that suffix.
+fn hashed_name(name: &str, parts: &[&str]) -> String {
     use sha1::Digest as _;
     let mut h = sha1::Sha1::new();
-    for part in [pod, pod_namespace, identity] {
+    for part in parts {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -401,7 +424,7 @@ pub fn assigned_identity_name(pod: &str, pod_namespace: &str, identity: &str) ->
     let suffix: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     // Keep room for "-" and the suffix; the cut must not leave a label ending in '-' or '.',
     // nor a '.' right before the suffix's '-' (each dot-separated label must end alphanumeric).
-    let mut keep = MAX_NAME_LEN - 1 - suffix.len();
+    let mut keep = (MAX_NAME_LEN - 1 - suffix.len()).min(name.len());
     while !name.is_char_boundary(keep) {
         keep -= 1;
     }

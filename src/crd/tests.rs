@@ -431,3 +431,28 @@ fn nulls_the_go_types_write_for_empty_slices_and_maps_are_read() {
         serde_json::from_value(json!({"podLabels": null})).unwrap();
     assert!(e.pod_labels.is_empty());
 }
+
+#[test]
+fn names_that_read_the_same_across_namespaces_get_distinct_unique_names() {
+    // The original's form cannot tell these apart.
+    assert_eq!(
+        assigned_identity_name("a-b", "c", "id"),
+        assigned_identity_name("a", "b-c", "id")
+    );
+    let one = unique_assigned_identity_name("a-b", "c", "default", "id");
+    let two = unique_assigned_identity_name("a", "b-c", "default", "id");
+    assert_ne!(one, two);
+    // Nor two identities of one name in two namespaces.
+    assert_ne!(
+        unique_assigned_identity_name("p", "n", "x", "id"),
+        unique_assigned_identity_name("p", "n", "y", "id")
+    );
+    assert!(one.starts_with("a-b-c-id-"), "{one}");
+    assert_eq!(
+        one,
+        unique_assigned_identity_name("a-b", "c", "default", "id")
+    );
+    let long = unique_assigned_identity_name(&"p".repeat(253), "default", "default", "id");
+    assert_eq!(long.len(), MAX_NAME_LEN);
+    assert!(aad_pod_identity_sim::kube::meta::is_dns_subdomain(&long));
+}

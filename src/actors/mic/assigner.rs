@@ -38,6 +38,26 @@ pub struct Adopt {
 #[rtype(result = "()")]
 pub struct Reconcile;
 
+/// An assigner has nothing left to do: its host does not exist (`gone`), or no pod wants an
+/// identity there and MIC holds none. Its owner retires it ([`Retire`]) unless a newer
+/// [`SetDesired`] than `seq` is on its way.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct RetirementRequest {
+    /// The host.
+    pub host: HostId,
+    /// Sequence number of the last [`SetDesired`] the assigner folded in.
+    pub seq: u64,
+    /// ARM said the host does not exist.
+    pub gone: bool,
+}
+
+/// The owner retires the assigner: it sends its last report (holding nothing for anyone, so
+/// the writer releases objects on the host without waiting) and stops.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Retire;
+
 /// Where a host stands, sent after every change.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 #[rtype(result = "()")]
@@ -74,6 +94,10 @@ pub struct Assigner {
     failure: Option<String>,
     synced: bool,
     seq: u64,
+    /// Where to ask for retirement (none: the assigner lives as long as its owner).
+    retire_to: Option<Recipient<RetirementRequest>>,
+    /// Retirement asked for at this `seq`.
+    asked: Option<u64>,
 }
 
 impl Assigner {
@@ -99,6 +123,33 @@ impl Assigner {
             failure: None,
             synced: false,
             seq: 0,
+            retire_to: None,
+            asked: None,
+        }
+    }
+
+    /// Asks `owner` to retire the assigner whenever it has nothing left to do.
+    #[must_use]
+    pub fn retiring_to(mut self, owner: Recipient<RetirementRequest>) -> Self {
+        self.retire_to = Some(owner);
+        self
+    }
+
+    fn ask_retirement(&mut self) {
+        let Some(owner) = &self.retire_to else { return };
+        if self.batch.retirable() && self.asked != Some(self.seq) {
+            self.asked = Some(self.seq);
+            let gone = self.batch.gone();
+            if gone {
+                warn!(vmss = %self.host.name, "the VM or scale set does not exist; retiring its assigner");
+            } else {
+                debug!(vmss = %self.host.name, "nothing left to do on the host; retiring its assigner");
+            }
+            owner.do_send(RetirementRequest {
+                host: self.host.clone(),
+                seq: self.seq,
+                gone,
+            });
         }
     }
 
@@ -122,6 +173,7 @@ impl Assigner {
             self.last = Some(r.clone());
             self.reports.do_send(r);
         }
+        self.ask_retirement();
     }
 
     fn drive(&mut self, ctx: &mut Context<Self>) {
@@ -241,6 +293,30 @@ impl Handler<SetDesired> for Assigner {
             .set_desired(msg.desired, msg.immutable, Instant::now());
         self.report();
         self.drive(ctx);
+    }
+}
+
+impl Handler<Retire> for Assigner {
+    type Result = ();
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        // From now on the host holds nothing for anyone as far as the writer knows: objects
+        // on it are released without waiting for a report that will never come. A fresh
+        // assigner for the host reports again from sequence 0 up.
+        self.reports.do_send(HostReport {
+            host: self.host.clone(),
+            assigned: BTreeSet::new(),
+            releasing: BTreeSet::new(),
+            external: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            failure: self.failure.clone(),
+            synced: true,
+            seq: u64::MAX,
+        });
+        self.metrics
+            .queue_depth
+            .remove_label_values(&[&self.host.name])
+            .ok();
+        ctx.stop();
     }
 }
 

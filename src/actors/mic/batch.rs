@@ -144,10 +144,17 @@ pub struct HostBatch {
     known: Option<HostIdentities>,
     /// The host is being deleted: hands off.
     deleting: bool,
+    /// ARM says the host does not exist: nothing more is sent (its assigner is retired).
+    gone: bool,
     /// Identities MIC put on the host (the only ones it may remove).
     owned: BTreeSet<IdentityId>,
     /// Owned identities no longer desired, and since when.
     released: BTreeMap<IdentityId, Instant>,
+    /// Identities a PATCH with an unknown outcome (timeout, lost answer, 5xx) tried to add:
+    /// possibly on the host by MIC's own write. The next answer that shows the host settles
+    /// them: present, they are owned (so they go once unused: no leak); absent, they are not.
+    /// Identities outside MIC's writes never get here, so none is ever wrongly removed.
+    maybe_owned: BTreeSet<IdentityId>,
     /// Identities ARM refused, waiting.
     refused: BTreeMap<IdentityId, Refusal>,
     /// Host-wide wait after a failure or a 429.
@@ -174,8 +181,10 @@ impl HostBatch {
             immutable: BTreeSet::new(),
             known: None,
             deleting: false,
+            gone: false,
             owned: BTreeSet::new(),
             released: BTreeMap::new(),
+            maybe_owned: BTreeSet::new(),
             refused: BTreeMap::new(),
             hold_until: None,
             transient_failures: 0,
@@ -256,6 +265,18 @@ impl HostBatch {
         if self.flight != Flight::Idle {
             return Step::Busy;
         }
+        if self.gone {
+            return Step::Idle;
+        }
+        // The first read of a host nothing is wanted on or held at failed: it is not worth
+        // retrying until a pod needs the host.
+        if self.known.is_none()
+            && self.transient_failures > 0
+            && self.desired.is_empty()
+            && self.owned.is_empty()
+        {
+            return Step::Idle;
+        }
         if let Some(h) = self.hold_until {
             if h > now {
                 return Step::WaitUntil(h);
@@ -332,7 +353,7 @@ impl HostBatch {
         self.call_back(now);
         match result {
             Ok(state) => {
-                self.accept_state(state);
+                self.accept_state(state, now);
                 self.transient_failures = 0;
                 Outcome::default()
             }
@@ -346,14 +367,28 @@ impl HostBatch {
         }
     }
 
-    fn accept_state(&mut self, state: HostIdentities) {
+    fn accept_state(&mut self, state: HostIdentities, now: Instant) {
         self.deleting = state.deleting;
-        // Owned identities someone removed by hand are owned again only if re-added.
         let present = &state.user_assigned;
+        // A write whose outcome was unknown is settled by what the host shows now.
+        for id in std::mem::take(&mut self.maybe_owned) {
+            if present.contains(&id) {
+                self.owned.insert(id);
+            }
+        }
+        // Owned identities someone removed by hand are owned again only if re-added.
         self.owned
             .retain(|id| present.contains(id) || self.desired.contains(id));
         self.released.retain(|id, _| present.contains(id));
         self.known = Some(state);
+        self.refresh_released(now);
+    }
+
+    /// Identities possibly on the host by a write of MIC's whose outcome is unknown (until
+    /// the next read or PATCH answer settles them).
+    #[must_use]
+    pub fn maybe_owned(&self) -> &BTreeSet<IdentityId> {
+        &self.maybe_owned
     }
 
     /// Folds in the answer to a PATCH.
@@ -393,7 +428,7 @@ impl HostBatch {
                         self.refused.remove(id);
                     }
                 }
-                self.accept_state(state);
+                self.accept_state(state, now);
                 out
             }
             Err(PortError::Refused { ids, message }) => {
@@ -423,7 +458,10 @@ impl HostBatch {
             }
             Err(e) => {
                 // Whether the write was applied is unknown (a timeout, a 5xx, a failed
-                // operation): read before the next decision. A 429 applied nothing.
+                // operation): read before the next decision. A 429 applied nothing itself,
+                // but may end the retries of an attempt that went unanswered; either way its
+                // additions are possibly MIC's until the host is seen again.
+                self.maybe_owned.extend(add.iter().cloned());
                 if !matches!(e, PortError::Throttled { .. }) {
                     self.reconcile_requested = true;
                 }
@@ -462,6 +500,12 @@ impl HostBatch {
     }
 
     fn host_failure(&mut self, e: &PortError, now: Instant) {
+        if matches!(e, PortError::NotFound(_)) {
+            // Retrying a host that is not there would go on for ever: its owner retires the
+            // assigner, and a host re-created under the name gets a fresh one.
+            self.gone = true;
+            return;
+        }
         let wait = match e {
             PortError::Throttled { retry_after } => *retry_after,
             PortError::Deleting => {
@@ -527,6 +571,25 @@ impl HostBatch {
             .filter(|(id, _)| self.refused_now(id, now))
             .map(|(id, r)| (id.clone(), r.reason.clone()))
             .collect()
+    }
+
+    /// ARM said the host does not exist; nothing more is sent to it.
+    #[must_use]
+    pub fn gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Nothing is left to do on the host, for now or ever: it does not exist, or no pod wants
+    /// an identity on it and MIC holds none there (none owned, releasing, or possibly put
+    /// there by a write whose outcome is unknown). The assigner may then be retired.
+    #[must_use]
+    pub fn retirable(&self) -> bool {
+        self.flight == Flight::Idle
+            && (self.gone
+                || (self.desired.is_empty()
+                    && self.owned.is_empty()
+                    && self.released.is_empty()
+                    && self.maybe_owned.is_empty()))
     }
 
     /// Identities MIC put on the host.

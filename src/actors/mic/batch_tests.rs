@@ -528,3 +528,134 @@ fn a_refused_identity_gets_the_configured_quick_retries_before_backing_off() {
     }
     assert_eq!(waits, [secs(1), secs(1), secs(10), secs(20)]);
 }
+
+#[test]
+fn an_identity_a_write_with_an_unknown_outcome_added_is_owned_once_a_read_finds_it() {
+    // MIC's PATCH adding "mine" timed out (ARM applied it; the answer was lost). The pod goes
+    // before the read. "theirs" was put on the host by someone else meanwhile, in no write of
+    // MIC's: the read shows both; only "mine" is MIC's, and it is removed after the grace.
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["mine"]), BTreeSet::new(), t);
+    assert_eq!(changes(b.next(t)), Some((vec![id("mine")], vec![])));
+    b.on_patch(Err(PortError::Transient("answer lost".into())), t);
+    assert_eq!(b.maybe_owned(), &ids(&["mine"]));
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    let later = t + secs(600);
+    assert_eq!(b.next(later), Step::Read);
+    b.on_read(state(&["mine", "theirs"]), later);
+    assert!(b.maybe_owned().is_empty(), "the read settled it");
+    assert_eq!(b.owned(), &ids(&["mine"]));
+    assert_eq!(b.releasing(), ids(&["mine"]));
+    let after_grace = later + secs(61);
+    assert_eq!(
+        changes(b.next(after_grace)),
+        Some((vec![], vec![id("mine")]))
+    );
+}
+
+#[test]
+fn a_write_with_an_unknown_outcome_that_was_not_applied_leaves_nothing_owned() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_patch(Err(PortError::Transient("timeout".into())), t);
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    let later = t + secs(600);
+    assert_eq!(b.next(later), Step::Read);
+    b.on_read(state(&[]), later);
+    assert!(b.maybe_owned().is_empty());
+    assert!(b.owned().is_empty());
+    // Someone adds "a" afterwards: it is not MIC's, and stays.
+    b.request_reconcile();
+    assert_eq!(b.next(later), Step::Read);
+    b.on_read(state(&["a"]), later);
+    assert!(b.owned().is_empty());
+    assert_eq!(b.next(later + secs(600)), Step::Idle);
+}
+
+#[test]
+fn a_throttled_write_leaves_its_additions_maybe_owned_until_the_next_answer() {
+    // A 429 can end the retries of an attempt that went unanswered; the next PATCH's answer
+    // (the retry found the identity there) settles it as MIC's.
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    b.next(t);
+    b.on_patch(
+        Err(PortError::Throttled {
+            retry_after: secs(1),
+        }),
+        t,
+    );
+    let later = t + secs(2);
+    assert_eq!(changes(b.next(later)), Some((vec![id("a")], vec![])));
+    b.on_patch(
+        Ok(PatchOutcome {
+            preexisting: vec![id("a")],
+            ..PatchOutcome::from(state(&["a"]).unwrap())
+        }),
+        later,
+    );
+    assert_eq!(b.owned(), &ids(&["a"]));
+}
+
+#[test]
+fn a_host_arm_says_does_not_exist_gets_nothing_more_and_may_be_retired() {
+    for on_patch in [false, true] {
+        let t = Instant::now();
+        let mut b = HostBatch::new(settings());
+        b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+        assert_eq!(b.next(t), Step::Read);
+        let gone = PortError::NotFound("ResourceNotFound".into());
+        if on_patch {
+            b.on_read(state(&[]), t);
+            assert!(changes(b.next(t)).is_some());
+            b.on_patch(Err(gone), t);
+        } else {
+            b.on_read(Err(gone), t);
+        }
+        assert!(b.gone());
+        assert!(b.retirable(), "pods still want it, but it is not there");
+        // No retry, however long the pods wait.
+        assert_eq!(b.next(t + secs(3600)), Step::Idle);
+    }
+}
+
+#[test]
+fn a_host_is_retirable_once_no_pod_wants_an_identity_and_mic_holds_none_there() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    assert!(b.retirable(), "a host nothing was asked of");
+    read_empty(&mut b, t);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t);
+    assert!(!b.retirable());
+    b.next(t);
+    assert!(!b.retirable(), "a write is out");
+    b.on_patch(patched(&["a"]), t);
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    assert!(
+        !b.retirable(),
+        "its identity is still on the host, in its grace period"
+    );
+    let later = t + secs(61);
+    assert_eq!(changes(b.next(later)), Some((vec![], vec![id("a")])));
+    b.on_patch(patched(&[]), later);
+    assert!(b.retirable());
+}
+
+#[test]
+fn a_failed_first_read_of_a_host_nothing_is_wanted_on_is_not_retried_until_a_pod_needs_it() {
+    let t = Instant::now();
+    let mut b = HostBatch::new(settings());
+    b.set_desired(BTreeSet::new(), BTreeSet::new(), t);
+    assert_eq!(b.next(t), Step::Read);
+    b.on_read(Err(PortError::Fatal("403".into())), t);
+    assert_eq!(b.next(t + secs(3600)), Step::Idle);
+    b.set_desired(ids(&["a"]), BTreeSet::new(), t + secs(3600));
+    assert_eq!(b.next(t + secs(3600)), Step::Read);
+}

@@ -15,7 +15,23 @@ use crate::cloud::provider_id::ComputeRef;
 use crate::cloud::throttle::SubscriptionGate;
 use async_trait::async_trait;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+
+tokio::task_local! {
+    /// Set while one [`CloudArm::patch`] runs: raised when a write of that call went
+    /// unanswered (the client may have retried it and found its own change already there).
+    static UNANSWERED_WRITE: Arc<AtomicBool>;
+}
+
+/// The client's call observer: notes, for the [`CloudArm::patch`] running in this task, a
+/// write whose outcome is unknown (no answer, or a 5xx after which ARM may still apply it).
+fn note_unanswered_write(r: &crate::cloud::arm::CallRecord) {
+    let write = matches!(r.operation, "vmss_update" | "vm_update" | "lro_poll");
+    if write && r.status.is_none_or(|s| s >= 500) {
+        let _ = UNANSWERED_WRITE.try_with(|f| f.store(true, Ordering::Relaxed));
+    }
+}
 
 /// [`ArmPort`] over an [`ArmClient`]; the client is replaced when azure.json changes
 /// ([`CloudArm::watching`]).
@@ -87,7 +103,9 @@ impl CloudArm {
         )
     }
 
-    /// As [`Self::from_config`], every ARM and Azure AD request carrying `user_agent`.
+    /// As [`Self::from_config`], every ARM and Azure AD request carrying `user_agent`. The
+    /// client notes writes whose outcome is unknown, so [`ArmPort::patch`] never reports an
+    /// identity its own unanswered write may have put on the host as found there.
     pub fn from_config_as(
         config: &CloudConfig,
         user_agent: &str,
@@ -101,7 +119,8 @@ impl CloudArm {
                 user_agent: Some(user_agent.to_string()),
                 ..ArmOptions::default()
             },
-        )?;
+        )?
+        .with_observer(Arc::new(note_unanswered_write));
         Ok(Self::new(client))
     }
 }
@@ -154,6 +173,7 @@ fn port_error(e: crate::cloud::Error) -> PortError {
     match e {
         E::Throttled { retry_after, .. } => PortError::Throttled { retry_after },
         E::Deleting { .. } => PortError::Deleting,
+        E::NotFound { .. } => PortError::NotFound(e.to_string()),
         E::Conflict { .. } => PortError::Conflict(e.to_string()),
         E::IdentitiesRefused { ids, code, message } => PortError::Refused {
             ids: ids.iter().map(|id| IdentityId::new(id)).collect(),
@@ -188,22 +208,30 @@ impl ArmPort for CloudArm {
     ) -> Result<PatchOutcome, PortError> {
         let add: Vec<String> = add.iter().map(|i| i.as_str().to_string()).collect();
         let remove: Vec<String> = remove.iter().map(|i| i.as_str().to_string()).collect();
-        let out = self
-            .current()
-            .update_identities_from(
-                &compute_ref(host),
-                Some(identity_state(base)),
-                &add,
-                &remove,
+        let unanswered = Arc::new(AtomicBool::new(false));
+        let out = UNANSWERED_WRITE
+            .scope(
+                unanswered.clone(),
+                self.current().update_identities_from(
+                    &compute_ref(host),
+                    Some(identity_state(base)),
+                    &add,
+                    &remove,
+                ),
             )
             .await
             .map_err(port_error)?;
-        let preexisting = out
-            .unchanged
-            .iter()
-            .filter(|u| add.iter().any(|a| a.eq_ignore_ascii_case(u)))
-            .map(|id| IdentityId::new(id))
-            .collect();
+        // After an unanswered write, an identity to add that the retry found on the host may
+        // be that write's own doing: none of them is someone else's for sure (issue 15).
+        let preexisting = if unanswered.load(Ordering::Relaxed) {
+            Vec::new()
+        } else {
+            out.unchanged
+                .iter()
+                .filter(|u| add.iter().any(|a| a.eq_ignore_ascii_case(u)))
+                .map(|id| IdentityId::new(id))
+                .collect()
+        };
         Ok(PatchOutcome {
             state: host_identities(&out.state),
             preexisting,
@@ -273,7 +301,7 @@ mod tests {
                 code: "ResourceNotFound".into(),
                 message: "y".into()
             }),
-            PortError::Fatal(_)
+            PortError::NotFound(_)
         ));
     }
 }

@@ -7,7 +7,7 @@
 //! identities MIC put on which host before it (or a previous leader) stopped; each host's
 //! assigner adopts them, reads the host from ARM, and only writes what differs.
 
-use super::assigner::{Adopt, Reconcile, SetDesired};
+use super::assigner::{Adopt, Reconcile, Retire, RetirementRequest, SetDesired};
 use super::host::{HostId, IdentityId};
 use super::matcher::{BindingIndex, MatchSettings};
 use super::metrics::MicMetrics;
@@ -20,6 +20,7 @@ use actix::prelude::*;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::debug;
 
 /// The recipients of one host's assigner.
@@ -31,12 +32,18 @@ pub struct AssignerHandle {
     pub adopt: Recipient<Adopt>,
     /// Periodic reconcile.
     pub reconcile: Recipient<Reconcile>,
+    /// Retirement.
+    pub retire: Recipient<Retire>,
 }
 
-/// Makes the assigner of a host on first need.
-pub type AssignerFactory = Box<dyn FnMut(&HostId) -> AssignerHandle>;
+/// Makes the assigner of a host on first need; it asks for retirement through the recipient.
+pub type AssignerFactory = Box<dyn FnMut(&HostId, Recipient<RetirementRequest>) -> AssignerHandle>;
 
 const KINDS: usize = 5;
+
+/// The shortest time a host ARM said does not exist is left alone (unless a node on it
+/// appears), whatever the reconcile interval.
+const MIN_GONE_HOLD: Duration = Duration::from_secs(30);
 
 /// The actor.
 pub struct Coordinator {
@@ -45,6 +52,11 @@ pub struct Coordinator {
     writer_assigned: Recipient<AssignedEvent>,
     make_assigner: AssignerFactory,
     assigners: BTreeMap<HostId, AssignerHandle>,
+    /// Hosts ARM said do not exist, and when: no assigner is made for them again until a node
+    /// on them appears or the reconcile interval has passed.
+    gone: BTreeMap<HostId, Instant>,
+    /// Hosts with a node, as of the last pass.
+    with_nodes: BTreeSet<HostId>,
     listed: [bool; KINDS],
     /// AzureAssignedIdentity objects of the first list: (node, identity) MIC assigned before.
     startup: Option<Vec<(String, IdentityId)>>,
@@ -73,6 +85,8 @@ impl Coordinator {
             writer_assigned,
             make_assigner,
             assigners: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            with_nodes: BTreeSet::new(),
             listed: [false; KINDS],
             startup: None,
             adopted: BTreeSet::new(),
@@ -90,16 +104,32 @@ impl Coordinator {
             // At least 10 ms, and twice the last pass: a large cluster under a storm of events
             // spends at most a third of its time matching.
             let wait = (self.last_pass * 2).max(Duration::from_millis(10));
-            ctx.run_later(wait, |act, _| {
+            ctx.run_later(wait, |act, ctx| {
                 act.scheduled = false;
                 let t = std::time::Instant::now();
-                act.recompute();
+                act.recompute(ctx);
                 act.last_pass = t.elapsed();
             });
         }
     }
 
-    fn recompute(&mut self) {
+    /// Identities an object of the first list says MIC put on `host` before it started.
+    fn startup_ids(&self, host: &HostId) -> BTreeSet<IdentityId> {
+        self.startup
+            .iter()
+            .flatten()
+            .filter(|(node, _)| self.index.host_of_node(node) == Some(host))
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    fn count_assigners(&self) {
+        self.metrics
+            .assigners
+            .set(i64::try_from(self.assigners.len()).unwrap_or(i64::MAX));
+    }
+
+    fn recompute(&mut self, ctx: &mut Context<Self>) {
         if self.listed.iter().any(|l| !l) {
             return;
         }
@@ -107,25 +137,30 @@ impl Coordinator {
         self.metrics.original.mic_cycle_count.inc();
         let d = self.index.desired();
         self.seq += 1;
-        let mut hosts: BTreeSet<HostId> = d.hosts.keys().cloned().collect();
+        let now = Instant::now();
+        let forget_after = self.reconcile_interval.max(MIN_GONE_HOLD);
+        self.gone.retain(|_, at| now < *at + forget_after);
+        // Every host with a node gets an assigner (it reads the host once, so the first pod's
+        // write needs no read), except one ARM said is gone; live ones hear the new state.
+        let mut hosts: BTreeSet<HostId> = d
+            .hosts
+            .keys()
+            .filter(|h| !self.gone.contains_key(*h))
+            .cloned()
+            .collect();
         hosts.extend(self.assigners.keys().cloned());
+        self.with_nodes = d.hosts.keys().cloned().collect();
         for host in hosts {
             let handle = match self.assigners.get(&host) {
                 Some(h) => h.clone(),
                 None => {
-                    let h = (self.make_assigner)(&host);
+                    let h = (self.make_assigner)(&host, ctx.address().recipient());
                     self.assigners.insert(host.clone(), h.clone());
                     h
                 }
             };
             if self.adopted.insert(host.clone()) {
-                let ids: BTreeSet<IdentityId> = self
-                    .startup
-                    .iter()
-                    .flatten()
-                    .filter(|(node, _)| self.index.host_of_node(node) == Some(&host))
-                    .map(|(_, id)| id.clone())
-                    .collect();
+                let ids = self.startup_ids(&host);
                 if !ids.is_empty() {
                     debug!(vmss = %host.name, count = ids.len(), "adopting identities assigned before start");
                     handle.adopt.do_send(Adopt { ids });
@@ -137,6 +172,7 @@ impl Coordinator {
                 seq: self.seq,
             });
         }
+        self.count_assigners();
         let nodes = self.index.node_hosts();
         self.writer_desired.do_send(DesiredAssignments {
             assignments: d.assignments,
@@ -208,6 +244,26 @@ impl Actor for Coordinator {
     }
 }
 
+impl Handler<RetirementRequest> for Coordinator {
+    type Result = ();
+    fn handle(&mut self, msg: RetirementRequest, _: &mut Context<Self>) {
+        // A host that does not exist is retired whatever its pods want. An idle one only once
+        // no node is on it (an idle assigner costs nothing, and keeps the host's last state
+        // for the next pod's write), and not while a newer desired state is on its way to it
+        // (it asks again if still idle).
+        if !msg.gone && (msg.seq != self.seq || self.with_nodes.contains(&msg.host)) {
+            return;
+        }
+        if let Some(h) = self.assigners.remove(&msg.host) {
+            h.retire.do_send(Retire);
+        }
+        if msg.gone {
+            self.gone.insert(msg.host, Instant::now());
+        }
+        self.count_assigners();
+    }
+}
+
 impl Handler<CatalogEvent> for Coordinator {
     type Result = ();
     fn handle(&mut self, msg: CatalogEvent, ctx: &mut Context<Self>) {
@@ -233,13 +289,30 @@ impl Handler<CatalogEvent> for Coordinator {
                 |ix, b| ix.delete_binding(&ObjectKey::of(b)),
                 BindingIndex::clear_bindings,
             ),
-            CatalogEvent::Node(ev) => self.fold(
-                3,
-                ev,
-                BindingIndex::apply_node,
-                |ix, n| ix.delete_node(&n.name_any()),
-                BindingIndex::clear_nodes,
-            ),
+            CatalogEvent::Node(ev) => {
+                // A node newly on a host ARM said was gone: the host was (re)created.
+                let fresh = match &ev {
+                    Observed::Applied(n) if !self.gone.is_empty() => {
+                        let name = n.name_any();
+                        let before = self.index.host_of_node(&name).cloned();
+                        Some((name, before))
+                    }
+                    _ => None,
+                };
+                self.fold(
+                    3,
+                    ev,
+                    BindingIndex::apply_node,
+                    |ix, n| ix.delete_node(&n.name_any()),
+                    BindingIndex::clear_nodes,
+                );
+                if let Some((name, before)) = fresh
+                    && let Some(h) = self.index.host_of_node(&name)
+                    && before.as_ref() != Some(h)
+                {
+                    self.gone.remove(h);
+                }
+            }
             CatalogEvent::Assigned(ev) => {
                 // The writer's own objects change nothing the matcher computes: only the first
                 // list (start-up adoption, and the last kind to list) calls for a pass.

@@ -11,6 +11,8 @@ struct Seen {
     adopted: Vec<Adopt>,
     writer: Vec<DesiredAssignments>,
     assigned: usize,
+    retired: usize,
+    made: Vec<HostId>,
 }
 
 struct Sink(Arc<Mutex<Seen>>);
@@ -33,6 +35,12 @@ impl Handler<Reconcile> for Sink {
     type Result = ();
     fn handle(&mut self, _: Reconcile, _: &mut Context<Self>) {}
 }
+impl Handler<Retire> for Sink {
+    type Result = ();
+    fn handle(&mut self, _: Retire, _: &mut Context<Self>) {
+        self.0.lock().unwrap().retired += 1;
+    }
+}
 impl Handler<DesiredAssignments> for Sink {
     type Result = ();
     fn handle(&mut self, m: DesiredAssignments, _: &mut Context<Self>) {
@@ -50,10 +58,15 @@ fn start() -> (Addr<Coordinator>, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let sink = Sink(seen.clone()).start();
     let s2 = sink.clone();
-    let factory: AssignerFactory = Box::new(move |_| AssignerHandle {
-        desired: s2.clone().recipient(),
-        adopt: s2.clone().recipient(),
-        reconcile: s2.clone().recipient(),
+    let made = seen.clone();
+    let factory: AssignerFactory = Box::new(move |host, _| {
+        made.lock().unwrap().made.push(host.clone());
+        AssignerHandle {
+            desired: s2.clone().recipient(),
+            adopt: s2.clone().recipient(),
+            reconcile: s2.clone().recipient(),
+            retire: s2.clone().recipient(),
+        }
     });
     let c = Coordinator::new(
         MatchSettings::default(),
@@ -172,6 +185,131 @@ async fn a_federated_identitys_objects_never_make_a_restarted_mic_adopt_it() {
                 s.adopted.is_empty(),
                 "an Assigned object of a federated identity records no ARM write"
             );
+        })
+        .await;
+}
+
+fn listed_with_pod_on_ss0(c: &Addr<Coordinator>) {
+    c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
+        "ss0", 0,
+    )])));
+    c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![
+        identity("id1").build(),
+    ])));
+    c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![
+        binding("b1", "id1", "sel").build(),
+    ])));
+    c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![
+        pod("p1").label("sel").on_node("ss0-0").build(),
+    ])));
+    c.do_send(CatalogEvent::Assigned(Observed::Relisted(vec![])));
+}
+
+fn ss0() -> HostId {
+    HostId::scale_set(SUB, RG, "ss0")
+}
+
+fn retirement(seq: u64, gone: bool) -> RetirementRequest {
+    RetirementRequest {
+        host: ss0(),
+        seq,
+        gone,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_assigner_is_retired_once_its_host_has_no_node_and_a_later_pod_gets_a_fresh_one() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            listed_with_pod_on_ss0(&c);
+            pause().await;
+            assert_eq!(seen.lock().unwrap().made, vec![ss0()]);
+            // The pod goes: its assigner is idle, but a node is still on the host.
+            c.do_send(CatalogEvent::Pod(Observed::Deleted(Box::new(
+                pod("p1").label("sel").on_node("ss0-0").build(),
+            ))));
+            pause().await;
+            let seq = seen.lock().unwrap().desired.last().unwrap().seq;
+            c.do_send(retirement(seq, false));
+            pause().await;
+            assert_eq!(
+                seen.lock().unwrap().retired,
+                0,
+                "kept while a node is there"
+            );
+            // The node goes too.
+            c.do_send(CatalogEvent::Node(Observed::Deleted(Box::new(vmss_node(
+                "ss0", 0,
+            )))));
+            pause().await;
+            let seq = seen.lock().unwrap().desired.last().unwrap().seq;
+            // A request from before that state is stale: a newer SetDesired is on its way.
+            c.do_send(retirement(seq - 1, false));
+            pause().await;
+            assert_eq!(seen.lock().unwrap().retired, 0);
+            c.do_send(retirement(seq, false));
+            pause().await;
+            assert_eq!(seen.lock().unwrap().retired, 1);
+            // Nothing more goes to a retired assigner; a new pod on the host gets a fresh one.
+            let sent = seen.lock().unwrap().desired.len();
+            c.do_send(CatalogEvent::Pod(Observed::Deleted(Box::new(
+                pod("p0").label("sel").on_node("ss0-0").build(),
+            ))));
+            pause().await;
+            assert_eq!(seen.lock().unwrap().desired.len(), sent);
+            c.do_send(CatalogEvent::Node(Observed::Applied(Box::new(vmss_node(
+                "ss0", 0,
+            )))));
+            c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
+                pod("p2").label("sel").on_node("ss0-0").build(),
+            ))));
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert_eq!(s.made, vec![ss0(), ss0()]);
+            assert_eq!(s.desired.len(), sent + 1);
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_arm_says_is_gone_gets_no_assigner_until_a_node_appears_on_it_or_the_interval_passes()
+ {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            listed_with_pod_on_ss0(&c);
+            pause().await;
+            // Gone: retired though its pod still wants the identity.
+            c.do_send(retirement(0, true));
+            pause().await;
+            assert_eq!(seen.lock().unwrap().retired, 1);
+            for i in 2..5 {
+                c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
+                    pod(&format!("p{i}")).label("sel").on_node("ss0-0").build(),
+                ))));
+                pause().await;
+            }
+            assert_eq!(
+                seen.lock().unwrap().made.len(),
+                1,
+                "no assigner for a host not there"
+            );
+            // A node registers on it: the scale set was re-created.
+            c.do_send(CatalogEvent::Node(Observed::Applied(Box::new(vmss_node(
+                "ss0", 1,
+            )))));
+            pause().await;
+            assert_eq!(seen.lock().unwrap().made.len(), 2);
+            // Gone again; after the reconcile interval (180 s here) it is tried once more.
+            c.do_send(retirement(0, true));
+            pause().await;
+            tokio::time::advance(Duration::from_secs(181)).await;
+            c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
+                pod("p9").label("sel").on_node("ss0-0").build(),
+            ))));
+            pause().await;
+            assert_eq!(seen.lock().unwrap().made.len(), 3);
         })
         .await;
 }

@@ -172,6 +172,28 @@ pub struct Desired {
 }
 
 impl Assignment {
+    /// True when `other` is for another pod or another identity (the same name meaning a
+    /// different object).
+    #[must_use]
+    pub fn is_other_object(&self, other: &Self) -> bool {
+        self.pod != other.pod
+            || ObjectKey::of(self.identity.as_ref()) != ObjectKey::of(other.identity.as_ref())
+    }
+
+    /// The assignment under a name no other pod and identity can have
+    /// ([`crate::crd::unique_assigned_identity_name`]), for when the original's is taken.
+    #[must_use]
+    pub fn with_unique_name(mut self) -> Self {
+        let identity = ObjectKey::of(self.identity.as_ref());
+        self.key.name = crate::crd::unique_assigned_identity_name(
+            &self.pod.name,
+            &self.pod.namespace,
+            &identity.namespace,
+            &identity.name,
+        );
+        self
+    }
+
     /// The same assignment: equal fields, the shared identity and binding compared by address
     /// first (a recomputation shares them with the last one unless they changed).
     #[must_use]
@@ -374,6 +396,12 @@ impl BindingIndex {
                                 .or_default()
                                 .insert(id.clone());
                         }
+                        // The original's name reads the same for pod `a-b` in `c` and `a` in
+                        // `b-c`: the later one takes a name of its own.
+                        let a = match out.assignments.get(&a.key) {
+                            Some(first) if first.is_other_object(&a) => a.with_unique_name(),
+                            _ => a,
+                        };
                         out.assignments.insert(a.key.clone(), a);
                     }
                     Err(Some(reason)) => refused.push(reason),

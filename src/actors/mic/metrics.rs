@@ -1,10 +1,11 @@
 //! MIC's own metrics, beyond the original's names (which the shared `metrics` module owns):
-//! assignment latency, ARM writes by outcome, batch sizes, queue depth and Events recorded.
+//! assignment latency, ARM writes by outcome, batch sizes, queue depth, Events recorded and
+//! failed AzureAssignedIdentity writes.
 //!
 //! Registered once into the process registry by [`MicMetrics::register`].
 
 use crate::metrics::Metrics;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 /// MIC's metrics.
 #[derive(Clone, Debug)]
@@ -13,7 +14,8 @@ pub struct MicMetrics {
     pub original: Metrics,
     /// Seconds from MIC seeing a pod's assignment to its AzureAssignedIdentity turning Assigned.
     pub assignment_latency: Histogram,
-    /// ARM writes (PATCHes) by outcome: `ok`, `refused`, `throttled`, `transient`, `fatal`, `deleting`.
+    /// ARM writes (PATCHes) by outcome: `ok`, `refused`, `throttled`, `conflict`, `transient`,
+    /// `fatal`, `deleting`, `not_found`.
     pub arm_writes: IntCounterVec,
     /// Identity changes carried by one PATCH.
     pub batch_size: Histogram,
@@ -22,6 +24,14 @@ pub struct MicMetrics {
     /// Recorded Events by what became of them: `created`, `updated`, `merged` (into a queued
     /// write), `spam_filtered`, `queue_full`, `failed`.
     pub events: IntCounterVec,
+    /// Failed AzureAssignedIdentity writes, by the original's `operation_type` and by what
+    /// the API server said (`conflict`, `invalid`, `forbidden`, `not_found`, `throttled`,
+    /// `server_error`, `refused`, `transport`).
+    pub write_failures: IntCounterVec,
+    /// AzureAssignedIdentity objects whose last write failed, waiting out their backoff.
+    pub writes_backing_off: IntGauge,
+    /// Live assigners (one per VM or scale set with work on it).
+    pub assigners: IntGauge,
 }
 
 impl MicMetrics {
@@ -34,6 +44,9 @@ impl MicMetrics {
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.write_failures.clone()))?;
+        registry.register(Box::new(m.writes_backing_off.clone()))?;
+        registry.register(Box::new(m.assigners.clone()))?;
         Ok(m)
     }
 
@@ -81,6 +94,21 @@ impl MicMetrics {
                     "Kubernetes Events MIC recorded, by what became of them (created, updated, merged into a queued write, spam_filtered, queue_full, failed)",
                 ),
                 &["outcome"],
+            )?,
+            write_failures: IntCounterVec::new(
+                Opts::new(
+                    "aadpodidentity_mic_assigned_identity_write_failures_total",
+                    "Failed AzureAssignedIdentity writes, by operation_type and by the API server's answer (conflict, invalid, forbidden, not_found, throttled, server_error, refused, transport)",
+                ),
+                &["operation_type", "reason"],
+            )?,
+            writes_backing_off: IntGauge::new(
+                "aadpodidentity_mic_assigned_identity_writes_backing_off",
+                "AzureAssignedIdentity objects whose last write failed, waiting out their backoff before the next attempt",
+            )?,
+            assigners: IntGauge::new(
+                "aadpodidentity_mic_assigners",
+                "Live assigners: one per VM or scale set with identities wanted or held on it (retired when idle or when ARM says the host does not exist)",
             )?,
         })
     }

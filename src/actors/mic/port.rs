@@ -30,7 +30,8 @@ pub struct HostIdentities {
 ///
 /// Ownership rests on the last: an identity to add that the port found on the host, judged
 /// against the very state its write was applied to (an ARM precondition), was put there by
-/// someone else, and MIC never removes it.
+/// someone else, and MIC never removes it. A port whose write went unanswered (and was
+/// retried) cannot tell its own change from someone else's, and reports none as preexisting.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PatchOutcome {
     /// The host's identities after the call.
@@ -76,6 +77,9 @@ pub enum PortError {
     /// The host is being deleted.
     #[error("the VM or scale set is being deleted")]
     Deleting,
+    /// The host does not exist (ARM 404 `ResourceNotFound`): deleted, or never there.
+    #[error("the VM or scale set does not exist: {0}")]
+    NotFound(String),
     /// Worth retrying soon (timeouts, 5xx, connection errors).
     #[error("transient ARM failure: {0}")]
     Transient(String),
@@ -93,6 +97,7 @@ impl PortError {
             Self::Throttled { .. } => "throttled",
             Self::Conflict(_) => "conflict",
             Self::Deleting => "deleting",
+            Self::NotFound(_) => "not_found",
             Self::Transient(_) => "transient",
             Self::Fatal(_) => "fatal",
         }

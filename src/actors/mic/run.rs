@@ -309,7 +309,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     let mic_metrics_c = mic_metrics.clone();
     let batch = settings.batch.clone();
     let sup = supervisor.clone();
-    let factory = Box::new(move |host: &super::host::HostId| {
+    let factory = Box::new(move |host: &super::host::HostId, owner| {
         let a = supervised::start_retirable(
             &sup,
             "assigner",
@@ -320,12 +320,14 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
                 budget.clone(),
                 report_to.clone(),
                 mic_metrics.clone(),
-            ),
+            )
+            .retiring_to(owner),
         );
         AssignerHandle {
             desired: a.clone().recipient(),
             adopt: a.clone().recipient(),
-            reconcile: a.recipient(),
+            reconcile: a.clone().recipient(),
+            retire: a.recipient(),
         }
     });
     let mut matching = settings.matching.clone();

@@ -473,6 +473,20 @@ impl AzureSimHandle {
             .ok_or_else(|| Error::UnknownCompute(compute_name.to_string()))
     }
 
+    /// Deletes a VM or scale set (by name), as `az vmss delete` would: every later read or
+    /// write of it answers 404 `ResourceNotFound`.
+    pub fn delete_compute(&self, compute_name: &str) -> Result<(), Error> {
+        let mut inner = self.shared.lock();
+        let before = inner.compute.len();
+        inner
+            .compute
+            .retain(|_, c| !c.name.eq_ignore_ascii_case(compute_name));
+        if inner.compute.len() == before {
+            return Err(Error::UnknownCompute(compute_name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Sets the provisioning state of a VM or scale set (e.g. `Deleting`).
     pub fn set_provisioning_state(&self, compute_name: &str, state: &str) -> Result<(), Error> {
         let mut inner = self.shared.lock();

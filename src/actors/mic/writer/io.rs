@@ -29,6 +29,47 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The name is another pod's: its object exists, recording that pod (created meanwhile,
+    /// or left by another controller). Taking it over would steal that pod's assignment.
+    #[error("AzureAssignedIdentity {key} exists for another pod, {owner}")]
+    NameTaken {
+        /// The object.
+        key: ObjectKey,
+        /// `namespace/name` of the pod it records.
+        owner: String,
+    },
+}
+
+impl Error {
+    /// The original's `operation_type` of the call that failed.
+    #[must_use]
+    pub fn operation_type(&self) -> &'static str {
+        match self {
+            Self::Kube { op, .. } => original_operation(op),
+            Self::NameTaken { .. } => original_operation("create"),
+        }
+    }
+
+    /// What the API server said, for counting failures by kind (a bounded set).
+    #[must_use]
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube {
+                source: kube::Error::Api(s),
+                ..
+            } => match s.code {
+                409 => "conflict",
+                422 => "invalid",
+                401 | 403 => "forbidden",
+                404 => "not_found",
+                429 => "throttled",
+                500.. => "server_error",
+                _ => "refused",
+            },
+            Self::Kube { .. } => "transport",
+            Self::NameTaken { .. } => "name_taken",
+        }
+    }
 }
 
 /// The original's `operation_type` for a failed AzureAssignedIdentity call, as its dashboards
@@ -97,15 +138,24 @@ pub(super) async fn execute(
             debug!(key = %key, "creating AzureAssignedIdentity");
             let created = match api.create(&PostParams::default(), &obj).await {
                 Ok(o) => o,
-                // Created by a previous leader an instant ago: take it over.
-                Err(kube::Error::Api(s)) if s.code == 409 => api
-                    .patch(
+                // Created by a previous leader an instant ago: take it over, unless it is
+                // another pod's (the original's names can read the same for two pods).
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    let found = api.get(&key.name).await.map_err(kerr("create", &key))?;
+                    if super::plan::records_other_pod(&found, &assignment) {
+                        return Err(Error::NameTaken {
+                            owner: format!("{}/{}", found.spec.pod_namespace, found.spec.pod),
+                            key,
+                        });
+                    }
+                    api.patch(
                         &key.name,
                         &PatchParams::default(),
                         &Patch::Merge(status_patch(&status, external)),
                     )
                     .await
-                    .map_err(kerr("status update", &key))?,
+                    .map_err(kerr("status update", &key))?
+                }
                 Err(e) => return Err(kerr("create", &key)(e)),
             };
             let o = status_fallback(&api, &key, created, &status)
@@ -209,10 +259,16 @@ pub(super) async fn execute_counted(
     let r = execute(client, op.clone(), existing).await;
     match &r {
         Ok(_) => count.inc(),
-        Err(Error::Kube { op, .. }) => {
+        // Not a failed call: the writer moves the assignment to a name of its own.
+        Err(Error::NameTaken { .. }) => {}
+        Err(e) => {
             drop(timer);
             m.kubernetes_api_operations_errors_count
-                .with_label_values(&[original_operation(op)])
+                .with_label_values(&[e.operation_type()])
+                .inc();
+            metrics
+                .write_failures
+                .with_label_values(&[e.operation_type(), e.metric_label()])
                 .inc();
         }
     }

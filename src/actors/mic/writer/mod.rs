@@ -9,18 +9,21 @@
 //! created with the finalizer and status `Created`; `Assigned` once its host reports the
 //! identity on ARM (at once for service principals); when no longer desired, `Unassigned`,
 //! and deleted (finalizer removed) once its host no longer holds the identity for it, so an
-//! identity in its grace period stays owned across a restart.
+//! identity in its grace period stays owned across a restart. An object whose write fails
+//! waits out its own backoff ([`retry`]) while the others go on.
 
 mod events;
 mod io;
 mod object;
 mod plan;
+mod retry;
 
 pub use super::recorder::{EVENT_SOURCE, REASON_APPLIED, REASON_APPLY_ERROR, UserEvent};
 pub use events::error_events;
 pub use io::Error;
 pub use object::object_for;
 pub use plan::{WriteOp, plan, plan_key, plan_some};
+use retry::{Admit, WriteRetries};
 
 use super::assigner::HostReport;
 use super::host::HostId;
@@ -33,7 +36,6 @@ use actix::prelude::*;
 use kube::{Client, ResourceExt};
 use plan::status_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -85,6 +87,11 @@ pub struct Writer {
     orphans: BTreeSet<ObjectKey>,
     hosts: BTreeMap<HostId, HostReport>,
     in_flight: BTreeSet<ObjectKey>,
+    /// Objects whose last write failed, each on its own backoff.
+    retries: WriteRetries,
+    /// Assignments moved off a name another pod's object holds: the matcher's name, the pod,
+    /// and the name used instead ([`crate::crd::unique_assigned_identity_name`]).
+    renamed: BTreeMap<ObjectKey, (ObjectKey, ObjectKey)>,
     /// Objects to plan again.
     dirty: BTreeSet<ObjectKey>,
     /// Warning Events written and still true (each is written once while it holds).
@@ -128,6 +135,8 @@ impl Writer {
             orphans: BTreeSet::new(),
             hosts: BTreeMap::new(),
             in_flight: BTreeSet::new(),
+            retries: WriteRetries::default(),
+            renamed: BTreeMap::new(),
             dirty: BTreeSet::new(),
             events_sent: BTreeSet::new(),
             events_stale: false,
@@ -137,8 +146,52 @@ impl Writer {
         }
     }
 
+    /// Applies the renames still true (same name, same pod) to a new desired state.
+    fn with_renames(&mut self, mut next: DesiredAssignments) -> DesiredAssignments {
+        self.renamed
+            .retain(|k, (pod, _)| next.assignments.get(k).is_some_and(|a| &a.pod == pod));
+        for (k, (_, new)) in &self.renamed {
+            if let Some(mut a) = next.assignments.remove(k) {
+                a.key = new.clone();
+                next.assignments.insert(new.clone(), a);
+            }
+        }
+        next
+    }
+
+    /// Moves the assignment at `key` to a name no other pod's object can hold: the object
+    /// there is another pod's. The object there is released like any other not desired.
+    fn rename(&mut self, key: &ObjectKey) {
+        let Some(a) = self.desired.assignments.remove(key) else {
+            return;
+        };
+        let a = a.with_unique_name();
+        if a.key == *key {
+            self.desired.assignments.insert(key.clone(), a);
+            return;
+        }
+        warn!(key = %key, pod = %a.pod, name = %a.key.name, "AzureAssignedIdentity name is another pod's; using a name of its own");
+        self.renamed
+            .insert(key.clone(), (a.pod.clone(), a.key.clone()));
+        if let Some(h) = host_of(&a) {
+            let keys = self.by_host.entry(h.clone()).or_default();
+            keys.remove(key);
+            keys.insert(a.key.clone());
+        }
+        if let Some(t) = self.first_seen.remove(key) {
+            self.first_seen.insert(a.key.clone(), t);
+        }
+        if self.existing.contains_key(key) {
+            self.orphans.insert(key.clone());
+        }
+        self.dirty.insert(key.clone());
+        self.dirty.insert(a.key.clone());
+        self.desired.assignments.insert(a.key.clone(), a);
+    }
+
     /// Takes in a new desired state: marks what changed.
     fn set_desired(&mut self, next: DesiredAssignments) {
+        let next = self.with_renames(next);
         let now = Instant::now();
         let mut old = std::mem::replace(&mut self.desired, next);
         for (key, a) in &self.desired.assignments {
@@ -211,6 +264,9 @@ impl Writer {
             }
             self.events_sent = events;
         }
+        let now = Instant::now();
+        // Retries with no slot left to them: planned again when a slot frees.
+        let mut no_room = Vec::new();
         while self.in_flight.len() < self.max_in_flight {
             let Some(key) = self.dirty.pop_first() else {
                 break;
@@ -219,11 +275,63 @@ impl Writer {
             if self.in_flight.contains(&key) {
                 continue;
             }
-            if let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) {
-                self.in_flight.insert(key);
-                self.spawn_op(op, ctx);
+            if let (Some(a), Some(e)) =
+                (self.desired.assignments.get(&key), self.existing.get(&key))
+                && plan::records_other_pod(e, a)
+            {
+                self.rename(&key);
+                continue;
+            }
+            let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) else {
+                // Nothing to write: whatever failed before no longer matters.
+                if self.retries.settled(&key) {
+                    self.backing_off_changed();
+                }
+                continue;
+            };
+            match self.retries.admit(&key, now, self.max_in_flight) {
+                Admit::Go => {
+                    self.in_flight.insert(key);
+                    self.spawn_op(op, ctx);
+                }
+                // Its backoff timer marks it again.
+                Admit::Backoff(_) => {}
+                Admit::NoRoom => no_room.push(key),
             }
         }
+        self.dirty.extend(no_room);
+    }
+
+    fn backing_off_changed(&self) {
+        self.metrics
+            .writes_backing_off
+            .set(i64::try_from(self.retries.backing_off()).unwrap_or(i64::MAX));
+    }
+
+    /// A write of `key` failed: the object waits out its backoff (the first failure in a row
+    /// is reported on its pod and binding), and the others go on meanwhile.
+    fn write_failed(&mut self, key: ObjectKey, e: &Error, ctx: &mut Context<Self>) {
+        let f = self
+            .retries
+            .failed(&key, Instant::now(), rand::random::<f64>());
+        self.backing_off_changed();
+        warn!(key = %key, error = %e, retry_in = ?f.retry_in, "AzureAssignedIdentity write failed");
+        if f.first {
+            for ev in events::write_failure_events(
+                &key,
+                self.desired.assignments.get(&key),
+                self.existing.get(&key),
+                e,
+                f.retry_in,
+            ) {
+                self.events.do_send(Record(ev));
+            }
+        }
+        // The watch may bring a newer copy meanwhile; the retry plans from whatever is known.
+        ctx.run_later(f.retry_in, move |act, ctx| {
+            act.dirty.insert(key);
+            act.pump(ctx);
+        });
     }
 
     fn spawn_op(&self, op: WriteOp, ctx: &mut Context<Self>) {
@@ -234,15 +342,15 @@ impl Writer {
         ctx.spawn(f.into_actor(self).map(move |res, act, ctx| {
             act.in_flight.remove(&key);
             match res {
-                Ok((op, obj)) => act.applied(op, obj),
-                Err(e) => {
-                    warn!(error = %e, "AzureAssignedIdentity write failed");
-                    // Retry after a pause: the watch may also bring a newer copy meanwhile.
-                    ctx.run_later(Duration::from_secs(1), move |act, ctx| {
-                        act.dirty.insert(key);
-                        act.pump(ctx);
-                    });
+                Ok((op, obj)) => {
+                    if act.retries.settled(&key) {
+                        info!(key = %key, "AzureAssignedIdentity write went through after failures");
+                        act.backing_off_changed();
+                    }
+                    act.applied(op, obj);
                 }
+                Err(Error::NameTaken { .. }) => act.rename(&key),
+                Err(e) => act.write_failed(key, &e, ctx),
             }
             act.pump(ctx);
         }));

@@ -91,6 +91,14 @@ fn spec_differs(aai: &AzureAssignedIdentity, a: &Assignment) -> bool {
         })
 }
 
+/// True when the object at an assignment's name records another pod: the original's names can
+/// read the same for two pods (`a-b` in `c`, `a` in `b-c`), and an object is never taken from
+/// the pod it records; the assignment moves to a name of its own instead.
+pub(super) fn records_other_pod(aai: &AzureAssignedIdentity, a: &Assignment) -> bool {
+    !aai.spec.pod.is_empty()
+        && (aai.spec.pod != a.pod.name || aai.spec.pod_namespace != a.pod.namespace)
+}
+
 /// Another object, or the same one at another resourceVersion (when both have one).
 fn embedded_differs(
     embedded: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,

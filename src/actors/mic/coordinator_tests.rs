@@ -200,7 +200,7 @@ fn listed_with_pod_on_ss0(c: &Addr<Coordinator>) {
         binding("b1", "id1", "sel").build(),
     ])));
     c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![
-        pod("p1").label("sel").on_node("ss0-0").build(),
+        pod("p1").label("sel").on_node("ss0-0").build().into(),
     ])));
     c.do_send(CatalogEvent::Assigned(Observed::Relisted(vec![])));
 }
@@ -227,7 +227,7 @@ async fn an_idle_assigner_is_retired_once_its_host_has_no_node_and_a_later_pod_g
             assert_eq!(seen.lock().unwrap().made, vec![ss0()]);
             // The pod goes: its assigner is idle, but a node is still on the host.
             c.do_send(CatalogEvent::Pod(Observed::Deleted(Box::new(
-                pod("p1").label("sel").on_node("ss0-0").build(),
+                pod("p1").label("sel").on_node("ss0-0").build().into(),
             ))));
             pause().await;
             let seq = seen.lock().unwrap().desired.last().unwrap().seq;
@@ -254,7 +254,7 @@ async fn an_idle_assigner_is_retired_once_its_host_has_no_node_and_a_later_pod_g
             // Nothing more goes to a retired assigner; a new pod on the host gets a fresh one.
             let sent = seen.lock().unwrap().desired.len();
             c.do_send(CatalogEvent::Pod(Observed::Deleted(Box::new(
-                pod("p0").label("sel").on_node("ss0-0").build(),
+                pod("p0").label("sel").on_node("ss0-0").build().into(),
             ))));
             pause().await;
             assert_eq!(seen.lock().unwrap().desired.len(), sent);
@@ -262,7 +262,7 @@ async fn an_idle_assigner_is_retired_once_its_host_has_no_node_and_a_later_pod_g
                 "ss0", 0,
             )))));
             c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
-                pod("p2").label("sel").on_node("ss0-0").build(),
+                pod("p2").label("sel").on_node("ss0-0").build().into(),
             ))));
             pause().await;
             let s = seen.lock().unwrap();
@@ -286,7 +286,11 @@ async fn a_host_arm_says_is_gone_gets_no_assigner_until_a_node_appears_on_it_or_
             assert_eq!(seen.lock().unwrap().retired, 1);
             for i in 2..5 {
                 c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
-                    pod(&format!("p{i}")).label("sel").on_node("ss0-0").build(),
+                    pod(&format!("p{i}"))
+                        .label("sel")
+                        .on_node("ss0-0")
+                        .build()
+                        .into(),
                 ))));
                 pause().await;
             }
@@ -306,7 +310,7 @@ async fn a_host_arm_says_is_gone_gets_no_assigner_until_a_node_appears_on_it_or_
             pause().await;
             tokio::time::advance(Duration::from_secs(181)).await;
             c.do_send(CatalogEvent::Pod(Observed::Applied(Box::new(
-                pod("p9").label("sel").on_node("ss0-0").build(),
+                pod("p9").label("sel").on_node("ss0-0").build().into(),
             ))));
             pause().await;
             assert_eq!(seen.lock().unwrap().made.len(), 3);

@@ -41,6 +41,7 @@ use crate::processes::{Component, MicLaunch, MicReady, Usage};
 use crate::system::Sandbox;
 use crate::weather::Strike;
 use aad_pod_identity::crd::{AzureAssignedIdentity, POD_LABEL};
+use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
 use aad_pod_identity_sim::topology::{Host, Topology};
 
 #[path = "chaos_report.rs"]
@@ -93,6 +94,10 @@ struct Plan {
     warmup_limit: Duration,
     fault_period: Duration,
     faults: Vec<Fault>,
+    /// ARM requests a throttle storm answers 429 (`Retry-After: 3` each). MIC honours each
+    /// window before its next request, so a storm of ten holds ARM for 30 s: longer than the
+    /// quick run's whole fault window, which would leave the ARM write faults nothing to hit.
+    storm_requests: u32,
     /// Every running bound pod must be Assigned this long after the faults stop (or after it
     /// started running, if later).
     assign_within: Duration,
@@ -160,6 +165,7 @@ impl Plan {
             warmup_limit: s(if q { 20 } else { 60 }),
             fault_period: Duration::from_millis(if q { 2500 } else { 8000 }),
             faults: schedule(q),
+            storm_requests: if q { 3 } else { 10 },
             assign_within: s(if q { 20 } else { 60 }),
             leak_margin: s(if q { 8 } else { 30 }),
             job_run_time: s(2),
@@ -180,6 +186,7 @@ impl Plan {
             "cronjobs": self.cronjobs,
             "job_pod_run_time_s": self.job_run_time.as_secs(),
             "cron_speedup": self.cron_speedup,
+            "arm_429_storm_requests": self.storm_requests,
             "unbound_probe_pods": self.unbound_replicas,
             "arm_latency_ms": self.arm_latency.as_millis() as u64,
             "nmi_assignment_wait_s": self.assignment_wait.as_secs(),
@@ -1046,8 +1053,20 @@ async fn drive(
                     kube_faults.clone(),
                     Arc::clone(&ctx),
                 );
+                let storm_requests = plan.storm_requests;
                 strikes.push(tokio::spawn(async move {
-                    crate::weather::strike(s, &azure, &kube).await;
+                    if s == Strike::ThrottleStorm {
+                        azure.inject(
+                            FaultTarget::AnyArm,
+                            storm_requests,
+                            FaultKind::Throttle {
+                                retry_after_secs: 3,
+                                as_http_date: false,
+                            },
+                        );
+                    } else {
+                        crate::weather::strike(s, &azure, &kube).await;
+                    }
                     let end = ctx.now();
                     ctx.lock().faults[idx].end = Some(end);
                 }));

@@ -92,9 +92,23 @@ pub fn schedule(profile: FaultProfile) -> Option<(Duration, Vec<Strike>)> {
     })
 }
 
+/// ARM requests a [`Strike::ThrottleStorm`] answers 429 (`Retry-After: 3` each).
+pub const STORM_REQUESTS: u32 = 10;
+
 /// Injects `strike` now; returns once it is injected (an API restart: once the server serves
 /// again; slow writes: once they are fast again).
 pub async fn strike(strike: Strike, azure: &AzureSimHandle, kube: &KubeFaultHandle) {
+    strike_sized(strike, STORM_REQUESTS, azure, kube).await;
+}
+
+/// As [`strike`], with a throttle storm of `storm_requests` 429s instead of
+/// [`STORM_REQUESTS`] (a client that waits out each `Retry-After` is held that many times 3 s).
+pub async fn strike_sized(
+    strike: Strike,
+    storm_requests: u32,
+    azure: &AzureSimHandle,
+    kube: &KubeFaultHandle,
+) {
     info!(kind = strike.label(), "fault injected");
     match strike {
         Strike::Arm503 => azure.inject(FaultTarget::ArmPatch, 1, FaultKind::Status(503)),
@@ -106,7 +120,7 @@ pub async fn strike(strike: Strike, azure: &AzureSimHandle, kube: &KubeFaultHand
         }
         Strike::ThrottleStorm => azure.inject(
             FaultTarget::AnyArm,
-            10,
+            storm_requests,
             FaultKind::Throttle {
                 retry_after_secs: 3,
                 as_http_date: false,

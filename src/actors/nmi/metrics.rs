@@ -176,7 +176,7 @@ impl NmiMetrics {
         let rejected = IntCounterVec::new(
             Opts::new(
                 "nmi_rejected_requests_total",
-                "Requests refused at once because a bound was reached, by reason",
+                "Requests answered at once because a bound was reached or NMI was stopping, by reason",
             )
             .namespace(NAMESPACE)
             .const_label("node", node),

@@ -41,7 +41,6 @@ use crate::processes::{Component, MicLaunch, MicReady, Usage};
 use crate::system::Sandbox;
 use crate::weather::Strike;
 use aad_pod_identity::crd::{AzureAssignedIdentity, POD_LABEL};
-use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
 use aad_pod_identity_sim::topology::{Host, Topology};
 
 #[path = "chaos_report.rs"]
@@ -180,7 +179,7 @@ impl Plan {
             warmup_limit: s(if q { 20 } else { 60 }),
             fault_period: Duration::from_millis(if q { 2500 } else { 8000 }),
             faults: schedule(q),
-            storm_requests: if q { 3 } else { 10 },
+            storm_requests: if q { 3 } else { crate::weather::STORM_REQUESTS },
             assign_within: s(if q { 20 } else { 60 }),
             leak_margin: s(if q { 8 } else { 30 }),
             job_run_time: s(2),
@@ -1070,18 +1069,7 @@ async fn drive(
                 );
                 let storm_requests = plan.storm_requests;
                 strikes.push(tokio::spawn(async move {
-                    if s == Strike::ThrottleStorm {
-                        azure.inject(
-                            FaultTarget::AnyArm,
-                            storm_requests,
-                            FaultKind::Throttle {
-                                retry_after_secs: 3,
-                                as_http_date: false,
-                            },
-                        );
-                    } else {
-                        crate::weather::strike(s, &azure, &kube).await;
-                    }
+                    crate::weather::strike_sized(s, storm_requests, &azure, &kube).await;
                     let end = ctx.now();
                     ctx.lock().faults[idx].end = Some(end);
                 }));

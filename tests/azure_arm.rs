@@ -872,6 +872,14 @@ async fn a_retry_after_on_a_read_holds_the_next_write_and_one_on_a_write_holds_r
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    // The simulator logs the 429 before its answer reaches the client, and the gate closes only
+    // once the client has read the answer: a write asked for in between rightly goes out (the
+    // process has not heard of the throttling yet). Wait until the client has heard (its gate
+    // is closed, or on a very slow machine already open again because the read's retry is done).
+    let gate = port.throttle_gate().expect("the ARM port has a gate");
+    while gate.closed_until(&sub).is_none() && !reader.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Meanwhile an assigner of scale set 1 (same subscription) asks the budget for a write.
     budget.acquire(&sub).await;
     let allowed_at = Instant::now();

@@ -98,26 +98,42 @@ fn deleting_the_leaders_pod_stops_its_replica_and_a_new_pod_runs_another() {
             (gone && refused).then_some(())
         })
         .await;
-        // The follower takes the lease once it expires; the Deployment's new pod runs a replica.
+        // A live replica takes the lease once it expires; the Deployment's new pod runs a
+        // replica. Either live replica may win: each counts the lease duration from when it
+        // first read the dead leader's last renewal, and the replacement's first read can come
+        // before the survivor's next poll (up to one retry period later), as with client-go.
+        // What must hold is that exactly one live replica leads and the deleted one never does.
         let next = until("a new leader and two replicas", async || {
             let views = replicas.views();
             let l = replicas.leader()?;
             (views.len() == 2 && l.pod != leader.pod).then_some(l)
         })
         .await;
-        assert_eq!(next.pod, follower.pod, "the surviving replica leads");
+        let views = replicas.views();
+        assert_eq!(
+            views.iter().filter(|r| r.leading()).count(),
+            1,
+            "one leader at a time"
+        );
+        // (Its pod's, not necessarily the same start: on a starved machine a 2 s lease can be
+        // lost and the replica restarted, as a container would be.)
+        assert!(
+            views.iter().any(|r| r.pod == follower.pod),
+            "the surviving pod runs a replica"
+        );
+        let newcomer = views
+            .iter()
+            .find(|r| r.pod != follower.pod)
+            .expect("a replica for the replacement pod");
+        assert_ne!(newcomer.pod, leader.pod);
+        assert!(pods.get(&newcomer.pod).await.is_ok(), "runs for a real pod");
         until("the Lease held by the new leader", async || {
             (holder(&leases).await.as_deref() == Some(next.pod.as_str())).then_some(())
         })
         .await;
         assert_eq!(healthz(&next).await, "Active");
-        let newcomer = replicas
-            .views()
-            .into_iter()
-            .find(|r| r.pod != next.pod)
-            .unwrap();
-        assert!(pods.get(&newcomer.pod).await.is_ok(), "runs for a real pod");
-        assert_eq!(healthz(&newcomer).await, "Not Active");
+        let other = views.iter().find(|r| r.pod != next.pod).unwrap();
+        assert_eq!(healthz(other).await, "Not Active");
         sandbox.stop().await;
     });
     let _ = std::fs::remove_file(scenario);

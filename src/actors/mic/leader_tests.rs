@@ -200,3 +200,54 @@ async fn a_candidate_abandons_a_hung_attempt_and_leads_once_the_api_answers() {
     let holder = store.lock().unwrap().lease.as_ref().unwrap()["spec"]["holderIdentity"].clone();
     assert_eq!(holder, "mic-a");
 }
+
+/// Each candidate counts the lease duration from its own first read of the dead leader's last
+/// renewal, so a replica that starts after the leader died but reads before the standing
+/// candidate's next poll (at most one retry period later) takes over first, as with client-go.
+/// No candidate ever takes over less than a lease duration after the last renewal it saw.
+#[tokio::test(start_paused = true)]
+async fn a_newcomer_that_reads_the_last_renewal_first_may_take_over_before_the_standby() {
+    let store = Arc::new(Mutex::new(Store::default()));
+    let (a, _) = replica(&store, "mic-a");
+    let (b, _) = replica(&store, "mic-b");
+    let (c, _) = replica(&store, "mic-c");
+    let start = Instant::now();
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    // The standby reads the lease now and then once per retry period.
+    let standby = tokio::spawn(async move {
+        b.acquire().await;
+        Instant::now()
+    });
+    // The leader renews once more and dies; a new replica starts at once and reads the lease
+    // before the standby's next poll.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    let last_renewal = Instant::now();
+    let newcomer = tokio::spawn(async move {
+        c.acquire().await;
+        Instant::now()
+    });
+    let took_over = tokio::time::timeout(Duration::from_secs(60), newcomer)
+        .await
+        .expect("the newcomer never led")
+        .unwrap();
+    assert!(
+        !standby.is_finished(),
+        "the standby led first, before the newcomer's {:?}",
+        took_over - start
+    );
+    let holder = store.lock().unwrap().lease.as_ref().unwrap()["spec"]["holderIdentity"].clone();
+    assert_eq!(holder, "mic-c");
+    let duration = settings("mic-c").duration;
+    assert!(
+        took_over - last_renewal >= duration,
+        "took over {:?} after the last renewal",
+        took_over - last_renewal
+    );
+    assert!(
+        took_over - last_renewal <= duration + settings("mic-c").retry_period() * 2,
+        "took over {:?} after the last renewal",
+        took_over - last_renewal
+    );
+    standby.abort();
+}

@@ -6,6 +6,11 @@
 //! answers [`Step::Busy`] meanwhile), and whatever changed while it was out is folded into
 //! the next single PATCH.
 //!
+//! Write-ahead: an identity is added only once an AzureAssignedIdentity naming it and the host
+//! is stored ([`HostBatch::set_recorded`]), so whenever a leader dies, its successor finds a
+//! record of every identity it may have put on the host. An identity already on the host needs
+//! no record and no PATCH.
+//!
 //! One round trip per write: the last answer (a read's, or a PATCH's with the etag ARM gave
 //! the result) is the host's state, and the next PATCH is computed from it and conditional on
 //! it. The host is read only on first contact, after a call whose outcome is unknown (a
@@ -140,6 +145,8 @@ pub struct HostBatch {
     desired: BTreeSet<IdentityId>,
     /// Identities never to remove.
     immutable: BTreeSet<IdentityId>,
+    /// Identities with a stored record naming the host: the only ones that may be added.
+    recorded: BTreeSet<IdentityId>,
     /// The host as last read or patched; `None` until the first read.
     known: Option<HostIdentities>,
     /// The host is being deleted: hands off.
@@ -179,6 +186,7 @@ impl HostBatch {
             settings,
             desired: BTreeSet::new(),
             immutable: BTreeSet::new(),
+            recorded: BTreeSet::new(),
             known: None,
             deleting: false,
             gone: false,
@@ -236,6 +244,11 @@ impl HostBatch {
         self.refused
             .retain(|id, _| self.desired.contains(id) || self.owned.contains(id));
         self.refresh_released(now);
+    }
+
+    /// Replaces the identities with a stored record naming the host.
+    pub fn set_recorded(&mut self, recorded: BTreeSet<IdentityId>) {
+        self.recorded = recorded;
     }
 
     /// Asks for a fresh read before the next decision (periodic reconcile).
@@ -300,6 +313,10 @@ impl HostBatch {
         let mut wake: Option<Instant> = None;
         let mut add = Vec::new();
         for id in self.desired.difference(known) {
+            if !self.recorded.contains(id) {
+                // Its record's arrival asks again.
+                continue;
+            }
             if let Some(r) = self.refused.get(id).filter(|r| r.until > now) {
                 wake = Some(wake.map_or(r.until, |w| w.min(r.until)));
             } else {
@@ -557,10 +574,22 @@ impl HostBatch {
             .collect()
     }
 
-    /// Owned identities still on the host but no longer needed (their removal is pending).
+    /// Identities MIC holds on the host that no pod needs any more (their removal is
+    /// pending): owned ones still there, and ones a PATCH in flight or of unknown outcome may
+    /// have put there. Their records are kept until they go.
     #[must_use]
     pub fn releasing(&self) -> BTreeSet<IdentityId> {
-        self.released.keys().cloned().collect()
+        let adding: &[IdentityId] = match &self.flight {
+            Flight::Patching { add, .. } => add,
+            _ => &[],
+        };
+        self.released
+            .keys()
+            .chain(adding)
+            .chain(&self.maybe_owned)
+            .filter(|id| !self.desired.contains(*id))
+            .cloned()
+            .collect()
     }
 
     /// Identities currently refused, with the reason.

@@ -9,6 +9,7 @@ use tokio::task::LocalSet;
 struct Seen {
     desired: Vec<SetDesired>,
     adopted: Vec<Adopt>,
+    recorded: Vec<SetRecorded>,
     writer: Vec<DesiredAssignments>,
     assigned: usize,
     retired: usize,
@@ -29,6 +30,12 @@ impl Handler<Adopt> for Sink {
     type Result = ();
     fn handle(&mut self, m: Adopt, _: &mut Context<Self>) {
         self.0.lock().unwrap().adopted.push(m);
+    }
+}
+impl Handler<SetRecorded> for Sink {
+    type Result = ();
+    fn handle(&mut self, m: SetRecorded, _: &mut Context<Self>) {
+        self.0.lock().unwrap().recorded.push(m);
     }
 }
 impl Handler<Reconcile> for Sink {
@@ -66,6 +73,7 @@ fn start() -> (Addr<Coordinator>, Arc<Mutex<Seen>>) {
             adopt: s2.clone().recipient(),
             reconcile: s2.clone().recipient(),
             retire: s2.clone().recipient(),
+            recorded: s2.clone().recipient(),
         }
     });
     let c = Coordinator::new(

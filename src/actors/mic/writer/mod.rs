@@ -16,6 +16,7 @@ mod events;
 mod io;
 mod object;
 mod plan;
+mod record;
 mod retry;
 
 pub use super::recorder::{EVENT_SOURCE, REASON_APPLIED, REASON_APPLY_ERROR, UserEvent};
@@ -23,6 +24,7 @@ pub use events::error_events;
 pub use io::Error;
 pub use object::object_for;
 pub use plan::{WriteOp, plan, plan_key, plan_some};
+pub use record::{HostRecords, RecordIndex, RecordedOn, recorded_msi};
 use retry::{Admit, WriteRetries};
 
 use super::assigner::HostReport;
@@ -66,6 +68,12 @@ pub enum AssignedEvent {
     Relisted(Vec<AzureAssignedIdentity>),
 }
 
+/// Where the writer sends the identities each host has a stored record of (the coordinator,
+/// which hands them to the hosts' assigners): sent once the coordinator exists.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordsTo(pub Recipient<HostRecords>);
+
 /// The writer actor.
 ///
 /// Work is driven by a set of dirty keys: whatever changes for an object (its desired
@@ -80,6 +88,10 @@ pub struct Writer {
     metrics: MicMetrics,
     max_in_flight: usize,
     existing: BTreeMap<ObjectKey, AzureAssignedIdentity>,
+    /// The write-ahead records among `existing`.
+    records: RecordIndex,
+    /// Where changes to `records` go.
+    records_to: Option<Recipient<HostRecords>>,
     desired: DesiredAssignments,
     /// Desired objects by the host their identity goes on.
     by_host: HashMap<HostId, BTreeSet<ObjectKey>>,
@@ -107,7 +119,8 @@ pub struct Writer {
     told: bool,
 }
 
-fn host_of(a: &Assignment) -> Option<&HostId> {
+/// The host an assignment's identity goes on (none for service principals and federated ones).
+pub(super) fn host_of(a: &Assignment) -> Option<&HostId> {
     match &a.target {
         Target::Msi { host, .. } => Some(host),
         Target::ServicePrincipal | Target::Federated => None,
@@ -130,6 +143,8 @@ impl Writer {
             metrics,
             max_in_flight: max_in_flight.max(1),
             existing: BTreeMap::new(),
+            records: RecordIndex::default(),
+            records_to: None,
             desired: DesiredAssignments::default(),
             by_host: HashMap::new(),
             orphans: BTreeSet::new(),
@@ -236,6 +251,12 @@ impl Writer {
     }
 
     fn set_existing(&mut self, key: &ObjectKey, obj: Option<AzureAssignedIdentity>) {
+        let old = self.existing.get(key);
+        if old.is_some_and(record::is_record) || obj.as_ref().is_some_and(record::is_record) {
+            // An object released may wait for another record of its identity.
+            self.dirty.extend(self.orphans.iter().cloned());
+        }
+        self.records.replace(old, obj.as_ref());
         match obj {
             Some(o) => {
                 self.existing.insert(key.clone(), o);
@@ -251,8 +272,18 @@ impl Writer {
         self.dirty.insert(key.clone());
     }
 
+    /// Tells the assigners (through the coordinator) which identities now have a record.
+    fn send_records(&mut self) {
+        if let Some(to) = &self.records_to
+            && let Some(changes) = self.records.take_changes()
+        {
+            to.do_send(changes);
+        }
+    }
+
     /// Starts writes for marked objects while there is room.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        self.send_records();
         if !self.synced || !self.told {
             return;
         }
@@ -282,7 +313,13 @@ impl Writer {
                 self.rename(&key);
                 continue;
             }
-            let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) else {
+            let Some(op) = plan_key(
+                &key,
+                &self.existing,
+                &self.desired,
+                &self.hosts,
+                &self.records,
+            ) else {
                 // Nothing to write: whatever failed before no longer matters.
                 if self.retries.settled(&key) {
                     self.backing_off_changed();
@@ -423,6 +460,14 @@ impl Handler<DesiredAssignments> for Writer {
     }
 }
 
+impl Handler<RecordsTo> for Writer {
+    type Result = ();
+    fn handle(&mut self, msg: RecordsTo, ctx: &mut Context<Self>) {
+        self.records_to = Some(msg.0);
+        self.pump(ctx);
+    }
+}
+
 impl Handler<HostReport> for Writer {
     type Result = ();
     fn handle(&mut self, msg: HostReport, ctx: &mut Context<Self>) {
@@ -449,6 +494,7 @@ impl Handler<AssignedEvent> for Writer {
             AssignedEvent::Deleted(key) => self.set_existing(&key, None),
             AssignedEvent::Relisted(all) => {
                 self.existing = all.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
+                self.records.rebuild(self.existing.values());
                 self.orphans = self
                     .existing
                     .keys()

@@ -56,15 +56,18 @@ fn existing_from(
 }
 
 #[test]
-fn a_new_assignment_is_created_with_status_created_until_its_host_confirms() {
+fn a_new_assignment_is_created_once_its_host_is_read_with_status_created_until_it_confirms() {
     let mut ix = index();
     ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
     let d = desired(&ix, 1);
-    let ops = plan(&BTreeMap::new(), &d, &BTreeMap::new());
+    // Not read yet: whether the identity is MIC's to add is not known.
+    assert!(plan(&BTreeMap::new(), &d, &BTreeMap::new()).is_empty());
+    let ops = plan(&BTreeMap::new(), &d, &report(&[], &[], 1));
     assert!(matches!(
         &ops[..],
         [WriteOp::Create {
             status: AssignedState::Created,
+            external: false,
             ..
         }]
     ));
@@ -91,6 +94,7 @@ fn a_created_object_turns_assigned_when_the_host_reports_the_identity() {
             key: ObjectKey::new("default", "p1-default-id1"),
             status: AssignedState::Assigned,
             external: false,
+            host: Some(ss0()),
         }]
     );
 }
@@ -131,6 +135,7 @@ fn a_released_assignment_is_unassigned_then_deleted_once_its_host_let_go() {
             key: key.clone(),
             status: AssignedState::Unassigned,
             external: false,
+            host: None,
         }]
     );
     existing
@@ -243,10 +248,11 @@ fn a_partial_plan_skips_writes_in_flight_and_stops_at_its_limit() {
         ix.apply_pod(&pod(&format!("p{i}")).label("sel").on_node("ss0-0").build());
     }
     let d = desired(&ix, 1);
-    let all = plan(&BTreeMap::new(), &d, &BTreeMap::new());
+    let hosts = report(&[], &[], 1);
+    let all = plan(&BTreeMap::new(), &d, &hosts);
     assert_eq!(all.len(), 10);
     let skip: BTreeSet<ObjectKey> = all[..3].iter().map(|o| o.key().clone()).collect();
-    let some = plan_some(&BTreeMap::new(), &d, &BTreeMap::new(), &skip, 4);
+    let some = plan_some(&BTreeMap::new(), &d, &hosts, &skip, 4);
     assert_eq!(some, all[3..7].to_vec());
 }
 

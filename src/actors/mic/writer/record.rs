@@ -1,0 +1,159 @@
+//! What an AzureAssignedIdentity records of MIC's writes to ARM, and the index of those
+//! records per host that makes MIC's additions write-ahead.
+//!
+//! An unmarked object of a user-assigned identity says "MIC put (or is putting) this identity
+//! on this host": a restarted MIC adopts it ([`recorded_msi`]), so the identity goes once no
+//! pod needs it. For that to hold whatever instant a leader dies at, a host's assigner adds an
+//! identity only once the API server has stored such an object naming both
+//! ([`RecordIndex`], sent as [`HostRecords`]): the record is written before the PATCH, never
+//! after it.
+
+use crate::actors::mic::host::{HostId, IdentityId};
+use crate::crd::{AzureAssignedIdentity, IdentityType};
+use actix::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Where an object says its identity went.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecordedOn {
+    /// The host named by its `aadpodidentity.k8s.io/identity-host` annotation.
+    Host(HostId),
+    /// The host of this node (objects written before the annotation existed, e.g. by the
+    /// original): found only while the node exists.
+    Node(String),
+}
+
+/// The identity an object says MIC put (or was putting) on a host, and where: a user-assigned
+/// identity not marked external. A `Created` object counts too, since it is written before its
+/// PATCH. A federated identity's object records no write at all (it is Assigned without one),
+/// so it never makes MIC adopt, and later remove, an identity someone else put on the host.
+#[must_use]
+pub fn recorded_msi(aai: &AzureAssignedIdentity) -> Option<(RecordedOn, IdentityId)> {
+    if aai.identity_is_external() {
+        return None;
+    }
+    let i = aai.spec.azure_identity_ref.as_ref()?;
+    if i.is_federated() || i.spec.type_ != IdentityType::UserAssignedMsi {
+        return None;
+    }
+    if i.spec.resource_id.is_empty() {
+        return None;
+    }
+    let on = match aai.identity_host().and_then(HostId::from_resource_id) {
+        Some(h) => RecordedOn::Host(h),
+        None => RecordedOn::Node(aai.spec.node_name.clone()),
+    };
+    Some((on, IdentityId::new(&i.spec.resource_id)))
+}
+
+/// The host and identity an object is a write-ahead record of: [`recorded_msi`] with the host
+/// annotation (the writer puts it on every object it writes).
+fn record_of(aai: &AzureAssignedIdentity) -> Option<(HostId, IdentityId)> {
+    match recorded_msi(aai)? {
+        (RecordedOn::Host(h), id) => Some((h, id)),
+        (RecordedOn::Node(_), _) => None,
+    }
+}
+
+/// True when the object is a write-ahead record (see [`RecordIndex`]).
+#[must_use]
+pub fn is_record(aai: &AzureAssignedIdentity) -> bool {
+    record_of(aai).is_some()
+}
+
+/// Identities with a stored record, for each host whose set changed.
+#[derive(Message, Debug, Clone, Default, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct HostRecords(pub BTreeMap<HostId, BTreeSet<IdentityId>>);
+
+/// Counts of stored records per host and identity, kept as objects come and go, and the hosts
+/// whose set of recorded identities changed since the last [`RecordIndex::take_changes`].
+#[derive(Debug, Default)]
+pub struct RecordIndex {
+    counts: HashMap<HostId, BTreeMap<IdentityId, usize>>,
+    changed: BTreeSet<HostId>,
+}
+
+impl RecordIndex {
+    /// Folds in that the stored copy of one object went from `old` to `new`.
+    pub fn replace(
+        &mut self,
+        old: Option<&AzureAssignedIdentity>,
+        new: Option<&AzureAssignedIdentity>,
+    ) {
+        let (old, new) = (old.and_then(record_of), new.and_then(record_of));
+        if old == new {
+            return;
+        }
+        if let Some((h, id)) = old {
+            let ids = self.counts.entry(h.clone()).or_default();
+            if let Some(n) = ids.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    ids.remove(&id);
+                    self.changed.insert(h.clone());
+                }
+            }
+            if ids.is_empty() {
+                self.counts.remove(&h);
+            }
+        }
+        if let Some((h, id)) = new {
+            let n = self
+                .counts
+                .entry(h.clone())
+                .or_default()
+                .entry(id)
+                .or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.changed.insert(h);
+            }
+        }
+    }
+
+    /// Starts again from `all`, the objects that exist (every host it touches changes).
+    pub fn rebuild<'a>(&mut self, all: impl IntoIterator<Item = &'a AzureAssignedIdentity>) {
+        self.changed.extend(self.counts.keys().cloned());
+        self.counts.clear();
+        for o in all {
+            self.replace(None, Some(o));
+        }
+    }
+
+    /// Identities recorded on `host`.
+    #[must_use]
+    pub fn on(&self, host: &HostId) -> BTreeSet<IdentityId> {
+        self.counts
+            .get(host)
+            .map(|ids| ids.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many stored objects record `id` on `host`.
+    #[must_use]
+    pub fn count(&self, host: &HostId, id: &IdentityId) -> usize {
+        self.counts
+            .get(host)
+            .and_then(|ids| ids.get(id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The recorded identities of every host that changed since the last call.
+    pub fn take_changes(&mut self) -> Option<HostRecords> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        let hosts = std::mem::take(&mut self.changed);
+        Some(HostRecords(
+            hosts
+                .into_iter()
+                .map(|h| {
+                    let ids = self.on(&h);
+                    (h, ids)
+                })
+                .collect(),
+        ))
+    }
+}

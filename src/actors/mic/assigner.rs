@@ -342,7 +342,7 @@ impl Handler<Adopt> for Assigner {
 impl Handler<SetRecorded> for Assigner {
     type Result = ();
     fn handle(&mut self, msg: SetRecorded, ctx: &mut Context<Self>) {
-        self.batch.set_recorded(msg.ids);
+        self.batch.set_recorded(msg.ids, Instant::now());
         self.drive(ctx);
     }
 }

@@ -162,6 +162,10 @@ pub struct HostBatch {
     /// them: present, they are owned (so they go once unused: no leak); absent, they are not.
     /// Identities outside MIC's writes never get here, so none is ever wrongly removed.
     maybe_owned: BTreeSet<IdentityId>,
+    /// Identities a PATCH with an unknown outcome tried to remove: possibly gone from the host
+    /// although the last known state shows them, so they are not reported assigned until the
+    /// next answer that shows the host (a pod wanting one again must not be told it is there).
+    maybe_removed: BTreeSet<IdentityId>,
     /// Identities ARM refused, waiting.
     refused: BTreeMap<IdentityId, Refusal>,
     /// Host-wide wait after a failure or a 429.
@@ -193,6 +197,7 @@ impl HostBatch {
             owned: BTreeSet::new(),
             released: BTreeMap::new(),
             maybe_owned: BTreeSet::new(),
+            maybe_removed: BTreeSet::new(),
             refused: BTreeMap::new(),
             hold_until: None,
             transient_failures: 0,
@@ -246,8 +251,25 @@ impl HostBatch {
         self.refresh_released(now);
     }
 
-    /// Replaces the identities with a stored record naming the host.
-    pub fn set_recorded(&mut self, recorded: BTreeSet<IdentityId>) {
+    /// Replaces the identities with a stored record naming the host. A newly recorded identity
+    /// that is wanted and not on the host counts as a change for the wait for a burst to pause,
+    /// so a burst's records arriving one by one still go out in one PATCH.
+    pub fn set_recorded(&mut self, recorded: BTreeSet<IdentityId>, now: Instant) {
+        let known = self.known.as_ref().map(|k| &k.user_assigned);
+        let news = recorded.iter().any(|id| {
+            !self.recorded.contains(id)
+                && self.desired.contains(id)
+                && known.is_none_or(|k| !k.contains(id))
+        });
+        if news {
+            let busy = self.flight != Flight::Idle;
+            let c = self.changes.get_or_insert(Changes {
+                first: now,
+                last: now,
+                queued_behind_call: busy,
+            });
+            c.last = now;
+        }
         self.recorded = recorded;
     }
 
@@ -388,6 +410,7 @@ impl HostBatch {
         self.deleting = state.deleting;
         let present = &state.user_assigned;
         // A write whose outcome was unknown is settled by what the host shows now.
+        self.maybe_removed.clear();
         for id in std::mem::take(&mut self.maybe_owned) {
             if present.contains(&id) {
                 self.owned.insert(id);
@@ -479,7 +502,8 @@ impl HostBatch {
                 // but may end the retries of an attempt that went unanswered; either way its
                 // additions are possibly MIC's until the host is seen again.
                 self.maybe_owned.extend(add.iter().cloned());
-                if !matches!(e, PortError::Throttled { .. }) {
+                self.maybe_removed.extend(remove.iter().cloned());
+                if !matches!(e, PortError::Throttled { .. }) || !remove.is_empty() {
                     self.reconcile_requested = true;
                 }
                 self.host_failure(&e, now);
@@ -557,7 +581,7 @@ impl HostBatch {
             Some(k) => self
                 .desired
                 .intersection(&k.user_assigned)
-                .filter(|id| !leaving.contains(id))
+                .filter(|id| !leaving.contains(id) && !self.maybe_removed.contains(*id))
                 .cloned()
                 .collect(),
             None => BTreeSet::new(),

@@ -325,3 +325,58 @@ async fn a_host_arm_says_is_gone_gets_no_assigner_until_a_node_appears_on_it_or_
         })
         .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn identities_on_a_host_whose_nodes_were_all_deleted_are_adopted_by_the_host_recorded() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            let mut ix = BindingIndex::new(MatchSettings::default());
+            ix.apply_node(&vmss_node("ss0", 0));
+            ix.apply_identity(&identity("old").build());
+            ix.apply_binding(&binding("b1", "old", "sel").build());
+            ix.apply_pod(&pod("gone").label("sel").on_node("ss0-0").build());
+            let before: Vec<_> = ix
+                .desired()
+                .assignments
+                .values()
+                .map(|a| object_for(a, AssignedState::Assigned, false))
+                .collect();
+            // The node went while no MIC ran: only the object's annotation names the host.
+            c.do_send(CatalogEvent::Node(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![])));
+            c.do_send(CatalogEvent::Assigned(Observed::Relisted(before)));
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert_eq!(s.made, vec![ss0()], "the recorded host gets an assigner");
+            assert_eq!(s.adopted.len(), 1);
+            assert!(s.adopted[0].ids.contains(&IdentityId::new(&rid("old"))));
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_writers_records_reach_the_hosts_assigner_now_and_when_it_is_made_again() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            let recorded: BTreeSet<IdentityId> = [IdentityId::new(&rid("id1"))].into();
+            c.do_send(HostRecords([(ss0(), recorded.clone())].into()));
+            listed_with_pod_on_ss0(&c);
+            pause().await;
+            {
+                let s = seen.lock().unwrap();
+                assert_eq!(s.made, vec![ss0()]);
+                assert_eq!(s.recorded.len(), 1, "given to the new assigner");
+                assert_eq!(s.recorded[0].ids, recorded);
+            }
+            c.do_send(HostRecords([(ss0(), BTreeSet::new())].into()));
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert_eq!(s.recorded.len(), 2);
+            assert!(s.recorded[1].ids.is_empty(), "the last record went");
+        })
+        .await;
+}

@@ -106,6 +106,11 @@ pub struct Writer {
     renamed: BTreeMap<ObjectKey, (ObjectKey, ObjectKey)>,
     /// Objects to plan again.
     dirty: BTreeSet<ObjectKey>,
+    /// Of those, objects that would be the first record of their identity on their host:
+    /// written first, since the host's PATCH waits for them.
+    urgent: BTreeSet<ObjectKey>,
+    /// The desired state or a host's report changed since `urgent` was computed.
+    urgent_stale: bool,
     /// Warning Events written and still true (each is written once while it holds).
     events_sent: BTreeSet<UserEvent>,
     /// The desired state or a host report changed since the Warning Events were computed.
@@ -153,6 +158,8 @@ impl Writer {
             retries: WriteRetries::default(),
             renamed: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            urgent: BTreeSet::new(),
+            urgent_stale: false,
             events_sent: BTreeSet::new(),
             events_stale: false,
             first_seen: HashMap::new(),
@@ -248,6 +255,7 @@ impl Writer {
         // Releases wait for reports at the new sequence number.
         self.dirty.extend(self.orphans.iter().cloned());
         self.events_stale = true;
+        self.urgent_stale = true;
     }
 
     fn set_existing(&mut self, key: &ObjectKey, obj: Option<AzureAssignedIdentity>) {
@@ -298,8 +306,12 @@ impl Writer {
         let now = Instant::now();
         // Retries with no slot left to them: planned again when a slot frees.
         let mut no_room = Vec::new();
+        self.find_urgent();
         while self.in_flight.len() < self.max_in_flight {
-            let Some(key) = self.dirty.pop_first() else {
+            let Some(key) = std::iter::from_fn(|| self.urgent.pop_first())
+                .find(|k| self.dirty.remove(k))
+                .or_else(|| self.dirty.pop_first())
+            else {
                 break;
             };
             // An object with a write out is planned again when that write answers.
@@ -337,6 +349,27 @@ impl Writer {
             }
         }
         self.dirty.extend(no_room);
+    }
+
+    /// Picks, among the objects to write, one per identity and host that has no record yet.
+    fn find_urgent(&mut self) {
+        if !std::mem::take(&mut self.urgent_stale) || self.dirty.len() <= self.max_in_flight {
+            // Every one of them goes out now anyway.
+            return;
+        }
+        let mut seen = BTreeSet::new();
+        for key in &self.dirty {
+            if self.existing.contains_key(key) || self.in_flight.contains(key) {
+                continue;
+            }
+            if let Some(Target::Msi { host, id }) =
+                self.desired.assignments.get(key).map(|a| &a.target)
+                && self.records.count(host, id) == 0
+                && seen.insert((host, id))
+            {
+                self.urgent.insert(key.clone());
+            }
+        }
     }
 
     fn backing_off_changed(&self) {
@@ -477,6 +510,7 @@ impl Handler<HostReport> for Writer {
         self.dirty.extend(self.orphans.iter().cloned());
         self.hosts.insert(msg.host.clone(), msg);
         self.events_stale = true;
+        self.urgent_stale = true;
         self.pump(ctx);
     }
 }

@@ -157,3 +157,79 @@ impl RecordIndex {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::mic::fixtures::*;
+    use crate::crd::{
+        AzureAssignedIdentitySpec, IDENTITY_HOST_ANNOTATION, IDENTITY_OWNER_ANNOTATION,
+    };
+
+    fn object(name: &str, identity_name: &str, host: Option<&HostId>) -> AzureAssignedIdentity {
+        let mut o = AzureAssignedIdentity::new(
+            name,
+            AzureAssignedIdentitySpec {
+                azure_identity_ref: Some(Box::new(identity(identity_name).build())),
+                azure_binding_ref: None,
+                pod: name.into(),
+                pod_namespace: "default".into(),
+                node_name: "ss0-0".into(),
+                replicas: None,
+            },
+        );
+        if let Some(h) = host {
+            o.metadata.annotations =
+                Some([(IDENTITY_HOST_ANNOTATION.to_string(), h.to_string())].into());
+        }
+        o
+    }
+
+    fn ss(name: &str) -> HostId {
+        HostId::scale_set(SUB, RG, name)
+    }
+
+    #[test]
+    fn an_object_records_its_annotated_host_or_else_its_node() {
+        let on = |o: &AzureAssignedIdentity| recorded_msi(o).map(|(on, _)| on);
+        assert_eq!(
+            on(&object("p", "id1", Some(&ss("ss0")))),
+            Some(RecordedOn::Host(ss("ss0")))
+        );
+        assert_eq!(
+            on(&object("p", "id1", None)),
+            Some(RecordedOn::Node("ss0-0".into()))
+        );
+        let mut external = object("p", "id1", Some(&ss("ss0")));
+        external
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(IDENTITY_OWNER_ANNOTATION.into(), "external".into());
+        assert_eq!(on(&external), None, "not MIC's");
+    }
+
+    #[test]
+    fn the_index_reports_a_host_when_its_first_record_comes_or_its_last_goes() {
+        let mut ix = RecordIndex::default();
+        let (a, b) = (
+            object("a", "id1", Some(&ss("ss0"))),
+            object("b", "id1", Some(&ss("ss0"))),
+        );
+        ix.replace(None, Some(&a));
+        let HostRecords(first) = ix.take_changes().unwrap();
+        assert_eq!(first[&ss("ss0")].len(), 1);
+        ix.replace(None, Some(&b));
+        assert_eq!(ix.take_changes(), None, "a second record changes nothing");
+        assert_eq!(ix.count(&ss("ss0"), &IdentityId::new(&rid("id1"))), 2);
+        ix.replace(Some(&a), None);
+        assert_eq!(ix.take_changes(), None);
+        ix.replace(Some(&b), None);
+        let HostRecords(last) = ix.take_changes().unwrap();
+        assert!(last[&ss("ss0")].is_empty());
+        // Objects without the annotation are adopted through their node but are no record.
+        ix.replace(None, Some(&object("c", "id1", None)));
+        assert_eq!(ix.take_changes(), None);
+    }
+}

@@ -332,3 +332,108 @@ fn an_edited_identity_or_binding_is_written_into_the_object() {
         "an edited binding: {ops:?}"
     );
 }
+
+fn host_report(assigned: &[&str], external: &[&str], seq: u64) -> BTreeMap<HostId, HostReport> {
+    let mut r = report(assigned, &[], seq);
+    r.get_mut(&ss0()).unwrap().external =
+        external.iter().map(|n| IdentityId::new(&rid(n))).collect();
+    r
+}
+
+#[test]
+fn an_object_records_the_host_its_identity_goes_on() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let a = desired(&ix, 1).assignments.into_values().next().unwrap();
+    let o = object_for(&a, AssignedState::Created, false);
+    assert_eq!(
+        o.identity_host().and_then(HostId::from_resource_id),
+        Some(ss0())
+    );
+}
+
+#[test]
+fn an_object_the_original_wrote_gets_its_host_recorded() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let mut existing = existing_from(&d, AssignedState::Assigned);
+    for o in existing.values_mut() {
+        o.metadata.annotations = None;
+    }
+    assert_eq!(
+        plan(&existing, &d, &report(&["id1"], &[], 1)),
+        vec![WriteOp::SetStatus {
+            key: ObjectKey::new("default", "p1-default-id1"),
+            status: AssignedState::Assigned,
+            external: false,
+            host: Some(ss0()),
+        }]
+    );
+}
+
+/// An identity once someone else's, since removed from the host, is MIC's to add: its object
+/// loses the external mark first, so it is the record the PATCH waits for.
+#[test]
+fn an_external_mark_is_cleared_once_the_host_shows_the_identity_gone() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let existing: BTreeMap<_, _> = d
+        .assignments
+        .values()
+        .map(|a| (a.key.clone(), object_for(a, AssignedState::Assigned, true)))
+        .collect();
+    assert!(plan(&existing, &d, &host_report(&["id1"], &["id1"], 1)).is_empty());
+    assert!(
+        plan(&existing, &d, &BTreeMap::new()).is_empty(),
+        "not read yet"
+    );
+    assert_eq!(
+        plan(&existing, &d, &report(&[], &[], 1)),
+        vec![WriteOp::SetStatus {
+            key: ObjectKey::new("default", "p1-default-id1"),
+            status: AssignedState::Assigned,
+            external: false,
+            host: Some(ss0()),
+        }]
+    );
+}
+
+/// A CronJob's next pod takes over its identity on the scale set: the previous pod's object is
+/// the only record of it until the next one's is stored, so it stays until then.
+#[test]
+fn a_released_object_stays_while_it_is_the_last_record_of_an_identity_mic_holds() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let before = desired(&ix, 1);
+    let mut existing = existing_from(&before, AssignedState::Unassigned);
+    ix.delete_pod(&ObjectKey::new("default", "p1"));
+    ix.apply_pod(&pod("p2").label("sel").on_node("ss0-1").build());
+    let after = desired(&ix, 2);
+    let ops = plan(&existing, &after, &report(&["id1"], &[], 2));
+    assert!(
+        ops.iter().all(|o| !matches!(o, WriteOp::Delete { .. })),
+        "{ops:?}"
+    );
+    existing.extend(existing_from(&after, AssignedState::Assigned));
+    let ops = plan(&existing, &after, &report(&["id1"], &[], 2));
+    assert_eq!(
+        ops,
+        vec![WriteOp::Delete {
+            key: ObjectKey::new("default", "p1-default-id1")
+        }]
+    );
+    // Someone else's identity has no record to keep.
+    let mut existing = existing_from(&before, AssignedState::Unassigned);
+    for o in existing.values_mut() {
+        o.metadata.annotations.get_or_insert_default().insert(
+            crate::crd::IDENTITY_OWNER_ANNOTATION.into(),
+            "external".into(),
+        );
+    }
+    let ops = plan(&existing, &after, &host_report(&["id1"], &["id1"], 2));
+    assert!(ops.contains(&WriteOp::Delete {
+        key: ObjectKey::new("default", "p1-default-id1")
+    }));
+}

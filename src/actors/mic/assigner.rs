@@ -79,6 +79,9 @@ pub struct HostReport {
     /// Identities MIC holds (or may hold, by a write in flight or of unknown outcome) on the
     /// host that no pod needs any more (removal pending).
     pub releasing: BTreeSet<IdentityId>,
+    /// Identities MIC put, may have put, or is to put on the host (see [`HostBatch::held`]):
+    /// the last record of one is never deleted before another object records it.
+    pub held: BTreeSet<IdentityId>,
     /// Assigned identities MIC did not put on the host (never removed; recorded on their
     /// AzureAssignedIdentity objects so a restarted MIC does not take them for its own).
     pub external: BTreeSet<IdentityId>,
@@ -170,6 +173,7 @@ impl Assigner {
             host: self.host.clone(),
             assigned: self.batch.assigned(),
             releasing: self.batch.releasing(),
+            held: self.batch.held(),
             external: self.batch.external(),
             refused: self.batch.refusals(now),
             failure: self.failure.clone(),
@@ -317,6 +321,7 @@ impl Handler<Retire> for Assigner {
             host: self.host.clone(),
             assigned: BTreeSet::new(),
             releasing: BTreeSet::new(),
+            held: BTreeSet::new(),
             external: BTreeSet::new(),
             refused: BTreeMap::new(),
             failure: self.failure.clone(),

@@ -616,6 +616,28 @@ impl HostBatch {
             .collect()
     }
 
+    /// Identities MIC put, may have put, or is to put on the host: owned, added by a PATCH in
+    /// flight or of unknown outcome, or wanted and not there yet (the next PATCH may carry them
+    /// on the strength of any stored record). A record of one must outlive its write.
+    #[must_use]
+    pub fn held(&self) -> BTreeSet<IdentityId> {
+        let adding: &[IdentityId] = match &self.flight {
+            Flight::Patching { add, .. } => add,
+            _ => &[],
+        };
+        let known = self.known.as_ref().map(|k| &k.user_assigned);
+        let to_add = self.desired.iter().filter(|id| {
+            known.is_none_or(|k| !k.contains(*id) || self.maybe_removed.contains(*id))
+        });
+        self.owned
+            .iter()
+            .chain(&self.maybe_owned)
+            .chain(adding)
+            .chain(to_add)
+            .cloned()
+            .collect()
+    }
+
     /// Identities currently refused, with the reason.
     #[must_use]
     pub fn refusals(&self, now: Instant) -> BTreeMap<IdentityId, String> {

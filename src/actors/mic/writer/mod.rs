@@ -264,7 +264,7 @@ impl Writer {
             // An object released may wait for another record of its identity.
             self.dirty.extend(self.orphans.iter().cloned());
         }
-        self.records.replace(old, obj.as_ref());
+        self.records.replace(key, old, obj.as_ref());
         match obj {
             Some(o) => {
                 self.existing.insert(key.clone(), o);
@@ -528,7 +528,7 @@ impl Handler<AssignedEvent> for Writer {
             AssignedEvent::Deleted(key) => self.set_existing(&key, None),
             AssignedEvent::Relisted(all) => {
                 self.existing = all.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
-                self.records.rebuild(self.existing.values());
+                self.records.rebuild(&self.existing);
                 self.orphans = self
                     .existing
                     .keys()

@@ -140,7 +140,7 @@ pub fn plan_some(
     limit: usize,
 ) -> Vec<WriteOp> {
     let mut records = RecordIndex::default();
-    records.rebuild(existing.values());
+    records.rebuild(existing);
     desired
         .assignments
         .keys()
@@ -239,8 +239,9 @@ pub fn plan_key(
 }
 
 /// An object no longer desired: `Unassigned` first, then deleted once its host no longer
-/// holds the identity for it, and never while it is the last record of an identity MIC holds
-/// on its host (another pod's object takes over first), so a successor always finds one.
+/// holds the identity for it, and never while it records an identity MIC holds (or is about to
+/// add) on its host that no wanted object records yet (the next pod's object takes over
+/// first; released objects never count on each other), so a successor always finds one.
 fn plan_release(
     key: &ObjectKey,
     e: &AzureAssignedIdentity,
@@ -269,14 +270,15 @@ fn plan_release(
                 Some(host) => match hosts.get(&host) {
                     None => desired.nodes.contains_key(&e.spec.node_name),
                     Some(r) => {
-                        let mics = !e.identity_is_external()
-                            && r.assigned.contains(&id)
-                            && !r.external.contains(&id);
-                        let mine = usize::from(super::record::is_record(e));
                         r.seq < desired.seq
                             || !r.synced
                             || r.releasing.contains(&id)
-                            || (mics && records.count(&host, &id) <= mine)
+                            || (super::record::is_record(e)
+                                && r.held.contains(&id)
+                                && !records.keys(&host, &id).is_some_and(|keys| {
+                                    keys.iter()
+                                        .any(|k| k != key && desired.assignments.contains_key(k))
+                                }))
                     }
                 },
             }

@@ -10,6 +10,7 @@
 
 use crate::actors::mic::host::{HostId, IdentityId};
 use crate::crd::{AzureAssignedIdentity, IdentityType};
+use crate::object_key::ObjectKey;
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -66,18 +67,20 @@ pub fn is_record(aai: &AzureAssignedIdentity) -> bool {
 #[rtype(result = "()")]
 pub struct HostRecords(pub BTreeMap<HostId, BTreeSet<IdentityId>>);
 
-/// Counts of stored records per host and identity, kept as objects come and go, and the hosts
-/// whose set of recorded identities changed since the last [`RecordIndex::take_changes`].
+/// The stored records per host and identity (the objects' keys), kept as objects come and go,
+/// and the hosts whose set of recorded identities changed since the last
+/// [`RecordIndex::take_changes`].
 #[derive(Debug, Default)]
 pub struct RecordIndex {
-    counts: HashMap<HostId, BTreeMap<IdentityId, usize>>,
+    keys: HashMap<HostId, BTreeMap<IdentityId, BTreeSet<ObjectKey>>>,
     changed: BTreeSet<HostId>,
 }
 
 impl RecordIndex {
-    /// Folds in that the stored copy of one object went from `old` to `new`.
+    /// Folds in that the stored copy of object `key` went from `old` to `new`.
     pub fn replace(
         &mut self,
+        key: &ObjectKey,
         old: Option<&AzureAssignedIdentity>,
         new: Option<&AzureAssignedIdentity>,
     ) {
@@ -85,59 +88,64 @@ impl RecordIndex {
         if old == new {
             return;
         }
-        if let Some((h, id)) = old {
-            let ids = self.counts.entry(h.clone()).or_default();
-            if let Some(n) = ids.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
+        if let Some((h, id)) = old
+            && let Some(ids) = self.keys.get_mut(&h)
+        {
+            if let Some(keys) = ids.get_mut(&id) {
+                keys.remove(key);
+                if keys.is_empty() {
                     ids.remove(&id);
                     self.changed.insert(h.clone());
                 }
             }
             if ids.is_empty() {
-                self.counts.remove(&h);
+                self.keys.remove(&h);
             }
         }
         if let Some((h, id)) = new {
-            let n = self
-                .counts
+            let keys = self
+                .keys
                 .entry(h.clone())
                 .or_default()
                 .entry(id)
-                .or_insert(0);
-            *n += 1;
-            if *n == 1 {
+                .or_default();
+            if keys.insert(key.clone()) && keys.len() == 1 {
                 self.changed.insert(h);
             }
         }
     }
 
     /// Starts again from `all`, the objects that exist (every host it touches changes).
-    pub fn rebuild<'a>(&mut self, all: impl IntoIterator<Item = &'a AzureAssignedIdentity>) {
-        self.changed.extend(self.counts.keys().cloned());
-        self.counts.clear();
-        for o in all {
-            self.replace(None, Some(o));
+    pub fn rebuild<'a>(
+        &mut self,
+        all: impl IntoIterator<Item = (&'a ObjectKey, &'a AzureAssignedIdentity)>,
+    ) {
+        self.changed.extend(self.keys.keys().cloned());
+        self.keys.clear();
+        for (k, o) in all {
+            self.replace(k, None, Some(o));
         }
     }
 
     /// Identities recorded on `host`.
     #[must_use]
     pub fn on(&self, host: &HostId) -> BTreeSet<IdentityId> {
-        self.counts
+        self.keys
             .get(host)
             .map(|ids| ids.keys().cloned().collect())
             .unwrap_or_default()
     }
 
+    /// The objects recording `id` on `host`.
+    #[must_use]
+    pub fn keys(&self, host: &HostId, id: &IdentityId) -> Option<&BTreeSet<ObjectKey>> {
+        self.keys.get(host).and_then(|ids| ids.get(id))
+    }
+
     /// How many stored objects record `id` on `host`.
     #[must_use]
     pub fn count(&self, host: &HostId, id: &IdentityId) -> usize {
-        self.counts
-            .get(host)
-            .and_then(|ids| ids.get(id))
-            .copied()
-            .unwrap_or(0)
+        self.keys(host, id).map_or(0, BTreeSet::len)
     }
 
     /// The recorded identities of every host that changed since the last call.
@@ -217,19 +225,27 @@ mod tests {
             object("a", "id1", Some(&ss("ss0"))),
             object("b", "id1", Some(&ss("ss0"))),
         );
-        ix.replace(None, Some(&a));
+        let (ka, kb) = (
+            ObjectKey::new("default", "a"),
+            ObjectKey::new("default", "b"),
+        );
+        ix.replace(&ka, None, Some(&a));
         let HostRecords(first) = ix.take_changes().unwrap();
         assert_eq!(first[&ss("ss0")].len(), 1);
-        ix.replace(None, Some(&b));
+        ix.replace(&kb, None, Some(&b));
         assert_eq!(ix.take_changes(), None, "a second record changes nothing");
         assert_eq!(ix.count(&ss("ss0"), &IdentityId::new(&rid("id1"))), 2);
-        ix.replace(Some(&a), None);
+        ix.replace(&ka, Some(&a), None);
         assert_eq!(ix.take_changes(), None);
-        ix.replace(Some(&b), None);
+        ix.replace(&kb, Some(&b), None);
         let HostRecords(last) = ix.take_changes().unwrap();
         assert!(last[&ss("ss0")].is_empty());
         // Objects without the annotation are adopted through their node but are no record.
-        ix.replace(None, Some(&object("c", "id1", None)));
+        ix.replace(
+            &ObjectKey::new("default", "c"),
+            None,
+            Some(&object("c", "id1", None)),
+        );
         assert_eq!(ix.take_changes(), None);
     }
 }

@@ -35,6 +35,11 @@ fn report(assigned: &[&str], releasing: &[&str], seq: u64) -> BTreeMap<HostId, H
             host: ss0(),
             assigned: ids(assigned),
             releasing: ids(releasing),
+            held: assigned
+                .iter()
+                .chain(releasing)
+                .map(|n| IdentityId::new(&rid(n)))
+                .collect(),
             external: BTreeSet::new(),
             refused: BTreeMap::new(),
             failure: None,
@@ -436,4 +441,27 @@ fn a_released_object_stays_while_it_is_the_last_record_of_an_identity_mic_holds(
     assert!(ops.contains(&WriteOp::Delete {
         key: ObjectKey::new("default", "p1-default-id1")
     }));
+}
+
+/// The chaos run's third leak: two released objects each took the other for the record that
+/// would stay, both were deleted, and the PATCH their records had let out put the identity on
+/// the host with no record left. Released objects never count on each other.
+#[test]
+fn released_objects_never_count_on_each_other_as_the_record_that_stays() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    ix.apply_pod(&pod("p3").label("sel").on_node("ss0-1").build());
+    let existing = existing_from(&desired(&ix, 1), AssignedState::Unassigned);
+    ix.delete_pod(&ObjectKey::new("default", "p1"));
+    ix.delete_pod(&ObjectKey::new("default", "p3"));
+    ix.apply_pod(&pod("p2").label("sel").on_node("ss0-1").build());
+    let after = desired(&ix, 2);
+    // The identity is wanted again and not on the host: the next PATCH may add it.
+    let mut hosts = report(&[], &[], 2);
+    hosts.get_mut(&ss0()).unwrap().held = [IdentityId::new(&rid("id1"))].into();
+    let ops = plan(&existing, &after, &hosts);
+    assert!(
+        ops.iter().all(|o| !matches!(o, WriteOp::Delete { .. })),
+        "{ops:?}"
+    );
 }

@@ -159,10 +159,12 @@ pub fn plan_some(
 /// calls it for the objects something changed for, so a large cluster costs nothing per pass;
 /// `records` indexes the write-ahead records among `existing`.
 ///
-/// An object of a user-assigned identity is written (created, or its spec replaced) only once
-/// its host has been read, so it says from the start whether the identity was already there
-/// (marked external, never MIC's to remove) or is MIC's to add (unmarked: the write-ahead
-/// record the host's PATCH waits for).
+/// An object of a user-assigned identity is written (created, or its spec replaced) once its
+/// host has been read, so it says from the start whether the identity was already there by
+/// someone else's hand (marked external, never MIC's to remove) or is MIC's to add (unmarked:
+/// the write-ahead record the host's PATCH waits for). While the host cannot be read it is
+/// written at once but marked (not known to be MIC's: no record, nothing adopted from it), and
+/// unmarked once a read shows the identity absent.
 #[must_use]
 pub fn plan_key(
     key: &ObjectKey,
@@ -178,13 +180,24 @@ pub fn plan_key(
         Target::ServicePrincipal | Target::Federated => (true, None),
         Target::Msi { host, .. } => (hosts.get(host).is_some_and(host_read), Some(host)),
     };
+    // An object waits for its host's first read (so it is written once, as what it is), unless
+    // that read failed: then it is written at once, marked, for users to see while ARM fails.
+    let may_write = read
+        || host
+            .and_then(|h| hosts.get(h))
+            .is_some_and(|r| r.failure.is_some());
     let confirmed = match &a.target {
         Target::ServicePrincipal | Target::Federated => true,
         Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
     };
     let external = match &a.target {
         Target::ServicePrincipal | Target::Federated => false,
-        Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
+        // Until its host is read, an identity is not known to be MIC's to add: the object is
+        // marked, so it is no record (a successor adopts nothing of it) and no PATCH relies
+        // on it; the mark goes once the read shows the identity absent.
+        Target::Msi { host, id } => hosts
+            .get(host)
+            .is_none_or(|r| !host_read(r) || r.external.contains(id)),
     };
     let first = if confirmed {
         AssignedState::Assigned
@@ -198,12 +211,12 @@ pub fn plan_key(
             .iter()
             .any(|f| f == ASSIGNED_IDENTITY_FINALIZER)
             .then(|| WriteOp::Delete { key: key.clone() }),
-        None => read.then(|| WriteOp::Create {
+        None => may_write.then(|| WriteOp::Create {
             assignment: Box::new(a.clone()),
             status: first,
             external,
         }),
-        Some(e) if spec_differs(e, a) => read.then(|| WriteOp::UpdateSpec {
+        Some(e) if spec_differs(e, a) => may_write.then(|| WriteOp::UpdateSpec {
             assignment: Box::new(a.clone()),
             status: first,
             external,

@@ -65,8 +65,21 @@ fn a_new_assignment_is_created_once_its_host_is_read_with_status_created_until_i
     let mut ix = index();
     ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
     let d = desired(&ix, 1);
-    // Not read yet: whether the identity is MIC's to add is not known.
+    // Not read yet: written once the read tells what it is.
     assert!(plan(&BTreeMap::new(), &d, &BTreeMap::new()).is_empty());
+    // The read failed: written for users to see, but no record of MIC's (not known to be).
+    let mut failing = report(&[], &[], 1);
+    let r = failing.get_mut(&ss0()).unwrap();
+    r.synced = false;
+    r.failure = Some("ARM answered 401".into());
+    assert!(matches!(
+        &plan(&BTreeMap::new(), &d, &failing)[..],
+        [WriteOp::Create {
+            status: AssignedState::Created,
+            external: true,
+            ..
+        }]
+    ));
     let ops = plan(&BTreeMap::new(), &d, &report(&[], &[], 1));
     assert!(matches!(
         &ops[..],

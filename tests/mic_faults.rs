@@ -237,6 +237,16 @@ async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_los
     w.shutdown().await;
 }
 
+/// Identity 1 was never MIC's: well past the 1 s grace period, it is the one left on the scale set.
+async fn only_identity_1_stays(w: &Cluster) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.on_scale_set(0),
+        [IdentityId::new(&w.identity_rid(1))].into(),
+        "only the identity someone else added stays"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_added_by_a_patch_whose_answer_was_lost_is_removed_once_its_pod_goes() {
     use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
@@ -268,13 +278,7 @@ async fn an_identity_added_by_a_patch_whose_answer_was_lost_is_removed_once_its_
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Identity 1 was never MIC's: well past the 1 s grace period, it is still there.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        w.on_scale_set(0),
-        [IdentityId::new(&w.identity_rid(1))].into(),
-        "only the identity someone else added stays"
-    );
+    only_identity_1_stays(&w).await;
     drop(mic);
     w.shutdown().await;
 }
@@ -592,13 +596,7 @@ async fn leader_killed_at_its_patch(tag: &str, refuse_objects: bool) -> bool {
     // Identity 0 went on the scale set by a leader's write: it goes after the 1 s grace period.
     w.wait_gone_from_scale_set(0, 0, Duration::from_secs(20))
         .await;
-    // Identity 1 was never MIC's: well past the grace period, it is still there.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        w.on_scale_set(0),
-        [IdentityId::new(&w.identity_rid(1))].into(),
-        "only the identity someone else added stays"
-    );
+    only_identity_1_stays(&w).await;
     drop(successor);
     w.shutdown().await;
     sent

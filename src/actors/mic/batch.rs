@@ -598,18 +598,22 @@ impl HostBatch {
             .collect()
     }
 
+    /// Identities the PATCH in flight adds.
+    fn adding(&self) -> &[IdentityId] {
+        match &self.flight {
+            Flight::Patching { add, .. } => add,
+            _ => &[],
+        }
+    }
+
     /// Identities MIC holds on the host that no pod needs any more (their removal is
     /// pending): owned ones still there, and ones a PATCH in flight or of unknown outcome may
     /// have put there. Their records are kept until they go.
     #[must_use]
     pub fn releasing(&self) -> BTreeSet<IdentityId> {
-        let adding: &[IdentityId] = match &self.flight {
-            Flight::Patching { add, .. } => add,
-            _ => &[],
-        };
         self.released
             .keys()
-            .chain(adding)
+            .chain(self.adding())
             .chain(&self.maybe_owned)
             .filter(|id| !self.desired.contains(*id))
             .cloned()
@@ -621,10 +625,6 @@ impl HostBatch {
     /// on the strength of any stored record). A record of one must outlive its write.
     #[must_use]
     pub fn held(&self) -> BTreeSet<IdentityId> {
-        let adding: &[IdentityId] = match &self.flight {
-            Flight::Patching { add, .. } => add,
-            _ => &[],
-        };
         let known = self.known.as_ref().map(|k| &k.user_assigned);
         let to_add = self.desired.iter().filter(|id| {
             known.is_none_or(|k| !k.contains(*id) || self.maybe_removed.contains(*id))
@@ -632,7 +632,7 @@ impl HostBatch {
         self.owned
             .iter()
             .chain(&self.maybe_owned)
-            .chain(adding)
+            .chain(self.adding())
             .chain(to_add)
             .cloned()
             .collect()

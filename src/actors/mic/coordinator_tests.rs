@@ -137,6 +137,15 @@ async fn nothing_is_sent_before_every_watch_has_listed_then_one_pass_covers_the_
 /// objects that a pod (`gone`, bound to `identity` through selector `sel`) left behind; returns
 /// how many.
 fn restart_with_objects_of(c: &Addr<Coordinator>, identity: AzureIdentity) -> usize {
+    restart_with_objects_and_nodes(c, identity, vec![vmss_node("ss0", 0)])
+}
+
+/// [`restart_with_objects_of`] with these nodes left (the pod's was `ss0-0`).
+fn restart_with_objects_and_nodes(
+    c: &Addr<Coordinator>,
+    identity: AzureIdentity,
+    nodes: Vec<k8s_openapi::api::core::v1::Node>,
+) -> usize {
     let mut ix = BindingIndex::new(MatchSettings::default());
     ix.apply_node(&vmss_node("ss0", 0));
     let name = identity.name_any();
@@ -150,9 +159,7 @@ fn restart_with_objects_of(c: &Addr<Coordinator>, identity: AzureIdentity) -> us
         .map(|a| object_for(a, AssignedState::Assigned, false))
         .collect();
     let n = before.len();
-    c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
-        "ss0", 0,
-    )])));
+    c.do_send(CatalogEvent::Node(Observed::Relisted(nodes)));
     c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![])));
     c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![])));
     c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![])));
@@ -331,23 +338,8 @@ async fn identities_on_a_host_whose_nodes_were_all_deleted_are_adopted_by_the_ho
     LocalSet::new()
         .run_until(async {
             let (c, seen) = start();
-            let mut ix = BindingIndex::new(MatchSettings::default());
-            ix.apply_node(&vmss_node("ss0", 0));
-            ix.apply_identity(&identity("old").build());
-            ix.apply_binding(&binding("b1", "old", "sel").build());
-            ix.apply_pod(&pod("gone").label("sel").on_node("ss0-0").build());
-            let before: Vec<_> = ix
-                .desired()
-                .assignments
-                .values()
-                .map(|a| object_for(a, AssignedState::Assigned, false))
-                .collect();
             // The node went while no MIC ran: only the object's annotation names the host.
-            c.do_send(CatalogEvent::Node(Observed::Relisted(vec![])));
-            c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![])));
-            c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![])));
-            c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![])));
-            c.do_send(CatalogEvent::Assigned(Observed::Relisted(before)));
+            restart_with_objects_and_nodes(&c, identity("old").build(), vec![]);
             pause().await;
             let s = seen.lock().unwrap();
             assert_eq!(s.made, vec![ss0()], "the recorded host gets an assigner");

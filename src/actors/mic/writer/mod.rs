@@ -11,6 +11,11 @@
 //! and deleted (finalizer removed) once its host no longer holds the identity for it, so an
 //! identity in its grace period stays owned across a restart. An object whose write fails
 //! waits out its own backoff ([`retry`]) while the others go on.
+//!
+//! The objects are also MIC's write-ahead log of its ARM writes ([`record`]): each names its
+//! host, an identity is added to a host only once an unmarked object naming both is stored,
+//! and such an object outlives what it records, so a leader killed at any instant leaves its
+//! successor a record of every identity it put anywhere.
 
 mod events;
 mod io;

@@ -105,19 +105,23 @@ async fn long_running_operations_are_followed_through_async_operation_and_locati
     let sim = sim(
         &t,
         AzureSimConfig {
-            lro: LroMode::AsyncOperation { polls: 3 },
+            lro: LroMode::AsyncOperation,
+            arm_latency: Latency::Fixed(Duration::from_millis(200)),
+            lro_retry_after: Some(Duration::from_millis(20)),
             ..Default::default()
         },
     )
     .await;
     let arm = arm_client(&sim, fast_options());
+    let started = std::time::Instant::now();
     let out = arm
         .update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])
         .await
         .unwrap();
     assert_eq!(out.added.len(), 1);
-    // Three InProgress answers, then Succeeded.
-    assert_eq!(sim.counters().lro_polls, 4);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // InProgress answers until the write's time has passed, then Succeeded.
+    assert!(sim.counters().lro_polls >= 2, "{:?}", sim.counters());
     assert_eq!(
         arm.get_identities(&vmss(&t, 0))
             .await
@@ -126,14 +130,16 @@ async fn long_running_operations_are_followed_through_async_operation_and_locati
         "Succeeded"
     );
 
-    sim.reconfigure(|c| c.lro = LroMode::Location { polls: 2 });
+    sim.reconfigure(|c| c.lro = LroMode::Location);
     sim.reset_counters();
+    let started = std::time::Instant::now();
     let out = arm
         .update_identities(&vmss(&t, 1), &[identity_id(&t, 1)], &[])
         .await
         .unwrap();
     assert_eq!(out.added.len(), 1);
-    assert_eq!(sim.counters().lro_polls, 3);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(sim.counters().lro_polls >= 2, "{:?}", sim.counters());
     assert_eq!(
         sim.assigned_identities(&t.scale_sets[1].name)
             .unwrap()
@@ -144,12 +150,111 @@ async fn long_running_operations_are_followed_through_async_operation_and_locati
 }
 
 #[tokio::test]
+async fn an_operation_ends_at_its_time_however_often_it_is_polled() {
+    let t = Topology::sized(3, 1, 0, 3);
+    let latency = Duration::from_millis(300);
+    let sim = sim(
+        &t,
+        AzureSimConfig {
+            arm_latency: Latency::Fixed(latency),
+            ..Default::default()
+        },
+    )
+    .await;
+    let arm = arm_client(&sim, fast_options());
+    // Polled often (every 10 ms) or rarely (every 250 ms), the write takes its latency; the
+    // count of polls changes, the outcome and its time do not (polls are quick requests).
+    let mut polls = Vec::new();
+    for (i, every) in [(0, 10), (1, 250)] {
+        sim.reconfigure(|c| c.lro_retry_after = Some(Duration::from_millis(every)));
+        sim.reset_counters();
+        let started = std::time::Instant::now();
+        arm.update_identities(&vmss(&t, i), &[identity_id(&t, i)], &[])
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= latency, "poll every {every} ms");
+        polls.push(sim.counters().lro_polls);
+    }
+    assert!(polls[0] > polls[1], "{polls:?}");
+    assert_eq!(polls[1], 2, "polled at 250 ms (running) and 500 ms (done)");
+
+    // Never polled: the operation still ends at its time, and a read shows it.
+    let token = arm_token(&sim).await;
+    let url = format!(
+        "{}{}?api-version=2024-07-01",
+        sim.arm_endpoint().trim_end_matches('/'),
+        vmss(&t, 2).resource_path()
+    );
+    let body = serde_json::json!({
+        "identity": { "type": "UserAssigned", "userAssignedIdentities": { identity_id(&t, 2): {} } }
+    });
+    let auth = [
+        ("authorization", format!("Bearer {token}")),
+        ("content-type", "application/json".to_string()),
+    ];
+    let answer = raw(
+        Method::Patch,
+        &url,
+        &auth,
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.body["properties"]["provisioningState"], "Updating",
+        "{}",
+        answer.text
+    );
+    let state = arm.get_identities(&vmss(&t, 2)).await.unwrap();
+    assert_eq!(state.provisioning_state, "Updating");
+    tokio::time::sleep(latency).await;
+    let state = arm.get_identities(&vmss(&t, 2)).await.unwrap();
+    assert_eq!(state.provisioning_state, "Succeeded");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_waits_what_the_operation_announces_and_its_own_interval_without_a_hint() {
+    let t = Topology::sized(2, 1, 0, 2);
+    let sim = sim(&t, AzureSimConfig::default()).await;
+    // Announced: 300 ms in `retry-after-ms` (the write itself is instant).
+    sim.reconfigure(|c| c.lro_retry_after = Some(Duration::from_millis(300)));
+    let arm = arm_client(
+        &sim,
+        ArmOptions {
+            lro_poll_interval: Duration::from_millis(10),
+            ..fast_options()
+        },
+    );
+    let started = std::time::Instant::now();
+    arm.update_identities(&vmss(&t, 0), &[identity_id(&t, 0)], &[])
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(sim.counters().lro_polls, 1);
+    // No hint (what Microsoft.Compute sends): the client's own interval.
+    sim.reconfigure(|c| c.lro_retry_after = None);
+    sim.reset_counters();
+    let arm = arm_client(
+        &sim,
+        ArmOptions {
+            lro_poll_interval: Duration::from_millis(400),
+            ..fast_options()
+        },
+    );
+    let started = std::time::Instant::now();
+    arm.update_identities(&vmss(&t, 1), &[identity_id(&t, 1)], &[])
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(sim.counters().lro_polls, 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_failed_long_running_operation_is_an_error_and_changes_nothing() {
     let t = Topology::sized(1, 1, 0, 2);
-    for lro in [
-        LroMode::AsyncOperation { polls: 1 },
-        LroMode::Location { polls: 1 },
-    ] {
+    for lro in [LroMode::AsyncOperation, LroMode::Location] {
         let sim = sim(
             &t,
             AzureSimConfig {
@@ -386,41 +491,35 @@ async fn server_errors_and_hung_requests_are_retried_with_backoff() {
             ("vmss_update", Some(503)),
             ("vmss_update", Some(503)),
             ("vmss_update", Some(200)),
-            // Default simulator LRO: one InProgress, then Succeeded.
-            ("lro_poll", Some(200)),
+            // Default simulator write: instant, so the first poll finds it Succeeded.
             ("lro_poll", Some(200)),
         ]
     );
 
-    // A slow answer and configured latency show up in the reported call time.
+    // A slow answer shows up in the reported call time; a write's latency in the write's.
     sim.inject(
         FaultTarget::ArmGet,
         1,
         FaultKind::Slow(Duration::from_millis(300)),
     );
     arm.get_identities(&vmss(&t, 0)).await.unwrap();
+    {
+        let calls = calls.lock().unwrap();
+        let last = calls.last().unwrap();
+        assert!(last.elapsed >= Duration::from_millis(300), "{last:?}");
+    }
     sim.reconfigure(|c| {
         c.arm_latency = Latency::Uniform {
             min: Duration::from_millis(100),
             max: Duration::from_millis(150),
         }
     });
-    arm.get_identities(&vmss(&t, 0)).await.unwrap();
+    let started = std::time::Instant::now();
+    arm.update_identities(&vmss(&t, 0), &[], &[identity_id(&t, 0)])
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(100));
     sim.reconfigure(|c| c.arm_latency = Latency::None);
-    {
-        let calls = calls.lock().unwrap();
-        let n = calls.len();
-        assert!(
-            calls[n - 2].elapsed >= Duration::from_millis(300),
-            "{:?}",
-            calls[n - 2]
-        );
-        assert!(
-            calls[n - 1].elapsed >= Duration::from_millis(100),
-            "{:?}",
-            calls[n - 1]
-        );
-    }
 
     // Beyond max_attempts the error surfaces, typed.
     sim.inject(FaultTarget::ArmGet, 4, FaultKind::Status(500));
@@ -649,11 +748,7 @@ async fn the_retry_of_a_patch_whose_answer_was_lost_is_refused_by_its_preconditi
 
 #[tokio::test]
 async fn a_write_on_the_last_answer_needs_no_read_whatever_the_operation_style() {
-    for lro in [
-        LroMode::Sync,
-        LroMode::AsyncOperation { polls: 1 },
-        LroMode::Location { polls: 1 },
-    ] {
+    for lro in [LroMode::Sync, LroMode::AsyncOperation, LroMode::Location] {
         let t = Topology::sized(1, 1, 0, 3);
         let sim = sim(
             &t,

@@ -631,10 +631,13 @@ impl ArmClient {
         }
     }
 
+    /// The wait before the next poll of an operation: what the last answer announced
+    /// (`retry-after-ms`, `x-ms-retry-after-ms` or `Retry-After`, as Azure SDKs read them),
+    /// else [`ArmOptions::lro_poll_interval`] (5 s, the original's polling delay); never less
+    /// than [`MIN_POLL_INTERVAL`], so an announced 0 does not make a busy loop. The whole
+    /// wait is bounded by [`ArmOptions::lro_timeout`].
     fn poll_delay(&self, headers: &Headers) -> Duration {
-        header(headers, "retry-after")
-            .and_then(|v| parse_retry_after(&v, SystemTime::now()))
-            .unwrap_or(self.options.lro_poll_interval)
+        poll_delay(headers, self.options.lro_poll_interval)
     }
 
     /// Sends one request through the gate, retrying 429 (after its window), 5xx and timeouts.
@@ -767,7 +770,16 @@ fn header(headers: &Headers, name: &'static str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// ARM's throttling hints: `Retry-After` (seconds or date) or the millisecond variants.
+/// Shortest wait between two polls of one operation, whatever the service announces.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+fn poll_delay(headers: &Headers, default: Duration) -> Duration {
+    retry_after(headers)
+        .unwrap_or(default)
+        .max(MIN_POLL_INTERVAL)
+}
+
+/// ARM's wait hints: `Retry-After` (seconds or date) or the millisecond variants.
 fn retry_after(headers: &Headers) -> Option<Duration> {
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
         if let Some(ms) = header(headers, name).and_then(|v| v.trim().parse::<u64>().ok()) {
@@ -966,6 +978,45 @@ fn lro_failure(target: &ComputeRef, status: &str, e: ArmErrorBody, requested: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> Headers {
+        let mut h = Headers::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_static(k), (*v).to_string());
+        }
+        h
+    }
+
+    #[test]
+    fn polls_wait_what_the_operation_announces_else_the_interval_and_never_spin() {
+        let default = ArmOptions::default().lro_poll_interval;
+        assert_eq!(
+            default,
+            Duration::from_secs(5),
+            "the original's polling delay"
+        );
+        assert_eq!(poll_delay(&headers(&[]), default), default);
+        assert_eq!(
+            poll_delay(&headers(&[("retry-after", "15")]), default),
+            Duration::from_secs(15)
+        );
+        // The millisecond form wins over the rounded-up seconds beside it.
+        assert_eq!(
+            poll_delay(
+                &headers(&[("retry-after", "1"), ("retry-after-ms", "50")]),
+                default
+            ),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            poll_delay(&headers(&[("retry-after", "0")]), default),
+            MIN_POLL_INTERVAL
+        );
+        assert_eq!(
+            poll_delay(&headers(&[("retry-after", "86400")]), default),
+            super::super::throttle::MAX_RETRY_AFTER
+        );
+    }
 
     #[test]
     fn retry_delays_double_from_the_base_jitter_down_and_never_pass_the_cap() {

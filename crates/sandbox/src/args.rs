@@ -47,13 +47,14 @@ pub struct SandboxArgs {
     #[arg(long = "crds")]
     pub crds: Option<PathBuf>,
 
-    /// Typical ARM answer time (each answer takes 0.8 to 1.2 times this). Real scale sets take
-    /// 40 to 60 s per write.
+    /// Typical time of an ARM write, from its PATCH to the end of its operation (each takes 0.8
+    /// to 1.2 times this; reads and polls are answered at once). Real scale sets take 40 to 60 s
+    /// per write.
     #[arg(long = "arm-latency", default_value = "500ms", value_parser = parse_go_duration)]
     pub arm_latency: Duration,
 
     /// The weather: none; in Azure throttling (a small ARM write budget answering 429), flaky
-    /// (a PATCH fails with 503 every 5 s), slow-arm (4 to 6 s per ARM answer),
+    /// (a PATCH fails with 503 every 5 s), slow-arm (4 to 6 s per ARM write),
     /// patch-answer-lost, arm-error-bursts, throttle-storm, arm-hangs; in the Kubernetes API
     /// watch-drops, watch-expiry (410 on resume), api-restart, slow-writes, kube-write-errors;
     /// or chaos (all scheduled ones in turn). See docs/operations.md.

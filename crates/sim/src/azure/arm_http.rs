@@ -1,7 +1,12 @@
 //! ARM as the simulator serves it: routes for VMs, scale sets, user-assigned identities and
 //! long-running operations; bearer-token checks; injected faults; the per-subscription write
-//! budget and its 429 `Retry-After` windows; identity PATCHes with `If-Match`, and the 202
+//! budget and its 429 `Retry-After` windows; identity PATCHes with `If-Match`, and the
 //! polling of `Azure-AsyncOperation` and `Location` operations.
+//!
+//! Time follows ARM's rule: a write runs for its latency from the moment its PATCH is
+//! received and ends then whether or not anyone polls; the PATCH answer of an asynchronous
+//! write, every poll and every read are quick requests. Polls that find the operation running
+//! carry the configured wait hint (`Retry-After`, or `retry-after-ms` below a second).
 
 use std::time::{Duration, Instant};
 
@@ -106,14 +111,14 @@ pub(super) async fn arm(
         (ArmRoute::AsyncOperation(_) | ArmRoute::LocationResult(_), _) => FaultTarget::ArmPoll,
         (ArmRoute::Identity { .. }, _) => FaultTarget::ArmGet,
     };
-    let mut delay = cfg.arm_latency.sample();
+    let write_latency = cfg.arm_latency.sample();
+    let mut delay = Duration::ZERO;
     let mut lro_failure = None;
     let mut assign_after_read = None;
     let mut answer_lost = false;
     let fault = shared.lock().take_fault(target);
     match fault {
         Some(FaultKind::Status(s)) => {
-            tokio::time::sleep(delay).await;
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let (code, message) = arm_status_error(status);
             return arm_error(status, code, message);
@@ -140,6 +145,7 @@ pub(super) async fn arm(
         Some(FaultKind::AnswerLost) => answer_lost = true,
         None => {}
     }
+    shared.lock().end_due_operations(Instant::now());
     if method == Method::PATCH {
         let mut inner = shared.lock();
         if let ArmRoute::Compute { key, .. } = &route {
@@ -204,15 +210,20 @@ pub(super) async fn arm(
                 .get("if-match")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            patch_compute(
+            let (resp, synchronous) = patch_compute(
                 shared,
                 &cfg,
                 &base_url(req),
                 segs,
                 (&key, if_match.as_deref()),
                 &body,
-                lro_failure,
-            )
+                (write_latency, lro_failure),
+            );
+            if synchronous {
+                // A synchronous write is answered when it is done.
+                delay += write_latency;
+            }
+            resp
         }
         (ArmRoute::Identity { rg, name }, m) if m == Method::GET => {
             let inner = shared.lock();
@@ -244,7 +255,9 @@ pub(super) async fn arm(
             ),
         ),
     };
-    tokio::time::sleep(delay).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if answer_lost {
         return connection_lost();
     }
@@ -327,7 +340,9 @@ fn not_found(segs: &[&str]) -> HttpResponse {
 
 /// A PATCH of a VM or scale set: `target` is the resource key and the request's `If-Match`,
 /// which, as on ARM, must name the resource's current etag (or `*`), else 412
-/// `PreconditionFailed` and nothing changes.
+/// `PreconditionFailed` and nothing changes. `write` is the write's latency and the failure
+/// its operation is to end with, if any. Returns the answer and whether it is the answer of a
+/// synchronous write (to be sent once the write's latency has passed).
 fn patch_compute(
     shared: &Shared,
     cfg: &super::AzureSimConfig,
@@ -335,16 +350,22 @@ fn patch_compute(
     segs: &[&str],
     target: (&str, Option<&str>),
     body: &[u8],
-    lro_failure: Option<(String, String)>,
-) -> HttpResponse {
+    write: (Duration, Option<(String, String)>),
+) -> (HttpResponse, bool) {
     let (key, if_match) = target;
+    let (latency, lro_failure) = write;
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            return arm_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContent",
-                &format!("The request content was invalid and could not be deserialized: '{e}'."),
+            return (
+                arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestContent",
+                    &format!(
+                        "The request content was invalid and could not be deserialized: '{e}'."
+                    ),
+                ),
+                false,
             );
         }
     };
@@ -362,40 +383,53 @@ fn patch_compute(
             .or_default() += 1;
     }
     let Some(c) = inner.compute.get(key) else {
-        return not_found(segs);
+        return (not_found(segs), false);
     };
     if let Some(wanted) = if_match
         && wanted != "*"
         && wanted != c.etag_value()
     {
-        return arm_error(
-            StatusCode::PRECONDITION_FAILED,
-            "PreconditionFailed",
-            &format!(
-                "Etag provided in if-match header {wanted} does not match etag {} of resource.",
-                c.etag_value()
+        return (
+            arm_error(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                &format!(
+                    "Etag provided in if-match header {wanted} does not match etag {} of resource.",
+                    c.etag_value()
+                ),
             ),
+            false,
         );
     }
     if c.provisioning_state.eq_ignore_ascii_case("deleting") {
-        return arm_error(
-            StatusCode::CONFLICT,
-            "OperationNotAllowed",
-            &format!(
-                "The resource '{}' is being deleted; the operation is not allowed.",
-                c.id()
+        return (
+            arm_error(
+                StatusCode::CONFLICT,
+                "OperationNotAllowed",
+                &format!(
+                    "The resource '{}' is being deleted; the operation is not allowed.",
+                    c.id()
+                ),
             ),
+            false,
         );
     }
     let result = match inner.evaluate_patch(c, &value) {
         Ok(r) => r,
         Err(PatchError::Refused(status, code, msg)) => {
-            return arm_error(StatusCode::from_u16(status).expect("4xx"), code, &msg);
+            return (
+                arm_error(StatusCode::from_u16(status).expect("4xx"), code, &msg),
+                false,
+            );
         }
     };
     let Some((system, after)) = result else {
+        // Nothing to change: answered at once, no operation.
         let c = &inner.compute[key];
-        return HttpResponse::Ok().json(inner.resource_json(c, &cfg.location));
+        return (
+            HttpResponse::Ok().json(inner.resource_json(c, &cfg.location)),
+            false,
+        );
     };
     let now = Instant::now();
     let c = inner.compute.get_mut(key).expect("checked above");
@@ -427,21 +461,21 @@ fn patch_compute(
     }
     inner.counters.patches_applied += 1;
     let mode = match (cfg.lro, &lro_failure) {
-        (LroMode::Sync, Some(_)) => LroMode::AsyncOperation { polls: 0 },
+        (LroMode::Sync, Some(_)) => LroMode::AsyncOperation,
         (m, _) => m,
     };
-    let polls = match mode {
-        LroMode::Sync => {
-            inner
-                .compute
-                .get_mut(key)
-                .expect("exists")
-                .provisioning_state = "Succeeded".into();
-            let c = &inner.compute[key];
-            return HttpResponse::Ok().json(inner.resource_json(c, &cfg.location));
-        }
-        LroMode::AsyncOperation { polls } | LroMode::Location { polls } => polls,
-    };
+    if mode == LroMode::Sync {
+        inner
+            .compute
+            .get_mut(key)
+            .expect("exists")
+            .provisioning_state = "Succeeded".into();
+        let c = &inner.compute[key];
+        return (
+            HttpResponse::Ok().json(inner.resource_json(c, &cfg.location)),
+            true,
+        );
+    }
     inner
         .compute
         .get_mut(key)
@@ -452,35 +486,49 @@ fn patch_compute(
         op_id.clone(),
         Operation {
             resource_key: key.to_string(),
-            remaining_polls: polls,
+            due: now + latency,
             failure: lro_failure,
             rollback: Some(rollback),
             done: false,
         },
     );
+    inner.running.push(op_id.clone());
     let base = format!(
         "{base_url}/subscriptions/{sub}/providers/Microsoft.Compute/locations/{}",
         cfg.location
     );
-    let retry_after = cfg.lro_retry_after_secs.to_string();
-    match mode {
-        LroMode::Location { .. } => HttpResponse::Accepted()
-            .insert_header((
-                "Location",
-                format!("{base}/operationResults/{op_id}?api-version=2024-07-01"),
-            ))
-            .insert_header(("Retry-After", retry_after))
-            .finish(),
-        _ => {
-            let c = &inner.compute[key];
-            HttpResponse::Ok()
-                .insert_header((
-                    "Azure-AsyncOperation",
-                    format!("{base}/operations/{op_id}?api-version=2024-07-01"),
-                ))
-                .insert_header(("Retry-After", retry_after))
-                .json(inner.resource_json(c, &cfg.location))
-        }
+    let resp = if mode == LroMode::Location {
+        let mut b = HttpResponse::Accepted();
+        b.insert_header((
+            "Location",
+            format!("{base}/operationResults/{op_id}?api-version=2024-07-01"),
+        ));
+        wait_hint(&mut b, cfg.lro_retry_after);
+        b.finish()
+    } else {
+        let c = &inner.compute[key];
+        let mut b = HttpResponse::Ok();
+        b.insert_header((
+            "Azure-AsyncOperation",
+            format!("{base}/operations/{op_id}?api-version=2024-07-01"),
+        ));
+        wait_hint(&mut b, cfg.lro_retry_after);
+        b.json(inner.resource_json(c, &cfg.location))
+    };
+    (resp, false)
+}
+
+/// Adds the wait a client should leave before its next poll: `Retry-After` in whole seconds
+/// (ARM's form), and for a wait with a fraction of a second (the sandbox's fast clock) also
+/// `retry-after-ms`, which Azure SDKs prefer when both are present.
+fn wait_hint(b: &mut actix_web::HttpResponseBuilder, wait: Option<Duration>) {
+    let Some(wait) = wait else {
+        return;
+    };
+    let whole = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    b.insert_header(("Retry-After", whole.to_string()));
+    if wait.subsec_nanos() > 0 {
+        b.insert_header(("retry-after-ms", wait.as_millis().to_string()));
     }
 }
 
@@ -492,44 +540,28 @@ fn poll(
 ) -> HttpResponse {
     let mut inner = shared.lock();
     inner.counters.lro_polls += 1;
-    let Some(op) = inner.operations.get_mut(id) else {
+    let Some(op) = inner.operations.get(id) else {
         return arm_error(
             StatusCode::NOT_FOUND,
             "OperationNotFound",
             &format!("The operation '{id}' was not found."),
         );
     };
-    if op.remaining_polls > 0 {
-        op.remaining_polls -= 1;
-        return if location_style {
+    if !op.done {
+        let mut b = if location_style {
             HttpResponse::Accepted()
-                .insert_header(("Retry-After", cfg.lro_retry_after_secs.to_string()))
-                .finish()
         } else {
             HttpResponse::Ok()
-                .insert_header(("Retry-After", cfg.lro_retry_after_secs.to_string()))
-                .json(json!({ "name": id, "status": "InProgress" }))
+        };
+        wait_hint(&mut b, cfg.lro_retry_after);
+        return if location_style {
+            b.finish()
+        } else {
+            b.json(json!({ "name": id, "status": "InProgress" }))
         };
     }
-    let first_completion = !op.done;
-    op.done = true;
     let failure = op.failure.clone();
     let key = op.resource_key.clone();
-    let rollback = op.rollback.take();
-    if first_completion && let Some(c) = inner.compute.get_mut(&key) {
-        {
-            if failure.is_some()
-                && let Some((system, ua)) = rollback
-            {
-                c.system_assigned = system;
-                c.user_assigned = ua;
-                c.etag += 1;
-            }
-            if c.provisioning_state.eq_ignore_ascii_case("updating") {
-                c.provisioning_state = "Succeeded".into();
-            }
-        }
-    }
     match (failure, location_style) {
         (Some((code, message)), false) => HttpResponse::Ok().json(json!({
             "name": id, "status": "Failed", "error": { "code": code, "message": message },

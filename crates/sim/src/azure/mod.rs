@@ -99,28 +99,29 @@ impl Latency {
     }
 }
 
-/// How an accepted PATCH completes.
+/// How an accepted PATCH completes. In every mode the write itself takes
+/// [`AzureSimConfig::arm_latency`]: as on ARM, an operation runs for its own time from the
+/// moment the PATCH is received, however often (or whether) anyone polls it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LroMode {
-    /// 200 with the final resource (provisioningState `Succeeded`).
+    /// The PATCH answer waits for the write and is 200 with the final resource
+    /// (provisioningState `Succeeded`).
     Sync,
-    /// 200 with provisioningState `Updating` and `Azure-AsyncOperation`; the operation
-    /// reports `InProgress` for `polls` polls, then its outcome.
-    AsyncOperation {
-        /// Polls answered `InProgress` before the outcome.
-        polls: u32,
-    },
-    /// 202 with `Location`; polls answer 202 `polls` times, then 200 (or the error).
-    Location {
-        /// Polls answered 202 before the outcome.
-        polls: u32,
-    },
+    /// 200 at once with provisioningState `Updating` and `Azure-AsyncOperation` (what
+    /// Microsoft.Compute answers a VM or scale-set PATCH); the operation status reads
+    /// `InProgress` until the write is done, then its outcome.
+    AsyncOperation,
+    /// 202 at once with `Location`; polls answer 202 until the write is done, then 200 with
+    /// the resource (or the error).
+    Location,
 }
 
 /// Simulator settings. `Default` is a fast, well-behaved Azure.
 #[derive(Clone, Debug)]
 pub struct AzureSimConfig {
-    /// Delay of every ARM answer.
+    /// How long an ARM write (a VM or scale-set PATCH) takes, from the moment it is received
+    /// until its operation completes. Reads, PATCH answers of asynchronous operations and
+    /// operation polls are answered at once (unless a fault says otherwise).
     pub arm_latency: Latency,
     /// Delay of every metadata-service answer.
     pub imds_latency: Latency,
@@ -128,8 +129,13 @@ pub struct AzureSimConfig {
     pub aad_latency: Latency,
     /// How PATCHes complete.
     pub lro: LroMode,
-    /// `Retry-After` (seconds) sent on LRO responses; 0 lets clients poll at once.
-    pub lro_retry_after_secs: u64,
+    /// The wait announced on a PATCH answer that starts an operation and on every poll that
+    /// finds it in progress. `None` sends no hint, which is what Microsoft.Compute does, and a
+    /// client polls at its own interval (MIC: 5 s, as the original). A whole number of seconds
+    /// is sent as `Retry-After`; a finer value (the sandbox's clock runs 100 times fast) as
+    /// `retry-after-ms`, the millisecond form Azure SDKs honour, with `Retry-After` rounded up
+    /// beside it. The default, 50 ms, is MIC's 5 s interval at the sandbox's clock factor.
+    pub lro_retry_after: Option<Duration>,
     /// At most `writes` PATCHes per `window` per subscription; more get 429 + `Retry-After`.
     pub write_budget: Option<(u32, Duration)>,
     /// Requests arriving this soon after a 429 are not counted as throttle violations
@@ -162,8 +168,8 @@ impl Default for AzureSimConfig {
             arm_latency: Latency::None,
             imds_latency: Latency::None,
             aad_latency: Latency::None,
-            lro: LroMode::AsyncOperation { polls: 1 },
-            lro_retry_after_secs: 0,
+            lro: LroMode::AsyncOperation,
+            lro_retry_after: Some(DEFAULT_LRO_RETRY_AFTER),
             write_budget: None,
             throttle_grace: Duration::from_millis(200),
             propagation_delay: Duration::ZERO,
@@ -177,6 +183,10 @@ impl Default for AzureSimConfig {
         }
     }
 }
+
+/// [`AzureSimConfig::lro_retry_after`]'s default: MIC's 5 s poll interval at the sandbox's
+/// clock factor of 100.
+pub const DEFAULT_LRO_RETRY_AFTER: Duration = Duration::from_millis(50);
 
 /// The audience ARM tokens must carry.
 pub const ARM_RESOURCE: &str = "https://management.azure.com/";
@@ -320,6 +330,7 @@ impl AzureSim {
                 identities,
                 service_principals,
                 operations: HashMap::new(),
+                running: Vec::new(),
                 faults: Default::default(),
                 budget_windows: HashMap::new(),
                 throttle_windows: HashMap::new(),

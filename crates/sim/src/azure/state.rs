@@ -242,11 +242,12 @@ impl Compute {
     }
 }
 
-/// A long-running operation.
+/// A long-running operation: it ends at `due` (PATCH received + the write's latency),
+/// whether or not anyone polls it.
 #[derive(Clone, Debug)]
 pub(crate) struct Operation {
     pub resource_key: String,
-    pub remaining_polls: u32,
+    pub due: Instant,
     pub failure: Option<(String, String)>,
     /// State to restore if the operation fails.
     pub rollback: Option<(bool, Vec<(String, Instant)>)>,
@@ -262,6 +263,8 @@ pub(crate) struct Inner {
     /// Service principals by client id (lower-case).
     pub service_principals: BTreeMap<String, ServicePrincipal>,
     pub operations: HashMap<String, Operation>,
+    /// Ids of operations not yet ended, so ending the due ones does not walk every operation.
+    pub running: Vec<String>,
     pub faults: VecDeque<Fault>,
     /// Write budget: (window start, writes in window) per subscription.
     pub budget_windows: HashMap<String, (Instant, u32)>,
@@ -280,6 +283,39 @@ pub(crate) enum PatchError {
 }
 
 impl Inner {
+    /// Ends every operation whose time has come: a failed one puts back the identities it
+    /// changed; the resource leaves `Updating`. Called before any ARM request is answered, so
+    /// what a poll or a GET shows depends only on time, never on how often anyone looked.
+    pub fn end_due_operations(&mut self, now: Instant) {
+        if self.running.is_empty() {
+            return;
+        }
+        let running = std::mem::take(&mut self.running);
+        for id in running {
+            let Some(op) = self.operations.get_mut(&id) else {
+                continue;
+            };
+            if op.due > now {
+                self.running.push(id);
+                continue;
+            }
+            op.done = true;
+            let failed = op.failure.is_some();
+            let rollback = op.rollback.take();
+            let key = op.resource_key.clone();
+            if let Some(c) = self.compute.get_mut(&key) {
+                if failed && let Some((system, ua)) = rollback {
+                    c.system_assigned = system;
+                    c.user_assigned = ua;
+                    c.etag += 1;
+                }
+                if c.provisioning_state.eq_ignore_ascii_case("updating") {
+                    c.provisioning_state = "Succeeded".into();
+                }
+            }
+        }
+    }
+
     /// Takes the next fault matching `target`, if any.
     pub fn take_fault(&mut self, target: FaultTarget) -> Option<FaultKind> {
         let idx = self.faults.iter().position(|f| {
@@ -582,6 +618,7 @@ mod tests {
             identities,
             service_principals: BTreeMap::new(),
             operations: HashMap::new(),
+            running: Vec::new(),
             faults: VecDeque::new(),
             budget_windows: HashMap::new(),
             throttle_windows: HashMap::new(),

@@ -228,6 +228,17 @@ impl HostBatch {
         self.refresh_released(now);
     }
 
+    /// Notes a change to send at `now` (the wait for a burst to pause counts from it).
+    fn note_change(&mut self, now: Instant) {
+        let busy = self.flight != Flight::Idle;
+        let c = self.changes.get_or_insert(Changes {
+            first: now,
+            last: now,
+            queued_behind_call: busy,
+        });
+        c.last = now;
+    }
+
     /// Replaces what current pods need and the immutable set.
     pub fn set_desired(
         &mut self,
@@ -236,13 +247,7 @@ impl HostBatch {
         now: Instant,
     ) {
         if desired != self.desired {
-            let busy = self.flight != Flight::Idle;
-            let c = self.changes.get_or_insert(Changes {
-                first: now,
-                last: now,
-                queued_behind_call: busy,
-            });
-            c.last = now;
+            self.note_change(now);
         }
         self.desired = desired;
         self.immutable = immutable;
@@ -262,13 +267,7 @@ impl HostBatch {
                 && known.is_none_or(|k| !k.contains(id))
         });
         if news {
-            let busy = self.flight != Flight::Idle;
-            let c = self.changes.get_or_insert(Changes {
-                first: now,
-                last: now,
-                queued_behind_call: busy,
-            });
-            c.last = now;
+            self.note_change(now);
         }
         self.recorded = recorded;
     }

@@ -237,6 +237,16 @@ async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_los
     w.shutdown().await;
 }
 
+/// Identity 1 was never MIC's: well past the 1 s grace period, it is the one left on the scale set.
+async fn only_identity_1_stays(w: &Cluster) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.on_scale_set(0),
+        [IdentityId::new(&w.identity_rid(1))].into(),
+        "only the identity someone else added stays"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_added_by_a_patch_whose_answer_was_lost_is_removed_once_its_pod_goes() {
     use aad_pod_identity_sim::azure::{FaultKind, FaultTarget};
@@ -268,13 +278,7 @@ async fn an_identity_added_by_a_patch_whose_answer_was_lost_is_removed_once_its_
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Identity 1 was never MIC's: well past the 1 s grace period, it is still there.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        w.on_scale_set(0),
-        [IdentityId::new(&w.identity_rid(1))].into(),
-        "only the identity someone else added stays"
-    );
+    only_identity_1_stays(&w).await;
     drop(mic);
     w.shutdown().await;
 }
@@ -550,5 +554,93 @@ async fn pods_whose_original_names_read_the_same_each_get_an_object_of_their_own
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(mic);
+    w.shutdown().await;
+}
+
+/// A leader that PATCHes a scale set and is killed before anything else it does reaches the
+/// API server; the replica that takes over, then the pods going. `refuse_objects`: the API
+/// refuses the dying leader's AzureAssignedIdentity writes (as a slow or failing API server
+/// leaves them unwritten when the PATCH goes out). Returns whether the dying leader sent a PATCH.
+async fn leader_killed_at_its_patch(tag: &str, refuse_objects: bool) -> bool {
+    use aad_pod_identity_sim::kube::faults::{Refusal, WriteRefusal};
+    let w = world(tag).await;
+    // Identity 1 is someone else's: on the scale set before MIC, in none of MIC's writes.
+    w.add_by_hand(0, 1).await;
+    identity(&w, "id-0", 0).await;
+    identity(&w, "id-1", 1).await;
+    let faults = w.sim.fault_handle();
+    if refuse_objects {
+        faults.faults().refuse_writes(WriteRefusal {
+            plural: "azureassignedidentities".into(),
+            namespace: None,
+            name_prefix: String::new(),
+            refusal: Refusal::Internal,
+            remaining: None,
+        });
+    }
+    let (mut dying, mut patched) = start_mic_dying_at_patch(&w, settings(&w, "mic-0")).await;
+    wait_active(dying.probe).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.pod("b", "id-1", &w.node(1)).await;
+    let sent = tokio::time::timeout(Duration::from_secs(5), patched.recv())
+        .await
+        .is_ok();
+    // Killed: nothing after the PATCH reaches the API server or ARM.
+    dying.stop();
+    faults.faults().clear_refusals();
+    let successor = mic(&w, "mic-1", None).await;
+    wait_active(successor.probe).await;
+    w.wait_assigned(&["a", "b"], Duration::from_secs(30)).await;
+    w.delete_pod("a").await;
+    w.delete_pod("b").await;
+    // Identity 0 went on the scale set by a leader's write: it goes after the 1 s grace period.
+    w.wait_gone_from_scale_set(0, 0, Duration::from_secs(20))
+        .await;
+    only_identity_1_stays(&w).await;
+    drop(successor);
+    w.shutdown().await;
+    sent
+}
+
+/// The chaos run's leak: the leader's PATCH went out while its objects were not yet stored, it
+/// was killed, and its successor took the identity it found on the scale set for someone
+/// else's. An identity goes on a host only once an object recording it is stored, so here the
+/// dying leader sends no PATCH at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_after_its_patch_before_its_objects_are_stored_leaves_nothing_behind() {
+    let sent = leader_killed_at_its_patch("killed-unrecorded", true).await;
+    assert!(
+        !sent,
+        "no identity goes on a host before an object recording it is stored"
+    );
+}
+
+/// The instant after a PATCH whose objects were stored: the successor adopts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_the_instant_its_patch_is_sent_leaves_nothing_behind() {
+    let sent = leader_killed_at_its_patch("killed-at-patch", false).await;
+    assert!(sent, "the dying leader sent its PATCH");
+}
+
+/// The chaos run's other leak: the object recording an identity on a scale set names a node
+/// deleted meanwhile (with its pod) while no leader ran; the next leader must still take the
+/// identity for its own and remove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_whose_node_was_deleted_between_leaders_is_removed_by_the_next() {
+    let w = world("node-deleted").await;
+    identity(&w, "id-0", 0).await;
+    let mut first = mic(&w, "mic-0", None).await;
+    wait_active(first.probe).await;
+    w.pod("a", "id-0", &w.node(0)).await;
+    w.wait_assigned(&["a"], Duration::from_secs(20)).await;
+    first.stop();
+    // The node goes, and its pod with it, while no MIC runs.
+    w.delete_node(&w.node(0)).await;
+    w.delete_pod("a").await;
+    let next = mic(&w, "mic-1", None).await;
+    wait_active(next.probe).await;
+    w.wait_gone_from_scale_set(0, 0, Duration::from_secs(20))
+        .await;
+    drop(next);
     w.shutdown().await;
 }

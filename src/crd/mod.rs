@@ -50,6 +50,15 @@ pub const ASSIGNED_IDENTITY_FINALIZER: &str =
 pub const IDENTITY_OWNER_ANNOTATION: &str = "aadpodidentity.k8s.io/identity-owner";
 /// Value of [`IDENTITY_OWNER_ANNOTATION`] for an identity MIC did not put on its host.
 pub const IDENTITY_OWNER_EXTERNAL: &str = "external";
+/// Annotation MIC puts on every AzureAssignedIdentity of a user-assigned identity: the ARM
+/// resource id of the VM or scale set the identity goes on
+/// (`/subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachineScaleSets/<name>`
+/// or `.../virtualMachines/<name>`). A restarted MIC adopts the identities of its unmarked objects
+/// by this host even when the node the object names was deleted meanwhile; objects without it
+/// (written by the original) are adopted through their node. MIC adds an identity to a host
+/// only once an object naming both is stored (a write-ahead record), so whatever instant a
+/// leader dies at, its successor finds a record of every identity it put anywhere.
+pub const IDENTITY_HOST_ANNOTATION: &str = "aadpodidentity.k8s.io/identity-host";
 /// Label on every AzureAssignedIdentity naming the node of its pod.
 pub const NODENAME_LABEL: &str = "nodename";
 
@@ -337,6 +346,15 @@ impl AzureAssignedIdentity {
         self.annotations()
             .get(IDENTITY_OWNER_ANNOTATION)
             .is_some_and(|v| v == IDENTITY_OWNER_EXTERNAL)
+    }
+
+    /// The VM or scale set the object says its identity goes on ([`IDENTITY_HOST_ANNOTATION`]),
+    /// as written; `None` on objects the original wrote.
+    #[must_use]
+    pub fn identity_host(&self) -> Option<&str> {
+        self.annotations()
+            .get(IDENTITY_HOST_ANNOTATION)
+            .map(String::as_str)
     }
 }
 

@@ -242,6 +242,29 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Deletes node `name` (its pods stay, as a real API server leaves them to the node
+    /// lifecycle controller).
+    pub async fn delete_node(&self, name: &str) {
+        Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    /// Waits until identity `i` is no longer on scale set `s`.
+    pub async fn wait_gone_from_scale_set(&self, s: usize, i: usize, timeout: Duration) {
+        let t0 = Instant::now();
+        let id = IdentityId::new(&self.identity_rid(i));
+        while self.on_scale_set(s).contains(&id) {
+            assert!(
+                t0.elapsed() < timeout,
+                "identity {i} leaked on scale set {s}: {:?}",
+                self.on_scale_set(s)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Adds identity `i` to scale set `s` through ARM, as someone other than MIC would.
     pub async fn add_by_hand(&self, s: usize, i: usize) {
         CloudArm::from_config(&self.cloud_config())
@@ -365,6 +388,60 @@ pub async fn start_mic_with(
     })
     .await
     .unwrap()
+}
+
+/// An ARM port that sends each PATCH through `inner` (the simulated ARM applies it on receipt)
+/// and then never answers: the replica is as good as killed with its write applied and nothing
+/// after it done. Each PATCH sent is signalled on `sent`.
+pub struct DiesAtPatch {
+    pub inner: Arc<dyn ArmPort>,
+    pub sent: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+#[async_trait::async_trait]
+impl ArmPort for DiesAtPatch {
+    async fn get(
+        &self,
+        host: &HostId,
+    ) -> Result<
+        aad_pod_identity::actors::mic::port::HostIdentities,
+        aad_pod_identity::actors::mic::port::PortError,
+    > {
+        self.inner.get(host).await
+    }
+    async fn patch(
+        &self,
+        host: &HostId,
+        base: &aad_pod_identity::actors::mic::port::HostIdentities,
+        add: &[IdentityId],
+        remove: &[IdentityId],
+    ) -> Result<
+        aad_pod_identity::actors::mic::port::PatchOutcome,
+        aad_pod_identity::actors::mic::port::PortError,
+    > {
+        let _ = self.inner.patch(host, base, add, remove).await;
+        let _ = self.sent.send(());
+        std::future::pending().await
+    }
+}
+
+/// Starts a MIC replica whose every PATCH is its last act ([`DiesAtPatch`]); the receiver hears
+/// of each PATCH it sent.
+pub async fn start_mic_dying_at_patch(
+    c: &Cluster,
+    settings: MicSettings,
+) -> (MicHandle, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let config = c.cloud_config();
+    let (sent, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mic = aad_pod_identity::actors::mic::spawn(settings, Metrics::new(), None, move || {
+        Arc::new(DiesAtPatch {
+            inner: Arc::new(CloudArm::from_config(&config).unwrap()),
+            sent,
+        })
+    })
+    .await
+    .unwrap();
+    (mic, rx)
 }
 
 /// The body of `/healthz`, or `None` when nothing answers (MIC has exited).

@@ -190,13 +190,10 @@ fn every_scenario_runs_quick_with_prometheus_and_reports_its_figures() {
 /// that is neither a token nor a documented error, two MIC processes leading at once. Here: that
 /// the faults really struck, counted from the report.
 ///
-/// Ignored until two identity leaks it finds are fixed (issue 15; docs/operations.md, "What it
-/// found"): identities a leader PATCHed shortly before it died are not adopted by its successor
-/// when the AzureAssignedIdentity recording them names a node that was deleted meanwhile (or was
-/// not yet written). With the ARM faults early in the schedule, as here, about half of the quick
-/// runs hit one of them; run it with `--run-ignored all`.
+/// It found two identity leaks across a leader change, fixed since (docs/operations.md, "What it
+/// found"): a successor did not adopt an identity whose AzureAssignedIdentity named a node
+/// deleted meanwhile, nor one a leader PATCHed before its objects were stored.
 #[test]
-#[ignore = "finds known identity leaks across a leader change (issue 15); --run-ignored all"]
 fn chaos_quick_strikes_at_least_six_kinds_of_fault_and_every_invariant_holds() {
     require_prometheus();
     let out = std::env::temp_dir().join(format!("loadtest-chaos-{}", std::process::id()));

@@ -33,6 +33,16 @@ pub struct Adopt {
     pub ids: BTreeSet<IdentityId>,
 }
 
+/// The identities with a stored AzureAssignedIdentity record naming the host (write-ahead: the
+/// assigner adds an identity only once it is recorded, so a successor finds every identity a
+/// dead leader's PATCH may have put on the host).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SetRecorded {
+    /// The identities.
+    pub ids: BTreeSet<IdentityId>,
+}
+
 /// Re-reads the host and repairs what changed behind MIC's back.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
@@ -66,8 +76,12 @@ pub struct HostReport {
     pub host: HostId,
     /// Desired identities confirmed on the host.
     pub assigned: BTreeSet<IdentityId>,
-    /// Owned identities on the host that no pod needs any more (removal pending).
+    /// Identities MIC holds (or may hold, by a write in flight or of unknown outcome) on the
+    /// host that no pod needs any more (removal pending).
     pub releasing: BTreeSet<IdentityId>,
+    /// Identities MIC put, may have put, or is to put on the host (see [`HostBatch::held`]):
+    /// the last record of one is never deleted before another object records it.
+    pub held: BTreeSet<IdentityId>,
     /// Assigned identities MIC did not put on the host (never removed; recorded on their
     /// AzureAssignedIdentity objects so a restarted MIC does not take them for its own).
     pub external: BTreeSet<IdentityId>,
@@ -159,6 +173,7 @@ impl Assigner {
             host: self.host.clone(),
             assigned: self.batch.assigned(),
             releasing: self.batch.releasing(),
+            held: self.batch.held(),
             external: self.batch.external(),
             refused: self.batch.refusals(now),
             failure: self.failure.clone(),
@@ -306,6 +321,7 @@ impl Handler<Retire> for Assigner {
             host: self.host.clone(),
             assigned: BTreeSet::new(),
             releasing: BTreeSet::new(),
+            held: BTreeSet::new(),
             external: BTreeSet::new(),
             refused: BTreeMap::new(),
             failure: self.failure.clone(),
@@ -324,6 +340,14 @@ impl Handler<Adopt> for Assigner {
     type Result = ();
     fn handle(&mut self, msg: Adopt, ctx: &mut Context<Self>) {
         self.batch.adopt(msg.ids, Instant::now());
+        self.drive(ctx);
+    }
+}
+
+impl Handler<SetRecorded> for Assigner {
+    type Result = ();
+    fn handle(&mut self, msg: SetRecorded, ctx: &mut Context<Self>) {
+        self.batch.set_recorded(msg.ids, Instant::now());
         self.drive(ctx);
     }
 }

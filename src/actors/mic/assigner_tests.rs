@@ -64,6 +64,8 @@ impl Rig {
                 )
                 .start()
             });
+            // Every identity recorded at once, as the writer's first write records it.
+            addr.do_send(SetRecorded { ids: ids.clone() });
             addr.do_send(SetDesired {
                 desired: ids,
                 immutable: d.immutable.clone(),

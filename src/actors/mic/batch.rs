@@ -6,6 +6,11 @@
 //! answers [`Step::Busy`] meanwhile), and whatever changed while it was out is folded into
 //! the next single PATCH.
 //!
+//! Write-ahead: an identity is added only once an AzureAssignedIdentity naming it and the host
+//! is stored ([`HostBatch::set_recorded`]), so whenever a leader dies, its successor finds a
+//! record of every identity it may have put on the host. An identity already on the host needs
+//! no record and no PATCH.
+//!
 //! One round trip per write: the last answer (a read's, or a PATCH's with the etag ARM gave
 //! the result) is the host's state, and the next PATCH is computed from it and conditional on
 //! it. The host is read only on first contact, after a call whose outcome is unknown (a
@@ -140,6 +145,8 @@ pub struct HostBatch {
     desired: BTreeSet<IdentityId>,
     /// Identities never to remove.
     immutable: BTreeSet<IdentityId>,
+    /// Identities with a stored record naming the host: the only ones that may be added.
+    recorded: BTreeSet<IdentityId>,
     /// The host as last read or patched; `None` until the first read.
     known: Option<HostIdentities>,
     /// The host is being deleted: hands off.
@@ -155,6 +162,10 @@ pub struct HostBatch {
     /// them: present, they are owned (so they go once unused: no leak); absent, they are not.
     /// Identities outside MIC's writes never get here, so none is ever wrongly removed.
     maybe_owned: BTreeSet<IdentityId>,
+    /// Identities a PATCH with an unknown outcome tried to remove: possibly gone from the host
+    /// although the last known state shows them, so they are not reported assigned until the
+    /// next answer that shows the host (a pod wanting one again must not be told it is there).
+    maybe_removed: BTreeSet<IdentityId>,
     /// Identities ARM refused, waiting.
     refused: BTreeMap<IdentityId, Refusal>,
     /// Host-wide wait after a failure or a 429.
@@ -179,12 +190,14 @@ impl HostBatch {
             settings,
             desired: BTreeSet::new(),
             immutable: BTreeSet::new(),
+            recorded: BTreeSet::new(),
             known: None,
             deleting: false,
             gone: false,
             owned: BTreeSet::new(),
             released: BTreeMap::new(),
             maybe_owned: BTreeSet::new(),
+            maybe_removed: BTreeSet::new(),
             refused: BTreeMap::new(),
             hold_until: None,
             transient_failures: 0,
@@ -215,6 +228,17 @@ impl HostBatch {
         self.refresh_released(now);
     }
 
+    /// Notes a change to send at `now` (the wait for a burst to pause counts from it).
+    fn note_change(&mut self, now: Instant) {
+        let busy = self.flight != Flight::Idle;
+        let c = self.changes.get_or_insert(Changes {
+            first: now,
+            last: now,
+            queued_behind_call: busy,
+        });
+        c.last = now;
+    }
+
     /// Replaces what current pods need and the immutable set.
     pub fn set_desired(
         &mut self,
@@ -223,19 +247,29 @@ impl HostBatch {
         now: Instant,
     ) {
         if desired != self.desired {
-            let busy = self.flight != Flight::Idle;
-            let c = self.changes.get_or_insert(Changes {
-                first: now,
-                last: now,
-                queued_behind_call: busy,
-            });
-            c.last = now;
+            self.note_change(now);
         }
         self.desired = desired;
         self.immutable = immutable;
         self.refused
             .retain(|id, _| self.desired.contains(id) || self.owned.contains(id));
         self.refresh_released(now);
+    }
+
+    /// Replaces the identities with a stored record naming the host. A newly recorded identity
+    /// that is wanted and not on the host counts as a change for the wait for a burst to pause,
+    /// so a burst's records arriving one by one still go out in one PATCH.
+    pub fn set_recorded(&mut self, recorded: BTreeSet<IdentityId>, now: Instant) {
+        let known = self.known.as_ref().map(|k| &k.user_assigned);
+        let news = recorded.iter().any(|id| {
+            !self.recorded.contains(id)
+                && self.desired.contains(id)
+                && known.is_none_or(|k| !k.contains(id))
+        });
+        if news {
+            self.note_change(now);
+        }
+        self.recorded = recorded;
     }
 
     /// Asks for a fresh read before the next decision (periodic reconcile).
@@ -300,6 +334,10 @@ impl HostBatch {
         let mut wake: Option<Instant> = None;
         let mut add = Vec::new();
         for id in self.desired.difference(known) {
+            if !self.recorded.contains(id) {
+                // Its record's arrival asks again.
+                continue;
+            }
             if let Some(r) = self.refused.get(id).filter(|r| r.until > now) {
                 wake = Some(wake.map_or(r.until, |w| w.min(r.until)));
             } else {
@@ -371,6 +409,7 @@ impl HostBatch {
         self.deleting = state.deleting;
         let present = &state.user_assigned;
         // A write whose outcome was unknown is settled by what the host shows now.
+        self.maybe_removed.clear();
         for id in std::mem::take(&mut self.maybe_owned) {
             if present.contains(&id) {
                 self.owned.insert(id);
@@ -462,7 +501,8 @@ impl HostBatch {
                 // but may end the retries of an attempt that went unanswered; either way its
                 // additions are possibly MIC's until the host is seen again.
                 self.maybe_owned.extend(add.iter().cloned());
-                if !matches!(e, PortError::Throttled { .. }) {
+                self.maybe_removed.extend(remove.iter().cloned());
+                if !matches!(e, PortError::Throttled { .. }) || !remove.is_empty() {
                     self.reconcile_requested = true;
                 }
                 self.host_failure(&e, now);
@@ -540,7 +580,7 @@ impl HostBatch {
             Some(k) => self
                 .desired
                 .intersection(&k.user_assigned)
-                .filter(|id| !leaving.contains(id))
+                .filter(|id| !leaving.contains(id) && !self.maybe_removed.contains(*id))
                 .cloned()
                 .collect(),
             None => BTreeSet::new(),
@@ -557,10 +597,44 @@ impl HostBatch {
             .collect()
     }
 
-    /// Owned identities still on the host but no longer needed (their removal is pending).
+    /// Identities the PATCH in flight adds.
+    fn adding(&self) -> &[IdentityId] {
+        match &self.flight {
+            Flight::Patching { add, .. } => add,
+            _ => &[],
+        }
+    }
+
+    /// Identities MIC holds on the host that no pod needs any more (their removal is
+    /// pending): owned ones still there, and ones a PATCH in flight or of unknown outcome may
+    /// have put there. Their records are kept until they go.
     #[must_use]
     pub fn releasing(&self) -> BTreeSet<IdentityId> {
-        self.released.keys().cloned().collect()
+        self.released
+            .keys()
+            .chain(self.adding())
+            .chain(&self.maybe_owned)
+            .filter(|id| !self.desired.contains(*id))
+            .cloned()
+            .collect()
+    }
+
+    /// Identities MIC put, may have put, or is to put on the host: owned, added by a PATCH in
+    /// flight or of unknown outcome, or wanted and not there yet (the next PATCH may carry them
+    /// on the strength of any stored record). A record of one must outlive its write.
+    #[must_use]
+    pub fn held(&self) -> BTreeSet<IdentityId> {
+        let known = self.known.as_ref().map(|k| &k.user_assigned);
+        let to_add = self.desired.iter().filter(|id| {
+            known.is_none_or(|k| !k.contains(*id) || self.maybe_removed.contains(*id))
+        });
+        self.owned
+            .iter()
+            .chain(&self.maybe_owned)
+            .chain(self.adding())
+            .chain(to_add)
+            .cloned()
+            .collect()
     }
 
     /// Identities currently refused, with the reason.

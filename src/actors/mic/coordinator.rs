@@ -5,15 +5,21 @@
 //!
 //! Start-up rebuild: the AzureAssignedIdentity objects present at the first list tell which
 //! identities MIC put on which host before it (or a previous leader) stopped; each host's
-//! assigner adopts them, reads the host from ARM, and only writes what differs.
+//! assigner adopts them, reads the host from ARM, and only writes what differs. An object names
+//! its host ([`crate::crd::IDENTITY_HOST_ANNOTATION`]), so identities on a host whose node was
+//! deleted meanwhile are adopted too (a host named only by such objects gets an assigner that
+//! removes them, then retires); objects the original wrote are mapped through their node.
+//!
+//! Write-ahead: the writer tells which identities have a stored record on each host
+//! ([`HostRecords`]); the coordinator hands each host's set to its assigner, which adds an
+//! identity only once it is recorded.
 
-use super::assigner::{Adopt, Reconcile, Retire, RetirementRequest, SetDesired};
+use super::assigner::{Adopt, Reconcile, Retire, RetirementRequest, SetDesired, SetRecorded};
 use super::host::{HostId, IdentityId};
 use super::matcher::{BindingIndex, MatchSettings};
 use super::metrics::MicMetrics;
 use super::watchers::{CatalogEvent, Observed};
-use super::writer::{AssignedEvent, DesiredAssignments};
-use crate::crd::{AzureAssignedIdentity, IdentityType};
+use super::writer::{AssignedEvent, DesiredAssignments, HostRecords, RecordedOn, recorded_msi};
 use crate::metrics::DropTimer;
 use crate::object_key::ObjectKey;
 use actix::prelude::*;
@@ -34,6 +40,8 @@ pub struct AssignerHandle {
     pub reconcile: Recipient<Reconcile>,
     /// Retirement.
     pub retire: Recipient<Retire>,
+    /// Identities with a stored record on the host.
+    pub recorded: Recipient<SetRecorded>,
 }
 
 /// Makes the assigner of a host on first need; it asks for retirement through the recipient.
@@ -58,8 +66,10 @@ pub struct Coordinator {
     /// Hosts with a node, as of the last pass.
     with_nodes: BTreeSet<HostId>,
     listed: [bool; KINDS],
-    /// AzureAssignedIdentity objects of the first list: (node, identity) MIC assigned before.
-    startup: Option<Vec<(String, IdentityId)>>,
+    /// AzureAssignedIdentity objects of the first list: where MIC put which identity before.
+    startup: Option<Vec<(RecordedOn, IdentityId)>>,
+    /// Identities with a stored record, per host (from the writer).
+    records: BTreeMap<HostId, BTreeSet<IdentityId>>,
     adopted: BTreeSet<HostId>,
     seq: u64,
     scheduled: bool,
@@ -89,6 +99,7 @@ impl Coordinator {
             with_nodes: BTreeSet::new(),
             listed: [false; KINDS],
             startup: None,
+            records: BTreeMap::new(),
             adopted: BTreeSet::new(),
             seq: 0,
             scheduled: false,
@@ -118,8 +129,23 @@ impl Coordinator {
         self.startup
             .iter()
             .flatten()
-            .filter(|(node, _)| self.index.host_of_node(node) == Some(host))
+            .filter(|(on, _)| match on {
+                RecordedOn::Host(h) => h == host,
+                RecordedOn::Node(node) => self.index.host_of_node(node) == Some(host),
+            })
             .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// Hosts the first list names by annotation that have not been adopted yet.
+    fn startup_hosts(&self) -> BTreeSet<HostId> {
+        self.startup
+            .iter()
+            .flatten()
+            .filter_map(|(on, _)| match on {
+                RecordedOn::Host(h) if !self.adopted.contains(h) => Some(h.clone()),
+                _ => None,
+            })
             .collect()
     }
 
@@ -149,6 +175,13 @@ impl Coordinator {
             .cloned()
             .collect();
         hosts.extend(self.assigners.keys().cloned());
+        // Hosts MIC wrote to before it started, even with no node left: what it put there is
+        // removed once unused.
+        hosts.extend(
+            self.startup_hosts()
+                .into_iter()
+                .filter(|h| !self.gone.contains_key(h)),
+        );
         self.with_nodes = d.hosts.keys().cloned().collect();
         for host in hosts {
             let handle = match self.assigners.get(&host) {
@@ -156,6 +189,9 @@ impl Coordinator {
                 None => {
                     let h = (self.make_assigner)(&host, ctx.address().recipient());
                     self.assigners.insert(host.clone(), h.clone());
+                    if let Some(ids) = self.records.get(&host) {
+                        h.recorded.do_send(SetRecorded { ids: ids.clone() });
+                    }
                     h
                 }
             };
@@ -207,29 +243,6 @@ impl Coordinator {
     }
 }
 
-/// The (node, identity) an object says MIC put (or was putting) on its host: a user-assigned
-/// identity not marked external. A `Created` object counts too, so a leader that died in the
-/// middle of its PATCH leaves nothing behind; the one window this leaves is a leader dying
-/// after finding an identity already on the host and before marking the object, which
-/// docs/migration.md names. A federated identity's object records no write at all (it is
-/// Assigned without one), so it never makes MIC adopt, and later remove, an identity someone
-/// else put on the host.
-fn msi_of(aai: &AzureAssignedIdentity) -> Option<(String, IdentityId)> {
-    if aai.identity_is_external() {
-        return None;
-    }
-    let i = aai.spec.azure_identity_ref.as_ref()?;
-    if i.is_federated() {
-        return None;
-    }
-    (i.spec.type_ == IdentityType::UserAssignedMsi && !i.spec.resource_id.is_empty()).then(|| {
-        (
-            aai.spec.node_name.clone(),
-            IdentityId::new(&i.spec.resource_id),
-        )
-    })
-}
-
 impl Actor for Coordinator {
     type Context = Context<Self>;
 
@@ -240,6 +253,22 @@ impl Actor for Coordinator {
                     h.reconcile.do_send(Reconcile);
                 }
             });
+        }
+    }
+}
+
+impl Handler<HostRecords> for Coordinator {
+    type Result = ();
+    fn handle(&mut self, msg: HostRecords, _: &mut Context<Self>) {
+        for (host, ids) in msg.0 {
+            if let Some(h) = self.assigners.get(&host) {
+                h.recorded.do_send(SetRecorded { ids: ids.clone() });
+            }
+            if ids.is_empty() {
+                self.records.remove(&host);
+            } else {
+                self.records.insert(host, ids);
+            }
         }
     }
 }
@@ -328,7 +357,7 @@ impl Handler<CatalogEvent> for Coordinator {
                     }
                     Observed::Relisted(all) => {
                         if self.startup.is_none() {
-                            self.startup = Some(all.iter().filter_map(msi_of).collect());
+                            self.startup = Some(all.iter().filter_map(recorded_msi).collect());
                         }
                         self.listed[4] = true;
                         AssignedEvent::Relisted(all)

@@ -9,6 +9,7 @@ use tokio::task::LocalSet;
 struct Seen {
     desired: Vec<SetDesired>,
     adopted: Vec<Adopt>,
+    recorded: Vec<SetRecorded>,
     writer: Vec<DesiredAssignments>,
     assigned: usize,
     retired: usize,
@@ -29,6 +30,12 @@ impl Handler<Adopt> for Sink {
     type Result = ();
     fn handle(&mut self, m: Adopt, _: &mut Context<Self>) {
         self.0.lock().unwrap().adopted.push(m);
+    }
+}
+impl Handler<SetRecorded> for Sink {
+    type Result = ();
+    fn handle(&mut self, m: SetRecorded, _: &mut Context<Self>) {
+        self.0.lock().unwrap().recorded.push(m);
     }
 }
 impl Handler<Reconcile> for Sink {
@@ -66,6 +73,7 @@ fn start() -> (Addr<Coordinator>, Arc<Mutex<Seen>>) {
             adopt: s2.clone().recipient(),
             reconcile: s2.clone().recipient(),
             retire: s2.clone().recipient(),
+            recorded: s2.clone().recipient(),
         }
     });
     let c = Coordinator::new(
@@ -129,6 +137,15 @@ async fn nothing_is_sent_before_every_watch_has_listed_then_one_pass_covers_the_
 /// objects that a pod (`gone`, bound to `identity` through selector `sel`) left behind; returns
 /// how many.
 fn restart_with_objects_of(c: &Addr<Coordinator>, identity: AzureIdentity) -> usize {
+    restart_with_objects_and_nodes(c, identity, vec![vmss_node("ss0", 0)])
+}
+
+/// [`restart_with_objects_of`] with these nodes left (the pod's was `ss0-0`).
+fn restart_with_objects_and_nodes(
+    c: &Addr<Coordinator>,
+    identity: AzureIdentity,
+    nodes: Vec<k8s_openapi::api::core::v1::Node>,
+) -> usize {
     let mut ix = BindingIndex::new(MatchSettings::default());
     ix.apply_node(&vmss_node("ss0", 0));
     let name = identity.name_any();
@@ -142,9 +159,7 @@ fn restart_with_objects_of(c: &Addr<Coordinator>, identity: AzureIdentity) -> us
         .map(|a| object_for(a, AssignedState::Assigned, false))
         .collect();
     let n = before.len();
-    c.do_send(CatalogEvent::Node(Observed::Relisted(vec![vmss_node(
-        "ss0", 0,
-    )])));
+    c.do_send(CatalogEvent::Node(Observed::Relisted(nodes)));
     c.do_send(CatalogEvent::Identity(Observed::Relisted(vec![])));
     c.do_send(CatalogEvent::Binding(Observed::Relisted(vec![])));
     c.do_send(CatalogEvent::Pod(Observed::Relisted(vec![])));
@@ -314,6 +329,46 @@ async fn a_host_arm_says_is_gone_gets_no_assigner_until_a_node_appears_on_it_or_
             ))));
             pause().await;
             assert_eq!(seen.lock().unwrap().made.len(), 3);
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn identities_on_a_host_whose_nodes_were_all_deleted_are_adopted_by_the_host_recorded() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            // The node went while no MIC ran: only the object's annotation names the host.
+            restart_with_objects_and_nodes(&c, identity("old").build(), vec![]);
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert_eq!(s.made, vec![ss0()], "the recorded host gets an assigner");
+            assert_eq!(s.adopted.len(), 1);
+            assert!(s.adopted[0].ids.contains(&IdentityId::new(&rid("old"))));
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_writers_records_reach_the_hosts_assigner_now_and_when_it_is_made_again() {
+    LocalSet::new()
+        .run_until(async {
+            let (c, seen) = start();
+            let recorded: BTreeSet<IdentityId> = [IdentityId::new(&rid("id1"))].into();
+            c.do_send(HostRecords([(ss0(), recorded.clone())].into()));
+            listed_with_pod_on_ss0(&c);
+            pause().await;
+            {
+                let s = seen.lock().unwrap();
+                assert_eq!(s.made, vec![ss0()]);
+                assert_eq!(s.recorded.len(), 1, "given to the new assigner");
+                assert_eq!(s.recorded[0].ids, recorded);
+            }
+            c.do_send(HostRecords([(ss0(), BTreeSet::new())].into()));
+            pause().await;
+            let s = seen.lock().unwrap();
+            assert_eq!(s.recorded.len(), 2);
+            assert!(s.recorded[1].ids.is_empty(), "the last record went");
         })
         .await;
 }

@@ -104,6 +104,28 @@ pub fn host_of_provider_id(provider_id: &str) -> Result<HostId, ProviderIdError>
     }
 }
 
+impl HostId {
+    /// The host an ARM resource id names, as [`fmt::Display`] writes it (and as MIC records it
+    /// on its objects): a scale set's or a VM's id; `None` for anything else. Parsed by the one
+    /// providerID parser: a VM's resource id is its node's providerID path, a scale set's is its
+    /// instances' without `/virtualMachines/<instance>`.
+    #[must_use]
+    pub fn from_resource_id(id: &str) -> Option<Self> {
+        let scale_set = id
+            .split('/')
+            .nth(7)
+            .is_some_and(|k| k.eq_ignore_ascii_case("virtualMachineScaleSets"));
+        let as_provider_id = if scale_set {
+            format!("azure://{id}/virtualMachines/0")
+        } else {
+            format!("azure://{id}")
+        };
+        provider_id::parse(&as_provider_id)
+            .ok()
+            .map(|r| Self::from(&r))
+    }
+}
+
 impl From<&ComputeRef> for HostId {
     fn from(r: &ComputeRef) -> Self {
         match r {
@@ -197,6 +219,24 @@ mod tests {
         assert_eq!(host_of_provider_id(""), Err(ProviderIdError::Missing));
         let err = host_of_provider_id("kind://docker/node").unwrap_err();
         assert!(err.to_string().contains("kind://docker/node"));
+    }
+
+    #[test]
+    fn a_host_reads_back_from_the_resource_id_it_displays() {
+        for h in [
+            HostId::scale_set("s", "rg", "pool"),
+            HostId::vm("s", "rg", "vm0"),
+        ] {
+            assert_eq!(HostId::from_resource_id(&h.to_string()), Some(h));
+        }
+        for bad in [
+            "",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/p/virtualMachines/1",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/x",
+            "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm0",
+        ] {
+            assert_eq!(HostId::from_resource_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

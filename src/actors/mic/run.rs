@@ -12,7 +12,7 @@ use super::port::ArmPort;
 use super::recorder::Recorder;
 use super::supervised;
 use super::watchers;
-use super::writer::Writer;
+use super::writer::{RecordsTo, Writer};
 use crate::actors::supervisor::{RestartPolicy, Supervisor};
 use crate::config::mic::MicArgs;
 use crate::http::probes::{self, Readiness};
@@ -327,7 +327,8 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
             desired: a.clone().recipient(),
             adopt: a.clone().recipient(),
             reconcile: a.clone().recipient(),
-            retire: a.recipient(),
+            retire: a.clone().recipient(),
+            recorded: a.recipient(),
         }
     });
     let mut matching = settings.matching.clone();
@@ -340,12 +341,15 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         Coordinator::new(
             matching,
             writer.clone().recipient(),
-            writer.recipient(),
+            writer.clone().recipient(),
             factory,
             settings.reconcile_interval,
             mic_metrics_c,
         ),
     );
+
+    // The writer tells the assigners (through the coordinator) what is recorded where.
+    writer.do_send(RecordsTo(coordinator.clone().recipient()));
 
     let coverage = super::nmi_coverage::run(
         client.clone(),

@@ -1281,6 +1281,10 @@ async fn kill_leader(ctx: &Ctx, mics: &mut Mics) -> Result<(f64, String, String)
 
 /// Restarts the NMI of a node that has an unbound probe (whose requests wait the whole
 /// assignment wait, so some are in flight), else of the first node with running pods.
+/// How long after it is sent a token request is taken as accepted by its NMI (connected, read,
+/// waiting), with room for a machine loaded by other work.
+const ACCEPTED: f64 = 1.0;
+
 async fn restart_nmi(ctx: &Ctx, sandbox: &mut Sandbox) -> Result<(f64, String, String), Error> {
     let node = {
         let st = ctx.lock();
@@ -1303,32 +1307,42 @@ async fn restart_nmi(ctx: &Ctx, sandbox: &mut Sandbox) -> Result<(f64, String, S
     };
     // SIGTERM while a probe's request is waiting with at least 4 s of its wait left (an
     // unbound probe waits the whole assignment wait for its 404), so that every restart has a
-    // request in flight that cannot be answered before the process must stop.
+    // request in flight that cannot be answered before the process must stop. "Waiting" means
+    // sent at least `ACCEPTED` ago: NMI has accepted it whatever the machine's load (a request
+    // that SIGTERM catches still in the listen backlog is refused, as in any restart: that is
+    // not the waiting request this strike is about).
     let left = ctx.plan.assignment_wait.as_secs_f64() - 4.0;
     let limit = Instant::now() + ctx.plan.assignment_wait + Duration::from_secs(5);
     while Instant::now() < limit {
         let now = ctx.now();
-        let waiting =
-            ctx.lock().reqs.iter().any(|r| {
-                r.node == node && !r.bound && r.answered.is_none() && now - r.sent <= left
-            });
+        let waiting = ctx.lock().reqs.iter().any(|r| {
+            r.node == node
+                && !r.bound
+                && r.answered.is_none()
+                && (ACCEPTED..=left).contains(&(now - r.sent))
+        });
         if waiting {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let in_flight = {
+    let (in_flight, newest) = {
         let mut st = ctx.lock();
         let n = st.nodes.entry(node.clone()).or_default();
         n.up = false;
         n.epoch += 1;
-        st.reqs
+        let out: Vec<f64> = st
+            .reqs
             .iter()
             .filter(|r| r.node == node && r.answered.is_none())
-            .count()
+            .map(|r| r.sent)
+            .collect();
+        (out.len(), out.into_iter().fold(f64::MIN, f64::max))
     };
-    // Requests sent just before are connected by now.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No request goes to the node from now on; those sent just before are accepted by NMI
+    // once they are `ACCEPTED` old (at least 200 ms from now, however loaded the machine).
+    let settle = (newest + ACCEPTED - ctx.now()).clamp(0.2, ACCEPTED + 0.2);
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
     sandbox
         .restart_nmi_process(&node, Duration::from_secs(10))
         .await?;

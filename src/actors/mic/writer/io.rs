@@ -1,13 +1,10 @@
 //! The writer's API calls: one [`WriteOp`] executed against the API server (with the
 //! original's metrics), status written as the original's CRDs need it.
 
-use super::object::{object_for, status_patch};
+use super::object::{annotations_patch, object_for, status_patch};
 use super::plan::WriteOp;
 use crate::actors::mic::metrics::MicMetrics;
-use crate::crd::{
-    ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity, IDENTITY_OWNER_ANNOTATION,
-    IDENTITY_OWNER_EXTERNAL,
-};
+use crate::crd::{ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity};
 use crate::metrics::DropTimer;
 use crate::object_key::ObjectKey;
 use kube::ResourceExt;
@@ -134,6 +131,7 @@ pub(super) async fn execute(
             status,
             external,
         } => {
+            let host = super::host_of(&assignment).cloned();
             let obj = object_for(&assignment, status.clone(), external);
             debug!(key = %key, "creating AzureAssignedIdentity");
             let created = match api.create(&PostParams::default(), &obj).await {
@@ -151,7 +149,7 @@ pub(super) async fn execute(
                     api.patch(
                         &key.name,
                         &PatchParams::default(),
-                        &Patch::Merge(status_patch(&status, external)),
+                        &Patch::Merge(status_patch(&status, external, host.as_ref())),
                     )
                     .await
                     .map_err(kerr("status update", &key))?
@@ -169,9 +167,8 @@ pub(super) async fn execute(
             external,
         } => {
             let obj = object_for(&assignment, status.clone(), external);
-            let mark = external.then_some(IDENTITY_OWNER_EXTERNAL);
             let patch = serde_json::json!({
-                "metadata": {"labels": obj.metadata.labels, "annotations": {IDENTITY_OWNER_ANNOTATION: mark}},
+                "metadata": {"labels": obj.metadata.labels, "annotations": annotations_patch(external, super::host_of(&assignment))},
                 "spec": obj.spec,
                 "status": obj.status,
             });
@@ -185,13 +182,16 @@ pub(super) async fn execute(
             Ok(Some(o))
         }
         WriteOp::SetStatus {
-            status, external, ..
+            status,
+            external,
+            host,
+            ..
         } => {
             match api
                 .patch(
                     &key.name,
                     &PatchParams::default(),
-                    &Patch::Merge(status_patch(&status, external)),
+                    &Patch::Merge(status_patch(&status, external, host.as_ref())),
                 )
                 .await
             {

@@ -11,11 +11,17 @@
 //! and deleted (finalizer removed) once its host no longer holds the identity for it, so an
 //! identity in its grace period stays owned across a restart. An object whose write fails
 //! waits out its own backoff ([`retry`]) while the others go on.
+//!
+//! The objects are also MIC's write-ahead log of its ARM writes ([`record`]): each names its
+//! host, an identity is added to a host only once an unmarked object naming both is stored,
+//! and such an object outlives what it records, so a leader killed at any instant leaves its
+//! successor a record of every identity it put anywhere.
 
 mod events;
 mod io;
 mod object;
 mod plan;
+mod record;
 mod retry;
 
 pub use super::recorder::{EVENT_SOURCE, REASON_APPLIED, REASON_APPLY_ERROR, UserEvent};
@@ -23,6 +29,7 @@ pub use events::error_events;
 pub use io::Error;
 pub use object::object_for;
 pub use plan::{WriteOp, plan, plan_key, plan_some};
+pub use record::{HostRecords, RecordIndex, RecordedOn, recorded_msi};
 use retry::{Admit, WriteRetries};
 
 use super::assigner::HostReport;
@@ -66,6 +73,12 @@ pub enum AssignedEvent {
     Relisted(Vec<AzureAssignedIdentity>),
 }
 
+/// Where the writer sends the identities each host has a stored record of (the coordinator,
+/// which hands them to the hosts' assigners): sent once the coordinator exists.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordsTo(pub Recipient<HostRecords>);
+
 /// The writer actor.
 ///
 /// Work is driven by a set of dirty keys: whatever changes for an object (its desired
@@ -80,6 +93,10 @@ pub struct Writer {
     metrics: MicMetrics,
     max_in_flight: usize,
     existing: BTreeMap<ObjectKey, AzureAssignedIdentity>,
+    /// The write-ahead records among `existing`.
+    records: RecordIndex,
+    /// Where changes to `records` go.
+    records_to: Option<Recipient<HostRecords>>,
     desired: DesiredAssignments,
     /// Desired objects by the host their identity goes on.
     by_host: HashMap<HostId, BTreeSet<ObjectKey>>,
@@ -94,6 +111,11 @@ pub struct Writer {
     renamed: BTreeMap<ObjectKey, (ObjectKey, ObjectKey)>,
     /// Objects to plan again.
     dirty: BTreeSet<ObjectKey>,
+    /// Of those, objects that would be the first record of their identity on their host:
+    /// written first, since the host's PATCH waits for them.
+    urgent: BTreeSet<ObjectKey>,
+    /// The desired state or a host's report changed since `urgent` was computed.
+    urgent_stale: bool,
     /// Warning Events written and still true (each is written once while it holds).
     events_sent: BTreeSet<UserEvent>,
     /// The desired state or a host report changed since the Warning Events were computed.
@@ -107,7 +129,8 @@ pub struct Writer {
     told: bool,
 }
 
-fn host_of(a: &Assignment) -> Option<&HostId> {
+/// The host an assignment's identity goes on (none for service principals and federated ones).
+pub(super) fn host_of(a: &Assignment) -> Option<&HostId> {
     match &a.target {
         Target::Msi { host, .. } => Some(host),
         Target::ServicePrincipal | Target::Federated => None,
@@ -130,6 +153,8 @@ impl Writer {
             metrics,
             max_in_flight: max_in_flight.max(1),
             existing: BTreeMap::new(),
+            records: RecordIndex::default(),
+            records_to: None,
             desired: DesiredAssignments::default(),
             by_host: HashMap::new(),
             orphans: BTreeSet::new(),
@@ -138,6 +163,8 @@ impl Writer {
             retries: WriteRetries::default(),
             renamed: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            urgent: BTreeSet::new(),
+            urgent_stale: false,
             events_sent: BTreeSet::new(),
             events_stale: false,
             first_seen: HashMap::new(),
@@ -233,9 +260,16 @@ impl Writer {
         // Releases wait for reports at the new sequence number.
         self.dirty.extend(self.orphans.iter().cloned());
         self.events_stale = true;
+        self.urgent_stale = true;
     }
 
     fn set_existing(&mut self, key: &ObjectKey, obj: Option<AzureAssignedIdentity>) {
+        let old = self.existing.get(key);
+        if old.is_some_and(record::is_record) || obj.as_ref().is_some_and(record::is_record) {
+            // An object released may wait for another record of its identity.
+            self.dirty.extend(self.orphans.iter().cloned());
+        }
+        self.records.replace(key, old, obj.as_ref());
         match obj {
             Some(o) => {
                 self.existing.insert(key.clone(), o);
@@ -251,8 +285,18 @@ impl Writer {
         self.dirty.insert(key.clone());
     }
 
+    /// Tells the assigners (through the coordinator) which identities now have a record.
+    fn send_records(&mut self) {
+        if let Some(to) = &self.records_to
+            && let Some(changes) = self.records.take_changes()
+        {
+            to.do_send(changes);
+        }
+    }
+
     /// Starts writes for marked objects while there is room.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        self.send_records();
         if !self.synced || !self.told {
             return;
         }
@@ -267,8 +311,12 @@ impl Writer {
         let now = Instant::now();
         // Retries with no slot left to them: planned again when a slot frees.
         let mut no_room = Vec::new();
+        self.find_urgent();
         while self.in_flight.len() < self.max_in_flight {
-            let Some(key) = self.dirty.pop_first() else {
+            let Some(key) = std::iter::from_fn(|| self.urgent.pop_first())
+                .find(|k| self.dirty.remove(k))
+                .or_else(|| self.dirty.pop_first())
+            else {
                 break;
             };
             // An object with a write out is planned again when that write answers.
@@ -282,7 +330,13 @@ impl Writer {
                 self.rename(&key);
                 continue;
             }
-            let Some(op) = plan_key(&key, &self.existing, &self.desired, &self.hosts) else {
+            let Some(op) = plan_key(
+                &key,
+                &self.existing,
+                &self.desired,
+                &self.hosts,
+                &self.records,
+            ) else {
                 // Nothing to write: whatever failed before no longer matters.
                 if self.retries.settled(&key) {
                     self.backing_off_changed();
@@ -300,6 +354,27 @@ impl Writer {
             }
         }
         self.dirty.extend(no_room);
+    }
+
+    /// Picks, among the objects to write, one per identity and host that has no record yet.
+    fn find_urgent(&mut self) {
+        if !std::mem::take(&mut self.urgent_stale) || self.dirty.len() <= self.max_in_flight {
+            // Every one of them goes out now anyway.
+            return;
+        }
+        let mut seen = BTreeSet::new();
+        for key in &self.dirty {
+            if self.existing.contains_key(key) || self.in_flight.contains(key) {
+                continue;
+            }
+            if let Some(Target::Msi { host, id }) =
+                self.desired.assignments.get(key).map(|a| &a.target)
+                && self.records.count(host, id) == 0
+                && seen.insert((host, id))
+            {
+                self.urgent.insert(key.clone());
+            }
+        }
     }
 
     fn backing_off_changed(&self) {
@@ -423,6 +498,14 @@ impl Handler<DesiredAssignments> for Writer {
     }
 }
 
+impl Handler<RecordsTo> for Writer {
+    type Result = ();
+    fn handle(&mut self, msg: RecordsTo, ctx: &mut Context<Self>) {
+        self.records_to = Some(msg.0);
+        self.pump(ctx);
+    }
+}
+
 impl Handler<HostReport> for Writer {
     type Result = ();
     fn handle(&mut self, msg: HostReport, ctx: &mut Context<Self>) {
@@ -432,6 +515,7 @@ impl Handler<HostReport> for Writer {
         self.dirty.extend(self.orphans.iter().cloned());
         self.hosts.insert(msg.host.clone(), msg);
         self.events_stale = true;
+        self.urgent_stale = true;
         self.pump(ctx);
     }
 }
@@ -449,6 +533,7 @@ impl Handler<AssignedEvent> for Writer {
             AssignedEvent::Deleted(key) => self.set_existing(&key, None),
             AssignedEvent::Relisted(all) => {
                 self.existing = all.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
+                self.records.rebuild(&self.existing);
                 self.orphans = self
                     .existing
                     .keys()

@@ -3,6 +3,7 @@
 //! ([`plan`]) for tests and start-up.
 
 use super::DesiredAssignments;
+use super::record::RecordIndex;
 use crate::actors::mic::assigner::HostReport;
 use crate::actors::mic::host::{HostId, IdentityId};
 use crate::actors::mic::matcher::{Assignment, Target};
@@ -32,7 +33,7 @@ pub enum WriteOp {
         /// The identity is on the host without MIC's write.
         external: bool,
     },
-    /// Set the status only.
+    /// Set the status and annotations only.
     SetStatus {
         /// The object.
         key: ObjectKey,
@@ -40,6 +41,8 @@ pub enum WriteOp {
         status: AssignedState,
         /// The identity is on the host without MIC's write.
         external: bool,
+        /// The host to record on the object (`None`: left as it is).
+        host: Option<HostId>,
     },
     /// Remove the finalizer and delete.
     Delete {
@@ -111,6 +114,12 @@ fn embedded_differs(
         )
 }
 
+/// True once the host's assigner has read it (so its report says which identities are on it):
+/// a retired assigner's last report knows nothing of the host.
+fn host_read(r: &HostReport) -> bool {
+    r.synced && r.seq != u64::MAX
+}
+
 /// Decides the writes that bring `existing` to `desired`.
 #[must_use]
 pub fn plan(
@@ -130,6 +139,8 @@ pub fn plan_some(
     skip: &BTreeSet<ObjectKey>,
     limit: usize,
 ) -> Vec<WriteOp> {
+    let mut records = RecordIndex::default();
+    records.rebuild(existing);
     desired
         .assignments
         .keys()
@@ -139,30 +150,54 @@ pub fn plan_some(
                 .filter(|k| !desired.assignments.contains_key(*k)),
         )
         .filter(|k| !skip.contains(*k))
-        .filter_map(|k| plan_key(k, existing, desired, hosts))
+        .filter_map(|k| plan_key(k, existing, desired, hosts, &records))
         .take(limit)
         .collect()
 }
 
 /// The write one object needs now, if any: what [`plan`] decides for `key` alone. The writer
-/// calls it for the objects something changed for, so a large cluster costs nothing per pass.
+/// calls it for the objects something changed for, so a large cluster costs nothing per pass;
+/// `records` indexes the write-ahead records among `existing`.
+///
+/// An object of a user-assigned identity is written (created, or its spec replaced) once its
+/// host has been read, so it says from the start whether the identity was already there by
+/// someone else's hand (marked external, never MIC's to remove) or is MIC's to add (unmarked:
+/// the write-ahead record the host's PATCH waits for). While the host cannot be read it is
+/// written at once but marked (not known to be MIC's: no record, nothing adopted from it), and
+/// unmarked once a read shows the identity absent.
 #[must_use]
 pub fn plan_key(
     key: &ObjectKey,
     existing: &BTreeMap<ObjectKey, AzureAssignedIdentity>,
     desired: &DesiredAssignments,
     hosts: &BTreeMap<HostId, HostReport>,
+    records: &RecordIndex,
 ) -> Option<WriteOp> {
     let Some(a) = desired.assignments.get(key) else {
-        return plan_release(key, existing.get(key)?, desired, hosts);
+        return plan_release(key, existing.get(key)?, desired, hosts, records);
     };
+    let (read, host) = match &a.target {
+        Target::ServicePrincipal | Target::Federated => (true, None),
+        Target::Msi { host, .. } => (hosts.get(host).is_some_and(host_read), Some(host)),
+    };
+    // An object waits for its host's first read (so it is written once, as what it is), unless
+    // that read failed: then it is written at once, marked, for users to see while ARM fails.
+    let may_write = read
+        || host
+            .and_then(|h| hosts.get(h))
+            .is_some_and(|r| r.failure.is_some());
     let confirmed = match &a.target {
         Target::ServicePrincipal | Target::Federated => true,
         Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
     };
     let external = match &a.target {
         Target::ServicePrincipal | Target::Federated => false,
-        Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.external.contains(id)),
+        // Until its host is read, an identity is not known to be MIC's to add: the object is
+        // marked, so it is no record (a successor adopts nothing of it) and no PATCH relies
+        // on it; the mark goes once the read shows the identity absent.
+        Target::Msi { host, id } => hosts
+            .get(host)
+            .is_none_or(|r| !host_read(r) || r.external.contains(id)),
     };
     let first = if confirmed {
         AssignedState::Assigned
@@ -176,12 +211,12 @@ pub fn plan_key(
             .iter()
             .any(|f| f == ASSIGNED_IDENTITY_FINALIZER)
             .then(|| WriteOp::Delete { key: key.clone() }),
-        None => Some(WriteOp::Create {
+        None => may_write.then(|| WriteOp::Create {
             assignment: Box::new(a.clone()),
             status: first,
             external,
         }),
-        Some(e) if spec_differs(e, a) => Some(WriteOp::UpdateSpec {
+        Some(e) if spec_differs(e, a) => may_write.then(|| WriteOp::UpdateSpec {
             assignment: Box::new(a.clone()),
             status: first,
             external,
@@ -196,40 +231,71 @@ pub fn plan_key(
                 AssignedState::Created
             };
             // The mark follows what the host reports once it has been read (a restarted
-            // MIC learns it again from ARM and the objects).
-            let mark_differs = confirmed && e.identity_is_external() != external;
-            (now != want || mark_differs).then(|| WriteOp::SetStatus {
+            // MIC learns it again from ARM and the objects): an identity MIC must add is
+            // unmarked first, so the object is the record its PATCH waits for.
+            let mark_differs = read && e.identity_is_external() != external;
+            // Objects the original wrote (or an older MIC) get the host recorded.
+            let host_differs = host.is_some_and(|h| {
+                e.identity_host()
+                    .and_then(HostId::from_resource_id)
+                    .as_ref()
+                    != Some(h)
+            });
+            (now != want || mark_differs || host_differs).then(|| WriteOp::SetStatus {
                 key: key.clone(),
                 status: want,
                 external,
+                host: host.cloned(),
             })
         }
     }
 }
 
 /// An object no longer desired: `Unassigned` first, then deleted once its host no longer
-/// holds the identity for it.
+/// holds the identity for it, and never while it records an identity MIC holds (or is about to
+/// add) on its host that no wanted object records yet (the next pod's object takes over
+/// first; released objects never count on each other), so a successor always finds one.
 fn plan_release(
     key: &ObjectKey,
     e: &AzureAssignedIdentity,
     desired: &DesiredAssignments,
     hosts: &BTreeMap<HostId, HostReport>,
+    records: &RecordIndex,
 ) -> Option<WriteOp> {
     if e.metadata.deletion_timestamp.is_none() && status_of(e) != AssignedState::Unassigned {
         return Some(WriteOp::SetStatus {
             key: key.clone(),
             status: AssignedState::Unassigned,
             external: e.identity_is_external(),
+            host: None,
         });
     }
     let still_held = match identity_id_of(e) {
-        Some((IdentityType::UserAssignedMsi, id)) => match desired.nodes.get(&e.spec.node_name) {
-            // The node is gone; the host's assigner still releases the identity.
-            None => false,
-            Some(host) => hosts
-                .get(host)
-                .is_none_or(|r| r.seq < desired.seq || !r.synced || r.releasing.contains(&id)),
-        },
+        Some((IdentityType::UserAssignedMsi, id)) => {
+            let host = e
+                .identity_host()
+                .and_then(HostId::from_resource_id)
+                .or_else(|| desired.nodes.get(&e.spec.node_name).cloned());
+            match host {
+                // The node is gone and no host is recorded; the host's assigner (if any)
+                // still releases the identity.
+                None => false,
+                Some(host) => match hosts.get(&host) {
+                    None => desired.nodes.contains_key(&e.spec.node_name),
+                    Some(r) => {
+                        r.seq < desired.seq
+                            || !r.synced
+                            || r.releasing.contains(&id)
+                            || (super::record::is_record(e)
+                                && r.held.contains(&id)
+                                && !records.keys(&host, &id).is_some_and(|keys| {
+                                    keys.iter()
+                                        .any(|k| k != key && desired.assignments.contains_key(k))
+                                }))
+                    }
+                },
+            }
+        }
         _ => false,
     };
     (!still_held).then(|| WriteOp::Delete { key: key.clone() })

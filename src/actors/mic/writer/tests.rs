@@ -35,6 +35,11 @@ fn report(assigned: &[&str], releasing: &[&str], seq: u64) -> BTreeMap<HostId, H
             host: ss0(),
             assigned: ids(assigned),
             releasing: ids(releasing),
+            held: assigned
+                .iter()
+                .chain(releasing)
+                .map(|n| IdentityId::new(&rid(n)))
+                .collect(),
             external: BTreeSet::new(),
             refused: BTreeMap::new(),
             failure: None,
@@ -56,15 +61,31 @@ fn existing_from(
 }
 
 #[test]
-fn a_new_assignment_is_created_with_status_created_until_its_host_confirms() {
+fn a_new_assignment_is_created_once_its_host_is_read_with_status_created_until_it_confirms() {
     let mut ix = index();
     ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
     let d = desired(&ix, 1);
-    let ops = plan(&BTreeMap::new(), &d, &BTreeMap::new());
+    // Not read yet: written once the read tells what it is.
+    assert!(plan(&BTreeMap::new(), &d, &BTreeMap::new()).is_empty());
+    // The read failed: written for users to see, but no record of MIC's (not known to be).
+    let mut failing = report(&[], &[], 1);
+    let r = failing.get_mut(&ss0()).unwrap();
+    r.synced = false;
+    r.failure = Some("ARM answered 401".into());
+    assert!(matches!(
+        &plan(&BTreeMap::new(), &d, &failing)[..],
+        [WriteOp::Create {
+            status: AssignedState::Created,
+            external: true,
+            ..
+        }]
+    ));
+    let ops = plan(&BTreeMap::new(), &d, &report(&[], &[], 1));
     assert!(matches!(
         &ops[..],
         [WriteOp::Create {
             status: AssignedState::Created,
+            external: false,
             ..
         }]
     ));
@@ -91,6 +112,7 @@ fn a_created_object_turns_assigned_when_the_host_reports_the_identity() {
             key: ObjectKey::new("default", "p1-default-id1"),
             status: AssignedState::Assigned,
             external: false,
+            host: Some(ss0()),
         }]
     );
 }
@@ -131,6 +153,7 @@ fn a_released_assignment_is_unassigned_then_deleted_once_its_host_let_go() {
             key: key.clone(),
             status: AssignedState::Unassigned,
             external: false,
+            host: None,
         }]
     );
     existing
@@ -243,10 +266,11 @@ fn a_partial_plan_skips_writes_in_flight_and_stops_at_its_limit() {
         ix.apply_pod(&pod(&format!("p{i}")).label("sel").on_node("ss0-0").build());
     }
     let d = desired(&ix, 1);
-    let all = plan(&BTreeMap::new(), &d, &BTreeMap::new());
+    let hosts = report(&[], &[], 1);
+    let all = plan(&BTreeMap::new(), &d, &hosts);
     assert_eq!(all.len(), 10);
     let skip: BTreeSet<ObjectKey> = all[..3].iter().map(|o| o.key().clone()).collect();
-    let some = plan_some(&BTreeMap::new(), &d, &BTreeMap::new(), &skip, 4);
+    let some = plan_some(&BTreeMap::new(), &d, &hosts, &skip, 4);
     assert_eq!(some, all[3..7].to_vec());
 }
 
@@ -324,5 +348,133 @@ fn an_edited_identity_or_binding_is_written_into_the_object() {
     assert!(
         matches!(&ops[..], [WriteOp::UpdateSpec { .. }]),
         "an edited binding: {ops:?}"
+    );
+}
+
+fn host_report(assigned: &[&str], external: &[&str], seq: u64) -> BTreeMap<HostId, HostReport> {
+    let mut r = report(assigned, &[], seq);
+    r.get_mut(&ss0()).unwrap().external =
+        external.iter().map(|n| IdentityId::new(&rid(n))).collect();
+    r
+}
+
+#[test]
+fn an_object_records_the_host_its_identity_goes_on() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let a = desired(&ix, 1).assignments.into_values().next().unwrap();
+    let o = object_for(&a, AssignedState::Created, false);
+    assert_eq!(
+        o.identity_host().and_then(HostId::from_resource_id),
+        Some(ss0())
+    );
+}
+
+#[test]
+fn an_object_the_original_wrote_gets_its_host_recorded() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let mut existing = existing_from(&d, AssignedState::Assigned);
+    for o in existing.values_mut() {
+        o.metadata.annotations = None;
+    }
+    assert_eq!(
+        plan(&existing, &d, &report(&["id1"], &[], 1)),
+        vec![WriteOp::SetStatus {
+            key: ObjectKey::new("default", "p1-default-id1"),
+            status: AssignedState::Assigned,
+            external: false,
+            host: Some(ss0()),
+        }]
+    );
+}
+
+/// An identity once someone else's, since removed from the host, is MIC's to add: its object
+/// loses the external mark first, so it is the record the PATCH waits for.
+#[test]
+fn an_external_mark_is_cleared_once_the_host_shows_the_identity_gone() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let existing: BTreeMap<_, _> = d
+        .assignments
+        .values()
+        .map(|a| (a.key.clone(), object_for(a, AssignedState::Assigned, true)))
+        .collect();
+    assert!(plan(&existing, &d, &host_report(&["id1"], &["id1"], 1)).is_empty());
+    assert!(
+        plan(&existing, &d, &BTreeMap::new()).is_empty(),
+        "not read yet"
+    );
+    assert_eq!(
+        plan(&existing, &d, &report(&[], &[], 1)),
+        vec![WriteOp::SetStatus {
+            key: ObjectKey::new("default", "p1-default-id1"),
+            status: AssignedState::Assigned,
+            external: false,
+            host: Some(ss0()),
+        }]
+    );
+}
+
+/// A CronJob's next pod takes over its identity on the scale set: the previous pod's object is
+/// the only record of it until the next one's is stored, so it stays until then.
+#[test]
+fn a_released_object_stays_while_it_is_the_last_record_of_an_identity_mic_holds() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let before = desired(&ix, 1);
+    let mut existing = existing_from(&before, AssignedState::Unassigned);
+    ix.delete_pod(&ObjectKey::new("default", "p1"));
+    ix.apply_pod(&pod("p2").label("sel").on_node("ss0-1").build());
+    let after = desired(&ix, 2);
+    let ops = plan(&existing, &after, &report(&["id1"], &[], 2));
+    assert!(
+        ops.iter().all(|o| !matches!(o, WriteOp::Delete { .. })),
+        "{ops:?}"
+    );
+    existing.extend(existing_from(&after, AssignedState::Assigned));
+    let ops = plan(&existing, &after, &report(&["id1"], &[], 2));
+    assert_eq!(
+        ops,
+        vec![WriteOp::Delete {
+            key: ObjectKey::new("default", "p1-default-id1")
+        }]
+    );
+    // Someone else's identity has no record to keep.
+    let mut existing = existing_from(&before, AssignedState::Unassigned);
+    for o in existing.values_mut() {
+        o.metadata.annotations.get_or_insert_default().insert(
+            crate::crd::IDENTITY_OWNER_ANNOTATION.into(),
+            "external".into(),
+        );
+    }
+    let ops = plan(&existing, &after, &host_report(&["id1"], &["id1"], 2));
+    assert!(ops.contains(&WriteOp::Delete {
+        key: ObjectKey::new("default", "p1-default-id1")
+    }));
+}
+
+/// The chaos run's third leak: two released objects each took the other for the record that
+/// would stay, both were deleted, and the PATCH their records had let out put the identity on
+/// the host with no record left. Released objects never count on each other.
+#[test]
+fn released_objects_never_count_on_each_other_as_the_record_that_stays() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    ix.apply_pod(&pod("p3").label("sel").on_node("ss0-1").build());
+    let existing = existing_from(&desired(&ix, 1), AssignedState::Unassigned);
+    ix.delete_pod(&ObjectKey::new("default", "p1"));
+    ix.delete_pod(&ObjectKey::new("default", "p3"));
+    ix.apply_pod(&pod("p2").label("sel").on_node("ss0-1").build());
+    let after = desired(&ix, 2);
+    // The identity is wanted again and not on the host: the next PATCH may add it.
+    let mut hosts = report(&[], &[], 2);
+    hosts.get_mut(&ss0()).unwrap().held = [IdentityId::new(&rid("id1"))].into();
+    let ops = plan(&existing, &after, &hosts);
+    assert!(
+        ops.iter().all(|o| !matches!(o, WriteOp::Delete { .. })),
+        "{ops:?}"
     );
 }

@@ -30,3 +30,4 @@ mod transport;
 
 pub use error::{Error, RefusedIdentity};
 pub use transport::AppendUserAgent;
+pub(crate) use transport::stale_connection;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{
-    Context, HttpClient, Request,
+    Context, HttpClient, Method, Request,
     headers::{HeaderName, Headers},
 };
 use bytes::Bytes;
@@ -24,6 +24,10 @@ pub(crate) struct Received {
 }
 
 /// Sends `request` and reads the whole body within `timeout`.
+///
+/// A GET or HEAD whose connection failed before any response arrived (a pooled keep-alive
+/// connection the server closed just as it was reused) is resent once, at once, within the same
+/// deadline, as Go's transport does; nothing else is resent.
 pub(crate) async fn exchange(
     http: &Arc<dyn HttpClient>,
     request: &Request,
@@ -31,10 +35,22 @@ pub(crate) async fn exchange(
     operation: &'static str,
 ) -> Result<Received, Error> {
     let fut = async {
-        let response = http
-            .execute_request(request)
-            .await
-            .map_err(|source| Error::Transport { operation, source })?;
+        let response = match http.execute_request(request).await {
+            Ok(response) => response,
+            Err(first) => match stale_connection(&first) {
+                Some(why) if is_idempotent(request.method()) => {
+                    tracing::debug!(
+                        operation,
+                        path = request.url().path(),
+                        why,
+                        "connection closed before any response; resending once"
+                    );
+                    http.execute_request(request).await
+                }
+                _ => Err(first),
+            }
+            .map_err(|source| Error::Transport { operation, source })?,
+        };
         let (status, headers, body) = response.deconstruct();
         let body = body
             .collect()
@@ -52,6 +68,42 @@ pub(crate) async fn exchange(
             operation,
             after: timeout,
         })?
+}
+
+fn is_idempotent(method: Method) -> bool {
+    matches!(method, Method::Get | Method::Head)
+}
+
+/// Why `err` means the connection failed before a response head arrived, if it does: hyper's
+/// "connection closed before message completed" or "request canceled", or the socket reset,
+/// aborted or broken under the request. Found by walking the source chain (azure_core wraps
+/// reqwest, which wraps hyper-util, which wraps hyper or the I/O error). The answer names only
+/// the kind, never the error's text, which can hold the URL with its query.
+///
+/// Only errors from sending are classified by callers; a response whose body was cut short is
+/// never resent.
+pub(crate) fn stale_connection(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return Some("incomplete message");
+            }
+            if h.is_canceled() {
+                return Some("canceled");
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionReset => return Some("connection reset"),
+                std::io::ErrorKind::ConnectionAborted => return Some("connection aborted"),
+                std::io::ErrorKind::BrokenPipe => return Some("broken pipe"),
+                _ => {}
+            }
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Parses a URL from configuration, naming the setting when it is not one.

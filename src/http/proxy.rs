@@ -6,6 +6,7 @@
 //! the metadata service see a route other than the one NMI chose.
 
 use super::request::NormalPath;
+use crate::cloud::stale_connection;
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -65,7 +66,13 @@ pub struct Relayed {
 pub struct Proxy {
     client: reqwest::Client,
     base: url::Url,
+    timeout: Duration,
 }
+
+/// How long an idle pooled connection to the metadata service is kept: shorter than common
+/// server keep-alives (actix and many others close after 5 s), so NMI seldom reuses a connection
+/// the server is closing. The race that remains is covered by resending idempotent requests.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Proxy {
     /// A proxy to `base` (e.g. `http://127.0.0.1:8181`).
@@ -80,9 +87,14 @@ impl Proxy {
             .no_deflate()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(Error::Client)?;
-        Ok(Self { client, base })
+        Ok(Self {
+            client,
+            base,
+            timeout,
+        })
     }
 
     /// The URL for `path` and the raw `query`, refused unless its path is exactly `path`'s wire
@@ -106,6 +118,10 @@ impl Proxy {
 
     /// Sends one request for `path` (and the raw `query`) and reads the whole answer.
     ///
+    /// A GET or HEAD whose connection failed before any response arrived (a pooled connection
+    /// the server closed as it was reused) is resent once, at once, within the same deadline;
+    /// a request that got a response, or of another method, never is.
+    ///
     /// # Errors
     /// [`Error`] when the method is invalid, the path would change on the way, or the metadata
     /// service does not answer.
@@ -117,8 +133,10 @@ impl Proxy {
         headers: impl Iterator<Item = (&'h str, &'h [u8])>,
         body: Bytes,
     ) -> Result<Relayed, Error> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| Error::Method(method.to_string()))?;
+        let idempotent = method == reqwest::Method::GET || method == reqwest::Method::HEAD;
         let url = self.url_for(path, query)?;
         let mut req = self.client.request(method, url);
         for (name, value) in headers {
@@ -129,7 +147,24 @@ impl Proxy {
         if !body.is_empty() {
             req = req.body(body);
         }
-        let resp = req.send().await?;
+        // A body of bytes always clones; kept only where a resend is allowed.
+        let again = if idempotent { req.try_clone() } else { None };
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(first) => match (again, stale_connection(&first)) {
+                (Some(again), Some(why)) => {
+                    tracing::debug!(
+                        operation = "pass_through",
+                        path = %path.wire(),
+                        why,
+                        "connection closed before any response; resending once"
+                    );
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    again.timeout(left).send().await?
+                }
+                _ => return Err(first.into()),
+            },
+        };
         let status = resp.status().as_u16();
         let headers = resp
             .headers()

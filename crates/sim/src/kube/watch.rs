@@ -53,20 +53,42 @@ pub struct WatchParams {
 
 /// When a watcher woken at `now` sends what it has gathered: `coalesce` after the wake-up
 /// when the watch was quiet, so a lone change goes out at once; during a burst (the last
-/// send was less than `busy_interval` ago), `busy_interval` after the last send, so that a
-/// stream of changes costs each watcher one send per interval rather than one per change.
+/// send was less than `busy_interval` ago), at the first tick after the last send of a grid
+/// of `busy_interval` steps from `epoch`, so that a stream of changes costs each watcher one
+/// send per interval rather than one per change.
+///
+/// The grid is shared by every watcher of the simulator (`epoch` is the process's, see
+/// [`pacing_epoch`]): watchers that see the same change during a burst send it at the same
+/// tick. Paced each from its own last send, two watchers could be up to one interval apart
+/// for the same event (a node's NMI 20 ms behind the load-test driver's watch, measured as
+/// NMI's wake-up), which a real API server, sending each event as soon as it is queued, does
+/// not do.
 #[must_use]
 pub fn send_at(
     now: Instant,
     last_sent: Option<Instant>,
     coalesce: Duration,
     busy_interval: Duration,
+    epoch: Instant,
 ) -> Instant {
     let quiet = now + coalesce;
     match last_sent {
-        Some(t) if now < t + busy_interval => quiet.max(t + busy_interval),
+        Some(t) if now < t + busy_interval => {
+            let step = busy_interval.as_nanos().max(1);
+            let ticks = t.saturating_duration_since(epoch).as_nanos() / step + 1;
+            let next =
+                epoch + Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX));
+            quiet.max(next)
+        }
         _ => quiet,
     }
+}
+
+/// The origin of the pacing grid every watch of this process shares (see [`send_at`]).
+#[must_use]
+pub fn pacing_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// Target size of one body chunk: the HTTP layer's write buffer, so a chunk fills it once.
@@ -300,7 +322,8 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
                     // Gather what else lands in the next moment into the same send; under
                     // a burst, send at most once per busy interval (see `send_at`).
                     let now = Instant::now();
-                    let at = send_at(now, st.last_sent, st.params.coalesce, st.params.busy_interval);
+                    let p = &st.params;
+                    let at = send_at(now, st.last_sent, p.coalesce, p.busy_interval, pacing_epoch());
                     if at > now {
                         t.coalesce.as_mut().reset(at);
                         (&mut t.coalesce).await;
@@ -343,24 +366,48 @@ mod tests {
     #[test]
     fn a_quiet_watch_sends_after_the_short_window() {
         let now = Instant::now();
-        assert_eq!(send_at(now, None, COALESCE, BUSY), now + COALESCE);
+        let epoch = now.checked_sub(Duration::from_secs(5)).unwrap();
+        assert_eq!(send_at(now, None, COALESCE, BUSY, epoch), now + COALESCE);
         let long_ago = now.checked_sub(Duration::from_secs(1)).unwrap();
-        assert_eq!(send_at(now, Some(long_ago), COALESCE, BUSY), now + COALESCE);
+        assert_eq!(
+            send_at(now, Some(long_ago), COALESCE, BUSY, epoch),
+            now + COALESCE
+        );
     }
 
     #[test]
     fn during_a_burst_sends_are_one_busy_interval_apart() {
-        let last = Instant::now();
+        let epoch = Instant::now();
+        let last = epoch + Duration::from_millis(100);
         let now = last + Duration::from_millis(5);
-        assert_eq!(send_at(now, Some(last), COALESCE, BUSY), last + BUSY);
+        assert_eq!(send_at(now, Some(last), COALESCE, BUSY, epoch), last + BUSY);
         // Just before the interval ends, the short window is the later bound.
         let now = last + Duration::from_millis(19);
-        assert_eq!(send_at(now, Some(last), COALESCE, BUSY), now + COALESCE);
+        assert_eq!(
+            send_at(now, Some(last), COALESCE, BUSY, epoch),
+            now + COALESCE
+        );
+    }
+
+    #[test]
+    fn busy_watchers_that_last_sent_at_different_moments_send_a_change_at_the_same_tick() {
+        let epoch = Instant::now();
+        // One watcher last sent 3 ms into a tick, the other 17 ms into it (a node's NMI and
+        // the driver's watch of every object); both are woken by the same change.
+        let a = epoch + Duration::from_millis(103);
+        let b = epoch + Duration::from_millis(117);
+        let now = epoch + Duration::from_millis(118);
+        let tick = epoch + Duration::from_millis(120);
+        assert_eq!(send_at(now, Some(a), COALESCE, BUSY, epoch), tick);
+        assert_eq!(send_at(now, Some(b), COALESCE, BUSY, epoch), tick);
     }
 
     #[test]
     fn zero_windows_send_at_once() {
         let now = Instant::now();
-        assert_eq!(send_at(now, Some(now), Duration::ZERO, Duration::ZERO), now);
+        assert_eq!(
+            send_at(now, Some(now), Duration::ZERO, Duration::ZERO, now),
+            now
+        );
     }
 }

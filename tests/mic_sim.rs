@@ -379,6 +379,11 @@ async fn two_hundred_pods_twenty_identities_twenty_nodes_two_scale_sets_need_at_
         all_assigned(200),
     )
     .await;
+    // The list above can see the last object Assigned before this watch hears of it.
+    let heard = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < 200 && Instant::now() < heard {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let last = {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 200);

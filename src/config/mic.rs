@@ -79,6 +79,13 @@ pub struct MicArgs {
     )]
     pub leader_election_endpoints_lock: bool,
 
+    /// New: the longest MIC's actor thread may go without running before this replica stops
+    /// renewing the leader lease (another replica takes over) and `/healthz` answers 500 (the
+    /// liveness probe restarts it). The lease is renewed from a thread of its own, so busy
+    /// work never costs it; this bounds a wedged MIC. `0s` turns the rule off.
+    #[arg(long = "actor-stall-limit", env = "MIC_ACTOR_STALL_LIMIT", default_value = "60s", value_parser = parse_go_duration)]
+    pub actor_stall_limit: Duration,
+
     /// Port of `/healthz` (`Active` on the leader, `Not Active` elsewhere; 200 either way) and
     /// `/readyz` (503 unless leading).
     #[arg(long = "http-probe-port", env = "MIC_HTTP_PROBE_PORT", default_value = "8080", value_parser = parse_port)]

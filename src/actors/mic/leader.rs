@@ -8,6 +8,10 @@
 //! has not changed for one lease duration since this replica first saw it is free, whatever
 //! the holder's clock says. The leader renews every retry period and steps down when it could
 //! not renew for the renew deadline (two thirds of the duration), before anyone may take over.
+//!
+//! MIC runs the elector on a thread of its own ([`super::leader_thread`]), so compute on the
+//! actor thread cannot starve a renewal; a [`Heartbeat`] from the actor thread keeps that from
+//! holding the lease for a MIC whose actor thread is wedged for good.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Endpoints;
@@ -19,8 +23,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::heartbeat::Heartbeat;
+
 /// Errors of leader election.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// This replica could not renew the lease in time and is no longer leader.
     #[error("lost the leader lease {namespace}/{name}: not renewed within {deadline:?}")]
@@ -32,6 +38,18 @@ pub enum Error {
         /// The renew deadline.
         deadline: Duration,
     },
+    /// MIC's actor thread has not run for longer than the stall limit: this replica stopped
+    /// renewing (it would hold the lease while doing no work) and is no longer leader.
+    #[error("gave up the leader lease: MIC's actor thread has not run for {stalled:?} (--actor-stall-limit {limit:?})")]
+    Stalled {
+        /// How long the actor thread had not run.
+        stalled: Duration,
+        /// The stall limit.
+        limit: Duration,
+    },
+    /// The election thread could not start (its runtime or its Kubernetes client) or ended.
+    #[error("leader election thread: {0}")]
+    Thread(String),
 }
 
 /// Where and as whom to take part in the election.
@@ -106,6 +124,8 @@ pub struct LeaderElector {
     /// When the last attempt that left this replica holding every lock began: the renew
     /// deadline counts from there, however long ago [`Self::hold`] was called.
     renewed: Mutex<Option<Instant>>,
+    /// The actor thread's heartbeat: no attempt is made while it is stalled.
+    heartbeat: Option<Heartbeat>,
 }
 
 impl LeaderElector {
@@ -118,7 +138,24 @@ impl LeaderElector {
             settings,
             observed: Mutex::new([None, None]),
             renewed: Mutex::new(None),
+            heartbeat: None,
         }
+    }
+
+    /// Makes no attempt (so a leader steps down) while `heartbeat` is stalled.
+    #[must_use]
+    pub fn watching(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    /// `Some(error)` when the watched heartbeat is stalled.
+    fn stalled(&self) -> Option<Error> {
+        let hb = self.heartbeat.as_ref()?;
+        hb.stalled().map(|stalled| Error::Stalled {
+            stalled,
+            limit: hb.limit(),
+        })
     }
 
     fn kinds(&self) -> &'static [Kind] {
@@ -312,6 +349,11 @@ impl LeaderElector {
     /// connection for good.
     pub async fn acquire(&self) {
         loop {
+            if let Some(e) = self.stalled() {
+                warn!(error = %e, "not taking part in leader election");
+                tokio::time::sleep(self.settings.retry_period()).await;
+                continue;
+            }
             match tokio::time::timeout(self.settings.renew_deadline(), self.try_acquire_or_renew())
                 .await
             {
@@ -327,7 +369,8 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the lease until it cannot; returns when leadership is lost.
+    /// Renews the lease until it cannot, or until the watched heartbeat stalls; returns when
+    /// leadership is lost.
     ///
     /// The renew deadline is a deadline on the clock, not a check after each call returns: a
     /// renewal still in flight when it passes is abandoned and this replica steps down, because
@@ -344,6 +387,10 @@ impl LeaderElector {
             tokio::time::sleep_until(next).await;
             if Instant::now() >= deadline {
                 return self.lost();
+            }
+            if let Some(e) = self.stalled() {
+                warn!(error = %e, "stepping down");
+                return e;
             }
             match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
                 Ok(Ok(true)) => {}

@@ -3,6 +3,7 @@
 //! request on it waits for good, as on a half-open TCP connection with no read timeout).
 
 use super::*;
+use crate::actors::mic::heartbeat::Heartbeat;
 use http_body_util::BodyExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -250,4 +251,87 @@ async fn a_newcomer_that_reads_the_last_renewal_first_may_take_over_before_the_s
         took_over - last_renewal
     );
     standby.abort();
+}
+
+fn renew_time(store: &Arc<Mutex<Store>>) -> serde_json::Value {
+    store.lock().unwrap().lease.as_ref().unwrap()["spec"]["renewTime"].clone()
+}
+
+/// The wedge rule: a leader whose actor thread stops beating its heartbeat keeps renewing up
+/// to the stall limit, then stops renewing and steps down (within one retry period of the
+/// limit), saying why; the lease is not renewed after that.
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_actor_thread_stops_beating_steps_down_after_the_stall_limit() {
+    let store = Arc::new(Mutex::new(Store::default()));
+    let limit = Duration::from_secs(40);
+    let heartbeat = Heartbeat::new(limit);
+    let (a, _) = replica(&store, "mic-a");
+    let a = a.watching(heartbeat.clone());
+    a.acquire().await;
+    let start = Instant::now();
+    // The actor thread beats for 25 s, then wedges.
+    let beating = tokio::spawn(heartbeat.clone().run(Duration::from_secs(10)));
+    let wedge = async {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        beating.abort();
+        Instant::now()
+    };
+    let (lost, wedged) = tokio::time::timeout(Duration::from_secs(300), async {
+        tokio::join!(a.hold(), wedge)
+    })
+    .await
+    .expect("a leader with a wedged actor thread kept the lease");
+    let stepped_down = Instant::now();
+    assert!(
+        matches!(lost, Error::Stalled { limit: l, .. } if l == limit),
+        "{lost}"
+    );
+    // (The last beat came up to one beat period before the wedge.)
+    assert!(
+        stepped_down - wedged > limit - heartbeat.period(),
+        "stepped down after {:?} of stall, before the limit",
+        stepped_down - wedged
+    );
+    assert!(
+        stepped_down - wedged <= limit + heartbeat.period() + settings("mic-a").retry_period(),
+        "stepped down only {:?} after the actor thread stopped",
+        stepped_down - wedged
+    );
+    // It renewed while the thread beat and after, up to the limit, then never again.
+    let last = renew_time(&store);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(renew_time(&store), last, "renewed after stepping down");
+    assert!(stepped_down - start > Duration::from_secs(25));
+}
+
+/// A heartbeat that keeps beating never costs the lease, however long the leader holds it.
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_actor_thread_keeps_beating_holds_the_lease_past_the_stall_limit() {
+    let store = Arc::new(Mutex::new(Store::default()));
+    let heartbeat = Heartbeat::new(Duration::from_secs(5));
+    let (a, _) = replica(&store, "mic-a");
+    let a = a.watching(heartbeat.clone());
+    a.acquire().await;
+    let beating = tokio::spawn(heartbeat.run(Duration::from_secs(10)));
+    let held = tokio::time::timeout(Duration::from_secs(120), a.hold()).await;
+    assert!(held.is_err(), "stepped down: {}", held.unwrap());
+    beating.abort();
+}
+
+/// A candidate whose actor thread is stalled does not take a free lease; it does once the
+/// thread beats again.
+#[tokio::test(start_paused = true)]
+async fn a_candidate_with_a_stalled_actor_thread_does_not_take_the_lease() {
+    let store = Arc::new(Mutex::new(Store::default()));
+    let heartbeat = Heartbeat::new(Duration::from_secs(5));
+    let (a, _) = replica(&store, "mic-a");
+    let a = a.watching(heartbeat.clone());
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let tried = tokio::time::timeout(Duration::from_secs(30), a.acquire()).await;
+    assert!(tried.is_err(), "led with a stalled actor thread");
+    assert!(store.lock().unwrap().lease.is_none());
+    heartbeat.beat();
+    tokio::time::timeout(Duration::from_secs(5), a.acquire())
+        .await
+        .expect("did not lead once the thread beat again");
 }

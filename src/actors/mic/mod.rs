@@ -10,7 +10,8 @@
 //! - [`writer`]: AzureAssignedIdentity objects, their status and Events.
 //!
 //! Tasks: [`watchers`] (the [`crate::kube_watch`] streams turned into messages), [`leader`]
-//! election, and [`nmi_coverage`] (nodes that run pod-identity pods without a ready NMI).
+//! election (on a thread of its own, [`leader_thread`], watching the actor thread's
+//! [`heartbeat`]), and [`nmi_coverage`] (nodes that run pod-identity pods without a ready NMI).
 //! [`pod_facts`] is what MIC keeps of a pod; [`host`] holds the assigners' keys; [`port`] and [`cloud_port`] are the ARM port; [`mod@run`]
 //! wires it all together, with the probe and metrics servers of [`crate::http::probes`].
 
@@ -23,7 +24,9 @@ pub mod budget;
 pub mod coordinator;
 #[cfg(test)]
 mod fixtures;
+pub mod heartbeat;
 pub mod leader;
+pub mod leader_thread;
 pub mod metrics;
 pub mod nmi_coverage;
 pub mod pod_facts;

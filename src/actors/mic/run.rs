@@ -5,7 +5,9 @@ use super::assigner::Assigner;
 use super::batch::BatchSettings;
 use super::budget::WriteBudget;
 use super::coordinator::{AssignerHandle, Coordinator};
-use super::leader::{self, LeaderElector, LeaderSettings};
+use super::heartbeat::Heartbeat;
+use super::leader::{self, LeaderSettings};
+use super::leader_thread::ElectionThread;
 use super::matcher::MatchSettings;
 use super::metrics::MicMetrics;
 use super::port::ArmPort;
@@ -72,6 +74,9 @@ pub struct MicSettings {
     pub arm_writes_per_minute: u32,
     /// Leader election.
     pub leader: LeaderSettings,
+    /// How long the actor thread may not run before the lease is given up and `/healthz`
+    /// fails ([`super::heartbeat`]); zero turns the rule off.
+    pub actor_stall_limit: Duration,
     /// Address the probe and metrics endpoints listen on.
     pub listen_address: IpAddr,
     /// `/healthz` port (0 picks one).
@@ -105,6 +110,7 @@ impl From<&MicArgs> for MicSettings {
             leader_election_name,
             leader_election_duration,
             leader_election_endpoints_lock,
+            actor_stall_limit,
             http_probe_port,
             prometheus_port,
             create_delete_batch,
@@ -144,6 +150,7 @@ impl From<&MicArgs> for MicSettings {
                 duration: *leader_election_duration,
                 endpoints_lock: *leader_election_endpoints_lock,
             },
+            actor_stall_limit: *actor_stall_limit,
             listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             http_probe_port: *http_probe_port,
             prometheus_port: *prometheus_port,
@@ -169,7 +176,9 @@ pub struct MicDeps {
     pub arm: Arc<dyn ArmPort>,
     /// The process metrics registry.
     pub metrics: Metrics,
-    /// A ready client (tests); built from [`MicSettings::kubeconfig`] when absent.
+    /// A ready client for the actors (tests); built from [`MicSettings::kubeconfig`] when
+    /// absent. Leader election always builds its own from the kubeconfig, on its own thread
+    /// ([`super::leader_thread`]).
     pub client: Option<kube::Client>,
     /// Client id of the cluster's own identity (cloud config), never removed.
     pub cluster_identity_client_id: Option<String>,
@@ -179,12 +188,22 @@ pub struct MicDeps {
 
 /// MIC's readiness for the shared probe server: `Active` on the leader, `Not Active`
 /// elsewhere; `/healthz` answers 200 either way, so a follower is not restarted by its
-/// liveness probe.
-struct Leading(Arc<AtomicBool>);
+/// liveness probe, unless the actor thread is stalled past its limit (500: restart it).
+struct Leading(Arc<AtomicBool>, Heartbeat);
 
 impl Readiness for Leading {
     fn is_ready(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+
+    fn liveness(&self) -> Result<(), String> {
+        match self.1.stalled() {
+            None => Ok(()),
+            Some(stalled) => Err(format!(
+                "MIC's actor thread has not run for {stalled:?} (--actor-stall-limit {:?})",
+                self.1.limit()
+            )),
+        }
     }
 }
 
@@ -192,6 +211,7 @@ impl Readiness for Leading {
 fn serve(
     settings: &MicSettings,
     leading: Arc<AtomicBool>,
+    heartbeat: Heartbeat,
     metrics: Metrics,
 ) -> Result<(SocketAddr, SocketAddr, Servers), Error> {
     let listen = |what: &'static str, port: u16| {
@@ -205,7 +225,10 @@ fn serve(
         listen("the probe endpoint", settings.http_probe_port)?;
     let (metrics_listener, metrics_bound, metrics_addr) =
         listen("the metrics endpoint", settings.prometheus_port)?;
-    let probe = probes::serve_health(probe_listener, Arc::new(Leading(Arc::clone(&leading))))
+    let probe = probes::serve_health(
+        probe_listener,
+        Arc::new(Leading(Arc::clone(&leading), heartbeat)),
+    )
         .map_err(|source| Error::Bind {
             what: "the probe endpoint",
             addr: probe_addr,
@@ -254,32 +277,45 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         cluster_identity_client_id,
         bound,
     } = deps;
-    let (client, leader_client) = match client {
-        Some(c) => (c.clone(), c),
-        None => {
-            let config = kube_client::config(settings.kubeconfig.as_deref()).await?;
-            let options = |qps| kube_client::ClientOptions {
-                user_agent: settings.user_agent.clone(),
-                qps,
-            };
-            (
-                kube_client::client(config.clone(), &options(settings.client_qps))?,
-                kube_client::client(config, &options(None))?,
-            )
-        }
+    let config = kube_client::config(settings.kubeconfig.as_deref()).await?;
+    let options = |qps| kube_client::ClientOptions {
+        user_agent: settings.user_agent.clone(),
+        qps,
+    };
+    let client = match client {
+        Some(c) => c,
+        None => kube_client::client(config.clone(), &options(settings.client_qps))?,
+    };
+    // Built on the election thread, inside its runtime (see `leader_thread`); no rate limit,
+    // so a burst of the actors' writes never delays a renewal.
+    let leader_client = {
+        let options = options(None);
+        move || kube_client::client(config, &options).map_err(|e| e.to_string())
     };
     let mic_metrics = MicMetrics::register(&metrics)?;
     let coverage_metrics = super::nmi_coverage::CoverageMetrics::new(&metrics)?;
     let leading = Arc::new(AtomicBool::new(false));
-    let (probe_addr, metrics_addr, _servers) = serve(&settings, leading.clone(), metrics.clone())?;
+    let heartbeat = Heartbeat::new(settings.actor_stall_limit);
+    let (probe_addr, metrics_addr, _servers) = serve(
+        &settings,
+        leading.clone(),
+        heartbeat.clone(),
+        metrics.clone(),
+    )?;
     info!(probe = %probe_addr, metrics = %metrics_addr, "listening");
     if let Some(tx) = bound {
         let _ = tx.send((probe_addr, metrics_addr));
     }
 
-    let elector = LeaderElector::new(leader_client, settings.leader.clone());
+    // Beats on this (the actor) thread for as long as MIC runs; a stall the old same-thread
+    // renewal would have lost the lease over is logged.
+    let beating = actix::spawn(heartbeat.clone().run(settings.leader.renew_deadline()));
+    let _stop_beating = AbortOnDrop(beating);
+    let stall_rule = (!settings.actor_stall_limit.is_zero()).then(|| heartbeat.clone());
+    let mut elector = ElectionThread::spawn(settings.leader.clone(), stall_rule, leader_client)
+        .map_err(Error::System)?;
     info!(instance = %settings.leader.instance, lease = %settings.leader.name, "waiting to lead");
-    elector.acquire().await;
+    elector.leading().await?;
     leading.store(true, Ordering::SeqCst);
     metrics.mic_new_leader_election_count.inc();
     info!(instance = %settings.leader.instance, "leading");
@@ -358,7 +394,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
         metrics.kubernetes_api_operations_errors_count.clone(),
     );
     let result = tokio::select! {
-        lost = elector.hold() => Err(Error::Leadership(lost)),
+        lost = elector.stepped_down() => Err(Error::Leadership(lost)),
         () = watchers::run(client, coordinator.recipient()) => Err(Error::WatchesEnded),
         death = supervisor.died() => Err(Error::Died(death)),
         // Reporting only: if its watches end, the main ones will too.
@@ -368,6 +404,15 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     // What ends now (actors dropped with the System) is MIC stopping, not dying.
     supervisor.shutdown(Duration::ZERO).await;
     result
+}
+
+/// Aborts a task when dropped, so it ends with [`run`] however `run` ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs [`run`] in a new actix `System` on this thread (what `main` calls).

@@ -40,7 +40,9 @@ pub enum Error {
     },
     /// MIC's actor thread has not run for longer than the stall limit: this replica stopped
     /// renewing (it would hold the lease while doing no work) and is no longer leader.
-    #[error("gave up the leader lease: MIC's actor thread has not run for {stalled:?} (--actor-stall-limit {limit:?})")]
+    #[error(
+        "gave up the leader lease: MIC's actor thread has not run for {stalled:?} (--actor-stall-limit {limit:?})"
+    )]
     Stalled {
         /// How long the actor thread had not run.
         stalled: Duration,

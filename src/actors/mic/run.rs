@@ -7,7 +7,7 @@ use super::budget::WriteBudget;
 use super::coordinator::{AssignerHandle, Coordinator};
 use super::heartbeat::Heartbeat;
 use super::leader::{self, LeaderSettings};
-use super::leader_thread::ElectionThread;
+use super::leader_thread::{ElectionThread, FencedArm};
 use super::matcher::MatchSettings;
 use super::metrics::MicMetrics;
 use super::port::ArmPort;
@@ -229,11 +229,11 @@ fn serve(
         probe_listener,
         Arc::new(Leading(Arc::clone(&leading), heartbeat)),
     )
-        .map_err(|source| Error::Bind {
-            what: "the probe endpoint",
-            addr: probe_addr,
-            source,
-        })?;
+    .map_err(|source| Error::Bind {
+        what: "the probe endpoint",
+        addr: probe_addr,
+        source,
+    })?;
     let prom =
         probes::serve_metrics(metrics_listener, metrics.registry().clone()).map_err(|source| {
             Error::Bind {
@@ -336,6 +336,8 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
             settings.create_delete_batch,
         ),
     );
+    // Writes only while the election thread says this replica leads ([`FencedArm`]).
+    let arm: Arc<dyn ArmPort> = Arc::new(FencedArm::new(arm, elector.state()));
     // One Retry-After gate per subscription for the ARM client and the write budget.
     let budget = match arm.throttle_gate() {
         Some(gate) => WriteBudget::sharing(settings.arm_writes_per_minute, gate),

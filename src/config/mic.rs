@@ -83,7 +83,7 @@ pub struct MicArgs {
     /// renewing the leader lease (another replica takes over) and `/healthz` answers 500 (the
     /// liveness probe restarts it). The lease is renewed from a thread of its own, so busy
     /// work never costs it; this bounds a wedged MIC. `0s` turns the rule off.
-    #[arg(long = "actor-stall-limit", env = "MIC_ACTOR_STALL_LIMIT", default_value = "60s", value_parser = parse_go_duration)]
+    #[arg(long = "actor-stall-limit", env = "MIC_ACTOR_STALL_LIMIT", default_value = "5m", value_parser = parse_go_duration)]
     pub actor_stall_limit: Duration,
 
     /// Port of `/healthz` (`Active` on the leader, `Not Active` elsewhere; 200 either way) and
@@ -225,6 +225,7 @@ mod tests {
         assert_eq!(a.leader_election_namespace, "default");
         assert_eq!(a.leader_election_name, "aad-pod-identity-mic");
         assert_eq!(a.leader_election_duration, Duration::from_secs(15));
+        assert_eq!(a.actor_stall_limit, Duration::from_secs(300));
         assert_eq!((a.http_probe_port, a.prometheus_port), (8080, 8888));
         assert_eq!(a.create_delete_batch, 20);
         assert_eq!(a.client_rate(), None, "no client-side limit unless asked");

@@ -76,6 +76,15 @@ pub struct Coverage {
     since: BTreeMap<String, Instant>,
 }
 
+/// The two kinds of pods counted per node.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Labelled `aadpodidbinding`.
+    Pod,
+    /// A ready NMI.
+    Nmi,
+}
+
 /// Adds one to `node`'s count.
 fn count_in(counts: &mut BTreeMap<String, usize>, node: &str) {
     *counts.entry(node.to_string()).or_default() += 1;
@@ -91,7 +100,7 @@ fn count_out(counts: &mut BTreeMap<String, usize>, node: &str) {
     }
 }
 
-/// Counts per node of `entries`' nodes.
+/// How many of `nodes` name each node.
 fn counts<'a>(nodes: impl Iterator<Item = &'a String>) -> BTreeMap<String, usize> {
     let mut c = BTreeMap::new();
     for n in nodes {
@@ -147,25 +156,13 @@ impl Coverage {
             None => self.pods.remove(&uid(p)),
         }
         .map(|(n, _)| n);
-        if old == new {
-            return;
-        }
-        if let Some(n) = &old {
-            count_out(&mut self.pods_on, n);
-            self.refresh_node(n, now);
-        }
-        if let Some(n) = &new {
-            count_in(&mut self.pods_on, n);
-            self.refresh_node(n, now);
-        }
+        self.moved(Kind::Pod, old, new, now);
     }
 
     /// A pod labelled `aadpodidbinding` is gone.
     pub fn delete_pod(&mut self, p: &impl PodView, now: Instant) {
-        if let Some((n, _)) = self.pods.remove(&uid(p)) {
-            count_out(&mut self.pods_on, &n);
-            self.refresh_node(&n, now);
-        }
+        let old = self.pods.remove(&uid(p)).map(|(n, _)| n);
+        self.moved(Kind::Pod, old, None, now);
     }
 
     /// The full list of pod-identity pods (after a relist).
@@ -187,25 +184,13 @@ impl Coverage {
             Some(node) => self.nmis.insert(uid(p), node.clone()),
             None => self.nmis.remove(&uid(p)),
         };
-        if old == new {
-            return;
-        }
-        if let Some(n) = &old {
-            count_out(&mut self.nmis_on, n);
-            self.refresh_node(n, now);
-        }
-        if let Some(n) = &new {
-            count_in(&mut self.nmis_on, n);
-            self.refresh_node(n, now);
-        }
+        self.moved(Kind::Nmi, old, new, now);
     }
 
     /// An NMI pod is gone.
     pub fn delete_nmi(&mut self, p: &Pod, now: Instant) {
-        if let Some(n) = self.nmis.remove(&uid(p)) {
-            count_out(&mut self.nmis_on, &n);
-            self.refresh_node(&n, now);
-        }
+        let old = self.nmis.remove(&uid(p));
+        self.moved(Kind::Nmi, old, None, now);
     }
 
     /// The full list of NMI pods (after a relist).
@@ -217,6 +202,27 @@ impl Coverage {
             .collect();
         self.nmis_on = counts(self.nmis.values());
         self.refresh(now);
+    }
+
+    /// A pod of `kind` moved from node `old` to node `new` (either may be none): only those two
+    /// nodes' counts and standing change.
+    fn moved(&mut self, kind: Kind, old: Option<String>, new: Option<String>, now: Instant) {
+        if old == new {
+            return;
+        }
+        let counts = match kind {
+            Kind::Pod => &mut self.pods_on,
+            Kind::Nmi => &mut self.nmis_on,
+        };
+        if let Some(n) = &old {
+            count_out(counts, n);
+        }
+        if let Some(n) = &new {
+            count_in(counts, n);
+        }
+        for n in old.iter().chain(&new) {
+            self.refresh_node(n, now);
+        }
     }
 
     /// Whether `node` runs pod-identity pods without a ready NMI.

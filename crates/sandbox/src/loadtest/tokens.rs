@@ -95,7 +95,7 @@ pub(super) fn spawn_requests(ctx: &Arc<Ctx>, name: &str, ip: IpAddr, node: &str,
             });
             p.requests.len() - 1
         };
-        tokio::spawn(async move {
+        ctx.probes.clone().spawn(async move {
             let (status, error) = token(ip, nmi, &client_id, resource, timeout).await;
             let at = ctx.now();
             let mut st = ctx.lock();

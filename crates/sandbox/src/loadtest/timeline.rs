@@ -307,3 +307,22 @@ pub(super) fn done(ctx: &Ctx) -> bool {
     });
     all_assigned && all_answered
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Probes;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_probes_run_while_the_sandboxs_thread_is_busy() {
+        let probes = Probes::start().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        probes.handle().spawn(async move {
+            // A task that needs its runtime to be polled, as reading an answer does.
+            tokio::task::yield_now().await;
+            tx.send(()).unwrap();
+        });
+        // This (the sandbox's) thread blocks: had the task been spawned on it, it could not run.
+        assert!(rx.recv_timeout(Duration::from_secs(30)).is_ok());
+    }
+}

@@ -48,6 +48,41 @@ async fn wait_active(addr: SocketAddr) {
     wait_health(addr, "Active", Duration::from_secs(20)).await;
 }
 
+/// How often [`until`] asks.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Waits until `check` answers `Ok`, asking every [`POLL`], and fails naming `what` (and the
+/// last `Err`, what was seen instead) after `deadline`: for state the simulators and MIC
+/// expose only by being asked (a request log, a counter, a gauge, a list), with no event to
+/// wait on.
+async fn until<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let t0 = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                t0.elapsed() < deadline,
+                "timed out after {deadline:?} waiting until {what}; {seen}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// MIC's queue depth for scale set 0: identity additions and removals it has yet to see
+/// done on ARM, including removals waiting out their grace period.
+async fn queue_depth(w: &Cluster, metrics: SocketAddr) -> Option<i64> {
+    let name = format!(
+        "aadpodidentity_mic_queue_depth{{host=\"{}\"}}",
+        w.topology.scale_sets[0].name
+    );
+    gauge(metrics, &name).await
+}
+
 /// An ARM whose PATCH hits a bug: the assigner running it panics.
 struct PanickingArm;
 
@@ -171,6 +206,8 @@ async fn a_restart_longer_than_the_lease_makes_the_leader_step_down_and_never_tw
                     "two active leaders"
                 );
                 samples += 1;
+                // A sampling period, not a wait for anything: the invariant is checked as
+                // often as the probes answer, for the whole fault.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             samples
@@ -237,9 +274,20 @@ async fn arm_error_bursts_and_a_throttle_storm_delay_an_assignment_but_never_los
     w.shutdown().await;
 }
 
-/// Identity 1 was never MIC's: well past the 1 s grace period, it is the one left on the scale set.
-async fn only_identity_1_stays(w: &Cluster) {
-    tokio::time::sleep(Duration::from_secs(2)).await;
+/// Identity 1 was never MIC's: once MIC has nothing left to do on the scale set (its queue,
+/// which holds removals waiting out their grace period, is empty), it is the one left there.
+/// Called once identity 0 is gone, so MIC has seen both pods go: had it taken identity 1 for
+/// its own, that removal would be queued (or done) by now.
+async fn only_identity_1_stays(w: &Cluster, metrics: SocketAddr) {
+    until(
+        "MIC has no addition or removal left for scale set 0",
+        Duration::from_secs(20),
+        async || match queue_depth(w, metrics).await {
+            Some(0) => Ok(()),
+            other => Err(format!("queue depth {other:?}")),
+        },
+    )
+    .await;
     assert_eq!(
         w.on_scale_set(0),
         [IdentityId::new(&w.identity_rid(1))].into(),
@@ -268,17 +316,9 @@ async fn an_identity_added_by_a_patch_whose_answer_was_lost_is_removed_once_its_
     w.delete_pod("a").await;
     w.delete_pod("b").await;
     // Identity 0 was MIC's (its own lost write put it there): it goes after the grace period.
-    let t0 = Instant::now();
-    let zero = IdentityId::new(&w.identity_rid(0));
-    while w.on_scale_set(0).contains(&zero) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "identity 0 leaked on the scale set: {:?}",
-            w.on_scale_set(0)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    only_identity_1_stays(&w).await;
+    w.wait_gone_from_scale_set(0, 0, Duration::from_secs(20))
+        .await;
+    only_identity_1_stays(&w, mic.metrics).await;
     drop(mic);
     w.shutdown().await;
 }
@@ -368,10 +408,15 @@ async fn objects_the_api_always_refuses_never_keep_new_pods_from_being_assigned(
         w.pod(&format!("bad-{i}"), "id-0", &w.node(0)).await;
     }
     let t0 = Instant::now();
-    while faults.faults().refused() < 6 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the refusals began");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        "the API server refused each of the six objects once",
+        Duration::from_secs(30),
+        async || match faults.faults().refused() {
+            n if n >= 6 => Ok(()),
+            n => Err(format!("{n} refusals")),
+        },
+    )
+    .await;
     // New pods arrive while the six keep failing.
     w.pod("good-0", "id-0", &w.node(0)).await;
     w.pod("good-1", "id-0", &w.node(1)).await;
@@ -386,26 +431,28 @@ async fn objects_the_api_always_refuses_never_keep_new_pods_from_being_assigned(
     assert!(rate < 0.8, "{refused} refusals in {elapsed:.1}s");
     faults.faults().set_write_latency(Duration::ZERO);
     // The failure is on the pod, where `kubectl describe pod` shows it ...
-    let t1 = Instant::now();
-    loop {
-        let events = Api::<Event>::namespaced(w.client.clone(), "default")
-            .list(&ListParams::default().fields("involvedObject.name=bad-0"))
-            .await
-            .unwrap();
-        if events.items.iter().any(|e| {
-            e.type_.as_deref() == Some("Warning")
-                && e.message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("bad-0-default-id-0") && m.contains("retrying"))
-        }) {
-            break;
-        }
-        assert!(
-            t1.elapsed() < Duration::from_secs(20),
-            "no Warning Event on pod bad-0"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until(
+        "a Warning Event on pod bad-0 says its object's write is being retried",
+        Duration::from_secs(20),
+        async || {
+            let events = Api::<Event>::namespaced(w.client.clone(), "default")
+                .list(&ListParams::default().fields("involvedObject.name=bad-0"))
+                .await
+                .unwrap();
+            let found = events.items.iter().any(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("bad-0-default-id-0") && m.contains("retrying"))
+            });
+            if found {
+                Ok(())
+            } else {
+                Err(format!("{} Events on bad-0", events.items.len()))
+            }
+        },
+    )
+    .await;
     // ... and in the metrics, by operation and the API server's answer.
     let metrics = http_get(mic.metrics, "/metrics").await;
     assert!(
@@ -439,15 +486,29 @@ async fn the_assigner_of_a_deleted_scale_set_stops_calling_arm_and_is_retired() 
     w.azure
         .delete_compute(&w.topology.scale_sets[0].name)
         .unwrap();
-    let t0 = Instant::now();
-    while !w.azure.request_log().iter().any(|r| r.status == 404) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "ARM answered 404");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // Nothing more is sent for it: no retry, however long the pod waits.
+    until(
+        "ARM answered 404 for the deleted scale set",
+        Duration::from_secs(20),
+        async || match w.azure.request_log().iter().any(|r| r.status == 404) {
+            true => Ok(()),
+            false => Err(format!("{} ARM requests", w.azure.request_log().len())),
+        },
+    )
+    .await;
+    until(
+        "the coordinator retired the scale set's assigner",
+        Duration::from_secs(20),
+        async || match gauge(mic.metrics, "aadpodidentity_mic_assigners").await {
+            Some(0) => Ok(()),
+            other => Err(format!("assigners gauge {other:?}")),
+        },
+    )
+    .await;
+    // Nothing more is sent for it: no retry, however long the pod waits. The window is the
+    // scenario, not a wait for anything: an assigner that took the 404 for a passing failure
+    // would retry after its transient backoff (1 s, then 2 s more), inside these 3 s.
     let calls = w.azure.request_log().len();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let log = w.azure.request_log();
     assert_eq!(
         log.len(),
@@ -532,27 +593,24 @@ async fn pods_whose_original_names_read_the_same_each_get_an_object_of_their_own
         ("c".to_string(), "a-b".to_string()),
         ("default".to_string(), "x".to_string()),
     ];
-    let t0 = Instant::now();
-    loop {
-        let (pods, names) = assigned_pods(&w).await;
-        if pods == want && names.len() == 3 {
-            assert!(names.contains(&"a-b-c-id-0".to_string()), "{names:?}");
-            assert!(
-                !names.contains(&"x-default-id-0".to_string()),
-                "the other controller's object was released, not taken over: {names:?}"
-            );
-            assert!(
-                names.iter().any(|n| n.starts_with("x-default-id-0-")),
-                "{names:?}"
-            );
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "wanted {want:?} Assigned in three objects, have {pods:?} in {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let names = until(
+        &format!("{want:?} are Assigned in three objects"),
+        Duration::from_secs(30),
+        async || match assigned_pods(&w).await {
+            (pods, names) if pods == want && names.len() == 3 => Ok(names),
+            (pods, names) => Err(format!("have {pods:?} in {names:?}")),
+        },
+    )
+    .await;
+    assert!(names.contains(&"a-b-c-id-0".to_string()), "{names:?}");
+    assert!(
+        !names.contains(&"x-default-id-0".to_string()),
+        "the other controller's object was released, not taken over: {names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("x-default-id-0-")),
+        "{names:?}"
+    );
     drop(mic);
     w.shutdown().await;
 }
@@ -596,7 +654,7 @@ async fn leader_killed_at_its_patch(tag: &str, refuse_objects: bool) -> bool {
     // Identity 0 went on the scale set by a leader's write: it goes after the 1 s grace period.
     w.wait_gone_from_scale_set(0, 0, Duration::from_secs(20))
         .await;
-    only_identity_1_stays(&w).await;
+    only_identity_1_stays(&w, successor.metrics).await;
     drop(successor);
     w.shutdown().await;
     sent

@@ -280,7 +280,10 @@ impl AadClient {
         let mut token: Token =
             serde_json::from_slice(&got.body).map_err(|e| Error::MalformedResponse {
                 operation: "aad_token",
-                problem: format!("token response is not JSON of the documented shape: {e}"),
+                problem: format!(
+                    "token response is not JSON of the documented shape: {}",
+                    super::error::json_problem(&e)
+                ),
             })?;
         if token.access_token.is_empty() {
             return Err(Error::MalformedResponse {

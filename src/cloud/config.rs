@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::Error;
 use super::environment::CloudEnvironment;
+use super::error::json_problem;
 
 /// MIC's view of the cluster's Azure account.
 #[derive(Clone, Default, Deserialize)]
@@ -95,8 +96,10 @@ impl CloudConfig {
     /// As [`Self::from_json`], reading the environment (`$AZURE_ENVIRONMENT_FILEPATH`) through
     /// `var`.
     pub fn from_json_with(text: &str, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let config: CloudConfig = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("azure.json is not valid: {e}")))?;
+        let config: CloudConfig = serde_json::from_str(text).map_err(|e| {
+            // Never serde's own text for a wrong value: it would quote `aadClientSecret`.
+            Error::Config(format!("azure.json is not valid: {}", json_problem(&e)))
+        })?;
         config.validate(var)
     }
 
@@ -229,6 +232,24 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_quoted_in_the_error() {
+        for secret in ["918273645546372819", "true", "[\"918273645546372819\"]"] {
+            let text = format!(
+                r#"{{"tenantId":"t","aadClientId":"c",
+                    "aadClientSecret":{secret},"subscriptionId":"sub"}}"#
+            );
+            let e = CloudConfig::from_json(&text).unwrap_err().to_string();
+            assert!(!e.contains("918273645546372819"), "{e}");
+            assert!(e.contains("wrong type at line 2 column"), "{e}");
+        }
+        // A syntax error keeps serde's own message (it quotes nothing).
+        let e = CloudConfig::from_json(r#"{"aadClientSecret":"s3cret""#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("EOF") && !e.contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,21 @@
 
 use std::time::Duration;
 
+/// A JSON parse error as text that never quotes the input: serde's message for a value of
+/// the wrong type repeats the value ("invalid type: integer `123`, expected a string"), and in
+/// an azure.json or a token answer that value may be a secret. Syntax errors quote nothing and
+/// are kept whole.
+pub(crate) fn json_problem(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => format!(
+            "a value has the wrong type at line {} column {} (the value is not repeated here)",
+            e.line(),
+            e.column()
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// One identity ARM refused to assign, with ARM's own reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefusedIdentity {

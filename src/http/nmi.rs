@@ -445,8 +445,17 @@ async fn pass_through(
             Ok(resp.body(relayed.body))
         }
         Err(e) => {
-            tracing::warn!(error = %e, "metadata pass-through failed");
-            Err(NmiError::PassThroughFailed(e.to_string()))
+            // The path and the kind of failure, never the query: it is the pod's own text.
+            let answer = NmiError::PassThroughFailed(e.to_string());
+            tracing::warn!(
+                method = %req.method(),
+                path = %path.wire(),
+                failure = e.kind(),
+                status = answer.status_code().as_u16(),
+                error = %e,
+                "metadata pass-through failed"
+            );
+            Err(answer)
         }
     }
 }

@@ -4,6 +4,9 @@
 //! The path forwarded is the caller's [`NormalPath`] (the one that decided the route), never the
 //! raw request path; the URL is checked after it is built, so no HTTP client rewriting can make
 //! the metadata service see a route other than the one NMI chose.
+//!
+//! An error never carries the URL: its query is text the calling pod chose (`client_id`,
+//! `resource`, anything), and errors end up in NMI's log. It says what failed instead.
 
 use super::request::NormalPath;
 use crate::cloud::stale_connection;
@@ -42,12 +45,100 @@ pub enum Error {
     /// The metadata address is not a usable base URL.
     #[error("invalid metadata service address {0}")]
     Base(String),
-    /// The metadata service could not be reached or its answer read.
-    #[error("failed executing request to the metadata service: {0}")]
-    Upstream(#[from] reqwest::Error),
+    /// The metadata service could not be reached or its answer read. Built only by
+    /// `From<reqwest::Error>`, which leaves the URL (and so the pod's query) out.
+    #[error("failed executing request to the metadata service: {failure}: {cause}")]
+    Upstream {
+        /// What kind of failure.
+        failure: Failure,
+        /// The causes below the HTTP client's own message, outermost first (no URL).
+        cause: String,
+    },
     /// The pass-through client could not be built.
     #[error("cannot build the pass-through client: {0}")]
     Client(#[source] reqwest::Error),
+}
+
+/// Why a relayed request got no answer, for logs and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection could be made (refused, unreachable, reset while connecting).
+    Connect,
+    /// No complete answer within the pass-through deadline.
+    Timeout,
+    /// The answer's body could not be read.
+    Body,
+    /// Anything else that stopped the request.
+    Request,
+}
+
+impl Failure {
+    /// Short label (`connect`, `timeout`, `body`, `request`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Body => "body",
+            Self::Request => "request",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "cannot connect",
+            Self::Timeout => "timed out",
+            Self::Body => "answer unreadable",
+            Self::Request => "request failed",
+        })
+    }
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(e: reqwest::Error) -> Self {
+        let failure = if e.is_timeout() {
+            Failure::Timeout
+        } else if e.is_connect() {
+            Failure::Connect
+        } else if e.is_body() || e.is_decode() {
+            Failure::Body
+        } else {
+            Failure::Request
+        };
+        // reqwest's own message names the URL; the causes below it (hyper's, the OS's) do not.
+        let e = e.without_url();
+        let mut causes: Vec<String> = Vec::new();
+        let mut next = std::error::Error::source(&e);
+        while let Some(c) = next {
+            let text = c.to_string();
+            if !causes.iter().any(|seen| seen.contains(&text)) {
+                causes.push(text);
+            }
+            next = c.source();
+        }
+        let cause = if causes.is_empty() {
+            e.to_string()
+        } else {
+            causes.join(": ")
+        };
+        Self::Upstream { failure, cause }
+    }
+}
+
+impl Error {
+    /// Short label of the failure (`connect`, `timeout`, `body`, `request`, `invalid_method`,
+    /// `path_changed`, `config`), for a log field.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Method(_) => "invalid_method",
+            Self::PathChanged { .. } => "path_changed",
+            Self::Base(_) | Self::Client(_) => "config",
+            Self::Upstream { failure, .. } => failure.as_str(),
+        }
+    }
 }
 
 /// An answer of the metadata service.

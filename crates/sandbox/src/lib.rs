@@ -5,6 +5,8 @@
 //! or as processes of the product binary for load tests) and the simulators, and none of it is in the `aad-pod-identity` binary the chart ships.
 //!
 //! - [`args`]: the size and weather of the simulated world.
+//! - [`component_files`]: the kubeconfig and azure.json the component processes read, kept out
+//!   of report directories.
 //! - [`components`]: MIC's and NMI's workloads, and the settings parsed from their arguments.
 //! - [`control`]: faults injected at run time and ARM's request log, for the e2e suite.
 //! - [`federation`]: the `--federated` demonstration (an identity on no scale set).
@@ -16,6 +18,7 @@
 //! - [`loadtest`]: load scenarios with reports.
 
 pub mod args;
+pub mod component_files;
 pub mod components;
 pub mod control;
 pub mod federation;

@@ -25,6 +25,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::args::{FaultProfile, SandboxArgs};
+use super::component_files::ComponentFiles;
 use super::components;
 use super::control::Control;
 use super::federation;
@@ -131,7 +132,8 @@ pub enum Placement {
     Processes {
         /// The `aad-pod-identity` binary.
         bin: PathBuf,
-        /// azure.json and one log per component.
+        /// One log per component (azure.json and the kubeconfig are kept elsewhere, in a
+        /// private directory: this one is a report's and holds no secret).
         dir: PathBuf,
         /// Extra flags for `mic`.
         mic_flags: Vec<String>,
@@ -175,8 +177,9 @@ pub struct Sandbox {
     mic: MicReplicas,
     mic_process: Option<Box<Component>>,
     placement: Placement,
-    /// Holds the kubeconfig MIC's replicas read; removed on stop.
-    work_dir: std::path::PathBuf,
+    /// The kubeconfig MIC's replicas read and, for MIC processes, azure.json; removed on
+    /// stop (and on drop).
+    files: ComponentFiles,
     /// NMI's container arguments (from its DaemonSet).
     nmi_args: Vec<String>,
     weather: Option<tokio::task::JoinHandle<()>>,
@@ -323,17 +326,8 @@ impl Sandbox {
 
         // MIC's replicas, one per Running MIC pod, with the simulator's azure.json; they read
         // the API server through a kubeconfig of their own, as separate pods would.
-        let work_dir = std::env::temp_dir().join(format!(
-            "aadpi-sandbox-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&work_dir).map_err(|source| Error::File {
-            path: work_dir.display().to_string(),
-            source,
-        })?;
-        let mic_kubeconfig = work_dir.join("kubeconfig");
-        kube.write_kubeconfig(&mic_kubeconfig)?;
+        let files = ComponentFiles::create("sandbox", &kube).map_err(file_error)?;
+        let mic_kubeconfig = files.kubeconfig();
         let cloud = CloudConfig::from_json(&azure.azure_json().to_string())?;
         let mic = MicReplicas::start(client.clone(), mic_kubeconfig.clone(), cloud)?;
         let (mic_process, mic_endpoints, mic_metrics) = match &placement {
@@ -354,13 +348,9 @@ impl Sandbox {
                 dir,
                 mic_flags,
             } => {
-                let cloudconfig = dir.join("azure.json");
-                std::fs::write(&cloudconfig, azure.azure_json().to_string()).map_err(|source| {
-                    Error::File {
-                        path: cloudconfig.display().to_string(),
-                        source,
-                    }
-                })?;
+                // Beside the kubeconfig, never in `dir`: that is the report's, and azure.json
+                // holds the simulated service principal's secret.
+                let cloudconfig = files.write_cloudconfig(&azure).map_err(file_error)?;
                 let mut flags = vec![
                     format!("--leader-election-namespace={}", components::NAMESPACE),
                     format!(
@@ -396,7 +386,7 @@ impl Sandbox {
             mic,
             mic_process,
             placement,
-            work_dir,
+            files,
             nmi_args,
             weather: None,
             spare,
@@ -463,7 +453,7 @@ impl Sandbox {
             let (c, addr) = crate::processes::start_nmi(
                 bin,
                 dir,
-                &self.work_dir.join("kubeconfig"),
+                &self.files.kubeconfig(),
                 &crate::processes::NmiNode {
                     node,
                     ip,
@@ -590,7 +580,14 @@ impl Sandbox {
     /// The kubeconfig MIC and the NMIs read (the simulated API server's).
     #[must_use]
     pub fn component_kubeconfig(&self) -> PathBuf {
-        self.work_dir.join("kubeconfig")
+        self.files.kubeconfig()
+    }
+
+    /// The azure.json MIC's processes read, in the same private directory (written only when
+    /// MIC runs as processes).
+    #[must_use]
+    pub fn component_cloudconfig(&self) -> PathBuf {
+        self.files.cloudconfig()
     }
 
     /// The running MIC replicas (one per Running MIC pod).
@@ -670,7 +667,7 @@ impl Sandbox {
         }
         self.mic.stop().await;
         self.control.stop().await;
-        let _ = std::fs::remove_dir_all(&self.work_dir);
+        drop(self.files);
         if let Some(w) = self.weather {
             w.abort();
             let _ = w.await;
@@ -680,6 +677,13 @@ impl Sandbox {
             azure.shutdown().await;
         }
         self.kube.shutdown().await;
+    }
+}
+
+fn file_error((path, source): (PathBuf, std::io::Error)) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        source,
     }
 }
 

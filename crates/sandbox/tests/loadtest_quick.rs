@@ -1,10 +1,17 @@
 //! CI's load test: `loadtest/run <scenario> --quick` for every scenario, with the real
 //! Prometheus the script starts. Each run must exit 0 (no invariant broken, no request lost),
 //! print its report directory last, and write a report whose figures are present. The chaos
-//! scenario runs as a test of its own (it needs no other scenario's result).
+//! scenario runs as a test of its own (it needs no other scenario's result). A run directory
+//! never holds the simulated client secret MIC's azure.json carries: the quick runs check for
+//! the file and its key, and one short run of the components as processes searches every file
+//! of its directory for the secret's value.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use aad_pod_identity_sandbox::args::SandboxArgs;
+use aad_pod_identity_sandbox::system::{Placement, Sandbox};
+use clap::Parser;
 
 fn product_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_aad-pod-identity-sandbox"))
@@ -60,6 +67,8 @@ fn run(scenario: &str, out: &Path) -> serde_json::Value {
     for f in ["report.json", "report.html"] {
         assert!(dir.join(f).is_file(), "{scenario}: {f} missing");
     }
+    // A report is committed as it is: no azure.json (the simulated client secret) in it.
+    assert_no_cloud_config(scenario, &dir);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["passed"], true, "{report}");
@@ -68,6 +77,53 @@ fn run(scenario: &str, out: &Path) -> serde_json::Value {
         assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
     }
     report
+}
+
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
+/// The files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        })
+        .collect()
+}
+
+/// No file under `dir` is an azure.json or holds one's secret key (the run keeps the file MIC
+/// reads in a private directory of its own).
+fn assert_no_cloud_config(scenario: &str, dir: &Path) {
+    for p in files_under(dir) {
+        assert!(
+            p.file_name() != Some("azure.json".as_ref()),
+            "{scenario}: {} in the report",
+            p.display()
+        );
+    }
+    let holding = files_containing(dir, "aadClientSecret");
+    assert!(
+        holding.is_empty(),
+        "{scenario}: {holding:?} hold aadClientSecret"
+    );
 }
 
 #[test]
@@ -239,4 +295,71 @@ fn chaos_quick_strikes_at_least_six_kinds_of_fault_and_every_invariant_holds() {
         "{f}"
     );
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// MIC and NMI as processes of the product binary, as the load tests run them: the simulated
+/// service principal's secret, which MIC needs in its azure.json, is in a private directory
+/// outside the run's `components/`, gone once the sandbox stops; every file of the run
+/// directory is searched for the secret's value, while the sandbox runs and after.
+#[test]
+fn a_run_directory_never_holds_the_simulated_client_secret() {
+    let run = std::env::temp_dir().join(format!("report-dir-{}", std::process::id()));
+    let components = run.join("components");
+    std::fs::create_dir_all(&components).unwrap();
+    let scenario = run.join("empty.yaml");
+    std::fs::write(&scenario, "").unwrap();
+    let args = Cli::try_parse_from([
+        "sandbox",
+        "--nmi-port=0",
+        "--nmi-start-delay=0s",
+        "--nodes-per-scale-set=1",
+        "--arm-latency=50ms",
+        &format!("--scenario={}", scenario.display()),
+    ])
+    .unwrap()
+    .sandbox;
+    let placement = Placement::Processes {
+        bin: product_bin(),
+        dir: components.clone(),
+        mic_flags: Vec::new(),
+    };
+    actix::System::new().block_on(async {
+        let sandbox = Sandbox::start_with(&args, placement).await.unwrap();
+        let (_, _, secret) = sandbox.azure.mic_credentials();
+        assert!(secret.len() >= 16, "a real secret to look for: {secret:?}");
+        assert!(
+            std::fs::read_dir(&components).unwrap().next().is_some(),
+            "the components wrote their logs in the run directory"
+        );
+        assert_eq!(files_containing(&run, &secret), Vec::<PathBuf>::new());
+        // MIC's process runs with it (start_with waited for it to serve), from a file that
+        // exists, outside the run directory.
+        let cloudconfig = sandbox.component_cloudconfig();
+        assert!(!cloudconfig.starts_with(&run), "{}", cloudconfig.display());
+        let text = std::fs::read_to_string(&cloudconfig).unwrap();
+        assert!(text.contains(&secret));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&cloudconfig)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "azure.json readable by others: {mode:o}");
+        }
+        sandbox.stop().await;
+        assert!(
+            !cloudconfig.exists(),
+            "{} left behind",
+            cloudconfig.display()
+        );
+        assert_eq!(files_containing(&run, &secret), Vec::<PathBuf>::new());
+    });
+    let _ = std::fs::remove_dir_all(&run);
 }

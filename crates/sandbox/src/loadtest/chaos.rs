@@ -911,7 +911,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         .ok_or_else(|| Error::Load("the sandbox started no MIC process".into()))?;
     let mut mics = Mics {
         bin,
-        cloudconfig: cdir.join("azure.json"),
+        cloudconfig: sandbox.component_cloudconfig(),
         dir: cdir,
         kubeconfig: sandbox.component_kubeconfig(),
         flags: vec![

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use super::figures::{self, UsageSeries, usage_charts};
 use super::report::{Chart, RunResult};
 use super::{Error, LoadtestArgs};
+use crate::component_files::ComponentFiles;
 use crate::processes::{self, Component, Usage};
 use aad_pod_identity::crd::{
     self, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec,
@@ -260,7 +261,11 @@ async fn scrape(http: &reqwest::Client, addr: SocketAddr) -> String {
 }
 
 /// Starts MIC as a process against the world.
-async fn start_mic(args: &LoadtestArgs, dir: &Path, w: &World) -> Result<Component, Error> {
+async fn start_mic(
+    args: &LoadtestArgs,
+    dir: &Path,
+    w: &World,
+) -> Result<(Component, ComponentFiles), Error> {
     let crate::system::Placement::Processes { bin, dir: cdir, .. } =
         super::components(args, dir, &[])?
     else {
@@ -268,24 +273,28 @@ async fn start_mic(args: &LoadtestArgs, dir: &Path, w: &World) -> Result<Compone
             "scale measures MIC as a process of its own: run it without --in-process".into(),
         ));
     };
-    let kubeconfig = cdir.join("kubeconfig");
-    let file = |path: &Path, source| Error::File {
-        path: path.display().to_string(),
-        source,
-    };
-    w.kube
-        .write_kubeconfig(&kubeconfig)
-        .map_err(|e| Error::Load(e.to_string()))?;
-    let cloudconfig = cdir.join("azure.json");
-    std::fs::write(&cloudconfig, w.azure.azure_json().to_string())
-        .map_err(|e| file(&cloudconfig, e))?;
+    // Outside the report's `components/` (only logs go there): azure.json holds the simulated
+    // service principal's secret. Removed when MIC stops.
+    let files = ComponentFiles::create("scale", &w.kube)
+        .and_then(|f| f.write_cloudconfig(&w.azure).map(|_| f))
+        .map_err(|(path, source)| Error::File {
+            path: path.display().to_string(),
+            source,
+        })?;
     // No NMI runs in this scenario (it measures MIC and the API server), so MIC's check for
     // nodes without a ready NMI would report every node and every pod after its grace (30 s)
     // and add their Warning Events to what is measured; a real cluster runs NMI everywhere.
     let flags = [format!("--nmi-absence-grace={NMI_ABSENCE_GRACE}")];
-    processes::start_mic(&bin, &cdir, &kubeconfig, &cloudconfig, &flags)
-        .await
-        .map_err(|e| Error::Load(e.to_string()))
+    let mic = processes::start_mic(
+        &bin,
+        &cdir,
+        &files.kubeconfig(),
+        &files.cloudconfig(),
+        &flags,
+    )
+    .await
+    .map_err(|e| Error::Load(e.to_string()))?;
+    Ok((mic, files))
 }
 
 /// Runs the scenario.
@@ -314,7 +323,8 @@ async fn drive(
     let writes0 = w.kube.writes().total();
     let t0 = Instant::now();
     let (assigned, watch) = watch_assigned(w.client.clone(), t0);
-    let mut mic = start_mic(args, dir, w).await?;
+    // `_files` holds MIC's azure.json and kubeconfig until the run ends.
+    let (mut mic, _files) = start_mic(args, dir, w).await?;
     let active_s = t0.elapsed().as_secs_f64();
     let mut usage = UsageSeries::default();
     let mut series = Vec::new();
@@ -372,7 +382,7 @@ async fn drive(
     let writes_before = w.kube.writes().total();
     let patches_before = azure.total_patches();
     let t1 = Instant::now();
-    let mut mic = start_mic(args, dir, w).await?;
+    let (mut mic, _files) = start_mic(args, dir, w).await?;
     let http = reqwest::Client::new();
     let reads_q = "aadpodidentity_cloud_provider_operations_duration_seconds_count{operation_type=\"vmss_get\"}";
     let restart_s = loop {

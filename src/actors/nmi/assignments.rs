@@ -71,6 +71,8 @@ impl AssignmentIndex {
                     *rec.assigned.entry(id.cache_key.clone()).or_default() += 1;
                     gone.retain(|k| *k != id.cache_key);
                 }
+                // Where a wake-up starts (docs/performance.md: the wake-up's stages).
+                tracing::debug!(pod = %pod, identity = %id.identity_name, state = id.state.as_str(), "assignment event");
                 rec.pod_of.insert(aai_key.clone(), Arc::clone(&pod));
                 rec.by_pod
                     .entry(Arc::clone(&pod))

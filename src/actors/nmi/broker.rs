@@ -443,10 +443,22 @@ impl Broker {
                 }
                 _ => {
                     if let Some(id) = candidates(&ids, namespace, wanted).next() {
-                        if waited {
-                            self.observe_wait("assignment", started);
+                        if !waited {
+                            return self.fetch(key, namespace, pod, id, resource).await;
                         }
-                        return self.fetch(key, namespace, pod, id, resource).await;
+                        self.observe_wait("assignment", started);
+                        let woken = Instant::now();
+                        let got = self.fetch(key, namespace, pod, id, resource).await;
+                        // The wake-up's stages, per pod (docs/performance.md); never the token.
+                        tracing::debug!(
+                            pod = %key,
+                            identity = %id.identity_name,
+                            waited_ms = (woken - started).as_secs_f64() * 1e3,
+                            fetch_ms = woken.elapsed().as_secs_f64() * 1e3,
+                            lookup = ?got.as_ref().map(|a| a.lookup).ok(),
+                            "woken by assignment; token ready"
+                        );
+                        return got;
                     }
                 }
             }

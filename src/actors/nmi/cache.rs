@@ -354,7 +354,7 @@ impl TokenCache {
                 if now < t.expires_at {
                     let t = Arc::clone(t);
                     if st.inflight.is_none() {
-                        let f = self.start_fetch(&slot, request());
+                        let f = self.start_fetch(identity_key, &slot, request());
                         st.inflight = Some(f.clone());
                         // Nobody waits on a background refresh; drive it on its own task.
                         tokio::spawn(f);
@@ -368,7 +368,7 @@ impl TokenCache {
             match &st.inflight {
                 Some(f) => f.clone(),
                 None => {
-                    let f = self.start_fetch(&slot, request());
+                    let f = self.start_fetch(identity_key, &slot, request());
                     st.inflight = Some(f.clone());
                     f
                 }
@@ -388,7 +388,13 @@ impl TokenCache {
         }
     }
 
-    fn start_fetch(&self, slot: &Arc<Slot>, request: TokenRequest) -> Inflight {
+    fn start_fetch(
+        &self,
+        identity_key: &CacheKey,
+        slot: &Arc<Slot>,
+        request: TokenRequest,
+    ) -> Inflight {
+        let identity = identity_key.clone();
         let source = Arc::clone(&self.source);
         let slot = Arc::clone(slot);
         let margin = self.refresh_margin;
@@ -407,14 +413,21 @@ impl TokenCache {
                     body: up.body,
                 }),
             };
+            let label = outcome
+                .as_ref()
+                .map_or_else(FetchError::metric_label, |_| "ok");
             if let Some(m) = &metrics {
-                let label = outcome
-                    .as_ref()
-                    .map_or_else(FetchError::metric_label, |_| "ok");
                 m.upstream_fetch_seconds
                     .with_label_values(&[label])
                     .observe(started.elapsed().as_secs_f64());
             }
+            tracing::debug!(
+                %identity,
+                resource = %request.resource,
+                fetch_ms = started.elapsed().as_secs_f64() * 1e3,
+                outcome = label,
+                "upstream token fetch"
+            );
             let outcome = outcome.map(|token| {
                 let now = Instant::now();
                 let life = Duration::from_secs(token.expires_on.saturating_sub(unix_now()))

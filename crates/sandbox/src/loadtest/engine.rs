@@ -78,6 +78,37 @@ fn write_pods_csv(dir: &Path, st: &State) {
     let _ = std::fs::write(dir.join("pods.csv"), out);
 }
 
+/// Every request the simulated metadata services received (seconds since the run's start,
+/// negative before it): which node, for which client id, from which client port (a new port is
+/// a new connection), when it reached the handler and when its answer was ready. With
+/// `pods.csv` and the NMIs' debug logs (`COMPONENT_LOG=aad_pod_identity::actors::nmi=debug`)
+/// this shows where a slow wake-up's time went.
+fn write_imds_csv(dir: &Path, t0: Instant, log: &[aad_pod_identity_sim::azure::RequestRecord]) {
+    let rel = |t: Instant| {
+        if t >= t0 {
+            (t - t0).as_secs_f64()
+        } else {
+            -(t0 - t).as_secs_f64()
+        }
+    };
+    let mut out = String::from("node,client_id,peer_port,received_s,answered_s,status\n");
+    for r in log {
+        let Some(node) = &r.node else { continue };
+        let client_id = url::form_urlencoded::parse(r.query.as_bytes())
+            .find(|(k, _)| k.eq_ignore_ascii_case("client_id"))
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{node},{client_id},{},{:.5},{:.5},{}\n",
+            r.peer.map_or(0, |p| p.port()),
+            rel(r.received),
+            rel(r.at),
+            r.status
+        ));
+    }
+    let _ = std::fs::write(dir.join("imds.csv"), out);
+}
+
 fn sandbox_args(args: &LoadtestArgs, p: &Params, scenario: std::path::PathBuf) -> SandboxArgs {
     let (job_run_time, speedup) = p.churn.map_or((Duration::from_secs(5), 1), |c| (c.2, c.3));
     SandboxArgs {
@@ -251,9 +282,13 @@ async fn drive(
         .map_err(|e| Error::Load(e.to_string()))?;
     let world = World::read(sandbox, p);
     let prometheus = start_prometheus(args, sandbox).await?;
+    let probes = timeline::Probes::start().map_err(|e| Error::Load(e.to_string()))?;
     let wall0 = figures::unix_now();
+    let t0 = Instant::now();
+    let t0_unix_s = figures::unix_now();
     let ctx = Arc::new(Ctx {
-        t0: Instant::now(),
+        t0,
+        probes: probes.handle(),
         state: Mutex::new(State::default()),
         nmi: sandbox.nmi.clone(),
         client_ids: world.client_ids.clone(),
@@ -264,9 +299,9 @@ async fn drive(
     let writes0 = sandbox.kube.writes().total();
     let watchers = [
         tokio::spawn(timeline::watch_pods(Arc::clone(&ctx), client.clone())),
-        tokio::spawn(timeline::watch_assignments(
+        probes.handle().spawn(timeline::watch_assignments(
             Arc::clone(&ctx),
-            client.clone(),
+            sandbox.kube.kubeconfig_yaml(),
         )),
     ];
     create_pods(&ctx, &client, p).await?;
@@ -305,6 +340,7 @@ async fn drive(
     let throttled = azure.throttled - azure0.throttled;
     let measured = Measured {
         startup_s,
+        t0_unix_s,
         created_s,
         finished_s,
         timed_out,
@@ -334,6 +370,7 @@ async fn drive(
         usage_series: usage.into_series(),
         patch_series,
     };
+    write_imds_csv(dir, ctx.t0, &sandbox.azure.request_log());
     let st = ctx.lock();
     write_pods_csv(dir, &st);
     Ok(figures::result(args, p, &st, measured))

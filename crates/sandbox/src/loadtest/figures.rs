@@ -352,6 +352,9 @@ pub(super) fn kube_writes_json(
 /// Everything the run measured apart from the log itself.
 pub(super) struct Measured {
     pub(super) startup_s: f64,
+    /// The run's start (time 0 of `pods.csv` and `imds.csv`) as Unix time, to line the
+    /// driver's times up with the components' log timestamps.
+    pub(super) t0_unix_s: f64,
     pub(super) created_s: f64,
     pub(super) finished_s: f64,
     pub(super) timed_out: bool,
@@ -390,6 +393,7 @@ pub(super) fn result(args: &LoadtestArgs, p: &Params, st: &State, m: Measured) -
 
     let figures = json!({
         "startup_s": m.startup_s,
+        "t0_unix_s": m.t0_unix_s,
         "pods_seen": bound.len(),
         "pods_assigned": bound.iter().filter(|(_, p)| p.assigned.is_some()).count(),
         "run_s": m.finished_s,

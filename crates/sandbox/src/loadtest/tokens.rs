@@ -31,10 +31,19 @@ pub(super) async fn token(
     resource: &str,
     timeout: Duration,
 ) -> (u16, Option<String>) {
-    let client = match pod_client(ip, timeout) {
-        Ok(c) => c,
-        Err(e) => return (0, Some(e.to_string())),
-    };
+    match pod_client(ip, timeout) {
+        Ok(client) => token_with(&client, nmi, client_id, resource).await,
+        Err(e) => (0, Some(e.to_string())),
+    }
+}
+
+/// One token request with a pod's client ([`pod_client`]); (status or 0, error).
+async fn token_with(
+    client: &reqwest::Client,
+    nmi: SocketAddr,
+    client_id: &str,
+    resource: &str,
+) -> (u16, Option<String>) {
     let mut url = match url::Url::parse(&format!("http://{nmi}/metadata/identity/oauth2/token")) {
         Ok(u) => u,
         Err(e) => return (0, Some(e.to_string())),
@@ -95,8 +104,14 @@ pub(super) fn spawn_requests(ctx: &Arc<Ctx>, name: &str, ip: IpAddr, node: &str,
             });
             p.requests.len() - 1
         };
-        tokio::spawn(async move {
-            let (status, error) = token(ip, nmi, &client_id, resource, timeout).await;
+        // Built here, on the sandbox's thread: building a client costs more than reading its
+        // answer, and the probes' thread is there to read answers as they arrive.
+        let client = pod_client(ip, timeout);
+        ctx.probes.clone().spawn(async move {
+            let (status, error) = match client {
+                Ok(c) => token_with(&c, nmi, &client_id, resource).await,
+                Err(e) => (0, Some(e.to_string())),
+            };
             let at = ctx.now();
             let mut st = ctx.lock();
             if let Some(r) = st

@@ -49,10 +49,11 @@ async fn dispatch(
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
+    let received = Instant::now();
     let local = req.app_config().local_addr();
     if let Some((node, key)) = shared.nodes_by_addr.get(&local) {
         let resp = imds(&req, &shared, node, key).await;
-        record(&shared, &req, None, Some(node), &resp);
+        record(&shared, &req, received, None, Some(node), &resp);
         return resp;
     }
     let path = req.path().trim_matches('/').to_string();
@@ -68,13 +69,13 @@ async fn dispatch(
     }
     if is_token_path {
         let resp = aad(&req, payload, &shared, segs[0], segs.len() == 4).await;
-        record(&shared, &req, None, None, &resp);
+        record(&shared, &req, received, None, None, &resp);
         return resp;
     }
     if ci(0, "subscriptions") && segs.len() >= 2 {
         let sub = segs[1].to_string();
         let resp = arm(&req, payload, &shared, &segs).await;
-        record(&shared, &req, Some(sub), None, &resp);
+        record(&shared, &req, received, Some(sub), None, &resp);
         return resp;
     }
     arm_error(
@@ -89,6 +90,7 @@ async fn dispatch(
 fn record(
     shared: &Shared,
     req: &HttpRequest,
+    received: Instant,
     subscription: Option<String>,
     node: Option<&str>,
     resp: &HttpResponse,
@@ -97,6 +99,8 @@ fn record(
     if inner.log.len() < LOG_CAP {
         inner.log.push(RequestRecord {
             at: Instant::now(),
+            received,
+            peer: req.peer_addr(),
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
             query: req.uri().query().unwrap_or("").to_string(),

@@ -75,8 +75,12 @@ pub struct Fault {
 /// One request the simulator answered (for timestamp checks in tests).
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
-    /// Arrival time.
+    /// When the answer was ready (after any simulated latency).
     pub at: Instant,
+    /// When the request reached its handler.
+    pub received: Instant,
+    /// The client's address and port (a new port is a new connection).
+    pub peer: Option<std::net::SocketAddr>,
     /// HTTP method.
     pub method: String,
     /// Path (without query), exactly as it arrived in the request line.

@@ -73,8 +73,20 @@ pub fn error_events(
     desired: &DesiredAssignments,
     hosts: &BTreeMap<HostId, HostReport>,
 ) -> BTreeSet<UserEvent> {
+    error_events_among(desired, hosts, desired.assignments.values())
+}
+
+/// [`error_events`] with the refusals looked for among `candidates` only: every desired
+/// assignment whose identity a host refused must be among them (the writer passes those of
+/// the refusing hosts' identities, so a host report does not walk every assignment).
+#[must_use]
+pub fn error_events_among<'a>(
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+    candidates: impl IntoIterator<Item = &'a Assignment>,
+) -> BTreeSet<UserEvent> {
     let mut out = BTreeSet::new();
-    for a in desired.assignments.values() {
+    for a in candidates {
         if let Target::Msi { host, id } = &a.target
             && let Some(why) = hosts.get(host).and_then(|r| r.refused.get(id))
         {

@@ -23,17 +23,19 @@ mod object;
 mod plan;
 mod record;
 mod retry;
+mod targets;
 
 pub use super::recorder::{EVENT_SOURCE, REASON_APPLIED, REASON_APPLY_ERROR, UserEvent};
-pub use events::error_events;
+pub use events::{error_events, error_events_among};
 pub use io::Error;
 pub use object::object_for;
 pub use plan::{WriteOp, plan, plan_key, plan_some};
 pub use record::{HostRecords, RecordIndex, RecordedOn, recorded_msi};
 use retry::{Admit, WriteRetries};
+use targets::ByTarget;
 
 use super::assigner::HostReport;
-use super::host::HostId;
+use super::host::{HostId, IdentityId};
 use super::matcher::{Assignment, Rejection, Target};
 use super::metrics::MicMetrics;
 use super::recorder::Record;
@@ -98,8 +100,8 @@ pub struct Writer {
     /// Where changes to `records` go.
     records_to: Option<Recipient<HostRecords>>,
     desired: DesiredAssignments,
-    /// Desired objects by the host their identity goes on.
-    by_host: HashMap<HostId, BTreeSet<ObjectKey>>,
+    /// Desired objects by the host and identity they put there.
+    by_host: ByTarget,
     /// Existing objects no longer desired (being released).
     orphans: BTreeSet<ObjectKey>,
     hosts: BTreeMap<HostId, HostReport>,
@@ -131,8 +133,13 @@ pub struct Writer {
 
 /// The host an assignment's identity goes on (none for service principals and federated ones).
 pub(super) fn host_of(a: &Assignment) -> Option<&HostId> {
+    target_of(a).map(|(host, _)| host)
+}
+
+/// The host and user-assigned identity an assignment puts there.
+fn target_of(a: &Assignment) -> Option<(&HostId, &IdentityId)> {
     match &a.target {
-        Target::Msi { host, .. } => Some(host),
+        Target::Msi { host, id } => Some((host, id)),
         Target::ServicePrincipal | Target::Federated => None,
     }
 }
@@ -156,7 +163,7 @@ impl Writer {
             records: RecordIndex::default(),
             records_to: None,
             desired: DesiredAssignments::default(),
-            by_host: HashMap::new(),
+            by_host: ByTarget::default(),
             orphans: BTreeSet::new(),
             hosts: BTreeMap::new(),
             in_flight: BTreeSet::new(),
@@ -200,10 +207,9 @@ impl Writer {
         warn!(key = %key, pod = %a.pod, name = %a.key.name, "AzureAssignedIdentity name is another pod's; using a name of its own");
         self.renamed
             .insert(key.clone(), (a.pod.clone(), a.key.clone()));
-        if let Some(h) = host_of(&a) {
-            let keys = self.by_host.entry(h.clone()).or_default();
-            keys.remove(key);
-            keys.insert(a.key.clone());
+        if let Some((h, id)) = target_of(&a) {
+            self.by_host.remove(h, id, key);
+            self.by_host.insert(h, id, a.key.clone());
         }
         if let Some(t) = self.first_seen.remove(key) {
             self.first_seen.insert(a.key.clone(), t);
@@ -225,10 +231,8 @@ impl Writer {
             match old.assignments.remove(key) {
                 Some(was) if was.same_as(a) => continue,
                 Some(was) => {
-                    if let Some(h) = host_of(&was)
-                        && let Some(keys) = self.by_host.get_mut(h)
-                    {
-                        keys.remove(key);
+                    if let Some((h, id)) = target_of(&was) {
+                        self.by_host.remove(h, id, key);
                     }
                 }
                 None => {
@@ -236,20 +240,15 @@ impl Writer {
                     self.orphans.remove(key);
                 }
             }
-            if let Some(h) = host_of(a) {
-                self.by_host
-                    .entry(h.clone())
-                    .or_default()
-                    .insert(key.clone());
+            if let Some((h, id)) = target_of(a) {
+                self.by_host.insert(h, id, key.clone());
             }
             self.dirty.insert(key.clone());
         }
         // What is left of the old state is no longer desired.
         for (key, was) in old.assignments {
-            if let Some(h) = host_of(&was)
-                && let Some(keys) = self.by_host.get_mut(h)
-            {
-                keys.remove(&key);
+            if let Some((h, id)) = target_of(&was) {
+                self.by_host.remove(h, id, &key);
             }
             self.first_seen.remove(&key);
             if self.existing.contains_key(&key) {
@@ -302,7 +301,7 @@ impl Writer {
         }
         if self.events_stale {
             self.events_stale = false;
-            let events = error_events(&self.desired, &self.hosts);
+            let events = self.error_events();
             for ev in events.difference(&self.events_sent) {
                 self.events.do_send(Record(ev.clone()));
             }
@@ -356,13 +355,62 @@ impl Writer {
         self.dirty.extend(no_room);
     }
 
-    /// Picks, among the objects to write, one per identity and host that has no record yet.
+    /// The Warning Events the state calls for ([`error_events`]), looking for refusals only
+    /// among the refusing hosts' objects.
+    fn error_events(&self) -> BTreeSet<UserEvent> {
+        let candidates = self
+            .hosts
+            .iter()
+            .flat_map(|(h, r)| {
+                r.refused
+                    .keys()
+                    .filter_map(move |id| self.by_host.keys(h, id))
+            })
+            .flatten()
+            .filter_map(|k| self.desired.assignments.get(k));
+        let events = error_events_among(&self.desired, &self.hosts, candidates);
+        debug_assert_eq!(events, error_events(&self.desired, &self.hosts));
+        events
+    }
+
+    /// Picks, among the objects to write, one per identity and host that has no record yet:
+    /// the first in key order that is marked, neither stored nor being written.
     fn find_urgent(&mut self) {
         if !std::mem::take(&mut self.urgent_stale) || self.dirty.len() <= self.max_in_flight {
             // Every one of them goes out now anyway.
             return;
         }
+        let found = self.first_records_to_write();
+        debug_assert_eq!(found, self.first_records_to_write_by_scan());
+        self.urgent.extend(found);
+    }
+
+    /// Per (host, identity) pair without a record, walking the pairs, not the objects.
+    fn first_records_to_write(&self) -> BTreeSet<ObjectKey> {
+        let mut found = BTreeSet::new();
+        for (host, ids) in self.by_host.hosts() {
+            let recorded = self.records.on_host(host);
+            for (id, keys) in ids {
+                if recorded.is_some_and(|r| r.contains_key(id)) {
+                    continue;
+                }
+                if let Some(k) = keys.iter().find(|k| {
+                    self.dirty.contains(*k)
+                        && !self.existing.contains_key(*k)
+                        && !self.in_flight.contains(*k)
+                }) {
+                    found.insert(k.clone());
+                }
+            }
+        }
+        found
+    }
+
+    /// What [`Self::first_records_to_write`] finds, by walking every marked object (the
+    /// definition; debug builds check the index against it).
+    fn first_records_to_write_by_scan(&self) -> BTreeSet<ObjectKey> {
         let mut seen = BTreeSet::new();
+        let mut found = BTreeSet::new();
         for key in &self.dirty {
             if self.existing.contains_key(key) || self.in_flight.contains(key) {
                 continue;
@@ -372,9 +420,10 @@ impl Writer {
                 && self.records.count(host, id) == 0
                 && seen.insert((host, id))
             {
-                self.urgent.insert(key.clone());
+                found.insert(key.clone());
             }
         }
+        found
     }
 
     fn backing_off_changed(&self) {
@@ -509,9 +558,7 @@ impl Handler<RecordsTo> for Writer {
 impl Handler<HostReport> for Writer {
     type Result = ();
     fn handle(&mut self, msg: HostReport, ctx: &mut Context<Self>) {
-        if let Some(keys) = self.by_host.get(&msg.host) {
-            self.dirty.extend(keys.iter().cloned());
-        }
+        self.dirty.extend(self.by_host.of_host(&msg.host).cloned());
         self.dirty.extend(self.orphans.iter().cloned());
         self.hosts.insert(msg.host.clone(), msg);
         self.events_stale = true;

@@ -136,6 +136,12 @@ impl RecordIndex {
             .unwrap_or_default()
     }
 
+    /// The identities recorded on `host`, each with the objects recording it.
+    #[must_use]
+    pub fn on_host(&self, host: &HostId) -> Option<&BTreeMap<IdentityId, BTreeSet<ObjectKey>>> {
+        self.keys.get(host)
+    }
+
     /// The objects recording `id` on `host`.
     #[must_use]
     pub fn keys(&self, host: &HostId, id: &IdentityId) -> Option<&BTreeSet<ObjectKey>> {

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::Shared;
 use super::federation::Refusal;
 use super::state::{FaultKind, FaultTarget};
-use super::wire::{base_url, hang, oauth_error, read_body};
+use super::wire::{base_url, hang, oauth_error, read_body, simulate_latency};
 
 /// The tenant discovery document MSAL-based SDKs fetch before asking for a token.
 pub(super) fn openid_configuration(req: &HttpRequest, tenant: &str, v2: bool) -> HttpResponse {
@@ -92,10 +92,7 @@ pub(super) async fn aad(
             inner.counters.aad_errors += 1;
         }
     }
-    // As the metadata service: no timer round trip when there is no latency to simulate.
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    simulate_latency(delay).await;
     resp
 }
 

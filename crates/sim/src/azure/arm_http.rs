@@ -15,7 +15,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
 use super::state::{FaultKind, FaultTarget, Operation, PatchError};
-use super::wire::{AnswerLost, BodyError, arm_error, base_url, hang, read_body};
+use super::wire::{AnswerLost, BodyError, arm_error, base_url, hang, read_body, simulate_latency};
 use super::{ARM_RESOURCE, LroMode, Shared};
 
 /// What the ARM path names.
@@ -255,9 +255,7 @@ pub(super) async fn arm(
             ),
         ),
     };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    simulate_latency(delay).await;
     if answer_lost {
         return connection_lost();
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::Shared;
 use super::state::{FaultKind, FaultTarget};
-use super::wire::{hang, oauth_error};
+use super::wire::{hang, oauth_error, simulate_latency};
 
 fn query_map(req: &HttpRequest) -> HashMap<String, String> {
     url::form_urlencoded::parse(req.query_string().as_bytes())
@@ -77,13 +77,7 @@ pub(super) async fn imds(
             inner.counters.imds_errors += 1;
         }
     }
-    // A zero sleep is not free: it parks the answer until the worker's next timer turn, which
-    // under a burst comes after every other request queued on that worker (the metadata
-    // services of all simulated nodes share two workers). A real metadata service answers
-    // as soon as it has the answer.
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    simulate_latency(delay).await;
     resp
 }
 

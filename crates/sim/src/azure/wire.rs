@@ -23,6 +23,16 @@ pub(super) async fn hang(shared: &Shared) {
     }
 }
 
+/// Waits out a simulated latency. A zero wait is skipped, not slept: a zero sleep still parks
+/// the answer until the worker's next timer turn, which under a burst comes after every other
+/// request queued on that worker (the metadata services of all simulated nodes, ARM and Azure
+/// AD share a few workers), while the real service answers as soon as it has the answer.
+pub(super) async fn simulate_latency(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Base URL the client used (scheme and host of this request), for URLs we hand back.
 pub(super) fn base_url(req: &HttpRequest) -> String {
     let info = req.connection_info();

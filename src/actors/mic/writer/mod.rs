@@ -26,7 +26,8 @@ mod retry;
 mod targets;
 
 pub use super::recorder::{EVENT_SOURCE, REASON_APPLIED, REASON_APPLY_ERROR, UserEvent};
-pub use events::{error_events, error_events_among};
+pub use events::error_events;
+use events::error_events_among;
 pub use io::Error;
 pub use object::object_for;
 pub use plan::{WriteOp, plan, plan_key, plan_some};

@@ -100,6 +100,8 @@ pub struct NmiSettings {
     pub max_waiters: usize,
     /// `--max-metadata-fetches` (0: unbounded).
     pub max_metadata_fetches: usize,
+    /// `--max-metadata-fetches-per-second` (0: unpaced).
+    pub max_metadata_fetches_per_second: usize,
     /// `--max-token-cache-slots`.
     pub max_token_cache_slots: usize,
     /// `--max-pass-through`.
@@ -153,6 +155,7 @@ impl NmiSettings {
             max_waiters_per_pod: count(args.max_waiters_per_pod),
             max_waiters: count(args.max_waiters),
             max_metadata_fetches: count(args.max_metadata_fetches),
+            max_metadata_fetches_per_second: count(args.max_metadata_fetches_per_second),
             max_token_cache_slots: count(args.max_token_cache_slots),
             max_pass_through: count(args.max_pass_through),
             pass_through_body_timeout: args.pass_through_body_timeout,
@@ -228,6 +231,7 @@ impl NmiSettings {
             max_waiters_per_pod: 100,
             max_waiters: 10_000,
             max_metadata_fetches: imds_fetch::DEFAULT_MAX_IN_FLIGHT,
+            max_metadata_fetches_per_second: imds_fetch::DEFAULT_MAX_PER_SECOND,
             max_token_cache_slots: cache::DEFAULT_MAX_SLOTS,
             max_pass_through: 64,
             pass_through_body_timeout: Duration::from_secs(10),
@@ -349,6 +353,7 @@ impl Nmi {
             source,
             imds_fetch::ImdsFetchSettings {
                 max_in_flight: settings.max_metadata_fetches,
+                max_per_second: settings.max_metadata_fetches_per_second,
                 max_waiting: settings.max_waiters,
                 max_waiting_per_identity: settings.max_waiters_per_pod,
                 fetch_timeout: settings.token_fetch_timeout,

@@ -171,7 +171,7 @@ async fn more_than_twenty_identity_requests_a_second_are_refused_until_the_windo
 struct Burst {
     azure: AzureSimHandle,
     node: String,
-    nmi: Arc<Nmi>,
+    _nmi: Arc<Nmi>,
     base: String,
     metrics: aad_pod_identity::metrics::Metrics,
     pods: Vec<(String, String)>,
@@ -229,7 +229,7 @@ async fn burst_world(pods: u32, tune: impl FnOnce(&mut NmiSettings)) -> Burst {
     Burst {
         azure,
         node,
-        nmi,
+        _nmi: nmi,
         base,
         metrics,
         pods: bound,
@@ -277,10 +277,10 @@ impl Burst {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_fifty_identities_on_one_node_gets_every_token_within_the_vms_limits() {
-    let w = burst_world(50, |_| {}).await;
-    let answers = w.all_ask().await;
+/// What every burst test checks: each pod got its own identity's token, the service never saw
+/// more than NMI's bound at once, one accepted fetch per identity, and every 429 the service sent
+/// is one NMI counted and retried. Returns the service's 429 count.
+fn check_absorbed(w: &Burst, answers: &[(u16, String)]) -> u64 {
     for (i, (status, body)) in answers.iter().enumerate() {
         assert_eq!(*status, 200, "pod {i}: {body}");
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
@@ -297,8 +297,6 @@ async fn a_burst_of_fifty_identities_on_one_node_gets_every_token_within_the_vms
     );
     assert_eq!(load.refused_concurrency, 0, "{load:?}");
     assert_eq!(load.accepted, 50, "one fetch per identity: {load:?}");
-    // Fifty fetches at four at a time, 100 ms each, is 40 a second: the 20/s limit refused
-    // some, and NMI absorbed every one of them by retrying.
     let throttled = w.azure.counters().imds_throttled;
     assert_eq!(load.refused_rate, throttled);
     assert_eq!(
@@ -311,25 +309,47 @@ async fn a_burst_of_fifty_identities_on_one_node_gets_every_token_within_the_vms
         throttled,
         "and retried"
     );
-    assert!(
-        throttled > 0,
-        "the burst exceeded the rate limit (so the test exercises retries)"
-    );
     assert_eq!(
         w.metric("aadpodidentity_imds_operations_errors_count", ""),
         0,
         "no fetch failed in the end"
     );
-    drop(w.nmi);
+    throttled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_fifty_identities_on_one_node_gets_every_token_without_a_429() {
+    let w = burst_world(50, |_| {}).await;
+    let started = std::time::Instant::now();
+    let answers = w.all_ask().await;
+    let throttled = check_absorbed(&w, &answers);
+    // Paced at 16 a second, four at a time: the service's limits are never reached.
+    assert_eq!(throttled, 0);
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "fifty fetches at 16/s take three seconds at least"
+    );
     w.azure.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_bound_and_without_time_to_retry_the_burst_reaches_the_pods_as_failures() {
+async fn unpaced_the_burst_draws_429s_that_nmi_absorbs_by_retrying() {
+    let w = burst_world(50, |s| s.max_metadata_fetches_per_second = 0).await;
+    let answers = w.all_ask().await;
+    let throttled = check_absorbed(&w, &answers);
+    // Fifty fetches at four at a time, 100 ms each, is 40 a second: the 20/s limit refused
+    // some, and every one was retried until it got through.
+    assert!(throttled > 0, "the burst exceeded the rate limit");
+    w.azure.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_bounds_and_without_time_to_retry_the_burst_reaches_the_pods_as_failures() {
     // The original's behaviour: every fetch at once, and (here) no time left for a retry
     // (the first retry waits at least a second).
     let w = burst_world(50, |s| {
         s.max_metadata_fetches = 0;
+        s.max_metadata_fetches_per_second = 0;
         s.token_fetch_timeout = Duration::from_millis(900);
     })
     .await;
@@ -339,33 +359,14 @@ async fn without_the_bound_and_without_time_to_retry_the_burst_reaches_the_pods_
     assert!(load.peak_concurrent > 5, "{load:?}");
     assert!(load.refused_concurrency > 0, "{load:?}");
     assert!(
-        failed.len() >= 40,
+        failed.len() >= 30,
         "{} of 50 failed: {load:?}",
         failed.len()
     );
     // A pod sees the original's answer for an upstream failure (403 naming the service's 429).
     assert!(
-        failed
-            .iter()
-            .all(|(s, b)| *s == 403 && b.contains("429")),
+        failed.iter().all(|(s, b)| *s == 403 && b.contains("429")),
         "{failed:?}"
-    );
-    w.azure.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_bound_the_service_sees_the_whole_burst_and_nmi_absorbs_its_429s() {
-    let w = burst_world(30, |s| s.max_metadata_fetches = 0).await;
-    let answers = w.all_ask().await;
-    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
-    let load = w.azure.imds_load(&w.node);
-    assert!(load.peak_concurrent > 5, "{load:?}");
-    let throttled = w.azure.counters().imds_throttled;
-    assert_eq!(throttled, load.refused_concurrency + load.refused_rate);
-    assert!(throttled >= 25, "{load:?}");
-    assert_eq!(
-        w.metric("aadpodidentity_nmi_imds_answers_total", r#"status="429""#),
-        throttled
     );
     w.azure.shutdown().await;
 }

@@ -370,3 +370,66 @@ async fn without_the_bounds_and_without_time_to_retry_the_burst_reaches_the_pods
     );
     w.azure.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_azure_identity_takes_the_simulated_429_for_throttling_and_retries_through_it() {
+    // Needs `pip install azure-identity` (ci/requirements.txt). Five slow requests fill the VM's
+    // places; the SDK's request is refused with 429, which it must treat as throttling (its
+    // IMDS policy retries 404, 410, 429 and 5xx) and get through once the places are free.
+    let (azure, node) = node_with(
+        1,
+        AzureSimConfig {
+            imds_latency: Latency::Fixed(Duration::from_secs(3)),
+            ..AzureSimConfig::default()
+        },
+    )
+    .await;
+    let imds = azure.imds_addr(&node).unwrap();
+    let client_id = azure.identities()[0].client_id.clone();
+    let held: Vec<_> = (0..5)
+        .map(|_| {
+            let c = client_id.clone();
+            tokio::spawn(async move { ask_imds(imds, &c).await })
+        })
+        .collect();
+    eventually("five requests in the service", || {
+        azure.imds_load(&node).accepted == 5
+    })
+    .await;
+    azure.reconfigure(|c| c.imds_latency = Latency::None);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/judges/azure_identity_imds.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", format!("http://{imds}"))
+        .env("CLIENT_ID", &client_id)
+        .env("SCOPE", "https://vault.azure.net/.default")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .output()
+        .await
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "azure-identity did not get through (is `pip install azure-identity` done?): {stderr}"
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let claims = azure.decode_token(got["token"].as_str().unwrap()).unwrap();
+    assert_eq!(claims.appid, client_id);
+    for h in held {
+        assert_eq!(h.await.unwrap().0, 200);
+    }
+    let sdk: Vec<u16> = azure
+        .request_log()
+        .iter()
+        .filter(|r| r.user_agent.contains("python"))
+        .map(|r| r.status)
+        .collect();
+    assert!(sdk.len() >= 2, "{sdk:?}");
+    assert_eq!(sdk[0], 429, "{sdk:?}");
+    assert_eq!(*sdk.last().unwrap(), 200, "{sdk:?}");
+    azure.shutdown().await;
+}

@@ -9,8 +9,8 @@
 //! imports between those two run one way: the HTTP surface uses the broker and indexes.
 
 use crate::actors::nmi::{
-    assignments, broker, cache, cloud_source, exceptions, federated, gate, iptables, kubenet,
-    imds_fetch, managed, metrics, pods, service_accounts, source, upstream_metrics, watchers,
+    assignments, broker, cache, cloud_source, exceptions, federated, gate, imds_fetch, iptables,
+    kubenet, managed, metrics, pods, service_accounts, source, upstream_metrics, watchers,
 };
 use crate::actors::supervisor::{Death, RestartPolicy, Supervisor};
 use crate::http::nmi::{HttpSettings, NmiHttp};

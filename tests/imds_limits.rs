@@ -10,9 +10,7 @@ mod nmi_support;
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
 use aad_pod_identity::crd::{AssignedState, IdentityType};
 use aad_pod_identity::nmi::{Nmi, NmiSettings};
-use aad_pod_identity_sim::azure::{
-    AzureSim, AzureSimConfig, AzureSimHandle, ImdsLimits, Latency,
-};
+use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, ImdsLimits, Latency};
 use aad_pod_identity_sim::topology::Topology;
 use nmi_support::*;
 use std::net::{SocketAddr, TcpListener};
@@ -288,7 +286,10 @@ fn check_absorbed(w: &Burst, answers: &[(u16, String)]) -> u64 {
             .azure
             .decode_token(v["access_token"].as_str().unwrap())
             .unwrap();
-        assert_eq!(claims.appid, w.pods[i].1, "pod {i} got its own identity's token");
+        assert_eq!(
+            claims.appid, w.pods[i].1,
+            "pod {i} got its own identity's token"
+        );
     }
     let load = w.azure.imds_load(&w.node);
     assert!(
@@ -403,7 +404,10 @@ async fn python_azure_identity_takes_the_simulated_429_for_throttling_and_retrie
     );
     let out = tokio::process::Command::new("python3")
         .arg(script)
-        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", format!("http://{imds}"))
+        .env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            format!("http://{imds}"),
+        )
         .env("CLIENT_ID", &client_id)
         .env("SCOPE", "https://vault.azure.net/.default")
         .env_remove("HTTP_PROXY")

@@ -201,12 +201,20 @@ pub struct NmiArgs {
     /// New: metadata-service token requests NMI has out at once (Azure allows 5 concurrent per
     /// VM; the default leaves one for the node's other agents); 0 for no bound. More wait in a
     /// line bounded by --max-waiters (per identity: --max-waiters-per-pod).
-    #[arg(long = "max-metadata-fetches", env = "NMI_MAX_METADATA_FETCHES", default_value_t = 4)]
+    #[arg(
+        long = "max-metadata-fetches",
+        env = "NMI_MAX_METADATA_FETCHES",
+        default_value_t = 4
+    )]
     pub max_metadata_fetches: u32,
 
     /// New: metadata-service token requests NMI sends in any one second (Azure allows 20 per
     /// VM; the default leaves 4 for the node's other agents); 0 for no pacing.
-    #[arg(long = "max-metadata-fetches-per-second", env = "NMI_MAX_METADATA_FETCHES_PER_SECOND", default_value_t = 16)]
+    #[arg(
+        long = "max-metadata-fetches-per-second",
+        env = "NMI_MAX_METADATA_FETCHES_PER_SECOND",
+        default_value_t = 16
+    )]
     pub max_metadata_fetches_per_second: u32,
 
     /// New: cached (identity, resource) tokens kept at most; beyond, idle ones are evicted.

@@ -323,7 +323,10 @@ impl ImdsFetch {
     }
 
     fn join_line(&self, identity: &str) -> Result<InLine<'_>, Error> {
-        let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let total = w.get("").copied().unwrap_or(0);
         let mine = w.get(identity).copied().unwrap_or(0);
         let full = if total >= self.settings.max_waiting {
@@ -521,10 +524,7 @@ mod tests {
 
         fn call_offsets(&self, from: Instant) -> Vec<u64> {
             let calls = self.calls.lock().unwrap();
-            calls
-                .iter()
-                .map(|(_, t)| (*t - from).as_secs())
-                .collect()
+            calls.iter().map(|(_, t)| (*t - from).as_secs()).collect()
         }
     }
 
@@ -717,7 +717,10 @@ mod tests {
         for t in held.into_iter().chain([other]) {
             assert_eq!(t.await.unwrap().unwrap().status, 200);
         }
-        assert!(f.waiting.lock().unwrap().is_empty(), "the line is left clean");
+        assert!(
+            f.waiting.lock().unwrap().is_empty(),
+            "the line is left clean"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -733,7 +736,10 @@ mod tests {
         let start = Instant::now();
         let e = f.fetch(&for_identity("waiting")).await.unwrap_err();
         assert_eq!(Instant::now() - start, Duration::from_secs(29));
-        assert!(e.to_string().contains("no metadata-service fetch place"), "{e}");
+        assert!(
+            e.to_string().contains("no metadata-service fetch place"),
+            "{e}"
+        );
         gate.add_permits(1);
         out.await.unwrap().unwrap();
     }
@@ -791,6 +797,9 @@ mod tests {
         );
         f.fetch(&for_identity("a")).await.unwrap();
         let e = f.fetch(&for_identity("b")).await.unwrap_err();
-        assert!(e.to_string().contains("no metadata-service fetch place"), "{e}");
+        assert!(
+            e.to_string().contains("no metadata-service fetch place"),
+            "{e}"
+        );
     }
 }

@@ -58,41 +58,43 @@ fn is_identity_category(path: &str) -> bool {
         && (p.len() == prefix.len() || p[prefix.len()] == b'/')
 }
 
-/// Admits an identity-category request under `node`'s limits, or the 429 the service answers.
+/// Admits an identity-category request under `node`'s limits, or says which limit refuses it.
 fn admit<'a>(
     shared: &'a Shared,
     node: &'a str,
     limits: super::ImdsLimits,
-) -> Result<Admitted<'a>, HttpResponse> {
+) -> Result<Admitted<'a>, Refusal> {
     let mut inner = shared.lock();
-    let refused = inner
+    let admitted = inner
         .imds_throttle
         .entry(node.to_string())
         .or_default()
         .admit(limits, Instant::now());
-    match refused {
-        Ok(()) => Ok(Admitted { shared, node }),
-        Err(why) => {
-            inner.counters.imds_throttled += 1;
-            inner.counters.imds_errors += 1;
-            let description = match why {
-                Refusal::Concurrency => format!(
-                    "Too many requests: at most {} concurrent requests to the managed identity endpoint per VM.",
-                    limits.concurrent
-                ),
-                Refusal::Rate => format!(
-                    "Too many requests: at most {} requests per second to the managed identity endpoint per VM.",
-                    limits.per_second
-                ),
-            };
-            // No Retry-After: Azure documents none for this answer.
-            Err(oauth_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                &description,
-            ))
-        }
+    if admitted.is_err() {
+        inner.counters.imds_throttled += 1;
+        inner.counters.imds_errors += 1;
     }
+    admitted.map(|()| Admitted { shared, node })
+}
+
+/// The 429 the service answers when a limit refuses a request.
+fn throttled(limits: super::ImdsLimits, why: Refusal) -> HttpResponse {
+    let description = match why {
+        Refusal::Concurrency => format!(
+            "Too many requests: at most {} concurrent requests to the managed identity endpoint per VM.",
+            limits.concurrent
+        ),
+        Refusal::Rate => format!(
+            "Too many requests: at most {} requests per second to the managed identity endpoint per VM.",
+            limits.per_second
+        ),
+    };
+    // No Retry-After: Azure documents none for this answer.
+    oauth_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        &description,
+    )
 }
 
 pub(super) async fn imds(
@@ -107,7 +109,7 @@ pub(super) async fn imds(
     let _admitted = if is_identity_category(req.path()) {
         match admit(shared, node, cfg.imds_limits) {
             Ok(a) => Some(a),
-            Err(refused) => return refused,
+            Err(why) => return throttled(cfg.imds_limits, why),
         }
     } else {
         None

@@ -141,10 +141,7 @@ mod tests {
         for _ in 0..5 {
             t.admit(ImdsLimits::AZURE, now).unwrap();
         }
-        assert_eq!(
-            t.admit(ImdsLimits::AZURE, now),
-            Err(Refusal::Concurrency)
-        );
+        assert_eq!(t.admit(ImdsLimits::AZURE, now), Err(Refusal::Concurrency));
         t.release();
         t.admit(ImdsLimits::AZURE, now).unwrap();
         assert_eq!(t.load().peak_concurrent, 6);
@@ -156,8 +153,11 @@ mod tests {
         let mut t = NodeThrottle::default();
         let start = Instant::now();
         for i in 0..20u32 {
-            t.admit(ImdsLimits::AZURE, start + Duration::from_millis(u64::from(i) * 10))
-                .unwrap();
+            t.admit(
+                ImdsLimits::AZURE,
+                start + Duration::from_millis(u64::from(i) * 10),
+            )
+            .unwrap();
             t.release();
         }
         let at = |ms| start + Duration::from_millis(ms);

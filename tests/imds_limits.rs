@@ -5,6 +5,7 @@
 //! by retrying. Python `azure-identity` (a client nobody here wrote) is the judge of the 429's
 //! shape: it recognises it as throttling and retries.
 
+mod azure_common;
 mod nmi_support;
 
 use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
@@ -64,19 +65,28 @@ async fn ask_imds(imds: SocketAddr, client_id: &str) -> (u16, Option<String>, St
     (status, retry_after, r.text().await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sixth_concurrent_identity_request_to_a_vm_is_refused_with_429() {
+/// A node with one identity whose metadata service is answering five requests that each take
+/// `latency`: every one of its places is taken. Returns the handles of those five.
+struct Full {
+    azure: AzureSimHandle,
+    node: String,
+    imds: SocketAddr,
+    client_id: String,
+    five: Vec<tokio::task::JoinHandle<(u16, Option<String>, String)>>,
+}
+
+async fn full_node(latency: Duration) -> Full {
     let (azure, node) = node_with(
         1,
         AzureSimConfig {
-            imds_latency: Latency::Fixed(Duration::from_millis(800)),
+            imds_latency: Latency::Fixed(latency),
             ..AzureSimConfig::default()
         },
     )
     .await;
     let imds = azure.imds_addr(&node).unwrap();
     let client_id = azure.identities()[0].client_id.clone();
-    let five: Vec<_> = (0..5)
+    let five = (0..5)
         .map(|_| {
             let c = client_id.clone();
             tokio::spawn(async move { ask_imds(imds, &c).await })
@@ -86,6 +96,24 @@ async fn the_sixth_concurrent_identity_request_to_a_vm_is_refused_with_429() {
         azure.imds_load(&node).accepted == 5
     })
     .await;
+    Full {
+        azure,
+        node,
+        imds,
+        client_id,
+        five,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sixth_concurrent_identity_request_to_a_vm_is_refused_with_429() {
+    let Full {
+        azure,
+        node,
+        imds,
+        client_id,
+        five,
+    } = full_node(Duration::from_millis(800)).await;
     let (status, retry_after, body) = ask_imds(imds, &client_id).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(retry_after, None, "Azure documents no Retry-After here");
@@ -377,44 +405,15 @@ async fn python_azure_identity_takes_the_simulated_429_for_throttling_and_retrie
     // Needs `pip install azure-identity` (ci/requirements.txt). Five slow requests fill the VM's
     // places; the SDK's request is refused with 429, which it must treat as throttling (its
     // IMDS policy retries 404, 410, 429 and 5xx) and get through once the places are free.
-    let (azure, node) = node_with(
-        1,
-        AzureSimConfig {
-            imds_latency: Latency::Fixed(Duration::from_secs(3)),
-            ..AzureSimConfig::default()
-        },
-    )
-    .await;
-    let imds = azure.imds_addr(&node).unwrap();
-    let client_id = azure.identities()[0].client_id.clone();
-    let held: Vec<_> = (0..5)
-        .map(|_| {
-            let c = client_id.clone();
-            tokio::spawn(async move { ask_imds(imds, &c).await })
-        })
-        .collect();
-    eventually("five requests in the service", || {
-        azure.imds_load(&node).accepted == 5
-    })
-    .await;
+    let Full {
+        azure,
+        imds,
+        client_id,
+        five: held,
+        ..
+    } = full_node(Duration::from_secs(3)).await;
     azure.reconfigure(|c| c.imds_latency = Latency::None);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/judges/azure_identity_imds.py"
-    );
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .env(
-            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-            format!("http://{imds}"),
-        )
-        .env("CLIENT_ID", &client_id)
-        .env("SCOPE", "https://vault.azure.net/.default")
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .output()
-        .await
-        .expect("python3 runs");
+    let out = azure_common::python_get_token(&format!("http://{imds}"), &client_id).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),

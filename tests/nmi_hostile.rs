@@ -468,11 +468,17 @@ fn the_route_nmi_chooses_is_the_route_the_metadata_service_receives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_cannot_grow_the_metrics() {
+    // Thousands of distinct fetches: the metadata service's limits and NMI's pacing of them
+    // (tests/imds_limits.rs) would make this a 3-minute test of something else.
     let w = world(|s| {
         s.max_token_cache_slots = 500;
         s.max_connections_per_source = 1024;
+        s.max_metadata_fetches = 0;
+        s.max_metadata_fetches_per_second = 0;
     })
     .await;
+    w.azure
+        .reconfigure(|c| c.imds_limits = aad_pod_identity_sim::azure::ImdsLimits::OFF);
     let unbound = client_from(UNBOUND);
     let bound = client_from(BOUND);
     let base = format!("http://{}", w.addr);

@@ -10,16 +10,18 @@
 //! sends at most `--max-metadata-fetches-per-second` (default 16, four fifths of the limit) in
 //! any one-second window; a fetch holds its place only while its request is out (or is about to
 //! leave at its paced time), never during a backoff. Pacing is what keeps a burst from drawing
-//! 429s at all: retried 429s would come back after 1–2 s, then 2–4 s, and a burst of fifty new
-//! identities on one node took about 9 s to serve that way (debug build, simulator at 100 ms per
-//! answer) against the 2.5 s the rate limit allows.
+//! 429s at all: unpaced, fifty new identities on one node at four at a time outrun the 20/s limit,
+//! the refused fetches come back after 1–2 s, those refused again after 2–4 s more, and the last
+//! pods wait several seconds longer than the 50 / 16 ≈ 3 s pacing takes
+//! (`tests/imds_limits.rs` has both).
 //!
 //! Retries follow Azure's guidance for the endpoint: 404, 408, 410, 429 and 5xx answers and
-//! transport failures are retried with exponential backoff: 2 s doubling (the documented 2 s
-//! delta), [`jittered`] to between half and all of each step so nodes that failed together do
-//! not retry in lockstep (so a 5xx is never retried sooner than the documented second), at most
-//! five attempts in all, as Azure's guidance and the original's client (go-autorest `adal`,
-//! which retried the same codes at 2, 6, 14 and 30 s without jitter). Every retry ends inside
+//! transport failures are retried with exponential backoff, 2 s doubling (the documented 2 s
+//! delta), so unjittered attempts start at 0, 2, 6, 14 and 30 s as in the guidance's table, at
+//! most five attempts in all. Each step is [`jittered`] to between half and all of itself so
+//! nodes that failed together do not retry in lockstep (and a 5xx is never retried sooner than
+//! the documented second). The original's client (go-autorest `adal`) retried the same answers,
+//! five attempts, waiting 2, 6, 14 and 30 s between them without jitter. Every retry ends inside
 //! the token fetch timeout, with a reserve ([`retry_deadline`]) so the caller gets the service's
 //! last answer (the original's 403 with its text) rather than NMI's own timeout. No
 //! `Retry-After` is read: Azure documents none for this endpoint.

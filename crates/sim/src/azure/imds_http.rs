@@ -327,6 +327,21 @@ mod tests {
         answer
     }
 
+    #[test]
+    fn only_the_identity_category_is_throttled() {
+        for p in [
+            "/metadata/identity/oauth2/token",
+            "/METADATA/Identity/oauth2/token",
+            "/metadata/identity",
+            "/metadata/identity/info",
+        ] {
+            assert!(is_identity_category(p), "{p}");
+        }
+        for p in ["/metadata/instance", "/metadata/identityx", "/metadata", "/"] {
+            assert!(!is_identity_category(p), "{p}");
+        }
+    }
+
     #[tokio::test]
     async fn without_latency_a_token_is_answered_without_waiting_for_a_timer() {
         // A zero-length sleep parks the answer until the worker's next timer turn, behind

@@ -8,7 +8,6 @@
 mod azure_common;
 mod nmi_support;
 
-use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
 use aad_pod_identity::crd::{AssignedState, IdentityType};
 use aad_pod_identity::nmi::{Nmi, NmiSettings};
 use aad_pod_identity_sim::azure::{AzureSim, AzureSimConfig, AzureSimHandle, ImdsLimits, Latency};
@@ -218,15 +217,7 @@ async fn burst_world(pods: u32, tune: impl FnOnce(&mut NmiSettings)) -> Burst {
     settings.node = node.clone();
     settings.assignment_wait = Duration::from_secs(5);
     tune(&mut settings);
-    let kube =
-        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    let source = CloudTokenSource::new(
-        &imds.to_string(),
-        kube,
-        azure.aad_endpoint(),
-        settings.token_fetch_timeout,
-    )
-    .unwrap();
+    let source = metadata_only_source(imds, azure.aad_endpoint(), settings.token_fetch_timeout);
     let metrics = aad_pod_identity::metrics::Metrics::new();
     let nmi = Arc::new(Nmi::new(&settings, Arc::new(source), &metrics).unwrap());
     let l = TcpListener::bind(settings.listen).unwrap();

@@ -16,7 +16,6 @@
 
 mod nmi_support;
 
-use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
 use aad_pod_identity::crd::{AssignedState, IdentityType};
 use aad_pod_identity::http::request::{Route, classify, normalize};
 use aad_pod_identity::metrics::Metrics;
@@ -70,15 +69,8 @@ async fn world(tune: impl FnOnce(&mut NmiSettings)) -> World {
     s.pass_through_body_timeout = Duration::from_millis(500);
     tune(&mut s);
     // Service principals are not used here: the Kubernetes client is never called.
-    let kube =
-        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    let source = CloudTokenSource::new(
-        &imds.to_string(),
-        kube,
-        azure.aad_endpoint(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let source =
+        nmi_support::metadata_only_source(imds, azure.aad_endpoint(), Duration::from_secs(5));
     let metrics = Metrics::new();
     let nmi = Arc::new(Nmi::new(&s, Arc::new(source), &metrics).unwrap());
     let l = TcpListener::bind(s.listen).unwrap();

@@ -337,7 +337,12 @@ mod tests {
         ] {
             assert!(is_identity_category(p), "{p}");
         }
-        for p in ["/metadata/instance", "/metadata/identityx", "/metadata", "/"] {
+        for p in [
+            "/metadata/instance",
+            "/metadata/identityx",
+            "/metadata",
+            "/",
+        ] {
             assert!(!is_identity_category(p), "{p}");
         }
     }

@@ -30,8 +30,11 @@
 //! `--max-waiters` on the node and `--max-waiters-per-pod` per identity (a pod can only reach its
 //! own identities, so it can only fill its own identities' line); beyond, the fetch fails at once
 //! ([`Error::LineFull`], 503 to the pod, counted as `imds_fetch_line` in
-//! `aadpodidentity_nmi_rejected_requests_total`). Service principals and federated identities go
-//! to Azure AD, not the metadata service, and pass through untouched.
+//! `aadpodidentity_nmi_rejected_requests_total`). A freed place goes to the next identity in
+//! turn (round robin over the identities waiting, first come first served within one), so a pod
+//! asking for tokens for ever new resources of its own identity delays another pod's first fetch
+//! by at most one fetch per identity ahead of it, not by its whole line. Service principals and
+//! federated identities go to Azure AD, not the metadata service, and pass through untouched.
 
 use super::metrics::{NmiMetrics, Rejection};
 use super::source::{SourceError, TokenRequest, TokenSource, TokenTarget, UpstreamToken};
@@ -39,9 +42,10 @@ use crate::backoff::{exponential, jittered};
 use async_trait::async_trait;
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// `--max-metadata-fetches`' default: one under Azure's 5 concurrent identity requests per VM,
@@ -168,7 +172,7 @@ fn reason(outcome: &Result<UpstreamToken, SourceError>) -> Option<&'static str> 
 pub struct ImdsFetch {
     inner: Arc<dyn TokenSource>,
     settings: ImdsFetchSettings,
-    places: Option<Arc<Semaphore>>,
+    places: Option<Arc<Places>>,
     /// Send times handed out within the last pacing window (some may lie ahead), oldest first.
     sends: Mutex<std::collections::VecDeque<Instant>>,
     /// Fetches waiting for a place, per identity; the total under the key `""`.
@@ -183,8 +187,7 @@ impl ImdsFetch {
     pub fn new(inner: Arc<dyn TokenSource>, settings: ImdsFetchSettings) -> Self {
         Self {
             inner,
-            places: (settings.max_in_flight > 0)
-                .then(|| Arc::new(Semaphore::new(settings.max_in_flight))),
+            places: (settings.max_in_flight > 0).then(|| Places::new(settings.max_in_flight)),
             settings,
             sends: Mutex::new(std::collections::VecDeque::new()),
             waiting: Mutex::new(HashMap::new()),
@@ -259,7 +262,7 @@ impl ImdsFetch {
         identity: &str,
         started: Instant,
         deadline: Instant,
-    ) -> Result<Option<OwnedSemaphorePermit>, Error> {
+    ) -> Result<Option<Place>, Error> {
         let permit = self.in_flight_place(identity, started, deadline).await?;
         let send_at = self.next_send_time(Instant::now());
         if send_at > deadline {
@@ -306,22 +309,25 @@ impl ImdsFetch {
         identity: &str,
         started: Instant,
         deadline: Instant,
-    ) -> Result<Option<OwnedSemaphorePermit>, Error> {
+    ) -> Result<Option<Place>, Error> {
         let Some(places) = &self.places else {
             return Ok(None);
         };
-        if let Ok(p) = Arc::clone(places).try_acquire_owned() {
-            return Ok(Some(p));
+        if let Some(place) = places.try_take() {
+            return Ok(Some(place));
         }
         let _line = self.join_line(identity)?;
-        match tokio::time::timeout_at(deadline, Arc::clone(places).acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Some(p)),
-            // The semaphore is never closed; a timeout is the only way out.
-            _ => Err(Error::NoPlace {
+        let waiter = match places.take_or_queue(identity) {
+            Ok(place) => return Ok(Some(place)),
+            Err(waiter) => waiter,
+        };
+        tokio::time::timeout_at(deadline, waiter.wait())
+            .await
+            .map(Some)
+            .map_err(|_| Error::NoPlace {
                 waited: started.elapsed(),
                 in_flight: self.settings.max_in_flight,
-            }),
-        }
+            })
     }
 
     fn join_line(&self, identity: &str) -> Result<InLine<'_>, Error> {
@@ -370,6 +376,145 @@ impl ImdsFetch {
         let _place = self.place(identity, started, deadline).await?;
         let _out = self.metrics.as_ref().map(|m| GaugeGuard::inc(&m.in_flight));
         Ok(self.inner.fetch(request).await)
+    }
+}
+
+/// The `max_in_flight` places, handed out fairly: a freed place goes to the identity that has
+/// waited its turn longest among those waiting (round robin over identities, first come first
+/// served within one), so one pod asking for many resources of its own identity cannot make
+/// every other pod's first fetch wait behind all of its own.
+struct Places {
+    state: Mutex<PlacesState>,
+}
+
+#[derive(Default)]
+struct PlacesState {
+    free: usize,
+    /// Identities with waiters, in the order their turn comes.
+    turns: VecDeque<String>,
+    waiters: HashMap<String, VecDeque<oneshot::Sender<()>>>,
+}
+
+impl Places {
+    fn new(n: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(PlacesState {
+                free: n,
+                ..PlacesState::default()
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PlacesState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A free place now, if there is one.
+    fn try_take(self: &Arc<Self>) -> Option<Place> {
+        let mut st = self.lock();
+        (st.free > 0).then(|| {
+            st.free -= 1;
+            Place(Arc::clone(self))
+        })
+    }
+
+    /// A free place now, or a ticket in `identity`'s queue.
+    fn take_or_queue(self: &Arc<Self>, identity: &str) -> Result<Place, Waiter> {
+        let mut st = self.lock();
+        if st.free > 0 {
+            st.free -= 1;
+            return Ok(Place(Arc::clone(self)));
+        }
+        let (tx, rx) = oneshot::channel();
+        let st = &mut *st;
+        let queue = st.waiters.entry(identity.to_string()).or_default();
+        if queue.is_empty() {
+            st.turns.push_back(identity.to_string());
+        }
+        queue.push_back(tx);
+        Err(Waiter {
+            places: Arc::clone(self),
+            identity: identity.to_string(),
+            rx: Some(rx),
+        })
+    }
+
+    /// Drops the tickets of `identity`'s waiters that gave up, so abandoned fetches leave
+    /// nothing behind.
+    fn forget_closed(&self, identity: &str) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(queue) = st.waiters.get_mut(identity) else {
+            return;
+        };
+        queue.retain(|tx| !tx.is_closed());
+        if queue.is_empty() {
+            st.waiters.remove(identity);
+            st.turns.retain(|i| i != identity);
+        }
+    }
+
+    /// A place was given back: to the next identity's first live waiter, else freed.
+    fn release(&self) {
+        let mut st = self.lock();
+        while let Some(identity) = st.turns.pop_front() {
+            let Some(queue) = st.waiters.get_mut(&identity) else {
+                continue;
+            };
+            let next = queue.pop_front();
+            if queue.is_empty() {
+                st.waiters.remove(&identity);
+            } else {
+                st.turns.push_back(identity);
+            }
+            // A waiter that gave up (timed out, cancelled) has dropped its receiver.
+            if next.is_some_and(|tx| tx.send(()).is_ok()) {
+                return;
+            }
+        }
+        st.free += 1;
+    }
+}
+
+/// One of the places; given back when dropped.
+struct Place(Arc<Places>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A ticket for a place.
+struct Waiter {
+    places: Arc<Places>,
+    identity: String,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Waiter {
+    async fn wait(mut self) -> Place {
+        let rx = self.rx.as_mut().expect("present until taken");
+        // The sender is dropped only after a send: `release` sends or skips a closed waiter.
+        let _ = rx.await;
+        self.rx = None;
+        Place(Arc::clone(&self.places))
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // Gave up: a place handed over in the meantime goes back.
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                self.places.release();
+            } else {
+                self.places.forget_closed(&self.identity);
+            }
+        }
     }
 }
 
@@ -496,6 +641,7 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
 
     /// Answers from a script (the last answer repeats), recording when each call came and how
     /// many were out at once; with a `gate`, each call waits for one permit of it.
@@ -802,6 +948,81 @@ mod tests {
         assert!(
             e.to_string().contains("no metadata-service fetch place"),
             "{e}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_place_goes_to_the_next_identity_in_turn_not_to_the_longest_queue() {
+        let gate = Arc::new(Semaphore::new(0));
+        let src = Scripted::held(&gate);
+        let f = Arc::new(ImdsFetch::new(src.clone(), settings(1)));
+        let spawn = |id: &str| {
+            let (f, id) = (Arc::clone(&f), id.to_string());
+            tokio::spawn(async move { f.fetch(&for_identity(&id)).await })
+        };
+        let mut tasks = vec![spawn("greedy")];
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for _ in 0..4 {
+            tasks.push(spawn("greedy"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tasks.push(spawn("modest"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // One at a time: the modest identity's fetch is the second out, not the sixth.
+        for _ in 0..6 {
+            gate.add_permits(1);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let order: Vec<String> = src
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(target, _)| {
+                if target.contains("modest") {
+                    "modest".to_string()
+                } else {
+                    "greedy".to_string()
+                }
+            })
+            .collect();
+        assert_eq!(
+            order,
+            ["greedy", "greedy", "modest", "greedy", "greedy", "greedy"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gives_up_loses_no_place() {
+        let gate = Arc::new(Semaphore::new(0));
+        let src = Scripted::held(&gate);
+        let f = Arc::new(ImdsFetch::new(src.clone(), settings(1)));
+        let out = {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move { f.fetch(&for_identity("first")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // A fetch that waits and is then abandoned (its request went away).
+        let abandoned = {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move { f.fetch(&for_identity("gone")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        gate.add_permits(10);
+        out.await.unwrap().unwrap();
+        // The place is free again: the next fetch goes at once.
+        let start = Instant::now();
+        f.fetch(&for_identity("next")).await.unwrap();
+        assert_eq!(Instant::now(), start);
+        assert_eq!(
+            src.calls.lock().unwrap().len(),
+            2,
+            "the abandoned fetch never went out"
         );
     }
 }

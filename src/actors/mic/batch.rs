@@ -239,14 +239,35 @@ impl HostBatch {
         c.last = now;
     }
 
+    /// True when `id`, wanted, could go out in the next PATCH: it has a record and is not on
+    /// the host as last known.
+    fn sendable(&self, id: &IdentityId) -> bool {
+        self.recorded.contains(id)
+            && self
+                .known
+                .as_ref()
+                .is_none_or(|k| !k.user_assigned.contains(id))
+    }
+
     /// Replaces what current pods need and the immutable set.
+    ///
+    /// The wait for a burst to pause counts from the first change a PATCH could carry: a
+    /// newly wanted identity without a record cannot go out, so its record's arrival
+    /// ([`Self::set_recorded`]) starts the wait instead. Counting from the wish made a
+    /// host's first PATCH leave with the first record alone whenever the wish came before
+    /// the host's first read (a cold start: MIC's whole cluster), and every other identity
+    /// of the host wait for a second PATCH.
     pub fn set_desired(
         &mut self,
         desired: BTreeSet<IdentityId>,
         immutable: BTreeSet<IdentityId>,
         now: Instant,
     ) {
-        if desired != self.desired {
+        let added = desired
+            .iter()
+            .any(|id| !self.desired.contains(id) && self.sendable(id));
+        let dropped = self.desired.iter().any(|id| !desired.contains(id));
+        if added || dropped {
             self.note_change(now);
         }
         self.desired = desired;
@@ -260,16 +281,14 @@ impl HostBatch {
     /// that is wanted and not on the host counts as a change for the wait for a burst to pause,
     /// so a burst's records arriving one by one still go out in one PATCH.
     pub fn set_recorded(&mut self, recorded: BTreeSet<IdentityId>, now: Instant) {
-        let known = self.known.as_ref().map(|k| &k.user_assigned);
-        let news = recorded.iter().any(|id| {
-            !self.recorded.contains(id)
-                && self.desired.contains(id)
-                && known.is_none_or(|k| !k.contains(id))
-        });
+        let old = std::mem::replace(&mut self.recorded, recorded);
+        let news = self
+            .recorded
+            .iter()
+            .any(|id| !old.contains(id) && self.desired.contains(id) && self.sendable(id));
         if news {
             self.note_change(now);
         }
-        self.recorded = recorded;
     }
 
     /// Asks for a fresh read before the next decision (periodic reconcile).

@@ -173,6 +173,10 @@ pub struct HostBatch {
     transient_failures: u32,
     flight: Flight,
     reconcile_requested: bool,
+    /// What pods want has not changed since the host's first read: every wish predates it (a
+    /// cold start), so no burst is under way and a PATCH carrying every wanted identity need
+    /// not wait for one to pause.
+    cold: bool,
     /// Changes since the last PATCH went out: first and last, and whether a call was in
     /// flight at the first (such changes go out as soon as it returns).
     changes: Option<Changes>,
@@ -203,6 +207,7 @@ impl HostBatch {
             transient_failures: 0,
             flight: Flight::Idle,
             reconcile_requested: false,
+            cold: false,
             changes: None,
             call_started: None,
             last_call: None,
@@ -269,6 +274,9 @@ impl HostBatch {
         let dropped = self.desired.iter().any(|id| !desired.contains(id));
         if added || dropped {
             self.note_change(now);
+        }
+        if desired != self.desired {
+            self.cold = false;
         }
         self.desired = desired;
         self.immutable = immutable;
@@ -380,8 +388,16 @@ impl HostBatch {
         if add.is_empty() && remove.is_empty() {
             return wake.map_or(Step::Idle, Step::WaitUntil);
         }
+        // At a cold start, once every wanted identity missing from the host has its record,
+        // nothing else is coming: the PATCH goes at once.
+        let complete = self.cold
+            && self
+                .desired
+                .difference(known)
+                .all(|id| self.recorded.contains(id));
         if let Some(c) = &self.changes
             && !c.queued_behind_call
+            && !complete
         {
             let (quiet, most) = (self.settings.linger, self.settings.linger_max);
             let longest = self
@@ -438,6 +454,9 @@ impl HostBatch {
         self.owned
             .retain(|id| present.contains(id) || self.desired.contains(id));
         self.released.retain(|id, _| present.contains(id));
+        if self.known.is_none() {
+            self.cold = true;
+        }
         self.known = Some(state);
         self.refresh_released(now);
     }

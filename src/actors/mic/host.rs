@@ -281,7 +281,10 @@ mod tests {
             let lower = written.to_lowercase();
             assert!(!h.is_written_as(&lower));
         }
-        assert!(!HostId::vm("s", "rg", "pool").is_written_as(&HostId::scale_set("s", "rg", "pool").to_string()));
+        assert!(
+            !HostId::vm("s", "rg", "pool")
+                .is_written_as(&HostId::scale_set("s", "rg", "pool").to_string())
+        );
     }
 
     #[test]

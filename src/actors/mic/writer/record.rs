@@ -12,9 +12,9 @@ use crate::actors::mic::host::{HostId, IdentityId};
 use crate::crd::{
     AzureAssignedIdentity, FEDERATED_ANNOTATION, IDENTITY_OWNER_ANNOTATION, IdentityType,
 };
-use kube::ResourceExt;
 use crate::object_key::ObjectKey;
 use actix::prelude::*;
+use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Where an object says its identity went.
@@ -75,9 +75,7 @@ fn same_record_inputs(a: &AzureAssignedIdentity, b: &AzureAssignedIdentity) -> b
             )
         })
     }
-    a.identity_host() == b.identity_host()
-        && owner(a) == owner(b)
-        && identity(a) == identity(b)
+    a.identity_host() == b.identity_host() && owner(a) == owner(b) && identity(a) == identity(b)
 }
 
 /// True when the object is a write-ahead record (see [`RecordIndex`]).

@@ -558,7 +558,9 @@ async fn a_deposed_leaders_writer_and_recorder_send_nothing_and_count_each_refus
             .await;
 
             leadership
-                .send(Leadership::SteppedDown(LeaderError::Thread("deposed".into())))
+                .send(Leadership::SteppedDown(LeaderError::Thread(
+                    "deposed".into(),
+                )))
                 .unwrap();
             // The host now shows the identity: the writer decides the status write `Assigned`
             // (and, were it written, the "binding applied" Event).
@@ -586,7 +588,11 @@ async fn a_deposed_leaders_writer_and_recorder_send_nothing_and_count_each_refus
             })
             .await;
 
-            assert_eq!(status().await, Some(AssignedState::Created), "never Assigned");
+            assert_eq!(
+                status().await,
+                Some(AssignedState::Created),
+                "never Assigned"
+            );
             let events: Api<Event> = Api::namespaced(admin, "default");
             let written = events.list(&ListParams::default()).await.unwrap().items;
             assert!(written.is_empty(), "{written:?}");

@@ -328,20 +328,22 @@ impl Writer {
             if self.in_flight.contains(&key) {
                 continue;
             }
-            if let (Some(a), Some(e)) =
-                (self.desired.assignments.get(&key), self.existing.get(&key))
+            let (wanted, stored) = (self.desired.assignments.get(&key), self.existing.get(&key));
+            if let (Some(a), Some(e)) = (wanted, stored)
                 && plan::records_other_pod(e, a)
             {
                 self.rename(&key);
                 continue;
             }
-            let Some(op) = plan_key(
+            let planned = plan::plan_found(
                 &key,
-                &self.existing,
+                wanted,
+                stored,
                 &self.desired,
                 &self.hosts,
                 &self.records,
-            ) else {
+            );
+            let Some(op) = planned else {
                 // Nothing to write: whatever failed before no longer matters.
                 if self.retries.settled(&key) {
                     self.backing_off_changed();

@@ -185,8 +185,28 @@ pub fn plan_key(
     hosts: &BTreeMap<HostId, HostReport>,
     records: &RecordIndex,
 ) -> Option<WriteOp> {
-    let Some(a) = desired.assignments.get(key) else {
-        return plan_release(key, existing.get(key)?, desired, hosts, records);
+    plan_found(
+        key,
+        desired.assignments.get(key),
+        existing.get(key),
+        desired,
+        hosts,
+        records,
+    )
+}
+
+/// [`plan_key`] with the object's assignment and stored copy already looked up (the writer has
+/// them at hand: two fewer lookups among 100 000 keys per object planned).
+pub(super) fn plan_found(
+    key: &ObjectKey,
+    wanted: Option<&Assignment>,
+    stored: Option<&AzureAssignedIdentity>,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+    records: &RecordIndex,
+) -> Option<WriteOp> {
+    let Some(a) = wanted else {
+        return plan_release(key, stored?, desired, hosts, records);
     };
     // The host's report, looked up once (every object of a host asks for the same one).
     let (read, host, confirmed, external, failed) = match &a.target {
@@ -214,7 +234,7 @@ pub fn plan_key(
     } else {
         AssignedState::Created
     };
-    match existing.get(key) {
+    match stored {
         // Being deleted (by someone else): let it go; it is recreated afterwards.
         Some(e) if e.metadata.deletion_timestamp.is_some() => e
             .finalizers()

@@ -128,8 +128,25 @@ fn records_host(e: &AzureAssignedIdentity, host: &HostId) -> bool {
 
 /// True once the host's assigner has read it (so its report says which identities are on it):
 /// a retired assigner's last report knows nothing of the host.
-fn host_read(r: &HostReport) -> bool {
+pub(super) fn host_read(r: &HostReport) -> bool {
     r.synced && r.seq != u64::MAX
+}
+
+/// The identities whose wanted objects a new report of their host may plan differently from
+/// the old one (what [`plan_found`] reads of a report: whether the host was read or failed,
+/// and which identities are on it and whose they are); `None` when that is all of them.
+#[must_use]
+pub(super) fn report_changes(old: &HostReport, new: &HostReport) -> Option<BTreeSet<IdentityId>> {
+    if host_read(old) != host_read(new) || old.failure.is_some() != new.failure.is_some() {
+        return None;
+    }
+    Some(
+        old.assigned
+            .symmetric_difference(&new.assigned)
+            .chain(old.external.symmetric_difference(&new.external))
+            .cloned()
+            .collect(),
+    )
 }
 
 /// Decides the writes that bring `existing` to `desired`.

@@ -600,3 +600,33 @@ async fn a_deposed_leaders_writer_and_recorder_send_nothing_and_count_each_refus
         })
         .await;
 }
+
+/// The watch's copy of an object is taken only when it is a later version than the stored one:
+/// the echo of the writer's own write (the version its answer stored) changes nothing, so it
+/// costs no copy and no planning pass (on the old code the echo was applied again).
+#[test]
+fn only_a_later_version_from_the_watch_replaces_the_stored_copy() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let at = |rv: Option<&str>| {
+        let mut o = existing_from(&d, AssignedState::Created)
+            .into_values()
+            .next()
+            .unwrap();
+        o.metadata.resource_version = rv.map(str::to_string);
+        o
+    };
+    let stored = at(Some("7"));
+    assert!(!Writer::newer(Some(&stored), &at(Some("7"))), "the echo");
+    assert!(
+        !Writer::newer(Some(&stored), &at(Some("6"))),
+        "an older copy"
+    );
+    assert!(Writer::newer(Some(&stored), &at(Some("8"))));
+    assert!(Writer::newer(None, &at(Some("1"))), "a new object");
+    assert!(
+        Writer::newer(Some(&stored), &at(None)),
+        "no version to compare"
+    );
+}

@@ -54,7 +54,20 @@ pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, Error> {
 /// # Errors
 /// [`Error::Config`] when the user agent is not a valid header value or the client cannot be
 /// built (TLS material, proxy).
-pub fn client(mut config: kube::Config, options: &ClientOptions) -> Result<kube::Client, Error> {
+pub fn client(config: kube::Config, options: &ClientOptions) -> Result<kube::Client, Error> {
+    fenced_client(config, options, None)
+}
+
+/// [`client`], with MIC's leadership fence under the request rate when given, so each write is
+/// checked as it is sent, after any `--clientQps` wait ([`crate::actors::mic::fence`]).
+///
+/// # Errors
+/// As [`client`].
+pub fn fenced_client(
+    mut config: kube::Config,
+    options: &ClientOptions,
+    fence: Option<crate::actors::mic::fence::FenceLayer>,
+) -> Result<kube::Client, Error> {
     let ua = http::HeaderValue::from_str(&options.user_agent)
         .map_err(|e| Error::Config(format!("user agent {:?}: {e}", options.user_agent)))?;
     config
@@ -76,6 +89,7 @@ pub fn client(mut config: kube::Config, options: &ClientOptions) -> Result<kube:
         tower::limit::RateLimitLayer::new(n, per)
     });
     Ok(builder
+        .with_layer(&tower::util::option_layer(fence))
         .with_layer(&tower::util::option_layer(limit))
         .build())
 }

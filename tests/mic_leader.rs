@@ -12,12 +12,16 @@ use aad_pod_identity::actors::mic::cloud_port::CloudArm;
 use aad_pod_identity::actors::mic::host::{HostId, IdentityId};
 use aad_pod_identity::actors::mic::leader;
 use aad_pod_identity::actors::mic::port::{ArmPort, HostIdentities, PatchOutcome, PortError};
+use aad_pod_identity::actors::mic::writer::REASON_APPLIED;
 use aad_pod_identity::actors::mic::{Error as MicError, MicHandle, MicSettings};
+use aad_pod_identity::crd::AssignedState;
 use aad_pod_identity::metrics::Metrics;
 use aad_pod_identity_sim::topology::Topology;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
+use kube::api::ListParams;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -239,5 +243,27 @@ async fn a_wedged_actor_thread_gives_up_the_lease_after_the_stall_limit() {
         }
         other => panic!("MIC ended with {other:?}"),
     }
+    // The PATCH the thread was blocked in went through, but MIC had stepped down by the time
+    // its actor thread ran again: the object's status write `Assigned` (and the "binding
+    // applied" Event) are a deposed leader's writes, refused by the fence; the next leader
+    // writes them.
+    let objects = c.assigned().await;
+    assert_eq!(objects.len(), 1);
+    assert_eq!(
+        objects[0].status.as_ref().map(|s| &s.status),
+        Some(&AssignedState::Created),
+        "a deposed leader wrote the status"
+    );
+    let events = Api::<Event>::namespaced(c.client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.reason.as_deref() != Some(REASON_APPLIED)),
+        "a deposed leader wrote an Event: {events:?}"
+    );
     c.shutdown().await;
 }

@@ -173,6 +173,10 @@ pub struct HostBatch {
     transient_failures: u32,
     flight: Flight,
     reconcile_requested: bool,
+    /// What pods want has not changed since the host's first read: every wish predates it (a
+    /// cold start), so no burst is under way and a PATCH carrying every wanted identity need
+    /// not wait for one to pause.
+    cold: bool,
     /// Changes since the last PATCH went out: first and last, and whether a call was in
     /// flight at the first (such changes go out as soon as it returns).
     changes: Option<Changes>,
@@ -203,6 +207,7 @@ impl HostBatch {
             transient_failures: 0,
             flight: Flight::Idle,
             reconcile_requested: false,
+            cold: false,
             changes: None,
             call_started: None,
             last_call: None,
@@ -239,15 +244,39 @@ impl HostBatch {
         c.last = now;
     }
 
+    /// True when `id`, wanted, could go out in the next PATCH: it has a record and is not on
+    /// the host as last known.
+    fn sendable(&self, id: &IdentityId) -> bool {
+        self.recorded.contains(id)
+            && self
+                .known
+                .as_ref()
+                .is_none_or(|k| !k.user_assigned.contains(id))
+    }
+
     /// Replaces what current pods need and the immutable set.
+    ///
+    /// The wait for a burst to pause counts from the first change a PATCH could carry: a
+    /// newly wanted identity without a record cannot go out, so its record's arrival
+    /// ([`Self::set_recorded`]) starts the wait instead. Counting from the wish made a
+    /// host's first PATCH leave with the first record alone whenever the wish came before
+    /// the host's first read (a cold start: MIC's whole cluster), and every other identity
+    /// of the host wait for a second PATCH.
     pub fn set_desired(
         &mut self,
         desired: BTreeSet<IdentityId>,
         immutable: BTreeSet<IdentityId>,
         now: Instant,
     ) {
-        if desired != self.desired {
+        let added = desired
+            .iter()
+            .any(|id| !self.desired.contains(id) && self.sendable(id));
+        let dropped = self.desired.iter().any(|id| !desired.contains(id));
+        if added || dropped {
             self.note_change(now);
+        }
+        if desired != self.desired {
+            self.cold = false;
         }
         self.desired = desired;
         self.immutable = immutable;
@@ -260,16 +289,14 @@ impl HostBatch {
     /// that is wanted and not on the host counts as a change for the wait for a burst to pause,
     /// so a burst's records arriving one by one still go out in one PATCH.
     pub fn set_recorded(&mut self, recorded: BTreeSet<IdentityId>, now: Instant) {
-        let known = self.known.as_ref().map(|k| &k.user_assigned);
-        let news = recorded.iter().any(|id| {
-            !self.recorded.contains(id)
-                && self.desired.contains(id)
-                && known.is_none_or(|k| !k.contains(id))
-        });
+        let old = std::mem::replace(&mut self.recorded, recorded);
+        let news = self
+            .recorded
+            .iter()
+            .any(|id| !old.contains(id) && self.desired.contains(id) && self.sendable(id));
         if news {
             self.note_change(now);
         }
-        self.recorded = recorded;
     }
 
     /// Asks for a fresh read before the next decision (periodic reconcile).
@@ -361,8 +388,16 @@ impl HostBatch {
         if add.is_empty() && remove.is_empty() {
             return wake.map_or(Step::Idle, Step::WaitUntil);
         }
+        // At a cold start, once every wanted identity missing from the host has its record,
+        // nothing else is coming: the PATCH goes at once.
+        let complete = self.cold
+            && self
+                .desired
+                .difference(known)
+                .all(|id| self.recorded.contains(id));
         if let Some(c) = &self.changes
             && !c.queued_behind_call
+            && !complete
         {
             let (quiet, most) = (self.settings.linger, self.settings.linger_max);
             let longest = self
@@ -419,6 +454,9 @@ impl HostBatch {
         self.owned
             .retain(|id| present.contains(id) || self.desired.contains(id));
         self.released.retain(|id, _| present.contains(id));
+        if self.known.is_none() {
+            self.cold = true;
+        }
         self.known = Some(state);
         self.refresh_released(now);
     }

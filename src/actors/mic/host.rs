@@ -65,12 +65,19 @@ impl HostId {
     }
 }
 
+impl HostKind {
+    /// The resource type's segment of an ARM id.
+    fn segment(self) -> &'static str {
+        match self {
+            Self::ScaleSet => "virtualMachineScaleSets",
+            Self::Vm => "virtualMachines",
+        }
+    }
+}
+
 impl fmt::Display for HostId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            HostKind::ScaleSet => "virtualMachineScaleSets",
-            HostKind::Vm => "virtualMachines",
-        };
+        let kind = self.kind.segment();
         write!(
             f,
             "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{kind}/{}",
@@ -123,6 +130,27 @@ impl HostId {
         provider_id::parse(&as_provider_id)
             .ok()
             .map(|r| Self::from(&r))
+    }
+}
+
+impl HostId {
+    /// True when `s` is this host's id exactly as [`fmt::Display`] writes it (compared without
+    /// building the string; [`Self::from_resource_id`] also reads other spellings).
+    #[must_use]
+    pub fn is_written_as(&self, s: &str) -> bool {
+        [
+            "/subscriptions/",
+            self.subscription.as_str(),
+            "/resourceGroups/",
+            self.resource_group.as_str(),
+            "/providers/Microsoft.Compute/",
+            self.kind.segment(),
+            "/",
+            self.name.as_str(),
+        ]
+        .iter()
+        .try_fold(s, |rest, part| rest.strip_prefix(part))
+        .is_some_and(str::is_empty)
     }
 }
 
@@ -237,6 +265,26 @@ mod tests {
         ] {
             assert_eq!(HostId::from_resource_id(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_host_is_written_as_its_display_only() {
+        for h in [
+            HostId::scale_set("s", "rg", "pool"),
+            HostId::vm("s", "rg", "vm0"),
+        ] {
+            let written = h.to_string();
+            assert!(h.is_written_as(&written), "{written}");
+            assert!(!h.is_written_as(&format!("{written}/virtualMachines/1")));
+            assert!(!h.is_written_as(&written[..written.len() - 1]));
+            // Another spelling of the same host: parsed, not compared.
+            let lower = written.to_lowercase();
+            assert!(!h.is_written_as(&lower));
+        }
+        assert!(
+            !HostId::vm("s", "rg", "pool")
+                .is_written_as(&HostId::scale_set("s", "rg", "pool").to_string())
+        );
     }
 
     #[test]

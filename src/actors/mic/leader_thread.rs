@@ -13,14 +13,12 @@
 //! lease for good.
 //!
 //! The actor thread learns of a step-down only when it next runs, which after a long stretch
-//! of work can be later than another replica may take over. [`FencedArm`] closes that gap for
-//! ARM writes: a PATCH is sent only while the election thread says this replica leads.
+//! of work can be later than another replica may take over. [`super::fence`] closes that gap
+//! for every write (ARM PATCHes, AzureAssignedIdentity and Event writes): each is sent only
+//! while the election thread says this replica leads.
 
 use super::heartbeat::Heartbeat;
-use super::host::{HostId, IdentityId};
 use super::leader::{Error, LeaderElector, LeaderSettings};
-use super::port::{ArmPort, HostIdentities, PatchOutcome, PortError};
-use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 
 /// Where this replica stands in the election.
@@ -133,87 +131,6 @@ impl ElectionThread {
     }
 }
 
-/// An ARM port that refuses to write unless the election thread says this replica leads now,
-/// so a leader that stepped down while its actor thread was busy sends no PATCH afterwards.
-/// Reads pass through.
-pub struct FencedArm {
-    inner: Arc<dyn ArmPort>,
-    state: watch::Receiver<Leadership>,
-}
-
-impl FencedArm {
-    /// `inner`, writing only while `state` is [`Leadership::Leading`].
-    #[must_use]
-    pub fn new(inner: Arc<dyn ArmPort>, state: watch::Receiver<Leadership>) -> Self {
-        Self { inner, state }
-    }
-}
-
-#[async_trait::async_trait]
-impl ArmPort for FencedArm {
-    async fn get(&self, host: &HostId) -> Result<HostIdentities, PortError> {
-        self.inner.get(host).await
-    }
-
-    async fn patch(
-        &self,
-        host: &HostId,
-        base: &HostIdentities,
-        add: &[IdentityId],
-        remove: &[IdentityId],
-    ) -> Result<PatchOutcome, PortError> {
-        if !matches!(*self.state.borrow(), Leadership::Leading) {
-            return Err(PortError::Transient(
-                "not the leader (any more): write not sent".into(),
-            ));
-        }
-        self.inner.patch(host, base, add, remove).await
-    }
-
-    fn throttle_gate(&self) -> Option<crate::cloud::throttle::SubscriptionGate> {
-        self.inner.throttle_gate()
-    }
-}
-
 fn ended() -> Error {
     Error::Thread("the election thread ended".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::actors::mic::testing::MemoryArm;
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn a_fenced_port_writes_only_while_leading() {
-        let arm = MemoryArm::new(Duration::ZERO);
-        let (tx, rx) = watch::channel(Leadership::Candidate);
-        let fenced = FencedArm::new(arm.clone(), rx);
-        let host = HostId::scale_set("sub", "rg", "vmss");
-        let id = [IdentityId::new(
-            "/subscriptions/sub/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a",
-        )];
-        let base = HostIdentities::default();
-        let refused = fenced.patch(&host, &base, &id, &[]).await;
-        assert!(
-            matches!(refused, Err(PortError::Transient(_))),
-            "{refused:?}"
-        );
-        tx.send(Leadership::Leading).unwrap();
-        fenced.patch(&host, &base, &id, &[]).await.unwrap();
-        tx.send(Leadership::SteppedDown(Error::Thread("test".into())))
-            .unwrap();
-        let refused = fenced.patch(&host, &base, &[], &id).await;
-        assert!(
-            matches!(refused, Err(PortError::Transient(_))),
-            "{refused:?}"
-        );
-        assert_eq!(
-            arm.patches.lock().unwrap().len(),
-            1,
-            "only the leader's write went out"
-        );
-        assert!(fenced.get(&host).await.is_ok(), "reads pass");
-    }
 }

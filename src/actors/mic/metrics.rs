@@ -1,6 +1,6 @@
 //! MIC's own metrics, beyond the original's names (which the shared `metrics` module owns):
 //! assignment latency, ARM writes by outcome, batch sizes, queue depth, Events recorded and
-//! failed AzureAssignedIdentity writes.
+//! failed AzureAssignedIdentity writes, and writes refused by the leadership fence.
 //!
 //! Registered once into the process registry by [`MicMetrics::register`].
 
@@ -22,7 +22,7 @@ pub struct MicMetrics {
     /// Adds and removes waiting for ARM, by host.
     pub queue_depth: IntGaugeVec,
     /// Recorded Events by what became of them: `created`, `updated`, `merged` (into a queued
-    /// write), `spam_filtered`, `queue_full`, `failed`.
+    /// write), `spam_filtered`, `queue_full`, `failed`, `fenced` (not sent: not the leader).
     pub events: IntCounterVec,
     /// Failed AzureAssignedIdentity writes, by the original's `operation_type` and by what
     /// the API server said (`conflict`, `invalid`, `forbidden`, `not_found`, `throttled`,
@@ -32,6 +32,9 @@ pub struct MicMetrics {
     pub writes_backing_off: IntGauge,
     /// Live assigners (one per VM or scale set with work on it).
     pub assigners: IntGauge,
+    /// Writes refused because this replica did not lead when they were to be sent, by kind
+    /// (`arm`, `assigned_identity`, `event`, `other_kubernetes`): see [`super::fence`].
+    pub fenced_writes: IntCounterVec,
 }
 
 impl MicMetrics {
@@ -47,6 +50,7 @@ impl MicMetrics {
         registry.register(Box::new(m.write_failures.clone()))?;
         registry.register(Box::new(m.writes_backing_off.clone()))?;
         registry.register(Box::new(m.assigners.clone()))?;
+        registry.register(Box::new(m.fenced_writes.clone()))?;
         Ok(m)
     }
 
@@ -91,7 +95,7 @@ impl MicMetrics {
             events: IntCounterVec::new(
                 Opts::new(
                     "aadpodidentity_mic_events_total",
-                    "Kubernetes Events MIC recorded, by what became of them (created, updated, merged into a queued write, spam_filtered, queue_full, failed)",
+                    "Kubernetes Events MIC recorded, by what became of them (created, updated, merged into a queued write, spam_filtered, queue_full, failed, fenced: not sent, not the leader)",
                 ),
                 &["outcome"],
             )?,
@@ -109,6 +113,13 @@ impl MicMetrics {
             assigners: IntGauge::new(
                 "aadpodidentity_mic_assigners",
                 "Live assigners: one per VM or scale set with identities wanted or held on it (retired when idle or when ARM says the host does not exist)",
+            )?,
+            fenced_writes: IntCounterVec::new(
+                Opts::new(
+                    "aadpodidentity_mic_fenced_writes_total",
+                    "Writes not sent because the election thread said this replica no longer (or not yet) leads, by kind (arm, assigned_identity, event, other_kubernetes)",
+                ),
+                &["kind"],
             )?,
         })
     }

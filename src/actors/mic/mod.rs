@@ -11,7 +11,7 @@
 //!
 //! Tasks: [`watchers`] (the [`crate::kube_watch`] streams turned into messages), [`leader`]
 //! election (on a thread of its own, [`leader_thread`], watching the actor thread's
-//! [`heartbeat`]), and [`nmi_coverage`] (nodes that run pod-identity pods without a ready NMI).
+//! [`heartbeat`]; every write is [`fence`]d on its word), and [`nmi_coverage`] (nodes that run pod-identity pods without a ready NMI).
 //! [`pod_facts`] is what MIC keeps of a pod; [`host`] holds the assigners' keys; [`port`] and [`cloud_port`] are the ARM port; [`mod@run`]
 //! wires it all together, with the probe and metrics servers of [`crate::http::probes`].
 
@@ -22,6 +22,7 @@ pub mod assigner;
 pub mod batch;
 pub mod budget;
 pub mod coordinator;
+pub mod fence;
 #[cfg(test)]
 mod fixtures;
 pub mod heartbeat;

@@ -515,6 +515,8 @@ async fn record(
     if let Err(err) = Api::<Event>::namespaced(client.clone(), &namespace)
         .create(&PostParams::default(), &e)
         .await
+        // Not sent: this replica no longer leads (counted by the fence).
+        && !crate::actors::mic::fence::NotLeading::is(&err)
     {
         errors.with_label_values(&["create event"]).inc();
         tracing::warn!(object = %name, reason, error = %err, "writing Event failed");

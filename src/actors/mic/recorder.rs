@@ -22,6 +22,7 @@
 //! (client-go drops Events past 1000 queued, so does this), [`WRITES_IN_FLIGHT`] at a time,
 //! on the same client (and so under the same `--clientQps`) as every other MIC request.
 
+use super::fence::NotLeading;
 use super::metrics::MicMetrics;
 use crate::object_key::ObjectKey;
 use actix::prelude::*;
@@ -491,21 +492,20 @@ impl Recorder {
             let f = async move {
                 let update = w.update;
                 match write(&client, &w).await {
-                    Ok(()) => Some(update),
+                    Ok(()) if update => "updated",
+                    Ok(()) => "created",
+                    // Not sent: this replica no longer leads (counted by the fence).
+                    Err(e) if NotLeading::is(&e) => "fenced",
                     Err(e) => {
                         errors.with_label_values(&["create event"]).inc();
                         warn!(object = %w.event.object, kind = w.event.kind, reason = w.event.reason, error = %e, "writing Event failed");
-                        None
+                        "failed"
                     }
                 }
             };
-            ctx.spawn(f.into_actor(self).map(move |res, act, ctx| {
+            ctx.spawn(f.into_actor(self).map(move |outcome, act, ctx| {
                 act.queue.done(&name);
-                act.count(match res {
-                    Some(false) => "created",
-                    Some(true) => "updated",
-                    None => "failed",
-                });
+                act.count(outcome);
                 act.pump(ctx);
             }));
         }

@@ -5,9 +5,10 @@ use super::assigner::Assigner;
 use super::batch::BatchSettings;
 use super::budget::WriteBudget;
 use super::coordinator::{AssignerHandle, Coordinator};
+use super::fence::{Fence, FenceLayer, FencedArm};
 use super::heartbeat::Heartbeat;
 use super::leader::{self, LeaderSettings};
-use super::leader_thread::{ElectionThread, FencedArm};
+use super::leader_thread::ElectionThread;
 use super::matcher::MatchSettings;
 use super::metrics::MicMetrics;
 use super::port::ArmPort;
@@ -176,10 +177,10 @@ pub struct MicDeps {
     pub arm: Arc<dyn ArmPort>,
     /// The process metrics registry.
     pub metrics: Metrics,
-    /// A ready client for the actors (tests); built from [`MicSettings::kubeconfig`] when
-    /// absent. Leader election always builds its own from the kubeconfig, on its own thread
-    /// ([`super::leader_thread`]).
-    pub client: Option<kube::Client>,
+    /// The connection to the API server (tests); read from [`MicSettings::kubeconfig`] when
+    /// absent. The actors' client (fenced: [`super::fence`]) and the election thread's own
+    /// ([`super::leader_thread`]) are both built from it.
+    pub kube_config: Option<kube::Config>,
     /// Client id of the cluster's own identity (cloud config), never removed.
     pub cluster_identity_client_id: Option<String>,
     /// Told the bound probe and metrics addresses once listening.
@@ -273,23 +274,23 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     let MicDeps {
         arm,
         metrics,
-        client,
+        kube_config,
         cluster_identity_client_id,
         bound,
     } = deps;
-    let config = kube_client::config(settings.kubeconfig.as_deref()).await?;
+    let config = match kube_config {
+        Some(c) => c,
+        None => kube_client::config(settings.kubeconfig.as_deref()).await?,
+    };
     let options = |qps| kube_client::ClientOptions {
         user_agent: settings.user_agent.clone(),
         qps,
-    };
-    let client = match client {
-        Some(c) => c,
-        None => kube_client::client(config.clone(), &options(settings.client_qps))?,
     };
     // Built on the election thread, inside its runtime (see `leader_thread`); no rate limit,
     // so a burst of the actors' writes never delays a renewal.
     let leader_client = {
         let options = options(None);
+        let config = config.clone();
         move || kube_client::client(config, &options).map_err(|e| e.to_string())
     };
     let mic_metrics = MicMetrics::register(&metrics)?;
@@ -314,6 +315,14 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
     let stall_rule = (!settings.actor_stall_limit.is_zero()).then(|| heartbeat.clone());
     let mut elector = ElectionThread::spawn(settings.leader.clone(), stall_rule, leader_client)
         .map_err(Error::System)?;
+    // Every write of the actors (ARM, AzureAssignedIdentity, Event) goes out only while the
+    // election thread says this replica leads, however far behind the actor thread is.
+    let fence = Fence::new(elector.state(), mic_metrics.fenced_writes.clone());
+    let client = kube_client::fenced_client(
+        config,
+        &options(settings.client_qps),
+        Some(FenceLayer(fence.clone())),
+    )?;
     info!(instance = %settings.leader.instance, lease = %settings.leader.name, "waiting to lead");
     elector.leading().await?;
     leading.store(true, Ordering::SeqCst);
@@ -336,8 +345,7 @@ pub async fn run(settings: MicSettings, deps: MicDeps) -> Result<(), Error> {
             settings.create_delete_batch,
         ),
     );
-    // Writes only while the election thread says this replica leads ([`FencedArm`]).
-    let arm: Arc<dyn ArmPort> = Arc::new(FencedArm::new(arm, elector.state()));
+    let arm: Arc<dyn ArmPort> = Arc::new(FencedArm::new(arm, fence));
     // One Retry-After gate per subscription for the ARM client and the write budget.
     let budget = match arm.throttle_gate() {
         Some(gate) => WriteBudget::sharing(settings.arm_writes_per_minute, gate),
@@ -468,7 +476,7 @@ pub fn run_from_args(args: &MicArgs, metrics: Metrics) -> Result<(), StartError>
     let deps = MicDeps {
         arm: Arc::new(arm),
         metrics,
-        client: None,
+        kube_config: None,
         cluster_identity_client_id: Some(config.user_assigned_identity_id.clone())
             .filter(|id| !id.is_empty()),
         bound: None,
@@ -534,7 +542,7 @@ pub async fn spawn(
                 let deps = MicDeps {
                     arm: arm(),
                     metrics,
-                    client: None,
+                    kube_config: None,
                     cluster_identity_client_id,
                     bound: Some(bound_tx),
                 };

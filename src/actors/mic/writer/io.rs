@@ -3,6 +3,7 @@
 
 use super::object::{annotations_patch, object_for, status_patch};
 use super::plan::WriteOp;
+use crate::actors::mic::fence::NotLeading;
 use crate::actors::mic::metrics::MicMetrics;
 use crate::crd::{ASSIGNED_IDENTITY_FINALIZER, AssignedState, AzureAssignedIdentity};
 use crate::metrics::DropTimer;
@@ -38,6 +39,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when the write was not sent because this replica does not lead (any more): no
+    /// failure of the write, and nothing to retry ([`crate::actors::mic::fence`]).
+    #[must_use]
+    pub fn fenced(&self) -> bool {
+        matches!(self, Self::Kube { source, .. } if NotLeading::is(source))
+    }
+
     /// The original's `operation_type` of the call that failed.
     #[must_use]
     pub fn operation_type(&self) -> &'static str {
@@ -261,6 +269,8 @@ pub(super) async fn execute_counted(
         Ok(_) => count.inc(),
         // Not a failed call: the writer moves the assignment to a name of its own.
         Err(Error::NameTaken { .. }) => {}
+        // Not sent at all (counted by the fence).
+        Err(e) if e.fenced() => {}
         Err(e) => {
             drop(timer);
             m.kubernetes_api_operations_errors_count

@@ -114,10 +114,39 @@ fn embedded_differs(
         )
 }
 
+/// True when the object's host annotation names `host`: compared as MIC writes it (no parse
+/// for the objects MIC wrote), else parsed.
+fn records_host(e: &AzureAssignedIdentity, host: &HostId) -> bool {
+    match e.identity_host() {
+        Some(s) if host.is_written_as(s) => {
+            debug_assert_eq!(HostId::from_resource_id(s).as_ref(), Some(host));
+            true
+        }
+        s => s.and_then(HostId::from_resource_id).as_ref() == Some(host),
+    }
+}
+
 /// True once the host's assigner has read it (so its report says which identities are on it):
 /// a retired assigner's last report knows nothing of the host.
-fn host_read(r: &HostReport) -> bool {
+pub(super) fn host_read(r: &HostReport) -> bool {
     r.synced && r.seq != u64::MAX
+}
+
+/// The identities whose wanted objects a new report of their host may plan differently from
+/// the old one (what [`plan_found`] reads of a report: whether the host was read or failed,
+/// and which identities are on it and whose they are); `None` when that is all of them.
+#[must_use]
+pub(super) fn report_changes(old: &HostReport, new: &HostReport) -> Option<BTreeSet<IdentityId>> {
+    if host_read(old) != host_read(new) || old.failure.is_some() != new.failure.is_some() {
+        return None;
+    }
+    Some(
+        old.assigned
+            .symmetric_difference(&new.assigned)
+            .chain(old.external.symmetric_difference(&new.external))
+            .cloned()
+            .collect(),
+    )
 }
 
 /// Decides the writes that bring `existing` to `desired`.
@@ -173,38 +202,56 @@ pub fn plan_key(
     hosts: &BTreeMap<HostId, HostReport>,
     records: &RecordIndex,
 ) -> Option<WriteOp> {
-    let Some(a) = desired.assignments.get(key) else {
-        return plan_release(key, existing.get(key)?, desired, hosts, records);
+    plan_found(
+        key,
+        desired.assignments.get(key),
+        existing.get(key),
+        desired,
+        hosts,
+        records,
+    )
+}
+
+/// [`plan_key`] with the object's assignment and stored copy already looked up (the writer has
+/// them at hand: two fewer lookups among 100 000 keys per object planned).
+pub(super) fn plan_found(
+    key: &ObjectKey,
+    wanted: Option<&Assignment>,
+    stored: Option<&AzureAssignedIdentity>,
+    desired: &DesiredAssignments,
+    hosts: &BTreeMap<HostId, HostReport>,
+    records: &RecordIndex,
+) -> Option<WriteOp> {
+    let Some(a) = wanted else {
+        return plan_release(key, stored?, desired, hosts, records);
     };
-    let (read, host) = match &a.target {
-        Target::ServicePrincipal | Target::Federated => (true, None),
-        Target::Msi { host, .. } => (hosts.get(host).is_some_and(host_read), Some(host)),
+    // The host's report, looked up once (every object of a host asks for the same one).
+    let (read, host, confirmed, external, failed) = match &a.target {
+        Target::ServicePrincipal | Target::Federated => (true, None, true, false, false),
+        Target::Msi { host, id } => {
+            let report = hosts.get(host);
+            let read = report.is_some_and(host_read);
+            (
+                read,
+                Some(host),
+                report.is_some_and(|r| r.assigned.contains(id)),
+                // Until its host is read, an identity is not known to be MIC's to add: the
+                // object is marked, so it is no record (a successor adopts nothing of it) and
+                // no PATCH relies on it; the mark goes once the read shows the identity absent.
+                !read || report.is_some_and(|r| r.external.contains(id)),
+                report.is_some_and(|r| r.failure.is_some()),
+            )
+        }
     };
     // An object waits for its host's first read (so it is written once, as what it is), unless
     // that read failed: then it is written at once, marked, for users to see while ARM fails.
-    let may_write = read
-        || host
-            .and_then(|h| hosts.get(h))
-            .is_some_and(|r| r.failure.is_some());
-    let confirmed = match &a.target {
-        Target::ServicePrincipal | Target::Federated => true,
-        Target::Msi { host, id } => hosts.get(host).is_some_and(|r| r.assigned.contains(id)),
-    };
-    let external = match &a.target {
-        Target::ServicePrincipal | Target::Federated => false,
-        // Until its host is read, an identity is not known to be MIC's to add: the object is
-        // marked, so it is no record (a successor adopts nothing of it) and no PATCH relies
-        // on it; the mark goes once the read shows the identity absent.
-        Target::Msi { host, id } => hosts
-            .get(host)
-            .is_none_or(|r| !host_read(r) || r.external.contains(id)),
-    };
+    let may_write = read || failed;
     let first = if confirmed {
         AssignedState::Assigned
     } else {
         AssignedState::Created
     };
-    match existing.get(key) {
+    match stored {
         // Being deleted (by someone else): let it go; it is recreated afterwards.
         Some(e) if e.metadata.deletion_timestamp.is_some() => e
             .finalizers()
@@ -235,12 +282,7 @@ pub fn plan_key(
             // unmarked first, so the object is the record its PATCH waits for.
             let mark_differs = read && e.identity_is_external() != external;
             // Objects the original wrote (or an older MIC) get the host recorded.
-            let host_differs = host.is_some_and(|h| {
-                e.identity_host()
-                    .and_then(HostId::from_resource_id)
-                    .as_ref()
-                    != Some(h)
-            });
+            let host_differs = host.is_some_and(|h| !records_host(e, h));
             (now != want || mark_differs || host_differs).then(|| WriteOp::SetStatus {
                 key: key.clone(),
                 status: want,

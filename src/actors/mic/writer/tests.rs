@@ -478,3 +478,155 @@ fn released_objects_never_count_on_each_other_as_the_record_that_stays() {
         "{ops:?}"
     );
 }
+
+/// Polls `f` every 20 ms until it holds (real time: the API server is a real one on loopback).
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f().await {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A leader deposed while its actor thread was behind: the writer decides a status write and
+/// the recorder an Event after the election thread stepped down. Neither reaches the API server
+/// (the Kubernetes simulator, over HTTP), and each refusal is counted. On the old code only ARM
+/// PATCHes were fenced: the same sequence wrote `Assigned` and the Event.
+#[tokio::test]
+async fn a_deposed_leaders_writer_and_recorder_send_nothing_and_count_each_refusal() {
+    use crate::actors::mic::fence::{Fence, FenceLayer};
+    use crate::actors::mic::leader::Error as LeaderError;
+    use crate::actors::mic::leader_thread::Leadership;
+    use crate::actors::mic::recorder::Recorder;
+    use aad_pod_identity_sim::kube::{KubeSim, KubeSimConfig};
+    use k8s_openapi::api::core::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, ListParams, PostParams};
+
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            let sim = KubeSim::start(KubeSimConfig {
+                run_cluster: false,
+                ..KubeSimConfig::default()
+            })
+            .await
+            .unwrap();
+            let admin = sim.client().await.unwrap();
+            let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+            for f in crate::crd::all_crds() {
+                crds.create(&PostParams::default(), &f.crd).await.unwrap();
+            }
+            let kubeconfig = kube::config::Kubeconfig::from_yaml(&sim.kubeconfig_yaml()).unwrap();
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .unwrap();
+            let (leadership, state) = tokio::sync::watch::channel(Leadership::Leading);
+            let metrics = MicMetrics::unregistered().unwrap();
+            let fenced = metrics.fenced_writes.clone();
+            let client = crate::kube_client::fenced_client(
+                config,
+                &crate::kube_client::ClientOptions {
+                    user_agent: "mic-test".into(),
+                    qps: None,
+                },
+                Some(FenceLayer(Fence::new(state, fenced.clone()))),
+            )
+            .unwrap();
+            let recorder = Recorder::new(client.clone(), metrics.clone()).start();
+            let writer = Writer::new(client, recorder.clone().recipient(), metrics, 20).start();
+
+            let mut ix = index();
+            ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+            let d = desired(&ix, 1);
+            let key = d.assignments.keys().next().unwrap().clone();
+            writer.do_send(AssignedEvent::Relisted(Vec::new()));
+            writer.do_send(d);
+            writer.do_send(report(&[], &[], 1).remove(&ss0()).unwrap());
+            let aais: Api<AzureAssignedIdentity> = Api::namespaced(admin.clone(), &key.namespace);
+            let status = async || {
+                aais.get_opt(&key.name)
+                    .await
+                    .unwrap()
+                    .map(|o| status_of(&o))
+            };
+            until("the leader's create", async || {
+                status().await == Some(AssignedState::Created)
+            })
+            .await;
+
+            leadership
+                .send(Leadership::SteppedDown(LeaderError::Thread(
+                    "deposed".into(),
+                )))
+                .unwrap();
+            // The host now shows the identity: the writer decides the status write `Assigned`
+            // (and, were it written, the "binding applied" Event).
+            writer.do_send(report(&["id1"], &[], 1).remove(&ss0()).unwrap());
+            until("the status write, refused or sent", async || {
+                fenced.with_label_values(&["assigned_identity"]).get() == 1
+                    || status().await != Some(AssignedState::Created)
+            })
+            .await;
+            assert_eq!(
+                status().await,
+                Some(AssignedState::Created),
+                "the deposed leader's status write reached the API server"
+            );
+            assert_eq!(fenced.with_label_values(&["assigned_identity"]).get(), 1);
+            recorder.do_send(crate::actors::mic::recorder::Record(UserEvent::on_pod(
+                &ObjectKey::new("default", "p1"),
+                "",
+                "Warning",
+                REASON_APPLY_ERROR,
+                "late".into(),
+            )));
+            until("the refused Event", async || {
+                fenced.with_label_values(&["event"]).get() == 1
+            })
+            .await;
+
+            assert_eq!(
+                status().await,
+                Some(AssignedState::Created),
+                "never Assigned"
+            );
+            let events: Api<Event> = Api::namespaced(admin, "default");
+            let written = events.list(&ListParams::default()).await.unwrap().items;
+            assert!(written.is_empty(), "{written:?}");
+            sim.shutdown().await;
+        })
+        .await;
+}
+
+/// The watch's copy of an object is taken only when it is a later version than the stored one:
+/// the echo of the writer's own write (the version its answer stored) changes nothing, so it
+/// costs no copy and no planning pass (on the old code the echo was applied again).
+#[test]
+fn only_a_later_version_from_the_watch_replaces_the_stored_copy() {
+    let mut ix = index();
+    ix.apply_pod(&pod("p1").label("sel").on_node("ss0-0").build());
+    let d = desired(&ix, 1);
+    let at = |rv: Option<&str>| {
+        let mut o = existing_from(&d, AssignedState::Created)
+            .into_values()
+            .next()
+            .unwrap();
+        o.metadata.resource_version = rv.map(str::to_string);
+        o
+    };
+    let stored = at(Some("7"));
+    assert!(!Writer::newer(Some(&stored), &at(Some("7"))), "the echo");
+    assert!(
+        !Writer::newer(Some(&stored), &at(Some("6"))),
+        "an older copy"
+    );
+    assert!(Writer::newer(Some(&stored), &at(Some("8"))));
+    assert!(Writer::newer(None, &at(Some("1"))), "a new object");
+    assert!(
+        Writer::newer(Some(&stored), &at(None)),
+        "no version to compare"
+    );
+}

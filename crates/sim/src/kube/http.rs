@@ -514,8 +514,6 @@ fn watch_params(
         bookmark_interval: shared.config.bookmark_interval,
         timeout,
         table: TableOptions::from_request(accept, q),
-        coalesce: shared.config.watch_coalesce,
-        busy_interval: shared.config.watch_busy_interval,
     })
 }
 

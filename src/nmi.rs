@@ -862,3 +862,112 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime on a thread of its own, as an HTTP worker's: its handle, its thread, and the
+    /// sender that stops it.
+    fn worker() -> (
+        tokio::runtime::Handle,
+        std::thread::ThreadId,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tx.send((rt.handle().clone(), std::thread::current().id()))
+                .unwrap();
+            rt.block_on(async move {
+                let _ = stopped.await;
+            });
+        });
+        let (handle, id) = rx.recv().unwrap();
+        (handle, id, stop)
+    }
+
+    #[tokio::test]
+    async fn a_watch_runs_on_the_worker_thread_once_it_has_started() {
+        let (tx, rx) = watch::channel(None);
+        let (ran_on, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(on_worker(rx, async move {
+            ran_on.send(std::thread::current().id()).unwrap();
+        }));
+        tokio::task::yield_now().await;
+        assert!(
+            seen.try_recv().is_err(),
+            "nothing runs before a worker has started"
+        );
+        let (handle, thread, _stop) = worker();
+        tx.send_replace(Some(handle));
+        assert_eq!(seen.recv().await, Some(thread));
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_the_worker_reaches_the_supervisor_and_a_cancelled_watch_stops_there() {
+        let (handle, _thread, _stop) = worker();
+        let (_tx, rx) = watch::channel(Some(handle));
+        let panicked = tokio::spawn(on_worker(rx.clone(), async { panic!("watch broke") }));
+        assert!(panicked.await.unwrap_err().is_panic());
+        // Dropping the wrapper (the supervisor cancels it at shutdown) ends the task it started.
+        let (alive, mut gone) = tokio::sync::mpsc::channel::<()>(1);
+        let running = tokio::spawn(on_worker(rx, async move {
+            let _alive = alive;
+            std::future::pending::<()>().await;
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        running.abort();
+        assert_eq!(
+            gone.recv().await,
+            None,
+            "the task on the worker was aborted"
+        );
+    }
+
+    struct NoTokens;
+    #[async_trait::async_trait]
+    impl TokenSource for NoTokens {
+        async fn fetch(
+            &self,
+            _: &source::TokenRequest,
+        ) -> Result<source::UpstreamToken, source::SourceError> {
+            Err(source::SourceError::Unreachable(
+                "no source in this test".into(),
+            ))
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_token_endpoint_publishes_its_worker_runtime() {
+        let settings = NmiSettings::new("node-0", "127.0.0.1:9".parse().unwrap());
+        let metrics = crate::metrics::Metrics::new();
+        let source: Arc<dyn TokenSource> = Arc::new(NoTokens);
+        let nmi = Nmi::new(&settings, source, &metrics).unwrap();
+        let mut rt = nmi.http.worker_runtime();
+        let server = crate::http::nmi::serve(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            Arc::clone(&nmi.http),
+            1,
+        )
+        .unwrap();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        let worker = rt.wait_for(Option::is_some).await.unwrap().clone().unwrap();
+        let name = worker
+            .spawn(async { std::thread::current().name().map(str::to_string) })
+            .await
+            .unwrap();
+        assert_ne!(name, std::thread::current().name().map(str::to_string));
+        assert!(
+            name.is_some_and(|n| n.starts_with("actix")),
+            "an actix worker thread"
+        );
+        handle.stop(false).await;
+    }
+}

@@ -491,34 +491,6 @@ impl Running {
     }
 }
 
-/// Runs `task` on the token endpoint's worker thread once that has started, and ends with it
-/// (a panic is passed on, for the supervisor to see). A watch that wakes waiting requests
-/// running on their own thread hands them to the CPU directly: woken from NMI's main thread,
-/// each would first wait for its worker thread to be scheduled, which on a busy node is most
-/// of a wake-up (docs/performance.md). The watch's connections to the API server are made,
-/// and so read, on that thread too.
-async fn on_worker<F>(mut workers: watch::Receiver<Option<tokio::runtime::Handle>>, task: F)
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    let Ok(rt) = workers.wait_for(Option::is_some).await.map(|h| h.clone()) else {
-        return;
-    };
-    let Some(rt) = rt else { return };
-    struct AbortOnDrop(tokio::task::JoinHandle<()>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let mut run = AbortOnDrop(rt.spawn(task));
-    if let Err(e) = (&mut run.0).await
-        && e.is_panic()
-    {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
 fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })
 }
@@ -543,41 +515,27 @@ pub fn start(
         Arc::new(upstream_metrics::Metered::new(source, metrics.clone()));
     let nmi = Arc::new(Nmi::new(settings, source, metrics)?);
     let sup = nmi.supervisor.clone();
-    // The watches run on the token endpoint's worker thread (see `on_worker`).
-    let workers = nmi.http.worker_runtime();
     {
         let (client, node, pods) = (client.clone(), settings.node.clone(), Arc::clone(&nmi.pods));
         let synced = Arc::clone(&nmi.synced_changed);
         let pod_list_errors = metrics
             .kubernetes_api_operations_errors_count
             .with_label_values(&[crate::metrics::K8S_GET_POD_LIST]);
-        let workers = workers.clone();
         sup.spawn_until_shutdown("watch-pods", move || {
-            on_worker(
-                workers.clone(),
-                watchers::watch_pods(
-                    client.clone(),
-                    node.clone(),
-                    Arc::clone(&pods),
-                    Arc::clone(&synced),
-                    Some(pod_list_errors.clone()),
-                ),
+            watchers::watch_pods(
+                client.clone(),
+                node.clone(),
+                Arc::clone(&pods),
+                Arc::clone(&synced),
+                Some(pod_list_errors.clone()),
             )
         });
     }
     {
         let (client, exceptions) = (client.clone(), Arc::clone(&nmi.exceptions));
         let synced = Arc::clone(&nmi.synced_changed);
-        let workers = workers.clone();
         sup.spawn_until_shutdown("watch-exceptions", move || {
-            on_worker(
-                workers.clone(),
-                watchers::watch_exceptions(
-                    client.clone(),
-                    Arc::clone(&exceptions),
-                    Arc::clone(&synced),
-                ),
-            )
+            watchers::watch_exceptions(client.clone(), Arc::clone(&exceptions), Arc::clone(&synced))
         });
     }
     if let Some(a) = &nmi.assignments {
@@ -588,49 +546,37 @@ pub fn start(
             Arc::clone(&nmi.cache),
         );
         let synced = Arc::clone(&nmi.synced_changed);
-        let workers = workers.clone();
         sup.spawn_until_shutdown("watch-assigned-identities", move || {
-            on_worker(
-                workers.clone(),
-                watchers::watch_assigned(
-                    client.clone(),
-                    node.clone(),
-                    Arc::clone(&a),
-                    Arc::clone(&cache),
-                    Arc::clone(&synced),
-                ),
+            watchers::watch_assigned(
+                client.clone(),
+                node.clone(),
+                Arc::clone(&a),
+                Arc::clone(&cache),
+                Arc::clone(&synced),
             )
         });
     }
     if let Some(sa) = &nmi.service_accounts {
         let (client, sa, cache) = (client.clone(), Arc::clone(sa), Arc::clone(&nmi.cache));
         let synced = Arc::clone(&nmi.synced_changed);
-        let workers = workers.clone();
         sup.spawn_until_shutdown("watch-service-accounts", move || {
-            on_worker(
-                workers.clone(),
-                watchers::watch_service_accounts(
-                    client.clone(),
-                    Arc::clone(&sa),
-                    Arc::clone(&cache),
-                    Arc::clone(&synced),
-                ),
+            watchers::watch_service_accounts(
+                client.clone(),
+                Arc::clone(&sa),
+                Arc::clone(&cache),
+                Arc::clone(&synced),
             )
         });
     }
     if let Some(c) = &nmi.catalog {
         let (client, c, cache) = (client.clone(), Arc::clone(c), Arc::clone(&nmi.cache));
         let synced = Arc::clone(&nmi.synced_changed);
-        let workers = workers.clone();
         sup.spawn_until_shutdown("watch-catalog", move || {
-            on_worker(
-                workers.clone(),
-                watchers::watch_catalog(
-                    client.clone(),
-                    Arc::clone(&c),
-                    Arc::clone(&cache),
-                    Arc::clone(&synced),
-                ),
+            watchers::watch_catalog(
+                client.clone(),
+                Arc::clone(&c),
+                Arc::clone(&cache),
+                Arc::clone(&synced),
             )
         });
     }

@@ -65,8 +65,6 @@ pub struct NmiHttp {
     /// Cancelled when NMI begins to stop: requests still in flight are answered
     /// [`NmiError::ShuttingDown`] instead of being cut when the server closes.
     stopping: CancellationToken,
-    /// The runtime of the token endpoint's (last started) worker thread, once it runs.
-    worker_runtime: tokio::sync::watch::Sender<Option<tokio::runtime::Handle>>,
 }
 
 impl NmiHttp {
@@ -82,7 +80,6 @@ impl NmiHttp {
             pass_through_slots: Semaphore::new(settings.max_pass_through.max(1)),
             connections: Arc::new(DashMap::new()),
             stopping: CancellationToken::new(),
-            worker_runtime: tokio::sync::watch::Sender::new(None),
             broker,
             proxy,
             settings,
@@ -102,15 +99,6 @@ impl NmiHttp {
         if let Some(m) = &self.metrics {
             m.reject(why);
         }
-    }
-
-    /// The runtime of the token endpoint's worker thread (the last one started, when there are
-    /// several), `None` until [`serve`]'s first worker runs. Tasks that wake waiting requests
-    /// (the watches) run there, so a request woken by its assignment runs again without waiting
-    /// for another thread to be scheduled.
-    #[must_use]
-    pub fn worker_runtime(&self) -> tokio::sync::watch::Receiver<Option<tokio::runtime::Handle>> {
-        self.worker_runtime.subscribe()
     }
 
     /// Open connections from `ip` (for tests: nothing is left behind when they close).
@@ -150,10 +138,6 @@ pub fn serve(
     let limit = state.settings.max_connections_per_source.max(1);
     let data = web::Data::from(state);
     Ok(HttpServer::new(move || {
-        // Called on each worker thread as it starts (and again if one is restarted).
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            data.worker_runtime.send_replace(Some(rt));
-        }
         App::new()
             .app_data(data.clone())
             .default_service(web::to(dispatch))

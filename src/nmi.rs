@@ -92,7 +92,7 @@ pub struct NmiSettings {
     /// `--node-gate`: the key of the startup taint NMI lifts from its node (`--node-gate-taint`),
     /// or `None` when the gate is off.
     pub node_gate: Option<String>,
-    /// HTTP worker threads of the token endpoint (`--http-workers`).
+    /// HTTP worker threads of the token endpoint.
     pub http_workers: usize,
     /// `--max-waiters-per-pod`.
     pub max_waiters_per_pod: usize,
@@ -147,7 +147,7 @@ impl NmiSettings {
             ipt_update_interval: args.ipt_update_interval,
             enable_conntrack_deletion: args.conntrack_deletion(),
             node_gate: args.node_gate.then(|| args.node_gate_taint.clone()),
-            http_workers: count(args.http_workers),
+            http_workers: std::thread::available_parallelism().map_or(2, usize::from),
             max_waiters_per_pod: count(args.max_waiters_per_pod),
             max_waiters: count(args.max_waiters),
             max_token_cache_slots: count(args.max_token_cache_slots),
@@ -221,7 +221,7 @@ impl NmiSettings {
             ipt_update_interval: Duration::from_secs(60),
             enable_conntrack_deletion: false,
             node_gate: None,
-            http_workers: count(DEFAULT_HTTP_WORKERS),
+            http_workers: 2,
             max_waiters_per_pod: 100,
             max_waiters: 10_000,
             max_token_cache_slots: cache::DEFAULT_MAX_SLOTS,
@@ -233,11 +233,6 @@ impl NmiSettings {
         }
     }
 }
-
-/// `--http-workers`' default: one worker thread for the token endpoint. A node's pods need far
-/// less than one worker serves, and with one, a request woken by its assignment fetches its
-/// token over connections owned by its own thread (docs/performance.md).
-pub const DEFAULT_HTTP_WORKERS: u32 = 1;
 
 /// A count flag as a `usize` (lossless on every platform NMI runs on).
 fn count(n: u32) -> usize {

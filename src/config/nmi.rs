@@ -216,12 +216,6 @@ pub struct NmiArgs {
     #[arg(long = "max-connections-per-source", env = "NMI_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_source: u32,
 
-    /// New: worker threads of the token endpoint. One serves a node's pods many times over
-    /// (each request is microseconds of work, waits cost no thread) and keeps a woken request,
-    /// its token fetch and its answer on one thread; see docs/performance.md.
-    #[arg(long = "http-workers", env = "NMI_HTTP_WORKERS", default_value_t = crate::nmi::DEFAULT_HTTP_WORKERS, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub http_workers: u32,
-
     /// New: Azure AD authorities an AzureIdentity's `adEndpoint` may name besides the known
     /// clouds' (`https://login.microsoftonline.com/`, `.us`, `login.chinacloudapi.cn`, …) and
     /// `$AZURE_AUTHORITY_HOST`; comma-separated `https://host[:port]` (plain `http://` only for
@@ -381,18 +375,6 @@ mod tests {
         assert_eq!(a.federation_tenant_id, "");
         let f = parse(&["--enable-federation", "--federation-tenant-id=t"]).unwrap();
         assert!(f.enable_federation && f.federation_tenant_id == "t");
-    }
-
-    // Fails on the old code, which had no flag and ran one worker per core the process may use
-    // (two on the development machine, every core of a node without a CPU limit).
-    #[test]
-    fn the_token_endpoint_runs_one_worker_unless_told_otherwise() {
-        let a = parse(&[]).unwrap();
-        assert_eq!(a.http_workers, 1);
-        assert_eq!(crate::nmi::NmiSettings::from_args(&a).http_workers, 1);
-        let more = parse(&["--http-workers=4"]).unwrap();
-        assert_eq!(crate::nmi::NmiSettings::from_args(&more).http_workers, 4);
-        assert!(parse(&["--http-workers=0"]).is_err());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! measured in the same run (rounds alternate which goes first, since the machine is shared).
 //!
 //! The sandbox has one node, so one NMI serves everything. Unless `--in-process`, NMI is a
-//! process of the product binary (`aad-pod-identity nmi`, with its default HTTP workers, one, or
-//! `NMI_HTTP_WORKERS`) and the bare handler is a process of this binary ([`serve_bare`], behind the hidden
+//! process of the product binary (`aad-pod-identity nmi`, its default HTTP workers: one per
+//! core) and the bare handler is a process of this binary ([`serve_bare`], behind the hidden
 //! `bare-token-server` subcommand) with as many workers, so both pay the same process and
 //! scheduling costs; `--in-process` runs both in this process with one worker each. Every
 //! round is bounded in time and in request count.
@@ -166,13 +166,9 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
     r
 }
 
-/// HTTP workers of NMI's token endpoint when it runs as a process: `NMI_HTTP_WORKERS` (which
-/// the NMI process inherits) when set, else the product's default.
+/// HTTP workers of NMI's token endpoint when it runs as a process: the product's default.
 fn nmi_process_workers() -> usize {
-    std::env::var("NMI_HTTP_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(aad_pod_identity::nmi::DEFAULT_HTTP_WORKERS as usize)
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 /// The bare handler: `GET` anything, answered 200 with a JSON body of `body_len` bytes, on

@@ -9,8 +9,8 @@
 //! imports between those two run one way: the HTTP surface uses the broker and indexes.
 
 use crate::actors::nmi::{
-    assignments, broker, cache, cloud_source, exceptions, federated, gate, iptables, kubenet,
-    managed, metrics, pods, service_accounts, source, upstream_metrics, watchers,
+    assignments, broker, cache, cloud_source, exceptions, federated, gate, imds_fetch, iptables,
+    kubenet, managed, metrics, pods, service_accounts, source, upstream_metrics, watchers,
 };
 use crate::actors::supervisor::{Death, RestartPolicy, Supervisor};
 use crate::http::nmi::{HttpSettings, NmiHttp};
@@ -98,6 +98,10 @@ pub struct NmiSettings {
     pub max_waiters_per_pod: usize,
     /// `--max-waiters`.
     pub max_waiters: usize,
+    /// `--max-metadata-fetches` (0: unbounded).
+    pub max_metadata_fetches: usize,
+    /// `--max-metadata-fetches-per-second` (0: unpaced).
+    pub max_metadata_fetches_per_second: usize,
     /// `--max-token-cache-slots`.
     pub max_token_cache_slots: usize,
     /// `--max-pass-through`.
@@ -150,6 +154,8 @@ impl NmiSettings {
             http_workers: std::thread::available_parallelism().map_or(2, usize::from),
             max_waiters_per_pod: count(args.max_waiters_per_pod),
             max_waiters: count(args.max_waiters),
+            max_metadata_fetches: count(args.max_metadata_fetches),
+            max_metadata_fetches_per_second: count(args.max_metadata_fetches_per_second),
             max_token_cache_slots: count(args.max_token_cache_slots),
             max_pass_through: count(args.max_pass_through),
             pass_through_body_timeout: args.pass_through_body_timeout,
@@ -224,6 +230,8 @@ impl NmiSettings {
             http_workers: 2,
             max_waiters_per_pod: 100,
             max_waiters: 10_000,
+            max_metadata_fetches: imds_fetch::DEFAULT_MAX_IN_FLIGHT,
+            max_metadata_fetches_per_second: imds_fetch::DEFAULT_MAX_PER_SECOND,
             max_token_cache_slots: cache::DEFAULT_MAX_SLOTS,
             max_pass_through: 64,
             pass_through_body_timeout: Duration::from_secs(10),
@@ -325,8 +333,9 @@ pub struct Nmi {
 }
 
 impl Nmi {
-    /// Assembles NMI's state for `settings`, fetching tokens from `source`, registering metrics
-    /// next to the shared ones in `metrics`.
+    /// Assembles NMI's state for `settings`, fetching tokens from `source` (its metadata-service
+    /// fetches bounded and retried by [`imds_fetch`], every fetch timed under the original's
+    /// metric names), registering metrics next to the shared ones in `metrics`.
     ///
     /// # Errors
     /// [`Error`] for an invalid mode combination, a metrics clash or an HTTP client failure.
@@ -338,7 +347,23 @@ impl Nmi {
         if settings.mode == Mode::Managed && !settings.force_namespaced {
             return Err(Error::ManagedNeedsNamespaced);
         }
+        let shared_metrics = metrics;
         let metrics = NmiMetrics::new(metrics, &settings.node)?;
+        let source = imds_fetch::ImdsFetch::new(
+            source,
+            imds_fetch::ImdsFetchSettings {
+                max_in_flight: settings.max_metadata_fetches,
+                max_per_second: settings.max_metadata_fetches_per_second,
+                max_waiting: settings.max_waiters,
+                max_waiting_per_identity: settings.max_waiters_per_pod,
+                fetch_timeout: settings.token_fetch_timeout,
+            },
+        )
+        .with_metrics(shared_metrics, metrics.clone(), &settings.node)?;
+        let source: Arc<dyn TokenSource> = Arc::new(upstream_metrics::Metered::new(
+            Arc::new(source),
+            shared_metrics.clone(),
+        ));
         let pods = Arc::new(PodIndex::new(settings.node.clone()));
         let exceptions = Arc::new(ExceptionIndex::new());
         let cache = Arc::new(
@@ -506,8 +531,6 @@ pub fn start(
     source: Arc<dyn TokenSource>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Running, Error> {
-    let source: Arc<dyn TokenSource> =
-        Arc::new(upstream_metrics::Metered::new(source, metrics.clone()));
     let nmi = Arc::new(Nmi::new(settings, source, metrics)?);
     let sup = nmi.supervisor.clone();
     {

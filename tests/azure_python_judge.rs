@@ -9,25 +9,6 @@ use aad_pod_identity_sim::azure::AzureSimConfig;
 use aad_pod_identity_sim::topology::Topology;
 use azure_common::*;
 
-async fn python_get_token(imds: &str, client_id: &str) -> std::process::Output {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/judges/azure_identity_imds.py"
-    );
-    tokio::process::Command::new("python3")
-        .arg(script)
-        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds)
-        .env("CLIENT_ID", client_id)
-        .env("SCOPE", "https://vault.azure.net/.default")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .output()
-        .await
-        .expect("python3 runs")
-}
-
 #[tokio::test]
 async fn python_azure_identity_accepts_the_simulated_metadata_service() {
     let t = Topology::sized(1, 1, 0, 2);

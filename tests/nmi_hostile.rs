@@ -16,7 +16,6 @@
 
 mod nmi_support;
 
-use aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource;
 use aad_pod_identity::crd::{AssignedState, IdentityType};
 use aad_pod_identity::http::request::{Route, classify, normalize};
 use aad_pod_identity::metrics::Metrics;
@@ -70,15 +69,8 @@ async fn world(tune: impl FnOnce(&mut NmiSettings)) -> World {
     s.pass_through_body_timeout = Duration::from_millis(500);
     tune(&mut s);
     // Service principals are not used here: the Kubernetes client is never called.
-    let kube =
-        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    let source = CloudTokenSource::new(
-        &imds.to_string(),
-        kube,
-        azure.aad_endpoint(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let source =
+        nmi_support::metadata_only_source(imds, azure.aad_endpoint(), Duration::from_secs(5));
     let metrics = Metrics::new();
     let nmi = Arc::new(Nmi::new(&s, Arc::new(source), &metrics).unwrap());
     let l = TcpListener::bind(s.listen).unwrap();
@@ -468,11 +460,17 @@ fn the_route_nmi_chooses_is_the_route_the_metadata_service_receives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_cannot_grow_the_metrics() {
+    // Thousands of distinct fetches: the metadata service's limits and NMI's pacing of them
+    // (tests/imds_limits.rs) would make this a 3-minute test of something else.
     let w = world(|s| {
         s.max_token_cache_slots = 500;
         s.max_connections_per_source = 1024;
+        s.max_metadata_fetches = 0;
+        s.max_metadata_fetches_per_second = 0;
     })
     .await;
+    w.azure
+        .reconfigure(|c| c.imds_limits = aad_pod_identity_sim::azure::ImdsLimits::OFF);
     let unbound = client_from(UNBOUND);
     let bound = client_from(BOUND);
     let base = format!("http://{}", w.addr);

@@ -198,6 +198,25 @@ pub struct NmiArgs {
     #[arg(long = "max-waiters", env = "NMI_MAX_WAITERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_waiters: u32,
 
+    /// New: metadata-service token requests NMI has out at once (Azure allows 5 concurrent per
+    /// VM; the default leaves one for the node's other agents); 0 for no bound. More wait in a
+    /// line bounded by --max-waiters (per identity: --max-waiters-per-pod).
+    #[arg(
+        long = "max-metadata-fetches",
+        env = "NMI_MAX_METADATA_FETCHES",
+        default_value_t = 4
+    )]
+    pub max_metadata_fetches: u32,
+
+    /// New: metadata-service token requests NMI sends in any one second (Azure allows 20 per
+    /// VM; the default leaves 4 for the node's other agents); 0 for no pacing.
+    #[arg(
+        long = "max-metadata-fetches-per-second",
+        env = "NMI_MAX_METADATA_FETCHES_PER_SECOND",
+        default_value_t = 16
+    )]
+    pub max_metadata_fetches_per_second: u32,
+
     /// New: cached (identity, resource) tokens kept at most; beyond, idle ones are evicted.
     #[arg(long = "max-token-cache-slots", env = "NMI_MAX_TOKEN_CACHE_SLOTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_token_cache_slots: u32,
@@ -369,6 +388,10 @@ mod tests {
         assert_eq!(a.assigned_grace(), Duration::from_secs(20));
         assert_eq!(a.mic_service_account, "");
         assert_eq!((a.max_waiters_per_pod, a.max_waiters), (100, 10_000));
+        assert_eq!(
+            (a.max_metadata_fetches, a.max_metadata_fetches_per_second),
+            (4, 16)
+        );
         assert!(a.allowed_ad_endpoints.is_empty());
         assert!(!a.enable_federation);
         assert_eq!(a.federation_audience, "api://AzureADTokenExchange");

@@ -118,3 +118,25 @@ pub async fn raw(
         text,
     }
 }
+
+/// Python `azure-identity`'s `ManagedIdentityCredential` asks the metadata service at `imds`
+/// (`http://host:port`, through `AZURE_POD_IDENTITY_AUTHORITY_HOST`) for `client_id`'s token
+/// (`tests/judges/azure_identity_imds.py`: the token JSON on stdout, or the SDK's error and exit 1).
+pub async fn python_get_token(imds: &str, client_id: &str) -> std::process::Output {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/judges/azure_identity_imds.py"
+    );
+    tokio::process::Command::new("python3")
+        .arg(script)
+        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds)
+        .env("CLIENT_ID", client_id)
+        .env("SCOPE", "https://vault.azure.net/.default")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .output()
+        .await
+        .expect("python3 runs")
+}

@@ -294,3 +294,21 @@ pub fn assigned(
     });
     aai
 }
+
+/// The real token source for type-0 identities only: the metadata service at `imds` and Azure AD
+/// at `aad`, with a Kubernetes client that is never called (no service principal is used).
+pub fn metadata_only_source(
+    imds: SocketAddr,
+    aad: String,
+    timeout: Duration,
+) -> aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource {
+    let kube =
+        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+    aad_pod_identity::actors::nmi::cloud_source::CloudTokenSource::new(
+        &imds.to_string(),
+        kube,
+        aad,
+        timeout,
+    )
+    .unwrap()
+}

@@ -76,6 +76,9 @@ pub enum Rejection {
     ConnectionsPerSource,
     /// NMI began stopping while the request was in flight (503, `Retry-After: 1`).
     ShuttingDown,
+    /// The line for a metadata-service fetch place (`--max-metadata-fetches`) already holds
+    /// `--max-waiters` fetches, or `--max-waiters-per-pod` for the identity (503).
+    ImdsFetchLine,
 }
 
 impl Rejection {
@@ -89,6 +92,7 @@ impl Rejection {
             Self::BodyTimeout => "body_timeout",
             Self::ConnectionsPerSource => "connections_per_source",
             Self::ShuttingDown => "shutting_down",
+            Self::ImdsFetchLine => "imds_fetch_line",
         }
     }
 }

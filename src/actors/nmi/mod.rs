@@ -6,6 +6,8 @@
 //! - [`managed`] — bindings and identities for `--operation-mode managed`;
 //! - [`exceptions`] — AzurePodIdentityExceptions;
 //! - [`cache`] — tokens per (identity, resource), single flight, refresh before expiry;
+//! - [`imds_fetch`] — the node's metadata-service fetches: places in flight, a bounded line,
+//!   retries with backoff inside the fetch timeout;
 //! - [`broker`] — the per-request flow (pod → identity → authorization → cache);
 //! - [`federated`] — service-account tokens for federated identities (`--enable-federation`);
 //! - [`service_accounts`] — service accounts annotated for workload identity;
@@ -28,6 +30,7 @@ pub mod exceptions;
 pub mod federated;
 pub mod gate;
 pub mod identity;
+pub mod imds_fetch;
 pub mod iptables;
 pub mod kubenet;
 pub mod managed;

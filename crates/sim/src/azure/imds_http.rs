@@ -1,6 +1,7 @@
 //! The metadata service as the simulator serves it, one listener per simulated node: the
 //! token endpoint with the real service's header, api-version and identity-selection rules,
-//! issuing tokens only for identities assigned (and propagated) to that node's VM or scale set.
+//! issuing tokens only for identities assigned (and propagated) to that node's VM or scale set,
+//! and throttling the identity endpoint per VM as Azure documents ([`super::imds_limits`]).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::Shared;
+use super::imds_limits::Refusal;
 use super::state::{FaultKind, FaultTarget};
 use super::wire::{hang, oauth_error, simulate_latency};
 
@@ -31,6 +33,70 @@ const IMDS_API_VERSIONS: &[&str] = &[
     "2023-07-01",
 ];
 
+/// A request admitted under the node's throttle; answered (or abandoned by its client) when
+/// dropped.
+struct Admitted<'a> {
+    shared: &'a Shared,
+    node: &'a str,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.shared.lock().imds_throttle.get_mut(self.node) {
+            t.release();
+        }
+    }
+}
+
+/// True for the Managed Identity category (`/metadata/identity/...`), the one Azure throttles
+/// at 20/s and 5 at once per VM.
+fn is_identity_category(path: &str) -> bool {
+    let p = path.as_bytes();
+    let prefix = b"/metadata/identity";
+    p.len() >= prefix.len()
+        && p[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && (p.len() == prefix.len() || p[prefix.len()] == b'/')
+}
+
+/// Admits an identity-category request under `node`'s limits, or says which limit refuses it.
+fn admit<'a>(
+    shared: &'a Shared,
+    node: &'a str,
+    limits: super::ImdsLimits,
+) -> Result<Admitted<'a>, Refusal> {
+    let mut inner = shared.lock();
+    let admitted = inner
+        .imds_throttle
+        .entry(node.to_string())
+        .or_default()
+        .admit(limits, Instant::now());
+    if admitted.is_err() {
+        inner.counters.imds_throttled += 1;
+        inner.counters.imds_errors += 1;
+    }
+    admitted.map(|()| Admitted { shared, node })
+}
+
+/// The 429 the service answers when a limit refuses a request.
+fn throttled(limits: super::ImdsLimits, why: Refusal) -> HttpResponse {
+    let description = match why {
+        Refusal::Concurrency => format!(
+            "Too many requests: at most {} concurrent requests to the managed identity endpoint per VM.",
+            limits.concurrent
+        ),
+        Refusal::Rate => format!(
+            "Too many requests: at most {} requests per second to the managed identity endpoint per VM.",
+            limits.per_second
+        ),
+    };
+    // No Retry-After: Azure documents none for this answer.
+    oauth_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        &description,
+    )
+}
+
 pub(super) async fn imds(
     req: &HttpRequest,
     shared: &Shared,
@@ -38,6 +104,16 @@ pub(super) async fn imds(
     key: &str,
 ) -> HttpResponse {
     let cfg = shared.config();
+    // Throttled at the door, before anything else is looked at; the place is held until the
+    // answer (including any simulated latency or hang) is done.
+    let _admitted = if is_identity_category(req.path()) {
+        match admit(shared, node, cfg.imds_limits) {
+            Ok(a) => Some(a),
+            Err(why) => return throttled(cfg.imds_limits, why),
+        }
+    } else {
+        None
+    };
     let mut delay = cfg.imds_latency.sample();
     let fault = shared.lock().take_fault(FaultTarget::Imds);
     match fault {
@@ -249,6 +325,26 @@ mod tests {
         let answer = imds(&req, &sim.shared, &node, &key).now_or_never();
         sim.shutdown().await;
         answer
+    }
+
+    #[test]
+    fn only_the_identity_category_is_throttled() {
+        for p in [
+            "/metadata/identity/oauth2/token",
+            "/METADATA/Identity/oauth2/token",
+            "/metadata/identity",
+            "/metadata/identity/info",
+        ] {
+            assert!(is_identity_category(p), "{p}");
+        }
+        for p in [
+            "/metadata/instance",
+            "/metadata/identityx",
+            "/metadata",
+            "/",
+        ] {
+            assert!(!is_identity_category(p), "{p}");
+        }
     }
 
     #[tokio::test]

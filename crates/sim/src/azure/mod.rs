@@ -21,6 +21,7 @@ mod arm_http;
 mod federation;
 mod http;
 mod imds_http;
+mod imds_limits;
 mod state;
 mod tls;
 mod tokens;
@@ -36,6 +37,7 @@ use serde_json::{Value, json};
 use crate::topology::{Host, Topology};
 
 pub use federation::FederatedCredential;
+pub use imds_limits::{ImdsLimits, ImdsLoad};
 pub use state::{
     Counters, Fault, FaultKind, FaultTarget, IdentityRecord, RequestRecord, ServicePrincipal,
 };
@@ -125,6 +127,10 @@ pub struct AzureSimConfig {
     pub arm_latency: Latency,
     /// Delay of every metadata-service answer.
     pub imds_latency: Latency,
+    /// Per-VM (per node) limits of the metadata service's identity endpoint; beyond them it
+    /// answers 429. Default: Azure's documented 5 concurrent, 20 per second
+    /// ([`ImdsLimits::AZURE`]); [`ImdsLimits::OFF`] for none.
+    pub imds_limits: ImdsLimits,
     /// Delay of every Azure AD answer.
     pub aad_latency: Latency,
     /// How PATCHes complete.
@@ -167,6 +173,7 @@ impl Default for AzureSimConfig {
         Self {
             arm_latency: Latency::None,
             imds_latency: Latency::None,
+            imds_limits: ImdsLimits::AZURE,
             aad_latency: Latency::None,
             lro: LroMode::AsyncOperation,
             lro_retry_after: Some(DEFAULT_LRO_RETRY_AFTER),
@@ -337,6 +344,7 @@ impl AzureSim {
                 counters: Counters::default(),
                 log: Vec::new(),
                 federated: std::collections::BTreeMap::new(),
+                imds_throttle: HashMap::new(),
             }),
             config: Mutex::new(config),
             signer,
@@ -444,11 +452,26 @@ impl AzureSimHandle {
         self.shared.lock().log.clone()
     }
 
-    /// Zeroes counters and the request log.
+    /// What `node`'s metadata service has seen under its identity limits (all zero before its
+    /// first identity request).
+    #[must_use]
+    pub fn imds_load(&self, node: &str) -> ImdsLoad {
+        self.shared
+            .lock()
+            .imds_throttle
+            .get(node)
+            .map(imds_limits::NodeThrottle::load)
+            .unwrap_or_default()
+    }
+
+    /// Zeroes counters, the request log and the metadata services' [`ImdsLoad`]s.
     pub fn reset_counters(&self) {
         let mut inner = self.shared.lock();
         inner.counters = Counters::default();
         inner.log.clear();
+        for t in inner.imds_throttle.values_mut() {
+            t.reset_load();
+        }
     }
 
     /// Makes the next `times` requests of `target` misbehave as `kind`.

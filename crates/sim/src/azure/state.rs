@@ -118,8 +118,10 @@ pub struct Counters {
     pub unauthenticated: u64,
     /// Metadata-service tokens issued.
     pub imds_tokens: u64,
-    /// Metadata-service errors answered.
+    /// Metadata-service errors answered (throttled answers included).
     pub imds_errors: u64,
+    /// Metadata-service 429s for its per-VM identity limits ([`super::ImdsLimits`]).
+    pub imds_throttled: u64,
     /// Azure AD tokens issued.
     pub aad_tokens: u64,
     /// Azure AD errors answered.
@@ -278,6 +280,8 @@ pub(crate) struct Inner {
     pub log: Vec<RequestRecord>,
     /// Federated identity credentials by lower-cased identity resource id.
     pub federated: BTreeMap<String, Vec<super::FederatedCredential>>,
+    /// Each node's metadata-service throttle, by node name.
+    pub imds_throttle: HashMap<String, super::imds_limits::NodeThrottle>,
 }
 
 /// Result of checking an identity PATCH body.
@@ -629,6 +633,7 @@ mod tests {
             counters: Counters::default(),
             log: Vec::new(),
             federated: BTreeMap::new(),
+            imds_throttle: HashMap::new(),
         }
     }
 

@@ -7,8 +7,8 @@
 //! machine; the median of the per-round ratios is the figure, with the CPU the simulator spent.
 //!
 //! `cargo build --release -p aad-pod-identity-sim --example kube_sim_bench && target/release/examples/kube_sim_bench`
-//! (debug builds give pessimistic figures). `BENCH_ROUNDS` (default 5), `BENCH_COALESCE_MS`,
-//! `BENCH_BUSY_MS` and `BENCH_WORKERS` override the round count and the simulator's defaults;
+//! (debug builds give pessimistic figures). `BENCH_ROUNDS` (default 5) and `BENCH_WORKERS`
+//! override the round count and the simulator's HTTP workers;
 //! `BENCH_WATCH_FILTER` appends a query (e.g. `&labelSelector=app%3Dapp-1`) to every watch.
 
 use std::time::{Duration, Instant};
@@ -125,20 +125,12 @@ async fn open_watchers(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rss_before = rss_kib();
-    // BENCH_COALESCE_MS / BENCH_BUSY_MS / BENCH_WORKERS override the simulator's defaults.
-    let env_ms = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-    };
+    // BENCH_WORKERS overrides the simulator's default.
     let defaults = KubeSimConfig::default();
     let sim = KubeSim::start(KubeSimConfig {
         topology: Topology::sized(10, 100, 0, 0),
         run_cluster: false,
         watch_history: 20_000,
-        watch_coalesce: env_ms("BENCH_COALESCE_MS").unwrap_or(defaults.watch_coalesce),
-        watch_busy_interval: env_ms("BENCH_BUSY_MS").unwrap_or(defaults.watch_busy_interval),
         workers: std::env::var("BENCH_WORKERS")
             .ok()
             .and_then(|v| v.parse().ok())

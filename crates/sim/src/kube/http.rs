@@ -43,6 +43,12 @@ pub fn server(
     // them for 90 s (hyper's default), and a request racing the close failed with an
     // incomplete message, which a real API server never causes.
     .keep_alive(std::time::Duration::from_secs(300))
+    // The API server is Go's net/http, whose TCP connections have Nagle's algorithm off (Go's
+    // default); with it on (the OS default actix keeps), a watch that writes two small chunks
+    // in a row holds the second until the reader acknowledges the first, which a reader that
+    // only reads does after its delayed-ACK timer (about 40 ms): seen in a burst as 37-41 ms
+    // gaps in a node's watch (docs/performance.md, the wake-up).
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)?
@@ -514,8 +520,6 @@ fn watch_params(
         bookmark_interval: shared.config.bookmark_interval,
         timeout,
         table: TableOptions::from_request(accept, q),
-        coalesce: shared.config.watch_coalesce,
-        busy_interval: shared.config.watch_busy_interval,
     })
 }
 

@@ -158,12 +158,6 @@ pub struct KubeSimConfig {
     pub watch_history: usize,
     /// Interval between watch bookmarks (when the client allows them).
     pub bookmark_interval: Duration,
-    /// After a change wakes a watch, further changes arriving within this window are sent
-    /// in the same chunk (zero sends each change at once).
-    pub watch_coalesce: Duration,
-    /// While changes keep arriving, a watch sends at most once per this interval (one send
-    /// of many events instead of one per event); zero sends after `watch_coalesce` always.
-    pub watch_busy_interval: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Whether to run the scheduler, kubelet and workload controllers.
@@ -192,8 +186,6 @@ impl Default for KubeSimConfig {
             cron_speedup: 1,
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(30),
-            watch_coalesce: Duration::from_millis(2),
-            watch_busy_interval: Duration::from_millis(20),
             max_body_bytes: 3 * 1024 * 1024,
             run_cluster: true,
             workers: 2,

@@ -2,6 +2,16 @@
 //! resourceVersion, with bookmarks, `timeoutSeconds`, selector transitions (an object that
 //! stops matching is DELETED for that watcher) and a 410 ERROR event once the requested
 //! version has left the history.
+//!
+//! Pacing is the real API server's: its watch handler encodes each event as it takes it from
+//! the watcher's queue and flushes the response whenever no further event is queued; no timer
+//! holds an event back. Here a change wakes every watch of its resource, which at once takes
+//! whatever the history holds past its cursor and hands it to the HTTP layer. While the HTTP
+//! layer's write buffer is full (a reader slower than the changes), it stops asking the stream
+//! for more, the changes wait in the history, and the next turn takes them all at once: a slow
+//! reader gets bigger chunks, a fast one each change as it happens. A reader so slow that its
+//! resourceVersion leaves the history gets 410 (the real server closes a watcher whose queue
+//! stays full).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -45,50 +55,6 @@ pub struct WatchParams {
     pub timeout: Duration,
     /// Render each object as a one-row Table (kubectl `get -w`).
     pub table: Option<TableOptions>,
-    /// How long to gather further events after a wake-up before sending.
-    pub coalesce: Duration,
-    /// While changes keep coming, the least time between two sends to this watcher.
-    pub busy_interval: Duration,
-}
-
-/// When a watcher woken at `now` sends what it has gathered: `coalesce` after the wake-up
-/// when the watch was quiet, so a lone change goes out at once; during a burst (the last
-/// send was less than `busy_interval` ago), at the first tick after the last send of a grid
-/// of `busy_interval` steps from `epoch`, so that a stream of changes costs each watcher one
-/// send per interval rather than one per change.
-///
-/// The grid is shared by every watcher of the simulator (`epoch` is the process's, see
-/// [`pacing_epoch`]): watchers that see the same change during a burst send it at the same
-/// tick. Paced each from its own last send, two watchers could be up to one interval apart
-/// for the same event (a node's NMI 20 ms behind the load-test driver's watch, measured as
-/// NMI's wake-up), which a real API server, sending each event as soon as it is queued, does
-/// not do.
-#[must_use]
-pub fn send_at(
-    now: Instant,
-    last_sent: Option<Instant>,
-    coalesce: Duration,
-    busy_interval: Duration,
-    epoch: Instant,
-) -> Instant {
-    let quiet = now + coalesce;
-    match last_sent {
-        Some(t) if now < t + busy_interval => {
-            let step = busy_interval.as_nanos().max(1);
-            let ticks = t.saturating_duration_since(epoch).as_nanos() / step + 1;
-            let next =
-                epoch + Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX));
-            quiet.max(next)
-        }
-        _ => quiet,
-    }
-}
-
-/// The origin of the pacing grid every watch of this process shares (see [`send_at`]).
-#[must_use]
-pub fn pacing_epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 /// Target size of one body chunk: the HTTP layer's write buffer, so a chunk fills it once.
@@ -104,8 +70,6 @@ struct State {
     next_bookmark: Instant,
     pending: VecDeque<Bytes>,
     done: bool,
-    /// When events last went out (for [`send_at`]).
-    last_sent: Option<Instant>,
     /// No label or field selector: visibility is the namespace alone.
     unfiltered: bool,
     /// Objects can go out in the store's own serialization (no Table, no conversion).
@@ -254,12 +218,22 @@ impl State {
 struct Timers {
     bookmark: Pin<Box<tokio::time::Sleep>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    coalesce: Pin<Box<tokio::time::Sleep>>,
     cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 /// Starts a watch and returns the streaming response.
 pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(events(shared, params))
+}
+
+/// The watch's body: chunks of event lines, each taken as soon as the HTTP layer asks for more
+/// (see the module doc).
+fn events(
+    shared: Arc<Shared>,
+    params: WatchParams,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
     let gr = params.info.gr();
     let notify = shared.store.subscribe(&gr);
     let drop_signal = shared.faults.drop_signal();
@@ -273,7 +247,6 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
         drop_signal,
         pending: VecDeque::new(),
         done: false,
-        last_sent: None,
         unfiltered: params.labels.is_empty() && params.fields.is_empty(),
         shared_encoding: params.table.is_none() && !params.info.converted(),
         api_version: params.info.api_version(),
@@ -301,14 +274,13 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
         }
     }
     // The timers and the cancellation future live as long as the stream and are reset, not
-    // rebuilt, on each turn: a watch wakes once per burst of writes and must stay cheap.
+    // rebuilt, on each turn: a watch may wake once per write and must stay cheap.
     let timers = Timers {
         bookmark: Box::pin(tokio::time::sleep_until(st.next_bookmark)),
         deadline: Box::pin(tokio::time::sleep_until(st.deadline)),
-        coalesce: Box::pin(tokio::time::sleep(Duration::ZERO)),
         cancelled: Box::pin(shared.shutdown.clone().cancelled_owned()),
     };
-    let stream = futures::stream::unfold((st, timers), |(mut st, mut t)| async move {
+    futures::stream::unfold((st, timers), |(mut st, mut t)| async move {
         loop {
             if let Some(chunk) = st.pending.pop_front() {
                 return Some((Ok::<Bytes, Infallible>(chunk), (st, t)));
@@ -319,20 +291,7 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
             tokio::select! {
                 changed = st.notify.changed() => {
                     if changed.is_err() { return None; }
-                    // Gather what else lands in the next moment into the same send; under
-                    // a burst, send at most once per busy interval (see `send_at`).
-                    let now = Instant::now();
-                    let p = &st.params;
-                    let at = send_at(now, st.last_sent, p.coalesce, p.busy_interval, pacing_epoch());
-                    if at > now {
-                        t.coalesce.as_mut().reset(at);
-                        (&mut t.coalesce).await;
-                    }
-                    let queued = st.pending.len();
                     st.catch_up();
-                    if st.pending.len() > queued {
-                        st.last_sent = Some(Instant::now());
-                    }
                 }
                 () = &mut t.bookmark => {
                     st.next_bookmark = Instant::now() + st.params.bookmark_interval;
@@ -350,64 +309,134 @@ pub fn respond(shared: Arc<Shared>, params: WatchParams) -> HttpResponse {
                 () = &mut t.cancelled => return None,
             }
         }
-    });
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .streaming(stream)
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::resources::Registry;
+    use super::super::store::Store;
+    use super::super::{ClientLog, Faults, KubeSimConfig, sa_token, writes};
     use super::*;
+    use futures::StreamExt as _;
+    use std::task::Poll;
 
-    const COALESCE: Duration = Duration::from_millis(2);
-    const BUSY: Duration = Duration::from_millis(20);
-
-    #[test]
-    fn a_quiet_watch_sends_after_the_short_window() {
-        let now = Instant::now();
-        let epoch = now.checked_sub(Duration::from_secs(5)).unwrap();
-        assert_eq!(send_at(now, None, COALESCE, BUSY, epoch), now + COALESCE);
-        let long_ago = now.checked_sub(Duration::from_secs(1)).unwrap();
-        assert_eq!(
-            send_at(now, Some(long_ago), COALESCE, BUSY, epoch),
-            now + COALESCE
-        );
+    fn shared() -> Arc<Shared> {
+        let registry = Arc::new(Registry::default());
+        let store = Arc::new(Store::new(registry.clone(), 1000));
+        let ns = registry.get("", "v1", "namespaces").unwrap();
+        store
+            .create(&ns, "", json!({"metadata": {"name": "default"}}))
+            .unwrap();
+        Arc::new(Shared {
+            store,
+            registry,
+            faults: Faults::default(),
+            config: KubeSimConfig::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            issuer: sa_token::Issuer::new("http://127.0.0.1".to_string()),
+            clients: ClientLog::default(),
+            writes: writes::WriteLog::default(),
+        })
     }
 
-    #[test]
-    fn during_a_burst_sends_are_one_busy_interval_apart() {
-        let epoch = Instant::now();
-        let last = epoch + Duration::from_millis(100);
-        let now = last + Duration::from_millis(5);
-        assert_eq!(send_at(now, Some(last), COALESCE, BUSY, epoch), last + BUSY);
-        // Just before the interval ends, the short window is the later bound.
-        let now = last + Duration::from_millis(19);
-        assert_eq!(
-            send_at(now, Some(last), COALESCE, BUSY, epoch),
-            now + COALESCE
-        );
+    fn configmaps(shared: &Shared) -> Arc<ResourceInfo> {
+        shared.registry.get("", "v1", "configmaps").unwrap()
     }
 
-    #[test]
-    fn busy_watchers_that_last_sent_at_different_moments_send_a_change_at_the_same_tick() {
-        let epoch = Instant::now();
-        // One watcher last sent 3 ms into a tick, the other 17 ms into it (a node's NMI and
-        // the driver's watch of every object); both are woken by the same change.
-        let a = epoch + Duration::from_millis(103);
-        let b = epoch + Duration::from_millis(117);
-        let now = epoch + Duration::from_millis(118);
-        let tick = epoch + Duration::from_millis(120);
-        assert_eq!(send_at(now, Some(a), COALESCE, BUSY, epoch), tick);
-        assert_eq!(send_at(now, Some(b), COALESCE, BUSY, epoch), tick);
+    fn watch_from_now(
+        shared: &Arc<Shared>,
+    ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+        let info = configmaps(shared);
+        let since = Some(shared.store.current_rv());
+        events(
+            Arc::clone(shared),
+            WatchParams {
+                info,
+                namespace: Some("default".into()),
+                labels: LabelSelector::parse("").unwrap(),
+                fields: FieldSelector::parse("").unwrap(),
+                since,
+                send_initial_events: false,
+                bookmarks: false,
+                bookmark_interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(600),
+                table: None,
+            },
+        )
     }
 
-    #[test]
-    fn zero_windows_send_at_once() {
-        let now = Instant::now();
-        assert_eq!(
-            send_at(now, Some(now), Duration::ZERO, Duration::ZERO, now),
-            now
-        );
+    fn write(shared: &Shared, name: &str) {
+        shared
+            .store
+            .create(
+                &configmaps(shared),
+                "default",
+                json!({"metadata": {"name": name}, "data": {"k": "v"}}),
+            )
+            .unwrap();
+    }
+
+    fn names(chunk: &Bytes) -> Vec<String> {
+        std::str::from_utf8(chunk)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// The next chunk if the stream has one ready now, without any timer firing.
+    fn ready_now(
+        stream: &mut (impl futures::Stream<Item = Result<Bytes, Infallible>> + Unpin),
+    ) -> Option<Bytes> {
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        match stream.poll_next_unpin(&mut cx) {
+            Poll::Ready(Some(Ok(b))) => Some(b),
+            Poll::Ready(None) => panic!("the watch ended"),
+            Poll::Pending => None,
+        }
+    }
+
+    // Fails on the pacing this replaced: the first change waited 2 ms, and every change within
+    // 20 ms of a send waited for the next tick of a shared 20 ms grid.
+    #[tokio::test(start_paused = true)]
+    async fn every_change_is_ready_to_send_as_soon_as_it_is_stored() {
+        let shared = shared();
+        let mut watch = Box::pin(watch_from_now(&shared));
+        let start = Instant::now();
+        assert!(ready_now(&mut watch).is_none(), "nothing happened yet");
+        for name in ["a", "b", "c"] {
+            write(&shared, name);
+            let chunk = ready_now(&mut watch).expect("the change is sent at once");
+            assert_eq!(names(&chunk), [name]);
+            assert!(ready_now(&mut watch).is_none());
+        }
+        assert_eq!(Instant::now(), start, "no timer was waited for");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_falls_behind_gets_everything_queued_in_one_chunk() {
+        let shared = shared();
+        let mut watch = Box::pin(watch_from_now(&shared));
+        assert!(ready_now(&mut watch).is_none());
+        // The HTTP layer does not ask for more while its write buffer is full.
+        for i in 0..50 {
+            write(&shared, &format!("cm-{i:02}"));
+        }
+        let chunk = ready_now(&mut watch).expect("queued changes are sent when asked");
+        let got = names(&chunk);
+        assert_eq!(got.len(), 50);
+        assert_eq!(got.first().map(String::as_str), Some("cm-00"));
+        assert_eq!(got.last().map(String::as_str), Some("cm-49"));
+        assert!(ready_now(&mut watch).is_none());
+        // And the watch is still live for the next change.
+        write(&shared, "late");
+        assert_eq!(names(&watch.next().await.unwrap().unwrap()), ["late"]);
     }
 }

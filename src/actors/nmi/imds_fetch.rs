@@ -271,7 +271,12 @@ impl ImdsFetch {
                 in_flight: self.settings.max_in_flight,
             });
         }
-        tokio::time::sleep_until(send_at).await;
+        // A send time that is already due goes at once: a timer, even an elapsed one, is
+        // registered with the runtime's wheel and fires on its next millisecond tick, which
+        // would add a millisecond and a wake-up to every fetch of a burst.
+        if send_at > Instant::now() {
+            tokio::time::sleep_until(send_at).await;
+        }
         Ok(permit)
     }
 
@@ -949,6 +954,25 @@ mod tests {
             e.to_string().contains("no metadata-service fetch place"),
             "{e}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_that_is_due_goes_out_at_once_not_on_the_timers_next_tick() {
+        // Half a millisecond into a tick: a timer for "now" would fire only on the next one.
+        tokio::time::advance(Duration::from_micros(500)).await;
+        let src = Scripted::new(&[200]);
+        let f = ImdsFetch::new(
+            src.clone(),
+            ImdsFetchSettings {
+                max_per_second: 16,
+                ..settings(4)
+            },
+        );
+        let start = Instant::now();
+        for id in ["a", "b", "c"] {
+            assert_eq!(f.fetch(&for_identity(id)).await.unwrap().status, 200);
+        }
+        assert_eq!(Instant::now(), start, "no fetch waited for a timer");
     }
 
     #[tokio::test(start_paused = true)]

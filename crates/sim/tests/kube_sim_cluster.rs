@@ -325,3 +325,52 @@ async fn pod_ips_are_not_reused_at_once_and_a_full_range_leaves_pods_pending() {
     .await;
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_pods_is_spread_evenly_in_random_order_as_kube_scheduler_spreads_it() {
+    let h = KubeSim::start(KubeSimConfig {
+        topology: Topology::sized(1, 4, 0, 1),
+        ..KubeSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let pods = info(&h, "", "pods");
+    // All forty exist before the scheduler sees the first: one burst, as a Deployment's
+    // controller or a load test creates it.
+    for i in 0..40 {
+        let pod = json!({"metadata": {"name": format!("p{i}")}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        h.store().create(&pods, "default", pod).unwrap();
+    }
+    let placed = wait_for(&h, "", "pods", |ps| {
+        ps.len() == 40 && ps.iter().all(|p| p.pointer("/spec/nodeName").is_some())
+    })
+    .await;
+    let node_of = |name: &str| -> String {
+        placed
+            .iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .and_then(|p| p.pointer("/spec/nodeName"))
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string()
+    };
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..40 {
+        *per_node.entry(node_of(&format!("p{i}"))).or_default() += 1;
+    }
+    // Each placement counts at once (the scheduler's assumed pods), so no node takes a second
+    // pod of the burst before every node has one.
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [10; 4],
+        "{per_node:?}"
+    );
+    // Among equally loaded nodes the choice is random, not the nodes' name order: pods created
+    // in order do not land round robin in lockstep with it (chance (1/24)^10 by accident).
+    let names: Vec<&String> = per_node.keys().collect();
+    assert!(
+        (0..40).any(|i| node_of(&format!("p{i}")) != *names[i % 4]),
+        "placement followed the node names' order"
+    );
+    h.shutdown().await;
+}

@@ -1,7 +1,11 @@
 //! Scheduler and kubelet in one task: places unscheduled pods on the Ready node with the
 //! fewest pods among those they fit (node selector, cordon, taints: a pod must tolerate every
 //! NoSchedule and NoExecute taint; PreferNoSchedule taints it does not tolerate make a node
-//! less preferred), then "runs" them: a loopback pod IP from the configured block, the node's IP
+//! less preferred), choosing at random among equally good nodes and counting each placement at
+//! once, as kube-scheduler does (it picks among the top-scored nodes by reservoir sampling and
+//! "assumes" a pod on its node in its cache before the binding is written back, so a burst of
+//! pods is spread instead of landing on whichever node was emptiest when the burst began),
+//! then "runs" them: a loopback pod IP from the configured block, the node's IP
 //! as hostIP, phase Running with Ready conditions. A pod no node fits stays Pending with the
 //! scheduler's `PodScheduled=False` condition saying why, and is tried again whenever a node
 //! changes. As the real kubelet, a pod bound directly to a node whose NoExecute taint it does
@@ -137,8 +141,13 @@ struct Kubelet {
     shared: Arc<Shared>,
     nodes: BTreeMap<String, NodeInfo>,
     pods_per_node: HashMap<String, usize>,
-    /// (pods, node) for every schedulable node: the least-loaded node is the first entry.
-    load: BTreeSet<(usize, String)>,
+    /// (pods, a random draw, node) for every schedulable node: the least-loaded node is the
+    /// first entry, and equally loaded nodes come in random order (the draw is made afresh
+    /// whenever a node's count changes), as kube-scheduler picks at random among its
+    /// top-scored nodes.
+    load: BTreeSet<(usize, u64, String)>,
+    /// Each indexed node's current draw (its key in `load`).
+    draws: HashMap<String, u64>,
     /// Pods left without an IP because the block was full, retried when one is released.
     waiting: BTreeSet<(String, String)>,
     /// Whether an address was released since the last retry.
@@ -164,27 +173,36 @@ impl Kubelet {
     }
 
     fn rebuild_load(&mut self) {
-        self.load = self
+        self.draws = self
             .nodes
             .iter()
             .filter(|(_, n)| n.ready)
-            .map(|(name, _)| {
+            .map(|(name, _)| (name.clone(), rand::random()))
+            .collect();
+        self.load = self
+            .draws
+            .iter()
+            .map(|(name, draw)| {
                 (
                     self.pods_per_node.get(name).copied().unwrap_or(0),
+                    *draw,
                     name.clone(),
                 )
             })
             .collect();
     }
 
-    /// Moves `node`'s count by `delta`, keeping the load index in step.
+    /// Moves `node`'s count by `delta`, keeping the load index in step (with a fresh draw).
     fn adjust(&mut self, node: &str, delta: isize) {
         let c = self.pods_per_node.entry(node.to_string()).or_default();
         let old = *c;
         *c = old.saturating_add_signed(delta);
         let new = *c;
-        if self.load.remove(&(old, node.to_string())) {
-            self.load.insert((new, node.to_string()));
+        if let Some(draw) = self.draws.get_mut(node)
+            && self.load.remove(&(old, *draw, node.to_string()))
+        {
+            *draw = rand::random();
+            self.load.insert((new, *draw, node.to_string()));
         }
     }
 
@@ -220,11 +238,12 @@ impl Kubelet {
     }
 
     /// The least-loaded node the pod fits, preferring nodes without PreferNoSchedule taints it
-    /// does not tolerate; or the scheduler's message saying why none fits.
+    /// does not tolerate, in the load index's random order among equals; or the scheduler's
+    /// message saying why none fits.
     fn pick_node(&self, pod: &Value) -> Result<String, String> {
         let tolerations = taints::tolerations_of(pod.get("spec").unwrap_or(&Value::Null));
         let mut best: Option<(usize, &String)> = None;
-        for (_, name) in &self.load {
+        for (_, _, name) in &self.load {
             let Some(n) = self.nodes.get(name) else {
                 continue;
             };
@@ -379,8 +398,21 @@ impl Kubelet {
                         n["spec"]["nodeName"] = json!(target);
                         Ok(n)
                     });
-                if let Err(e) = r {
-                    tracing::debug!(pod = %name, error = %e, "scheduling failed");
+                match r {
+                    // Counted now, as the real scheduler's cache assumes a pod on its node before
+                    // the binding comes back: the next pod of a burst sees this one's node as
+                    // fuller. The pod's own update, when it arrives, finds it counted already.
+                    Ok(stored)
+                        if uid_of(&stored) == uid
+                            && stored.pointer("/spec/nodeName").and_then(Value::as_str)
+                                == Some(target.as_str())
+                            && !self.placed.contains_key(&uid) =>
+                    {
+                        self.adjust(&target, 1);
+                        self.placed.insert(uid, target);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(pod = %name, error = %e, "scheduling failed"),
                 }
             }
             return;
@@ -509,6 +541,7 @@ pub async fn run(shared: Arc<Shared>) {
         nodes: BTreeMap::new(),
         pods_per_node: HashMap::new(),
         load: BTreeSet::new(),
+        draws: HashMap::new(),
         waiting: BTreeSet::new(),
         released: false,
         placed: HashMap::new(),

@@ -89,6 +89,9 @@ async fn writes(api: &Api<Pod>, round: usize) -> Duration {
 /// Opens `WATCHERS` watches on every pod of the namespace. Each is a plain TCP connection
 /// that drains the chunked stream without parsing it, so the figure measures the server's
 /// fan-out rather than a client's JSON decoding. Each task returns the bytes it received.
+/// The requests ask for `Connection: close`: the simulator keeps idle connections open for
+/// 300 s, as the API server does, so a reader waiting for the end of the connection rather
+/// than of the response would wait that long after the watches are dropped.
 async fn open_watchers(
     sim: &KubeSimHandle,
     clients: &tokio::runtime::Handle,
@@ -103,7 +106,7 @@ async fn open_watchers(
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
             let req = format!(
-                "GET /api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=true{filter} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n"
+                "GET /api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=true{filter} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
             );
             s.write_all(req.as_bytes()).await.expect("request");
             let mut buf = vec![0u8; 64 * 1024];

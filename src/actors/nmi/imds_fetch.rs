@@ -729,6 +729,15 @@ mod tests {
         }
     }
 
+    /// A fetch for `client_id` on a task of its own.
+    fn spawn_fetch(
+        f: &Arc<ImdsFetch>,
+        client_id: &str,
+    ) -> tokio::task::JoinHandle<Result<UpstreamToken, SourceError>> {
+        let (f, request) = (Arc::clone(f), for_identity(client_id));
+        tokio::spawn(async move { f.fetch(&request).await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_throttled_fetch_is_retried_on_azures_schedule_and_the_caller_never_sees_the_429() {
         let src = Scripted::new(&[429, 429, 200]);
@@ -806,10 +815,7 @@ mod tests {
         let src = Scripted::held(&gate);
         let f = Arc::new(ImdsFetch::new(src.clone(), settings(2)).with_jitter(|| 1.0));
         let tasks: Vec<_> = (0..6)
-            .map(|i| {
-                let f = Arc::clone(&f);
-                tokio::spawn(async move { f.fetch(&for_identity(&format!("id-{i}"))).await })
-            })
+            .map(|i| spawn_fetch(&f, &format!("id-{i}")))
             .collect();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(src.calls.lock().unwrap().len(), 2, "two out, four in line");
@@ -823,10 +829,7 @@ mod tests {
         let src = Scripted::new(&[429, 200]);
         let f = Arc::new(ImdsFetch::new(src.clone(), settings(1)).with_jitter(|| 1.0));
         let start = Instant::now();
-        let first = {
-            let f = Arc::clone(&f);
-            tokio::spawn(async move { f.fetch(&for_identity("throttled")).await })
-        };
+        let first = spawn_fetch(&f, "throttled");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(f.fetch(&for_identity("other")).await.unwrap().status, 200);
         assert_eq!(Instant::now() - start, Duration::from_millis(500));
@@ -848,10 +851,7 @@ mod tests {
                 fetch_timeout: Duration::from_secs(30),
             },
         ));
-        let spawn = |id: &str| {
-            let (f, id) = (Arc::clone(&f), id.to_string());
-            tokio::spawn(async move { f.fetch(&for_identity(&id)).await })
-        };
+        let spawn = |id: &str| spawn_fetch(&f, id);
         let held = [spawn("out"), spawn("hostile"), spawn("hostile")];
         tokio::time::sleep(Duration::from_millis(1)).await;
         let third = f.fetch(&for_identity("HOSTILE")).await.unwrap_err();
@@ -881,10 +881,7 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let src = Scripted::held(&gate);
         let f = Arc::new(ImdsFetch::new(src.clone(), settings(1)));
-        let out = {
-            let f = Arc::clone(&f);
-            tokio::spawn(async move { f.fetch(&for_identity("slow")).await })
-        };
+        let out = spawn_fetch(&f, "slow");
         tokio::time::sleep(Duration::from_millis(1)).await;
         let start = Instant::now();
         let e = f.fetch(&for_identity("waiting")).await.unwrap_err();
@@ -930,10 +927,7 @@ mod tests {
         ));
         let start = Instant::now();
         let tasks: Vec<_> = (0..7)
-            .map(|i| {
-                let f = Arc::clone(&f);
-                tokio::spawn(async move { f.fetch(&for_identity(&format!("id-{i}"))).await })
-            })
+            .map(|i| spawn_fetch(&f, &format!("id-{i}")))
             .collect();
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap().status, 200);
@@ -980,10 +974,7 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let src = Scripted::held(&gate);
         let f = Arc::new(ImdsFetch::new(src.clone(), settings(1)));
-        let spawn = |id: &str| {
-            let (f, id) = (Arc::clone(&f), id.to_string());
-            tokio::spawn(async move { f.fetch(&for_identity(&id)).await })
-        };
+        let spawn = |id: &str| spawn_fetch(&f, id);
         let mut tasks = vec![spawn("greedy")];
         tokio::time::sleep(Duration::from_millis(1)).await;
         for _ in 0..4 {
@@ -1024,16 +1015,10 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let src = Scripted::held(&gate);
         let f = Arc::new(ImdsFetch::new(src.clone(), settings(1)));
-        let out = {
-            let f = Arc::clone(&f);
-            tokio::spawn(async move { f.fetch(&for_identity("first")).await })
-        };
+        let out = spawn_fetch(&f, "first");
         tokio::time::sleep(Duration::from_millis(1)).await;
         // A fetch that waits and is then abandoned (its request went away).
-        let abandoned = {
-            let f = Arc::clone(&f);
-            tokio::spawn(async move { f.fetch(&for_identity("gone")).await })
-        };
+        let abandoned = spawn_fetch(&f, "gone");
         tokio::time::sleep(Duration::from_millis(1)).await;
         abandoned.abort();
         let _ = abandoned.await;

@@ -92,7 +92,7 @@ pub struct NmiSettings {
     /// `--node-gate`: the key of the startup taint NMI lifts from its node (`--node-gate-taint`),
     /// or `None` when the gate is off.
     pub node_gate: Option<String>,
-    /// HTTP worker threads of the token endpoint.
+    /// `--http-workers`, resolved: worker threads of the token endpoint.
     pub http_workers: usize,
     /// `--max-waiters-per-pod`.
     pub max_waiters_per_pod: usize,
@@ -151,7 +151,7 @@ impl NmiSettings {
             ipt_update_interval: args.ipt_update_interval,
             enable_conntrack_deletion: args.conntrack_deletion(),
             node_gate: args.node_gate.then(|| args.node_gate_taint.clone()),
-            http_workers: std::thread::available_parallelism().map_or(2, usize::from),
+            http_workers: http_workers(args.http_workers),
             max_waiters_per_pod: count(args.max_waiters_per_pod),
             max_waiters: count(args.max_waiters),
             max_metadata_fetches: count(args.max_metadata_fetches),
@@ -239,6 +239,15 @@ impl NmiSettings {
             restart_policy: RestartPolicy::default(),
             federation: false,
         }
+    }
+}
+
+/// `--http-workers`: the number given, or for 0 one per CPU this process may use (the
+/// affinity mask capped by a cgroup CPU limit, at least 1: what a container is allowed).
+fn http_workers(flag: u32) -> usize {
+    match flag {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => count(n),
     }
 }
 
@@ -709,7 +718,7 @@ pub fn start(
         });
         outcome
     });
-    tracing::info!(node = %settings.node, %nmi_addr, %probe_addr, %metrics_addr, mode = ?settings.mode, tasks = ?sup.task_names(), "NMI started");
+    tracing::info!(node = %settings.node, %nmi_addr, %probe_addr, %metrics_addr, mode = ?settings.mode, http_workers = settings.http_workers, tasks = ?sup.task_names(), "NMI started");
     Ok(Running {
         nmi_addr,
         probe_addr,
@@ -824,5 +833,33 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        nmi: crate::config::nmi::NmiArgs,
+    }
+
+    fn settings(flags: &[&str]) -> NmiSettings {
+        let args = ["nmi", "--node=node-0"]
+            .into_iter()
+            .chain(flags.iter().copied());
+        NmiSettings::from_args(&Cli::parse_from(args).nmi)
+    }
+
+    #[test]
+    fn http_workers_default_to_the_cpus_the_process_may_use_and_a_given_count_is_kept() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(settings(&[]).http_workers, cpus);
+        assert_eq!(settings(&["--http-workers=0"]).http_workers, cpus);
+        assert_eq!(settings(&["--http-workers=1"]).http_workers, 1);
+        assert_eq!(settings(&["--http-workers=3"]).http_workers, 3);
     }
 }

@@ -217,6 +217,12 @@ pub struct NmiArgs {
     )]
     pub max_metadata_fetches_per_second: u32,
 
+    /// New: worker threads serving the token endpoint; 0 for one per CPU the process may use
+    /// (`std::thread::available_parallelism`: the affinity mask capped by the container's CPU
+    /// limit, rounded down, at least 1, so the chart's 200m limit gives one). At most 256.
+    #[arg(long = "http-workers", env = "NMI_HTTP_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(..=256))]
+    pub http_workers: u32,
+
     /// New: cached (identity, resource) tokens kept at most; beyond, idle ones are evicted.
     #[arg(long = "max-token-cache-slots", env = "NMI_MAX_TOKEN_CACHE_SLOTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_token_cache_slots: u32,
@@ -388,6 +394,7 @@ mod tests {
         assert_eq!(a.assigned_grace(), Duration::from_secs(20));
         assert_eq!(a.mic_service_account, "");
         assert_eq!((a.max_waiters_per_pod, a.max_waiters), (100, 10_000));
+        assert_eq!(a.http_workers, 0, "one per CPU the process may use");
         assert_eq!(
             (a.max_metadata_fetches, a.max_metadata_fetches_per_second),
             (4, 16)
@@ -469,6 +476,14 @@ mod tests {
         let err = parse(&["--nmi-port=abc"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--nmi-port"), "{err}");
+
+        // A thread per worker: a typo must not ask for thousands.
+        let msg = parse(&["--http-workers=4000"]).unwrap_err().to_string();
+        assert!(
+            msg.contains("--http-workers") && msg.contains("0..=256"),
+            "{msg}"
+        );
+        assert_eq!(parse(&["--http-workers=256"]).unwrap().http_workers, 256);
 
         let msg = parse(&["--find-identity-retry-interval=often"])
             .unwrap_err()

@@ -202,7 +202,10 @@ pub fn nmi_settings(
     s.metrics = SocketAddr::new(ip, 0);
     s.metadata = imds;
     s.manage_iptables = false;
-    s.http_workers = 1;
+    // Many NMIs share this process: one worker each unless `--http-workers` says otherwise.
+    if args.http_workers == 0 {
+        s.http_workers = 1;
+    }
     Ok(s)
 }
 

@@ -358,6 +358,14 @@ async fn start_mic_named(
     })
 }
 
+/// Whether `flags` set `name` (`--name`, `-name`, with or without `=value`).
+fn gives(flags: &[String], name: &str) -> bool {
+    flags.iter().any(|f| {
+        let f = f.strip_prefix("--").or_else(|| f.strip_prefix('-'));
+        f.is_some_and(|f| f == name || f.strip_prefix(name).is_some_and(|r| r.starts_with('=')))
+    })
+}
+
 /// What an NMI process needs to know about its node.
 pub struct NmiNode<'a> {
     /// The node's name.
@@ -370,6 +378,8 @@ pub struct NmiNode<'a> {
     pub assignment_wait: Duration,
     /// The token endpoint's port (0: one picked free).
     pub port: u16,
+    /// More flags (the sandbox's `--nmi-arg`s), after the sandbox's own.
+    pub flags: &'a [String],
 }
 
 /// Starts `bin nmi` for one node without iptables (a simulated pod's request reaches NMI
@@ -402,7 +412,7 @@ async fn start_nmi_once(
     let (probe_port, metrics_port) = (ports[0], ports[1]);
     // The original's wait: attempts × interval (5 s each).
     let attempts = (n.assignment_wait.as_secs() / 5).max(1);
-    let args = vec![
+    let mut args = vec![
         "nmi".to_string(),
         format!("--node={}", n.node),
         format!("--kubeconfig={}", kubeconfig.display()),
@@ -410,13 +420,21 @@ async fn start_nmi_once(
         format!("--nmi-port={port}"),
         format!("--metadata-ip={}", n.imds.ip()),
         format!("--metadata-port={}", n.imds.port()),
-        "--manage-iptables=false".into(),
         format!("--http-probe-port={probe_port}"),
         format!("--prometheus-port={metrics_port}"),
-        format!("--retry-attempts-for-created={attempts}"),
-        "--find-identity-retry-interval=5".into(),
-        "--retry-attempts-for-assigned=1".into(),
     ];
+    // The sandbox's choices where `flags` make none (a flag given twice is refused).
+    for (flag, value) in [
+        ("manage-iptables", "false".to_string()),
+        ("retry-attempts-for-created", attempts.to_string()),
+        ("find-identity-retry-interval", "5".to_string()),
+        ("retry-attempts-for-assigned", "1".to_string()),
+    ] {
+        if !gives(n.flags, flag) {
+            args.push(format!("--{flag}={value}"));
+        }
+    }
+    args.extend(n.flags.iter().cloned());
     let name = format!("nmi-{}", n.node);
     let mut child = spawn(bin, &name, dir, &args).await?;
     let probe = SocketAddr::new(n.ip, probe_port);
@@ -439,6 +457,24 @@ async fn start_nmi_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_is_given_in_any_of_its_spellings_and_only_by_its_exact_name() {
+        let flags = |f: &[&str]| f.iter().map(ToString::to_string).collect::<Vec<_>>();
+        for given in [
+            &["--manage-iptables=true"][..],
+            &["-manage-iptables"],
+            &["--manage-iptables", "true"],
+        ] {
+            assert!(gives(&flags(given), "manage-iptables"), "{given:?}");
+        }
+        assert!(!gives(
+            &flags(&["--manage-iptables-x=1"]),
+            "manage-iptables"
+        ));
+        assert!(!gives(&flags(&["manage-iptables"]), "manage-iptables"));
+        assert!(!gives(&flags(&["--http-workers=1"]), "manage-iptables"));
+    }
 
     #[test]
     fn this_process_has_a_resident_set_and_cpu_time() {

@@ -182,6 +182,9 @@ pub struct Sandbox {
     files: ComponentFiles,
     /// NMI's container arguments (from its DaemonSet).
     nmi_args: Vec<String>,
+    /// The flags of those arguments after the sandbox's own (`--nmi-arg`s and federation's), for
+    /// NMI processes, which the sandbox starts with its own flags for the node.
+    nmi_extra: Vec<String>,
     weather: Option<tokio::task::JoinHandle<()>>,
     /// Scale-set instances that exist in Azure but have not joined the cluster yet.
     spare: std::collections::VecDeque<NodeSpec>,
@@ -251,6 +254,11 @@ impl Sandbox {
             topology: topology.clone(),
             job_pod_run_time: args.job_run_time,
             cron_speedup: args.cron_speedup,
+            // One thread for the API server: a real one runs on the control plane's cores, this
+            // one on the cores of every simulated node's NMI. On one thread a write and the watch
+            // streams it wakes take turns where they are; on two, each write woke watchers on
+            // the other thread too, and the burst load test's wake-up p99 was twice as long.
+            workers: 1,
             ..KubeSimConfig::default()
         })
         .await?;
@@ -388,6 +396,7 @@ impl Sandbox {
             placement,
             files,
             nmi_args,
+            nmi_extra,
             weather: None,
             spare,
             node_ips: u32::try_from(joined.len()).unwrap_or(u32::MAX),
@@ -460,6 +469,7 @@ impl Sandbox {
                     imds,
                     assignment_wait: self.nmi_assignment_wait.unwrap_or(Duration::from_secs(80)),
                     port,
+                    flags: &self.nmi_extra,
                 },
             )
             .await?;

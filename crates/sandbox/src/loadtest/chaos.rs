@@ -36,7 +36,7 @@ use super::figures;
 use super::prom::Prometheus;
 use super::report::RunResult;
 use super::{Error, LoadtestArgs};
-use crate::args::{ComponentArgs, FaultProfile, SandboxArgs};
+use crate::args::{FaultProfile, SandboxArgs};
 use crate::processes::{Component, MicLaunch, MicReady, Usage};
 use crate::system::Sandbox;
 use crate::weather::Strike;
@@ -890,7 +890,7 @@ pub async fn run(args: &LoadtestArgs, dir: &Path) -> Result<RunResult, Error> {
         nmi_start_delay: Duration::ZERO,
         node_gate: false,
         federated: false,
-        components: ComponentArgs::default(),
+        components: super::components_as_deployed(),
     };
     if args.in_process {
         return Err(Error::Load(

@@ -24,7 +24,7 @@ use super::prom::{self, Prometheus};
 use super::report::RunResult;
 use super::timeline::{self, Ctx, State};
 use super::{Error, LoadtestArgs};
-use crate::args::{ComponentArgs, FaultProfile, SandboxArgs};
+use crate::args::{FaultProfile, SandboxArgs};
 use crate::processes::Usage;
 use crate::system::Sandbox;
 use aad_pod_identity_sim::topology::Host;
@@ -132,7 +132,7 @@ fn sandbox_args(args: &LoadtestArgs, p: &Params, scenario: std::path::PathBuf) -
         // The gate is not what load tests measure.
         node_gate: false,
         federated: false,
-        components: ComponentArgs::default(),
+        components: super::components_as_deployed(),
     }
 }
 

@@ -194,6 +194,18 @@ pub fn components(
     })
 }
 
+/// The components' flags in load tests that run NMI as the chart deploys it: one worker thread
+/// for the token endpoint (`--http-workers=1`). Under the chart's CPU limit (200m) NMI's default
+/// (`0`: one per CPU the container may use) resolves to one; the load tests run NMI as plain
+/// processes outside any CPU limit, where the default would give one per CPU of this machine.
+/// (hot-path compares NMI with a bare handler at equal worker counts and does not use this.)
+pub fn components_as_deployed() -> crate::args::ComponentArgs {
+    crate::args::ComponentArgs {
+        nmi_args: vec!["--http-workers=1".into()],
+        ..crate::args::ComponentArgs::default()
+    }
+}
+
 /// What a run concluded.
 #[derive(Debug)]
 pub struct Outcome {

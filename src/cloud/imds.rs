@@ -56,6 +56,19 @@ impl std::fmt::Debug for ImdsResponse {
     }
 }
 
+/// The HTTP client settings for the node's metadata service, shared by the token client and
+/// NMI's pass-through ([`crate::http::proxy`]): never through a proxy, whatever `HTTP_PROXY` or
+/// `ALL_PROXY` say (Azure's documentation of the service: clients must bypass web proxies; it is
+/// link-local, so a proxy would reach another machine's metadata service or see this node's
+/// tokens), no redirects followed, no transparent decompression (answers are relayed as sent).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .no_deflate()
+        .redirect(reqwest::redirect::Policy::none())
+}
+
 /// Client for one metadata-service address.
 #[derive(Clone, Debug)]
 pub struct ImdsClient {
@@ -70,8 +83,11 @@ impl ImdsClient {
     /// address in the sandbox).
     pub fn new(address: &str) -> Result<Self, Error> {
         let base = parse_url("metadata service address", &format!("http://{address}/"))?;
+        let http = http_client_builder()
+            .build()
+            .map_err(|e| Error::Config(format!("metadata service client: {e}")))?;
         Ok(Self {
-            http: azure_core::http::new_http_client(None),
+            http: Arc::new(http),
             base,
             timeout: Duration::from_secs(30),
             user_agent: None,

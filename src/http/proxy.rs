@@ -172,11 +172,8 @@ impl Proxy {
     /// When `base` is not a URL or the HTTP client cannot be built.
     pub fn new(base: &str, timeout: Duration) -> Result<Self, Error> {
         let base = url::Url::parse(base).map_err(|e| Error::Base(format!("{base}: {e}")))?;
-        let client = reqwest::Client::builder()
-            // Relay bodies byte for byte: no transparent decompression, no redirects followed.
-            .no_gzip()
-            .no_deflate()
-            .redirect(reqwest::redirect::Policy::none())
+        // No proxy, no redirects followed, bodies byte for byte: the metadata client's settings.
+        let client = crate::cloud::imds::http_client_builder()
             .timeout(timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
